@@ -1,0 +1,24 @@
+# nnbridge: trained nnU-Net checkpoints -> export -> simplify -> quantize -> parity -> benchmark -> report
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/patches.smk"
+include: "workflow/rules/simplify.smk"
+include: "workflow/rules/quantize.smk"
+include: "workflow/rules/validate.smk"
+include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

@@ -1,0 +1,156 @@
+"""Latency and memory of each backend, each measured in its own process.
+
+A parent process starts one child per backend (``python -m nnbridge.bench``) so that peak
+memory is the backend's own (``ru_maxrss``) and one backend's allocator or thread pool never
+affects another's timing. All numbers of one report come from one run of the same machine;
+compare ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BACKENDS = ("torch", "torchscript", "onnxruntime")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _load_runner(spec: dict[str, Any], threads: int):
+    """A callable running one batch on the spec's backend."""
+    backend = spec["backend"]
+    if backend in ("torch", "torchscript"):
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(1)
+        if backend == "torch":
+            from .models import load_nnunet_fold  # noqa: PLC0415
+
+            module = load_nnunet_fold(Path(spec["model_folder"]), spec["fold"], spec["checkpoint"]).network
+        else:
+            module = torch.jit.load(spec["path"], map_location="cpu").eval()
+
+        def run(x: np.ndarray) -> None:
+            with torch.no_grad():
+                module(torch.from_numpy(x))
+
+        return run
+    if backend == "onnxruntime":
+        from .onnxrun import onnx_session  # noqa: PLC0415
+
+        session = onnx_session(Path(spec["path"]), threads)
+        name = session.get_inputs()[0].name
+
+        def run(x: np.ndarray) -> None:
+            session.run(None, {name: x})
+
+        return run
+    raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+
+
+def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: int,
+            repeats: int, seed: int = 0) -> dict[str, Any]:
+    """Time ``repeats`` runs after ``warmup`` runs in this process."""
+    rss_start = _rss_mb()
+    run = _load_runner(spec, threads)
+    rss_loaded = _rss_mb()
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    for _ in range(warmup):
+        run(x)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - started) * 1000.0)
+    arr = np.array(times)
+    return {
+        "backend": spec["backend"],
+        "shape": list(shape),
+        "threads": threads,
+        "warmup": warmup,
+        "repeats": repeats,
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "mean_ms": float(arr.mean()),
+        "min_ms": float(arr.min()),
+        "rss_after_imports_mb": round(rss_start, 1),
+        "rss_after_load_mb": round(rss_loaded, 1),
+        "peak_rss_mb": round(_rss_mb(), 1),
+    }
+
+
+def benchmark_in_subprocess(spec: dict[str, Any], shape: tuple[int, ...], threads: int,
+                            warmup: int, repeats: int, timeout: float = 1800) -> dict[str, Any]:
+    """Run :func:`measure` in a fresh interpreter; failures are returned, not raised."""
+    cmd = [sys.executable, "-m", "nnbridge.bench", "--spec", json.dumps(spec),
+           "--shape", json.dumps(list(shape)), "--threads", str(threads),
+           "--warmup", str(warmup), "--repeats", str(repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"backend": spec["backend"], "error": f"exit {proc.returncode}: {tail}"}
+    result = json.loads(lines[-1])
+    if spec.get("path"):
+        result["file_size_bytes"] = Path(spec["path"]).stat().st_size
+    return result
+
+
+def benchmark_variants(specs: dict[str, dict[str, Any]], shape: tuple[int, ...], threads: int,
+                       warmup: int, repeats: int, baseline: str = "torch_eager") -> dict[str, Any]:
+    """Benchmark every named spec one after another; add speed-ups against ``baseline``."""
+    results = {name: benchmark_in_subprocess(spec, shape, threads, warmup, repeats)
+               for name, spec in specs.items()}
+    base = results.get(baseline, {}).get("p50_ms")
+    for result in results.values():
+        if base and "p50_ms" in result:
+            result[f"speedup_vs_{baseline}"] = round(base / result["p50_ms"], 3)
+    return {"shape": list(shape), "threads": threads, "warmup": warmup, "repeats": repeats,
+            "baseline": baseline, "results": results}
+
+
+def benchmark_fold(model_folder: str, fold: str, checkpoint: str,
+                   variants: dict[str, dict[str, str]], *, threads: int, warmup: int,
+                   repeats: int) -> dict[str, Any]:
+    """Torch eager (the baseline) and every variant of a fold, at the fold's patch size."""
+    from .models import load_nnunet_fold  # noqa: PLC0415
+
+    shape = load_nnunet_fold(Path(model_folder), fold, checkpoint).input_shape
+    specs: dict[str, dict[str, Any]] = {
+        "torch_eager": {"backend": "torch", "model_folder": str(model_folder), "fold": str(fold),
+                        "checkpoint": checkpoint},
+    }
+    for name, variant in variants.items():
+        backend = "torchscript" if variant["kind"] == "torchscript" else "onnxruntime"
+        specs[name] = {"backend": backend, "path": variant["path"]}
+    record = benchmark_variants(specs, shape, threads, warmup, repeats)
+    record.update({"model_folder": str(model_folder), "fold": str(fold)})
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="benchmark one backend (internal)")
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--shape", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    result = measure(json.loads(args.spec), tuple(json.loads(args.shape)), args.threads,
+                     args.warmup, args.repeats)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

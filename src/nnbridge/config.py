@@ -1,0 +1,52 @@
+"""Configuration validation against the workflow's JSON schema, with one-line errors."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import NNBridgeError
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator class that fills in ``default:`` values while it validates."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    parts = []
+    for p in error.absolute_path:
+        parts.append(f"[{p}]" if isinstance(p, int) else (f".{p}" if parts else str(p)))
+    return "".join(parts) or "(top level)"
+
+
+def validate_config(config: dict[str, Any], schema_path: Path, config_name: str = "config") -> dict[str, Any]:
+    """Validate ``config`` in place (defaults filled in) or raise a one-line NNBridgeError."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator_class = _with_defaults(jsonschema.validators.validator_for(schema))
+    errors = sorted(validator_class(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        message = error.message
+        if error.validator == "additionalProperties" and isinstance(error.schema, dict):
+            allowed = sorted(error.schema.get("properties", {}))
+            if allowed:
+                message += f" (allowed keys: {', '.join(allowed)})"
+        raise NNBridgeError(
+            f"{config_name}: invalid value at {_where(error)}: {message}; "
+            f"see config/README.md and {schema_path}"
+        )
+    return config

@@ -1,0 +1,422 @@
+"""A tiny, real nnU-Net v2 model to run the pipeline on: synthetic data, planning, training.
+
+Everything here drives nnU-Net's own command line tools (``nnUNetv2_plan_and_preprocess``,
+``nnUNetv2_train``) in subprocesses, so the model folder that comes out is what a user gets from
+nnU-Net; only the data is synthetic, and the plans (:func:`derive_small_plans`) and the trainer
+(``nnunet_trainers/nnBridgeDemoTrainer.py``) are shrunk: on two CPU cores planning takes about
+20 s and a fold about 75 s, final validation included (Dice about 0.9 or more for both labels).
+Run trainings one after another: two torch processes with two threads each on two cores slow
+each other down several times over.
+
+The synthetic dataset is a 3D single-channel "MRI": white noise plus a smooth bias field, a
+bright sphere (label 1) and a dark box (label 2) of random sizes at random, non-touching
+positions, with per-case contrasts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEMO_DATASET_ID = 900
+DEMO_DATASET_NAME = "Dataset900_NNBridgeDemo"
+TRAINER_DIR: Path = Path(__file__).resolve().parent / "nnunet_trainers"
+DEMO_TRAINER = "nnBridgeDemoTrainer"
+DEMO_PLANS = "nnBridgeDemoPlans"
+DEMO_LABELS: dict[str, int] = {"background": 0, "sphere": 1, "box": 2}
+
+DEFAULT_N_CASES = 20
+DEFAULT_SHAPE: tuple[int, int, int] = (40, 40, 40)
+#: features per stage of the demo U-Net; there are len() - 1 poolings by 2
+DEFAULT_FEATURES: tuple[int, ...] = (8, 16, 32, 64)
+#: batch size of the demo plans; keep >= 2: for batch 1, torch's CPU heuristic picks its slow
+#: non-oneDNN 3D convolution for these small tensors (training would get ~3x slower per sample)
+DEFAULT_BATCH = 2
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic data
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Zero-mean, unit-std low-frequency noise (a bias field)."""
+    from scipy import ndimage  # noqa: PLC0415 (scipy comes with nnunetv2)
+
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    return (field - field.mean()) / (field.std() + 1e-8)
+
+
+def make_case(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic case: (image float32, labels uint8), both of ``shape`` (z, y, x).
+
+    A sphere (label 1, 3-4 noise std brighter than the background) and an axis-aligned box
+    (label 2, 3-4 noise std darker) at random, non-touching positions with random sizes
+    (scaled with the smallest side; radius 6-10 and half-sides 4-8 voxels at 40), on white
+    noise plus a smooth bias field (0.6 std).
+    """
+    shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
+    if len(shape) != 3 or min(shape) < 24:
+        raise ValueError(f"shape {shape}: need three sides of at least 24 voxels")
+    scale = min(shape) / 40.0
+    for _ in range(1000):
+        radius = rng.uniform(6.0, 10.0) * scale
+        centre = [rng.uniform(radius + 2, s - radius - 3) for s in shape]
+        half = [int(h) for h in np.round(rng.uniform(4.0, 8.0, size=3) * scale)]
+        corner = [int(rng.integers(2, s - 2 * h - 3)) for h, s in zip(half, shape)]
+        gap = np.sqrt(sum(max(lo - c, 0.0, c - (lo + 2 * h)) ** 2 for c, lo, h in zip(centre, corner, half)))
+        if gap > radius + 2:  # sphere and box one voxel or more apart
+            break
+    else:  # pragma: no cover - sides >= 24 always leave room
+        raise RuntimeError(f"could not place a sphere and a box in {shape}")
+    grid = np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij")
+    sphere = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+    box = np.zeros(shape, dtype=bool)
+    box[tuple(slice(lo, lo + 2 * h + 1) for lo, h in zip(corner, half))] = True
+
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[sphere] = DEMO_LABELS["sphere"]
+    labels[box] = DEMO_LABELS["box"]
+
+    image = 0.6 * _smooth_noise(rng, shape, 4.0) + rng.standard_normal(shape)
+    image[sphere] += rng.uniform(3.0, 4.0)
+    image[box] -= rng.uniform(3.0, 4.0)
+    image = 100.0 + 20.0 * image  # MRI-like arbitrary units; nnU-Net z-scores each image
+    return image.astype(np.float32), labels
+
+
+def _save_nifti(array: np.ndarray, path: Path) -> None:
+    """Write (z, y, x) ``array`` as NIfTI, 1 mm isotropic, identity orientation.
+
+    nibabel gzips with mtime 0, so equal arrays give equal bytes.
+    """
+    import nibabel as nib  # noqa: PLC0415
+
+    image = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), affine=np.eye(4))
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(np.eye(4), code=1)
+    image.set_sform(np.eye(4), code=1)
+    nib.save(image, str(path))
+
+
+def make_dataset(
+    raw_root: Path,
+    *,
+    n_cases: int = DEFAULT_N_CASES,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    seed: int = 0,
+    dataset_id: int = DEMO_DATASET_ID,
+    dataset_name: str | None = None,
+) -> Path:
+    """Write a deterministic synthetic dataset in nnU-Net v2 raw format below ``raw_root``.
+
+    Creates ``raw_root/<dataset_name>/`` with ``imagesTr/case_XXX_0000.nii.gz``,
+    ``labelsTr/case_XXX.nii.gz`` and ``dataset.json`` (channel "MRI", labels
+    background/sphere/box, ``.nii.gz``). Case ``i`` depends only on ``(seed, i, shape)``: the
+    same arguments give the same files, byte for byte. ``dataset_name`` defaults to
+    :data:`DEMO_DATASET_NAME` for the demo id, else ``DatasetXXX_NNBridgeDemo``.
+    Returns the dataset folder.
+    """
+    if n_cases < 1:
+        raise ValueError(f"n_cases={n_cases}: need at least one case")
+    if dataset_name is None:
+        dataset_name = DEMO_DATASET_NAME if dataset_id == DEMO_DATASET_ID else f"Dataset{dataset_id:03d}_NNBridgeDemo"
+    if not dataset_name.startswith(f"Dataset{dataset_id:03d}_"):
+        raise ValueError(f"dataset_name {dataset_name!r} must start with 'Dataset{dataset_id:03d}_'")
+    folder = Path(raw_root) / dataset_name
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    for i in range(n_cases):
+        image, labels = make_case(np.random.default_rng([seed, i]), shape)
+        _save_nifti(image, folder / "imagesTr" / f"case_{i:03d}_0000.nii.gz")
+        _save_nifti(labels, folder / "labelsTr" / f"case_{i:03d}.nii.gz")
+    dataset_json = {
+        "channel_names": {"0": "MRI"},
+        "labels": dict(DEMO_LABELS),
+        "numTraining": n_cases,
+        "file_ending": ".nii.gz",
+        "name": dataset_name,
+        "description": f"nnbridge synthetic demo data: seed {seed}, shape {list(shape)}",
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# running nnU-Net
+
+
+def nnunet_env(raw: Path, preprocessed: Path, results: Path, *, for_training: bool = True) -> dict[str, str]:
+    """Environment for nnU-Net subprocesses: a copy of ``os.environ`` plus nnU-Net's settings.
+
+    Sets ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` (absolute), points
+    ``nnUNet_extTrainer`` at :data:`TRAINER_DIR` so nnU-Net finds the demo trainer, and turns
+    ``torch.compile`` off. With ``for_training`` nnU-Net also gets one export/metrics worker
+    and no data-augmentation workers (``nnUNet_def_n_proc=1``, ``nnUNet_n_proc_DA=0``); without
+    it those two are removed, because nnU-Net's planning crashes with them.
+    ``nnUNetv2_train -device cpu`` sets torch to one thread per core itself.
+    """
+    env = dict(os.environ)
+    env.update(
+        {
+            "nnUNet_raw": str(Path(raw).resolve()),
+            "nnUNet_preprocessed": str(Path(preprocessed).resolve()),
+            "nnUNet_results": str(Path(results).resolve()),
+            "nnUNet_extTrainer": str(TRAINER_DIR),
+            "nnUNet_compile": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if for_training:
+        env["nnUNet_def_n_proc"] = "1"
+        env["nnUNet_n_proc_DA"] = "0"
+    else:
+        env.pop("nnUNet_def_n_proc", None)
+        env.pop("nnUNet_n_proc_DA", None)
+    return env
+
+
+_ENTRY_POINTS = {
+    "nnUNetv2_plan_and_preprocess": (
+        "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints",
+        "plan_and_preprocess_entry",
+    ),
+    "nnUNetv2_train": ("nnunetv2.run.run_training", "run_training_entry"),
+}
+
+
+def _nnunet_command(name: str) -> list[str]:
+    """Command line running nnU-Net's console script ``name`` with the running interpreter.
+
+    It does what the installed console script does (import the entry point, call it), as
+    ``python -c``: nnU-Net's worker pools use the ``spawn`` start method, and a spawned worker
+    first re-imports a script ``__main__`` (for ``nnUNetv2_train`` the whole training stack,
+    ~6 s per worker on two cores) but not a ``-c`` one.
+    """
+    module, func = _ENTRY_POINTS[name]
+    code = f"import sys; from {module} import {func} as entry; sys.argv[0] = {name!r}; sys.exit(entry())"
+    return [sys.executable, "-c", code]
+
+
+def _run_logged(cmd: list[str], env: dict[str, str], log: Path | None, what: str) -> None:
+    """Run ``cmd``; its output is appended to ``log`` (or kept for the error); raise on failure."""
+    if log is not None:
+        log = Path(log)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as handle:
+            handle.write(f"$ {' '.join(cmd)}\n")
+            handle.flush()
+            proc = subprocess.run(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{what} failed (exit code {proc.returncode}); see {log}")
+        return
+    proc = subprocess.run(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+    )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-40:])
+        raise RuntimeError(f"{what} failed (exit code {proc.returncode}); last output:\n{tail}")
+
+
+def _dataset_name(dataset_id: int, *roots: Path) -> str:
+    """Name ``DatasetXXX_*`` of dataset ``dataset_id``, from the first root that has it."""
+    for root in roots:
+        matches = sorted(p.name for p in Path(root).glob(f"Dataset{dataset_id:03d}_*") if p.is_dir())
+        if len(matches) > 1:
+            raise RuntimeError(f"{root}: several Dataset{dataset_id:03d}_* folders: {matches}")
+        if matches:
+            return matches[0]
+    raise RuntimeError(f"no Dataset{dataset_id:03d}_* folder in {', '.join(str(r) for r in roots)}")
+
+
+def _see(log: Path | None) -> str:
+    """``"; see LOG"`` for error messages, or nothing without a log."""
+    return f"; see {log}" if log is not None else ""
+
+
+def plan_and_preprocess(
+    raw: Path,
+    preprocessed: Path,
+    *,
+    dataset_id: int = DEMO_DATASET_ID,
+    configuration: str = "3d_fullres",
+    log: Path | None = None,
+) -> Path:
+    """Run ``nnUNetv2_plan_and_preprocess -d ID -c CONFIG -np 1 -npfp 1 --verify_dataset_integrity``.
+
+    (``-npfp``: fingerprint extraction has its own worker count, 8 by default.) Output is
+    appended to ``log``; a failure raises :class:`RuntimeError` naming it. Returns the
+    preprocessed dataset folder (with ``nnUNetPlans.json`` and the preprocessed data).
+    """
+    name = _dataset_name(dataset_id, raw)
+    env = nnunet_env(raw, preprocessed, preprocessed, for_training=False)
+    del env["nnUNet_results"]  # planning writes no results
+    Path(preprocessed).mkdir(parents=True, exist_ok=True)
+    cmd = _nnunet_command("nnUNetv2_plan_and_preprocess") + [
+        "-d", str(dataset_id), "-c", configuration, "-np", "1", "-npfp", "1",
+        "--verify_dataset_integrity", "--no_pbar",
+    ]  # fmt: skip
+    _run_logged(cmd, env, log, f"nnUNetv2_plan_and_preprocess of dataset {dataset_id}")
+    out = Path(preprocessed) / name
+    if not (out / "nnUNetPlans.json").is_file():
+        raise RuntimeError(f"{out}: no nnUNetPlans.json after planning{_see(log)}")
+    return out
+
+
+def derive_small_plans(
+    preprocessed_dataset_dir: Path,
+    *,
+    source_plans: str = "nnUNetPlans",
+    target_plans: str = DEMO_PLANS,
+    configuration: str = "3d_fullres",
+    features: tuple[int, ...] = DEFAULT_FEATURES,
+    patch_size: tuple[int, ...] | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> Path:
+    """Write ``<target_plans>.json`` next to the planner's plans, with a small CPU-sized network.
+
+    Keeps only ``configuration``, with its ``data_identifier``, so the data preprocessed for
+    ``source_plans`` is reused as is. The network keeps the planner's architecture class and
+    settings but gets ``len(features)`` stages with ``features`` channels, 3x3(x3) kernels and
+    2x pooling between stages. ``patch_size`` (default: the median image size, i.e. one patch
+    covers a whole demo image) is rounded up to a multiple of the total stride.
+    Returns the path of the new plans file.
+    """
+    folder = Path(preprocessed_dataset_dir)
+    source = folder / f"{source_plans}.json"
+    if not source.is_file():
+        raise RuntimeError(f"{source}: not found; run plan_and_preprocess first")
+    plans: dict[str, Any] = json.loads(source.read_text())
+    config = copy.deepcopy(plans["configurations"].get(configuration))
+    if config is None:
+        raise RuntimeError(f"{source}: no configuration {configuration!r}")
+    if "inherits_from" in config or "architecture" not in config:
+        raise RuntimeError(f"{source}: configuration {configuration!r} must be a full one with 'architecture'")
+    if not (folder / config["data_identifier"]).is_dir():
+        raise RuntimeError(f"{folder / config['data_identifier']}: not preprocessed; run plan_and_preprocess first")
+    n_stages = len(features)
+    if n_stages < 2 or min(features) < 1:
+        raise ValueError(f"features={features}: need two or more stages of positive width")
+    dim = len(config["patch_size"])
+    stride = 2 ** (n_stages - 1)
+    wanted = config["median_image_size_in_voxels"] if patch_size is None else patch_size
+    if len(wanted) != dim:
+        raise ValueError(f"patch_size {patch_size}: configuration {configuration!r} is {dim}D")
+    patch = [int(-(-round(float(p)) // stride) * stride) for p in wanted]
+
+    kwargs = config["architecture"]["arch_kwargs"]
+    kwargs.update(
+        {
+            "n_stages": n_stages,
+            "features_per_stage": [int(f) for f in features],
+            "kernel_sizes": [[3] * dim for _ in range(n_stages)],
+            "strides": [[1] * dim] + [[2] * dim for _ in range(n_stages - 1)],
+            "n_conv_per_stage_decoder": [2] * (n_stages - 1),
+        }
+    )
+    if "n_blocks_per_stage" in kwargs:  # residual encoder plans
+        kwargs["n_blocks_per_stage"] = [1] * n_stages
+    else:
+        kwargs["n_conv_per_stage"] = [2] * n_stages
+    config["patch_size"] = patch
+    config["batch_size"] = int(batch_size)
+    plans["plans_name"] = target_plans
+    plans["configurations"] = {configuration: config}
+    target = folder / f"{target_plans}.json"
+    target.write_text(json.dumps(plans, indent=4) + "\n")
+    return target
+
+
+def write_splits(
+    preprocessed_dataset_dir: Path,
+    *,
+    plans: str = DEMO_PLANS,
+    configuration: str = "3d_fullres",
+) -> Path:
+    """Write ``splits_final.json``: nnU-Net's default 5-fold split of the preprocessed cases.
+
+    The same split ``nnUNetTrainer.do_split`` creates on first use (sorted case identifiers,
+    ``generate_crossval_split(seed=12345, n_splits=5)``), written up front so that folds trained
+    in parallel do not race to create it. Returns the path of the file.
+    """
+    from batchgenerators.utilities.file_and_folder_operations import save_json  # noqa: PLC0415
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class  # noqa: PLC0415
+    from nnunetv2.utilities.crossval_split import generate_crossval_split  # noqa: PLC0415
+
+    folder = Path(preprocessed_dataset_dir)
+    plans_file = folder / f"{plans}.json"
+    if not plans_file.is_file():
+        raise RuntimeError(f"{plans_file}: not found; run plan_and_preprocess (and derive_small_plans) first")
+    data_folder = folder / json.loads(plans_file.read_text())["configurations"][configuration]["data_identifier"]
+    if not data_folder.is_dir():
+        raise RuntimeError(f"{data_folder}: not preprocessed; run plan_and_preprocess first")
+    identifiers = sorted(infer_dataset_class(str(data_folder)).get_identifiers(str(data_folder)))
+    if len(identifiers) < 5:
+        raise RuntimeError(f"{data_folder}: {len(identifiers)} cases; a 5-fold split needs at least 5")
+    target = folder / "splits_final.json"
+    save_json(generate_crossval_split(identifiers, seed=12345, n_splits=5), str(target))
+    return target
+
+
+def train_fold(
+    fold: int,
+    *,
+    raw: Path,
+    preprocessed: Path,
+    results: Path,
+    dataset_id: int = DEMO_DATASET_ID,
+    configuration: str = "3d_fullres",
+    plans: str = DEMO_PLANS,
+    trainer: str = DEMO_TRAINER,
+    epochs: int | None = None,
+    iterations: int | None = None,
+    log: Path | None = None,
+) -> Path:
+    """Run ``nnUNetv2_train ID CONFIG FOLD -tr TRAINER -p PLANS -device cpu``.
+
+    That is nnU-Net's training including its final validation of the fold (``validation/``
+    with ``summary.json``). ``epochs`` / ``iterations`` (per epoch) override the demo
+    trainer's defaults via ``NNBRIDGE_DEMO_EPOCHS`` / ``NNBRIDGE_DEMO_ITERS``. Output is
+    appended to ``log``; a failure raises :class:`RuntimeError` naming it. Returns the fold
+    folder ``results/<dataset>/<trainer>__<plans>__<configuration>/fold_<fold>``.
+    """
+    name = _dataset_name(dataset_id, preprocessed, raw)
+    env = nnunet_env(raw, preprocessed, results, for_training=True)
+    if epochs is not None:
+        env["NNBRIDGE_DEMO_EPOCHS"] = str(int(epochs))
+    if iterations is not None:
+        env["NNBRIDGE_DEMO_ITERS"] = str(int(iterations))
+    Path(results).mkdir(parents=True, exist_ok=True)
+    cmd = _nnunet_command("nnUNetv2_train") + [
+        str(dataset_id), configuration, str(fold), "-tr", trainer, "-p", plans, "-device", "cpu",
+    ]  # fmt: skip
+    _run_logged(cmd, env, log, f"nnUNetv2_train of fold {fold} of dataset {dataset_id}")
+    fold_dir = Path(results) / name / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
+    for needed in ("checkpoint_final.pth", "validation/summary.json"):
+        if not (fold_dir / needed).is_file():
+            raise RuntimeError(f"{fold_dir / needed}: missing after training{_see(log)}")
+    return fold_dir
+
+
+def validation_dice(fold_dir: Path) -> dict[str, float]:
+    """Mean Dice per label of nnU-Net's final validation of a fold, plus ``"mean"``.
+
+    Reads ``fold_dir/validation/summary.json``; labels are named by the ``dataset.json`` of the
+    model folder (the fold's parent), e.g. ``{"sphere": 0.95, "box": 0.97, "mean": 0.96}``.
+    """
+    fold_dir = Path(fold_dir)
+    summary_file = fold_dir / "validation" / "summary.json"
+    if not summary_file.is_file():
+        raise RuntimeError(f"{summary_file}: not found; the fold's final validation did not run")
+    summary = json.loads(summary_file.read_text())
+    labels = json.loads((fold_dir.parent / "dataset.json").read_text())["labels"]
+    names = {str(value): name for name, value in labels.items() if isinstance(value, int)}
+    dice = {names.get(str(key), str(key)): float(metrics["Dice"]) for key, metrics in summary["mean"].items()}
+    dice["mean"] = float(summary["foreground_mean"]["Dice"])
+    return dice

@@ -1,0 +1,78 @@
+"""nnU-Net v2 trainer for nnbridge's demo model: nnU-Net's own training, only much shorter.
+
+nnU-Net finds this file through ``nnUNet_extTrainer`` (it imports the folder's files by path),
+so it uses absolute imports only. Training loop, loss, deep supervision, augmentation,
+checkpoints, final validation and ``build_network_architecture`` are nnU-Net's. This trainer
+only changes:
+
+- length: ``NNBRIDGE_DEMO_EPOCHS`` epochs (default 10) of ``NNBRIDGE_DEMO_ITERS`` iterations
+  (default 20), 2 pseudo-validation batches per epoch instead of 50;
+- initial learning rate 0.02 instead of 0.01 (same SGD and poly schedule);
+- nnU-Net's progress.png is drawn after the last epoch only (a second per drawing on 2 cores);
+- optional ``NNBRIDGE_DEMO_THREADS``: torch threads (``nnUNetv2_train -device cpu`` uses one per
+  core; set 1 when several trainings share the cores, or they slow each other down badly).
+"""
+
+import os
+
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+DEFAULT_EPOCHS = 10
+DEFAULT_ITERATIONS = 20
+DEFAULT_VAL_ITERATIONS = 2
+DEFAULT_INITIAL_LR = 2e-2
+
+
+def _env_int(name: str, default: int) -> int:
+    """Positive integer from environment variable ``name``; ``default`` when unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{name}={value!r}: must be a positive integer")
+    return number
+
+
+def _skip_plot(output_folder: str) -> None:
+    """Stand-in for ``MetaLogger.plot_progress_png`` before the last epoch."""
+
+
+class nnBridgeDemoTrainer(nnUNetTrainer):
+    """Short nnU-Net training for nnbridge's tiny synthetic demo dataset on a CPU."""
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = _env_int("NNBRIDGE_DEMO_EPOCHS", DEFAULT_EPOCHS)
+        self.num_iterations_per_epoch = _env_int("NNBRIDGE_DEMO_ITERS", DEFAULT_ITERATIONS)
+        self.num_val_iterations_per_epoch = DEFAULT_VAL_ITERATIONS
+        self.initial_lr = DEFAULT_INITIAL_LR
+        self.save_every = self.num_epochs + 1  # no checkpoint_latest.pth along the way
+        if os.environ.get("NNBRIDGE_DEMO_THREADS", "").strip():
+            torch.set_num_threads(_env_int("NNBRIDGE_DEMO_THREADS", 1))
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.print_to_log_file(
+            f"{self.__class__.__name__}: {self.num_epochs} epochs x {self.num_iterations_per_epoch} "
+            f"iterations, batch size {self.batch_size}, patch {list(self.configuration_manager.patch_size)}, "
+            f"initial lr {self.initial_lr}, torch threads {torch.get_num_threads()}"
+        )
+
+    def on_epoch_end(self):
+        logger = self.logger
+        if self.current_epoch != self.num_epochs - 1:
+            logger.plot_progress_png = _skip_plot
+        try:
+            super().on_epoch_end()
+        finally:
+            logger.__dict__.pop("plot_progress_png", None)

@@ -1,0 +1,58 @@
+"""Running ONNX and TorchScript artifacts on batches of patches (shared by every stage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .export import INPUT_NAME
+
+
+def onnx_session(path: Path, threads: int = 0):
+    """A CPU ONNX Runtime session; ``threads=0`` lets ORT choose."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path: Path, patches: np.ndarray, threads: int = 0) -> np.ndarray:
+    """Logits of an ONNX model for each patch (batch 1 at a time, as deployed)."""
+    session = onnx_session(path, threads)
+    name = session.get_inputs()[0].name or INPUT_NAME
+    outs = [session.run(None, {name: patches[i : i + 1].astype(np.float32)})[0] for i in range(len(patches))]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def run_torchscript(path: Path, patches: np.ndarray) -> np.ndarray:
+    """Logits of a TorchScript archive for each patch."""
+    import torch  # noqa: PLC0415
+
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+    with torch.no_grad():
+        outs = [module(torch.from_numpy(patches[i : i + 1])).numpy() for i in range(len(patches))]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def run_torch(network, patches: np.ndarray) -> np.ndarray:
+    """Logits of an eager PyTorch network for each patch."""
+    import torch  # noqa: PLC0415
+
+    network.eval()
+    with torch.no_grad():
+        outs = [network(torch.from_numpy(patches[i : i + 1])).numpy() for i in range(len(patches))]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def run_variant(kind: str, path: Path, patches: np.ndarray, threads: int = 0) -> np.ndarray:
+    """Dispatch on the artifact kind (``onnx`` or ``torchscript``)."""
+    if kind == "onnx":
+        return run_onnx(path, patches, threads)
+    if kind == "torchscript":
+        return run_torchscript(path, patches)
+    raise ValueError(f"unknown artifact kind {kind!r}")

@@ -1,0 +1,133 @@
+"""Parity of exported variants against eager PyTorch: tensor errors, label Dice, gates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+def to_labels(logits: np.ndarray, region_based: bool = False) -> np.ndarray:
+    """Segmentation from logits (N, C, ...): argmax, or per-region sigmoid > 0.5 (logit > 0)."""
+    if region_based:
+        return (logits > 0).astype(np.uint8)
+    return np.argmax(logits, axis=1).astype(np.uint8)
+
+
+def dice_per_class(ref: np.ndarray, test: np.ndarray, classes: list[int],
+                   region_based: bool = False) -> dict[int, float]:
+    """Dice of each foreground class, pooled over all patches; 1.0 when both are empty."""
+    scores: dict[int, float] = {}
+    for c in classes:
+        if region_based:
+            a, b = ref[:, c] > 0, test[:, c] > 0
+        else:
+            a, b = ref == c, test == c
+        denom = int(a.sum()) + int(b.sum())
+        scores[c] = 1.0 if denom == 0 else 2.0 * int(np.logical_and(a, b).sum()) / denom
+    return scores
+
+
+def compare_logits(ref: np.ndarray, test: np.ndarray, label_names: dict[int, str],
+                   region_based: bool = False) -> dict[str, Any]:
+    """Tensor errors and label agreement of ``test`` against the reference logits."""
+    if ref.shape != test.shape:
+        raise ValueError(f"logit shapes differ: reference {ref.shape}, variant {test.shape}")
+    diff = np.abs(ref.astype(np.float64) - test.astype(np.float64))
+    ref_labels, test_labels = to_labels(ref, region_based), to_labels(test, region_based)
+    classes = sorted(c for c in label_names if c != 0) if not region_based else list(range(ref.shape[1]))
+    if region_based:
+        dice = dice_per_class(ref, test, classes, region_based=True)
+    else:
+        dice = dice_per_class(ref_labels, test_labels, classes)
+    named = {label_names.get(c, str(c)): round(v, 6) for c, v in dice.items()}
+    return {
+        "max_abs_err": float(diff.max()),
+        "mean_abs_err": float(diff.mean()),
+        "voxel_agreement": float(np.mean(ref_labels == test_labels)),
+        "dice": named,
+        "min_dice": min(named.values()) if named else 1.0,
+    }
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Gate of one variant; ``None`` disables a bound."""
+
+    max_abs_err: float | None = None
+    mean_abs_err: float | None = None
+    min_dice: float | None = None
+
+    @classmethod
+    def from_config(cls, entry: dict[str, Any] | None) -> "Tolerance":
+        entry = entry or {}
+        return cls(entry.get("max_abs_err"), entry.get("mean_abs_err"), entry.get("min_dice"))
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"max_abs_err": self.max_abs_err, "mean_abs_err": self.mean_abs_err,
+                "min_dice": self.min_dice}
+
+
+def apply_gate(metrics: dict[str, Any], tol: Tolerance) -> list[str]:
+    """Reasons the metrics fail ``tol`` (empty when the variant passes)."""
+    failures = []
+    if tol.max_abs_err is not None and metrics["max_abs_err"] > tol.max_abs_err:
+        failures.append(f"max abs error {metrics['max_abs_err']:.3g} > {tol.max_abs_err:g}")
+    if tol.mean_abs_err is not None and metrics["mean_abs_err"] > tol.mean_abs_err:
+        failures.append(f"mean abs error {metrics['mean_abs_err']:.3g} > {tol.mean_abs_err:g}")
+    if tol.min_dice is not None:
+        for name, value in metrics["dice"].items():
+            if value < tol.min_dice:
+                failures.append(f"Dice of {name} {value:.4f} < {tol.min_dice:g}")
+    return failures
+
+
+def validate_variant(ref: np.ndarray, test: np.ndarray, label_names: dict[int, str],
+                     tol: Tolerance, region_based: bool = False) -> dict[str, Any]:
+    """Metrics, gate and verdict of one variant."""
+    metrics = compare_logits(ref, test, label_names, region_based)
+    failures = apply_gate(metrics, tol)
+    return {**metrics, "tolerance": tol.to_dict(), "passed": not failures, "failures": failures}
+
+
+def validate_fold(
+    model_folder: str,
+    fold: str,
+    checkpoint: str,
+    heldout_patches: np.ndarray,
+    variants: dict[str, dict[str, str]],
+    tolerances: dict[str, dict[str, Any]],
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Gate every variant (``{name: {"kind": "onnx"|"torchscript", "path": ...}}``) against eager
+    PyTorch on held-out patches. A failing variant is recorded, never raised."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from .models import load_nnunet_fold  # noqa: PLC0415
+    from .onnxrun import run_torch, run_variant  # noqa: PLC0415
+
+    loaded = load_nnunet_fold(Path(model_folder), fold, checkpoint)
+    reference = run_torch(loaded.network, heldout_patches)
+    results: dict[str, Any] = {}
+    for name, variant in variants.items():
+        tol = Tolerance.from_config(tolerances.get(name))
+        try:
+            logits = run_variant(variant["kind"], Path(variant["path"]), heldout_patches, threads)
+            results[name] = validate_variant(reference, logits, loaded.label_names, tol,
+                                             loaded.region_based)
+        except Exception as exc:  # noqa: BLE001 - a broken variant fails its gate, others go on
+            results[name] = {"passed": False, "tolerance": tol.to_dict(),
+                             "failures": [f"could not run: {type(exc).__name__}: {exc}"[:500]]}
+        results[name]["path"] = variant["path"]
+        results[name]["kind"] = variant["kind"]
+    return {
+        "model_folder": str(model_folder),
+        "fold": str(fold),
+        "reference": "torch eager (checkpoint loaded strictly)",
+        "n_patches": int(len(heldout_patches)),
+        "patch_shape": list(heldout_patches.shape[1:]),
+        "labels": {str(k): v for k, v in loaded.label_names.items()},
+        "variants": results,
+        "all_passed": all(r["passed"] for r in results.values()),
+    }

@@ -1,0 +1,157 @@
+"""Real patches from nnU-Net's preprocessed data, for calibration and held-out parity checks.
+
+Patches are drawn as nnU-Net draws training patches: a share of them centred on a random
+foreground voxel of a random class (from the ``class_locations`` nnU-Net stores per case),
+the rest at random positions; images smaller than the patch are zero-padded. Calibration uses
+the fold's training cases, parity checks its validation cases, so the two never overlap.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import NNBridgeError
+
+
+def fold_cases(preprocessed_dataset_dir: Path, fold: str) -> tuple[list[str], list[str]]:
+    """(training cases, validation cases) of a fold from nnU-Net's ``splits_final.json``.
+
+    ``fold_all`` trained on every case, so there is no held-out set: validation cases are then
+    the last fifth of the sorted cases (reported as such by the caller).
+    """
+    splits_file = Path(preprocessed_dataset_dir) / "splits_final.json"
+    if not splits_file.is_file():
+        raise NNBridgeError(
+            f"{splits_file}: missing; it is written when nnU-Net trains a fold "
+            "(copy it from the training machine's nnUNet_preprocessed folder)"
+        )
+    splits = json.loads(splits_file.read_text())
+    if fold == "all":
+        cases = sorted({c for split in splits for c in split["train"] + split["val"]})
+        cut = max(1, len(cases) // 5)
+        return cases, cases[-cut:]
+    k = int(fold)
+    if k >= len(splits):
+        raise NNBridgeError(f"{splits_file}: has {len(splits)} folds, fold {k} requested")
+    return list(splits[k]["train"]), list(splits[k]["val"])
+
+
+def open_dataset(data_folder: Path, cases: list[str]) -> Any:
+    """nnU-Net's own dataset reader (blosc2 or numpy) for ``data_folder``."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class  # noqa: PLC0415
+
+    data_folder = Path(data_folder)
+    if not data_folder.is_dir():
+        raise NNBridgeError(
+            f"{data_folder}: preprocessed data folder missing; run nnUNetv2_preprocess for this "
+            "configuration or set `preprocessed:` of the model in the config"
+        )
+    return infer_dataset_class(str(data_folder))(str(data_folder), cases)
+
+
+def _crop(data: np.ndarray, start: np.ndarray, patch: tuple[int, ...]) -> np.ndarray:
+    """Crop ``data`` (C, *spatial) at ``start``; regions outside the image are zeros."""
+    out = np.zeros((data.shape[0], *patch), dtype=np.float32)
+    src, dst = [slice(None)], [slice(None)]
+    for s, p, size in zip(start, patch, data.shape[1:]):
+        lo, hi = max(s, 0), min(s + p, size)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = data[tuple(src)]
+    return out
+
+
+def sample_patches(
+    data_folder: Path,
+    cases: list[str],
+    patch_size: tuple[int, ...],
+    n: int,
+    seed: int,
+    foreground_fraction: float = 0.33,
+) -> tuple[np.ndarray, list[str]]:
+    """``n`` patches (n, C, *patch_size) from ``cases``, cycling through the cases in order."""
+    if not cases:
+        raise NNBridgeError(f"{data_folder}: no cases to sample patches from")
+    rng = np.random.default_rng(seed)
+    dataset = open_dataset(data_folder, cases)
+    patch = tuple(int(p) for p in patch_size)
+    patches, origins = [], []
+    loaded: dict[str, tuple[np.ndarray, dict]] = {}
+    for i in range(n):
+        case = cases[i % len(cases)]
+        if case not in loaded:
+            data, _seg, _prev, props = dataset.load_case(case)
+            loaded[case] = (np.asarray(data[:], dtype=np.float32), props)
+        data, props = loaded[case]
+        spatial = np.array(data.shape[1:])
+        if len(patch) == 2 and len(spatial) == 3:  # 2d configuration: one slice per patch
+            z = int(rng.integers(spatial[0]))
+            data, spatial = data[:, z], spatial[1:]
+        start = rng.integers(np.minimum(0, spatial - patch), np.maximum(spatial - patch, 0) + 1)
+        locations = {k: v for k, v in (props.get("class_locations") or {}).items() if len(v)}
+        if locations and rng.random() < foreground_fraction:
+            cls = list(locations)[int(rng.integers(len(locations)))]
+            voxel = locations[cls][int(rng.integers(len(locations[cls])))][1:]  # drop channel
+            voxel = np.asarray(voxel)[-len(patch):]
+            start = voxel - np.array(patch) // 2
+        patches.append(_crop(data, start, patch))
+        origins.append(case)
+    return np.stack(patches).astype(np.float32), origins
+
+
+def configuration_of(model_folder: Path) -> tuple[str, str, str]:
+    """(trainer, plans, configuration) from an nnU-Net model folder's name."""
+    parts = Path(model_folder).name.split("__")
+    if len(parts) != 3:
+        raise NNBridgeError(
+            f"{model_folder}: not an nnU-Net model folder name; expected "
+            "<Trainer>__<Plans>__<configuration>"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def write_patch_sets(
+    model_folder: Path,
+    preprocessed_dataset_dir: Path,
+    fold: str,
+    calibration_out: Path,
+    heldout_out: Path,
+    *,
+    n_calibration: int,
+    n_heldout: int,
+    seed: int,
+    foreground_fraction: float,
+) -> dict[str, Any]:
+    """Calibration patches from the fold's training cases, held-out ones from its validation cases."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: PLC0415
+
+    _trainer, _plans, configuration = configuration_of(model_folder)
+    plans = json.loads((Path(model_folder) / "plans.json").read_text())
+    cm = PlansManager(plans).get_configuration(configuration)
+    data_folder = Path(preprocessed_dataset_dir) / cm.data_identifier
+    train_cases, val_cases = fold_cases(Path(preprocessed_dataset_dir), fold)
+    summary: dict[str, Any] = {"patch_size": list(cm.patch_size), "data_folder": str(data_folder),
+                               "fold": fold}
+    for name, out, cases, n, s in (
+        ("calibration", calibration_out, train_cases, n_calibration, seed),
+        ("heldout", heldout_out, val_cases, n_heldout, seed + 1),
+    ):
+        patches, origins = sample_patches(data_folder, cases, tuple(cm.patch_size), n, s,
+                                          foreground_fraction)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out, patches=patches, cases=np.array(origins))
+        summary[name] = {"n": int(n), "cases": sorted(set(origins)), "seed": s}
+    overlap = set(summary["calibration"]["cases"]) & set(summary["heldout"]["cases"])
+    if overlap and fold != "all":
+        raise NNBridgeError(f"calibration and held-out patches share cases {sorted(overlap)}")
+    return summary
+
+
+def load_patches(path: Path) -> np.ndarray:
+    """Patches written by :func:`write_patch_sets`."""
+    with np.load(path) as archive:
+        return archive["patches"]

@@ -1,0 +1,281 @@
+"""One report across all models and folds: Markdown, self-contained HTML, a plot, a JSON summary.
+
+The report only reads the JSON files the stages wrote; every number in it comes from there.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def _load(path: str | None) -> Any:
+    if not path or not Path(path).is_file():
+        return None
+    return json.loads(Path(path).read_text())
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def load_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each fold's stage records, read from the paths the workflow passes."""
+    loaded = []
+    for entry in entries:
+        loaded.append({
+            "dataset": entry["dataset"],
+            "model": entry["model"],
+            "fold": str(entry["fold"]),
+            "export": _load(entry.get("export")),
+            "torchscript": _load(entry.get("torchscript")),
+            "simplify": _load(entry.get("simplify")),
+            "quantize": {k: _load(v) for k, v in (entry.get("quantize") or {}).items()},
+            "parity": _load(entry.get("parity")),
+            "benchmark": _load(entry.get("benchmark")),
+            "validation": _load(entry.get("validation_summary")),
+        })
+    return loaded
+
+
+def _fold_label(e: dict[str, Any]) -> str:
+    return f"{e['dataset']} / {e['model']} / fold {e['fold']}"
+
+
+def validation_table(folds: list[dict[str, Any]]) -> Table | None:
+    """nnU-Net's own validation Dice of each fold (from ``validation/summary.json``)."""
+    rows, classes = [], []
+    for e in folds:
+        summary = e["validation"]
+        if not summary:
+            continue
+        labels = (e["parity"] or {}).get("labels", {})
+        means = summary.get("mean", {})
+        for cls in means:
+            name = labels.get(str(cls), str(cls))
+            if name not in classes:
+                classes.append(name)
+        dice = {labels.get(str(c), str(c)): v.get("Dice") for c, v in means.items()}
+        fg = summary.get("foreground_mean", {}).get("Dice")
+        rows.append((_fold_label(e), dice, fg))
+    if not rows:
+        return None
+    header = ["fold", *[f"Dice {c}" for c in classes], "foreground mean"]
+    return header, [[label, *[_fmt(d.get(c)) for c in classes], _fmt(fg)] for label, d, fg in rows]
+
+
+def weights_table(folds: list[dict[str, Any]]) -> Table:
+    rows = []
+    for e in folds:
+        for name, rec in (("ONNX fp32", e["export"]), ("TorchScript", e["torchscript"])):
+            if not rec:
+                continue
+            checks = rec.get("shape_checks", [])
+            worst = max((c["max_abs_err"] for c in checks), default=None)
+            shapes = "; ".join("x".join(str(s) for s in c["shape"][2:]) for c in checks)
+            rows.append([_fold_label(e), name, rec["weights"]["summary"], shapes, _fmt(worst)])
+        simp = e["simplify"]
+        if simp:
+            state = "simplified, outputs verified" if simp["kept_simplified"] else \
+                f"not simplified ({simp.get('error', 'unknown')}); exact copy kept"
+            rows.append([_fold_label(e), "ONNX simplified",
+                         f"{state}; nodes {simp['nodes_before']} → {simp['nodes_after']}",
+                         "", _fmt(simp.get("check_max_abs_err"))])
+    return ["fold", "artifact", "weights / check", "eager-vs-export shapes", "max abs err"], rows
+
+
+def parity_table(folds: list[dict[str, Any]]) -> Table:
+    rows = []
+    for e in folds:
+        parity = e["parity"] or {}
+        for name, r in parity.get("variants", {}).items():
+            dice = ", ".join(f"{k} {_fmt(v)}" for k, v in r.get("dice", {}).items())
+            verdict = "PASS" if r["passed"] else "FAIL: " + "; ".join(r.get("failures", []))
+            rows.append([_fold_label(e), name, _fmt(r.get("max_abs_err")), _fmt(r.get("mean_abs_err")),
+                         dice or "–", _fmt(r.get("voxel_agreement"), 6), verdict])
+    return ["fold", "variant", "max abs err", "mean abs err", "Dice vs torch", "voxel agreement",
+            "gate"], rows
+
+
+def benchmark_table(folds: list[dict[str, Any]]) -> Table:
+    rows = []
+    for e in folds:
+        bench = e["benchmark"] or {}
+        shape = "x".join(str(s) for s in bench.get("shape", []))
+        for name, r in bench.get("results", {}).items():
+            if "error" in r:
+                rows.append([_fold_label(e), name, shape, "error: " + r["error"], "", "", "", ""])
+                continue
+            size = r.get("file_size_bytes")
+            rows.append([_fold_label(e), name, shape, _fmt(r["p50_ms"], 3), _fmt(r["p90_ms"], 3),
+                         _fmt(r["peak_rss_mb"], 4), _fmt(size / 1e6 if size else None, 3),
+                         _fmt(r.get("speedup_vs_torch_eager"), 3)])
+    return ["fold", "backend / variant", "input", "p50 ms", "p90 ms", "peak RSS MB", "file MB",
+            "speed-up vs torch eager"], rows
+
+
+def quantize_table(folds: list[dict[str, Any]]) -> Table:
+    rows = []
+    for e in folds:
+        for name, q in e["quantize"].items():
+            if not q:
+                continue
+            rows.append([_fold_label(e), name, q["format"], _fmt(q["per_channel"]), q["calibrate_method"],
+                         str(q["n_calibration_patches"]), _fmt(q["size_bytes"] / 1e6, 3)])
+    return ["fold", "variant", "format", "per channel", "calibration", "calibration patches",
+            "file MB"], rows
+
+
+def latency_plot(folds: list[dict[str, Any]], path: Path) -> None:
+    """Grouped bars: p50 latency of each backend/variant, one group per fold."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    names: list[str] = []
+    for e in folds:
+        for n in (e["benchmark"] or {}).get("results", {}):
+            if n not in names:
+                names.append(n)
+    labels = [f"{e['model'].split('__')[-1]} f{e['fold']}" for e in folds]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(folds) * max(1, len(names)) / 3), 4))
+    width = 0.8 / max(1, len(names))
+    for j, name in enumerate(names):
+        values = [((e["benchmark"] or {}).get("results", {}).get(name) or {}).get("p50_ms", 0.0)
+                  for e in folds]
+        ax.bar([i + j * width for i in range(len(folds))], values, width, label=name)
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(folds))], labels)
+    ax.set_ylabel("p50 latency per patch (ms)")
+    ax.set_title("Latency per variant (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "nnbridge": __version__}
+
+
+def _md_table(table: Table) -> str:
+    header, rows = table
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(table: Table) -> str:
+    header, rows = table
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for c in row:
+            cls = ' class="fail"' if c.startswith("FAIL") or "NOT verified" in c else \
+                ' class="pass"' if c == "PASS" or c.startswith("weights verified") else ""
+            cells.append(f"<td{cls}>{html.escape(c)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def sections(folds: list[dict[str, Any]]) -> list[tuple[str, str, Table | None]]:
+    """(title, explanation, table) of every report section, in order."""
+    return [
+        ("Model quality (nnU-Net validation)",
+         "Dice of each fold on its own validation cases, as computed by nnU-Net after training.",
+         validation_table(folds)),
+        ("Weights and export checks",
+         "Every artifact must carry exactly the checkpoint's tensors; eager PyTorch and the "
+         "exported model are compared at two input shapes.", weights_table(folds)),
+        ("Quantization", "INT8 variants and their calibration (real patches from the fold's "
+         "training cases).", quantize_table(folds)),
+        ("Patch parity against PyTorch",
+         "Held-out patches from each fold's validation cases (never used for calibration); "
+         "Dice of the label maps of each variant against eager PyTorch.", parity_table(folds)),
+        ("Benchmark", "Batch-1 latency on one patch, each backend in its own process, all in one "
+         "run; compare the ratios.", benchmark_table(folds)),
+    ]
+
+
+def summarize(folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Machine-readable digest: per fold, the gate verdict and p50 of every variant."""
+    out = []
+    for e in folds:
+        variants = (e["parity"] or {}).get("variants", {})
+        bench = (e["benchmark"] or {}).get("results", {})
+        out.append({
+            "dataset": e["dataset"], "model": e["model"], "fold": e["fold"],
+            "variants": {n: {"passed": v["passed"], "dice": v.get("dice"),
+                             "p50_ms": (bench.get(n) or {}).get("p50_ms")} for n, v in variants.items()},
+            "torch_eager_p50_ms": (bench.get("torch_eager") or {}).get("p50_ms"),
+            "validation_dice": {k: v.get("Dice") for k, v in
+                                ((e["validation"] or {}).get("mean", {})).items()},
+        })
+    return {"machine": machine_info(), "folds": out}
+
+
+def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_path: str | Path,
+                 plot_path: str | Path, summary_path: str | Path) -> None:
+    """Write the Markdown and HTML reports, the latency plot and the JSON digest."""
+    folds = load_entries(entries)
+    latency_plot(folds, Path(plot_path))
+    summary = summarize(folds)
+    Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(summary_path).write_text(json.dumps(summary, indent=2) + "\n")
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = summary["machine"]
+    failed = [f"{_fold_label(e)}: {n}" for e in folds
+              for n, v in ((e["parity"] or {}).get("variants", {})).items() if not v["passed"]]
+    verdict = ("All variants passed their gates." if not failed else
+               f"{len(failed)} variant(s) FAILED their gate: " + "; ".join(failed))
+    intro = (f"nnbridge {__version__}, generated {now} on {machine['cpu']} "
+             f"({machine['cores']} cores). {len(folds)} fold(s).")
+
+    md = [f"# nnbridge report\n\n{intro}\n\n**{verdict}**\n"]
+    body = [f"<h1>nnbridge report</h1><p>{html.escape(intro)}</p>"
+            f"<p class=\"{'fail' if failed else 'pass'}\"><b>{html.escape(verdict)}</b></p>"]
+    for title, text, table in sections(folds):
+        if table is None:
+            continue
+        md.append(f"## {title}\n\n{text}\n\n{_md_table(table)}\n")
+        body.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>{_html_table(table)}")
+        if title == "Benchmark":
+            md.append(f"![latency]({os.path.relpath(plot_path, Path(md_path).parent)})\n")
+            png = base64.b64encode(Path(plot_path).read_bytes()).decode()
+            body.append(f'<p><img alt="latency per variant" src="data:image/png;base64,{png}"></p>')
+    Path(md_path).write_text("\n".join(md))
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f2f2f2}"
+             ".pass{color:#17692e}.fail{color:#b00020;font-weight:bold}")
+    Path(html_path).write_text(
+        f"<!doctype html><html><head><meta charset=\"utf-8\"><title>nnbridge report</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )

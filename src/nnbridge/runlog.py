@@ -1,0 +1,38 @@
+"""Send a stage's output to its log file (used by the workflow's thin scripts)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def logged(log_path: str | Path) -> Iterator[None]:
+    """Redirect stdout and stderr to ``log_path``; a failure's traceback ends up there too."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    open(log_path, "w").close()  # start empty; append mode lets subprocesses share the file
+    with open(log_path, "a", buffering=1) as handle:
+        old = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = handle
+        try:
+            yield
+        except BaseException:
+            traceback.print_exc(file=handle)
+            raise
+        finally:
+            sys.stdout, sys.stderr = old
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, creating the folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,111 @@
+"""What the pipeline will process: models, folds and the variants of each fold.
+
+Pure functions over the validated config (no snakemake import), used by the workflow's
+``common.smk`` and by the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import NNBridgeError
+
+
+@dataclass(frozen=True)
+class FoldKey:
+    """One cached branch of the pipeline: results/<dataset>/<model>/fold_<fold>."""
+
+    dataset: str
+    model: str
+    fold: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}/{self.model}/fold_{self.fold}"
+
+    def dir(self, results: str) -> str:
+        return f"{results}/{self.dataset}/{self.model}/fold_{self.fold}"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A configured nnU-Net model folder and the folds to process."""
+
+    folder: str
+    preprocessed: str
+    folds: tuple[str, ...]
+    checkpoint: str
+
+    @property
+    def dataset(self) -> str:
+        return Path(self.folder).parent.name
+
+    @property
+    def name(self) -> str:
+        return Path(self.folder).name
+
+    def fold_keys(self) -> list[FoldKey]:
+        return [FoldKey(self.dataset, self.name, f) for f in self.folds]
+
+
+def discover_folds(folder: Path, checkpoint: str) -> tuple[str, ...]:
+    """Folds of a model folder that hold ``checkpoint`` (``fold_0``…, ``fold_all``)."""
+    found = []
+    for sub in sorted(Path(folder).glob("fold_*")):
+        if (sub / checkpoint).is_file():
+            found.append(sub.name[len("fold_"):])
+    return tuple(sorted(found, key=lambda f: (f == "all", int(f) if f.isdigit() else 0)))
+
+
+def discover_models(entries: list[dict[str, Any]], demo_folder: str | None = None) -> dict[str, ModelEntry]:
+    """Validated ``models:`` entries keyed by ``<dataset>/<model>``.
+
+    Folds listed in the config are taken as given (the demo's are produced by the pipeline);
+    otherwise every ``fold_*`` folder holding the checkpoint is used.
+    """
+    models: dict[str, ModelEntry] = {}
+    for i, entry in enumerate(entries):
+        folder = str(entry["folder"]).rstrip("/")
+        where = f"config models[{i}] ({folder})"
+        if len(Path(folder).name.split("__")) != 3:
+            raise NNBridgeError(
+                f"{where}: folder name must be <Trainer>__<Plans>__<configuration> "
+                "(the folder nnU-Net writes under nnUNet_results/<Dataset>/)"
+            )
+        checkpoint = entry.get("checkpoint", "checkpoint_final.pth")
+        if entry.get("folds"):
+            folds = tuple(str(f) for f in entry["folds"])
+        elif folder == demo_folder:
+            raise NNBridgeError(f"{where}: the demo model is trained by the pipeline; list its folds")
+        else:
+            if not Path(folder).is_dir():
+                raise NNBridgeError(f"{where}: folder does not exist; fix the path in config/config.yaml")
+            folds = discover_folds(Path(folder), checkpoint)
+            if not folds:
+                raise NNBridgeError(f"{where}: no fold_*/{checkpoint} found; list `folds:` or fix the path")
+        if not entry.get("preprocessed"):
+            raise NNBridgeError(
+                f"{where}: `preprocessed:` missing; point it at the dataset's nnUNet_preprocessed "
+                "folder (calibration and held-out patches come from it)"
+            )
+        model = ModelEntry(folder, str(entry["preprocessed"]).rstrip("/"), folds, checkpoint)
+        key = f"{model.dataset}/{model.name}"
+        if key in models:
+            raise NNBridgeError(f"{where}: listed twice; merge the two entries")
+        models[key] = model
+    return models
+
+
+def fold_variants(results: str, key: FoldKey, config: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Name → {kind, path} of every artifact of a fold that is validated and benchmarked."""
+    base = key.dir(results)
+    variants: dict[str, dict[str, str]] = {}
+    if config["export"]["torchscript"]:
+        variants["torchscript"] = {"kind": "torchscript", "path": f"{base}/export/model.ts"}
+    variants["onnx_fp32"] = {"kind": "onnx", "path": f"{base}/export/model.onnx"}
+    variants["onnx_simplified"] = {"kind": "onnx", "path": f"{base}/simplify/model.onnx"}
+    for name in config["quantize"]:
+        variants[name] = {"kind": "onnx", "path": f"{base}/quantize/{name}.onnx"}
+    return variants

@@ -1,0 +1,72 @@
+"""Benchmarks in separate processes and the report built from stage records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nnbridge.bench import benchmark_fold
+from nnbridge.report import build_report
+from nnbridge.runlog import write_json
+
+
+def test_benchmark_fold_measures_each_backend(tiny_model, exported):
+    out, _, _ = exported
+    variants = {"onnx_fp32": {"kind": "onnx", "path": str(out / "model.onnx")},
+                "torchscript": {"kind": "torchscript", "path": str(out / "model.ts")},
+                "missing": {"kind": "onnx", "path": str(out / "nope.onnx")}}
+    record = benchmark_fold(str(tiny_model.model_folder), "0", tiny_model.checkpoint, variants,
+                            threads=1, warmup=1, repeats=3)
+    results = record["results"]
+    for name in ("torch_eager", "onnx_fp32", "torchscript"):
+        assert results[name]["p50_ms"] > 0, results[name]
+        assert results[name]["p90_ms"] >= results[name]["p50_ms"]
+        assert results[name]["peak_rss_mb"] >= results[name]["rss_after_imports_mb"] > 0
+    assert results["torch_eager"]["speedup_vs_torch_eager"] == 1.0
+    assert results["onnx_fp32"]["file_size_bytes"] > 0
+    assert "error" in results["missing"]
+
+
+def _records(tmp_path: Path) -> list[dict]:
+    base = tmp_path / "D/T__P__3d_fullres/fold_0"
+    write_json(base / "export.json", {"weights": {"summary": "weights verified: 10 tensors"},
+                                      "shape_checks": [{"shape": [1, 1, 8, 8, 8], "max_abs_err": 1e-6}]})
+    write_json(base / "simplify.json", {"kept_simplified": True, "nodes_before": 5, "nodes_after": 4,
+                                        "check_max_abs_err": 0.0})
+    write_json(base / "q.json", {"format": "QDQ", "per_channel": True, "calibrate_method": "MinMax",
+                                 "n_calibration_patches": 4, "size_bytes": 1000})
+    write_json(base / "parity.json", {"labels": {"0": "background", "1": "sphere"}, "variants": {
+        "onnx_fp32": {"passed": True, "max_abs_err": 1e-6, "mean_abs_err": 1e-7,
+                      "dice": {"sphere": 1.0}, "voxel_agreement": 1.0, "failures": []},
+        "int8_static": {"passed": False, "max_abs_err": 0.3, "mean_abs_err": 0.01,
+                        "dice": {"sphere": 0.97}, "voxel_agreement": 0.99,
+                        "failures": ["Dice of sphere 0.9700 < 0.99"]}}})
+    write_json(base / "bench.json", {"shape": [1, 1, 8, 8, 8], "results": {
+        "torch_eager": {"p50_ms": 10.0, "p90_ms": 11.0, "peak_rss_mb": 300.0,
+                        "speedup_vs_torch_eager": 1.0},
+        "onnx_fp32": {"p50_ms": 5.0, "p90_ms": 6.0, "peak_rss_mb": 100.0, "file_size_bytes": 2e6,
+                      "speedup_vs_torch_eager": 2.0}}})
+    write_json(base / "summary.json", {"mean": {"1": {"Dice": 0.91}}, "foreground_mean": {"Dice": 0.91}})
+    return [{"dataset": "D", "model": "T__P__3d_fullres", "fold": "0",
+             "export": str(base / "export.json"), "torchscript": None,
+             "simplify": str(base / "simplify.json"), "quantize": {"int8_static": str(base / "q.json")},
+             "parity": str(base / "parity.json"), "benchmark": str(base / "bench.json"),
+             "validation_summary": str(base / "summary.json")}]
+
+
+def test_report_shows_gates_numbers_and_plot(tmp_path):
+    entries = _records(tmp_path)
+    out = tmp_path / "out"
+    build_report(entries, md_path=out / "report.md", html_path=out / "report.html",
+                 plot_path=out / "report/latency.png", summary_path=out / "report/summary.json")
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "1 variant(s) FAILED" in md and "Dice of sphere 0.9700 < 0.99" in md
+    assert "weights verified: 10 tensors" in md
+    assert "0.9100" in md  # the model's own validation Dice
+    assert "| 2.000 |" in md or "2.000" in md  # speed-up of onnx_fp32
+    assert "data:image/png;base64," in html and 'class="fail"' in html
+    assert (out / "report/latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "report/summary.json").read_text())
+    assert summary["folds"][0]["variants"]["int8_static"]["passed"] is False
+    assert summary["folds"][0]["validation_dice"] == {"1": 0.91}

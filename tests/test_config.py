@@ -1,0 +1,89 @@
+"""Config validation and model discovery: defaults filled, bad input named in one line."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nnbridge.config import validate_config
+from nnbridge.errors import NNBridgeError
+from nnbridge.workflow_plan import FoldKey, discover_models, fold_variants
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+
+
+def shipped_config() -> dict:
+    return yaml.safe_load((ROOT / "config/config.yaml").read_text())
+
+
+def test_shipped_config_is_valid_and_defaults_fill_in():
+    config = validate_config(shipped_config(), SCHEMA)
+    assert config["results"] == "results"
+    assert config["demo"]["n_cases"] >= 6
+    assert config["quantize"]["int8_static"]["nodes_to_exclude"] == []
+
+
+def test_minimal_config_gets_every_default():
+    config = validate_config({"models": [{"folder": "a/T__P__2d", "preprocessed": "p"}]}, SCHEMA)
+    assert config["export"]["opset"] == 17
+    assert config["benchmark"]["repeats"] == 20
+    assert config["validate"]["default_tolerance"] == {"min_dice": 0.99}
+    assert config["models"][0]["checkpoint"] == "checkpoint_final.pth"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c["export"].update(opsett=17), r"export: .*'opsett'.*allowed keys: opset, torchscript"),
+        (lambda c: c["benchmark"].update(repeats=0), r"benchmark\.repeats: 0 is less than"),
+        (lambda c: c["models"][0].update(folds=["x"]), r"models\[0\]\.folds\[0\]"),
+        (lambda c: c["quantize"]["int8_static"].update(format="QINT"), r"quantize\.int8_static\.format"),
+        (lambda c: c.pop("models"), r"'models' is a required property"),
+    ],
+)
+def test_bad_config_gives_one_line_cause(mutate, expected):
+    config = copy.deepcopy(shipped_config())
+    mutate(config)
+    with pytest.raises(NNBridgeError, match=expected) as info:
+        validate_config(config, SCHEMA)
+    assert "\n" not in str(info.value)
+    assert "config/README.md" in str(info.value)
+
+
+def test_discover_models_finds_folds(tmp_path):
+    folder = tmp_path / "Dataset001_X" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    for fold in ("0", "2", "all"):
+        (folder / f"fold_{fold}").mkdir(parents=True)
+        (folder / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"x")
+    (folder / "fold_1").mkdir()  # no checkpoint: not a fold to process
+    models = discover_models([{"folder": str(folder), "preprocessed": "p"}])
+    (model,) = models.values()
+    assert model.folds == ("0", "2", "all")
+    assert [k.label for k in model.fold_keys()][0] == "Dataset001_X/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0"
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"folder": "x/notamodel", "preprocessed": "p"}, "<Trainer>__<Plans>__<configuration>"),
+        ({"folder": "x/T__P__2d", "preprocessed": "p"}, "folder does not exist"),
+        ({"folder": "x/T__P__2d", "folds": [0]}, "`preprocessed:` missing"),
+    ],
+)
+def test_discover_models_errors(entry, expected):
+    with pytest.raises(NNBridgeError, match=expected):
+        discover_models([entry])
+
+
+def test_fold_variants_follow_config():
+    config = validate_config(shipped_config(), SCHEMA)
+    key = FoldKey("D", "T__P__3d_fullres", "0")
+    variants = fold_variants("results", key, config)
+    assert list(variants) == ["torchscript", "onnx_fp32", "onnx_simplified", "int8_static"]
+    assert variants["int8_static"]["path"] == "results/D/T__P__3d_fullres/fold_0/quantize/int8_static.onnx"
+    config["export"]["torchscript"] = False
+    assert "torchscript" not in fold_variants("results", key, config)

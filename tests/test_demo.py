@@ -1,0 +1,152 @@
+"""The demo dataset and the small plans derived from nnU-Net's real planner (no training here)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    from nnbridge import demo
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from nnbridge import demo
+
+SHAPE = (32, 32, 32)
+
+
+def _read(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+@pytest.fixture(scope="module")
+def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return demo.make_dataset(tmp_path_factory.mktemp("raw"), n_cases=5, shape=SHAPE, seed=7)
+
+
+def test_dataset_layout(tiny_raw: Path) -> None:
+    assert tiny_raw.name == demo.DEMO_DATASET_NAME
+    info = json.loads((tiny_raw / "dataset.json").read_text())
+    assert info["labels"] == {"background": 0, "sphere": 1, "box": 2}
+    assert info["channel_names"] == {"0": "MRI"}
+    assert info["numTraining"] == 5
+    assert info["file_ending"] == ".nii.gz"
+    cases = sorted(p.name for p in (tiny_raw / "labelsTr").iterdir())
+    assert cases == [f"case_{i:03d}.nii.gz" for i in range(5)]
+    assert sorted(p.name for p in (tiny_raw / "imagesTr").iterdir()) == [
+        f"case_{i:03d}_0000.nii.gz" for i in range(5)
+    ]
+    import nibabel as nib
+
+    header = nib.load(str(tiny_raw / "imagesTr" / "case_000_0000.nii.gz")).header
+    assert tuple(header.get_zooms()) == (1.0, 1.0, 1.0)
+    assert tuple(header.get_data_shape()) == SHAPE
+
+
+def test_every_case_has_both_labels_and_contrast(tiny_raw: Path) -> None:
+    for i in range(5):
+        labels = _read(tiny_raw / "labelsTr" / f"case_{i:03d}.nii.gz")
+        image = _read(tiny_raw / "imagesTr" / f"case_{i:03d}_0000.nii.gz")
+        assert set(np.unique(labels).tolist()) == {0, 1, 2}
+        # sphere brighter, box darker than the background, but noisy: classes overlap a little
+        bg, sphere, box = (image[labels == k] for k in (0, 1, 2))
+        assert sphere.mean() > bg.mean() + 2 * bg.std()
+        assert box.mean() < bg.mean() - 2 * bg.std()
+        assert sphere.min() < bg.max() and box.max() > bg.min()
+
+
+def test_same_seed_same_data_other_seed_other_data(tiny_raw: Path, tmp_path: Path) -> None:
+    again = demo.make_dataset(tmp_path / "again", n_cases=2, shape=SHAPE, seed=7)
+    other = demo.make_dataset(tmp_path / "other", n_cases=2, shape=SHAPE, seed=8)
+    for i in range(2):
+        for sub, name in (("imagesTr", f"case_{i:03d}_0000.nii.gz"), ("labelsTr", f"case_{i:03d}.nii.gz")):
+            first, second = tiny_raw / sub / name, again / sub / name
+            np.testing.assert_array_equal(_read(first), _read(second))
+            assert first.read_bytes() == second.read_bytes()
+            assert not np.array_equal(_read(first), _read(other / sub / name))
+
+
+def test_dataset_name_must_match_id(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        demo.make_dataset(tmp_path, n_cases=1, shape=SHAPE, dataset_id=901, dataset_name="Dataset900_X")
+
+
+def test_nnunet_env(tmp_path: Path) -> None:
+    train = demo.nnunet_env(tmp_path / "r", tmp_path / "p", tmp_path / "res")
+    assert train["nnUNet_extTrainer"] == str(demo.TRAINER_DIR)
+    assert (demo.TRAINER_DIR / f"{demo.DEMO_TRAINER}.py").is_file()
+    assert train["nnUNet_def_n_proc"] == "1" and train["nnUNet_n_proc_DA"] == "0"
+    assert Path(train["nnUNet_results"]).is_absolute()
+    plan = demo.nnunet_env(tmp_path / "r", tmp_path / "p", tmp_path / "res", for_training=False)
+    assert "nnUNet_def_n_proc" not in plan and "nnUNet_n_proc_DA" not in plan
+
+
+def test_real_planning_then_small_plans(tiny_raw: Path, tmp_path: Path) -> None:
+    pre = demo.plan_and_preprocess(tiny_raw.parent, tmp_path / "pre", log=tmp_path / "plan.log")
+    assert pre == tmp_path / "pre" / demo.DEMO_DATASET_NAME
+    source = json.loads((pre / "nnUNetPlans.json").read_text())
+    source_cfg = source["configurations"]["3d_fullres"]
+
+    target = demo.derive_small_plans(pre)
+    assert target == pre / f"{demo.DEMO_PLANS}.json"
+    plans = json.loads(target.read_text())
+    assert plans["plans_name"] == demo.DEMO_PLANS
+    assert list(plans["configurations"]) == ["3d_fullres"]
+    cfg = plans["configurations"]["3d_fullres"]
+    assert cfg["data_identifier"] == source_cfg["data_identifier"]
+    assert (pre / cfg["data_identifier"]).is_dir()  # the planner's preprocessed data is reused
+    arch = cfg["architecture"]["arch_kwargs"]
+    assert arch["features_per_stage"] == list(demo.DEFAULT_FEATURES)
+    assert arch["n_stages"] == len(arch["strides"]) == len(arch["kernel_sizes"]) == len(demo.DEFAULT_FEATURES)
+    stride = np.prod(np.array(arch["strides"]), axis=0)
+    assert all(p % s == 0 for p, s in zip(cfg["patch_size"], stride))
+    assert cfg["patch_size"] == list(SHAPE)
+    assert cfg["batch_size"] == demo.DEFAULT_BATCH
+
+    # nnU-Net's default 5-fold split, written before training
+    splits = json.loads(demo.write_splits(pre).read_text())
+    cases = [f"case_{i:03d}" for i in range(5)]
+    assert len(splits) == 5
+    assert sorted(c for s in splits for c in s["val"]) == cases
+    assert all(sorted(s["train"] + s["val"]) == cases for s in splits)
+
+    # an explicit patch is rounded up to the total stride
+    odd = demo.derive_small_plans(pre, target_plans="oddPatch", features=(4, 8, 16), patch_size=(30, 21, 32))
+    cfg = json.loads(odd.read_text())["configurations"]["3d_fullres"]
+    assert cfg["patch_size"] == [32, 24, 32]
+    assert json.loads(odd.read_text())["plans_name"] == "oddPatch"
+
+    # the plans build with nnU-Net's own network construction
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager = PlansManager(str(target))
+    config_manager = manager.get_configuration("3d_fullres")
+    network = get_network_from_plans(
+        config_manager.network_arch_class_name,
+        config_manager.network_arch_init_kwargs,
+        config_manager.network_arch_init_kwargs_req_import,
+        1,
+        3,
+        deep_supervision=False,
+    )
+    import torch
+
+    with torch.no_grad():
+        out = network(torch.zeros(1, 1, *config_manager.patch_size))
+    assert tuple(out.shape) == (1, 3, *SHAPE)
+
+
+def test_planning_failure_names_the_log(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    broken = demo.make_dataset(raw, n_cases=1, shape=SHAPE, dataset_id=901)
+    (broken / "labelsTr" / "case_000.nii.gz").unlink()
+    log = tmp_path / "plan.log"
+    with pytest.raises(RuntimeError, match=re.escape(str(log))):
+        demo.plan_and_preprocess(raw, tmp_path / "pre", dataset_id=901, log=log)

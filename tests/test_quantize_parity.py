@@ -1,0 +1,103 @@
+"""Patches, simplification, INT8 quantization and the parity gates, on a real tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from nnbridge.onnxrun import run_onnx, run_torch
+from nnbridge.parity import (
+    Tolerance,
+    apply_gate,
+    compare_logits,
+    dice_per_class,
+    validate_fold,
+)
+from nnbridge.quantize import quantize_variant
+from nnbridge.simplify import simplify_onnx
+
+
+def test_patch_sets_come_from_disjoint_cases(patch_sets, loaded_fold):
+    summary, calibration, heldout = patch_sets
+    assert calibration.shape == (6, 1, *loaded_fold.patch_size)
+    assert heldout.shape == (4, 1, *loaded_fold.patch_size)
+    assert not set(summary["calibration"]["cases"]) & set(summary["heldout"]["cases"])
+    assert calibration.std() > 0.1  # real, normalized image data, not zeros
+
+
+def test_simplified_model_is_kept_only_when_equal(exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    _, _, heldout = patch_sets
+    record = simplify_onnx(out / "model.onnx", tmp_path / "sim.onnx", heldout[:2])
+    assert record["kept_simplified"], record
+    assert record["check_max_abs_err"] <= 1e-4
+    # an impossible tolerance: the simplified graph is refused, an exact copy is kept instead
+    strict = simplify_onnx(out / "model.onnx", tmp_path / "sim2.onnx", heldout[:2], atol=-1.0)
+    assert not strict["kept_simplified"]
+    assert (tmp_path / "sim2.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+
+
+def test_static_int8_is_qdq_and_close(exported, patch_sets, loaded_fold, tmp_path):
+    out, _, _ = exported
+    _, calibration, heldout = patch_sets
+    record = quantize_variant(out / "model.onnx", tmp_path / "int8.onnx", calibration,
+                              {"method": "static", "format": "QDQ", "per_channel": True,
+                               "calibrate_method": "MinMax"})
+    assert record["ops"].get("QuantizeLinear", 0) > 0 and record["ops"].get("DequantizeLinear", 0) > 0
+    assert record["n_calibration_patches"] == len(calibration)
+    assert record["size_bytes"] < (out / "model.onnx").stat().st_size
+    ref = run_torch(loaded_fold.network, heldout)
+    got = run_onnx(tmp_path / "int8.onnx", heldout)
+    metrics = compare_logits(ref, got, loaded_fold.label_names)
+    assert metrics["max_abs_err"] > 0  # it is really quantized
+    assert metrics["voxel_agreement"] > 0.5
+
+
+def test_dice_per_class():
+    ref = np.array([[0, 1, 1, 2]])
+    test = np.array([[0, 1, 2, 2]])
+    scores = dice_per_class(ref, test, [1, 2])
+    assert scores[1] == pytest.approx(2 * 1 / 3)
+    assert scores[2] == pytest.approx(2 * 1 / 3)
+    assert dice_per_class(ref, test, [3]) == {3: 1.0}  # absent in both
+
+
+def test_gate_fails_on_each_bound():
+    metrics = {"max_abs_err": 0.5, "mean_abs_err": 0.01, "dice": {"sphere": 0.95, "box": 1.0}}
+    assert apply_gate(metrics, Tolerance(max_abs_err=1.0, min_dice=0.9)) == []
+    failures = apply_gate(metrics, Tolerance(max_abs_err=0.1, mean_abs_err=0.001, min_dice=0.99))
+    assert len(failures) == 3 and any("sphere" in f for f in failures)
+
+
+def _corrupted_copy(src, dst, scale=-1.0):
+    """A variant whose biggest conv is sign-flipped: it must fail its gate."""
+    model = onnx.load(str(src))
+    victim = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    victim.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(victim) * scale, victim.name))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_validate_fold_passes_exact_and_fails_broken_variant(tiny_model, exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    _, _, heldout = patch_sets
+    broken = _corrupted_copy(out / "model.onnx", tmp_path / "broken.onnx")
+    variants = {
+        "onnx_fp32": {"kind": "onnx", "path": str(out / "model.onnx")},
+        "torchscript": {"kind": "torchscript", "path": str(out / "model.ts")},
+        "broken": {"kind": "onnx", "path": str(broken)},
+        "unreadable": {"kind": "onnx", "path": str(tmp_path / "missing.onnx")},
+    }
+    tol = {"max_abs_err": 1e-3, "min_dice": 0.999}
+    record = validate_fold(str(tiny_model.model_folder), "0", tiny_model.checkpoint, heldout,
+                           variants, {name: tol for name in variants})
+    results = record["variants"]
+    assert results["onnx_fp32"]["passed"], results["onnx_fp32"]
+    assert results["torchscript"]["passed"], results["torchscript"]
+    assert not results["broken"]["passed"]
+    assert any("max abs error" in f for f in results["broken"]["failures"])
+    assert not results["unreadable"]["passed"]
+    assert "could not run" in results["unreadable"]["failures"][0]
+    assert record["all_passed"] is False

@@ -1,0 +1,321 @@
+"""The pipeline through the Slurm executor plugin on a real one-node Slurm cluster (slow).
+
+``tests/slurm/cluster.sh start`` brings up munged, slurmctld and slurmd on this machine
+(installing Debian's slurm-wlm and munge with apt-get when missing; needs root). The tests skip
+with the script's one-line reason when it cannot, and always with ``NNBRIDGE_SKIP_SLURM=1``.
+A cluster this module started is stopped again at the end.
+
+The demo pipeline, reduced to a short run, runs in a temporary copy of the project with
+``--profile tests/slurm/profile``. Checked: every non-local job went through sbatch and
+completed in Slurm with the resources snakemake computed for it (CPUs = threads, --mem =
+mem_mb, --time = runtime, the profile's partition); benchmarks never overlapped; the exact
+export variants pass their parity gates; the deterministic artifacts (synthetic dataset, nnU-Net
+planning and preprocessing, splits) equal those of a local run of the same config. Checkpoints
+are not compared: nnU-Net training is not seeded, two CPU trainings of the same fold differ.
+Separately, a job that exits 1 is reported as failed within a minute (no hang).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+CLUSTER_SH = ROOT / "tests" / "slurm" / "cluster.sh"
+STATE = Path(os.environ.get("NNBRIDGE_SLURM_DIR", "/tmp/nnbridge-slurm"))
+JOBCOMP = STATE / "jobcomp.log"
+PARTITION = "local"  # tests/slurm/profile's slurm_partition; the cluster's default is another
+FOLDS = ("0", "1")
+MODEL = "Dataset900_NNBridgeDemo/nnBridgeDemoTrainer__nnBridgeDemoPlans__3d_fullres"
+EXACT_VARIANTS = ("onnx_fp32", "torchscript", "onnx_simplified")
+REFERENCE_TARGETS = (  # the deterministic part of the demo: data, planning, preprocessing, splits
+    "resources/demo/nnUNet_preprocessed/Dataset900_NNBridgeDemo/nnBridgeDemoPlans.json",
+    "resources/demo/nnUNet_preprocessed/Dataset900_NNBridgeDemo/splits_final.json",
+)
+PROJECT_ITEMS = ("Snakefile", "workflow", "config", "profiles", "envs", "src", "constraints.txt")
+
+pytestmark = pytest.mark.slurm
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def copy_project(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in PROJECT_ITEMS:
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
+    shutil.copytree(ROOT / "tests" / "slurm" / "profile", dest / "tests" / "slurm" / "profile")
+    return dest
+
+
+def reduce_config(workdir: Path) -> None:
+    """The shipped demo, shortened: fewer cases, a very short training, tiny benchmarks.
+
+    ``benchmark.threads: 1`` makes a benchmark job need one of the node's two CPUs, so only the
+    profile's ``bench=1`` keeps two of them from running side by side.
+    """
+    path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["demo"].update(n_cases=6, epochs=1, iterations=2)
+    config["patches"].update(calibration=4, heldout=2)
+    config["benchmark"].update(threads=1, warmup=0, repeats=2)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def run(workdir: Path, args: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, float]:
+    """snakemake ``args`` in ``workdir`` with the copy's own nnbridge on PYTHONPATH; (proc, seconds)."""
+    env = dict(os.environ, PYTHONPATH=str(workdir / "src"))
+    start = time.monotonic()
+    try:
+        proc = subprocess.run([SNAKEMAKE, *args], cwd=workdir, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        cancel_jobs_in(workdir)
+        out = error.stdout.decode() if isinstance(error.stdout, bytes) else (error.stdout or "")
+        err = error.stderr.decode() if isinstance(error.stderr, bytes) else (error.stderr or "")
+        raise AssertionError(f"snakemake {' '.join(args)} still running after {timeout} s:\n"
+                             f"{out[-3000:]}\n{err[-6000:]}") from None
+    return proc, time.monotonic() - start
+
+
+def run_on_slurm(workdir: Path, *args: str, timeout: float = 1200) -> tuple[subprocess.CompletedProcess, float]:
+    # --workflow-profile none: else profiles/default is loaded too and replaces default-resources
+    return run(workdir, ["--profile", str(workdir / "tests/slurm/profile"), "--workflow-profile", "none",
+                         *args], timeout)
+
+
+def cancel_jobs_in(workdir: Path) -> None:
+    """scancel the Slurm jobs running in ``workdir`` (a run the test gave up on)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i %Z"], capture_output=True, text=True).stdout
+    ids = [line.split()[0] for line in out.splitlines()
+           if len(line.split()) == 2 and line.split()[1].startswith(str(workdir))]
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True)
+
+
+def job_blocks(text: str) -> dict[str, dict]:
+    """Snakemake's job printouts: jobid -> {rule, local, threads, resources}."""
+    jobs = {}
+    for match in re.finditer(r"^(local)?rule (\w+):\n((?:[ \t]+.*(?:\n|$))*)", text, re.M):
+        fields = dict(re.findall(r"^\s+(\w+): (.*)$", match.group(3), re.M))
+        resources = dict(item.partition("=")[::2] for item in fields.get("resources", "").split(", ") if item)
+        jobs[fields["jobid"]] = {"rule": match.group(2), "local": bool(match.group(1)),
+                                 "threads": int(fields.get("threads", 1)), "resources": resources}
+    return jobs
+
+
+def submissions(text: str) -> dict[str, dict]:
+    """Snakemake jobid -> {slurm_id, log} from the plugin's 'has been submitted' lines."""
+    return {m.group(1): {"slurm_id": m.group(2), "log": Path(m.group(3))}
+            for m in re.finditer(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.", text)}
+
+
+def jobcomp_records() -> dict[str, dict[str, str]]:
+    """Slurm's record of every finished job (jobcomp/filetxt): JobId -> fields."""
+    records = {}
+    for line in (JOBCOMP.read_text() if JOBCOMP.exists() else "").splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "JobId" in fields:
+            records[fields["JobId"]] = fields
+    return records
+
+
+def tres_mem_mb(tres: str) -> int:
+    mem = dict(item.split("=", 1) for item in tres.split(","))["mem"]
+    return int(float(mem[:-1]) * {"M": 1, "G": 1024, "T": 1024**2}[mem[-1]])
+
+
+def when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def wait_for_jobcomp(slurm_ids: set[str], timeout: float = 30) -> dict[str, dict[str, str]]:
+    deadline = time.monotonic() + timeout
+    records = jobcomp_records()
+    while not slurm_ids <= set(records) and time.monotonic() < deadline:
+        time.sleep(1)
+        records = jobcomp_records()
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A running one-node Slurm cluster (tests/slurm/cluster.sh); skip when there is none."""
+    if os.environ.get("NNBRIDGE_SKIP_SLURM") == "1":
+        pytest.skip("NNBRIDGE_SKIP_SLURM=1")
+    was_running = subprocess.run(["bash", str(CLUSTER_SH), "status"], capture_output=True).returncode == 0
+    proc = subprocess.run(["bash", str(CLUSTER_SH), "start"], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        lines = (proc.stderr.strip() or proc.stdout.strip() or "cluster.sh start failed").splitlines()
+        pytest.skip(f"no local Slurm cluster: {lines[-1]}")
+    yield STATE
+    if not was_running:
+        subprocess.run(["bash", str(CLUSTER_SH), "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory: pytest.TempPathFactory):
+    """The reduced demo pipeline run through Slurm, and beside it a local reference run.
+
+    The reference (a second copy, plain local snakemake, one core) only builds the deterministic
+    part: synthetic data, nnU-Net planning and preprocessing, demo plans and splits. It runs
+    while the Slurm run's first jobs, which use one of the node's two CPUs, are under way.
+    Returns (slurm workdir, snakemake output, seconds, reference workdir).
+    """
+    work = copy_project(tmp_path_factory.mktemp("slurm_pipeline"))
+    reduce_config(work)
+    reference = copy_project(tmp_path_factory.mktemp("local_reference"))
+    reduce_config(reference)
+    with open(reference / "reference.log", "w") as log:
+        local = subprocess.Popen([SNAKEMAKE, "--cores", "1", "--workflow-profile", "none", *REFERENCE_TARGETS],
+                                 cwd=reference, env=dict(os.environ, PYTHONPATH=str(reference / "src")),
+                                 stdout=log, stderr=subprocess.STDOUT)
+        try:
+            proc, seconds = run_on_slurm(work)
+        finally:
+            try:
+                local.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                local.kill()
+    text = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise AssertionError(f"snakemake on Slurm failed after {seconds:.0f} s:\n{text[-8000:]}")
+    print(f"\nslurm pipeline run: {seconds:.0f} s")
+    assert local.returncode == 0, (reference / "reference.log").read_text()[-6000:]
+    return work, text, seconds, reference
+
+
+@pytest.fixture(scope="module")
+def slurm_jobs(slurm_run):
+    """The run's Slurm jobs: [(rule, snakemake job printout, submission, jobcomp record)]."""
+    _, text, _, _ = slurm_run
+    run_id = re.search(r"SLURM run ID: (\S+)", text).group(1)
+    jobs = job_blocks(text)
+    remote = {jobid: job for jobid, job in jobs.items() if not job["local"]}
+    submitted = submissions(text)
+    # every job that snakemake did not run itself (localrules) went through sbatch
+    assert set(submitted) == set(remote), (sorted(submitted), sorted(remote))
+    assert {job["rule"] for job in jobs.values() if job["local"]} >= {"report"}
+    records = wait_for_jobcomp({s["slurm_id"] for s in submitted.values()})
+    out = []
+    for jobid, sub in sorted(submitted.items(), key=lambda item: int(item[1]["slurm_id"])):
+        job, record = remote[jobid], records.get(sub["slurm_id"])
+        assert record is not None, f"Slurm has no record of job {sub['slurm_id']} ({job['rule']})"
+        assert record["Name"] == run_id, record
+        out.append((job["rule"], job, sub, record))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# tests
+
+
+def test_every_job_ran_in_slurm_with_the_rules_resources(slurm_run, slurm_jobs):
+    _, text, _, _ = slurm_run
+    # only our profile: profiles/default would replace its default-resources (partition included)
+    assert "Using profile" in text and "workflow specific profile" not in text, text[:2000]
+    assert {rule for rule, *_ in slurm_jobs} >= {
+        "demo_dataset", "demo_preprocess", "demo_plans", "demo_train", "export_onnx",
+        "export_torchscript", "patches", "simplify", "quantize", "validate", "benchmark"}
+    for rule, job, sub, record in slurm_jobs:
+        what = f"{rule} (Slurm job {sub['slurm_id']}): {record}"
+        assert record["JobState"] == "COMPLETED", what
+        # the rule really ran inside that Slurm job (the profile keeps the Slurm logs)
+        assert sub["log"].is_file() and f"rule {rule}:" in sub["log"].read_text(), sub["log"]
+        # what snakemake computed for the job is what Slurm allocated: CPUs = threads,
+        # --mem = mem_mb, --time = runtime, and the profile's partition (not the default one)
+        assert record["Partition"] == PARTITION, what
+        assert int(record["ProcCnt"]) == job["threads"], what
+        assert tres_mem_mb(record["Tres"]) == int(job["resources"]["mem_mb"]), what
+        assert record["TimeLimit"] == job["resources"]["runtime"], what
+    # ... and those come from the rules: demo_train and validate declare 2 threads and 6000 MB
+    for rule in ("demo_train", "validate"):
+        allocated = {(int(r["ProcCnt"]), tres_mem_mb(r["Tres"])) for name, _, _, r in slurm_jobs if name == rule}
+        assert allocated == {(2, 6000)}, (rule, allocated)
+
+
+def test_benchmarks_never_overlapped(slurm_jobs):
+    spans = sorted((when(r["StartTime"]), when(r["EndTime"])) for rule, _, _, r in slurm_jobs if rule == "benchmark")
+    assert len(spans) == len(FOLDS)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, spans
+
+
+def test_artifacts_exist_and_exact_variants_pass_parity(slurm_run):
+    work = slurm_run[0]
+    assert (work / "results/report.html").stat().st_size > 1000
+    for fold in FOLDS:
+        base = work / "results" / MODEL / f"fold_{fold}"
+        for artifact in ("export/model.onnx", "export/model.ts", "simplify/model.onnx",
+                         "quantize/int8_static.onnx", "benchmark/benchmark.json"):
+            assert (base / artifact).stat().st_size > 100, artifact
+        variants = json.loads((base / "validate/parity.json").read_text())["variants"]
+        for exact in EXACT_VARIANTS:
+            assert variants[exact]["passed"], (fold, exact, variants[exact])
+
+
+def test_deterministic_artifacts_equal_a_local_run(slurm_run):
+    """Synthetic data, nnU-Net planning/preprocessing, plans and splits are the same as locally.
+
+    Byte for byte, except the preprocessed images (.b2nd): blosc2 containers of equal arrays
+    differ in their bytes from run to run, so those are compared by dtype, shape and values.
+    """
+    import blosc2
+    import numpy as np
+
+    work, _, _, reference = slurm_run
+    compared = 0
+    for sub in ("nnUNet_raw", "nnUNet_preprocessed"):
+        for path in sorted((reference / "resources/demo" / sub).rglob("*")):
+            if not path.is_file() or path.name.startswith(".snakemake"):  # snakemake's directory marker
+                continue
+            twin = work / path.relative_to(reference)
+            assert twin.is_file(), twin
+            if path.suffix == ".b2nd":
+                a, b = blosc2.open(str(path), mode="r")[:], blosc2.open(str(twin), mode="r")[:]
+                assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), twin
+            else:
+                assert digest(twin) == digest(path), f"differs from the local run: {twin}"
+            compared += 1
+    assert compared >= 20, compared
+
+
+def test_failing_job_is_reported_quickly(cluster, tmp_path: Path):
+    (tmp_path / "Snakefile").write_text(
+        'rule fail:\n    output: "never.txt"\n    shell: "echo failing on purpose; exit 1"\n')
+    shutil.copytree(ROOT / "tests" / "slurm" / "profile", tmp_path / "profile")
+    proc, seconds = run(tmp_path, ["--profile", str(tmp_path / "profile"), "--workflow-profile", "none"],
+                        timeout=300)
+    text = proc.stdout + proc.stderr
+    print(f"\nfailing job reported after {seconds:.1f} s")
+    assert proc.returncode != 0, text[-3000:]
+    assert "Error in rule fail" in text, text[-3000:]
+    subs = submissions(text)
+    assert len(subs) == 1, text[-3000:]
+    slurm_id = next(iter(subs.values()))["slurm_id"]
+    assert f"SLURM-job '{slurm_id}' failed" in text, text[-3000:]
+    record = wait_for_jobcomp({slurm_id})[slurm_id]
+    assert record["JobState"] == "FAILED" and record["ExitCode"] != "0:0", record
+    assert seconds < 60, f"snakemake needed {seconds:.0f} s to report the failed job"

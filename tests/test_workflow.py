@@ -1,0 +1,139 @@
+"""The real pipeline: snakemake on the embedded demo in a temporary copy of the project.
+
+One run builds everything (2 folds trained by nnU-Net), then the rerun behaviour is checked:
+nothing to do after a finished run; a quantization setting reruns only quantize and what
+depends on it; an edit of the report code reruns only the report; a bad config fails fast
+with a one-line cause.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+FOLDS = ("0", "1")
+MODEL = "Dataset900_NNBridgeDemo/nnBridgeDemoTrainer__nnBridgeDemoPlans__3d_fullres"
+
+pytestmark = pytest.mark.workflow
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(workdir / "src"))
+    proc = subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts from the 'Job stats' table of a dry run."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
+            if m.group(1) != "total"}
+
+
+def set_config(workdir: Path, update) -> None:
+    path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    update(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project (its own nnbridge sources on PYTHONPATH) after one full run."""
+    work = tmp_path_factory.mktemp("pipeline")
+    for item in ("Snakefile", "workflow", "config", "profiles", "envs", "src", "constraints.txt"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    # the shipped demo, only with fewer benchmark repetitions to keep the suite short
+    set_config(work, lambda c: c["benchmark"].update(repeats=5, warmup=1))
+    run_snakemake(work)
+    return work
+
+
+def fold_dir(workdir: Path, fold: str) -> Path:
+    return workdir / "results" / MODEL / f"fold_{fold}"
+
+
+def test_demo_model_is_trained_by_nnunet(workdir):
+    for fold in FOLDS:
+        summary = json.loads((workdir / "resources/demo/nnUNet_results" / MODEL / f"fold_{fold}"
+                              / "validation/summary.json").read_text())
+        dice = {k: v["Dice"] for k, v in summary["mean"].items()}
+        assert set(dice) == {"1", "2"}
+        assert min(dice.values()) >= 0.8, dice  # the demo model has learned the task
+
+
+def test_every_fold_has_all_artifacts_and_gates(workdir):
+    for fold in FOLDS:
+        base = fold_dir(workdir, fold)
+        for artifact in ("export/model.onnx", "export/model.ts", "simplify/model.onnx",
+                         "quantize/int8_static.onnx"):
+            assert (base / artifact).stat().st_size > 1000, artifact
+        export = json.loads((base / "export/export.json").read_text())
+        assert export["weights"]["ok"] and export["checkpoint_weights"]["ok"]
+        parity = json.loads((base / "validate/parity.json").read_text())
+        variants = parity["variants"]
+        assert set(variants) == {"torchscript", "onnx_fp32", "onnx_simplified", "int8_static"}
+        for exact in ("torchscript", "onnx_fp32", "onnx_simplified"):
+            assert variants[exact]["passed"], (fold, exact, variants[exact])
+        assert "passed" in variants["int8_static"] and variants["int8_static"]["dice"]
+        bench = json.loads((base / "benchmark/benchmark.json").read_text())["results"]
+        assert set(bench) == {"torch_eager", *variants}
+        assert all(r["p50_ms"] > 0 for r in bench.values()), bench
+
+
+def test_report_covers_both_folds(workdir):
+    html = (workdir / "results/report.html").read_text()
+    md = (workdir / "results/report.md").read_text()
+    for fold in FOLDS:
+        assert f"fold {fold}" in md
+    for variant in ("torchscript", "onnx_fp32", "onnx_simplified", "int8_static", "torch_eager"):
+        assert variant in md
+    assert "Model quality (nnU-Net validation)" in md and "weights verified" in md
+    assert "data:image/png;base64," in html
+
+
+def test_finished_run_has_nothing_to_do(workdir):
+    assert planned_jobs(run_snakemake(workdir, "-n")) == {}
+
+
+def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
+    set_config(workdir, lambda c: c["quantize"]["int8_static"].update(calibrate_method="Percentile"))
+    jobs = planned_jobs(run_snakemake(workdir, "-n"))
+    assert jobs.get("quantize") == 2
+    assert set(jobs) <= {"quantize", "validate", "benchmark", "report", "all"}, jobs
+    run_snakemake(workdir)
+    record = json.loads((fold_dir(workdir, "0") / "quantize/int8_static.json").read_text())
+    assert record["calibrate_method"] == "Percentile"
+    assert planned_jobs(run_snakemake(workdir, "-n")) == {}
+
+
+def test_report_code_edit_reruns_only_report(workdir):
+    module = workdir / "src/nnbridge/report.py"
+    module.write_text(module.read_text() + "\n# edited\n")
+    jobs = planned_jobs(run_snakemake(workdir, "-n"))
+    assert set(jobs) == {"report", "all"}, jobs
+
+
+def test_bad_config_fails_with_one_line_cause(workdir):
+    set_config(workdir, lambda c: c["export"].update(opsett=17))
+    proc = run_snakemake(workdir, "-n", check=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "config: invalid value at export: Additional properties are not allowed ('opsett'" in text

@@ -1,0 +1,137 @@
+import re
+import hashlib
+import importlib.util
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from nnbridge.config import validate_config
+from nnbridge.demo import DEMO_DATASET_NAME, DEMO_PLANS, DEMO_TRAINER
+from nnbridge.errors import NNBridgeError
+from nnbridge.models import CHECKPOINT_NAMES
+from nnbridge.workflow_plan import FoldKey, discover_models, fold_variants
+
+
+try:
+    validate_config(
+        config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+    )
+except NNBridgeError as error:
+    raise WorkflowError(str(error)) from None
+
+RESULTS = config["results"]
+DEMO_ROOT = config["demo"]["root"]
+DEMO_CONFIGURATION = "3d_fullres"
+DEMO_RAW = f"{DEMO_ROOT}/nnUNet_raw"
+DEMO_PREPROCESSED = f"{DEMO_ROOT}/nnUNet_preprocessed/{DEMO_DATASET_NAME}"
+DEMO_MODEL_FOLDER = f"{DEMO_ROOT}/nnUNet_results/{DEMO_DATASET_NAME}/{DEMO_TRAINER}__{DEMO_PLANS}__{DEMO_CONFIGURATION}"
+
+try:
+    MODELS = discover_models(config["models"], demo_folder=DEMO_MODEL_FOLDER)
+except NNBridgeError as error:
+    raise WorkflowError(str(error)) from None
+
+FOLD_KEYS = [key for model in MODELS.values() for key in model.fold_keys()]
+FOLD_DIR = f"{RESULTS}/{{dataset}}/{{model}}/fold_{{fold}}"
+
+
+wildcard_constraints:
+    dataset="|".join(sorted({re.escape(k.dataset) for k in FOLD_KEYS})),
+    model="|".join(sorted({re.escape(k.model) for k in FOLD_KEYS})),
+    fold="[0-9]+|all",
+    qvariant="|".join(config["quantize"]) or "__none__",
+
+
+def code_version(*modules):
+    """Hash of the nnbridge modules behind a stage; editing them reruns just that stage."""
+    base = Path(importlib.util.find_spec("nnbridge").submodule_search_locations[0])
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update((base / f"{module}.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def get_model(wildcards):
+    return MODELS[f"{wildcards.dataset}/{wildcards.model}"]
+
+
+def get_fold_inputs(wildcards):
+    """Checkpoint of the fold plus the model folder's plans.json and dataset.json."""
+    model = get_model(wildcards)
+    return {
+        "checkpoint": f"{model.folder}/fold_{wildcards.fold}/{model.checkpoint}",
+        "plans": f"{model.folder}/plans.json",
+        "dataset": f"{model.folder}/dataset.json",
+    }
+
+
+def get_preprocessed_inputs(wildcards):
+    """Fold inputs plus the dataset's nnU-Net split (calibration/held-out cases come from it)."""
+    model = get_model(wildcards)
+    return {
+        **get_fold_inputs(wildcards),
+        "splits": f"{model.preprocessed}/splits_final.json",
+    }
+
+
+def get_variants(wildcards):
+    """Every deployable variant of a fold: name -> {kind, path}."""
+    key = FoldKey(wildcards.dataset, wildcards.model, wildcards.fold)
+    return fold_variants(RESULTS, key, config)
+
+
+def get_variant_files(wildcards):
+    return {name: v["path"] for name, v in get_variants(wildcards).items()}
+
+
+def get_validation_summaries():
+    """nnU-Net's own validation summaries of the folds, where the model folder has them."""
+    out = {}
+    for key in FOLD_KEYS:
+        model = MODELS[f"{key.dataset}/{key.model}"]
+        summary = f"{model.folder}/fold_{key.fold}/validation/summary.json"
+        if model.folder == DEMO_MODEL_FOLDER or Path(summary).exists():
+            out[key.label] = summary
+    return out
+
+
+def get_report_entries():
+    """Per fold: where each stage's JSON lives (the report reads them all)."""
+    entries = []
+    for key in FOLD_KEYS:
+        base = key.dir(RESULTS)
+        entries.append(
+            {
+                "dataset": key.dataset,
+                "model": key.model,
+                "fold": key.fold,
+                "export": f"{base}/export/export.json",
+                "torchscript": (
+                    f"{base}/export/torchscript.json"
+                    if config["export"]["torchscript"]
+                    else None
+                ),
+                "simplify": f"{base}/simplify/simplify.json",
+                "quantize": {q: f"{base}/quantize/{q}.json" for q in config["quantize"]},
+                "parity": f"{base}/validate/parity.json",
+                "benchmark": f"{base}/benchmark/benchmark.json",
+                "validation_summary": get_validation_summaries().get(key.label),
+            }
+        )
+    return entries
+
+
+def get_report_inputs(wildcards):
+    files = []
+    for entry in get_report_entries():
+        files += [entry["export"], entry["simplify"], entry["parity"], entry["benchmark"]]
+        if entry["torchscript"]:
+            files.append(entry["torchscript"])
+        files += list(entry["quantize"].values())
+        if entry["validation_summary"]:
+            files.append(entry["validation_summary"])
+    return files
+
+
+def get_final_outputs():
+    return [f"{RESULTS}/report.html", f"{RESULTS}/report.md"]

@@ -1,0 +1,125 @@
+# The embedded demo: a synthetic dataset, nnU-Net's real planning/preprocessing and training.
+# From the collected model folder on, the DAG treats the demo like any user's model folder.
+
+
+rule demo_dataset:
+    output:
+        dataset_json=f"{DEMO_RAW}/{DEMO_DATASET_NAME}/dataset.json",
+    params:
+        n_cases=lookup(dpath="demo/n_cases", within=config),
+        seed=lookup(dpath="demo/seed", within=config),
+        code=code_version("demo"),
+    log:
+        "logs/demo/dataset.log",
+    conda:
+        "../../envs/nnunet.yaml"
+    script:
+        "../scripts/demo_dataset.py"
+
+
+rule demo_preprocess:
+    input:
+        dataset_json=rules.demo_dataset.output.dataset_json,
+    output:
+        plans=f"{DEMO_PREPROCESSED}/nnUNetPlans.json",
+        dataset_json=f"{DEMO_PREPROCESSED}/dataset.json",
+        fingerprint=f"{DEMO_PREPROCESSED}/dataset_fingerprint.json",
+        data=directory(f"{DEMO_PREPROCESSED}/nnUNetPlans_{DEMO_CONFIGURATION}"),
+    params:
+        raw=lambda wildcards, input: Path(input.dataset_json).parent.parent,
+        preprocessed=lambda wildcards, output: Path(output.plans).parent.parent,
+        configuration=DEMO_CONFIGURATION,
+        code=code_version("demo"),
+    log:
+        "logs/demo/plan_and_preprocess.log",
+    benchmark:
+        "benchmarks/demo/plan_and_preprocess.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/nnunet.yaml"
+    script:
+        "../scripts/demo_preprocess.py"
+
+
+rule demo_plans:
+    input:
+        plans=rules.demo_preprocess.output.plans,
+        data=rules.demo_preprocess.output.data,
+    output:
+        plans=f"{DEMO_PREPROCESSED}/{DEMO_PLANS}.json",
+        splits=f"{DEMO_PREPROCESSED}/splits_final.json",
+    params:
+        code=code_version("demo"),
+    log:
+        "logs/demo/plans.log",
+    conda:
+        "../../envs/nnunet.yaml"
+    script:
+        "../scripts/demo_plans.py"
+
+
+rule demo_train:
+    input:
+        plans=rules.demo_plans.output.plans,
+        splits=rules.demo_plans.output.splits,
+        data=rules.demo_preprocess.output.data,
+    output:
+        checkpoint=f"{DEMO_ROOT}/train/fold_{{fold}}/{DEMO_DATASET_NAME}/{DEMO_TRAINER}__{DEMO_PLANS}__{DEMO_CONFIGURATION}/fold_{{fold}}/checkpoint_final.pth",
+        summary=f"{DEMO_ROOT}/train/fold_{{fold}}/{DEMO_DATASET_NAME}/{DEMO_TRAINER}__{DEMO_PLANS}__{DEMO_CONFIGURATION}/fold_{{fold}}/validation/summary.json",
+    params:
+        raw=DEMO_RAW,
+        preprocessed=lambda wildcards, input: Path(input.plans).parent.parent,
+        results=lambda wildcards, output: Path(output.checkpoint).parents[3],
+        epochs=lookup(dpath="demo/epochs", within=config),
+        iterations=lookup(dpath="demo/iterations", within=config),
+        code=code_version("demo", "nnunet_trainers/nnBridgeDemoTrainer"),
+    log:
+        "logs/demo/train_fold_{fold}.log",
+    benchmark:
+        "benchmarks/demo/train_fold_{fold}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    conda:
+        "../../envs/nnunet.yaml"
+    script:
+        "../scripts/demo_train.py"
+
+
+rule demo_collect_fold:
+    input:
+        checkpoint=rules.demo_train.output.checkpoint,
+        summary=rules.demo_train.output.summary,
+    output:
+        checkpoint=f"{DEMO_MODEL_FOLDER}/fold_{{fold}}/checkpoint_final.pth",
+        summary=f"{DEMO_MODEL_FOLDER}/fold_{{fold}}/validation/summary.json",
+    log:
+        "logs/demo/collect_fold_{fold}.log",
+    localrule: True
+    conda:
+        "../../envs/coreutils.yaml"
+    shell:
+        "(cp {input.checkpoint} {output.checkpoint} && cp {input.summary} {output.summary}) 2> {log}"
+
+
+rule demo_collect_meta:
+    input:
+        plans=rules.demo_plans.output.plans,
+        dataset_json=rules.demo_preprocess.output.dataset_json,
+        fingerprint=rules.demo_preprocess.output.fingerprint,
+    output:
+        plans=f"{DEMO_MODEL_FOLDER}/plans.json",
+        dataset_json=f"{DEMO_MODEL_FOLDER}/dataset.json",
+        fingerprint=f"{DEMO_MODEL_FOLDER}/dataset_fingerprint.json",
+    log:
+        "logs/demo/collect_meta.log",
+    localrule: True
+    conda:
+        "../../envs/coreutils.yaml"
+    shell:
+        "(cp {input.plans} {output.plans} && cp {input.dataset_json} {output.dataset_json}"
+        " && cp {input.fingerprint} {output.fingerprint}) 2> {log}"

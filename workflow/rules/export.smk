@@ -1,0 +1,47 @@
+rule export_onnx:
+    input:
+        unpack(get_fold_inputs),
+    output:
+        onnx=f"{FOLD_DIR}/export/model.onnx",
+        json=f"{FOLD_DIR}/export/export.json",
+    params:
+        model_folder=lambda wildcards: get_model(wildcards).folder,
+        checkpoint=lambda wildcards: get_model(wildcards).checkpoint,
+        opset=lookup(dpath="export/opset", within=config),
+        code=code_version("export", "models"),
+    log:
+        "logs/{dataset}/{model}/fold_{fold}/export_onnx.log",
+    benchmark:
+        "benchmarks/{dataset}/{model}/fold_{fold}/export_onnx.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/export.yaml"
+    script:
+        "../scripts/export_onnx.py"
+
+
+rule export_torchscript:
+    input:
+        unpack(get_fold_inputs),
+    output:
+        ts=f"{FOLD_DIR}/export/model.ts",
+        json=f"{FOLD_DIR}/export/torchscript.json",
+    params:
+        model_folder=lambda wildcards: get_model(wildcards).folder,
+        checkpoint=lambda wildcards: get_model(wildcards).checkpoint,
+        code=code_version("export", "models"),
+    log:
+        "logs/{dataset}/{model}/fold_{fold}/export_torchscript.log",
+    benchmark:
+        "benchmarks/{dataset}/{model}/fold_{fold}/export_torchscript.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/export.yaml"
+    script:
+        "../scripts/export_torchscript.py"

@@ -1,0 +1,22 @@
+rule quantize:
+    input:
+        onnx=rules.simplify.output.onnx,
+        calibration=rules.patches.output.calibration,
+    output:
+        onnx=f"{FOLD_DIR}/quantize/{{qvariant}}.onnx",
+        json=f"{FOLD_DIR}/quantize/{{qvariant}}.json",
+    params:
+        settings=lambda wildcards: config["quantize"][wildcards.qvariant],
+        code=code_version("quantize"),
+    log:
+        "logs/{dataset}/{model}/fold_{fold}/quantize_{qvariant}.log",
+    benchmark:
+        "benchmarks/{dataset}/{model}/fold_{fold}/quantize_{qvariant}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    conda:
+        "../../envs/onnx.yaml"
+    script:
+        "../scripts/quantize.py"

@@ -1,0 +1,15 @@
+from nnbridge.bench import benchmark_fold
+from nnbridge.runlog import logged, write_json
+
+with logged(snakemake.log[0]):
+    record = benchmark_fold(
+        snakemake.params.model_folder,
+        snakemake.wildcards.fold,
+        snakemake.params.checkpoint,
+        snakemake.params.variants,
+        threads=snakemake.params.threads,
+        warmup=snakemake.params.warmup,
+        repeats=snakemake.params.repeats,
+    )
+    write_json(snakemake.output.json, record)
+    print(record)

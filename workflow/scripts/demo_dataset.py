@@ -1,0 +1,9 @@
+from pathlib import Path
+
+from nnbridge.demo import make_dataset
+from nnbridge.runlog import logged
+
+with logged(snakemake.log[0]):
+    raw_root = Path(snakemake.output.dataset_json).parent.parent
+    folder = make_dataset(raw_root, n_cases=snakemake.params.n_cases, seed=snakemake.params.seed)
+    print("wrote", folder)

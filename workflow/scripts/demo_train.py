@@ -1,0 +1,14 @@
+from nnbridge.demo import train_fold
+from nnbridge.runlog import logged
+
+with logged(snakemake.log[0]):
+    fold_dir = train_fold(
+        int(snakemake.wildcards.fold),
+        raw=snakemake.params.raw,
+        preprocessed=snakemake.params.preprocessed,
+        results=snakemake.params.results,
+        epochs=snakemake.params.epochs,
+        iterations=snakemake.params.iterations,
+        log=snakemake.log[0],
+    )
+    print("trained", fold_dir)

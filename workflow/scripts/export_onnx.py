@@ -1,0 +1,13 @@
+from nnbridge.export import export_onnx
+from nnbridge.models import load_nnunet_fold
+from nnbridge.runlog import logged, write_json
+
+with logged(snakemake.log[0]):
+    fold = load_nnunet_fold(
+        snakemake.params.model_folder, snakemake.wildcards.fold, snakemake.params.checkpoint
+    )
+    print(fold.weight_check.summary())
+    record = export_onnx(fold, snakemake.output.onnx, opset=snakemake.params.opset)
+    record["checkpoint_weights"] = fold.weight_check.to_dict()
+    write_json(snakemake.output.json, record)
+    print(record["weights"]["summary"], record["shape_checks"])

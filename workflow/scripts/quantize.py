@@ -1,0 +1,13 @@
+from nnbridge.patches import load_patches
+from nnbridge.quantize import quantize_variant
+from nnbridge.runlog import logged, write_json
+
+with logged(snakemake.log[0]):
+    record = quantize_variant(
+        snakemake.input.onnx,
+        snakemake.output.onnx,
+        load_patches(snakemake.input.calibration),
+        snakemake.params.settings,
+    )
+    write_json(snakemake.output.json, record)
+    print(record)

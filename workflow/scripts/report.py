@@ -1,0 +1,11 @@
+from nnbridge.report import build_report
+from nnbridge.runlog import logged
+
+with logged(snakemake.log[0]):
+    build_report(
+        snakemake.params.entries,
+        md_path=snakemake.output.md,
+        html_path=snakemake.output.html,
+        plot_path=snakemake.output.plot,
+        summary_path=snakemake.output.json,
+    )

@@ -1,0 +1,11 @@
+from nnbridge.patches import load_patches
+from nnbridge.runlog import logged, write_json
+from nnbridge.simplify import simplify_onnx
+
+with logged(snakemake.log[0]):
+    check = load_patches(snakemake.input.heldout)[:2]
+    record = simplify_onnx(
+        snakemake.input.onnx, snakemake.output.onnx, check, atol=snakemake.params.atol
+    )
+    write_json(snakemake.output.json, record)
+    print(record)

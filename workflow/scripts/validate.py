@@ -1,0 +1,17 @@
+from nnbridge.parity import validate_fold
+from nnbridge.patches import load_patches
+from nnbridge.runlog import logged, write_json
+
+with logged(snakemake.log[0]):
+    record = validate_fold(
+        snakemake.params.model_folder,
+        snakemake.wildcards.fold,
+        snakemake.params.checkpoint,
+        load_patches(snakemake.input.heldout),
+        snakemake.params.variants,
+        snakemake.params.tolerances,
+        threads=snakemake.params.threads,
+    )
+    write_json(snakemake.output.json, record)
+    for name, result in record["variants"].items():
+        print(name, "PASS" if result["passed"] else "FAIL", result.get("failures"))
