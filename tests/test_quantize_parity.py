@@ -65,10 +65,23 @@ def test_dice_per_class():
 
 
 def test_gate_fails_on_each_bound():
-    metrics = {"max_abs_err": 0.5, "mean_abs_err": 0.01, "dice": {"sphere": 0.95, "box": 1.0}}
-    assert apply_gate(metrics, Tolerance(max_abs_err=1.0, min_dice=0.9)) == []
-    failures = apply_gate(metrics, Tolerance(max_abs_err=0.1, mean_abs_err=0.001, min_dice=0.99))
-    assert len(failures) == 3 and any("sphere" in f for f in failures)
+    metrics = {"max_abs_err": 0.5, "mean_abs_err": 0.01, "max_rel_err": 0.05,
+               "dice": {"sphere": 0.95, "box": 1.0}}
+    assert apply_gate(metrics, Tolerance(max_abs_err=1.0, min_dice=0.9, max_rel_err=0.1)) == []
+    failures = apply_gate(metrics, Tolerance(max_abs_err=0.1, mean_abs_err=0.001, min_dice=0.99,
+                                             max_rel_err=0.01))
+    assert len(failures) == 4 and any("sphere" in f for f in failures)
+    assert any("max relative error 0.05 > 0.01" == f for f in failures)
+
+
+def test_relative_error_is_scaled_by_the_reference_logits():
+    ref = np.zeros((1, 3, 2, 2, 2), np.float32)
+    ref[0, 1] = 20.0
+    test = ref.copy()
+    test[0, 1, 0, 0, 0] += 0.002
+    metrics = compare_logits(ref, test, {0: "bg", 1: "a", 2: "b"})
+    assert metrics["max_abs_err"] == pytest.approx(0.002, rel=1e-3)
+    assert metrics["max_rel_err"] == pytest.approx(1e-4, rel=1e-3)
 
 
 def _corrupted_copy(src, dst, scale=-1.0):

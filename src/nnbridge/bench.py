@@ -1,8 +1,9 @@
 """Latency and memory of each backend, each measured in its own process.
 
 A parent process starts one child per backend (``python -m nnbridge.bench``) so that peak
-memory is the backend's own (``ru_maxrss``) and one backend's allocator or thread pool never
-affects another's timing. All numbers of one report come from one run of the same machine;
+memory is the backend's own and one backend's allocator or thread pool never affects another's
+timing. Memory is read from ``/proc/self/status`` (``VmHWM``, ``VmRSS``), not ``ru_maxrss``:
+Linux carries ``ru_maxrss`` across fork and exec, so a child would report its parent's peak. All numbers of one report come from one run of the same machine;
 compare ratios, not absolute times.
 """
 
@@ -22,8 +23,23 @@ import numpy as np
 BACKENDS = ("torch", "torchscript", "onnxruntime")
 
 
+def _status_mb(field: str) -> float:
+    """``VmHWM`` (peak resident) or ``VmRSS`` (resident now) of this process, in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # not Linux
+
+
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return _status_mb("VmRSS")
+
+
+def _peak_rss_mb() -> float:
+    return _status_mb("VmHWM")
 
 
 def _load_runner(spec: dict[str, Any], threads: int):
@@ -86,7 +102,7 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
         "min_ms": float(arr.min()),
         "rss_after_imports_mb": round(rss_start, 1),
         "rss_after_load_mb": round(rss_loaded, 1),
-        "peak_rss_mb": round(_rss_mb(), 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
 
 

@@ -269,6 +269,23 @@ def plan_and_preprocess(
     return out
 
 
+def write_preprocessed_flag(preprocessed_dataset_dir: Path, configuration: str, flag: Path) -> Path:
+    """Write ``flag``: a JSON list of the cases preprocessed for ``configuration``.
+
+    The flag stands for the data folder in the workflow (a ``directory()`` output would get a
+    snakemake timestamp file inside, which nnU-Net's dataset reader refuses). Raises when the
+    folder named by the plans' ``data_identifier`` holds no preprocessed case.
+    """
+    folder = Path(preprocessed_dataset_dir)
+    plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    data_folder = folder / plans["configurations"][configuration]["data_identifier"]
+    cases = sorted(p.name.split(".")[0] for p in data_folder.glob("*.pkl")) if data_folder.is_dir() else []
+    if not cases:
+        raise RuntimeError(f"{data_folder}: no preprocessed case; nnUNetv2_plan_and_preprocess did not finish")
+    Path(flag).write_text(json.dumps({"data_folder": str(data_folder), "cases": cases}, indent=1) + "\n")
+    return Path(flag)
+
+
 def derive_small_plans(
     preprocessed_dataset_dir: Path,
     *,

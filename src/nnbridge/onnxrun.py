@@ -1,12 +1,14 @@
-"""Running ONNX and TorchScript artifacts on batches of patches (shared by every stage)."""
+"""Running ONNX and TorchScript artifacts on batches of patches (shared by every stage).
+
+Imports neither torch nor the export module at import time: ONNX Runtime runs (benchmarks,
+deployment) stay torch-free.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-
-from .export import INPUT_NAME
 
 
 def onnx_session(path: Path, threads: int = 0):
@@ -24,7 +26,7 @@ def onnx_session(path: Path, threads: int = 0):
 def run_onnx(path: Path, patches: np.ndarray, threads: int = 0) -> np.ndarray:
     """Logits of an ONNX model for each patch (batch 1 at a time, as deployed)."""
     session = onnx_session(path, threads)
-    name = session.get_inputs()[0].name or INPUT_NAME
+    name = session.get_inputs()[0].name
     outs = [session.run(None, {name: patches[i : i + 1].astype(np.float32)})[0] for i in range(len(patches))]
     return np.concatenate(outs).astype(np.float32)
 

@@ -36,7 +36,12 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def load_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each fold's stage records, read from the paths the workflow passes."""
+    """Each fold's stage records, read from the paths the workflow passes.
+
+    Each gets a ``label`` for the tables: ``fold k`` when the report holds one model, else
+    ``dataset / model / fold k``.
+    """
+    single = len({(e["dataset"], e["model"]) for e in entries}) <= 1
     loaded = []
     for entry in entries:
         loaded.append({
@@ -50,12 +55,54 @@ def load_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "parity": _load(entry.get("parity")),
             "benchmark": _load(entry.get("benchmark")),
             "validation": _load(entry.get("validation_summary")),
+            "label": (f"fold {entry['fold']}" if single else
+                      f"{entry['dataset']} / {entry['model']} / fold {entry['fold']}"),
         })
     return loaded
 
 
 def _fold_label(e: dict[str, Any]) -> str:
-    return f"{e['dataset']} / {e['model']} / fold {e['fold']}"
+    return e.get("label") or f"{e['dataset']} / {e['model']} / fold {e['fold']}"
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(values)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def overview_table(folds: list[dict[str, Any]]) -> Table | None:
+    """Per variant across folds: gates passed, worst Dice vs torch, median latency and speed-ups.
+
+    Speed-ups are the median over folds of the per-fold ratios (each ratio from one run).
+    """
+    names: list[str] = []
+    for e in folds:
+        for n in [*((e["benchmark"] or {}).get("results", {})), *((e["parity"] or {}).get("variants", {}))]:
+            if n not in names:
+                names.append(n)
+    if not names:
+        return None
+    rows = []
+    for name in names:
+        gates = [(e["parity"] or {}).get("variants", {}).get(name) for e in folds]
+        gates = [g for g in gates if g]
+        passed = sum(1 for g in gates if g["passed"])
+        worst = min((g.get("min_dice", 1.0) for g in gates), default=None)
+        bench = [((e["benchmark"] or {}).get("results", {}) or {}) for e in folds]
+        p50 = [b[name]["p50_ms"] for b in bench if "p50_ms" in b.get(name, {})]
+        vs_eager = [b["torch_eager"]["p50_ms"] / b[name]["p50_ms"] for b in bench
+                    if "p50_ms" in b.get(name, {}) and "p50_ms" in b.get("torch_eager", {})]
+        vs_fp32 = [b["onnx_fp32"]["p50_ms"] / b[name]["p50_ms"] for b in bench
+                   if "p50_ms" in b.get(name, {}) and "p50_ms" in b.get("onnx_fp32", {})]
+        gate = "reference" if not gates else f"{passed}/{len(gates)} PASS" if passed == len(gates) \
+            else f"FAIL in {len(gates) - passed}/{len(gates)}"
+        rows.append([name, gate, _fmt(worst) if gates else "–", _fmt(_median(p50), 3),
+                     _fmt(_median(vs_eager), 3), _fmt(_median(vs_fp32), 3)])
+    return ["variant", "gate (folds)", "worst class Dice vs torch", "median p50 ms",
+            "speed-up vs torch eager", "speed-up vs ONNX fp32"], rows
 
 
 def validation_table(folds: list[dict[str, Any]]) -> Table | None:
@@ -107,10 +154,11 @@ def parity_table(folds: list[dict[str, Any]]) -> Table:
         for name, r in parity.get("variants", {}).items():
             dice = ", ".join(f"{k} {_fmt(v)}" for k, v in r.get("dice", {}).items())
             verdict = "PASS" if r["passed"] else "FAIL: " + "; ".join(r.get("failures", []))
-            rows.append([_fold_label(e), name, _fmt(r.get("max_abs_err")), _fmt(r.get("mean_abs_err")),
-                         dice or "–", _fmt(r.get("voxel_agreement"), 6), verdict])
-    return ["fold", "variant", "max abs err", "mean abs err", "Dice vs torch", "voxel agreement",
-            "gate"], rows
+            rows.append([_fold_label(e), name, _fmt(r.get("max_abs_err")), _fmt(r.get("max_rel_err")),
+                         _fmt(r.get("mean_abs_err")), dice or "–", _fmt(r.get("voxel_agreement"), 6),
+                         verdict])
+    return ["fold", "variant", "max abs err", "max rel err", "mean abs err", "Dice vs torch",
+            "voxel agreement", "gate"], rows
 
 
 def benchmark_table(folds: list[dict[str, Any]]) -> Table:
@@ -124,7 +172,7 @@ def benchmark_table(folds: list[dict[str, Any]]) -> Table:
                 continue
             size = r.get("file_size_bytes")
             rows.append([_fold_label(e), name, shape, _fmt(r["p50_ms"], 3), _fmt(r["p90_ms"], 3),
-                         _fmt(r["peak_rss_mb"], 4), _fmt(size / 1e6 if size else None, 3),
+                         _fmt(r["peak_rss_mb"], 1), _fmt(size / 1e6 if size else None, 3),
                          _fmt(r.get("speedup_vs_torch_eager"), 3)])
     return ["fold", "backend / variant", "input", "p50 ms", "p90 ms", "peak RSS MB", "file MB",
             "speed-up vs torch eager"], rows
@@ -208,6 +256,9 @@ def _html_table(table: Table) -> str:
 def sections(folds: list[dict[str, Any]]) -> list[tuple[str, str, Table | None]]:
     """(title, explanation, table) of every report section, in order."""
     return [
+        ("Overview", "Each variant across all folds: its parity gate, the worst per-class Dice of "
+         "its label maps against eager PyTorch, and its median batch-1 latency and speed-ups "
+         "(ratios measured in one run).", overview_table(folds)),
         ("Model quality (nnU-Net validation)",
          "Dice of each fold on its own validation cases, as computed by nnU-Net after training.",
          validation_table(folds)),
@@ -255,8 +306,10 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
               for n, v in ((e["parity"] or {}).get("variants", {})).items() if not v["passed"]]
     verdict = ("All variants passed their gates." if not failed else
                f"{len(failed)} variant(s) FAILED their gate: " + "; ".join(failed))
+    models = sorted({f"{e['dataset']} / {e['model']}" for e in folds})
     intro = (f"nnbridge {__version__}, generated {now} on {machine['cpu']} "
-             f"({machine['cores']} cores). {len(folds)} fold(s).")
+             f"({machine['cores']} cores). {len(folds)} fold(s) of {len(models)} model(s): "
+             + "; ".join(models) + ".")
 
     md = [f"# nnbridge report\n\n{intro}\n\n**{verdict}**\n"]
     body = [f"<h1>nnbridge report</h1><p>{html.escape(intro)}</p>"

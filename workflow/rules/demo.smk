@@ -24,7 +24,10 @@ rule demo_preprocess:
         plans=f"{DEMO_PREPROCESSED}/nnUNetPlans.json",
         dataset_json=f"{DEMO_PREPROCESSED}/dataset.json",
         fingerprint=f"{DEMO_PREPROCESSED}/dataset_fingerprint.json",
-        data=directory(f"{DEMO_PREPROCESSED}/nnUNetPlans_{DEMO_CONFIGURATION}"),
+        # a flag beside the data folder, not the folder itself: snakemake would put a
+        # .snakemake_timestamp into a directory() output, and nnU-Net's dataset reader
+        # refuses a folder with files it does not know
+        done=f"{DEMO_PREPROCESSED}/nnUNetPlans_{DEMO_CONFIGURATION}.done",
     params:
         raw=lambda wildcards, input: Path(input.dataset_json).parent.parent,
         preprocessed=lambda wildcards, output: Path(output.plans).parent.parent,
@@ -47,7 +50,7 @@ rule demo_preprocess:
 rule demo_plans:
     input:
         plans=rules.demo_preprocess.output.plans,
-        data=rules.demo_preprocess.output.data,
+        preprocessed=rules.demo_preprocess.output.done,
     output:
         plans=f"{DEMO_PREPROCESSED}/{DEMO_PLANS}.json",
         splits=f"{DEMO_PREPROCESSED}/splits_final.json",
@@ -65,7 +68,7 @@ rule demo_train:
     input:
         plans=rules.demo_plans.output.plans,
         splits=rules.demo_plans.output.splits,
-        data=rules.demo_preprocess.output.data,
+        preprocessed=rules.demo_preprocess.output.done,
     output:
         checkpoint=f"{DEMO_ROOT}/train/fold_{{fold}}/{DEMO_DATASET_NAME}/{DEMO_TRAINER}__{DEMO_PLANS}__{DEMO_CONFIGURATION}/fold_{{fold}}/checkpoint_final.pth",
         summary=f"{DEMO_ROOT}/train/fold_{{fold}}/{DEMO_DATASET_NAME}/{DEMO_TRAINER}__{DEMO_PLANS}__{DEMO_CONFIGURATION}/fold_{{fold}}/validation/summary.json",

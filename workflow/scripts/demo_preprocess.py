@@ -1,10 +1,11 @@
-from nnbridge.demo import plan_and_preprocess
+from nnbridge.demo import plan_and_preprocess, write_preprocessed_flag
 from nnbridge.runlog import logged
 
 with logged(snakemake.log[0]):
-    plan_and_preprocess(
+    dataset_dir = plan_and_preprocess(
         snakemake.params.raw,
         snakemake.params.preprocessed,
         configuration=snakemake.params.configuration,
         log=snakemake.log[0],
     )
+    write_preprocessed_flag(dataset_dir, snakemake.params.configuration, snakemake.output.done)

@@ -9,12 +9,17 @@ only changes:
   (default 20), 2 pseudo-validation batches per epoch instead of 50;
 - initial learning rate 0.02 instead of 0.01 (same SGD and poly schedule);
 - nnU-Net's progress.png is drawn after the last epoch only (a second per drawing on 2 cores);
+- seeded: python, numpy and torch random generators start from ``NNBRIDGE_DEMO_SEED`` (default
+  0) plus the fold, so that (with ``nnUNet_n_proc_DA=0``, augmentation in the main process) a
+  retraining gives the same model up to floating-point summation order;
 - optional ``NNBRIDGE_DEMO_THREADS``: torch threads (``nnUNetv2_train -device cpu`` uses one per
   core; set 1 when several trainings share the cores, or they slow each other down badly).
 """
 
 import os
+import random
 
+import numpy as np
 import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -52,6 +57,10 @@ class nnBridgeDemoTrainer(nnUNetTrainer):
         device: torch.device = torch.device("cuda"),
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        seed = int(os.environ.get("NNBRIDGE_DEMO_SEED", "0") or 0) + (fold if isinstance(fold, int) else 0)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
         self.num_epochs = _env_int("NNBRIDGE_DEMO_EPOCHS", DEFAULT_EPOCHS)
         self.num_iterations_per_epoch = _env_int("NNBRIDGE_DEMO_ITERS", DEFAULT_ITERATIONS)
         self.num_val_iterations_per_epoch = DEFAULT_VAL_ITERATIONS
