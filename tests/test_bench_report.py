@@ -36,8 +36,18 @@ def _records(tmp_path: Path) -> list[dict]:
                                       "shape_checks": [{"shape": [1, 1, 8, 8, 8], "max_abs_err": 1e-6}]})
     write_json(base / "simplify.json", {"kept_simplified": True, "nodes_before": 5, "nodes_after": 4,
                                         "check_max_abs_err": 0.0})
-    write_json(base / "q.json", {"format": "QDQ", "per_channel": True, "calibrate_method": "MinMax",
-                                 "n_calibration_patches": 4, "size_bytes": 1000})
+    write_json(base / "q.json", {
+        "method": "static", "format": "QDQ", "per_channel": True, "calibrate_method": "MinMax",
+        "n_calibration_patches": 4, "size_bytes": 1000,
+        "coverage": {"n_compute_nodes": 4, "n_int8_compute_nodes": 3, "int8_flop_share": 0.9512,
+                     "float_compute_nodes": ["decoder.transpconvs.0"], "n_conversions": 7,
+                     "ops": [{"op": "QLinearConv", "precision": "int8", "count": 3},
+                             {"op": "ConvTranspose", "precision": "float", "count": 1},
+                             {"op": "QuantizeLinear", "precision": "conversion", "count": 7}]},
+        "accuracy_aware": {"fp32_latency_ms": 4.0, "verdict": "Dice 0.9950 >= 0.995 with 1 block(s) in fp32",
+                           "steps": [{"step": 0, "fp32_modules": [], "dice": {"sphere": 0.97}, "latency_ms": 3.0},
+                                     {"step": 1, "fp32_modules": ["decoder.seg_layers.2"],
+                                      "dice": {"sphere": 0.995}, "latency_ms": 3.5}]}})
     write_json(base / "parity.json", {"labels": {"0": "background", "1": "sphere"}, "variants": {
         "onnx_fp32": {"passed": True, "max_abs_err": 1e-6, "mean_abs_err": 1e-7,
                       "dice": {"sphere": 1.0}, "voxel_agreement": 1.0, "failures": []},
@@ -67,6 +77,9 @@ def test_report_shows_gates_numbers_and_plot(tmp_path):
     assert "1 variant(s) FAILED" in md and "Dice of sphere 0.9700 < 0.99" in md
     assert "weights verified: 10 tensors" in md
     assert "0.9100" in md  # the model's own validation Dice
+    assert "| 3/4 | 95.1 % |" in md  # INT8 coverage: compute nodes and FLOP share
+    assert "QLinearConv×3" in md and "ConvTranspose×1" in md and "decoder.transpconvs.0" in md
+    assert "| step 1 | decoder.seg_layers.2 | sphere 0.9950 |" in md
     assert "| 2.000 |" in md or "2.000" in md  # speed-up of onnx_fp32
     assert "data:image/png;base64," in html and 'class="fail"' in html
     assert (out / "report/latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 FOLDS = ("0", "1")
 MODEL = "Dataset900_NNBridgeDemo/nnBridgeDemoTrainer__nnBridgeDemoPlans__3d_fullres"
+QUANTIZED = ("int8_static", "int8_accurate", "int8_dynamic", "fp16")
 
 pytestmark = pytest.mark.workflow
 
@@ -83,16 +84,22 @@ def test_every_fold_has_all_artifacts_and_gates(workdir):
     for fold in FOLDS:
         base = fold_dir(workdir, fold)
         for artifact in ("export/model.onnx", "export/model.ts", "simplify/model.onnx",
-                         "quantize/int8_static.onnx"):
+                         *(f"quantize/{name}.onnx" for name in QUANTIZED)):
             assert (base / artifact).stat().st_size > 1000, artifact
         export = json.loads((base / "export/export.json").read_text())
         assert export["weights"]["ok"] and export["checkpoint_weights"]["ok"]
         parity = json.loads((base / "validate/parity.json").read_text())
         variants = parity["variants"]
-        assert set(variants) == {"torchscript", "onnx_fp32", "onnx_simplified", "int8_static"}
+        assert set(variants) == {"torchscript", "onnx_fp32", "onnx_simplified", *QUANTIZED}
         for exact in ("torchscript", "onnx_fp32", "onnx_simplified"):
             assert variants[exact]["passed"], (fold, exact, variants[exact])
-        assert "passed" in variants["int8_static"] and variants["int8_static"]["dice"]
+        for name in QUANTIZED:  # gated either way, with numbers
+            assert "passed" in variants[name] and variants[name]["dice"], (fold, name)
+            record = json.loads((base / f"quantize/{name}.json").read_text())
+            if name != "fp16":
+                assert record["coverage"]["n_int8_compute_nodes"] > 0, (fold, name)
+        accurate = json.loads((base / "quantize/int8_accurate.json").read_text())["accuracy_aware"]
+        assert accurate["steps"] and accurate["steps"][0]["fp32_modules"] == []
         bench = json.loads((base / "benchmark/benchmark.json").read_text())["results"]
         assert set(bench) == {"torch_eager", *variants}
         assert all(r["p50_ms"] > 0 for r in bench.values()), bench
@@ -103,8 +110,9 @@ def test_report_covers_both_folds(workdir):
     md = (workdir / "results/report.md").read_text()
     for fold in FOLDS:
         assert f"fold {fold}" in md
-    for variant in ("torchscript", "onnx_fp32", "onnx_simplified", "int8_static", "torch_eager"):
+    for variant in ("torchscript", "onnx_fp32", "onnx_simplified", *QUANTIZED, "torch_eager"):
         assert variant in md
+    assert "## INT8 coverage" in md and "## Accuracy-aware INT8" in md
     assert "Model quality (nnU-Net validation)" in md and "weights verified" in md
     assert "data:image/png;base64," in html
 

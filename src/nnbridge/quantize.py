@@ -1,7 +1,17 @@
-"""INT8 quantization of exported ONNX models with onnxruntime, calibrated on real patches."""
+"""Quantized variants of exported ONNX models: INT8 static/dynamic and fp16, with onnxruntime.
+
+Static INT8 is calibrated on real patches of the fold's training cases. When a static variant
+asks for it (``accuracy_aware``), the layers that cost the most accuracy are found by activation
+matching against the fp32 model and kept in fp32, step by step, until the label maps agree with
+the fp32 model's on the calibration patches or the step budget is spent (the validate stage then
+gates the result on held-out patches it never saw). Every INT8 variant gets an INT8 coverage
+record (:mod:`nnbridge.coverage`).
+"""
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,6 +25,7 @@ from .models import sha256_file
 
 FORMATS = ("QDQ", "QOperator")
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
+METHODS = ("static", "dynamic", "fp16")
 
 
 class PatchReader:
@@ -42,6 +53,20 @@ def op_histogram(path: Path) -> dict[str, int]:
     return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
 
 
+def _copy_metadata(src: Path, dst: Path) -> None:
+    """The quantizers drop model metadata: carry the provenance of ``src`` over to ``dst``."""
+    original = onnx.load(str(src), load_external_data=False)
+    converted = onnx.load(str(dst))
+    del converted.metadata_props[:]
+    converted.metadata_props.extend(original.metadata_props)
+    onnx.save(converted, str(dst))
+
+
+def _file_record(dst: Path) -> dict[str, Any]:
+    return {"ops": op_histogram(dst), "path": str(dst), "sha256": sha256_file(dst),
+            "size_bytes": dst.stat().st_size}
+
+
 def quantize_static_int8(
     src: Path,
     dst: Path,
@@ -52,8 +77,13 @@ def quantize_static_int8(
     calibrate_method: str = "MinMax",
     symmetric_activations: bool = False,
     nodes_to_exclude: list[str] | None = None,
+    calibration_cache: Path | None = None,
 ) -> dict[str, Any]:
-    """Static INT8 quantization of ``src`` into ``dst``; returns what was done."""
+    """Static INT8 quantization of ``src`` into ``dst``; returns what was done.
+
+    ``calibration_cache``: a JSON file of tensor ranges; when it exists calibration is skipped
+    (the accuracy-aware loop calibrates once and only rewrites the graph afterwards).
+    """
     from onnxruntime.quantization import (  # noqa: PLC0415
         CalibrationMethod,
         QuantFormat,
@@ -82,12 +112,9 @@ def quantize_static_int8(
         calibrate_method=getattr(CalibrationMethod, calibrate_method),
         nodes_to_exclude=list(nodes_to_exclude or []),
         extra_options={"ActivationSymmetric": symmetric_activations},
+        **({"calibration_cache_path": str(calibration_cache)} if calibration_cache else {}),
     )
-    # quantize_static drops model metadata: carry the provenance over
-    original = onnx.load(str(src), load_external_data=False)
-    quantized = onnx.load(str(dst))
-    quantized.metadata_props.extend(original.metadata_props)
-    onnx.save(quantized, str(dst))
+    _copy_metadata(src, dst)
     return {
         "method": "static",
         "format": quant_format,
@@ -97,25 +124,219 @@ def quantize_static_int8(
         "nodes_to_exclude": list(nodes_to_exclude or []),
         "n_calibration_patches": int(len(calibration)),
         "seconds": round(time.perf_counter() - started, 3),
-        "ops": op_histogram(dst),
-        "path": str(dst),
-        "sha256": sha256_file(dst),
-        "size_bytes": dst.stat().st_size,
+        **_file_record(dst),
     }
 
 
-def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any]) -> dict[str, Any]:
-    """Quantize ``src`` as one configured variant (the config's ``quantize.<name>`` entry)."""
-    method = settings.get("method", "static")
-    if method != "static":
-        raise NNBridgeError(f"quantize method {method!r} is not supported yet; use 'static'")
+def quantize_dynamic_int8(src: Path, dst: Path, *, per_channel: bool = True,
+                          nodes_to_exclude: list[str] | None = None) -> dict[str, Any]:
+    """Dynamic INT8: weights quantized ahead of time, activations at run time (no calibration)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
+
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
+                     nodes_to_exclude=list(nodes_to_exclude or []))
+    _copy_metadata(src, dst)
+    return {"method": "dynamic", "per_channel": per_channel,
+            "nodes_to_exclude": list(nodes_to_exclude or []), "n_calibration_patches": 0,
+            "seconds": round(time.perf_counter() - started, 3), **_file_record(dst)}
+
+
+def convert_fp16(src: Path, dst: Path, *, nodes_to_exclude: list[str] | None = None) -> dict[str, Any]:
+    """fp16 weights and compute with fp32 inputs and outputs (the deployed interface stays fp32)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16  # noqa: PLC0415
+
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
+                                     node_block_list=list(nodes_to_exclude or []) or None)
+    onnx.save(model, str(dst))
+    _copy_metadata(src, dst)
+    return {"method": "fp16", "nodes_to_exclude": list(nodes_to_exclude or []),
+            "n_calibration_patches": 0, "seconds": round(time.perf_counter() - started, 3),
+            **_file_record(dst)}
+
+
+def output_labels(path: Path) -> tuple[dict[int, str], bool]:
+    """Label names and region-based flag from the nnU-Net ``dataset.json`` in the ONNX metadata;
+    without it, classes ``0..C-1`` of the output (softmax / argmax)."""
+    from .onnxrun import onnx_session  # noqa: PLC0415
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    dataset = json.loads(meta.get("nnbridge.dataset_json", "null") or "null")
+    if dataset:
+        labels = dataset.get("labels", {})
+        region_based = any(not isinstance(v, int) for v in labels.values())
+        if region_based:
+            names = {i: name for i, name in enumerate(k for k, v in labels.items() if k != "background")}
+        else:
+            names = {int(v): k for k, v in labels.items()}
+        return names, region_based
+    channels = onnx_session(Path(path)).get_outputs()[0].shape[1]
+    return {i: str(i) for i in range(int(channels))}, False
+
+
+def layer_blocks(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    """The graph cut into blocks: each compute node (Conv, ConvTranspose, MatMul, Gemm) with the
+    nodes that follow it up to the next compute node (its norm, nonlinearity, concat...).
+
+    A block is what accuracy-aware quantization keeps in fp32 as a unit: excluding a conv alone
+    leaves its quantized activations, which is where most of the INT8 error arises.
+    """
+    from .coverage import COMPUTE_OPS, module_name  # noqa: PLC0415
+
+    blocks: list[dict[str, Any]] = []
+    for index, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        if node.op_type in COMPUTE_OPS:
+            weight = node.input[1] if len(node.input) > 1 else ""
+            blocks.append({"node": name, "module": module_name(name, weight), "op": node.op_type,
+                           "input": node.input[0], "output": node.output[0], "nodes": [name]})
+        elif blocks:
+            blocks[-1]["nodes"].append(name)
+            blocks[-1]["output"] = node.output[0]
+    return blocks
+
+
+def block_sensitivity(src: Path, calibration: np.ndarray, check: np.ndarray, reference: np.ndarray,
+                      labels: dict[int, str], region_based: bool, settings: dict[str, Any],
+                      excluded: list[str], cache: Path, threads: int) -> list[dict[str, Any]]:
+    """Quantize one block at a time the other way round: for every block (:func:`layer_blocks`)
+    not yet excluded, keep it in fp32 on top of ``excluded`` and measure the label maps against
+    fp32 on ``check``. Calibration runs once (``cache``); each trial only rewrites the graph.
+
+    Sorted best first: highest per-class Dice, then lowest mean logit error.
+    """
+    from .onnxrun import run_onnx  # noqa: PLC0415
+    from .parity import compare_logits  # noqa: PLC0415
+
+    trials = []
+    with tempfile.TemporaryDirectory(prefix="nnbridge-trial-") as tmp:
+        trial = Path(tmp) / "trial.onnx"
+        for block in layer_blocks(onnx.load(str(src), load_external_data=False)):
+            if block["node"] in excluded:
+                continue
+            _quantize_static(src, trial, calibration, settings, [*excluded, *block["nodes"]], cache)
+            metrics = compare_logits(reference, run_onnx(trial, check, threads), labels, region_based)
+            trials.append({**{k: block[k] for k in ("node", "module", "op", "nodes")},
+                           "min_dice": metrics["min_dice"],
+                           "mean_abs_err": round(metrics["mean_abs_err"], 6)})
+    return sorted(trials, key=lambda t: (-t["min_dice"], t["mean_abs_err"]))
+
+
+def _quick_latency_ms(path: Path, patch: np.ndarray, threads: int, repeats: int = 5) -> float:
+    """Median latency of one patch (after one warm-up run): a rough number for the steps."""
+    from .onnxrun import onnx_session  # noqa: PLC0415
+
+    session = onnx_session(Path(path), threads)
+    name = session.get_inputs()[0].name
+    session.run(None, {name: patch})
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, {name: patch})
+        times.append((time.perf_counter() - started) * 1000.0)
+    return round(float(np.median(times)), 3)
+
+
+def _quantize_static(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
+                     excluded: list[str], cache: Path | None = None) -> dict[str, Any]:
     return quantize_static_int8(
-        src,
-        dst,
-        calibration,
-        quant_format=settings.get("format", "QDQ"),
+        src, dst, calibration, quant_format=settings.get("format", "QDQ"),
         per_channel=settings.get("per_channel", True),
         calibrate_method=settings.get("calibrate_method", "MinMax"),
         symmetric_activations=settings.get("symmetric_activations", False),
-        nodes_to_exclude=settings.get("nodes_to_exclude") or [],
-    )
+        nodes_to_exclude=excluded, calibration_cache=cache)
+
+
+def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
+                        *, threads: int = 1) -> dict[str, Any]:
+    """Static INT8, then keep the costliest blocks in fp32 until the label maps match fp32's.
+
+    ``settings["accuracy_aware"]``: ``min_dice`` (per class, INT8 vs the fp32 ONNX model on the
+    calibration patches), ``max_steps`` (exclusion rounds), ``exclude_per_step`` (blocks kept in
+    fp32 per round, chosen by :func:`block_sensitivity`), ``patches`` (how many calibration
+    patches the checks use). Every step is recorded with the blocks it keeps in fp32 (ONNX nodes
+    and PyTorch modules), its Dice and its latency.
+    """
+    from .onnxrun import run_onnx  # noqa: PLC0415
+    from .parity import compare_logits  # noqa: PLC0415
+
+    aa = settings["accuracy_aware"]
+    target = float(aa.get("min_dice", 0.99))
+    max_steps = int(aa.get("max_steps", 3))
+    per_step = int(aa.get("exclude_per_step", 1))
+    check = calibration[: int(aa.get("patches", 8))].astype(np.float32)
+    labels, region_based = output_labels(Path(src))
+    reference = run_onnx(Path(src), check, threads)
+    fp32_ms = _quick_latency_ms(Path(src), check[:1], threads)
+    excluded = list(settings.get("nodes_to_exclude") or [])
+    modules: list[str] = []
+    steps: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="nnbridge-calib-") as tmp:
+        cache = Path(tmp) / "calibration.json"
+        for step in range(max_steps + 1):
+            started = time.perf_counter()
+            record = _quantize_static(src, dst, calibration, settings, excluded, cache)
+            metrics = compare_logits(reference, run_onnx(Path(dst), check, threads), labels, region_based)
+            steps.append({"step": step, "fp32_modules": list(modules), "n_fp32_nodes": len(excluded),
+                          "dice": metrics["dice"], "min_dice": metrics["min_dice"],
+                          "mean_abs_err": metrics["mean_abs_err"],
+                          "latency_ms": _quick_latency_ms(Path(dst), check[:1], threads)})
+            if metrics["min_dice"] >= target or step == max_steps:
+                break
+            ranking = block_sensitivity(Path(src), calibration, check, reference, labels, region_based,
+                                        settings, excluded, cache, threads)
+            if not ranking:
+                break
+            for block in ranking[:per_step]:
+                excluded.extend(n for n in block["nodes"] if n not in excluded)
+                modules.append(block["module"])
+            steps[-1]["trials"] = [{k: t[k] for k in ("module", "op", "min_dice", "mean_abs_err")}
+                                   for t in ranking]
+            steps[-1]["seconds"] = round(time.perf_counter() - started, 2)
+    # the file on disk is the last step's; its record names every node kept in fp32
+    passed = steps[-1]["min_dice"] >= target
+    record["accuracy_aware"] = {
+        "min_dice": target, "max_steps": max_steps, "exclude_per_step": per_step,
+        "check_patches": int(len(check)), "reference": "fp32 ONNX on the calibration patches",
+        "fp32_latency_ms": fp32_ms, "steps": steps, "passed": passed,
+        "fp32_modules": list(modules),
+        "verdict": (f"Dice {steps[-1]['min_dice']:.4f} >= {target:g} with {len(modules)} block(s) "
+                    f"in fp32" if passed else
+                    f"budget of {max_steps} step(s) spent at Dice {steps[-1]['min_dice']:.4f} < {target:g}"),
+    }
+    return record
+
+
+def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
+                     *, threads: int = 1) -> dict[str, Any]:
+    """Build one configured variant (the config's ``quantize.<name>`` entry) and its INT8 coverage.
+
+    ``settings["method"]``: ``static`` (calibrated INT8; with ``accuracy_aware`` the layer
+    exclusion loop), ``dynamic`` (INT8 weights, run-time activation ranges) or ``fp16``.
+    """
+    from .coverage import int8_coverage  # noqa: PLC0415
+
+    method = settings.get("method", "static")
+    if method not in METHODS:
+        raise NNBridgeError(f"quantize method {method!r} unknown; use one of {METHODS}")
+    excluded = settings.get("nodes_to_exclude") or []
+    if settings.get("accuracy_aware") and method != "static":
+        raise NNBridgeError(f"accuracy_aware works with method 'static' only, not {method!r}; "
+                            "remove it from this quantize entry")
+    if method == "fp16":
+        return convert_fp16(src, dst, nodes_to_exclude=excluded)
+    if method == "dynamic":
+        record = quantize_dynamic_int8(src, dst, per_channel=settings.get("per_channel", True),
+                                       nodes_to_exclude=excluded)
+    elif settings.get("accuracy_aware"):
+        record = accuracy_aware_int8(src, dst, calibration, settings, threads=threads)
+    else:
+        record = _quantize_static(src, dst, calibration, settings, list(excluded))
+    if len(calibration):
+        record["coverage"] = int8_coverage(Path(dst), Path(src), tuple(calibration[:1].shape))
+    return record

@@ -184,10 +184,61 @@ def quantize_table(folds: list[dict[str, Any]]) -> Table:
         for name, q in e["quantize"].items():
             if not q:
                 continue
-            rows.append([_fold_label(e), name, q["format"], _fmt(q["per_channel"]), q["calibrate_method"],
-                         str(q["n_calibration_patches"]), _fmt(q["size_bytes"] / 1e6, 3)])
-    return ["fold", "variant", "format", "per channel", "calibration", "calibration patches",
-            "file MB"], rows
+            method = q.get("method", "static")
+            if method == "static":
+                how = (f"static {q['format']}, {'per channel' if q['per_channel'] else 'per tensor'}, "
+                       f"{q['calibrate_method']}")
+            else:
+                how = method
+            cov = q.get("coverage") or {}
+            int8 = (f"{cov['n_int8_compute_nodes']}/{cov['n_compute_nodes']}" if cov else "–")
+            share = f"{100 * cov['int8_flop_share']:.1f} %" if cov else "–"
+            aa = (q.get("accuracy_aware") or {}).get("verdict", "–")
+            rows.append([_fold_label(e), name, how, str(q.get("n_calibration_patches", 0)),
+                         _fmt(q["size_bytes"] / 1e6, 3), int8, share, aa])
+    return ["fold", "variant", "method", "calibration patches", "file MB",
+            "compute nodes in INT8", "FLOPs in INT8", "accuracy-aware"], rows
+
+
+def _op_list(ops: list[dict[str, Any]], precision: str) -> str:
+    return ", ".join(f"{o['op']}×{o['count']}" for o in ops if o["precision"] == precision) or "–"
+
+
+def coverage_table(folds: list[dict[str, Any]]) -> Table | None:
+    """What runs in INT8 and what falls back to fp32, from the graph ONNX Runtime builds."""
+    rows = []
+    for e in folds:
+        for name, q in e["quantize"].items():
+            cov = (q or {}).get("coverage")
+            if not cov:
+                continue
+            fallback = ", ".join(cov["float_compute_nodes"]) or "none"
+            rows.append([_fold_label(e), name, _op_list(cov["ops"], "int8"), _op_list(cov["ops"], "float"),
+                         str(cov["n_conversions"]), fallback])
+    if not rows:
+        return None
+    return ["fold", "variant", "INT8 operators", "fp32 operators", "Q/DQ conversions",
+            "compute layers in fp32 (PyTorch modules)"], rows
+
+
+def accuracy_aware_table(folds: list[dict[str, Any]]) -> Table | None:
+    """Each step of the accuracy-aware INT8 loops: blocks kept in fp32, Dice, latency."""
+    rows = []
+    for e in folds:
+        for name, q in e["quantize"].items():
+            aa = (q or {}).get("accuracy_aware")
+            if not aa:
+                continue
+            rows.append([_fold_label(e), name, "fp32 reference", "–", "–", _fmt(aa["fp32_latency_ms"], 3)])
+            for step in aa["steps"]:
+                dice = ", ".join(f"{k} {_fmt(v)}" for k, v in step["dice"].items())
+                rows.append([_fold_label(e), name, f"step {step['step']}",
+                             ", ".join(step["fp32_modules"]) or "none (all INT8)", dice,
+                             _fmt(step["latency_ms"], 3)])
+    if not rows:
+        return None
+    return ["fold", "variant", "step", "blocks kept in fp32 (PyTorch modules)",
+            "Dice vs fp32 (calibration patches)", "latency ms"], rows
 
 
 def latency_plot(folds: list[dict[str, Any]], path: Path) -> None:
@@ -265,8 +316,16 @@ def sections(folds: list[dict[str, Any]]) -> list[tuple[str, str, Table | None]]
         ("Weights and export checks",
          "Every artifact must carry exactly the checkpoint's tensors; eager PyTorch and the "
          "exported model are compared at two input shapes.", weights_table(folds)),
-        ("Quantization", "INT8 variants and their calibration (real patches from the fold's "
-         "training cases).", quantize_table(folds)),
+        ("Quantization", "Quantized variants: static INT8 is calibrated on real patches from the "
+         "fold's training cases; INT8 coverage is read from the graph ONNX Runtime's CPU provider "
+         "really runs.", quantize_table(folds)),
+        ("INT8 coverage", "Operators of the optimized runtime graph by precision, and the compute "
+         "layers that fall back to fp32 (no INT8 kernel, or kept in fp32 on purpose).",
+         coverage_table(folds)),
+        ("Accuracy-aware INT8", "Each round keeps the block (a layer with its norm and "
+         "nonlinearity) whose fp32 version helps the label maps most in fp32, until the Dice "
+         "target is met on the calibration patches or the step budget is spent. The parity gate "
+         "below is measured on held-out patches.", accuracy_aware_table(folds)),
         ("Patch parity against PyTorch",
          "Held-out patches from each fold's validation cases (never used for calibration); "
          "Dice of the label maps of each variant against eager PyTorch.", parity_table(folds)),

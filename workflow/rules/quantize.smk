@@ -7,7 +7,7 @@ rule quantize:
         json=f"{FOLD_DIR}/quantize/{{qvariant}}.json",
     params:
         settings=lambda wildcards: config["quantize"][wildcards.qvariant],
-        code=code_version("quantize"),
+        code=code_version("quantize", "coverage", "onnxrun", "parity"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/quantize_{qvariant}.log",
     benchmark:
@@ -15,7 +15,7 @@ rule quantize:
     threads: 2
     resources:
         mem_mb=6000,
-        runtime=30,
+        runtime=60,
     conda:
         "../../envs/onnx.yaml"
     script:

@@ -8,6 +8,7 @@ with logged(snakemake.log[0]):
         snakemake.output.onnx,
         load_patches(snakemake.input.calibration),
         snakemake.params.settings,
+        threads=snakemake.threads,
     )
     write_json(snakemake.output.json, record)
     print(record)

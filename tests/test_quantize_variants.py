@@ -1,0 +1,107 @@
+"""fp16 and dynamic INT8 variants, INT8 coverage, and the accuracy-aware exclusion loop, on the
+real tiny nnU-Net fold."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from nnbridge.coverage import compute_node_flops, int8_coverage
+from nnbridge.errors import NNBridgeError
+from nnbridge.export import read_metadata
+from nnbridge.onnxrun import run_onnx
+from nnbridge.parity import compare_logits
+from nnbridge.quantize import layer_blocks, output_labels, quantize_variant
+
+
+def test_fp16_variant_keeps_fp32_interface_and_labels(exported, patch_sets, loaded_fold, tmp_path):
+    out, _, _ = exported
+    _, calibration, heldout = patch_sets
+    record = quantize_variant(out / "model.onnx", tmp_path / "fp16.onnx", calibration, {"method": "fp16"})
+    model = onnx.load(str(tmp_path / "fp16.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
+    assert record["size_bytes"] < 0.6 * (out / "model.onnx").stat().st_size
+    assert read_metadata(tmp_path / "fp16.onnx")["source_sha256"] == loaded_fold.checkpoint_sha256
+    ref = run_onnx(out / "model.onnx", heldout)
+    metrics = compare_logits(ref, run_onnx(tmp_path / "fp16.onnx", heldout), loaded_fold.label_names)
+    assert 0 < metrics["max_abs_err"] < 0.5 and metrics["voxel_agreement"] > 0.99
+
+
+def test_dynamic_int8_runs_convinteger_and_reports_coverage(exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    record = quantize_variant(out / "model.onnx", tmp_path / "dyn.onnx", calibration, {"method": "dynamic"})
+    assert record["ops"].get("ConvInteger", 0) > 0 and record["n_calibration_patches"] == 0
+    coverage = record["coverage"]
+    assert coverage["n_int8_compute_nodes"] == record["ops"]["ConvInteger"]
+    assert {n["runs_as"] for n in coverage["compute_nodes"] if n["int8"]} == {"ConvInteger"}
+
+
+def test_static_int8_coverage_reads_the_runtime_graph(exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    record = quantize_variant(out / "model.onnx", tmp_path / "int8.onnx", calibration, {"method": "static"})
+    coverage = record["coverage"]
+    nodes = {n["module"]: n for n in coverage["compute_nodes"]}
+    # ORT's CPU provider fuses DQ-Conv-Q into QLinearConv but keeps ConvTranspose in fp32
+    assert any(n["runs_as"] == "QLinearConv" for n in nodes.values())
+    transposed = [m for m, n in nodes.items() if n["op"] == "ConvTranspose"]
+    assert transposed and all(not nodes[m]["int8"] for m in transposed)
+    assert set(transposed) <= set(coverage["float_compute_nodes"])
+    assert 0.5 < coverage["int8_flop_share"] < 1.0
+    assert any(op["op"] == "InstanceNormalization" and op["precision"] == "float" for op in coverage["ops"])
+    # module names come from the checkpoint's parameter names
+    assert all(m.startswith(("encoder.", "decoder.")) for m in nodes)
+
+
+def test_flops_of_a_conv_match_the_formula(exported, loaded_fold):
+    out, _, _ = exported
+    shape = (1, 1, *loaded_fold.patch_size)
+    flops = compute_node_flops(onnx.load(str(out / "model.onnx")), shape)
+    first = next(iter(flops.values()))
+    conv = loaded_fold.network.encoder.stages[0][0].convs[0].conv
+    k = conv.kernel_size
+    expected = 2 * conv.out_channels * (conv.in_channels * k[0] * k[1] * k[2])
+    for size in loaded_fold.patch_size:
+        expected *= size  # stride 1, same padding
+    assert first["flops"] == expected
+
+
+def test_blocks_group_each_conv_with_its_norm_and_nonlinearity(exported):
+    out, _, _ = exported
+    blocks = layer_blocks(onnx.load(str(out / "model.onnx")))
+    first = blocks[0]
+    assert first["op"] == "Conv" and first["module"] == "encoder.stages.0.0.convs.0.conv"
+    assert [n.rsplit("/", 1)[-1] for n in first["nodes"]] == ["Conv", "InstanceNormalization", "LeakyRelu"]
+
+
+def test_accuracy_aware_loop_keeps_blocks_in_fp32_until_the_target(exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    settings = {"method": "static", "accuracy_aware": {"min_dice": 1.0, "max_steps": 2,
+                                                        "exclude_per_step": 1, "patches": 4}}
+    record = quantize_variant(out / "model.onnx", tmp_path / "aa.onnx", calibration, settings)
+    aa = record["accuracy_aware"]
+    steps = aa["steps"]
+    assert steps[0]["fp32_modules"] == [] and steps[0]["min_dice"] < 1.0  # INT8 changes labels
+    assert [len(s["fp32_modules"]) for s in steps] == list(range(len(steps)))
+    assert steps[-1]["min_dice"] >= steps[0]["min_dice"]
+    assert all("latency_ms" in s for s in steps) and steps[0]["trials"]
+    # the file written is the last step's: the blocks kept in fp32 do not run in INT8
+    float_modules = set(record["coverage"]["float_compute_nodes"])
+    assert set(aa["fp32_modules"]) <= float_modules
+    assert aa["passed"] == (steps[-1]["min_dice"] >= 1.0)
+    assert ("budget of 2 step(s) spent" in aa["verdict"]) != aa["passed"]
+
+
+def test_labels_come_from_the_onnx_metadata(exported, loaded_fold):
+    out, _, _ = exported
+    names, region_based = output_labels(out / "model.onnx")
+    assert names == loaded_fold.label_names and region_based is False
+
+
+def test_unknown_method_is_refused(exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    with pytest.raises(NNBridgeError, match="quantize method 'int4' unknown"):
+        quantize_variant(out / "model.onnx", tmp_path / "x.onnx", patch_sets[1], {"method": "int4"})
