@@ -37,6 +37,18 @@ def test_simplified_model_is_kept_only_when_equal(exported, patch_sets, tmp_path
     strict = simplify_onnx(out / "model.onnx", tmp_path / "sim2.onnx", heldout[:2], atol=-1.0)
     assert not strict["kept_simplified"]
     assert (tmp_path / "sim2.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    assert [a["tool"].split()[0] for a in strict["attempts"]] == ["onnxsim", "onnxslim"]
+    assert "onnxsim" in strict["error"] and "onnxslim" in strict["error"]
+
+
+def test_simplifier_falls_back_to_onnxslim(exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    _, _, heldout = patch_sets
+    record = simplify_onnx(out / "model.onnx", tmp_path / "sim.onnx", heldout[:2],
+                           tools=("nosuchtool", "onnxslim"))
+    assert "unknown simplifier 'nosuchtool'" in record["attempts"][0]["error"]
+    assert record["kept_simplified"] and record["tool"].startswith("onnxslim"), record
+    assert record["check_max_abs_err"] <= 1e-4
 
 
 def test_static_int8_is_qdq_and_close(exported, patch_sets, loaded_fold, tmp_path):

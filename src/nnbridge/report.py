@@ -139,8 +139,9 @@ def weights_table(folds: list[dict[str, Any]]) -> Table:
             rows.append([_fold_label(e), name, rec["weights"]["summary"], shapes, _fmt(worst)])
         simp = e["simplify"]
         if simp:
-            state = "simplified, outputs verified" if simp["kept_simplified"] else \
-                f"not simplified ({simp.get('error', 'unknown')}); exact copy kept"
+            state = (f"simplified by {simp.get('tool') or 'onnxsim'}, outputs verified"
+                     if simp["kept_simplified"] else
+                     f"not simplified ({simp.get('error', 'unknown')}); exact copy kept")
             rows.append([_fold_label(e), "ONNX simplified",
                          f"{state}; nodes {simp['nodes_before']} → {simp['nodes_after']}",
                          "", _fmt(simp.get("check_max_abs_err"))])
