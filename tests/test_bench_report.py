@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from nnbridge.bench import benchmark_fold
 from nnbridge.report import build_report
 from nnbridge.runlog import write_json
@@ -14,16 +16,24 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported):
     out, _, _ = exported
     variants = {"onnx_fp32": {"kind": "onnx", "path": str(out / "model.onnx")},
                 "torchscript": {"kind": "torchscript", "path": str(out / "model.ts")},
-                "missing": {"kind": "onnx", "path": str(out / "nope.onnx")}}
+                "missing": {"kind": "onnx", "path": str(out / "nope.onnx")},
+                "onnx_fp32@openvino": {"kind": "onnx", "path": str(out / "model.onnx"), "backend": "openvino"}}
     record = benchmark_fold(str(tiny_model.model_folder), "0", tiny_model.checkpoint, variants,
                             threads=1, warmup=1, repeats=3)
     results = record["results"]
-    for name in ("torch_eager", "onnx_fp32", "torchscript"):
+    assert results["onnx_fp32@openvino"]["backend"] == "openvino"
+    for name in ("torch_eager", "onnx_fp32", "torchscript", "onnx_fp32@openvino"):
         assert results[name]["p50_ms"] > 0, results[name]
         assert results[name]["p90_ms"] >= results[name]["p50_ms"]
         assert results[name]["peak_rss_mb"] >= results[name]["rss_after_imports_mb"] > 0
     assert results["torch_eager"]["speedup_vs_torch_eager"] == 1.0
     assert results["onnx_fp32"]["file_size_bytes"] > 0
+    # throughput: FLOPs of the patch from the graph, the machine's peak measured alongside
+    assert record["flops_per_patch"] > 0 and record["peak"]["gflops"] > 1, record["peak"]
+    for name in ("torch_eager", "onnx_fp32"):
+        r = results[name]
+        assert r["gflops_per_s"] == pytest.approx(record["flops_per_patch"] / r["p50_ms"] / 1e6, rel=0.01)
+        assert 0 < r["pct_of_peak"] < 100
     assert "error" in results["missing"]
     # each child measures its own memory: ONNX Runtime never imports torch, so its peak is
     # far below the torch baseline's (Linux's ru_maxrss would report the parent's peak)
@@ -58,7 +68,9 @@ def _records(tmp_path: Path) -> list[dict]:
         "torch_eager": {"p50_ms": 10.0, "p90_ms": 11.0, "peak_rss_mb": 300.0,
                         "speedup_vs_torch_eager": 1.0},
         "onnx_fp32": {"p50_ms": 5.0, "p90_ms": 6.0, "peak_rss_mb": 100.0, "file_size_bytes": 2e6,
-                      "speedup_vs_torch_eager": 2.0}}})
+                      "speedup_vs_torch_eager": 2.0, "gflops_per_s": 40.0, "pct_of_peak": 25.0}},
+        "flops_per_patch": 200000000,
+        "peak": {"gflops": 160.0, "threads": 2, "method": "fp32 matrix multiply 2048x2048x2048 (torch.mm), p50 of 10"}})
     write_json(base / "summary.json", {"mean": {"1": {"Dice": 0.91}}, "foreground_mean": {"Dice": 0.91}})
     return [{"dataset": "D", "model": "T__P__3d_fullres", "fold": "0",
              "export": str(base / "export.json"), "torchscript": None,
@@ -78,8 +90,11 @@ def test_report_shows_gates_numbers_and_plot(tmp_path):
     assert "weights verified: 10 tensors" in md
     assert "0.9100" in md  # the model's own validation Dice
     assert "| 3/4 | 95.1 % |" in md  # INT8 coverage: compute nodes and FLOP share
+    assert "| int8_static | onnxruntime | 95.1 % | QLinearConv×3 |" in md
     assert "QLinearConv×3" in md and "ConvTranspose×1" in md and "decoder.transpconvs.0" in md
     assert "| step 1 | decoder.seg_layers.2 | sphere 0.9950 |" in md
+    assert "A patch costs 0.20 GFLOP" in md and "is 160 GFLOP/s" in md
+    assert "| 40.0 | 25.0 |" in md  # GFLOP/s and % of peak of onnx_fp32
     assert "| 2.000 |" in md or "2.000" in md  # speed-up of onnx_fp32
     assert "data:image/png;base64," in html and 'class="fail"' in html
     assert (out / "report/latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

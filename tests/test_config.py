@@ -10,7 +10,7 @@ import yaml
 
 from nnbridge.config import validate_config
 from nnbridge.errors import NNBridgeError
-from nnbridge.workflow_plan import FoldKey, discover_models, fold_variants
+from nnbridge.workflow_plan import FoldKey, discover_models, fold_variants, variant_tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -83,7 +83,27 @@ def test_fold_variants_follow_config():
     config = validate_config(shipped_config(), SCHEMA)
     key = FoldKey("D", "T__P__3d_fullres", "0")
     variants = fold_variants("results", key, config)
-    assert list(variants) == ["torchscript", "onnx_fp32", "onnx_simplified", "int8_static"]
+    onnx_names = ["onnx_fp32", "onnx_simplified", *config["quantize"]]
+    assert list(variants) == ["torchscript", *onnx_names, *(f"{n}@openvino" for n in onnx_names)]
     assert variants["int8_static"]["path"] == "results/D/T__P__3d_fullres/fold_0/quantize/int8_static.onnx"
+    assert variants["int8_static"]["backend"] == "onnxruntime"
+    assert variants["int8_static@openvino"] == {**variants["int8_static"], "backend": "openvino"}
+    assert variants["torchscript"]["backend"] == "torchscript"
     config["export"]["torchscript"] = False
-    assert "torchscript" not in fold_variants("results", key, config)
+    config["backends"] = ["onnxruntime"]
+    assert list(fold_variants("results", key, config)) == onnx_names
+
+
+def test_openvino_runs_are_gated_like_their_artifact():
+    validate = {"tolerances": {"onnx_fp32": {"max_rel_err": 1e-4}, "fp16@openvino": {"min_dice": 0.9}},
+                "default_tolerance": {"min_dice": 0.99}}
+    assert variant_tolerance("onnx_fp32@openvino", validate) == {"max_rel_err": 1e-4}
+    assert variant_tolerance("fp16@openvino", validate) == {"min_dice": 0.9}
+    assert variant_tolerance("int8_x@openvino", validate) == {"min_dice": 0.99}
+
+
+def test_backends_must_include_onnxruntime():
+    config = copy.deepcopy(shipped_config())
+    config["backends"] = ["openvino"]
+    with pytest.raises(NNBridgeError, match=r"at backends: .*onnxruntime"):
+        validate_config(config, SCHEMA)

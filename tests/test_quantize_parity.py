@@ -114,6 +114,8 @@ def test_validate_fold_passes_exact_and_fails_broken_variant(tiny_model, exporte
         "torchscript": {"kind": "torchscript", "path": str(out / "model.ts")},
         "broken": {"kind": "onnx", "path": str(broken)},
         "unreadable": {"kind": "onnx", "path": str(tmp_path / "missing.onnx")},
+        "onnx_fp32@openvino": {"kind": "onnx", "path": str(out / "model.onnx"), "backend": "openvino"},
+        "broken@openvino": {"kind": "onnx", "path": str(broken), "backend": "openvino"},
     }
     tol = {"max_abs_err": 1e-3, "min_dice": 0.999}
     record = validate_fold(str(tiny_model.model_folder), "0", tiny_model.checkpoint, heldout,
@@ -123,6 +125,9 @@ def test_validate_fold_passes_exact_and_fails_broken_variant(tiny_model, exporte
     assert results["torchscript"]["passed"], results["torchscript"]
     assert not results["broken"]["passed"]
     assert any("max abs error" in f for f in results["broken"]["failures"])
+    assert results["onnx_fp32@openvino"]["passed"], results["onnx_fp32@openvino"]
+    assert results["onnx_fp32@openvino"]["backend"] == "openvino"
+    assert not results["broken@openvino"]["passed"]
     assert not results["unreadable"]["passed"]
     assert "could not run" in results["unreadable"]["failures"][0]
     assert record["all_passed"] is False

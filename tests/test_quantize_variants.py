@@ -105,3 +105,20 @@ def test_unknown_method_is_refused(exported, patch_sets, tmp_path):
     out, _, _ = exported
     with pytest.raises(NNBridgeError, match="quantize method 'int4' unknown"):
         quantize_variant(out / "model.onnx", tmp_path / "x.onnx", patch_sets[1], {"method": "int4"})
+
+
+def test_openvino_coverage_reads_the_compiled_model(exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    record = quantize_variant(out / "model.onnx", tmp_path / "int8.onnx", calibration, {"method": "static"},
+                              backends=("onnxruntime", "openvino"))
+    coverage = record["coverage_openvino"]
+    assert coverage["backend"] == "openvino-cpu"
+    kinds = {n["op"]: set() for n in coverage["compute_nodes"]}
+    for n in coverage["compute_nodes"]:
+        kinds[n["op"]].add(n["runs_as"])
+    assert "Convolution (u8)" in kinds["Conv"]  # OpenVINO runs the QDQ convolutions in INT8
+    assert all(n["runs_as"] != "? (?)" for n in coverage["compute_nodes"])  # every node found
+    assert 0.5 < coverage["int8_flop_share"] <= 1.0
+    assert "coverage_openvino" not in quantize_variant(
+        out / "model.onnx", tmp_path / "int8b.onnx", calibration, {"method": "static"})

@@ -90,14 +90,17 @@ def test_every_fold_has_all_artifacts_and_gates(workdir):
         assert export["weights"]["ok"] and export["checkpoint_weights"]["ok"]
         parity = json.loads((base / "validate/parity.json").read_text())
         variants = parity["variants"]
-        assert set(variants) == {"torchscript", "onnx_fp32", "onnx_simplified", *QUANTIZED}
-        for exact in ("torchscript", "onnx_fp32", "onnx_simplified"):
+        onnx_variants = ("onnx_fp32", "onnx_simplified", *QUANTIZED)
+        assert set(variants) == {"torchscript", *onnx_variants, *(f"{n}@openvino" for n in onnx_variants)}
+        for exact in ("torchscript", "onnx_fp32", "onnx_simplified", "onnx_fp32@openvino",
+                      "onnx_simplified@openvino"):
             assert variants[exact]["passed"], (fold, exact, variants[exact])
         for name in QUANTIZED:  # gated either way, with numbers
             assert "passed" in variants[name] and variants[name]["dice"], (fold, name)
             record = json.loads((base / f"quantize/{name}.json").read_text())
             if name != "fp16":
                 assert record["coverage"]["n_int8_compute_nodes"] > 0, (fold, name)
+                assert record["coverage_openvino"]["n_compute_nodes"] > 0, (fold, name)
         accurate = json.loads((base / "quantize/int8_accurate.json").read_text())["accuracy_aware"]
         assert accurate["steps"] and accurate["steps"][0]["fp32_modules"] == []
         bench = json.loads((base / "benchmark/benchmark.json").read_text())["results"]

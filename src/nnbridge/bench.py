@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-BACKENDS = ("torch", "torchscript", "onnxruntime")
+BACKENDS = ("torch", "torchscript", "onnxruntime", "openvino", "sgemm")
+PEAK_N = 2048  # the fp32 matrix multiply that measures this machine's practical peak
 
 
 def _status_mb(field: str) -> float:
@@ -60,6 +61,26 @@ def _load_runner(spec: dict[str, Any], threads: int):
         def run(x: np.ndarray) -> None:
             with torch.no_grad():
                 module(torch.from_numpy(x))
+
+        return run
+    if backend == "sgemm":  # the peak micro-benchmark: an n x n x n fp32 matmul (MKL/oneDNN)
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(threads)
+        n = int(spec.get("n", PEAK_N))
+        a, b = torch.randn(n, n), torch.randn(n, n)
+
+        def run(x: np.ndarray) -> None:
+            torch.mm(a, b)
+
+        return run
+    if backend == "openvino":
+        from .onnxrun import openvino_model  # noqa: PLC0415
+
+        request = openvino_model(Path(spec["path"]), threads).create_infer_request()
+
+        def run(x: np.ndarray) -> None:
+            request.infer({0: x})
 
         return run
     if backend == "onnxruntime":
@@ -136,6 +157,26 @@ def benchmark_variants(specs: dict[str, dict[str, Any]], shape: tuple[int, ...],
             "baseline": baseline, "results": results}
 
 
+def measure_peak_gflops(threads: int, repeats: int = 10, n: int = PEAK_N) -> dict[str, Any]:
+    """This machine's practical fp32 peak with ``threads`` threads, measured in its own process:
+    the p50 of an ``n``³ matrix multiply by torch (MKL/oneDNN sgemm), as GFLOP/s."""
+    result = benchmark_in_subprocess({"backend": "sgemm", "n": n}, (1,), threads, 2, repeats)
+    if "p50_ms" not in result:
+        return {"error": result.get("error", "peak measurement failed")}
+    return {"gflops": round(2 * n**3 / (result["p50_ms"] / 1000) / 1e9, 1), "threads": threads,
+            "method": f"fp32 matrix multiply {n}x{n}x{n} (torch.mm), p50 of {repeats}"}
+
+
+def add_throughput(record: dict[str, Any], flops: int, peak_gflops: float | None) -> None:
+    """Per result: achieved GFLOP/s at the patch's FLOPs and the fraction of the fp32 peak."""
+    record["flops_per_patch"] = int(flops)
+    for result in record["results"].values():
+        if "p50_ms" in result and flops:
+            result["gflops_per_s"] = round(flops / (result["p50_ms"] / 1000) / 1e9, 2)
+            if peak_gflops:
+                result["pct_of_peak"] = round(100 * result["gflops_per_s"] / peak_gflops, 1)
+
+
 def benchmark_fold(model_folder: str, fold: str, checkpoint: str,
                    variants: dict[str, dict[str, str]], *, threads: int, warmup: int,
                    repeats: int) -> dict[str, Any]:
@@ -148,10 +189,21 @@ def benchmark_fold(model_folder: str, fold: str, checkpoint: str,
                         "checkpoint": checkpoint},
     }
     for name, variant in variants.items():
-        backend = "torchscript" if variant["kind"] == "torchscript" else "onnxruntime"
+        backend = variant.get("backend") or ("torchscript" if variant["kind"] == "torchscript" else "onnxruntime")
         specs[name] = {"backend": backend, "path": variant["path"]}
     record = benchmark_variants(specs, shape, threads, warmup, repeats)
     record.update({"model_folder": str(model_folder), "fold": str(fold)})
+    record["peak"] = measure_peak_gflops(threads)
+    reference = next((v["path"] for v in variants.values() if v["kind"] == "onnx"
+                      and Path(v["path"]).is_file()), None)
+    if reference:
+        import onnx  # noqa: PLC0415
+
+        from .coverage import compute_node_flops  # noqa: PLC0415
+
+        flops = sum(n["flops"] for n in compute_node_flops(onnx.load(reference, load_external_data=False),
+                                                          tuple(shape)).values())
+        add_throughput(record, flops, record["peak"].get("gflops"))
     return record
 
 

@@ -41,6 +41,8 @@ def validate_config(config: dict[str, Any], schema_path: Path, config_name: str 
     if errors:
         error = jsonschema.exceptions.best_match(errors)
         message = error.message
+        if error.validator == "contains" and "const" in (error.validator_value or {}):
+            message = f"{error.instance} must include {error.validator_value['const']!r}"
         if error.validator == "additionalProperties" and isinstance(error.schema, dict):
             allowed = sorted(error.schema.get("properties", {}))
             if allowed:

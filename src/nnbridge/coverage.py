@@ -154,3 +154,61 @@ def int8_coverage(quantized: Path, float_model: Path, input_shape: tuple[int, ..
         "ops": ops,
         "n_conversions": sum(c["count"] for c in ops if c["precision"] == "conversion"),
     }
+
+
+OPENVINO_CONVERSIONS = frozenset({"Convert", "Reorder", "FakeQuantize"})
+OPENVINO_SKIP = frozenset({"Const", "Input", "Output", "Parameter", "Result"})
+OPENVINO_COMPUTE = frozenset({"Convolution", "Deconvolution", "FullyConnected", "MatMul"})
+
+
+def openvino_int8_coverage(quantized: Path, float_model: Path, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """INT8 coverage of ``quantized`` as OpenVINO's CPU plugin compiles it (same record as
+    :func:`int8_coverage`): each runtime layer's ``runtimePrecision``, matched to the fp32
+    graph's compute nodes through the ``originalLayersNames`` OpenVINO keeps."""
+    from .onnxrun import openvino_model  # noqa: PLC0415
+
+    reference = compute_node_flops(onnx.load(str(float_model), load_external_data=False), input_shape)
+    runtime = openvino_model(Path(quantized), 1).get_runtime_model()
+    compute: list[tuple[list[str], str, str]] = []
+    histogram: Counter[tuple[str, str]] = Counter()
+    for op in runtime.get_ordered_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str)
+        precision = info["runtimePrecision"].astype(str)
+        if layer in OPENVINO_SKIP:
+            continue
+        kind = ("conversion" if layer in OPENVINO_CONVERSIONS else
+                "int8" if precision in ("u8", "i8") else "float")
+        histogram[(layer, kind)] += 1
+        if layer in OPENVINO_COMPUTE:  # a bias Eltwise also names the conv it came from
+            compute.append((info["originalLayersNames"].astype(str).split(","), layer, precision))
+    nodes = []
+    def runs_as(name: str) -> tuple[str, str]:
+        # OpenVINO names a fused layer after its parts: "<node>/WithoutBiases", "<node>_output_0_..."
+        for originals, layer, precision in compute:
+            if any(o == name or o.startswith((name + "/", name + "_")) for o in originals):
+                return layer, precision
+        return "?", "?"
+
+    for name, info in reference.items():
+        layer, precision = runs_as(name)
+        nodes.append({"node": name, "module": module_name(name, info["weight"]), "op": info["op"],
+                      "runs_as": f"{layer} ({precision})", "int8": precision in ("u8", "i8"),
+                      "flops": info["flops"]})
+    total = sum(n["flops"] for n in nodes)
+    int8_flops = sum(n["flops"] for n in nodes if n["int8"])
+    ops = [{"op": op, "precision": precision, "count": count}
+           for (op, precision), count in sorted(histogram.items())]
+    return {
+        "backend": "openvino-cpu",
+        "graph_optimization": "compiled model (runtime precision per layer)",
+        "input_shape": list(input_shape),
+        "n_compute_nodes": len(nodes),
+        "n_int8_compute_nodes": sum(1 for n in nodes if n["int8"]),
+        "gflops": round(total / 1e9, 4),
+        "int8_flop_share": round(int8_flops / total, 4) if total else 0.0,
+        "float_compute_nodes": [n["module"] for n in nodes if not n["int8"]],
+        "compute_nodes": nodes,
+        "ops": ops,
+        "n_conversions": sum(c["count"] for c in ops if c["precision"] == "conversion"),
+    }

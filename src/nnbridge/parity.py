@@ -122,7 +122,8 @@ def validate_fold(
     for name, variant in variants.items():
         tol = Tolerance.from_config(tolerances.get(name))
         try:
-            logits = run_variant(variant["kind"], Path(variant["path"]), heldout_patches, threads)
+            logits = run_variant(variant["kind"], Path(variant["path"]), heldout_patches, threads,
+                                 variant.get("backend", "onnxruntime"))
             results[name] = validate_variant(reference, logits, loaded.label_names, tol,
                                              loaded.region_based)
         except Exception as exc:  # noqa: BLE001 - a broken variant fails its gate, others go on
@@ -130,6 +131,7 @@ def validate_fold(
                              "failures": [f"could not run: {type(exc).__name__}: {exc}"[:500]]}
         results[name]["path"] = variant["path"]
         results[name]["kind"] = variant["kind"]
+        results[name]["backend"] = variant.get("backend", "onnxruntime")
     return {
         "model_folder": str(model_folder),
         "fold": str(fold),

@@ -313,13 +313,15 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
 
 
 def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
-                     *, threads: int = 1) -> dict[str, Any]:
+                     *, threads: int = 1, backends: tuple[str, ...] | list[str] = ("onnxruntime",)) -> dict[str, Any]:
     """Build one configured variant (the config's ``quantize.<name>`` entry) and its INT8 coverage.
 
     ``settings["method"]``: ``static`` (calibrated INT8; with ``accuracy_aware`` the layer
     exclusion loop), ``dynamic`` (INT8 weights, run-time activation ranges) or ``fp16``.
+    INT8 coverage is recorded for ONNX Runtime (``coverage``) and, when ``backends`` names it,
+    OpenVINO (``coverage_openvino``).
     """
-    from .coverage import int8_coverage  # noqa: PLC0415
+    from .coverage import int8_coverage, openvino_int8_coverage  # noqa: PLC0415
 
     method = settings.get("method", "static")
     if method not in METHODS:
@@ -338,5 +340,8 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
     else:
         record = _quantize_static(src, dst, calibration, settings, list(excluded))
     if len(calibration):
-        record["coverage"] = int8_coverage(Path(dst), Path(src), tuple(calibration[:1].shape))
+        shape = tuple(calibration[:1].shape)
+        record["coverage"] = int8_coverage(Path(dst), Path(src), shape)
+        if "openvino" in backends:
+            record["coverage_openvino"] = openvino_int8_coverage(Path(dst), Path(src), shape)
     return record

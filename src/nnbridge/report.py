@@ -97,12 +97,13 @@ def overview_table(folds: list[dict[str, Any]]) -> Table | None:
                     if "p50_ms" in b.get(name, {}) and "p50_ms" in b.get("torch_eager", {})]
         vs_fp32 = [b["onnx_fp32"]["p50_ms"] / b[name]["p50_ms"] for b in bench
                    if "p50_ms" in b.get(name, {}) and "p50_ms" in b.get("onnx_fp32", {})]
+        pct = [b[name]["pct_of_peak"] for b in bench if "pct_of_peak" in b.get(name, {})]
         gate = "reference" if not gates else f"{passed}/{len(gates)} PASS" if passed == len(gates) \
             else f"FAIL in {len(gates) - passed}/{len(gates)}"
         rows.append([name, gate, _fmt(worst) if gates else "–", _fmt(_median(p50), 3),
-                     _fmt(_median(vs_eager), 3), _fmt(_median(vs_fp32), 3)])
+                     _fmt(_median(vs_eager), 3), _fmt(_median(vs_fp32), 3), _fmt(_median(pct), 1)])
     return ["variant", "gate (folds)", "worst class Dice vs torch", "median p50 ms",
-            "speed-up vs torch eager", "speed-up vs ONNX fp32"], rows
+            "speed-up vs torch eager", "speed-up vs ONNX fp32", "% of fp32 peak"], rows
 
 
 def validation_table(folds: list[dict[str, Any]]) -> Table | None:
@@ -169,14 +170,27 @@ def benchmark_table(folds: list[dict[str, Any]]) -> Table:
         shape = "x".join(str(s) for s in bench.get("shape", []))
         for name, r in bench.get("results", {}).items():
             if "error" in r:
-                rows.append([_fold_label(e), name, shape, "error: " + r["error"], "", "", "", ""])
+                rows.append([_fold_label(e), name, shape, "error: " + r["error"], "", "", "", "", "", ""])
                 continue
             size = r.get("file_size_bytes")
             rows.append([_fold_label(e), name, shape, _fmt(r["p50_ms"], 3), _fmt(r["p90_ms"], 3),
                          _fmt(r["peak_rss_mb"], 1), _fmt(size / 1e6 if size else None, 3),
+                         _fmt(r.get("gflops_per_s"), 1), _fmt(r.get("pct_of_peak"), 1),
                          _fmt(r.get("speedup_vs_torch_eager"), 3)])
     return ["fold", "backend / variant", "input", "p50 ms", "p90 ms", "peak RSS MB", "file MB",
-            "speed-up vs torch eager"], rows
+            "GFLOP/s", "% of fp32 peak", "speed-up vs torch eager"], rows
+
+
+def peak_note(folds: list[dict[str, Any]]) -> str:
+    """One sentence on the FLOPs per patch and the measured peak the percentages refer to."""
+    for e in folds:
+        bench = e["benchmark"] or {}
+        peak = bench.get("peak") or {}
+        if peak.get("gflops") and bench.get("flops_per_patch"):
+            return (f" A patch costs {bench['flops_per_patch'] / 1e9:.2f} GFLOP (convolutions, "
+                    f"multiply-add = 2); this machine's fp32 peak, measured as {peak['method']} with "
+                    f"{peak['threads']} thread(s), is {peak['gflops']:.0f} GFLOP/s.")
+    return ""
 
 
 def quantize_table(folds: list[dict[str, Any]]) -> Table:
@@ -193,12 +207,12 @@ def quantize_table(folds: list[dict[str, Any]]) -> Table:
                 how = method
             cov = q.get("coverage") or {}
             int8 = (f"{cov['n_int8_compute_nodes']}/{cov['n_compute_nodes']}" if cov else "–")
-            share = f"{100 * cov['int8_flop_share']:.1f} %" if cov else "–"
+            share = f"{100 * cov['int8_flop_share']:.1f} %" if cov else "–"  # ONNX Runtime's
             aa = (q.get("accuracy_aware") or {}).get("verdict", "–")
             rows.append([_fold_label(e), name, how, str(q.get("n_calibration_patches", 0)),
                          _fmt(q["size_bytes"] / 1e6, 3), int8, share, aa])
     return ["fold", "variant", "method", "calibration patches", "file MB",
-            "compute nodes in INT8", "FLOPs in INT8", "accuracy-aware"], rows
+            "compute nodes in INT8 (ORT)", "FLOPs in INT8 (ORT)", "accuracy-aware"], rows
 
 
 def _op_list(ops: list[dict[str, Any]], precision: str) -> str:
@@ -210,16 +224,18 @@ def coverage_table(folds: list[dict[str, Any]]) -> Table | None:
     rows = []
     for e in folds:
         for name, q in e["quantize"].items():
-            cov = (q or {}).get("coverage")
-            if not cov:
-                continue
-            fallback = ", ".join(cov["float_compute_nodes"]) or "none"
-            rows.append([_fold_label(e), name, _op_list(cov["ops"], "int8"), _op_list(cov["ops"], "float"),
-                         str(cov["n_conversions"]), fallback])
+            for backend, key in (("onnxruntime", "coverage"), ("openvino", "coverage_openvino")):
+                cov = (q or {}).get(key)
+                if not cov:
+                    continue
+                fallback = ", ".join(cov["float_compute_nodes"]) or "none"
+                share = f"{100 * cov['int8_flop_share']:.1f} %"
+                rows.append([_fold_label(e), name, backend, share, _op_list(cov["ops"], "int8"),
+                             _op_list(cov["ops"], "float"), str(cov["n_conversions"]), fallback])
     if not rows:
         return None
-    return ["fold", "variant", "INT8 operators", "fp32 operators", "Q/DQ conversions",
-            "compute layers in fp32 (PyTorch modules)"], rows
+    return ["fold", "variant", "backend", "FLOPs in INT8", "INT8 operators", "fp32 operators",
+            "conversions", "compute layers in fp32 (PyTorch modules)"], rows
 
 
 def accuracy_aware_table(folds: list[dict[str, Any]]) -> Table | None:
@@ -320,8 +336,10 @@ def sections(folds: list[dict[str, Any]]) -> list[tuple[str, str, Table | None]]
         ("Quantization", "Quantized variants: static INT8 is calibrated on real patches from the "
          "fold's training cases; INT8 coverage is read from the graph ONNX Runtime's CPU provider "
          "really runs.", quantize_table(folds)),
-        ("INT8 coverage", "Operators of the optimized runtime graph by precision, and the compute "
-         "layers that fall back to fp32 (no INT8 kernel, or kept in fp32 on purpose).",
+        ("INT8 coverage", "Per backend, from the model it really runs (ONNX Runtime's optimized "
+         "graph, OpenVINO's compiled runtime model): operators by precision, conversions "
+         "between precisions, and the compute layers that fall back to fp32 (no INT8 kernel, or "
+         "kept in fp32 on purpose).",
          coverage_table(folds)),
         ("Accuracy-aware INT8", "Each round keeps the block (a layer with its norm and "
          "nonlinearity) whose fp32 version helps the label maps most in fp32, until the Dice "
@@ -331,7 +349,7 @@ def sections(folds: list[dict[str, Any]]) -> list[tuple[str, str, Table | None]]
          "Held-out patches from each fold's validation cases (never used for calibration); "
          "Dice of the label maps of each variant against eager PyTorch.", parity_table(folds)),
         ("Benchmark", "Batch-1 latency on one patch, each backend in its own process, all in one "
-         "run; compare the ratios.", benchmark_table(folds)),
+         "run; compare the ratios." + peak_note(folds), benchmark_table(folds)),
     ]
 
 

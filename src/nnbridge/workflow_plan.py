@@ -99,7 +99,9 @@ def discover_models(entries: list[dict[str, Any]], demo_folder: str | None = Non
 
 
 def fold_variants(results: str, key: FoldKey, config: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Name → {kind, path} of every artifact of a fold that is validated and benchmarked."""
+    """Name → {kind, path, backend} of every (artifact, backend) of a fold that is validated and
+    benchmarked. ONNX artifacts run on ONNX Runtime under their own name and on every other
+    configured backend as ``<name>@<backend>`` (e.g. ``onnx_fp32@openvino``)."""
     base = key.dir(results)
     variants: dict[str, dict[str, str]] = {}
     if config["export"]["torchscript"]:
@@ -108,4 +110,26 @@ def fold_variants(results: str, key: FoldKey, config: dict[str, Any]) -> dict[st
     variants["onnx_simplified"] = {"kind": "onnx", "path": f"{base}/simplify/model.onnx"}
     for name in config["quantize"]:
         variants[name] = {"kind": "onnx", "path": f"{base}/quantize/{name}.onnx"}
+    for variant in variants.values():
+        variant["backend"] = "torchscript" if variant["kind"] == "torchscript" else "onnxruntime"
+    for backend in config.get("backends", ["onnxruntime"]):
+        if backend == "onnxruntime":
+            continue
+        for name, variant in list(variants.items()):
+            if variant["kind"] == "onnx" and variant["backend"] == "onnxruntime":
+                variants[f"{name}@{backend}"] = {**variant, "backend": backend}
     return variants
+
+
+def base_variant(name: str) -> str:
+    """The artifact behind a variant name: ``onnx_fp32@openvino`` → ``onnx_fp32``."""
+    return name.split("@", 1)[0]
+
+
+def variant_tolerance(name: str, validate: dict[str, Any]) -> dict[str, Any]:
+    """The gate of a variant from the config's ``validate`` section: its own entry, else its
+    artifact's (``onnx_fp32@openvino`` is gated like ``onnx_fp32``), else the default."""
+    tolerances = validate.get("tolerances", {})
+    if name in tolerances:
+        return tolerances[name]
+    return tolerances.get(base_variant(name), validate.get("default_tolerance", {}))

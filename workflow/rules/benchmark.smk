@@ -2,7 +2,7 @@
 rule benchmark:
     input:
         unpack(get_fold_inputs),
-        variants=lambda wildcards: list(get_variant_files(wildcards).values()),
+        variants=get_variant_files,
     output:
         json=report(
             f"{FOLD_DIR}/benchmark/benchmark.json",

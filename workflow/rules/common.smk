@@ -9,7 +9,12 @@ from nnbridge.config import validate_config
 from nnbridge.demo import DEMO_DATASET_NAME, DEMO_PLANS, DEMO_TRAINER
 from nnbridge.errors import NNBridgeError
 from nnbridge.models import CHECKPOINT_NAMES
-from nnbridge.workflow_plan import FoldKey, discover_models, fold_variants
+from nnbridge.workflow_plan import (
+    FoldKey,
+    discover_models,
+    fold_variants,
+    variant_tolerance,
+)
 
 
 try:
@@ -81,7 +86,8 @@ def get_variants(wildcards):
 
 
 def get_variant_files(wildcards):
-    return {name: v["path"] for name, v in get_variants(wildcards).items()}
+    """The artifact files behind a fold's variants (one per artifact, whatever the backends)."""
+    return sorted({v["path"] for v in get_variants(wildcards).values()})
 
 
 def get_validation_summaries():

@@ -7,6 +7,7 @@ rule quantize:
         json=f"{FOLD_DIR}/quantize/{{qvariant}}.json",
     params:
         settings=lambda wildcards: config["quantize"][wildcards.qvariant],
+        backends=lookup(dpath="backends", within=config),
         code=code_version("quantize", "coverage", "onnxrun", "parity"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/quantize_{qvariant}.log",

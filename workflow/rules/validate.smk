@@ -2,7 +2,7 @@ rule validate:
     input:
         unpack(get_fold_inputs),
         heldout=rules.patches.output.heldout,
-        variants=lambda wildcards: list(get_variant_files(wildcards).values()),
+        variants=get_variant_files,
     output:
         json=report(
             f"{FOLD_DIR}/validate/parity.json",
@@ -14,10 +14,7 @@ rule validate:
         checkpoint=lambda wildcards: get_model(wildcards).checkpoint,
         variants=get_variants,
         tolerances=lambda wildcards: {
-            name: config["validate"]["tolerances"].get(
-                name, config["validate"]["default_tolerance"]
-            )
-            for name in get_variants(wildcards)
+            name: variant_tolerance(name, config["validate"]) for name in get_variants(wildcards)
         },
         threads=lookup(dpath="validate/threads", within=config),
         code=code_version("parity", "onnxrun", "models"),

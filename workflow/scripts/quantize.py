@@ -9,6 +9,7 @@ with logged(snakemake.log[0]):
         load_patches(snakemake.input.calibration),
         snakemake.params.settings,
         threads=snakemake.threads,
+        backends=snakemake.params.backends,
     )
     write_json(snakemake.output.json, record)
     print(record)
