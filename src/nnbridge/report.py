@@ -259,28 +259,40 @@ def accuracy_aware_table(folds: list[dict[str, Any]]) -> Table | None:
 
 
 def latency_plot(folds: list[dict[str, Any]], path: Path) -> None:
-    """Grouped bars: p50 latency of each backend/variant, one group per fold."""
+    """Horizontal bars: median p50 latency of each backend/variant over all folds (whiskers:
+    fastest and slowest fold), coloured by runtime, labelled with the speed-up over torch eager."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    names: list[str] = []
+    values: dict[str, list[float]] = {}
+    backends: dict[str, str] = {}
     for e in folds:
-        for n in (e["benchmark"] or {}).get("results", {}):
-            if n not in names:
-                names.append(n)
-    labels = [f"{e['model'].split('__')[-1]} f{e['fold']}" for e in folds]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(folds) * max(1, len(names)) / 3), 4))
-    width = 0.8 / max(1, len(names))
-    for j, name in enumerate(names):
-        values = [((e["benchmark"] or {}).get("results", {}).get(name) or {}).get("p50_ms", 0.0)
-                  for e in folds]
-        ax.bar([i + j * width for i in range(len(folds))], values, width, label=name)
-    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(folds))], labels)
-    ax.set_ylabel("p50 latency per patch (ms)")
-    ax.set_title("Latency per variant (lower is better)")
-    ax.legend(fontsize=8)
+        for name, r in (e["benchmark"] or {}).get("results", {}).items():
+            if "p50_ms" in r:
+                values.setdefault(name, []).append(r["p50_ms"])
+                backends[name] = r.get("backend", "?")
+    names = list(values)
+    colours = {"torch": "#4c72b0", "torchscript": "#64b5cd", "onnxruntime": "#55a868",
+               "openvino": "#c44e52"}
+    medians = [_median(values[n]) or 0.0 for n in names]
+    lows = [m - min(values[n]) for n, m in zip(names, medians)]
+    highs = [max(values[n]) - m for n, m in zip(names, medians)]
+    eager = _median(values.get("torch_eager", []))
+    fig, ax = plt.subplots(figsize=(8, 0.38 * max(4, len(names)) + 1.2))
+    ys = list(range(len(names)))[::-1]
+    ax.barh(ys, medians, xerr=[lows, highs], capsize=3,
+            color=[colours.get(backends[n], "#8c8c8c") for n in names])
+    for y, m, high in zip(ys, medians, highs):
+        if eager and m:
+            ax.text(m + high, y, f"  {eager / m:.2f}×", va="center", fontsize=8)
+    ax.set_yticks(ys, names, fontsize=8)
+    ax.set_xlabel("p50 latency per patch, ms (median over folds; whiskers: fastest and slowest fold)")
+    ax.set_title("Latency per variant and runtime (label: speed-up over torch eager)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for b, c in colours.items() if b in backends.values()]
+    ax.legend(handles, [b for b in colours if b in backends.values()], fontsize=8, loc="lower right")
+    ax.set_xlim(0, max(medians + [1.0]) * 1.25)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
