@@ -22,6 +22,11 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported):
                             threads=1, warmup=1, repeats=3)
     results = record["results"]
     assert results["onnx_fp32@openvino"]["backend"] == "openvino"
+    # where the time goes: convolutions dominate a U-Net on both runtimes
+    assert results["onnx_fp32"]["op_profile"][0]["op"] == "Conv"
+    assert results["onnx_fp32@openvino"]["op_profile"][0]["op"].startswith("Convolution [")
+    assert 0.5 < sum(o["share"] for o in results["onnx_fp32"]["op_profile"]) <= 1.0001
+    assert "op_profile" not in results["torch_eager"]
     for name in ("torch_eager", "onnx_fp32", "torchscript", "onnx_fp32@openvino"):
         assert results[name]["p50_ms"] > 0, results[name]
         assert results[name]["p90_ms"] >= results[name]["p50_ms"]
@@ -68,7 +73,10 @@ def _records(tmp_path: Path) -> list[dict]:
         "torch_eager": {"p50_ms": 10.0, "p90_ms": 11.0, "peak_rss_mb": 300.0,
                         "speedup_vs_torch_eager": 1.0},
         "onnx_fp32": {"p50_ms": 5.0, "p90_ms": 6.0, "peak_rss_mb": 100.0, "file_size_bytes": 2e6,
-                      "speedup_vs_torch_eager": 2.0, "gflops_per_s": 40.0, "pct_of_peak": 25.0}},
+                      "speedup_vs_torch_eager": 2.0, "gflops_per_s": 40.0, "pct_of_peak": 25.0,
+                      "backend": "onnxruntime",
+                      "op_profile": [{"op": "Conv", "ms_per_run": 4.5, "share": 0.9},
+                                     {"op": "InstanceNormalization", "ms_per_run": 0.5, "share": 0.1}]}},
         "flops_per_patch": 200000000,
         "peak": {"gflops": 160.0, "threads": 2, "method": "fp32 matrix multiply 2048x2048x2048 (torch.mm), p50 of 10"}})
     write_json(base / "summary.json", {"mean": {"1": {"Dice": 0.91}}, "foreground_mean": {"Dice": 0.91}})
@@ -95,6 +103,7 @@ def test_report_shows_gates_numbers_and_plot(tmp_path):
     assert "| step 1 | decoder.seg_layers.2 | sphere 0.9950 |" in md
     assert "A patch costs 0.20 GFLOP" in md and "is 160 GFLOP/s" in md
     assert "| 40.0 | 25.0 |" in md  # GFLOP/s and % of peak of onnx_fp32
+    assert "| onnx_fp32 | onnxruntime | Conv 90 %, InstanceNormalization 10 % |" in md
     assert "| 2.000 |" in md or "2.000" in md  # speed-up of onnx_fp32
     assert "data:image/png;base64," in html and 'class="fail"' in html
     assert (out / "report/latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -111,6 +111,11 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
         run(x)
         times.append((time.perf_counter() - started) * 1000.0)
     arr = np.array(times)
+    profile = None
+    if spec["backend"] in ("onnxruntime", "openvino") and spec.get("profile", True):
+        from .opprofile import op_profile  # noqa: PLC0415
+
+        profile = op_profile(spec["backend"], Path(spec["path"]), x, threads)  # after the timing
     return {
         "backend": spec["backend"],
         "shape": list(shape),
@@ -124,6 +129,7 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
         "rss_after_imports_mb": round(rss_start, 1),
         "rss_after_load_mb": round(rss_loaded, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+        **({"op_profile": profile} if profile is not None else {}),
     }
 
 

@@ -113,6 +113,8 @@ def make_dataset(
     seed: int = 0,
     dataset_id: int = DEMO_DATASET_ID,
     dataset_name: str | None = None,
+    n_channels: int = 1,
+    region_based: bool = False,
 ) -> Path:
     """Write a deterministic synthetic dataset in nnU-Net v2 raw format below ``raw_root``.
 
@@ -121,8 +123,14 @@ def make_dataset(
     background/sphere/box, ``.nii.gz``). Case ``i`` depends only on ``(seed, i, shape)``: the
     same arguments give the same files, byte for byte. ``dataset_name`` defaults to
     :data:`DEMO_DATASET_NAME` for the demo id, else ``DatasetXXX_NNBridgeDemo``.
+
+    ``n_channels > 1`` adds channels ``_0001``... (the first image with inverted contrast and
+    its own noise, like a second MRI sequence). ``region_based`` writes nnU-Net regions instead
+    of classes: ``object`` = sphere or box, ``box`` = box (overlapping, sigmoid outputs).
     Returns the dataset folder.
     """
+    if n_channels < 1:
+        raise ValueError(f"n_channels={n_channels}: need at least one channel")
     if n_cases < 1:
         raise ValueError(f"n_cases={n_cases}: need at least one case")
     if dataset_name is None:
@@ -133,12 +141,23 @@ def make_dataset(
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
     for i in range(n_cases):
-        image, labels = make_case(np.random.default_rng([seed, i]), shape)
+        rng = np.random.default_rng([seed, i])
+        image, labels = make_case(rng, shape)
         _save_nifti(image, folder / "imagesTr" / f"case_{i:03d}_0000.nii.gz")
+        for channel in range(1, n_channels):
+            other = 200.0 - image + 10.0 * rng.standard_normal(image.shape).astype(np.float32)
+            _save_nifti(other.astype(np.float32), folder / "imagesTr" / f"case_{i:03d}_{channel:04d}.nii.gz")
         _save_nifti(labels, folder / "labelsTr" / f"case_{i:03d}.nii.gz")
+    labels_json: dict[str, Any] = dict(DEMO_LABELS)
+    extra: dict[str, Any] = {}
+    if region_based:
+        labels_json = {"background": 0, "object": [DEMO_LABELS["sphere"], DEMO_LABELS["box"]],
+                       "box": [DEMO_LABELS["box"]]}
+        extra["regions_class_order"] = [DEMO_LABELS["sphere"], DEMO_LABELS["box"]]
     dataset_json = {
-        "channel_names": {"0": "MRI"},
-        "labels": dict(DEMO_LABELS),
+        "channel_names": {str(c): ("MRI" if c == 0 else f"MRI{c + 1}") for c in range(n_channels)},
+        "labels": labels_json,
+        **extra,
         "numTraining": n_cases,
         "file_ending": ".nii.gz",
         "name": dataset_name,
@@ -246,13 +265,15 @@ def plan_and_preprocess(
     *,
     dataset_id: int = DEMO_DATASET_ID,
     configuration: str = "3d_fullres",
+    planner: str | None = None,
     log: Path | None = None,
 ) -> Path:
     """Run ``nnUNetv2_plan_and_preprocess -d ID -c CONFIG -np 1 -npfp 1 --verify_dataset_integrity``.
 
-    (``-npfp``: fingerprint extraction has its own worker count, 8 by default.) Output is
-    appended to ``log``; a failure raises :class:`RuntimeError` naming it. Returns the
-    preprocessed dataset folder (with ``nnUNetPlans.json`` and the preprocessed data).
+    (``-npfp``: fingerprint extraction has its own worker count, 8 by default.) ``planner``
+    (``-pl``), e.g. ``nnUNetPlannerResEncM`` for the residual-encoder plans
+    (``nnUNetResEncUNetMPlans.json``). Output is appended to ``log``; a failure raises
+    :class:`RuntimeError` naming it. Returns the preprocessed dataset folder.
     """
     name = _dataset_name(dataset_id, raw)
     env = nnunet_env(raw, preprocessed, preprocessed, for_training=False)
@@ -262,10 +283,12 @@ def plan_and_preprocess(
         "-d", str(dataset_id), "-c", configuration, "-np", "1", "-npfp", "1",
         "--verify_dataset_integrity", "--no_pbar",
     ]  # fmt: skip
+    if planner:
+        cmd += ["-pl", planner]
     _run_logged(cmd, env, log, f"nnUNetv2_plan_and_preprocess of dataset {dataset_id}")
     out = Path(preprocessed) / name
-    if not (out / "nnUNetPlans.json").is_file():
-        raise RuntimeError(f"{out}: no nnUNetPlans.json after planning{_see(log)}")
+    if not any(out.glob("*Plans.json")):
+        raise RuntimeError(f"{out}: no plans file after planning{_see(log)}")
     return out
 
 

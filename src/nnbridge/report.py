@@ -181,6 +181,22 @@ def benchmark_table(folds: list[dict[str, Any]]) -> Table:
             "GFLOP/s", "% of fp32 peak", "speed-up vs torch eager"], rows
 
 
+def profile_table(folds: list[dict[str, Any]]) -> Table | None:
+    """The operators that take the time of each ONNX variant and runtime, on the first fold."""
+    for e in folds:
+        results = (e["benchmark"] or {}).get("results", {})
+        rows = []
+        for name, r in results.items():
+            ops = r.get("op_profile")
+            if not ops:
+                continue
+            top = ", ".join(f"{o['op']} {100 * o['share']:.0f} %" for o in ops[:4])
+            rows.append([_fold_label(e), name, r.get("backend", "?"), top])
+        if rows:
+            return ["fold", "variant", "runtime", "share of kernel time (top operators)"], rows
+    return None
+
+
 def peak_note(folds: list[dict[str, Any]]) -> str:
     """One sentence on the FLOPs per patch and the measured peak the percentages refer to."""
     for e in folds:
@@ -362,6 +378,10 @@ def sections(folds: list[dict[str, Any]]) -> list[tuple[str, str, Table | None]]
          "Dice of the label maps of each variant against eager PyTorch.", parity_table(folds)),
         ("Benchmark", "Batch-1 latency on one patch, each backend in its own process, all in one "
          "run; compare the ratios." + peak_note(folds), benchmark_table(folds)),
+        ("Where the time goes", "Per-operator profile of each ONNX variant on its runtime (ONNX "
+         "Runtime's profiler, OpenVINO's performance counters; OpenVINO names the kernel and its "
+         "precision in brackets), measured after the timed runs on the first fold.",
+         profile_table(folds)),
     ]
 
 
