@@ -122,3 +122,20 @@ def test_openvino_coverage_reads_the_compiled_model(exported, patch_sets, tmp_pa
     assert 0.5 < coverage["int8_flop_share"] <= 1.0
     assert "coverage_openvino" not in quantize_variant(
         out / "model.onnx", tmp_path / "int8b.onnx", calibration, {"method": "static"})
+
+
+def test_qoperator_per_tensor_entropy_symmetric(exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    settings = {"method": "static", "format": "QOperator", "per_channel": False,
+                "calibrate_method": "Entropy", "symmetric_activations": True}
+    record = quantize_variant(out / "model.onnx", tmp_path / "qop.onnx", calibration, settings)
+    assert (record["format"], record["calibrate_method"], record["per_channel"]) == ("QOperator", "Entropy", False)
+    model = onnx.load(str(tmp_path / "qop.onnx"))
+    convs = [n for n in model.graph.node if n.op_type == "QLinearConv"]
+    assert convs, record["ops"]  # QOperator: quantized operators in the file itself
+    inits = {i.name: i for i in model.graph.initializer}
+    w_scale, x_zero_point = inits[convs[0].input[4]], inits[convs[0].input[2]]
+    assert len(w_scale.dims) == 0 or list(w_scale.dims) == [1]  # per tensor: one weight scale
+    assert x_zero_point.data_type == onnx.TensorProto.INT8  # symmetric activations: int8, zero point 0
+    assert record["coverage"]["n_int8_compute_nodes"] > 0
