@@ -124,6 +124,7 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
         "repeats": repeats,
         "p50_ms": float(np.percentile(arr, 50)),
         "p90_ms": float(np.percentile(arr, 90)),
+        "p99_ms": float(np.percentile(arr, 99)),
         "mean_ms": float(arr.mean()),
         "min_ms": float(arr.min()),
         "rss_after_imports_mb": round(rss_start, 1),
@@ -183,10 +184,33 @@ def add_throughput(record: dict[str, Any], flops: int, peak_gflops: float | None
                 result["pct_of_peak"] = round(100 * result["gflops_per_s"] / peak_gflops, 1)
 
 
+def sweep(specs: dict[str, dict[str, Any]], names: list[str] | tuple[str, ...], shape: tuple[int, ...],
+          threads: int, batch: int, warmup: int, repeats: int) -> dict[str, Any]:
+    """p50 of each named spec at 1..``threads`` threads (batch 1), and per patch at ``batch``
+    patches per run with ``threads`` threads; each point in its own process."""
+    out: dict[str, Any] = {"threads": list(range(1, threads + 1)), "batch": batch, "results": {}}
+    for name in names:
+        spec = specs.get(name)
+        if spec is None:
+            continue
+        spec = {**spec, "profile": False}
+        row: dict[str, Any] = {"p50_ms_by_threads": {}}
+        for t in range(1, threads + 1):
+            r = benchmark_in_subprocess(spec, shape, t, warmup, repeats)
+            row["p50_ms_by_threads"][str(t)] = r.get("p50_ms")
+        if batch > 1:
+            r = benchmark_in_subprocess(spec, (batch, *shape[1:]), threads, warmup, repeats)
+            row["p50_ms_per_patch_at_batch"] = r["p50_ms"] / batch if "p50_ms" in r else None
+        out["results"][name] = row
+    return out
+
+
 def benchmark_fold(model_folder: str, fold: str, checkpoint: str,
                    variants: dict[str, dict[str, str]], *, threads: int, warmup: int,
-                   repeats: int) -> dict[str, Any]:
-    """Torch eager (the baseline) and every variant of a fold, at the fold's patch size."""
+                   repeats: int, sweep_variants: list[str] | tuple[str, ...] = (),
+                   sweep_batch: int = 2) -> dict[str, Any]:
+    """Torch eager (the baseline) and every variant of a fold, at the fold's patch size; then a
+    thread and batch sweep of ``sweep_variants`` (fewer repetitions)."""
     from .models import load_nnunet_fold  # noqa: PLC0415
 
     shape = load_nnunet_fold(Path(model_folder), fold, checkpoint).input_shape
@@ -199,6 +223,9 @@ def benchmark_fold(model_folder: str, fold: str, checkpoint: str,
         specs[name] = {"backend": backend, "path": variant["path"]}
     record = benchmark_variants(specs, shape, threads, warmup, repeats)
     record.update({"model_folder": str(model_folder), "fold": str(fold)})
+    if sweep_variants:
+        record["sweep"] = sweep(specs, sweep_variants, tuple(shape), threads, sweep_batch,
+                                min(warmup, 1), max(3, repeats // 4))
     record["peak"] = measure_peak_gflops(threads)
     reference = next((v["path"] for v in variants.values() if v["kind"] == "onnx"
                       and Path(v["path"]).is_file()), None)

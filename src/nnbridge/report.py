@@ -170,14 +170,15 @@ def benchmark_table(folds: list[dict[str, Any]]) -> Table:
         shape = "x".join(str(s) for s in bench.get("shape", []))
         for name, r in bench.get("results", {}).items():
             if "error" in r:
-                rows.append([_fold_label(e), name, shape, "error: " + r["error"], "", "", "", "", "", ""])
+                rows.append([_fold_label(e), name, shape, "error: " + r["error"], "", "", "", "", "", "", ""])
                 continue
             size = r.get("file_size_bytes")
             rows.append([_fold_label(e), name, shape, _fmt(r["p50_ms"], 3), _fmt(r["p90_ms"], 3),
+                         _fmt(r.get("p99_ms"), 3),
                          _fmt(r["peak_rss_mb"], 1), _fmt(size / 1e6 if size else None, 3),
                          _fmt(r.get("gflops_per_s"), 1), _fmt(r.get("pct_of_peak"), 1),
                          _fmt(r.get("speedup_vs_torch_eager"), 3)])
-    return ["fold", "backend / variant", "input", "p50 ms", "p90 ms", "peak RSS MB", "file MB",
+    return ["fold", "backend / variant", "input", "p50 ms", "p90 ms", "p99 ms", "peak RSS MB", "file MB",
             "GFLOP/s", "% of fp32 peak", "speed-up vs torch eager"], rows
 
 
@@ -194,6 +195,26 @@ def profile_table(folds: list[dict[str, Any]]) -> Table | None:
             rows.append([_fold_label(e), name, r.get("backend", "?"), top])
         if rows:
             return ["fold", "variant", "runtime", "share of kernel time (top operators)"], rows
+    return None
+
+
+def sweep_table(folds: list[dict[str, Any]]) -> Table | None:
+    """p50 per thread count and per patch at a larger batch, on the first fold that has them."""
+    for e in folds:
+        sw = (e["benchmark"] or {}).get("sweep")
+        if not sw or not sw.get("results"):
+            continue
+        threads = [str(t) for t in sw["threads"]]
+        rows = []
+        for name, r in sw["results"].items():
+            by = r["p50_ms_by_threads"]
+            first, last = by.get(threads[0]), by.get(threads[-1])
+            scaling = f"{first / last:.2f}×" if first and last else "–"
+            rows.append([_fold_label(e), name, *[_fmt(by.get(t), 3) for t in threads], scaling,
+                         _fmt(r.get("p50_ms_per_patch_at_batch"), 3)])
+        return (["fold", "variant", *[f"p50 ms, {t} thread(s)" for t in threads],
+                 f"speed-up 1 → {threads[-1]} threads",
+                 f"ms per patch at batch {sw['batch']} ({threads[-1]} threads)"], rows)
     return None
 
 
@@ -378,6 +399,9 @@ def sections(folds: list[dict[str, Any]]) -> list[tuple[str, str, Table | None]]
          "Dice of the label maps of each variant against eager PyTorch.", parity_table(folds)),
         ("Benchmark", "Batch-1 latency on one patch, each backend in its own process, all in one "
          "run; compare the ratios." + peak_note(folds), benchmark_table(folds)),
+        ("Threads and batch", "p50 latency of the main runtimes at each thread count (batch 1) "
+         "and per patch when several patches run at once, on the first fold; fewer repetitions "
+         "than above.", sweep_table(folds)),
         ("Where the time goes", "Per-operator profile of each ONNX variant on its runtime (ONNX "
          "Runtime's profiler, OpenVINO's performance counters; OpenVINO names the kernel and its "
          "precision in brackets), measured after the timed runs on the first fold.",

@@ -16,6 +16,8 @@ rule benchmark:
         threads=lookup(dpath="benchmark/threads", within=config),
         warmup=lookup(dpath="benchmark/warmup", within=config),
         repeats=lookup(dpath="benchmark/repeats", within=config),
+        sweep=lookup(dpath="benchmark/sweep", within=config),
+        sweep_batch=lookup(dpath="benchmark/sweep_batch", within=config),
         code=code_version("bench", "onnxrun", "models"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/benchmark.log",

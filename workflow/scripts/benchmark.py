@@ -10,6 +10,8 @@ with logged(snakemake.log[0]):
         threads=snakemake.params.threads,
         warmup=snakemake.params.warmup,
         repeats=snakemake.params.repeats,
+        sweep_variants=snakemake.params.sweep,
+        sweep_batch=snakemake.params.sweep_batch,
     )
     write_json(snakemake.output.json, record)
     print(record)
