@@ -27,7 +27,6 @@ INT8_OPS = frozenset({
     "QGemm", "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat",
     "QLinearLeakyRelu", "QLinearSigmoid", "QLinearAveragePool", "QLinearGlobalAveragePool",
     "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QLinearConvTranspose", "QAttention",
-    "MaxPool",  # only counted when fed INT8, see _op_precision
 })
 # conversions between fp32 and INT8 (pure overhead)
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
@@ -93,23 +92,43 @@ def module_name(node_name: str, weight: str = "") -> str:
 
 def runtime_graph(path: Path, *, optimization: str = "ORT_ENABLE_ALL") -> onnx.ModelProto:
     """The graph an ONNX Runtime CPU session actually runs for ``path``."""
-    import onnxruntime as ort  # noqa: PLC0415
+    from .onnxrun import onnx_session  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="nnbridge-opt-") as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, optimization)
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.log_severity_level = 3  # the "hardware specific optimizations" warning
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return onnx.load(options.optimized_model_filepath)
+        optimized = Path(tmp) / "optimized.onnx"
+        onnx_session(Path(path), optimization=optimization, optimized_model_path=optimized)
+        return onnx.load(str(optimized))
 
 
 def _op_precision(node: onnx.NodeProto, int8_tensors: set[str]) -> str:
     if node.op_type in QDQ_OPS:
         return "conversion"
-    if node.op_type == "MaxPool":
+    if node.op_type == "MaxPool":  # ORT's MaxPool runs in INT8 when fed INT8
         return "int8" if node.input and node.input[0] in int8_tensors else "float"
     return "int8" if node.op_type in INT8_OPS else "float"
+
+
+def _coverage_record(backend: str, optimization: str, input_shape: tuple[int, ...],
+                     nodes: list[dict[str, Any]], histogram: Counter[tuple[str, str]]) -> dict[str, Any]:
+    """The coverage record of either runtime: compute nodes (with ``flops`` and ``int8``) and the
+    operator histogram by (operator, precision)."""
+    total = sum(n["flops"] for n in nodes)
+    int8_flops = sum(n["flops"] for n in nodes if n["int8"])
+    ops = [{"op": op, "precision": precision, "count": count}
+           for (op, precision), count in sorted(histogram.items())]
+    return {
+        "backend": backend,
+        "graph_optimization": optimization,
+        "input_shape": list(input_shape),
+        "n_compute_nodes": len(nodes),
+        "n_int8_compute_nodes": sum(1 for n in nodes if n["int8"]),
+        "gflops": round(total / 1e9, 4),
+        "int8_flop_share": round(int8_flops / total, 4) if total else 0.0,
+        "float_compute_nodes": [n["module"] for n in nodes if not n["int8"]],
+        "compute_nodes": nodes,
+        "ops": ops,
+        "n_conversions": sum(c["count"] for c in ops if c["precision"] == "conversion"),
+    }
 
 
 def int8_coverage(quantized: Path, float_model: Path, input_shape: tuple[int, ...], *,
@@ -137,23 +156,7 @@ def int8_coverage(quantized: Path, float_model: Path, input_shape: tuple[int, ..
             runs_as = next((op for n, op in runtime.items() if n.startswith(name)), "?")
         nodes.append({"node": name, "module": module_name(name, info["weight"]), "op": info["op"],
                       "runs_as": runs_as, "int8": runs_as in INT8_OPS, "flops": info["flops"]})
-    total = sum(n["flops"] for n in nodes)
-    int8_flops = sum(n["flops"] for n in nodes if n["int8"])
-    ops = [{"op": op, "precision": precision, "count": count}
-           for (op, precision), count in sorted(histogram.items())]
-    return {
-        "backend": "onnxruntime-cpu",
-        "graph_optimization": optimization,
-        "input_shape": list(input_shape),
-        "n_compute_nodes": len(nodes),
-        "n_int8_compute_nodes": sum(1 for n in nodes if n["int8"]),
-        "gflops": round(total / 1e9, 4),
-        "int8_flop_share": round(int8_flops / total, 4) if total else 0.0,
-        "float_compute_nodes": [n["module"] for n in nodes if not n["int8"]],
-        "compute_nodes": nodes,
-        "ops": ops,
-        "n_conversions": sum(c["count"] for c in ops if c["precision"] == "conversion"),
-    }
+    return _coverage_record("onnxruntime-cpu", optimization, input_shape, nodes, histogram)
 
 
 OPENVINO_CONVERSIONS = frozenset({"Convert", "Reorder", "FakeQuantize"})
@@ -182,7 +185,6 @@ def openvino_int8_coverage(quantized: Path, float_model: Path, input_shape: tupl
         histogram[(layer, kind)] += 1
         if layer in OPENVINO_COMPUTE:  # a bias Eltwise also names the conv it came from
             compute.append((info["originalLayersNames"].astype(str).split(","), layer, precision))
-    nodes = []
     def runs_as(name: str) -> tuple[str, str]:
         # OpenVINO names a fused layer after its parts: "<node>/WithoutBiases", "<node>_output_0_..."
         for originals, layer, precision in compute:
@@ -190,25 +192,11 @@ def openvino_int8_coverage(quantized: Path, float_model: Path, input_shape: tupl
                 return layer, precision
         return "?", "?"
 
+    nodes = []
     for name, info in reference.items():
         layer, precision = runs_as(name)
         nodes.append({"node": name, "module": module_name(name, info["weight"]), "op": info["op"],
                       "runs_as": f"{layer} ({precision})", "int8": precision in ("u8", "i8"),
                       "flops": info["flops"]})
-    total = sum(n["flops"] for n in nodes)
-    int8_flops = sum(n["flops"] for n in nodes if n["int8"])
-    ops = [{"op": op, "precision": precision, "count": count}
-           for (op, precision), count in sorted(histogram.items())]
-    return {
-        "backend": "openvino-cpu",
-        "graph_optimization": "compiled model (runtime precision per layer)",
-        "input_shape": list(input_shape),
-        "n_compute_nodes": len(nodes),
-        "n_int8_compute_nodes": sum(1 for n in nodes if n["int8"]),
-        "gflops": round(total / 1e9, 4),
-        "int8_flop_share": round(int8_flops / total, 4) if total else 0.0,
-        "float_compute_nodes": [n["module"] for n in nodes if not n["int8"]],
-        "compute_nodes": nodes,
-        "ops": ops,
-        "n_conversions": sum(c["count"] for c in ops if c["precision"] == "conversion"),
-    }
+    return _coverage_record("openvino-cpu", "compiled model (runtime precision per layer)",
+                            input_shape, nodes, histogram)

@@ -19,10 +19,10 @@ from onnx import numpy_helper
 from . import __version__
 from .errors import NNBridgeError
 from .models import LoadedFold, sha256_file, tensor_digest
+from .onnxmeta import META_PREFIX, read_metadata  # noqa: F401 (read_metadata: re-exported)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-META_PREFIX = "nnbridge."
 
 
 def check_spatial_shape(spatial: tuple[int, ...], multiple: tuple[int, ...]) -> None:
@@ -75,16 +75,6 @@ def fold_metadata(fold: LoadedFold, opset: int) -> dict[str, str]:
         "versions": json.dumps(software_versions()),
     }
     return {META_PREFIX + k: v for k, v in meta.items()}
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    """nnbridge metadata of an ONNX file, keys without the prefix."""
-    model = onnx.load(str(path), load_external_data=False)
-    return {
-        p.key[len(META_PREFIX):]: p.value
-        for p in model.metadata_props
-        if p.key.startswith(META_PREFIX)
-    }
 
 
 def unused_at_inference(network: torch.nn.Module, input_shape: tuple[int, ...]) -> list[str]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import NNBridgeError
+from .onnxmeta import label_names
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
 COMPILED_PREFIX = "_orig_mod."
@@ -181,11 +182,7 @@ class LoadedFold:
     @property
     def label_names(self) -> dict[int, str]:
         """Class index → label name; for region-based models, output channel → region name."""
-        labels = self.dataset_json["labels"]
-        if self.region_based:
-            regions = [k for k, v in labels.items() if k != "background" and v != 0]
-            return dict(enumerate(regions))
-        return {int(v): k for k, v in labels.items() if isinstance(v, int)}
+        return label_names(self.dataset_json["labels"], self.region_based)
 
 
 def fold_dirname(fold: str | int) -> str:

@@ -11,15 +11,28 @@ from pathlib import Path
 import numpy as np
 
 
-def onnx_session(path: Path, threads: int = 0):
-    """A CPU ONNX Runtime session; ``threads=0`` lets ORT choose."""
+def onnx_session(path: Path, threads: int = 0, *, optimization: str | None = None,
+                 optimized_model_path: Path | None = None, profile_prefix: Path | None = None):
+    """A CPU ONNX Runtime session; ``threads=0`` lets ORT choose.
+
+    ``optimization``: a ``GraphOptimizationLevel`` name (default: ORT's, ``ORT_ENABLE_ALL``);
+    ``optimized_model_path``: where ORT writes the graph it runs; ``profile_prefix``: turn on
+    ORT's profiler (``session.end_profiling()`` returns the JSON file).
+    """
     import onnxruntime as ort  # noqa: PLC0415
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 3  # also hides the "hardware specific optimizations" warning
+    if optimization:
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, optimization)
+    if optimized_model_path:
+        options.optimized_model_filepath = str(optimized_model_path)
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -34,12 +47,15 @@ def run_onnx(path: Path, patches: np.ndarray, threads: int = 0) -> np.ndarray:
 ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 
-def openvino_model(path: Path, threads: int = 0):
+def openvino_model(path: Path, threads: int = 0, *, perf_count: bool = False):
     """An OpenVINO CPU model compiled from the ONNX file, kept exact: fp32 inference precision
-    (OpenVINO would otherwise pick bf16 on CPUs that have it), latency mode, ``threads``."""
+    (OpenVINO would otherwise pick bf16 on CPUs that have it), latency mode, ``threads``;
+    ``perf_count`` turns on its per-layer performance counters."""
     import openvino as ov  # noqa: PLC0415
 
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if perf_count:
+        config["PERF_COUNT"] = True
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return ov.Core().compile_model(str(path), "CPU", config)

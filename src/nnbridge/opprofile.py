@@ -25,20 +25,12 @@ def _ranked(totals: Counter[str], runs: int, top: int) -> list[dict[str, Any]]:
 def onnxruntime_op_profile(path: Path, x: np.ndarray, threads: int = 0, runs: int = 3,
                            top: int = 8) -> list[dict[str, Any]]:
     """Kernel time per operator type of an ONNX Runtime CPU session (its built-in profiler)."""
-    import onnxruntime as ort  # noqa: PLC0415
+    from .onnxrun import onnx_session  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="nnbridge-prof-") as tmp:
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnx_session(Path(path), threads, profile_prefix=Path(tmp) / "ort")
         name = session.get_inputs()[0].name
-        session.run(None, {name: x})  # warm-up, not counted below
-        for _ in range(runs):
+        for _ in range(1 + runs):  # one warm-up, then the runs
             session.run(None, {name: x})
         events = json.loads(Path(session.end_profiling()).read_text())
     totals: Counter[str] = Counter()
@@ -57,12 +49,9 @@ def openvino_op_profile(path: Path, x: np.ndarray, threads: int = 0, runs: int =
     """Execution time per layer type (and kernel, e.g. ``Convolution [brgconv_avx512_u8]``) of an
     OpenVINO CPU model compiled like :func:`nnbridge.onnxrun.openvino_model`, with performance
     counters on."""
-    import openvino as ov  # noqa: PLC0415
+    from .onnxrun import openvino_model  # noqa: PLC0415
 
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+    request = openvino_model(Path(path), threads, perf_count=True).create_infer_request()
     request.infer({0: x})
     totals: Counter[str] = Counter()
     for _ in range(runs):

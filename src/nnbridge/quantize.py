@@ -1,16 +1,15 @@
 """Quantized variants of exported ONNX models: INT8 static/dynamic and fp16, with onnxruntime.
 
 Static INT8 is calibrated on real patches of the fold's training cases. When a static variant
-asks for it (``accuracy_aware``), the layers that cost the most accuracy are found by activation
-matching against the fp32 model and kept in fp32, step by step, until the label maps agree with
-the fp32 model's on the calibration patches or the step budget is spent (the validate stage then
-gates the result on held-out patches it never saw). Every INT8 variant gets an INT8 coverage
+asks for it (``accuracy_aware``), the blocks whose fp32 version helps the label maps most
+(measured by keeping one block at a time in fp32) are kept in fp32, round by round, until the
+label maps agree with the fp32 model's on the calibration patches or the step budget is spent
+(the validate stage then gates the result on held-out patches it never saw). Every INT8 variant gets an INT8 coverage
 record (:mod:`nnbridge.coverage`).
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ import onnx
 
 from .errors import NNBridgeError
 from .models import sha256_file
+from .onnxmeta import output_labels
 
 FORMATS = ("QDQ", "QOperator")
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
@@ -160,25 +160,6 @@ def convert_fp16(src: Path, dst: Path, *, nodes_to_exclude: list[str] | None = N
             **_file_record(dst)}
 
 
-def output_labels(path: Path) -> tuple[dict[int, str], bool]:
-    """Label names and region-based flag from the nnU-Net ``dataset.json`` in the ONNX metadata;
-    without it, classes ``0..C-1`` of the output (softmax / argmax)."""
-    from .onnxrun import onnx_session  # noqa: PLC0415
-
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    dataset = json.loads(meta.get("nnbridge.dataset_json", "null") or "null")
-    if dataset:
-        labels = dataset.get("labels", {})
-        region_based = any(not isinstance(v, int) for v in labels.values())
-        if region_based:
-            names = {i: name for i, name in enumerate(k for k, v in labels.items() if k != "background")}
-        else:
-            names = {int(v): k for k, v in labels.items()}
-        return names, region_based
-    channels = onnx_session(Path(path)).get_outputs()[0].shape[1]
-    return {i: str(i) for i in range(int(channels))}, False
-
-
 def layer_blocks(model: onnx.ModelProto) -> list[dict[str, Any]]:
     """The graph cut into blocks: each compute node (Conv, ConvTranspose, MatMul, Gemm) with the
     nodes that follow it up to the next compute node (its norm, nonlinearity, concat...).
@@ -227,19 +208,12 @@ def block_sensitivity(src: Path, calibration: np.ndarray, check: np.ndarray, ref
     return sorted(trials, key=lambda t: (-t["min_dice"], t["mean_abs_err"]))
 
 
-def _quick_latency_ms(path: Path, patch: np.ndarray, threads: int, repeats: int = 5) -> float:
-    """Median latency of one patch (after one warm-up run): a rough number for the steps."""
-    from .onnxrun import onnx_session  # noqa: PLC0415
+def _quick_latency_ms(path: Path, patch: np.ndarray, threads: int) -> float:
+    """Median of 5 runs of one patch on ONNX Runtime after one warm-up: a rough number per step."""
+    from .bench import measure  # noqa: PLC0415
 
-    session = onnx_session(Path(path), threads)
-    name = session.get_inputs()[0].name
-    session.run(None, {name: patch})
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run(None, {name: patch})
-        times.append((time.perf_counter() - started) * 1000.0)
-    return round(float(np.median(times)), 3)
+    spec = {"backend": "onnxruntime", "path": str(path), "profile": False}
+    return round(measure(spec, tuple(patch.shape), threads, warmup=1, repeats=5)["p50_ms"], 3)
 
 
 def _quantize_static(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],

@@ -8,7 +8,7 @@ rule export_onnx:
         model_folder=lambda wildcards: get_model(wildcards).folder,
         checkpoint=lambda wildcards: get_model(wildcards).checkpoint,
         opset=lookup(dpath="export/opset", within=config),
-        code=code_version("export", "models"),
+        code=code_version("export", "models", "onnxmeta"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/export_onnx.log",
     benchmark:
@@ -32,7 +32,7 @@ rule export_torchscript:
     params:
         model_folder=lambda wildcards: get_model(wildcards).folder,
         checkpoint=lambda wildcards: get_model(wildcards).checkpoint,
-        code=code_version("export", "models"),
+        code=code_version("export", "models", "onnxmeta"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/export_torchscript.log",
     benchmark:

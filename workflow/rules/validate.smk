@@ -17,7 +17,7 @@ rule validate:
             name: variant_tolerance(name, config["validate"]) for name in get_variants(wildcards)
         },
         threads=lookup(dpath="validate/threads", within=config),
-        code=code_version("parity", "onnxrun", "models"),
+        code=code_version("parity", "onnxrun", "models", "onnxmeta"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/validate.log",
     benchmark:

@@ -1,0 +1,49 @@
+"""nnbridge's provenance metadata in ONNX files, and nnU-Net label names; imports no torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+META_PREFIX = "nnbridge."
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """nnbridge metadata of an ONNX file, keys without the prefix."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        p.key[len(META_PREFIX):]: p.value
+        for p in model.metadata_props
+        if p.key.startswith(META_PREFIX)
+    }
+
+
+def label_names(labels: dict[str, Any], region_based: bool) -> dict[int, str]:
+    """Class index → label name from a ``dataset.json``'s ``labels``; for region-based models
+    (labels that are lists of classes), output channel → region name."""
+    if region_based:
+        regions = [k for k, v in labels.items() if k != "background" and v != 0]
+        return dict(enumerate(regions))
+    return {int(v): k for k, v in labels.items() if isinstance(v, int)}
+
+
+def is_region_based(labels: dict[str, Any]) -> bool:
+    """nnU-Net's rule: a dataset is region-based when a label maps to a list of classes."""
+    return any(isinstance(v, (list, tuple)) for v in labels.values())
+
+
+def output_labels(path: Path) -> tuple[dict[int, str], bool]:
+    """Label names and region-based flag of an exported model, from the nnU-Net ``dataset.json``
+    in its metadata; without it, classes ``0..C-1`` of the output (softmax / argmax)."""
+    dataset = json.loads(read_metadata(path).get("dataset_json", "null") or "null")
+    if dataset:
+        labels = dataset.get("labels", {})
+        region_based = is_region_based(labels)
+        return label_names(labels, region_based), region_based
+    from .onnxrun import onnx_session  # noqa: PLC0415
+
+    channels = onnx_session(Path(path)).get_outputs()[0].shape[1]
+    return {i: str(i) for i in range(int(channels))}, False
