@@ -17,6 +17,7 @@ Separately, a job that exits 1 is reported as failed within a minute (no hang).
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
@@ -168,6 +169,11 @@ def cluster():
     if os.environ.get("NNBRIDGE_SKIP_SLURM") == "1":
         pytest.skip("NNBRIDGE_SKIP_SLURM=1")
     was_running = subprocess.run(["bash", str(CLUSTER_SH), "status"], capture_output=True).returncode == 0
+    # jobs left on the test partition by an interrupted earlier run (their snakemake is gone)
+    # would hold the only node for their whole time limit
+    if was_running:
+        subprocess.run(["scancel", "--partition", PARTITION, "--user", getpass.getuser()],
+                       capture_output=True, timeout=60)
     proc = subprocess.run(["bash", str(CLUSTER_SH), "start"], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         lines = (proc.stderr.strip() or proc.stdout.strip() or "cluster.sh start failed").splitlines()
