@@ -15,6 +15,9 @@ include: "workflow/rules/simplify.smk"
 include: "workflow/rules/quantize.smk"
 include: "workflow/rules/validate.smk"
 include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/bundle.smk"
+include: "workflow/rules/case_parity.smk"
+include: "workflow/rules/realistic.smk"
 include: "workflow/rules/report.smk"
 
 

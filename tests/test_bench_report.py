@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nnbridge.bench import benchmark_fold
+from nnbridge.bench import MIN_GAIN, ORT_CANDIDATES, benchmark_fold
 from nnbridge.report import build_report
 from nnbridge.runlog import write_json
 
@@ -20,8 +20,18 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported):
                 "onnx_fp32@openvino": {"kind": "onnx", "path": str(out / "model.onnx"), "backend": "openvino"}}
     record = benchmark_fold(str(tiny_model.model_folder), "0", tiny_model.checkpoint, variants,
                             threads=2, warmup=1, repeats=3, sweep_variants=("onnx_fp32", "nope"),
-                            sweep_batch=2)
+                            sweep_batch=2, tune=("onnx_fp32", "torchscript"))
     results = record["results"]
+    # the ONNX Runtime session search: every candidate timed, the choice used by the timed run;
+    # only ONNX Runtime variants are tuned
+    assert list(record["tuning"]) == ["onnx_fp32"]
+    tuning = record["tuning"]["onnx_fp32"]
+    assert [c["settings"] for c in tuning["candidates"]] == list(ORT_CANDIDATES)
+    assert all(c["p50_ms"] > 0 for c in tuning["candidates"]), tuning
+    assert tuning["chosen"] in ORT_CANDIDATES and results["onnx_fp32"]["ort_settings"] == tuning["chosen"]
+    best = min(c["p50_ms"] for c in tuning["candidates"])
+    default = tuning["candidates"][0]["p50_ms"]
+    assert tuning["chosen"] == {} or best < default * (1 - MIN_GAIN)
     assert results["onnx_fp32@openvino"]["backend"] == "openvino"
     # where the time goes: convolutions dominate a U-Net on both runtimes
     assert results["onnx_fp32"]["op_profile"][0]["op"] == "Conv"
@@ -120,3 +130,69 @@ def test_report_shows_gates_numbers_and_plot(tmp_path):
     summary = json.loads((out / "report/summary.json").read_text())
     assert summary["folds"][0]["variants"]["int8_static"]["passed"] is False
     assert summary["folds"][0]["validation_dice"] == {"1": 0.91}
+
+
+def test_onnx_session_applies_tuned_settings(exported):
+    from nnbridge.onnxrun import onnx_session
+
+    out, _, _ = exported
+    session = onnx_session(out / "model.onnx", 2, settings={"allow_spinning": False, "mem_pattern": False,
+                                                           "cpu_arena": False, "optimization": "ORT_ENABLE_BASIC"})
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert not options.enable_mem_pattern and not options.enable_cpu_mem_arena
+    assert str(options.graph_optimization_level).endswith("ORT_ENABLE_BASIC")
+    with pytest.raises(ValueError, match="unknown ONNX Runtime settings"):
+        onnx_session(out / "model.onnx", 2, settings={"spin": True})
+
+
+def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):
+    from nnbridge.realistic import compute_targets
+
+    entries = _records(tmp_path)
+    base = tmp_path / "D/T__P__3d_fullres/fold_0"
+    bench = json.loads((base / "bench.json").read_text())
+    bench["tuning"] = {"onnx_fp32": {"chosen": {"allow_spinning": False}, "gain_vs_default": 1.1, "candidates": [
+        {"settings": {}, "p50_ms": 11.0}, {"settings": {"allow_spinning": False}, "p50_ms": 10.0}]}}
+    write_json(base / "bench.json", bench)
+    case = {"preprocessed_max_abs_diff": 0.0, "logits_max_abs_diff": 0.03, "logits_argmax_agreement": 1.0,
+            "voxel_agreement": 0.99, "dice_vs_nnunet": {"1": 0.98}, "min_dice_vs_nnunet": 0.98,
+            "prob_max_abs_diff": 0.001, "dice_nnunet_vs_truth": {"1": 0.9}, "dice_nnbridge_vs_truth": {"1": 0.89},
+            "diverges_at": "final labels", "passed": False}
+    stages = {"read": 0.1, "preprocess": 0.2, "inference": 3.0, "resample_back": 0.1, "write": 0.1}
+    write_json(base / "case_parity.json", {
+        "fold": "0", "cases": ["c1"], "classes": [1], "nnunet": {"timings_s": stages, "total_s": 3.5},
+        "variants": {"onnx_simplified": {"backend": "openvino", "cases": {"c1": case}, "timings_s": stages,
+                                         "total_s": 0.5, "speedup_vs_nnunet": 7.0, "min_voxel_agreement": 0.99,
+                                         "min_dice_vs_nnunet": 0.98, "passed": False,
+                                         "first_divergence": "c1: final labels"}}, "all_passed": False})
+    write_json(base / "bundle.json", {"default_variant": "onnx_simplified", "folds": ["0"], "variants": {
+        "onnx_simplified": {"backend": "openvino", "latency_ms": {"onnxruntime": 20.0, "openvino": 12.0},
+                            "ort_settings": {"allow_spinning": False}}}})
+    entries[0].update(case_parity=str(base / "case_parity.json"), bundle=str(base / "bundle.json"))
+    results = {"torch_eager": {"p50_ms": 1000.0, "p99_ms": 1100.0, "speedup_vs_torch_eager": 1.0},
+               "onnx_fp32@openvino": {"p50_ms": 400.0, "p99_ms": 420.0, "speedup_vs_torch_eager": 2.5,
+                                      "op_profile": [{"op": "Convolution", "share": 0.9}]},
+               "int8@openvino": {"p50_ms": 500.0, "p99_ms": 520.0, "speedup_vs_torch_eager": 2.0,
+                                 "op_profile": [{"op": "Convolution [i8]", "share": 0.8}]}}
+    write_json(base / "realistic.json", {
+        "patch_size": [128, 128, 128], "architecture": {"features_per_stage": [32, 64]},
+        "flops_per_patch": 9.5e11, "peak": {"gflops": 170.0}, "results": results,
+        "targets": compute_targets(results)})
+    out = tmp_path / "out"
+    build_report(entries, md_path=out / "report.md", html_path=out / "report.html",
+                 plot_path=out / "report/latency.png", summary_path=out / "report/summary.json",
+                 realistic_path=base / "realistic.json")
+    md = (out / "report.md").read_text()
+    assert "onnx_simplified on whole cases" in md  # the failed whole-case gate is in the verdict
+    assert "| fold 0 | onnx_simplified (openvino) | 1 | 99.0000 % | 0.9800 |" in md
+    assert "c1: final labels" in md and "| 3.50 / 0.50 | 7.00× | FAIL |" in md
+    assert "| fold 0 | nnU-Net (torch) | 0.100 | 0.200 | 3.000 | 0.100 | 0.100 |" in md
+    assert "| onnx_simplified (default) | 0 | openvino | onnxruntime 20.0 ms, openvino 12.0 ms | allow_spinning=False |" in md
+    assert "ORT defaults: 11.000 ms; allow_spinning=False: 10.000 ms" in md
+    assert "## Realistic-size benchmark" in md and "950 GFLOP per patch" in md
+    assert "best onnx_fp32@openvino at 2.5000× — met." in md
+    assert "best int8@openvino at 2.0000× — missed." in md and "Convolution [i8]" in md
+    summary = json.loads((out / "report/summary.json").read_text())
+    assert summary["realistic"]["targets"]["fp32_target_met"] is True
+    assert summary["folds"][0]["case_parity"]["onnx_simplified"]["passed"] is False

@@ -107,3 +107,22 @@ def test_backends_must_include_onnxruntime():
     config["backends"] = ["openvino"]
     with pytest.raises(NNBridgeError, match=r"at backends: .*onnxruntime"):
         validate_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c["bundle"].update(variants=["torchscript"]), r"bundle.variants: 'torchscript' is not an ONNX"),
+        (lambda c: c["bundle"].update(default_variant="fp16"), r"bundle.default_variant: 'fp16' is not in"),
+        (lambda c: c["case_parity"].update(variants=["fp16"]), r"case_parity.variants: 'fp16' is not in bundle"),
+    ],
+)
+def test_bundle_and_case_parity_variants_are_checked(mutate, expected):
+    from nnbridge.workflow_plan import bundle_plan
+
+    config = validate_config(shipped_config(), SCHEMA)
+    assert bundle_plan(config) == (["onnx_simplified", "int8_accurate"], "onnx_simplified",
+                                   ["onnx_simplified", "int8_accurate"])
+    mutate(config)
+    with pytest.raises(NNBridgeError, match=expected):
+        bundle_plan(config)

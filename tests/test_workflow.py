@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -108,6 +109,48 @@ def test_every_fold_has_all_artifacts_and_gates(workdir):
         assert all(r["p50_ms"] > 0 for r in bench.values()), bench
 
 
+def test_bundle_and_whole_case_parity(workdir, tmp_path):
+    """The bundle ships both folds of the configured variants; on each fold's validation cases
+    nnbridge predict (no torch in the deployed path) agrees with nnUNetPredictor within the gate,
+    and the command line gives the same labels as the pipeline's case-parity run."""
+    import SimpleITK as sitk
+
+    from nnbridge.predict.bundle import Bundle
+
+    bundle_dir = workdir / "results" / MODEL / "bundle"
+    bundle = Bundle.load(bundle_dir)
+    assert bundle.folds == list(FOLDS)
+    assert set(bundle.manifest["variants"]) == {"onnx_simplified", "int8_accurate"}
+    assert bundle.manifest["mirror_axes"] == [0, 1, 2]
+    shipped = bundle.manifest["variants"]["onnx_simplified"]
+    assert shipped["passed"] and shipped["backend"] in ("onnxruntime", "openvino")
+    for fold in FOLDS:
+        record = json.loads((fold_dir(workdir, fold) / "case_parity/case_parity.json").read_text())
+        splits = json.loads((workdir / "resources/demo/nnUNet_preprocessed/Dataset900_NNBridgeDemo"
+                             / "splits_final.json").read_text())
+        assert record["cases"] == splits[int(fold)]["val"]
+        exact = record["variants"]["onnx_simplified"]
+        assert exact["passed"] and exact["min_voxel_agreement"] >= 0.9999, exact
+        for case in exact["cases"].values():
+            assert case["preprocessed_max_abs_diff"] == 0.0
+            assert min(case["dice_nnbridge_vs_truth"].values()) > 0.5
+        assert "int8_accurate" in record["variants"]
+        assert record["nnunet"]["total_s"] > 0 and exact["speedup_vs_nnunet"] > 0
+    case = record["cases"][0]  # last fold's first validation case
+    raw = workdir / "resources/demo/nnUNet_raw/Dataset900_NNBridgeDemo/imagesTr"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / f"{case}_0000.nii.gz").symlink_to(raw / f"{case}_0000.nii.gz")
+    env = dict(os.environ, PYTHONPATH=str(workdir / "src"))
+    proc = subprocess.run([sys.executable, "-m", "nnbridge.cli", "predict", "-i", str(tmp_path / "in"),
+                           "-o", str(tmp_path / "out"), "-m", str(bundle_dir), "-f", FOLDS[-1],
+                           "--threads", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 case(s)" in proc.stderr
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz")))
+    pipeline = fold_dir(workdir, FOLDS[-1]) / "case_parity/onnx_simplified" / f"{case}.nii.gz"
+    np.testing.assert_array_equal(ours, sitk.GetArrayFromImage(sitk.ReadImage(str(pipeline))))
+
+
 def test_report_covers_both_folds(workdir):
     html = (workdir / "results/report.html").read_text()
     md = (workdir / "results/report.md").read_text()
@@ -116,6 +159,7 @@ def test_report_covers_both_folds(workdir):
     for variant in ("torchscript", "onnx_fp32", "onnx_simplified", *QUANTIZED, "torch_eager"):
         assert variant in md
     assert "## INT8 coverage" in md and "## Accuracy-aware INT8" in md
+    assert "## Whole-case parity against nnU-Net's predictor" in md and "## Deployable bundle" in md
     assert "Model quality (nnU-Net validation)" in md and "weights verified" in md
     assert "data:image/png;base64," in html
 
@@ -128,7 +172,8 @@ def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
     set_config(workdir, lambda c: c["quantize"]["int8_static"].update(calibrate_method="Percentile"))
     jobs = planned_jobs(run_snakemake(workdir, "-n"))
     assert jobs.get("quantize") == 2
-    assert set(jobs) <= {"quantize", "validate", "benchmark", "report", "all"}, jobs
+    # the bundle and the whole-case parity read every fold's parity and benchmark verdicts
+    assert set(jobs) <= {"quantize", "validate", "benchmark", "bundle", "case_parity", "report", "all"}, jobs
     run_snakemake(workdir)
     record = json.loads((fold_dir(workdir, "0") / "quantize/int8_static.json").read_text())
     assert record["calibrate_method"] == "Percentile"

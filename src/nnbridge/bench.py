@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-BACKENDS = ("torch", "torchscript", "onnxruntime", "openvino", "sgemm")
+BACKENDS = ("torch", "torchscript", "torch_arch", "onnxruntime", "openvino", "sgemm")
 PEAK_N = 2048  # the fp32 matrix multiply that measures this machine's practical peak
 
 
@@ -46,7 +46,7 @@ def _peak_rss_mb() -> float:
 def _load_runner(spec: dict[str, Any], threads: int):
     """A callable running one batch on the spec's backend."""
     backend = spec["backend"]
-    if backend in ("torch", "torchscript"):
+    if backend in ("torch", "torchscript", "torch_arch"):
         import torch  # noqa: PLC0415
 
         torch.set_num_threads(threads)
@@ -55,6 +55,10 @@ def _load_runner(spec: dict[str, Any], threads: int):
             from .models import load_nnunet_fold  # noqa: PLC0415
 
             module = load_nnunet_fold(Path(spec["model_folder"]), spec["fold"], spec["checkpoint"]).network
+        elif backend == "torch_arch":  # a network built from a JSON description (random weights)
+            from .realistic import build_network  # noqa: PLC0415
+
+            module = build_network(spec["arch"], int(spec.get("seed", 0)))
         else:
             module = torch.jit.load(spec["path"], map_location="cpu").eval()
 
@@ -86,7 +90,7 @@ def _load_runner(spec: dict[str, Any], threads: int):
     if backend == "onnxruntime":
         from .onnxrun import onnx_session  # noqa: PLC0415
 
-        session = onnx_session(Path(spec["path"]), threads)
+        session = onnx_session(Path(spec["path"]), threads, settings=spec.get("settings"))
         name = session.get_inputs()[0].name
 
         def run(x: np.ndarray) -> None:
@@ -205,12 +209,42 @@ def sweep(specs: dict[str, dict[str, Any]], names: list[str] | tuple[str, ...], 
     return out
 
 
+# ONNX Runtime settings tried per variant (the first is ORT's default); see onnxrun.ORT_SETTINGS
+ORT_CANDIDATES: tuple[dict[str, Any], ...] = (
+    {},
+    {"allow_spinning": False},
+    {"optimization": "ORT_ENABLE_EXTENDED"},
+    {"mem_pattern": False, "cpu_arena": False},
+)
+MIN_GAIN = 0.03  # a candidate must beat the default p50 by this share, else noise decides
+
+
+def tune_onnxruntime(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: int,
+                     repeats: int) -> dict[str, Any]:
+    """Time each of :data:`ORT_CANDIDATES` in its own process; choose the fastest if it beats
+    ORT's default by more than :data:`MIN_GAIN`."""
+    tried = []
+    for settings in ORT_CANDIDATES:
+        r = benchmark_in_subprocess({**spec, "settings": settings, "profile": False}, shape, threads, warmup,
+                                    repeats)
+        tried.append({"settings": settings, "p50_ms": r.get("p50_ms"), **({"error": r["error"]} if "error" in r
+                                                                           else {})})
+    default = tried[0]["p50_ms"]
+    ok = [t for t in tried if t["p50_ms"] is not None]
+    best = min(ok, key=lambda t: t["p50_ms"]) if ok else tried[0]
+    chosen = best if (default is None or best["p50_ms"] < default * (1 - MIN_GAIN)) else tried[0]
+    return {"chosen": chosen["settings"], "gain_vs_default": (round(default / chosen["p50_ms"], 3)
+                                                             if default and chosen["p50_ms"] else None),
+            "candidates": tried}
+
+
 def benchmark_fold(model_folder: str, fold: str, checkpoint: str,
                    variants: dict[str, dict[str, str]], *, threads: int, warmup: int,
                    repeats: int, sweep_variants: list[str] | tuple[str, ...] = (),
-                   sweep_batch: int = 2) -> dict[str, Any]:
-    """Torch eager (the baseline) and every variant of a fold, at the fold's patch size; then a
-    thread and batch sweep of ``sweep_variants`` (fewer repetitions)."""
+                   sweep_batch: int = 2, tune: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Torch eager (the baseline) and every variant of a fold, at the fold's patch size; the ONNX
+    Runtime variants named in ``tune`` first get their session settings searched (the timed run
+    then uses the chosen ones); then a thread and batch sweep of ``sweep_variants``."""
     from .models import load_nnunet_fold  # noqa: PLC0415
 
     shape = load_nnunet_fold(Path(model_folder), fold, checkpoint).input_shape
@@ -221,8 +255,15 @@ def benchmark_fold(model_folder: str, fold: str, checkpoint: str,
     for name, variant in variants.items():
         backend = variant.get("backend") or ("torchscript" if variant["kind"] == "torchscript" else "onnxruntime")
         specs[name] = {"backend": backend, "path": variant["path"]}
+    tuning = {}
+    for name in tune:
+        if name in specs and specs[name]["backend"] == "onnxruntime":
+            tuning[name] = tune_onnxruntime(specs[name], shape, threads, min(warmup, 2), max(5, repeats // 2))
+            specs[name]["settings"] = tuning[name]["chosen"]
     record = benchmark_variants(specs, shape, threads, warmup, repeats)
-    record.update({"model_folder": str(model_folder), "fold": str(fold)})
+    for name, result in tuning.items():
+        record["results"][name]["ort_settings"] = result["chosen"]
+    record.update({"model_folder": str(model_folder), "fold": str(fold), "tuning": tuning})
     if sweep_variants:
         record["sweep"] = sweep(specs, sweep_variants, tuple(shape), threads, sweep_batch,
                                 min(warmup, 1), max(3, repeats // 4))

@@ -11,7 +11,7 @@ from .errors import NNBridgeError
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print the provenance metadata nnbridge stored in an ONNX file."""
-    from .export import read_metadata  # noqa: PLC0415
+    from .onnxmeta import read_metadata  # noqa: PLC0415
 
     meta = read_metadata(args.model)
     if not meta:
@@ -26,6 +26,62 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """nnUNetv2_predict on a bundle, with ONNX Runtime or OpenVINO and no torch."""
+    from .predict.bundle import Bundle  # noqa: PLC0415
+    from .predict.predictor import Predictor  # noqa: PLC0415
+
+    predictor = Predictor(
+        Bundle.load(args.model, verify=not args.no_verify),
+        variant=args.variant,
+        folds=args.folds,
+        backend=args.backend,
+        threads=args.threads,
+        step=args.step_size,
+        mirroring=not args.disable_tta,
+        batch_size=args.batch_size,
+        accumulate="float32" if args.fp32_accumulate else "float16",
+        allow_ungated=args.allow_ungated,
+    )
+    records = predictor.predict_folder(args.input, args.output, save_probabilities=args.save_probabilities,
+                                       overwrite=not args.continue_prediction, verbose=not args.quiet)
+    if not args.quiet:
+        print(f"nnbridge: {len(records)} case(s) -> {args.output} "
+              f"(variant {predictor.variant}, {predictor.backend}, folds {', '.join(map(str, predictor.files))})",
+              file=sys.stderr)
+    return 0
+
+
+def add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="nnUNetv2_predict with an exported bundle, without torch",
+                       description="Segment every case of INPUT (<case>_0000.nii.gz, ... one file per "
+                       "channel) into OUTPUT (<case>.nii.gz) like nnUNetv2_predict, with the ONNX models "
+                       "of a bundle the pipeline wrote.")
+    p.add_argument("-i", "--input", required=True, help="folder of <case>_<XXXX><file_ending> images")
+    p.add_argument("-o", "--output", required=True, help="folder for <case><file_ending> segmentations")
+    p.add_argument("-m", "--model", required=True, help="bundle folder (results/<dataset>/<model>/bundle)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all in the bundle)")
+    p.add_argument("--variant", default=None, help="bundle variant (default: the manifest's default)")
+    p.add_argument("--backend", choices=("onnxruntime", "openvino"), default=None,
+                   help="runtime (default: the fastest one that passed the variant's parity gate)")
+    p.add_argument("-step_size", "--step-size", dest="step_size", type=float, default=0.5,
+                   help="sliding-window step as a fraction of the patch (nnU-Net default 0.5)")
+    p.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
+                   help="no test-time mirroring (faster, slightly different result)")
+    p.add_argument("--save_probabilities", "--save-probabilities", dest="save_probabilities",
+                   action="store_true", help="also write <case>.npz (probabilities) and <case>.pkl")
+    p.add_argument("--continue_prediction", "--continue-prediction", dest="continue_prediction",
+                   action="store_true", help="skip cases whose output exists")
+    p.add_argument("--threads", type=int, default=0, help="runtime threads (default: the runtime's choice)")
+    p.add_argument("--batch-size", type=int, default=1, help="windows per network call")
+    p.add_argument("--fp32-accumulate", action="store_true",
+                   help="sum window logits in float32 (nnU-Net sums in float16)")
+    p.add_argument("--allow-ungated", action="store_true", help="use a variant that failed its parity gate")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnbridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print as JSON")
     inspect.add_argument("--full", action="store_true", help="include plans and dataset.json")
     inspect.set_defaults(func=cmd_inspect)
+    add_predict_parser(sub)
     return parser
 
 

@@ -11,23 +11,41 @@ from pathlib import Path
 import numpy as np
 
 
+# ONNX Runtime session settings the benchmark's search may choose (recorded, reused by predict)
+ORT_SETTINGS = ("optimization", "allow_spinning", "mem_pattern", "cpu_arena")
+
+
 def onnx_session(path: Path, threads: int = 0, *, optimization: str | None = None,
-                 optimized_model_path: Path | None = None, profile_prefix: Path | None = None):
+                 optimized_model_path: Path | None = None, profile_prefix: Path | None = None,
+                 settings: dict | None = None):
     """A CPU ONNX Runtime session; ``threads=0`` lets ORT choose.
 
     ``optimization``: a ``GraphOptimizationLevel`` name (default: ORT's, ``ORT_ENABLE_ALL``);
     ``optimized_model_path``: where ORT writes the graph it runs; ``profile_prefix``: turn on
-    ORT's profiler (``session.end_profiling()`` returns the JSON file).
+    ORT's profiler (``session.end_profiling()`` returns the JSON file). ``settings``: tuned
+    options (keys of :data:`ORT_SETTINGS`: ``optimization``, ``allow_spinning`` of the intra-op
+    threads, ``mem_pattern``, ``cpu_arena``).
     """
     import onnxruntime as ort  # noqa: PLC0415
 
+    settings = dict(settings or {})
+    unknown = set(settings) - set(ORT_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown ONNX Runtime settings {sorted(unknown)}; known: {ORT_SETTINGS}")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.log_severity_level = 3  # also hides the "hardware specific optimizations" warning
+    optimization = optimization or settings.get("optimization")
     if optimization:
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, optimization)
+    if "allow_spinning" in settings:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings["allow_spinning"] else "0")
+    if "mem_pattern" in settings:
+        options.enable_mem_pattern = bool(settings["mem_pattern"])
+    if "cpu_arena" in settings:
+        options.enable_cpu_mem_arena = bool(settings["cpu_arena"])
     if optimized_model_path:
         options.optimized_model_filepath = str(optimized_model_path)
     if profile_prefix:

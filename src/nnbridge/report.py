@@ -55,6 +55,8 @@ def load_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "parity": _load(entry.get("parity")),
             "benchmark": _load(entry.get("benchmark")),
             "validation": _load(entry.get("validation_summary")),
+            "case_parity": _load(entry.get("case_parity")),
+            "bundle": _load(entry.get("bundle")),
             "label": (f"fold {entry['fold']}" if single else
                       f"{entry['dataset']} / {entry['model']} / fold {entry['fold']}"),
         })
@@ -336,6 +338,88 @@ def latency_plot(folds: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def case_parity_table(folds: list[dict[str, Any]]) -> Table | None:
+    """Per fold and variant: agreement with nnU-Net's predictor on whole cases, Dice against the
+    ground truth of both, the first diverging stage, and the end-to-end speed ratio."""
+    rows = []
+    for e in folds:
+        cp = e.get("case_parity")
+        if not cp:
+            continue
+        for name, v in cp["variants"].items():
+            cases = v["cases"].values()
+            truth_ours = [min(c["dice_nnbridge_vs_truth"].values()) for c in cases if c.get("dice_nnbridge_vs_truth")]
+            truth_ref = [min(c["dice_nnunet_vs_truth"].values()) for c in cases if c.get("dice_nnunet_vs_truth")]
+            rows.append([
+                _fold_label(e), f"{name} ({v['backend']})", str(len(v["cases"])),
+                f"{100 * v['min_voxel_agreement']:.4f} %", _fmt(v["min_dice_vs_nnunet"]),
+                _fmt(max(c.get("prob_max_abs_diff", 0.0) for c in cases)),
+                _fmt(_median(truth_ref)), _fmt(_median(truth_ours)),
+                v["first_divergence"] or "none",
+                f"{cp['nnunet']['total_s']:.2f} / {v['total_s']:.2f}",
+                f"{v['speedup_vs_nnunet']:.2f}×",
+                "PASS" if v["passed"] else "FAIL",
+            ])
+    if not rows:
+        return None
+    return (["fold", "variant (runtime)", "cases", "min voxel agreement", "min Dice vs nnU-Net",
+             "max prob. diff", "median worst-class Dice vs truth: nnU-Net", "nnbridge",
+             "first divergence", "nnU-Net / nnbridge s", "speed-up", "gate"], rows)
+
+
+def case_stage_table(folds: list[dict[str, Any]]) -> Table | None:
+    """Seconds per stage, summed over the validation cases of each fold."""
+    rows = []
+    for e in folds:
+        cp = e.get("case_parity")
+        if not cp:
+            continue
+        stages = list(cp["nnunet"]["timings_s"])
+        rows.append([_fold_label(e), "nnU-Net (torch)", *[f"{cp['nnunet']['timings_s'][k]:.3f}" for k in stages]])
+        for name, v in cp["variants"].items():
+            rows.append([_fold_label(e), f"nnbridge {name} ({v['backend']})",
+                         *[f"{v['timings_s'].get(k, 0.0):.3f}" for k in stages]])
+    if not rows:
+        return None
+    first = next(e["case_parity"] for e in folds if e.get("case_parity"))
+    return (["fold", "predictor", *list(first["nnunet"]["timings_s"])], rows)
+
+
+def bundle_table(folds: list[dict[str, Any]]) -> Table | None:
+    """Per model: the shipped variants, the runtime chosen for each and why."""
+    rows, seen = [], set()
+    for e in folds:
+        b = e.get("bundle")
+        if not b or (e["dataset"], e["model"]) in seen:
+            continue
+        seen.add((e["dataset"], e["model"]))
+        for name, v in b["variants"].items():
+            lat = ", ".join(f"{k} {ms:.1f} ms" for k, ms in sorted(v["latency_ms"].items()))
+            rows.append([f"{e['dataset']} / {e['model']}", name + (" (default)" if name == b["default_variant"] else ""),
+                         ", ".join(b["folds"]), v["backend"] or "none passed", lat,
+                         _settings(v.get("ort_settings") or {})])
+    if not rows:
+        return None
+    return (["model", "variant", "folds", "runtime used by nnbridge predict", "median p50 per runtime",
+             "ONNX Runtime settings"], rows)
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items()) or "ORT defaults"
+
+
+def tuning_table(folds: list[dict[str, Any]]) -> Table | None:
+    """The ONNX Runtime session search of each tuned variant: p50 per candidate, the choice."""
+    rows = []
+    for e in folds:
+        for name, t in ((e["benchmark"] or {}).get("tuning") or {}).items():
+            cands = "; ".join(f"{_settings(c['settings'])}: {_fmt(c['p50_ms'], 3)} ms" for c in t["candidates"])
+            rows.append([_fold_label(e), name, cands, _settings(t["chosen"]), _fmt(t.get("gain_vs_default"), 3)])
+    if not rows:
+        return None
+    return (["fold", "variant", "p50 per candidate", "chosen", "speed-up vs ORT defaults"], rows)
+
+
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -397,8 +481,20 @@ def sections(folds: list[dict[str, Any]]) -> list[tuple[str, str, Table | None]]
         ("Patch parity against PyTorch",
          "Held-out patches from each fold's validation cases (never used for calibration); "
          "Dice of the label maps of each variant against eager PyTorch.", parity_table(folds)),
+        ("Whole-case parity against nnU-Net's predictor",
+         "Each fold's validation cases predicted end to end by nnUNetPredictor (torch, CPU) and by "
+         "`nnbridge predict` on the bundle (no torch), with the same fold, step and mirroring. "
+         "Stages compared: preprocessed input, aggregated logits, final labels; nnU-Net sums "
+         "window logits in float16, so tiny logit differences are expected.", case_parity_table(folds)),
+        ("Whole-case time per stage", "Seconds summed over the fold's validation cases, same "
+         "thread count for both predictors.", case_stage_table(folds)),
+        ("Deployable bundle", "`nnbridge predict -m results/<dataset>/<model>/bundle` runs each "
+         "variant on the fastest runtime that passed its parity gate on every fold.", bundle_table(folds)),
         ("Benchmark", "Batch-1 latency on one patch, each backend in its own process, all in one "
          "run; compare the ratios." + peak_note(folds), benchmark_table(folds)),
+        ("ONNX Runtime session search", "Each candidate in its own process, fewer repetitions than "
+         "above; a candidate replaces ORT's defaults only when more than 3 % faster. The benchmark "
+         "above, the bundle and nnbridge predict use the choice.", tuning_table(folds)),
         ("Threads and batch", "p50 latency of the main runtimes at each thread count (batch 1) "
          "and per patch when several patches run at once, on the first fold; fewer repetitions "
          "than above.", sweep_table(folds)),
@@ -422,22 +518,63 @@ def summarize(folds: list[dict[str, Any]]) -> dict[str, Any]:
             "torch_eager_p50_ms": (bench.get("torch_eager") or {}).get("p50_ms"),
             "validation_dice": {k: v.get("Dice") for k, v in
                                 ((e["validation"] or {}).get("mean", {})).items()},
+            "case_parity": {n: {"passed": v["passed"], "min_voxel_agreement": v["min_voxel_agreement"],
+                                "speedup_vs_nnunet": v["speedup_vs_nnunet"]}
+                            for n, v in ((e.get("case_parity") or {}).get("variants", {})).items()},
         })
     return {"machine": machine_info(), "folds": out}
 
 
+def realistic_table(record: dict[str, Any] | None) -> Table | None:
+    """The realistic-size benchmark: every runtime at the large patch, ratios to torch eager."""
+    if not record:
+        return None
+    rows = []
+    for name, r in record["results"].items():
+        if "p50_ms" not in r:
+            rows.append([name, "error: " + str(r.get("error")), "", "", "", "", ""])
+            continue
+        rows.append([name, f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r.get('speedup_vs_torch_eager', 0):.2f}×",
+                     _fmt(r.get("gflops_per_s")), _fmt(r.get("pct_of_peak")), _fmt(r.get("peak_rss_mb"))])
+    return (["runtime", "p50 ms", "p99 ms", "speed-up vs torch eager", "GFLOP/s", "% of peak", "peak MB"], rows)
+
+
+def realistic_text(record: dict[str, Any] | None) -> str:
+    if not record:
+        return ""
+    t = record["targets"]
+    parts = [f"Random-weight PlainConvUNet, patch {record['patch_size']}, features "
+             f"{record['architecture'].get('features_per_stage')}; {record['flops_per_patch'] / 1e9:.0f} GFLOP per "
+             f"patch; measured fp32 peak {record['peak'].get('gflops')} GFLOP/s."]
+    for key, goal, label in (("best_fp32_exact", "fp32_target_met", "≥ 2× (fp32 exact)"),
+                             ("best_int8", "int8_target_met", "≥ 3× (INT8, speed only: no Dice gate with "
+                              "random weights)")):
+        best = t.get(key) or {}
+        parts.append(f"Target {label}: best {best.get('name')} at {_fmt(best.get('speedup'))}× — "
+                     + ("met." if t.get(goal) else "missed."))
+    if t.get("dominant_ops"):
+        parts.append("Dominant operators where missed: " + json.dumps(t["dominant_ops"]))
+    return " ".join(parts)
+
+
 def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_path: str | Path,
-                 plot_path: str | Path, summary_path: str | Path) -> None:
+                 plot_path: str | Path, summary_path: str | Path, realistic_path: str | Path | None = None) -> None:
     """Write the Markdown and HTML reports, the latency plot and the JSON digest."""
     folds = load_entries(entries)
+    realistic = _load(str(realistic_path)) if realistic_path else None
     latency_plot(folds, Path(plot_path))
     summary = summarize(folds)
+    if realistic:
+        summary["realistic"] = {"targets": realistic["targets"],
+                                "p50_ms": {k: v.get("p50_ms") for k, v in realistic["results"].items()}}
     Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
     Path(summary_path).write_text(json.dumps(summary, indent=2) + "\n")
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = summary["machine"]
     failed = [f"{_fold_label(e)}: {n}" for e in folds
               for n, v in ((e["parity"] or {}).get("variants", {})).items() if not v["passed"]]
+    failed += [f"{_fold_label(e)}: {n} on whole cases" for e in folds
+               for n, v in ((e.get("case_parity") or {}).get("variants", {})).items() if not v["passed"]]
     verdict = ("All variants passed their gates." if not failed else
                f"{len(failed)} variant(s) FAILED their gate: " + "; ".join(failed))
     models = sorted({f"{e['dataset']} / {e['model']}" for e in folds})
@@ -448,7 +585,9 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
     md = [f"# nnbridge report\n\n{intro}\n\n**{verdict}**\n"]
     body = [f"<h1>nnbridge report</h1><p>{html.escape(intro)}</p>"
             f"<p class=\"{'fail' if failed else 'pass'}\"><b>{html.escape(verdict)}</b></p>"]
-    for title, text, table in sections(folds):
+    all_sections = sections(folds) + [("Realistic-size benchmark", realistic_text(realistic),
+                                       realistic_table(realistic))]
+    for title, text, table in all_sections:
         if table is None:
             continue
         md.append(f"## {title}\n\n{text}\n\n{_md_table(table)}\n")

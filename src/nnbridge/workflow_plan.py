@@ -37,6 +37,7 @@ class ModelEntry:
     preprocessed: str
     folds: tuple[str, ...]
     checkpoint: str
+    raw: str | None = None
 
     @property
     def dataset(self) -> str:
@@ -90,7 +91,8 @@ def discover_models(entries: list[dict[str, Any]], demo_folder: str | None = Non
                 f"{where}: `preprocessed:` missing; point it at the dataset's nnUNet_preprocessed "
                 "folder (calibration and held-out patches come from it)"
             )
-        model = ModelEntry(folder, str(entry["preprocessed"]).rstrip("/"), folds, checkpoint)
+        raw = str(entry["raw"]).rstrip("/") if entry.get("raw") else None
+        model = ModelEntry(folder, str(entry["preprocessed"]).rstrip("/"), folds, checkpoint, raw)
         key = f"{model.dataset}/{model.name}"
         if key in models:
             raise NNBridgeError(f"{where}: listed twice; merge the two entries")
@@ -133,3 +135,24 @@ def variant_tolerance(name: str, validate: dict[str, Any]) -> dict[str, Any]:
     if name in tolerances:
         return tolerances[name]
     return tolerances.get(base_variant(name), validate.get("default_tolerance", {}))
+
+
+def bundle_plan(config: dict[str, Any]) -> tuple[list[str], str, list[str]]:
+    """(bundle variants, default variant, case-parity variants), checked against the variants
+    the config produces: only ONNX artifacts (no ``@backend`` suffix) can be shipped, and only
+    shipped variants can be compared on whole cases."""
+    onnx_names = ["onnx_fp32", "onnx_simplified", *config.get("quantize", {})]
+    shipped = list(config["bundle"]["variants"])
+    for name in shipped:
+        if name not in onnx_names:
+            raise NNBridgeError(
+                f"config bundle.variants: {name!r} is not an ONNX variant of this config; use some of {onnx_names}"
+            )
+    default = config["bundle"].get("default_variant") or shipped[0]
+    if default not in shipped:
+        raise NNBridgeError(f"config bundle.default_variant: {default!r} is not in bundle.variants {shipped}")
+    compared = list(config["case_parity"]["variants"])
+    for name in compared:
+        if name not in shipped:
+            raise NNBridgeError(f"config case_parity.variants: {name!r} is not in bundle.variants {shipped}; add it there")
+    return shipped, default, compared

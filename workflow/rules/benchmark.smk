@@ -18,6 +18,7 @@ rule benchmark:
         repeats=lookup(dpath="benchmark/repeats", within=config),
         sweep=lookup(dpath="benchmark/sweep", within=config),
         sweep_batch=lookup(dpath="benchmark/sweep_batch", within=config),
+        tune=lookup(dpath="benchmark/tune", within=config),
         code=code_version("bench", "onnxrun", "models", "onnxmeta", "coverage", "opprofile"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/benchmark.log",

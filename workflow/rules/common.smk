@@ -11,6 +11,7 @@ from nnbridge.errors import NNBridgeError
 from nnbridge.models import CHECKPOINT_NAMES
 from nnbridge.workflow_plan import (
     FoldKey,
+    bundle_plan,
     discover_models,
     fold_variants,
     variant_tolerance,
@@ -36,8 +37,14 @@ try:
 except NNBridgeError as error:
     raise WorkflowError(str(error)) from None
 
+try:
+    BUNDLE_VARIANTS, BUNDLE_DEFAULT, CASE_PARITY_VARIANTS = bundle_plan(config)
+except NNBridgeError as error:
+    raise WorkflowError(str(error)) from None
+
 FOLD_KEYS = [key for model in MODELS.values() for key in model.fold_keys()]
 FOLD_DIR = f"{RESULTS}/{{dataset}}/{{model}}/fold_{{fold}}"
+MODEL_DIR = f"{RESULTS}/{{dataset}}/{{model}}"
 
 
 wildcard_constraints:
@@ -101,6 +108,62 @@ def get_validation_summaries():
     return out
 
 
+def get_bundle_folds(wildcards):
+    """Per fold of a model: the shipped variants' ONNX files, its parity and benchmark JSON."""
+    model = get_model(wildcards)
+    folds = {}
+    for key in model.fold_keys():
+        variants = fold_variants(RESULTS, key, config)
+        folds[key.fold] = {
+            "files": {name: variants[name]["path"] for name in BUNDLE_VARIANTS},
+            "parity": f"{key.dir(RESULTS)}/validate/parity.json",
+            "benchmark": f"{key.dir(RESULTS)}/benchmark/benchmark.json",
+        }
+    return folds
+
+
+def get_bundle_inputs(wildcards):
+    files = [*get_fold_inputs_of_model(wildcards).values()]
+    for fold in get_bundle_folds(wildcards).values():
+        files += [*fold["files"].values(), fold["parity"], fold["benchmark"]]
+    return files
+
+
+def get_fold_inputs_of_model(wildcards):
+    model = get_model(wildcards)
+    return {"plans": f"{model.folder}/plans.json", "dataset": f"{model.folder}/dataset.json"}
+
+
+def case_parity_keys():
+    """Folds compared on whole cases: numbered folds of models whose raw data is configured."""
+    if not CASE_PARITY_VARIANTS:
+        return []
+    return [
+        key
+        for key in FOLD_KEYS
+        if MODELS[f"{key.dataset}/{key.model}"].raw and key.fold != "all"
+    ]
+
+
+def get_case_parity_inputs(wildcards):
+    model = get_model(wildcards)
+    return {
+        **get_fold_inputs(wildcards),
+        "bundle": f"{RESULTS}/{wildcards.dataset}/{wildcards.model}/bundle/bundle.json",
+        "splits": f"{model.preprocessed}/splits_final.json",
+        "raw_dataset": f"{model.raw}/dataset.json",
+    }
+
+
+def get_case_parity_variants(wildcards):
+    """Compared variant → its whole-case gate (its own entry, else the default)."""
+    section = config["case_parity"]
+    return {
+        name: {**section["gate"], **section["tolerances"].get(name, {})}
+        for name in CASE_PARITY_VARIANTS
+    }
+
+
 def get_report_entries():
     """Per fold: where each stage's JSON lives (the report reads them all)."""
     entries = []
@@ -122,13 +185,24 @@ def get_report_entries():
                 "parity": f"{base}/validate/parity.json",
                 "benchmark": f"{base}/benchmark/benchmark.json",
                 "validation_summary": get_validation_summaries().get(key.label),
+                "case_parity": (
+                    f"{base}/case_parity/case_parity.json" if key in case_parity_keys() else None
+                ),
+                "bundle": f"{RESULTS}/{key.dataset}/{key.model}/bundle/bundle.json",
             }
         )
     return entries
 
 
+def get_realistic():
+    """The realistic-size benchmark's record, when enabled."""
+    if config["benchmark"]["realistic"]["enabled"]:
+        return f"{RESULTS}/realistic/realistic.json"
+    return None
+
+
 def get_report_inputs(wildcards):
-    files = []
+    files = [get_realistic()] if get_realistic() else []
     for entry in get_report_entries():
         files += [entry["export"], entry["simplify"], entry["parity"], entry["benchmark"]]
         if entry["torchscript"]:
@@ -136,6 +210,9 @@ def get_report_inputs(wildcards):
         files += list(entry["quantize"].values())
         if entry["validation_summary"]:
             files.append(entry["validation_summary"])
+        if entry["case_parity"]:
+            files.append(entry["case_parity"])
+        files.append(entry["bundle"])
     return files
 
 

@@ -16,6 +16,7 @@ rule report:
         json=f"{RESULTS}/report/summary.json",
     params:
         entries=get_report_entries(),
+        realistic=get_realistic(),
         code=code_version("report"),
     log:
         "logs/report.log",

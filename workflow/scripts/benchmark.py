@@ -12,6 +12,7 @@ with logged(snakemake.log[0]):
         repeats=snakemake.params.repeats,
         sweep_variants=snakemake.params.sweep,
         sweep_batch=snakemake.params.sweep_batch,
+        tune=snakemake.params.tune,
     )
     write_json(snakemake.output.json, record)
     print(record)

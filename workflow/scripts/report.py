@@ -8,4 +8,5 @@ with logged(snakemake.log[0]):
         html_path=snakemake.output.html,
         plot_path=snakemake.output.plot,
         summary_path=snakemake.output.json,
+        realistic_path=snakemake.params.realistic,
     )

@@ -1,0 +1,1 @@
+"""Torch-free nnU-Net inference with ONNX Runtime or OpenVINO (nnbridge predict)."""

@@ -1,0 +1,231 @@
+"""The deployable bundle: every fold's ONNX model per variant, plans, dataset.json and a manifest.
+
+Layout::
+
+    bundle/
+      bundle.json            manifest (folds, variants, gates, chosen backend, checksums)
+      plans.json dataset.json
+      <variant>/fold_<k>.onnx
+
+Reading a bundle checks every file against the manifest's sha256, so a swapped or truncated model
+is refused before it predicts anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import NNBridgeError
+
+MANIFEST = "bundle.json"
+FORMAT = "nnbridge-bundle/1"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def choose_backend(gates: dict[str, dict[str, bool]], latency_ms: dict[str, float]) -> str | None:
+    """The fastest backend whose gate passed on every fold (``gates``: fold → backend → passed;
+    ``latency_ms``: backend → median latency). None when no backend passed everywhere."""
+    backends = set.intersection(*(set(b for b, ok in per.items() if ok) for per in gates.values())) if gates else set()
+    if not backends:
+        return None
+    return min(sorted(backends), key=lambda b: latency_ms.get(b, float("inf")))
+
+
+def write_bundle(
+    out_dir: Path,
+    *,
+    plans_file: Path,
+    dataset_file: Path,
+    info: dict[str, Any],
+    variants: dict[str, dict[str, Any]],
+    default_variant: str,
+) -> dict[str, Any]:
+    """Assemble a bundle. ``variants``: name → {"files": {fold: onnx path}, "gates": {fold: {backend:
+    passed}}, "latency_ms": {backend: p50}, "ort_settings": tuned ONNX Runtime settings}. ``info``: configuration, patch size, mirror axes…"""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(plans_file, out_dir / "plans.json")
+    shutil.copyfile(dataset_file, out_dir / "dataset.json")
+    entries: dict[str, Any] = {}
+    for name, variant in variants.items():
+        files, sums = {}, {}
+        for fold, src in sorted(variant["files"].items()):
+            rel = f"{name}/fold_{fold}.onnx"
+            _link_or_copy(Path(src), out_dir / rel)
+            files[str(fold)] = rel
+            sums[str(fold)] = sha256_file(out_dir / rel)
+        backend = choose_backend(variant["gates"], variant.get("latency_ms", {}))
+        entries[name] = {
+            "files": files,
+            "sha256": sums,
+            "gates": variant["gates"],
+            "latency_ms": variant.get("latency_ms", {}),
+            "backend": backend,
+            "passed": backend is not None,
+            "ort_settings": variant.get("ort_settings", {}),
+        }
+    if default_variant not in entries:
+        raise NNBridgeError(f"bundle default variant {default_variant!r} is not among {sorted(entries)}")
+    manifest = {
+        "format": FORMAT,
+        **info,
+        "folds": sorted({f for v in entries.values() for f in v["files"]}, key=_fold_order),
+        "variants": entries,
+        "default_variant": default_variant,
+        "plans": "plans.json",
+        "dataset_json": "dataset.json",
+        "plans_sha256": sha256_file(out_dir / "plans.json"),
+        "dataset_json_sha256": sha256_file(out_dir / "dataset.json"),
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _fold_order(fold: str) -> tuple[int, int]:
+    return (fold == "all", int(fold) if fold.isdigit() else 0)
+
+
+@dataclass
+class Bundle:
+    """A verified bundle on disk."""
+
+    root: Path
+    manifest: dict[str, Any]
+    plans: dict[str, Any]
+    dataset_json: dict[str, Any]
+
+    @classmethod
+    def load(cls, root: Path, verify: bool = True) -> Bundle:
+        root = Path(root)
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise NNBridgeError(f"{root}: not an nnbridge bundle (no {MANIFEST}); point -m at the bundle folder "
+                                "the pipeline wrote (results/<dataset>/<model>/bundle)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise NNBridgeError(f"{manifest_path}: not valid JSON ({exc}); rebuild the bundle") from None
+        if manifest.get("format") != FORMAT:
+            raise NNBridgeError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        if verify:
+            checks = [(manifest["plans"], manifest["plans_sha256"]),
+                      (manifest["dataset_json"], manifest["dataset_json_sha256"])]
+            for variant in manifest["variants"].values():
+                checks += [(variant["files"][f], variant["sha256"][f]) for f in variant["files"]]
+            for rel, expected in checks:
+                path = root / rel
+                if not path.is_file():
+                    raise NNBridgeError(f"{path}: missing from the bundle; rebuild or copy the whole bundle folder")
+                if sha256_file(path) != expected:
+                    raise NNBridgeError(f"{path}: sha256 differs from {MANIFEST}; the file was changed or "
+                                        "truncated, copy the bundle again")
+        plans = json.loads((root / manifest["plans"]).read_text())
+        dataset_json = json.loads((root / manifest["dataset_json"]).read_text())
+        return cls(root, manifest, plans, dataset_json)
+
+    @property
+    def configuration(self) -> str:
+        return self.manifest["configuration"]
+
+    @property
+    def folds(self) -> list[str]:
+        return list(self.manifest["folds"])
+
+    def variant(self, name: str | None) -> tuple[str, dict[str, Any]]:
+        name = name or self.manifest["default_variant"]
+        if name not in self.manifest["variants"]:
+            raise NNBridgeError(f"{self.root}: no variant {name!r}; the bundle has {sorted(self.manifest['variants'])}")
+        return name, self.manifest["variants"][name]
+
+    def model_files(self, variant: str | None, folds: list[str] | None) -> list[Path]:
+        name, entry = self.variant(variant)
+        folds = [str(f) for f in folds] if folds else self.folds
+        missing = [f for f in folds if f not in entry["files"]]
+        if missing:
+            raise NNBridgeError(f"{self.root}: variant {name!r} has no fold(s) {missing}; it has {sorted(entry['files'])}")
+        return [self.root / entry["files"][f] for f in folds]
+
+
+def build_from_pipeline(
+    out_dir: Path,
+    *,
+    plans_file: Path,
+    dataset_file: Path,
+    folds: dict[str, dict[str, Any]],
+    variant_names: list[str],
+    default_variant: str,
+    model: str,
+    dataset: str,
+) -> dict[str, Any]:
+    """A bundle from the pipeline's per-fold results. ``folds``: fold → {"files": {variant: onnx
+    path}, "parity": parity.json, "benchmark": benchmark.json}. A variant's gate on a backend is
+    its parity verdict there (``name`` on ONNX Runtime, ``name@openvino`` on OpenVINO); its
+    latency is the median over folds of the benchmark's p50."""
+    from ..onnxmeta import read_metadata  # noqa: PLC0415
+
+    parity = {f: json.loads(Path(spec["parity"]).read_text()) for f, spec in folds.items()}
+    bench = {f: json.loads(Path(spec["benchmark"]).read_text()) for f, spec in folds.items()}
+    variants: dict[str, dict[str, Any]] = {}
+    for name in variant_names:
+        gates: dict[str, dict[str, bool]] = {}
+        latencies: dict[str, list[float]] = {}
+        # the ONNX Runtime settings the benchmark chose (first fold's; each fold searched alone)
+        tuned = [bench[f].get("tuning", {}).get(name, {}).get("chosen") for f in folds]
+        for fold in folds:
+            gates[fold] = {}
+            for key, verdict in parity[fold]["variants"].items():
+                base, _, backend = key.partition("@")
+                if base == name:
+                    gates[fold][backend or "onnxruntime"] = bool(verdict["passed"])
+            for key, res in bench[fold].get("results", {}).items():
+                base, _, backend = key.partition("@")
+                if base == name and "p50_ms" in res:
+                    latencies.setdefault(backend or "onnxruntime", []).append(float(res["p50_ms"]))
+        variants[name] = {
+            "files": {fold: spec["files"][name] for fold, spec in folds.items()},
+            "gates": gates,
+            "latency_ms": {b: round(float(np.median(v)), 3) for b, v in latencies.items()},
+            "ort_settings": next((t for t in tuned if t is not None), {}),
+        }
+    first = next(iter(folds.values()))["files"][variant_names[0]]
+    meta = read_metadata(Path(first))
+    info = {
+        "dataset": dataset,
+        "model": model,
+        "configuration": meta.get("configuration"),
+        "trainer": meta.get("trainer"),
+        "patch_size": json.loads(meta.get("patch_size", "null")),
+        "mirror_axes": json.loads(meta.get("mirror_axes", "[]")),
+        "num_input_channels": int(meta.get("num_input_channels", 0)),
+        "num_outputs": int(meta.get("num_outputs", 0)),
+        "exported_with": json.loads(meta.get("versions", "{}")),
+    }
+    if info["configuration"] is None:
+        raise NNBridgeError(f"{first}: no nnbridge metadata; bundles are built from nnbridge exports")
+    return write_bundle(out_dir, plans_file=plans_file, dataset_file=dataset_file, info=info,
+                        variants=variants, default_variant=default_variant)

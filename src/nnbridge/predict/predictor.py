@@ -1,0 +1,173 @@
+"""``nnbridge predict``: nnU-Net's inference on a bundle, with ONNX Runtime or OpenVINO, no torch.
+
+read → preprocess (transpose, crop, normalize, resample) → sliding window over every fold with
+mirroring → average logits → resample back, argmax/regions, un-crop, transpose back → write.
+Each stage is timed per case.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import NNBridgeError
+from .bundle import Bundle
+from .io import find_cases, num_channels, reader_writer
+from .postprocess import Labels, logits_to_segmentation
+from .preprocess import configuration, preprocess_case
+from .sliding import Network, ensemble_logits
+
+BACKENDS = ("onnxruntime", "openvino")
+
+
+def onnx_network(path: Path, backend: str, threads: int = 0, settings: dict | None = None) -> Network:
+    """A batch → logits callable on ONNX Runtime (with the tuned session ``settings``) or
+    OpenVINO (CPU, fp32 kept exact)."""
+    from ..onnxrun import onnx_session, openvino_model  # noqa: PLC0415 - both torch-free
+
+    if backend == "onnxruntime":
+        session = onnx_session(path, threads, settings=settings)
+        name = session.get_inputs()[0].name
+        return lambda batch: session.run(None, {name: batch})[0]
+    if backend == "openvino":
+        request = openvino_model(path, threads).create_infer_request()
+        return lambda batch: np.array(request.infer({0: batch})[0])
+    raise NNBridgeError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+
+
+@dataclass
+class CaseResult:
+    case: str
+    segmentation: np.ndarray
+    properties: dict[str, Any]
+    timings_s: dict[str, float]
+    probabilities: np.ndarray | None = None
+    preprocessed: np.ndarray | None = None
+    logits: np.ndarray | None = None
+
+
+@dataclass
+class Predictor:
+    """Everything ``nnbridge predict`` needs, loaded once for many cases."""
+
+    bundle: Bundle
+    variant: str | None = None
+    folds: Sequence[str] | None = None
+    backend: str | None = None
+    threads: int = 0
+    step: float = 0.5
+    mirroring: bool = True
+    batch_size: int = 1
+    accumulate: str = "float16"
+    allow_ungated: bool = False
+    networks: list[Network] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        name, entry = self.bundle.variant(self.variant)
+        self.variant = name
+        if self.backend is None:
+            self.backend = entry.get("backend") or "onnxruntime"
+        gates = entry.get("gates", {})
+        failed = sorted(f for f, per in gates.items() if not per.get(self.backend, False))
+        if failed and not self.allow_ungated:
+            raise NNBridgeError(
+                f"{self.bundle.root}: variant {name!r} on {self.backend} failed its parity gate on fold(s) "
+                f"{failed}; choose another --variant/--backend, or pass --allow-ungated to use it anyway"
+            )
+        self.files = self.bundle.model_files(name, list(self.folds) if self.folds else None)
+        self.config = configuration(self.bundle.plans, self.bundle.configuration)
+        self.labels = Labels.from_dataset_json(self.bundle.dataset_json)
+        self.patch_size = [int(p) for p in self.config["patch_size"]]
+        axes = self.bundle.manifest.get("mirror_axes")
+        self.mirror_axes = [int(a) for a in axes] if (self.mirroring and axes) else None
+        self.rw = reader_writer(self.bundle.plans.get("image_reader_writer", "SimpleITKIO"))
+
+    def load(self) -> None:
+        if not self.networks:
+            _, entry = self.bundle.variant(self.variant)
+            settings = entry.get("ort_settings") if self.backend == "onnxruntime" else None
+            self.networks = [onnx_network(p, self.backend or "onnxruntime", self.threads, settings)
+                             for p in self.files]
+
+    def preprocess(self, data: np.ndarray, properties: dict) -> tuple[np.ndarray, dict]:
+        return preprocess_case(data, properties, self.bundle.plans, self.bundle.configuration)
+
+    def logits(self, data: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        self.load()
+        return ensemble_logits(
+            data, self.networks, self.patch_size, self.labels.num_heads, step=self.step,
+            mirror_axes=self.mirror_axes, batch_size=self.batch_size, accumulate=self.accumulate,
+            progress=progress,
+        )
+
+    def predict_case(self, case: str, files: Sequence[Path], *, save_probabilities: bool = False,
+                     keep_intermediates: bool = False,
+                     progress: Callable[[int, int], None] | None = None) -> CaseResult:
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        data, properties = self.rw.read_images([str(f) for f in files])
+        timings["read"] = time.perf_counter() - t
+        t = time.perf_counter()
+        pre, properties = self.preprocess(data, properties)
+        timings["preprocess"] = time.perf_counter() - t
+        t = time.perf_counter()
+        logits = self.logits(pre, progress)
+        timings["inference"] = time.perf_counter() - t
+        t = time.perf_counter()
+        out = logits_to_segmentation(logits, properties, self.bundle.plans, self.bundle.configuration,
+                                     self.bundle.dataset_json, return_probabilities=save_probabilities)
+        seg, probs = out if save_probabilities else (out, None)
+        timings["resample_back"] = time.perf_counter() - t
+        return CaseResult(case, seg, properties, timings, probs,
+                          pre if keep_intermediates else None, logits if keep_intermediates else None)
+
+    def write_case(self, result: CaseResult, output_dir: Path) -> Path:
+        t = time.perf_counter()
+        ending = self.bundle.dataset_json["file_ending"]
+        out = Path(output_dir) / f"{result.case}{ending}"
+        self.rw.write_seg(result.segmentation, str(out), result.properties)
+        if result.probabilities is not None:
+            np.savez_compressed(Path(output_dir) / f"{result.case}.npz", probabilities=result.probabilities)
+            with open(Path(output_dir) / f"{result.case}.pkl", "wb") as handle:
+                pickle.dump(result.properties, handle)
+        result.timings_s["write"] = time.perf_counter() - t
+        return out
+
+    def cases(self, input_dir: Path) -> dict[str, list[Path]]:
+        return find_cases(Path(input_dir), self.bundle.dataset_json["file_ending"],
+                          num_channels(self.bundle.dataset_json))
+
+    def predict_folder(self, input_dir: Path, output_dir: Path, *, save_probabilities: bool = False,
+                       overwrite: bool = True, verbose: bool = True) -> list[dict[str, Any]]:
+        """Predict every case of ``input_dir`` into ``output_dir``; per-case timings."""
+        cases = self.cases(input_dir)
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        ending = self.bundle.dataset_json["file_ending"]
+        records = []
+        for i, (case, files) in enumerate(cases.items(), 1):
+            if not overwrite and (output_dir / f"{case}{ending}").exists():
+                continue
+            progress = _progress_printer(case, i, len(cases)) if verbose else None
+            result = self.predict_case(case, files, save_probabilities=save_probabilities, progress=progress)
+            self.write_case(result, output_dir)
+            if verbose:
+                total = sum(result.timings_s.values())
+                print(f"\r[{i}/{len(cases)}] {case}: {total:.2f} s "
+                      + " ".join(f"{k} {v:.2f}" for k, v in result.timings_s.items()), file=sys.stderr)
+            records.append({"case": case, "timings_s": result.timings_s})
+        return records
+
+
+def _progress_printer(case: str, index: int, total: int) -> Callable[[int, int], None]:
+    def show(done: int, windows: int) -> None:
+        print(f"\r[{index}/{total}] {case}: window {done}/{windows}", end="", file=sys.stderr, flush=True)
+
+    return show

@@ -1,0 +1,357 @@
+"""A benchmark at a realistic nnU-Net size, without a trained model.
+
+Speed does not depend on trained weights, so this module builds the network nnU-Net builds for
+a typical ``3d_fullres`` plan (``PlainConvUNet``, 6 stages, 32→320 features, patch 128³, one
+input channel, 3 classes, InstanceNorm, LeakyReLU, deep supervision off) with seeded random
+weights, exports it to ONNX like :mod:`nnbridge.export` (legacy exporter, opset 17, dynamic
+axes), makes a static INT8 QDQ variant (calibrated on random normal patches: INT8 here is for
+speed only, its accuracy cannot be judged with random weights) and times torch eager, ONNX
+Runtime and OpenVINO, each in its own process (:mod:`nnbridge.bench`).
+
+The architecture travels as a JSON description (:func:`plain_unet_arch`); the benchmark child
+process rebuilds the same network from it with :func:`build_network` (``torch_arch`` backend).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from math import prod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import NNBridgeError
+
+# the keyword arguments of PlainConvUNet that the JSON description carries as they are
+_PLAIN_KEYS = ("input_channels", "n_stages", "features_per_stage", "kernel_sizes", "strides",
+               "n_conv_per_stage", "num_classes", "n_conv_per_stage_decoder", "conv_bias",
+               "norm_op_kwargs", "dropout_op_kwargs", "nonlin_kwargs", "deep_supervision")
+# torch.nn classes a description may name (conv_op, norm_op, dropout_op, nonlin)
+_TORCH_OPS = frozenset({"Conv2d", "Conv3d", "InstanceNorm2d", "InstanceNorm3d", "BatchNorm2d",
+                        "BatchNorm3d", "Dropout2d", "Dropout3d", "LeakyReLU", "ReLU"})
+FP32_RESULTS = ("onnx_fp32", "onnx_fp32@openvino")
+INT8_RESULTS = ("int8", "int8@openvino")
+FP32_TARGET = 2.0  # speed-up over torch eager an exact fp32 runtime should reach
+INT8_TARGET = 3.0  # ... and an INT8 one
+TOP_OPS = 5
+INT8_NOTE = ("INT8 is for speed only: the weights are random and the calibration patches random "
+             "normal, so no Dice gate is possible")
+
+
+def plain_unet_arch(features: tuple[int, ...] | list[int] = (32, 64, 128, 256, 320, 320), *, dims: int = 3,
+                    input_channels: int = 1, num_classes: int = 3, kernel: int = 3,
+                    n_conv_per_stage: int = 2) -> dict[str, Any]:
+    """JSON description of the ``PlainConvUNet`` nnU-Net builds for a plan with these features per
+    stage: stride 1 then 2 per stage, conv bias, InstanceNorm (eps 1e-5, affine), LeakyReLU
+    (in place), no dropout, deep supervision off."""
+    n = len(features)
+    if n < 2:
+        raise NNBridgeError(f"a U-Net needs at least 2 stages; got features {tuple(features)}")
+    return {
+        "network_class": "PlainConvUNet",
+        "input_channels": int(input_channels),
+        "n_stages": n,
+        "features_per_stage": [int(f) for f in features],
+        "conv_op": f"Conv{dims}d",
+        "kernel_sizes": [[int(kernel)] * dims for _ in range(n)],
+        "strides": [[1] * dims] + [[2] * dims for _ in range(n - 1)],
+        "n_conv_per_stage": [int(n_conv_per_stage)] * n,
+        "num_classes": int(num_classes),
+        "n_conv_per_stage_decoder": [int(n_conv_per_stage)] * (n - 1),
+        "conv_bias": True,
+        "norm_op": f"InstanceNorm{dims}d",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+        "deep_supervision": False,
+    }
+
+
+def _torch_op(name: str | None):
+    """The ``torch.nn`` class a description names (``None`` stays ``None``)."""
+    import torch  # noqa: PLC0415
+
+    if name is None:
+        return None
+    if name not in _TORCH_OPS:
+        raise NNBridgeError(f"operator {name!r} is not supported in an architecture description; "
+                            f"use one of {sorted(_TORCH_OPS)}")
+    return getattr(torch.nn, name)
+
+
+def build_network(arch: dict[str, Any], seed: int = 0):
+    """The ``PlainConvUNet`` of ``arch`` (see :func:`plain_unet_arch`) in eval mode, with weights
+    initialised as nnU-Net does (He, ``neg_slope`` 1e-2) from ``seed``; the global torch RNG is
+    left untouched."""
+    import torch  # noqa: PLC0415
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet  # noqa: PLC0415
+
+    if arch.get("network_class", "PlainConvUNet") != "PlainConvUNet":
+        raise NNBridgeError(f"network_class {arch.get('network_class')!r} unknown; "
+                            "only PlainConvUNet is built")
+    kwargs = {key: arch[key] for key in _PLAIN_KEYS}
+    kwargs.update({key: _torch_op(arch.get(key)) for key in ("conv_op", "norm_op", "dropout_op", "nonlin")})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        network = PlainConvUNet(**kwargs)
+        if hasattr(network, "initialize"):
+            network.apply(network.initialize)
+    return network.eval()
+
+
+def stride_multiple(arch: dict[str, Any]) -> tuple[int, ...]:
+    """Total stride per axis: every spatial size must be a multiple of it."""
+    return tuple(int(prod(axis)) for axis in zip(*arch["strides"]))
+
+
+def check_patch(arch: dict[str, Any], patch_size: tuple[int, ...]) -> None:
+    """Refuse a patch of the wrong rank or one the network's total stride does not divide."""
+    multiple = stride_multiple(arch)
+    if len(patch_size) != len(multiple):
+        raise NNBridgeError(f"patch size {tuple(patch_size)} has {len(patch_size)} axes; the network "
+                            f"has {len(multiple)} spatial axes")
+    bad = [(s, m) for s, m in zip(patch_size, multiple) if s <= 0 or s % m]
+    if bad:
+        raise NNBridgeError(
+            f"patch size {tuple(patch_size)} is not a multiple of the network's total stride "
+            f"{multiple}; use sizes divisible by {multiple} per axis (e.g. "
+            f"{tuple(max(m, s // m * m) for s, m in zip(patch_size, multiple))})")
+
+
+def analytic_flops(arch: dict[str, Any], patch_size: tuple[int, ...]) -> int:
+    """FLOPs of one patch counted from the description alone (a multiply-add = 2, bias ignored,
+    as :func:`nnbridge.coverage.compute_node_flops` counts them): encoder convs, decoder
+    transposed convs and convs, and the one segmentation head deep supervision off leaves."""
+    feats, kernels, strides = arch["features_per_stage"], arch["kernel_sizes"], arch["strides"]
+    n = arch["n_stages"]
+    spatial, channels_in, voxels, flops = list(patch_size), arch["input_channels"], [], 0
+    for s in range(n):
+        spatial = [size // stride for size, stride in zip(spatial, strides[s])]
+        voxels.append(prod(spatial))
+        for i in range(arch["n_conv_per_stage"][s]):
+            flops += 2 * voxels[s] * feats[s] * (channels_in if i == 0 else feats[s]) * prod(kernels[s])
+        channels_in = feats[s]
+    for s in range(n - 2, -1, -1):  # decoder, deepest first; the skip doubles the first conv's input
+        flops += 2 * voxels[s + 1] * feats[s + 1] * feats[s] * prod(strides[s + 1])
+        for i in range(arch["n_conv_per_stage_decoder"][n - 2 - s]):
+            flops += 2 * voxels[s] * feats[s] * (2 * feats[s] if i == 0 else feats[s]) * prod(kernels[s])
+    return int(flops + 2 * voxels[0] * arch["num_classes"] * feats[0])
+
+
+def _smaller_shape(arch: dict[str, Any], patch_size: tuple[int, ...], limit: int) -> tuple[int, ...]:
+    """Per axis the patch size, capped at the largest multiple of the total stride ≤ ``limit``."""
+    return tuple(s if s <= limit else max(m, limit // m * m)
+                 for s, m in zip(patch_size, stride_multiple(arch)))
+
+
+def export_network(network, arch: dict[str, Any], out_path: Path, export_shape: tuple[int, ...], *,
+                   seed: int = 0, opset: int = 17) -> dict[str, Any]:
+    """ONNX fp32 export as :func:`nnbridge.export.export_onnx` does it (legacy exporter, dynamic
+    batch and spatial axes), traced at ``export_shape``, and checked against eager PyTorch there."""
+    import onnx  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from .export import INPUT_NAME, OUTPUT_NAME  # noqa: PLC0415
+    from .onnxmeta import META_PREFIX  # noqa: PLC0415
+    from .onnxrun import onnx_session  # noqa: PLC0415
+
+    spatial = {i + 2: f"spatial_{i}" for i in range(len(export_shape) - 2)}
+    dynamic = {INPUT_NAME: {0: "batch", **spatial}, OUTPUT_NAME: {0: "batch", **spatial}}
+    x = torch.randn(export_shape, generator=torch.Generator().manual_seed(seed))
+    started = time.perf_counter()
+    with torch.no_grad():
+        torch.onnx.export(network, (x,), str(out_path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
+                          do_constant_folding=True)
+        reference = network(x).numpy()
+    model = onnx.load(str(out_path))
+    onnx.checker.check_model(model)
+    meta = {"model_kind": "random_plainconvunet", "architecture": json.dumps(arch), "seed": str(seed),
+            "stride_multiple": json.dumps(list(stride_multiple(arch))), "opset": str(opset)}
+    for key, value in meta.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = META_PREFIX + key, value
+    onnx.save(model, str(out_path))
+    got = onnx_session(out_path).run(None, {INPUT_NAME: x.numpy()})[0]
+    return {"path": str(out_path), "opset": opset, "size_bytes": out_path.stat().st_size,
+            "seconds": round(time.perf_counter() - started, 2),
+            "check": {"shape": list(export_shape), "max_abs_err": float(np.max(np.abs(reference - got)))}}
+
+
+def _coverage_summary(coverage: dict[str, Any]) -> dict[str, Any]:
+    keys = ("n_compute_nodes", "n_int8_compute_nodes", "int8_flop_share", "float_compute_nodes")
+    return {key: coverage[key] for key in keys}
+
+
+def make_int8(src: Path, dst: Path, arch: dict[str, Any], patch_size: tuple[int, ...], *,
+              n_patches: int = 4, max_size: int = 64, seed: int = 0,
+              openvino: bool = True) -> dict[str, Any]:
+    """Static INT8 QDQ variant of ``src`` (per-channel weights, symmetric INT8 activations, MinMax),
+    calibrated on ``n_patches`` random normal patches. Calibration keeps every intermediate
+    tensor of every patch in memory (several GB per 128³ patch), so the patches are cut to at most
+    ``max_size`` per axis (a multiple of the total stride; the model has dynamic axes)."""
+    from .coverage import int8_coverage, openvino_int8_coverage  # noqa: PLC0415
+    from .quantize import quantize_static_int8  # noqa: PLC0415
+
+    spatial = _smaller_shape(arch, patch_size, max_size)
+    rng = np.random.default_rng(seed + 1)
+    calibration = rng.standard_normal((n_patches, arch["input_channels"], *spatial)).astype(np.float32)
+    record = quantize_static_int8(src, dst, calibration, quant_format="QDQ", per_channel=True,
+                                  calibrate_method="MinMax", symmetric_activations=True)
+    record["calibration"] = {"n_patches": n_patches, "shape": [1, arch["input_channels"], *spatial],
+                             "data": "random normal", "note": INT8_NOTE}
+    shape = (1, arch["input_channels"], *patch_size)
+    record["coverage"] = _coverage_summary(int8_coverage(dst, src, shape))
+    if openvino:
+        record["coverage_openvino"] = _coverage_summary(openvino_int8_coverage(dst, src, shape))
+    return record
+
+
+def _best(results: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any] | None:
+    """The fastest of ``names`` that has a speed-up, as {name, speedup, p50_ms}."""
+    done = [(name, results[name]) for name in names
+            if "speedup_vs_torch_eager" in results.get(name, {})]
+    if not done:
+        return None
+    name, result = max(done, key=lambda item: item[1]["speedup_vs_torch_eager"])
+    return {"name": name, "speedup": result["speedup_vs_torch_eager"], "p50_ms": result["p50_ms"]}
+
+
+def compute_targets(results: dict[str, Any], *, fp32_target: float = FP32_TARGET,
+                    int8_target: float = INT8_TARGET, top: int = TOP_OPS) -> dict[str, Any]:
+    """Best exact fp32 runtime and best INT8 runtime against torch eager, whether each reaches its
+    target, and for every target missed the top operators of its best runtime's profile."""
+    fp32, int8 = _best(results, FP32_RESULTS), _best(results, INT8_RESULTS)
+    targets: dict[str, Any] = {
+        "fp32_target": fp32_target, "int8_target": int8_target,
+        "best_fp32_exact": fp32, "fp32_target_met": bool(fp32 and fp32["speedup"] >= fp32_target),
+        "best_int8": int8, "int8_target_met": bool(int8 and int8["speedup"] >= int8_target),
+    }
+    dominant = {}
+    for best, met in ((fp32, targets["fp32_target_met"]), (int8, targets["int8_target_met"])):
+        if best and not met and results[best["name"]].get("op_profile"):
+            dominant[best["name"]] = results[best["name"]]["op_profile"][:top]
+    if dominant:
+        targets["dominant_ops"] = dominant
+    return targets
+
+
+def _specs(out_dir: Path, arch: dict[str, Any], seed: int, backends: tuple[str, ...],
+           int8: bool) -> dict[str, dict[str, Any]]:
+    """The benchmark specs by result name, torch eager (the baseline) first."""
+    fp32, quant = str(out_dir / "model.onnx"), str(out_dir / "model_int8.onnx")
+    specs: dict[str, dict[str, Any]] = {}
+    if "torch" in backends:
+        specs["torch_eager"] = {"backend": "torch_arch", "arch": arch, "seed": seed}
+    if "onnxruntime" in backends:
+        specs["onnx_fp32"] = {"backend": "onnxruntime", "path": fp32}
+    if "openvino" in backends:
+        specs["onnx_fp32@openvino"] = {"backend": "openvino", "path": fp32}
+    if int8 and "onnxruntime" in backends:
+        specs["int8"] = {"backend": "onnxruntime", "path": quant}
+    if int8 and "openvino" in backends:
+        specs["int8@openvino"] = {"backend": "openvino", "path": quant}
+    return specs
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    out = {}
+    for package in ("torch", "onnx", "onnxruntime", "openvino", "dynamic_network_architectures"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "unavailable"
+    return out
+
+
+def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 128, 128),
+                        features: tuple[int, ...] = (32, 64, 128, 256, 320, 320), threads: int = 2,
+                        warmup: int = 1, repeats: int = 3, int8: bool = True,
+                        backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino"),
+                        seed: int = 0) -> dict[str, Any]:
+    """Build, export, quantize and time a random-weight nnU-Net ``PlainConvUNet`` at ``patch_size``.
+
+    Writes ``out_dir/model.onnx`` (and ``out_dir/model_int8.onnx`` when ``int8``). Returns a
+    JSON-serializable record: the architecture, input shape, FLOPs per patch (from the graph, and
+    counted from the description as a check), the machine's measured fp32 peak, per result
+    (``torch_eager``, ``onnx_fp32`` with tuned ONNX Runtime settings, ``onnx_fp32@openvino``,
+    ``int8``, ``int8@openvino``) latency percentiles, peak memory, speed-up against torch eager,
+    GFLOP/s and % of peak, and the ``targets`` block (:func:`compute_targets`).
+    """
+    import onnx  # noqa: PLC0415
+
+    from .bench import (  # noqa: PLC0415
+        add_throughput,
+        benchmark_variants,
+        measure_peak_gflops,
+        tune_onnxruntime,
+    )
+    from .coverage import compute_node_flops  # noqa: PLC0415
+
+    unknown = set(backends) - {"torch", "onnxruntime", "openvino"}
+    if unknown:
+        raise NNBridgeError(f"unknown backends {sorted(unknown)}; use torch, onnxruntime, openvino")
+    started = time.perf_counter()
+    arch = plain_unet_arch(features, dims=len(patch_size))
+    check_patch(arch, tuple(patch_size))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shape = (1, arch["input_channels"], *patch_size)
+    export_shape = (1, arch["input_channels"], *_smaller_shape(arch, tuple(patch_size), 64))
+    network = build_network(arch, seed)
+    export = export_network(network, arch, out_dir / "model.onnx", export_shape, seed=seed)
+    quantized = (make_int8(out_dir / "model.onnx", out_dir / "model_int8.onnx", arch, tuple(patch_size),
+                           seed=seed, openvino="openvino" in backends) if int8 else None)
+
+    specs = _specs(out_dir, arch, seed, tuple(backends), int8)
+    tuning = None
+    if "onnx_fp32" in specs:
+        tuning = tune_onnxruntime(specs["onnx_fp32"], shape, threads, min(warmup, 2), max(3, repeats // 2))
+        specs["onnx_fp32"]["settings"] = tuning["chosen"]
+    record = benchmark_variants(specs, shape, threads, warmup, repeats)
+    if tuning is not None and "p50_ms" in record["results"]["onnx_fp32"]:
+        record["results"]["onnx_fp32"]["ort_settings"] = tuning["chosen"]
+    record["peak"] = measure_peak_gflops(threads)
+    graph = onnx.load(str(out_dir / "model.onnx"))
+    flops = sum(node["flops"] for node in compute_node_flops(graph, shape).values())
+    add_throughput(record, flops, record["peak"].get("gflops"))
+    record.update({
+        "kind": "realistic nnU-Net benchmark (random weights)",
+        "architecture": arch, "seed": seed, "patch_size": list(patch_size),
+        "stride_multiple": list(stride_multiple(arch)),
+        "flops_analytic": analytic_flops(arch, tuple(patch_size)),
+        "export": export, "int8_variant": quantized, "int8_note": INT8_NOTE if int8 else None,
+        "tuning": tuning, "targets": compute_targets(record["results"]), "versions": _versions(),
+        "seconds": round(time.perf_counter() - started, 1),
+    })
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m nnbridge.realistic OUT_DIR [--patch 128 128 128] ...``: run and print the record."""
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description="benchmark a random-weight nnU-Net at a realistic size")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--patch", type=int, nargs="+", default=[128, 128, 128])
+    parser.add_argument("--features", type=int, nargs="+", default=[32, 64, 128, 256, 320, 320])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-int8", action="store_true")
+    args = parser.parse_args(argv)
+    record = realistic_benchmark(args.out_dir, patch_size=tuple(args.patch), features=tuple(args.features),
+                                 threads=args.threads, warmup=args.warmup, repeats=args.repeats,
+                                 int8=not args.no_int8)
+    (args.out_dir / "realistic.json").write_text(json.dumps(record, indent=2))
+    print(json.dumps({k: record[k] for k in ("flops_per_patch", "peak", "targets")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

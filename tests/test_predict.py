@@ -1,0 +1,243 @@
+"""`nnbridge predict` against nnU-Net's own predictor: sliding window, post-processing, whole
+cases through the bundle (with cropping and resampling), the torch-free command line, and a
+bundle that refuses tampered or ungated models.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnbridge.errors import NNBridgeError
+from nnbridge.predict.bundle import Bundle, write_bundle
+from nnbridge.predict.postprocess import logits_to_segmentation
+from nnbridge.predict.sliding import sliding_window_logits
+
+
+def _nnunet_predictor(tiny_model, *, mirroring: bool = True, step: float = 0.5):
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    torch.set_num_threads(2)
+    predictor = nnUNetPredictor(tile_step_size=step, use_gaussian=True, use_mirroring=mirroring,
+                                perform_everything_on_device=False, device=torch.device("cpu"),
+                                verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(tiny_model.model_folder), use_folds=(0,),
+                                                   checkpoint_name=tiny_model.checkpoint)
+    return predictor
+
+
+@pytest.mark.parametrize(("shape", "mirroring", "step"), [((1, 57, 44, 50), True, 0.5),
+                                                          ((1, 30, 52, 41), False, 0.7)])
+def test_sliding_window_matches_nnunet(tiny_model, shape, mirroring, step):
+    """Same network (torch, wrapped as numpy) → our sliding window gives nnU-Net's logits, incl.
+    padding an axis smaller than the patch and several windows per axis."""
+    import torch
+
+    predictor = _nnunet_predictor(tiny_model, mirroring=mirroring, step=step)
+    network = predictor.network.eval()
+    data = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        ref = predictor.predict_sliding_window_return_logits(torch.from_numpy(data)).float().numpy()
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return network(torch.from_numpy(batch)).numpy()
+
+        ours = sliding_window_logits(
+            data, run, predictor.configuration_manager.patch_size, ref.shape[0], step=step,
+            mirror_axes=predictor.allowed_mirroring_axes if mirroring else None, batch_size=2,
+        )
+    assert ours.shape == ref.shape and ours.dtype == np.float16
+    # float16 accumulation on both sides; only summation order differs
+    np.testing.assert_allclose(ours.astype(np.float32), ref, atol=2e-2, rtol=1e-2)
+    assert (ours.argmax(0) == ref.argmax(0)).mean() > 0.9999
+
+
+def _properties(shape_before, bbox, shape_after, spacing):
+    return {"shape_before_cropping": shape_before, "bbox_used_for_cropping": bbox,
+            "shape_after_cropping_and_before_resampling": shape_after, "spacing": spacing}
+
+
+@pytest.mark.parametrize("regions", [False, True])
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_postprocess_matches_nnunet(regions, probabilities):
+    """Logits in the preprocessed grid → labels (and probabilities) in the input's grid, with
+    resampling back over an anisotropic axis, un-cropping and a transpose, as nnU-Net does."""
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    labels = ({"background": 0, "object": [1, 2], "box": 2} if regions else
+              {"background": 0, "sphere": 1, "box": 2})
+    dataset_json = {"labels": labels, "file_ending": ".nii.gz", "channel_names": {"0": "MRI"}}
+    if regions:
+        dataset_json["regions_class_order"] = [1, 2]
+    plans = {
+        "dataset_name": "Dataset999_X", "plans_name": "P", "transpose_forward": [2, 0, 1],
+        "transpose_backward": [1, 2, 0], "image_reader_writer": "SimpleITKIO",
+        "original_median_spacing_after_transp": [1, 1, 1], "original_median_shape_after_transp": [10, 10, 10],
+        "foreground_intensity_properties_per_channel": {},
+        "configurations": {"3d_fullres": {
+            "data_identifier": "x", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+            "patch_size": [16, 16, 16], "median_image_size_in_voxels": [20, 20, 20],
+            "spacing": [1.0, 1.0, 1.0], "normalization_schemes": ["ZScoreNormalization"],
+            "use_mask_for_norm": [False],
+            "resampling_fn_data": "resample_data_or_seg_to_shape",
+            "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                   "force_separate_z": None},
+            "architecture": {"network_class_name": "x", "arch_kwargs": {}, "_kw_requires_import": []},
+            "batch_dice": True,
+        }},
+    }
+    rng = np.random.default_rng(1)
+    # preprocessed grid 14x20x18 at 1 mm; input crop 4x20x18 at 3.5 mm on the first axis (separate z)
+    logits = (rng.standard_normal((2 if regions else 3, 14, 20, 18)) * 3).astype(np.float16)
+    # spacing in the input's axis order: after transpose_forward [2, 0, 1] it is (3.5, 1, 1)
+    props = _properties((9, 25, 22), [[2, 6], [3, 23], [1, 19]], (4, 20, 18), [1.0, 1.0, 3.5])
+    pm = PlansManager(plans)
+    ref = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits.copy(), pm, pm.get_configuration("3d_fullres"), pm.get_label_manager(dataset_json), dict(props),
+        return_probabilities=probabilities)
+    ours = logits_to_segmentation(logits.copy(), dict(props), plans, "3d_fullres", dataset_json,
+                                  return_probabilities=probabilities)
+    if probabilities:
+        (ref_seg, ref_prob), (seg, prob) = ref, ours
+        np.testing.assert_allclose(prob, np.asarray(ref_prob), atol=1e-5)
+    else:
+        ref_seg, seg = ref, ours
+    assert seg.shape == np.asarray(ref_seg).shape == (25, 22, 9)
+    np.testing.assert_array_equal(seg, np.asarray(ref_seg))
+    assert len(np.unique(seg)) == 3
+
+
+def _write_cases(tiny_model, out: Path, spacing=(1.0, 1.0, 3.5), n=2) -> dict[str, dict]:
+    """Cases of the tiny model's raw data re-written with another spacing and a zero border, so
+    that prediction crops, resamples (separate z) and resamples back."""
+    import SimpleITK as sitk
+
+    raw = next((tiny_model.model_folder.parents[2] / "raw").glob("Dataset*"))
+    out.mkdir(parents=True, exist_ok=True)
+    cases = {}
+    for path in sorted((raw / "imagesTr").glob("*_0000.nii.gz"))[:n]:
+        case = path.name[: -len("_0000.nii.gz")]
+        for src, dst in ((path, out / path.name), (raw / "labelsTr" / f"{case}.nii.gz", out / f"{case}_gt.nii.gz")):
+            image = sitk.ReadImage(str(src))
+            array = sitk.GetArrayFromImage(image)[::3]  # fewer slices: thick slices
+            padded = np.zeros((array.shape[0] + 2, array.shape[1] + 6, array.shape[2] + 4), array.dtype)
+            padded[1:-1, 3:-3, 2:-2] = array
+            written = sitk.GetImageFromArray(padded)
+            written.SetSpacing(spacing)
+            written.SetOrigin((10.0, -5.0, 2.0))
+            sitk.WriteImage(written, str(dst))
+        cases[case] = {"images": [out / path.name], "label": out / f"{case}_gt.nii.gz"}
+    return cases
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tiny_model, exported, tmp_path_factory) -> Path:
+    out_dir, _, _ = exported
+    model = tiny_model.model_folder
+    checkpoint_axes = json.loads(__import__("nnbridge.onnxmeta", fromlist=["x"]).read_metadata(
+        out_dir / "model.onnx")["mirror_axes"])
+    root = tmp_path_factory.mktemp("bundle")
+    write_bundle(root, plans_file=model / "plans.json", dataset_file=model / "dataset.json",
+                 info={"configuration": "3d_fullres", "mirror_axes": checkpoint_axes},
+                 variants={"onnx_fp32": {"files": {"0": out_dir / "model.onnx"},
+                                         "gates": {"0": {"onnxruntime": True, "openvino": False}},
+                                         "latency_ms": {"onnxruntime": 10.0, "openvino": 5.0}}},
+                 default_variant="onnx_fp32")
+    return root
+
+
+def test_bundle_chooses_the_fastest_runtime_that_passed_and_verifies_files(bundle_dir, tmp_path):
+    import shutil
+
+    bundle = Bundle.load(bundle_dir)
+    # OpenVINO is faster but failed its gate: the bundle runs ONNX Runtime
+    assert bundle.manifest["variants"]["onnx_fp32"]["backend"] == "onnxruntime"
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir, copy)
+    with open(copy / "onnx_fp32" / "fold_0.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(NNBridgeError, match=r"fold_0.onnx: sha256 differs"):
+        Bundle.load(copy)
+    from nnbridge.predict.predictor import Predictor
+
+    with pytest.raises(NNBridgeError, match=r"failed its parity gate on fold\(s\) \['0'\].*--allow-ungated"):
+        Predictor(bundle, backend="openvino")
+    with pytest.raises(NNBridgeError, match=r"no fold\(s\) \['3'\]"):
+        Predictor(bundle, folds=["3"])
+
+
+def test_whole_cases_match_nnunet_predictor(tiny_model, bundle_dir, tmp_path):
+    """nnUNetPredictor vs nnbridge predict (ONNX Runtime) on whole cases that need cropping and
+    anisotropic resampling: identical preprocessing, labels within the fp32 gate."""
+    from nnbridge.caseparity import run_case_parity
+
+    cases = _write_cases(tiny_model, tmp_path / "in")
+    record = run_case_parity(model_folder=tiny_model.model_folder, fold="0", checkpoint=tiny_model.checkpoint,
+                             bundle_dir=bundle_dir, cases=cases, variants={"onnx_fp32": {}},
+                             out_dir=tmp_path / "out", step=0.5, mirroring=True, threads=2)
+    result = record["variants"]["onnx_fp32"]
+    for case, rec in result["cases"].items():
+        assert rec["preprocessed_max_abs_diff"] <= 1e-4, case
+        assert rec["logits_argmax_agreement"] > 0.999, case
+    assert result["passed"], result
+    assert result["min_voxel_agreement"] >= 0.9999
+    assert set(result["timings_s"]) == {"read", "preprocess", "inference", "resample_back", "write"}
+    assert result["speedup_vs_nnunet"] > 0
+    written = sorted(p.name for p in (tmp_path / "out" / "onnx_fp32").glob("*.nii.gz"))
+    assert written == sorted(f"{c}.nii.gz" for c in cases)
+
+
+def test_predict_cli_runs_without_torch(tiny_model, bundle_dir, tmp_path):
+    """`nnbridge predict` with torch made unimportable writes nnU-Net's file layout, with the
+    input's geometry, and the same labels as the library call."""
+    import SimpleITK as sitk
+
+    from nnbridge.predict.predictor import Predictor
+
+    cases = _write_cases(tiny_model, tmp_path / "in", n=1)
+    for spec in cases.values():
+        spec["label"].unlink()  # only <case>_0000.nii.gz in the input folder
+    code = ("import sys\n"
+            "class NoTorch:  # torch cannot be imported: an import fails as if it were not installed\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ImportError('torch is blocked in this test')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "from nnbridge.cli import main\n"
+            f"rc = main(['predict', '-i', {str(tmp_path / 'in')!r}, '-o', {str(tmp_path / 'out')!r}, "
+            f"'-m', {str(bundle_dir)!r}, '--save-probabilities', '--threads', '2', '-q'])\n"
+            "assert not [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+            "sys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    case = next(iter(cases))
+    out = sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz"))
+    src = sitk.ReadImage(str(cases[case]["images"][0]))
+    assert out.GetSize() == src.GetSize() and out.GetSpacing() == src.GetSpacing()
+    assert out.GetOrigin() == src.GetOrigin()
+    probs = np.load(tmp_path / "out" / f"{case}.npz")["probabilities"]
+    assert probs.shape == (3, *sitk.GetArrayFromImage(src).shape)
+    result = Predictor(Bundle.load(bundle_dir), threads=2).predict_case(case, cases[case]["images"])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), result.segmentation)
+    assert set(np.unique(result.segmentation)) <= {0, 1, 2}
+
+
+def test_predict_cli_names_a_missing_channel(bundle_dir, tmp_path, capsys):
+    from nnbridge.cli import main
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "case_0001.nii.gz").write_bytes(b"")
+    rc = main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(bundle_dir)])
+    assert rc == 2
+    assert "case 'case' lacks channel(s) case_0000.nii.gz" in capsys.readouterr().err

@@ -1,0 +1,139 @@
+"""The realistic-size benchmark, run at a tiny size: structure and invariants of its record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from nnbridge.coverage import compute_node_flops
+from nnbridge.errors import NNBridgeError
+from nnbridge.realistic import (
+    FP32_RESULTS,
+    INT8_RESULTS,
+    analytic_flops,
+    build_network,
+    compute_targets,
+    plain_unet_arch,
+    realistic_benchmark,
+)
+
+PATCH = (32, 32, 32)
+FEATURES = (8, 16, 32)
+NAMES = ("torch_eager", "onnx_fp32", "onnx_fp32@openvino", "int8", "int8@openvino")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("realistic")
+    record = realistic_benchmark(out, patch_size=PATCH, features=FEATURES, threads=2, warmup=0, repeats=1)
+    return out, record
+
+
+def test_every_result_is_timed_and_consistent(tiny_run):
+    out, record = tiny_run
+    json.dumps(record)  # JSON-serializable as returned
+    results = record["results"]
+    assert set(NAMES) <= set(results), results
+    assert record["shape"] == [1, 1, *PATCH] and record["architecture"]["n_stages"] == 3
+    base = results["torch_eager"]["p50_ms"]
+    for name in NAMES:
+        r = results[name]
+        assert r["p50_ms"] > 0, (name, r)
+        assert r["p99_ms"] >= r["p90_ms"] >= r["p50_ms"]
+        assert r["peak_rss_mb"] > 0
+        assert r["speedup_vs_torch_eager"] == pytest.approx(base / r["p50_ms"], abs=1e-3)
+        assert r["gflops_per_s"] == pytest.approx(record["flops_per_patch"] / r["p50_ms"] / 1e6, rel=0.01)
+        peak = record["peak"]["gflops"]
+        assert r["pct_of_peak"] == pytest.approx(100 * r["gflops_per_s"] / peak, abs=0.1)
+    assert results["torch_eager"]["backend"] == "torch_arch"
+    assert results["onnx_fp32"]["ort_settings"] == record["tuning"]["chosen"]
+    assert results["int8@openvino"]["backend"] == "openvino" and results["int8"]["op_profile"]
+
+
+def test_flops_match_an_independent_count(tiny_run):
+    _, record = tiny_run
+    assert record["flops_per_patch"] > 0
+    counted = analytic_flops(record["architecture"], PATCH)
+    assert record["flops_per_patch"] == record["flops_analytic"] == counted
+
+
+def test_flops_of_one_conv():
+    """compute_node_flops on a single Conv equals 2·C_out·∏out·C_in·∏k."""
+    c_in, c_out, k, size = 2, 5, 3, (6, 7, 8)
+    weight = numpy_helper.from_array(np.zeros((c_out, c_in, k, k, k), np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1] * 6)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    graph.input[0].type.tensor_type.shape.dim.extend([onnx.TensorShapeProto.Dimension()] * 5)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    flops = compute_node_flops(model, (1, c_in, *size))["conv"]["flops"]
+    assert flops == 2 * c_out * int(np.prod(size)) * c_in * k**3
+
+
+def test_onnx_matches_the_torch_network(tiny_run):
+    import torch
+
+    from nnbridge.onnxrun import onnx_session
+
+    out, record = tiny_run
+    network = build_network(record["architecture"], record["seed"])
+    again = build_network(record["architecture"], record["seed"])  # the benchmark child rebuilds it
+    assert all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), again.state_dict().values()))
+    x = np.random.default_rng(5).standard_normal((1, 1, *PATCH)).astype(np.float32)
+    with torch.no_grad():
+        ref = network(torch.from_numpy(x)).numpy()
+    got = onnx_session(out / "model.onnx").run(None, {"input": x})[0]
+    assert got.shape == (1, 3, *PATCH)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    assert record["export"]["check"]["max_abs_err"] < 1e-4
+
+
+def test_int8_file_is_quantized(tiny_run):
+    out, record = tiny_run
+    ops = {node.op_type for node in onnx.load(str(out / "model_int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    variant = record["int8_variant"]
+    assert variant["symmetric_activations"] and variant["per_channel"]
+    assert variant["calibration"]["n_patches"] == 4 and "speed only" in record["int8_note"]
+    assert variant["coverage"]["int8_flop_share"] > 0
+
+
+def test_targets_follow_the_results(tiny_run):
+    _, record = tiny_run
+    results, targets = record["results"], record["targets"]
+    assert targets == compute_targets(results)
+    for key, names, target in (("best_fp32_exact", FP32_RESULTS, 2.0), ("best_int8", INT8_RESULTS, 3.0)):
+        best = max(names, key=lambda n: results[n]["speedup_vs_torch_eager"])
+        assert targets[key]["name"] == best
+        assert targets[key]["speedup"] == results[best]["speedup_vs_torch_eager"]
+        met = targets["fp32_target_met" if key == "best_fp32_exact" else "int8_target_met"]
+        assert met == (targets[key]["speedup"] >= target)
+        if not met:
+            assert targets["dominant_ops"][best] == results[best]["op_profile"][:5]
+
+
+def test_compute_targets_met_and_missed():
+    profile = [{"op": f"op{i}", "ms_per_run": 1.0, "share": 0.1} for i in range(8)]
+    results = {"torch_eager": {"p50_ms": 10.0, "speedup_vs_torch_eager": 1.0},
+               "onnx_fp32": {"p50_ms": 4.0, "speedup_vs_torch_eager": 2.5, "op_profile": profile},
+               "onnx_fp32@openvino": {"p50_ms": 6.0, "speedup_vs_torch_eager": 1.667, "op_profile": profile},
+               "int8": {"error": "exit 1: boom"},
+               "int8@openvino": {"p50_ms": 5.0, "speedup_vs_torch_eager": 2.0, "op_profile": profile}}
+    targets = compute_targets(results)
+    assert targets["best_fp32_exact"]["name"] == "onnx_fp32" and targets["fp32_target_met"]
+    assert targets["best_int8"]["name"] == "int8@openvino" and not targets["int8_target_met"]
+    assert list(targets["dominant_ops"]) == ["int8@openvino"]
+    assert targets["dominant_ops"]["int8@openvino"] == profile[:5]
+    assert compute_targets({"torch_eager": results["torch_eager"]})["best_int8"] is None
+
+
+def test_patch_not_a_multiple_is_refused(tmp_path):
+    with pytest.raises(NNBridgeError, match=r"divisible by \(4, 4, 4\)"):
+        realistic_benchmark(tmp_path, patch_size=(30, 32, 32), features=FEATURES)
+    assert not (tmp_path / "model.onnx").exists()
+    assert plain_unet_arch()["features_per_stage"] == [32, 64, 128, 256, 320, 320]

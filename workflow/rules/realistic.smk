@@ -1,0 +1,30 @@
+# Speed at a realistic nnU-Net size (128^3 patch, 6 stages, 32->320 features; random weights:
+# speed needs no training). Opt-in (benchmark.realistic.enabled): ~30 min on 2 cores.
+rule realistic_benchmark:
+    output:
+        json=report(
+            f"{RESULTS}/realistic/realistic.json",
+            category="Benchmark",
+            labels={"file": "realistic-size benchmark"},
+        ),
+    params:
+        patch_size=lookup(dpath="benchmark/realistic/patch_size", within=config),
+        features=lookup(dpath="benchmark/realistic/features", within=config),
+        warmup=lookup(dpath="benchmark/realistic/warmup", within=config),
+        repeats=lookup(dpath="benchmark/realistic/repeats", within=config),
+        int8=lookup(dpath="benchmark/realistic/int8", within=config),
+        threads=lookup(dpath="benchmark/threads", within=config),
+        code=code_version("realistic", "bench", "onnxrun", "coverage", "opprofile", "quantize"),
+    log:
+        "logs/realistic_benchmark.log",
+    benchmark:
+        "benchmarks/realistic_benchmark.tsv"
+    threads: lookup(dpath="benchmark/threads", within=config)
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        bench=1,
+    conda:
+        "../../envs/onnx.yaml"
+    script:
+        "../scripts/realistic.py"

@@ -1,0 +1,32 @@
+import json
+from pathlib import Path
+
+from nnbridge.caseparity import run_case_parity, validation_cases
+from nnbridge.runlog import logged, write_json
+
+with logged(snakemake.log[0]):
+    dataset_json = json.loads(Path(snakemake.input.dataset).read_text())
+    cases = validation_cases(
+        snakemake.input.splits,
+        snakemake.wildcards.fold,
+        snakemake.params.raw,
+        dataset_json["file_ending"],
+        len(dataset_json["channel_names"]),
+        max_cases=snakemake.params.max_cases,
+    )
+    record = run_case_parity(
+        model_folder=Path(snakemake.params.model_folder),
+        fold=snakemake.wildcards.fold,
+        checkpoint=snakemake.params.checkpoint,
+        bundle_dir=Path(snakemake.params.bundle),
+        cases=cases,
+        variants={name: {"gate": gate} for name, gate in snakemake.params.variants.items()},
+        out_dir=Path(snakemake.output.json).parent,
+        step=snakemake.params.step,
+        mirroring=snakemake.params.mirroring,
+        threads=snakemake.params.threads,
+    )
+    write_json(snakemake.output.json, record)
+    for name, result in record["variants"].items():
+        print(name, result["backend"], "PASS" if result["passed"] else "FAIL",
+              "voxel agreement", result["min_voxel_agreement"], "speedup", result["speedup_vs_nnunet"])

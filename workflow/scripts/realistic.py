@@ -1,0 +1,17 @@
+from pathlib import Path
+
+from nnbridge.realistic import realistic_benchmark
+from nnbridge.runlog import logged, write_json
+
+with logged(snakemake.log[0]):
+    record = realistic_benchmark(
+        Path(snakemake.output.json).parent,
+        patch_size=tuple(snakemake.params.patch_size),
+        features=tuple(snakemake.params.features),
+        threads=snakemake.params.threads,
+        warmup=snakemake.params.warmup,
+        repeats=snakemake.params.repeats,
+        int8=snakemake.params.int8,
+    )
+    write_json(snakemake.output.json, record)
+    print(record["targets"])
