@@ -76,6 +76,9 @@ def reduce_config(workdir: Path) -> None:
     config["patches"].update(calibration=4, heldout=2)
     config["benchmark"].update(threads=1, warmup=0, repeats=2)
     config["quantize"] = {"int8_static": config["quantize"]["int8_static"]}  # one is enough here
+    config["benchmark"]["tune"] = []
+    config["bundle"] = {"variants": ["onnx_simplified"]}
+    config["case_parity"].update(variants=["onnx_simplified"], threads=1, tolerances={})
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -246,7 +249,7 @@ def test_every_job_ran_in_slurm_with_the_rules_resources(slurm_run, slurm_jobs):
     assert "Using profile" in text and "workflow specific profile" not in text, text[:2000]
     assert {rule for rule, *_ in slurm_jobs} >= {
         "demo_dataset", "demo_preprocess", "demo_plans", "demo_train", "export_onnx",
-        "export_torchscript", "patches", "simplify", "quantize", "validate", "benchmark"}
+        "export_torchscript", "patches", "simplify", "quantize", "validate", "benchmark", "case_parity"}
     for rule, job, sub, record in slurm_jobs:
         what = f"{rule} (Slurm job {sub['slurm_id']}): {record}"
         assert record["JobState"] == "COMPLETED", what
