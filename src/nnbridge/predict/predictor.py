@@ -75,7 +75,8 @@ class Predictor:
         if self.backend is None:
             self.backend = entry.get("backend") or "onnxruntime"
         gates = entry.get("gates", {})
-        failed = sorted(f for f, per in gates.items() if not per.get(self.backend, False))
+        chosen = {str(f) for f in self.folds} if self.folds else set(gates)
+        failed = sorted(f for f, per in gates.items() if f in chosen and not per.get(self.backend, False))
         if failed and not self.allow_ungated:
             raise NNBridgeError(
                 f"{self.bundle.root}: variant {name!r} on {self.backend} failed its parity gate on fold(s) "
