@@ -191,8 +191,8 @@ def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):
     assert "| onnx_simplified (default) | 0 | openvino | onnxruntime 20.0 ms, openvino 12.0 ms | allow_spinning=False |" in md
     assert "ORT defaults: 11.000 ms; allow_spinning=False: 10.000 ms" in md
     assert "## Realistic-size benchmark" in md and "950 GFLOP per patch" in md
-    assert "best onnx_fp32@openvino at 2.5000× — met." in md
-    assert "best int8@openvino at 2.0000× — missed." in md and "Convolution [i8]" in md
+    assert "best onnx_fp32@openvino at 2.50× — met." in md
+    assert "best int8@openvino at 2.00× — missed." in md and "Convolution [i8]" in md
     summary = json.loads((out / "report/summary.json").read_text())
     assert summary["realistic"]["targets"]["fp32_target_met"] is True
     assert summary["folds"][0]["case_parity"]["onnx_simplified"]["passed"] is False
