@@ -57,6 +57,10 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported):
         assert r["gflops_per_s"] == pytest.approx(record["flops_per_patch"] / r["p50_ms"] / 1e6, rel=0.01)
         assert r["pct_of_peak"] > 0  # no upper bound: the peak is measured under the same load
     assert "error" in results["missing"]
+    # GPU backends are listed with the reason they are skipped (this machine has no GPU)
+    assert set(record["accelerators"]) == {"onnxruntime CUDA", "onnxruntime TensorRT", "openvino GPU", "torch CUDA"}
+    if not list(Path("/dev").glob("nvidia[0-9]*")):
+        assert all(v.startswith("skipped: ") for v in record["accelerators"].values()), record["accelerators"]
     # each child measures its own memory: ONNX Runtime never imports torch, so its peak is
     # far below the torch baseline's (Linux's ru_maxrss would report the parent's peak)
     assert results["onnx_fp32"]["peak_rss_mb"] < 0.7 * results["torch_eager"]["peak_rss_mb"], results
@@ -97,7 +101,8 @@ def _records(tmp_path: Path) -> list[dict]:
         "flops_per_patch": 200000000,
         "sweep": {"threads": [1, 2], "batch": 2, "results": {
             "onnx_fp32": {"p50_ms_by_threads": {"1": 9.0, "2": 5.0}, "p50_ms_per_patch_at_batch": 4.0}}},
-        "peak": {"gflops": 160.0, "threads": 2, "method": "fp32 matrix multiply 2048x2048x2048 (torch.mm), p50 of 10"}})
+        "peak": {"gflops": 160.0, "threads": 2, "method": "fp32 matrix multiply 2048x2048x2048 (torch.mm), p50 of 10"},
+        "accelerators": {"onnxruntime CUDA": "skipped: no GPU"}})
     write_json(base / "summary.json", {"mean": {"1": {"Dice": 0.91}}, "foreground_mean": {"Dice": 0.91}})
     return [{"dataset": "D", "model": "T__P__3d_fullres", "fold": "0",
              "export": str(base / "export.json"), "torchscript": None,
@@ -121,6 +126,7 @@ def test_report_shows_gates_numbers_and_plot(tmp_path):
     assert "QLinearConv×3" in md and "ConvTranspose×1" in md and "decoder.transpconvs.0" in md
     assert "| step 1 | decoder.seg_layers.2 | sphere 0.9950 |" in md
     assert "A patch costs 0.20 GFLOP" in md and "is 160 GFLOP/s" in md
+    assert "GPU backends: onnxruntime CUDA: skipped: no GPU." in md
     assert "| 40.0 | 25.0 |" in md  # GFLOP/s and % of peak of onnx_fp32
     assert "| onnx_fp32 | onnxruntime | Conv 90 %, InstanceNormalization 10 % |" in md
     assert "| fold 0 | onnx_fp32 | 9.000 | 5.000 | 1.80× | 4.000 |" in md  # threads and batch

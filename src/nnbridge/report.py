@@ -232,6 +232,15 @@ def peak_note(folds: list[dict[str, Any]]) -> str:
     return ""
 
 
+def accelerator_note(folds: list[dict[str, Any]]) -> str:
+    """One sentence per GPU backend: benchmarked, or skipped and why."""
+    for e in folds:
+        status = (e["benchmark"] or {}).get("accelerators")
+        if status:
+            return " GPU backends: " + "; ".join(f"{k}: {v}" for k, v in status.items()) + "."
+    return ""
+
+
 def quantize_table(folds: list[dict[str, Any]]) -> Table:
     rows = []
     for e in folds:
@@ -491,7 +500,7 @@ def sections(folds: list[dict[str, Any]]) -> list[tuple[str, str, Table | None]]
         ("Deployable bundle", "`nnbridge predict -m results/<dataset>/<model>/bundle` runs each "
          "variant on the fastest runtime that passed its parity gate on every fold.", bundle_table(folds)),
         ("Benchmark", "Batch-1 latency on one patch, each backend in its own process, all in one "
-         "run; compare the ratios." + peak_note(folds), benchmark_table(folds)),
+         "run; compare the ratios." + peak_note(folds) + accelerator_note(folds), benchmark_table(folds)),
         ("ONNX Runtime session search", "Each candidate in its own process, fewer repetitions than "
          "above; a candidate replaces ORT's defaults only when more than 3 % faster. The benchmark "
          "above, the bundle and nnbridge predict use the choice.", tuning_table(folds)),
