@@ -10,7 +10,6 @@ section comes from here.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from collections.abc import Sequence
@@ -25,16 +24,15 @@ DEFAULT_GATE = {"min_voxel_agreement": 0.9999, "min_dice": 0.999}
 PREPROCESS_ATOL = 1e-4
 
 
-def validation_cases(splits_file: Path, fold: str, raw_dir: Path, file_ending: str, channels: int,
+def validation_cases(preprocessed_dir: Path, fold: str, raw_dir: Path, file_ending: str, channels: int,
                      max_cases: int = 0) -> dict[str, dict[str, Any]]:
-    """Case → {images, label} of a fold's validation split, from nnU-Net's raw dataset folder."""
+    """Case → {images, label} of a fold's validation split (nnU-Net's ``splits_final.json`` in
+    ``preprocessed_dir``), from nnU-Net's raw dataset folder."""
+    from .patches import fold_cases  # noqa: PLC0415
+
     if fold == "all":
         raise NNBridgeError("fold 'all' has no validation cases; whole-case parity needs a numbered fold")
-    splits = json.loads(Path(splits_file).read_text())
-    try:
-        names = list(splits[int(fold)]["val"])
-    except (IndexError, KeyError):
-        raise NNBridgeError(f"{splits_file}: no fold {fold}; it has {len(splits)} folds") from None
+    names = fold_cases(Path(preprocessed_dir), fold)[1]
     if max_cases:
         names = names[:max_cases]
     cases = {}
@@ -49,13 +47,10 @@ def validation_cases(splits_file: Path, fold: str, raw_dir: Path, file_ending: s
 
 
 def dice_per_class(a: np.ndarray, b: np.ndarray, classes: Sequence[int]) -> dict[str, float]:
-    """Dice of each class between two label maps (1.0 when both lack the class)."""
-    out = {}
-    for c in classes:
-        x, y = a == c, b == c
-        denom = int(x.sum()) + int(y.sum())
-        out[str(c)] = 1.0 if denom == 0 else round(2.0 * int((x & y).sum()) / denom, 6)
-    return out
+    """Dice of each class between two label maps (1.0 when both lack the class), keyed for JSON."""
+    from .parity import dice_per_class as dice  # noqa: PLC0415
+
+    return {str(c): round(v, 6) for c, v in dice(a, b, list(classes)).items()}
 
 
 class NNUNetReference:

@@ -140,29 +140,38 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
 
+def write_onnx(network: torch.nn.Module, dummy: torch.Tensor, out_path: Path, opset: int,
+               metadata: dict[str, str]) -> onnx.ModelProto:
+    """Export ``network`` traced at ``dummy`` with the legacy exporter (fp32, dynamic batch and
+    spatial axes), check the graph and store ``metadata`` (keys with :data:`META_PREFIX`)."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    spatial_names = {i + 2: f"spatial_{i}" for i in range(dummy.dim() - 2)}
+    dynamic = {INPUT_NAME: {0: "batch", **spatial_names}, OUTPUT_NAME: {0: "batch", **spatial_names}}
+    with torch.no_grad():
+        torch.onnx.export(
+            network, (dummy,), str(out_path), dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
+    model = onnx.load(str(out_path))
+    onnx.checker.check_model(model)
+    for key, value in metadata.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.save(model, str(out_path))
+    return model
+
+
 def export_onnx(fold: LoadedFold, out_path: Path, opset: int = 17, seed: int = 0) -> dict[str, Any]:
     """Write ``out_path`` (ONNX fp32, dynamic batch and spatial axes, provenance metadata)."""
     import onnxruntime as ort  # noqa: PLC0415
 
     check_spatial_shape(fold.patch_size, fold.stride_multiple)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    spatial_names = {i + 2: f"spatial_{i}" for i in range(len(fold.patch_size))}
-    dynamic = {INPUT_NAME: {0: "batch", **spatial_names}, OUTPUT_NAME: {0: "batch", **spatial_names}}
     generator = torch.Generator().manual_seed(seed)
     dummy = torch.randn(fold.input_shape, generator=generator)
-    with torch.no_grad():
-        torch.onnx.export(
-            fold.network, (dummy,), str(out_path), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
-            do_constant_folding=True,
-        )
-    model = onnx.load(str(out_path))
-    onnx.checker.check_model(model)
-    for key, value in fold_metadata(fold, opset).items():
-        prop = model.metadata_props.add()
-        prop.key, prop.value = key, value
-    onnx.save(model, str(out_path))
+    model = write_onnx(fold.network, dummy, out_path, opset, fold_metadata(fold, opset))
     weight_proof = verify_onnx_weights(model, fold.weights,
                                        unused_at_inference(fold.network, fold.input_shape))
 

@@ -22,6 +22,7 @@ import torch
 
 from .errors import NNBridgeError
 from .onnxmeta import label_names
+from .runlog import sha256_file  # noqa: F401 (re-exported: export, simplify, quantize use it)
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
 COMPILED_PREFIX = "_orig_mod."
@@ -41,15 +42,6 @@ def _checkpoint_safe_globals() -> list[Any]:
         if dtype_cls is not None:
             allowed.append(dtype_cls)
     return allowed
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -31,8 +31,9 @@ def label_names(labels: dict[str, Any], region_based: bool) -> dict[int, str]:
 
 
 def is_region_based(labels: dict[str, Any]) -> bool:
-    """nnU-Net's rule: a dataset is region-based when a label maps to a list of classes."""
-    return any(isinstance(v, (list, tuple)) for v in labels.values())
+    """nnU-Net's rule (``LabelManager``): a dataset is region-based when a label maps to a list of
+    more than one class."""
+    return any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
 
 
 def output_labels(path: Path) -> tuple[dict[int, str], bool]:

@@ -152,30 +152,19 @@ def export_network(network, arch: dict[str, Any], out_path: Path, export_shape: 
                    seed: int = 0, opset: int = 17) -> dict[str, Any]:
     """ONNX fp32 export as :func:`nnbridge.export.export_onnx` does it (legacy exporter, dynamic
     batch and spatial axes), traced at ``export_shape``, and checked against eager PyTorch there."""
-    import onnx  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
-    from .export import INPUT_NAME, OUTPUT_NAME  # noqa: PLC0415
+    from .export import INPUT_NAME, write_onnx  # noqa: PLC0415
     from .onnxmeta import META_PREFIX  # noqa: PLC0415
     from .onnxrun import onnx_session  # noqa: PLC0415
 
-    spatial = {i + 2: f"spatial_{i}" for i in range(len(export_shape) - 2)}
-    dynamic = {INPUT_NAME: {0: "batch", **spatial}, OUTPUT_NAME: {0: "batch", **spatial}}
     x = torch.randn(export_shape, generator=torch.Generator().manual_seed(seed))
     started = time.perf_counter()
-    with torch.no_grad():
-        torch.onnx.export(network, (x,), str(out_path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
-                          do_constant_folding=True)
-        reference = network(x).numpy()
-    model = onnx.load(str(out_path))
-    onnx.checker.check_model(model)
     meta = {"model_kind": "random_plainconvunet", "architecture": json.dumps(arch), "seed": str(seed),
             "stride_multiple": json.dumps(list(stride_multiple(arch))), "opset": str(opset)}
-    for key, value in meta.items():
-        prop = model.metadata_props.add()
-        prop.key, prop.value = META_PREFIX + key, value
-    onnx.save(model, str(out_path))
+    write_onnx(network, x, out_path, opset, {META_PREFIX + k: v for k, v in meta.items()})
+    with torch.no_grad():
+        reference = network(x).numpy()
     got = onnx_session(out_path).run(None, {INPUT_NAME: x.numpy()})[0]
     return {"path": str(out_path), "opset": opset, "size_bytes": out_path.stat().st_size,
             "seconds": round(time.perf_counter() - started, 2),

@@ -57,7 +57,12 @@ def discover_folds(folder: Path, checkpoint: str) -> tuple[str, ...]:
     for sub in sorted(Path(folder).glob("fold_*")):
         if (sub / checkpoint).is_file():
             found.append(sub.name[len("fold_"):])
-    return tuple(sorted(found, key=lambda f: (f == "all", int(f) if f.isdigit() else 0)))
+    return tuple(sorted(found, key=fold_order))
+
+
+def fold_order(fold: str) -> tuple[bool, int]:
+    """Sort key of fold names: numbered folds in order, ``all`` last."""
+    return (fold == "all", int(fold) if fold.isdigit() else 0)
 
 
 def discover_models(entries: list[dict[str, Any]], demo_folder: str | None = None) -> dict[str, ModelEntry]:

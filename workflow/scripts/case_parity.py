@@ -7,7 +7,7 @@ from nnbridge.runlog import logged, write_json
 with logged(snakemake.log[0]):
     dataset_json = json.loads(Path(snakemake.input.dataset).read_text())
     cases = validation_cases(
-        snakemake.input.splits,
+        Path(snakemake.input.splits).parent,
         snakemake.wildcards.fold,
         snakemake.params.raw,
         dataset_json["file_ending"],

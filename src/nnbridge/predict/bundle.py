@@ -13,7 +13,6 @@ is refused before it predicts anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,17 +23,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import NNBridgeError
+from ..runlog import read_json, sha256_file
+from ..workflow_plan import fold_order
 
 MANIFEST = "bundle.json"
 FORMAT = "nnbridge-bundle/1"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -94,7 +87,7 @@ def write_bundle(
     manifest = {
         "format": FORMAT,
         **info,
-        "folds": sorted({f for v in entries.values() for f in v["files"]}, key=_fold_order),
+        "folds": sorted({f for v in entries.values() for f in v["files"]}, key=fold_order),
         "variants": entries,
         "default_variant": default_variant,
         "plans": "plans.json",
@@ -104,10 +97,6 @@ def write_bundle(
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
-
-
-def _fold_order(fold: str) -> tuple[int, int]:
-    return (fold == "all", int(fold) if fold.isdigit() else 0)
 
 
 @dataclass
@@ -188,8 +177,8 @@ def build_from_pipeline(
     latency is the median over folds of the benchmark's p50."""
     from ..onnxmeta import read_metadata  # noqa: PLC0415
 
-    parity = {f: json.loads(Path(spec["parity"]).read_text()) for f, spec in folds.items()}
-    bench = {f: json.loads(Path(spec["benchmark"]).read_text()) for f, spec in folds.items()}
+    parity = {f: read_json(spec["parity"]) for f, spec in folds.items()}
+    bench = {f: read_json(spec["benchmark"]) for f, spec in folds.items()}
     variants: dict[str, dict[str, Any]] = {}
     for name in variant_names:
         gates: dict[str, dict[str, bool]] = {}

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..onnxmeta import is_region_based
 from .preprocess import configuration, insert_crop_into_image, resampling_function
 
 
@@ -28,7 +29,7 @@ class Labels:
     @classmethod
     def from_dataset_json(cls, dataset_json: dict[str, Any]) -> Labels:
         labels = dataset_json["labels"]
-        has_regions = any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
+        has_regions = is_region_based(labels)
         values: set[int] = set()
         for name, value in labels.items():
             if name == "ignore":
