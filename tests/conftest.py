@@ -47,10 +47,11 @@ def loaded_fold(tiny_model: TinyModel):
 @pytest.fixture(scope="session")
 def patch_sets(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory):
     """Calibration and held-out patches of fold 0 written by the patches stage."""
+    from nnbridge.models import nnunet_source
     from nnbridge.patches import load_patches, write_patch_sets
 
     out = tmp_path_factory.mktemp("patches")
-    summary = write_patch_sets(tiny_model.model_folder, tiny_model.preprocessed, "0",
+    summary = write_patch_sets(nnunet_source(tiny_model.model_folder, "0"), tiny_model.preprocessed, "0",
                                out / "cal.npz", out / "held.npz", n_calibration=6, n_heldout=4,
                                seed=0, foreground_fraction=0.5)
     return summary, load_patches(out / "cal.npz"), load_patches(out / "held.npz")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nnbridge.bench import MIN_GAIN, ORT_CANDIDATES, benchmark_fold
+from nnbridge.models import nnunet_source
 from nnbridge.report import build_report
 from nnbridge.runlog import write_json
 
@@ -18,7 +19,7 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported):
                 "torchscript": {"kind": "torchscript", "path": str(out / "model.ts")},
                 "missing": {"kind": "onnx", "path": str(out / "nope.onnx")},
                 "onnx_fp32@openvino": {"kind": "onnx", "path": str(out / "model.onnx"), "backend": "openvino"}}
-    record = benchmark_fold(str(tiny_model.model_folder), "0", tiny_model.checkpoint, variants,
+    record = benchmark_fold(nnunet_source(tiny_model.model_folder, "0", tiny_model.checkpoint), variants,
                             threads=2, warmup=1, repeats=3, sweep_variants=("onnx_fp32", "nope"),
                             sweep_batch=2, tune=("onnx_fp32", "torchscript"))
     results = record["results"]

@@ -32,7 +32,7 @@ def test_minimal_config_gets_every_default():
     assert config["export"]["opset"] == 17
     assert config["benchmark"]["repeats"] == 20
     assert config["validate"]["default_tolerance"] == {"min_dice": 0.99}
-    assert config["models"][0]["checkpoint"] == "checkpoint_final.pth"
+    assert config["models"][0]["trusted"] is False
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import pytest
 
 from nnbridge import demo
 from nnbridge.export import export_onnx, read_metadata
-from nnbridge.models import load_nnunet_fold
+from nnbridge.models import load_nnunet_fold, nnunet_source
 from nnbridge.parity import validate_fold
 from nnbridge.patches import load_patches, write_patch_sets
 from nnbridge.quantize import output_labels, quantize_variant
@@ -83,7 +83,7 @@ def test_patches_int8_and_parity_by_configuration_alone(trained, tmp_path):
     kind, folder, pre_ds = trained
     fold = load_nnunet_fold(folder, "0")
     export_onnx(fold, tmp_path / "model.onnx")
-    write_patch_sets(folder, pre_ds, "0", tmp_path / "cal.npz", tmp_path / "held.npz",
+    write_patch_sets(nnunet_source(folder, "0"), pre_ds, "0", tmp_path / "cal.npz", tmp_path / "held.npz",
                      n_calibration=3, n_heldout=2, seed=0, foreground_fraction=0.5)
     calibration, heldout = load_patches(tmp_path / "cal.npz"), load_patches(tmp_path / "held.npz")
     assert heldout.shape[1:] == (fold.num_input_channels, *fold.patch_size)
@@ -92,7 +92,7 @@ def test_patches_int8_and_parity_by_configuration_alone(trained, tmp_path):
     variants = {"onnx_fp32": {"kind": "onnx", "path": str(tmp_path / "model.onnx")},
                 "int8_static": {"kind": "onnx", "path": str(tmp_path / "int8.onnx")}}
     tolerances = {"onnx_fp32": {"max_rel_err": 1e-4, "min_dice": 0.999}, "int8_static": {}}
-    record = validate_fold(str(folder), "0", "checkpoint_final.pth", heldout, variants, tolerances)
+    record = validate_fold(nnunet_source(folder, "0"), heldout, variants, tolerances)
     fp32 = record["variants"]["onnx_fp32"]
     assert fp32["passed"], fp32
     assert set(fp32["dice"]) == set(fold.label_names.values()) - {"background"}

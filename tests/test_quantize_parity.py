@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from nnbridge.models import nnunet_source
 from nnbridge.onnxrun import run_onnx, run_torch
 from nnbridge.parity import (
     Tolerance,
@@ -118,7 +119,7 @@ def test_validate_fold_passes_exact_and_fails_broken_variant(tiny_model, exporte
         "broken@openvino": {"kind": "onnx", "path": str(broken), "backend": "openvino"},
     }
     tol = {"max_abs_err": 1e-3, "min_dice": 0.999}
-    record = validate_fold(str(tiny_model.model_folder), "0", tiny_model.checkpoint, heldout,
+    record = validate_fold(nnunet_source(tiny_model.model_folder, "0", tiny_model.checkpoint), heldout,
                            variants, {name: tol for name in variants})
     results = record["variants"]
     assert results["onnx_fp32"]["passed"], results["onnx_fp32"]

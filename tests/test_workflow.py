@@ -25,6 +25,7 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 FOLDS = ("0", "1")
 MODEL = "Dataset900_NNBridgeDemo/nnBridgeDemoTrainer__nnBridgeDemoPlans__3d_fullres"
 QUANTIZED = ("int8_static", "int8_accurate", "int8_dynamic", "fp16")
+PLAIN = {"demo_unet": "key 'model_state_dict', module. prefixes removed", "demo_unetpp": "top level"}
 
 pytestmark = pytest.mark.workflow
 
@@ -62,8 +63,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for item in ("Snakefile", "workflow", "config", "profiles", "envs", "src", "constraints.txt"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
-    # the shipped demo, only with fewer benchmark repetitions to keep the suite short
-    set_config(work, lambda c: c["benchmark"].update(repeats=5, warmup=1))
+    # the shipped demo, only with fewer benchmark repetitions and no thread/batch sweep (the
+    # library tests cover it) to keep the suite short
+    set_config(work, lambda c: c["benchmark"].update(repeats=5, warmup=1, sweep=[]))
     run_snakemake(work)
     return work
 
@@ -164,6 +166,31 @@ def test_report_covers_both_folds(workdir):
     assert "data:image/png;base64," in html
 
 
+def test_plain_pytorch_models_run_through_the_pipeline(workdir):
+    """The demo's U-Net (DataParallel-style checkpoint) and UNet++ (bare state dict, BatchNorm)
+    go through export, INT8, parity and benchmark by configuration alone; no bundle (nnbridge
+    predict reproduces nnUNetv2_predict, i.e. nnU-Net models)."""
+    md = (workdir / "results/report.md").read_text()
+    for name, origin in PLAIN.items():
+        base = workdir / "results/Dataset900_NNBridgeDemo" / name / "fold_0"
+        export = json.loads((base / "export/export.json").read_text())
+        assert export["weights"]["ok"] and export["source"]["kind"] == "pytorch"
+        assert export["source"]["weights_origin"] == f"state dict ({origin})"
+        assert json.loads((base / "export/torchscript.json").read_text())["weights"]["ok"]
+        variants = json.loads((base / "validate/parity.json").read_text())["variants"]
+        assert set(variants) == {"torchscript", "onnx_fp32", "onnx_simplified", "int8_accurate",
+                                 *(f"{n}@openvino" for n in ("onnx_fp32", "onnx_simplified", "int8_accurate"))}
+        for exact in ("torchscript", "onnx_fp32", "onnx_simplified", "onnx_simplified@openvino"):
+            assert variants[exact]["passed"], (name, exact, variants[exact])
+        assert set(variants["int8_accurate"]["dice"]) == {"sphere", "box"}
+        bench = json.loads((base / "benchmark/benchmark.json").read_text())["results"]
+        assert bench["torch_eager"]["p50_ms"] > 0 and bench["int8_accurate@openvino"]["p50_ms"] > 0
+        assert not (base.parent / "bundle").exists()
+        assert f"Dataset900_NNBridgeDemo / {name}" in md
+    summary = json.loads((workdir / "resources/demo/pytorch/unet.json").read_text())
+    assert summary["last_loss"] < summary["first_loss"] / 2  # it learned something
+
+
 def test_finished_run_has_nothing_to_do(workdir):
     assert planned_jobs(run_snakemake(workdir, "-n")) == {}
 
@@ -185,6 +212,46 @@ def test_report_code_edit_reruns_only_report(workdir):
     module.write_text(module.read_text() + "\n# edited\n")
     jobs = planned_jobs(run_snakemake(workdir, "-n"))
     assert set(jobs) == {"report", "all"}, jobs
+
+
+def test_keep_going_finishes_the_other_models(workdir):
+    """A truncated plain checkpoint and an nnU-Net fold whose checkpoint is corrupt fail with a
+    one-line cause naming the file; with --keep-going the good model and fold still finish."""
+    config_file = workdir / "config" / "config.yaml"
+    saved = config_file.read_text()
+    pytorch_dir = workdir / "resources/demo/pytorch"
+    (pytorch_dir / "cut.pth").write_bytes((pytorch_dir / "unet.pth").read_bytes()[:4000])
+    shutil.copy(pytorch_dir / "unet.pth", pytorch_dir / "copy.pth")
+    demo_folder = workdir / "resources/demo/nnUNet_results" / MODEL
+    broken = workdir / "resources/broken/Dataset950_Broken" / demo_folder.name
+    shutil.copytree(demo_folder, broken)
+    (broken / "fold_1/checkpoint_final.pth").write_bytes(b"not a checkpoint")
+
+    def add_models(config):
+        unet = next(m for m in config["models"] if m.get("name") == "demo_unet")
+        config["models"] += [
+            {**unet, "name": "cut", "checkpoint": "resources/demo/pytorch/cut.pth"},
+            {**unet, "name": "copy", "checkpoint": "resources/demo/pytorch/copy.pth"},
+            {"folder": str(broken.relative_to(workdir)), "folds": [0, 1],
+             "preprocessed": config["models"][0]["preprocessed"]},
+        ]
+
+    try:
+        set_config(workdir, add_models)
+        targets = [f"results/Dataset900_NNBridgeDemo/{m}/fold_0/export/export.json" for m in ("cut", "copy")]
+        targets += [f"results/Dataset950_Broken/{broken.name}/fold_{f}/export/export.json" for f in FOLDS]
+        proc = run_snakemake(workdir, "--keep-going", *targets, check=False)
+        assert proc.returncode != 0
+        # the cause is on the console too, one line per failed job
+        assert "nnbridge error: resources/demo/pytorch/cut.pth: not a torch checkpoint" in proc.stderr
+        assert (workdir / targets[1]).is_file() and (workdir / targets[2]).is_file()
+        assert not (workdir / targets[0]).exists() and not (workdir / targets[3]).exists()
+        log = (workdir / "logs/Dataset900_NNBridgeDemo/cut/fold_0/export_onnx.log").read_text()
+        assert "cut.pth: not a torch checkpoint (corrupt or truncated file); re-copy it" in log
+        log = (workdir / f"logs/Dataset950_Broken/{broken.name}/fold_1/export_onnx.log").read_text()
+        assert "fold_1/checkpoint_final.pth: not a torch checkpoint (corrupt or truncated file)" in log
+    finally:
+        config_file.write_text(saved)
 
 
 def test_bad_config_fails_with_one_line_cause(workdir):

@@ -52,9 +52,9 @@ def _load_runner(spec: dict[str, Any], threads: int):
         torch.set_num_threads(threads)
         torch.set_num_interop_threads(1)
         if backend == "torch":
-            from .models import load_nnunet_fold  # noqa: PLC0415
+            from .models import load_model  # noqa: PLC0415
 
-            module = load_nnunet_fold(Path(spec["model_folder"]), spec["fold"], spec["checkpoint"]).network
+            module = load_model(spec["source"]).network
         elif backend == "torch_arch":  # a network built from a JSON description (random weights)
             from .realistic import build_network  # noqa: PLC0415
 
@@ -275,20 +275,20 @@ def tune_onnxruntime(spec: dict[str, Any], shape: tuple[int, ...], threads: int,
             "candidates": tried}
 
 
-def benchmark_fold(model_folder: str, fold: str, checkpoint: str,
+def benchmark_fold(source: dict[str, Any],
                    variants: dict[str, dict[str, str]], *, threads: int, warmup: int,
                    repeats: int, sweep_variants: list[str] | tuple[str, ...] = (),
                    sweep_batch: int = 2, tune: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Torch eager (the baseline) and every variant of a fold, at the fold's patch size; the ONNX
     Runtime variants named in ``tune`` first get their session settings searched (the timed run
     then uses the chosen ones); then a thread and batch sweep of ``sweep_variants``."""
-    from .models import load_nnunet_fold  # noqa: PLC0415
+    from .models import load_model  # noqa: PLC0415
 
-    shape = load_nnunet_fold(Path(model_folder), fold, checkpoint).input_shape
-    specs: dict[str, dict[str, Any]] = {
-        "torch_eager": {"backend": "torch", "model_folder": str(model_folder), "fold": str(fold),
-                        "checkpoint": checkpoint},
-    }
+    loaded = load_model(source)
+    shape = loaded.input_shape
+    if "batch" not in loaded.dynamic_axes:
+        sweep_batch = 1  # a fixed-batch export runs batch 1 only
+    specs: dict[str, dict[str, Any]] = {"torch_eager": {"backend": "torch", "source": dict(source)}}
     for name, variant in variants.items():
         backend = variant.get("backend") or ("torchscript" if variant["kind"] == "torchscript" else "onnxruntime")
         specs[name] = {"backend": backend, "path": variant["path"]}
@@ -300,7 +300,7 @@ def benchmark_fold(model_folder: str, fold: str, checkpoint: str,
     record = benchmark_variants(specs, shape, threads, warmup, repeats)
     for name, result in tuning.items():
         record["results"][name]["ort_settings"] = result["chosen"]
-    record.update({"model_folder": str(model_folder), "fold": str(fold), "tuning": tuning})
+    record.update({"model_folder": str(loaded.model_folder), "fold": loaded.fold, "tuning": tuning})
     if sweep_variants:
         record["sweep"] = sweep(specs, sweep_variants, tuple(shape), threads, sweep_batch,
                                 min(warmup, 1), max(3, repeats // 4))

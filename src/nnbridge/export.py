@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,16 @@ def check_spatial_shape(spatial: tuple[int, ...], multiple: tuple[int, ...]) -> 
 
 
 def probe_shapes(fold: LoadedFold) -> list[tuple[int, ...]]:
-    """Two valid input shapes: the patch, and the patch grown by one stride on the first axis."""
+    """Two valid input shapes: the patch, and the patch grown by one stride on the first axis
+    (or batch 2 when only the batch axis is dynamic; just the patch when nothing is)."""
     first = fold.input_shape
     grown = list(first)
-    grown[2] += fold.stride_multiple[0]
+    if "spatial" in fold.dynamic_axes:
+        grown[2] += fold.stride_multiple[0]
+    elif "batch" in fold.dynamic_axes:
+        grown[0] = 2
+    else:
+        return [first]
     return [first, tuple(grown)]
 
 
@@ -60,20 +67,25 @@ def fold_metadata(fold: LoadedFold, opset: int) -> dict[str, str]:
     meta = {
         "source_checkpoint": str(fold.checkpoint_path),
         "source_sha256": fold.checkpoint_sha256,
-        "model_kind": "nnunet",
-        "trainer": fold.trainer_name,
-        "configuration": fold.configuration,
+        "model_kind": fold.kind,
         "fold": fold.fold,
         "patch_size": json.dumps(list(fold.patch_size)),
         "stride_multiple": json.dumps(list(fold.stride_multiple)),
+        "dynamic_axes": json.dumps(list(fold.dynamic_axes)),
         "num_input_channels": str(fold.num_input_channels),
         "num_outputs": str(fold.num_outputs),
         "mirror_axes": json.dumps(list(fold.mirror_axes)),
-        "plans": json.dumps(fold.plans),
-        "dataset_json": json.dumps(fold.dataset_json),
         "opset": str(opset),
         "versions": json.dumps(software_versions()),
     }
+    if fold.kind == "nnunet":
+        meta.update(trainer=fold.trainer_name, configuration=str(fold.configuration),
+                    plans=json.dumps(fold.plans), dataset_json=json.dumps(fold.dataset_json))
+    else:
+        meta.update(model_class=fold.trainer_name,
+                    init_kwargs=json.dumps(fold.source.get("init_kwargs") or {}),
+                    checkpoint_format=str(fold.source.get("format", "state_dict")),
+                    labels=json.dumps(fold.labels), region_based=json.dumps(fold.region_based))
     return {META_PREFIX + k: v for k, v in meta.items()}
 
 
@@ -136,23 +148,41 @@ def verify_torchscript_weights(module: torch.jit.ScriptModule,
     }
 
 
+def refuse_unproven(weight_proof: dict[str, Any], out_path: Path) -> None:
+    """An artifact that does not carry the checkpoint's weights is deleted, never shipped."""
+    if not weight_proof["ok"]:
+        Path(out_path).unlink(missing_ok=True)
+        raise NNBridgeError(f"{out_path}: {weight_proof['summary']}; the export does not carry the "
+                            "checkpoint's weights, so it was deleted")
+
+
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
 
 def write_onnx(network: torch.nn.Module, dummy: torch.Tensor, out_path: Path, opset: int,
-               metadata: dict[str, str]) -> onnx.ModelProto:
-    """Export ``network`` traced at ``dummy`` with the legacy exporter (fp32, dynamic batch and
-    spatial axes), check the graph and store ``metadata`` (keys with :data:`META_PREFIX`)."""
+               metadata: dict[str, str],
+               dynamic_axes: tuple[str, ...] = ("batch", "spatial")) -> onnx.ModelProto:
+    """Export ``network`` traced at ``dummy`` with the legacy exporter (fp32; the batch and/or
+    spatial axes dynamic), check the graph and store ``metadata`` (keys with :data:`META_PREFIX`)."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    spatial_names = {i + 2: f"spatial_{i}" for i in range(dummy.dim() - 2)}
-    dynamic = {INPUT_NAME: {0: "batch", **spatial_names}, OUTPUT_NAME: {0: "batch", **spatial_names}}
-    with torch.no_grad():
+    axes = {0: "batch"} if "batch" in dynamic_axes else {}
+    if "spatial" in dynamic_axes:
+        axes.update({i + 2: f"spatial_{i}" for i in range(dummy.dim() - 2)})
+    dynamic = {INPUT_NAME: axes, OUTPUT_NAME: dict(axes)} if axes else None
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch warns that folding may alter parameters in training mode; the network is in eval
+        # mode, and the weight proof checks every parameter of the graph anyway
+        warnings.filterwarnings("ignore", message="It is recommended that constant folding be turned off")
         torch.onnx.export(
             network, (dummy,), str(out_path), dynamo=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
             do_constant_folding=True,
+            # the network is in eval mode; PRESERVE (not EVAL) keeps BatchNormalization nodes
+            # instead of folding them into the convolutions, so every checkpoint tensor stays an
+            # initializer the weight proof can find (onnxsim and the runtimes fuse them later)
+            training=torch.onnx.TrainingMode.PRESERVE,
         )
     model = onnx.load(str(out_path))
     onnx.checker.check_model(model)
@@ -171,9 +201,11 @@ def export_onnx(fold: LoadedFold, out_path: Path, opset: int = 17, seed: int = 0
     out_path = Path(out_path)
     generator = torch.Generator().manual_seed(seed)
     dummy = torch.randn(fold.input_shape, generator=generator)
-    model = write_onnx(fold.network, dummy, out_path, opset, fold_metadata(fold, opset))
+    model = write_onnx(fold.network, dummy, out_path, opset, fold_metadata(fold, opset),
+                       fold.dynamic_axes)
     weight_proof = verify_onnx_weights(model, fold.weights,
                                        unused_at_inference(fold.network, fold.input_shape))
+    refuse_unproven(weight_proof, out_path)
 
     session = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
     shape_checks = []
@@ -190,6 +222,9 @@ def export_onnx(fold: LoadedFold, out_path: Path, opset: int = 17, seed: int = 0
         "opset": opset,
         "weights": weight_proof,
         "shape_checks": shape_checks,
+        "source": {"kind": fold.kind, "checkpoint": str(fold.checkpoint_path),
+                   "sha256": fold.checkpoint_sha256, "model": fold.trainer_name,
+                   "weights_origin": fold.weights_origin},
     }
 
 
@@ -200,12 +235,16 @@ def export_torchscript(fold: LoadedFold, out_path: Path, seed: int = 0) -> dict[
     out_path.parent.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     dummy = torch.randn(fold.input_shape, generator=generator)
-    with torch.no_grad():
-        traced = torch.jit.trace(fold.network, (dummy,), check_trace=False)
+    if isinstance(fold.network, torch.jit.ScriptModule):  # the source is TorchScript already
+        traced = fold.network
+    else:
+        with torch.no_grad():
+            traced = torch.jit.trace(fold.network, (dummy,), check_trace=False)
     extra = {"nnbridge.json": json.dumps(fold_metadata(fold, opset=0))}
     torch.jit.save(traced, str(out_path), _extra_files=extra)
     loaded = torch.jit.load(str(out_path), map_location="cpu")
     weight_proof = verify_torchscript_weights(loaded, fold.weights)
+    refuse_unproven(weight_proof, out_path)
     shape_checks = []
     for shape in probe_shapes(fold):
         x = torch.randn(shape, generator=generator)

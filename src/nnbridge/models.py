@@ -12,7 +12,6 @@ import hashlib
 import inspect
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
 COMPILED_PREFIX = "_orig_mod."
 
 
-def _checkpoint_safe_globals() -> list[Any]:
+def checkpoint_safe_globals() -> list[Any]:
     """Types found in nnU-Net v2 checkpoints besides tensors and builtins.
 
     nnU-Net stores numpy scalars and dtypes in ``logging`` / ``_best_ema``; nothing else is
@@ -44,19 +43,15 @@ def _checkpoint_safe_globals() -> list[Any]:
     return allowed
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read an nnU-Net checkpoint with ``weights_only=True`` and nnU-Net's allow-list."""
+def load_checkpoint(path: Path, *, trusted: bool = False) -> dict[str, Any]:
+    """Read an nnU-Net checkpoint with ``weights_only=True`` and nnU-Net's allow-list (in full
+    only when the config marks the model ``trusted``)."""
+    from .plainmodels import read_torch_file  # noqa: PLC0415
+
     path = Path(path)
     if not path.is_file():
         raise NNBridgeError(f"{path}: checkpoint not found; train that fold or fix `folds:` in the config")
-    if not zipfile.is_zipfile(path):
-        raise NNBridgeError(f"{path}: not a torch checkpoint (corrupt or truncated file); re-copy it")
-    try:
-        with torch.serialization.safe_globals(_checkpoint_safe_globals()):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError / RuntimeError with long texts
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NNBridgeError(f"{path}: refused by safe loading ({first})") from exc
+    checkpoint = read_torch_file(path, trusted=trusted, config_key="this model in the config's models:")
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise NNBridgeError(f"{path}: no 'network_weights' key; this is not an nnU-Net v2 checkpoint")
     return checkpoint
@@ -125,6 +120,28 @@ def verify_state(network: torch.nn.Module, reference: dict[str, torch.Tensor]) -
     return check
 
 
+def load_strictly(network: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path,
+                  built_from: str, fix: str) -> None:
+    """``load_state_dict(strict=True)`` (no missing or unexpected key), then eval mode; a
+    mismatch names the checkpoint, the first keys and ``fix``."""
+    try:
+        network.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise NNBridgeError(
+            f"{path}: weights do not fit {built_from} ({' '.join(first[:2])[:300]}); {fix}"
+        ) from exc
+    network.eval()
+
+
+def verified(network: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> WeightCheck:
+    """:func:`verify_state`, raising with the first mismatching tensor unless all match."""
+    check = verify_state(network, weights)
+    if not check.ok:
+        raise NNBridgeError(f"{path}: {check.summary()}")
+    return check
+
+
 def find_trainer_class(trainer_name: str) -> type:
     """Locate a trainer class the way nnU-Net does, with nnbridge's own trainers appended."""
     from .demo import TRAINER_DIR  # noqa: PLC0415
@@ -146,16 +163,16 @@ def find_trainer_class(trainer_name: str) -> type:
 
 @dataclass
 class LoadedFold:
-    """A trained nnU-Net fold, ready for export."""
+    """A trained network ready for export: an nnU-Net fold or a plain PyTorch model."""
 
     model_folder: Path
     fold: str
     checkpoint_path: Path
     checkpoint_sha256: str
     network: torch.nn.Module
-    plans: dict[str, Any]
-    dataset_json: dict[str, Any]
-    configuration: str
+    plans: dict[str, Any] | None
+    dataset_json: dict[str, Any] | None
+    configuration: str | None
     trainer_name: str
     patch_size: tuple[int, ...]
     num_input_channels: int
@@ -165,6 +182,14 @@ class LoadedFold:
     region_based: bool
     weights: dict[str, torch.Tensor]
     weight_check: WeightCheck
+    kind: str = "nnunet"
+    dynamic_axes: tuple[str, ...] = ("batch", "spatial")
+    labels: dict[str, Any] | None = None
+    """Label name → class index (or region list) for plain models; nnU-Net's come from dataset.json."""
+    source: dict[str, Any] = field(default_factory=dict)
+    """How the model was loaded (the config entry), stored in the artifacts' metadata."""
+    weights_origin: str = "nnU-Net checkpoint (network_weights)"
+    """Where in the checkpoint the weights were found (after removing prefixes)."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -174,7 +199,8 @@ class LoadedFold:
     @property
     def label_names(self) -> dict[int, str]:
         """Class index → label name; for region-based models, output channel → region name."""
-        return label_names(self.dataset_json["labels"], self.region_based)
+        labels = self.dataset_json["labels"] if self.dataset_json is not None else self.labels
+        return label_names(labels, self.region_based)
 
 
 def fold_dirname(fold: str | int) -> str:
@@ -196,7 +222,8 @@ def total_stride(pool_op_kernel_sizes: list[list[int]] | tuple) -> tuple[int, ..
 
 
 def load_nnunet_fold(
-    model_folder: Path, fold: str | int, checkpoint_name: str = "checkpoint_final.pth"
+    model_folder: Path, fold: str | int, checkpoint_name: str = "checkpoint_final.pth",
+    trusted: bool = False,
 ) -> LoadedFold:
     """Build the fold's network as nnU-Net's predictor does and load its weights strictly."""
     from nnunetv2.utilities.label_handling.label_handling import (  # noqa: PLC0415
@@ -206,7 +233,7 @@ def load_nnunet_fold(
 
     model_folder = Path(model_folder)
     checkpoint_path = model_folder / fold_dirname(fold) / checkpoint_name
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path, trusted=trusted)
     plans = read_json(model_folder / "plans.json")
     dataset_json = read_json(model_folder / "dataset.json")
     configuration = checkpoint["init_args"]["configuration"]
@@ -232,18 +259,9 @@ def load_nnunet_fold(
             enable_deep_supervision=False,
         )
     weights = strip_prefixes(checkpoint["network_weights"])
-    try:
-        network.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise NNBridgeError(
-            f"{checkpoint_path}: weights do not fit the network built from plans.json "
-            f"({' '.join(first[:2])[:300]}); check that plans.json belongs to this checkpoint"
-        ) from exc
-    network.eval()
-    check = verify_state(network, weights)
-    if not check.ok:
-        raise NNBridgeError(f"{checkpoint_path}: {check.summary()}")
+    load_strictly(network, weights, checkpoint_path, "the network built from plans.json",
+                  "check that plans.json belongs to this checkpoint")
+    check = verified(network, weights, checkpoint_path)
     mirror_axes = checkpoint.get("inference_allowed_mirroring_axes") or ()
     return LoadedFold(
         model_folder=model_folder,
@@ -263,4 +281,79 @@ def load_nnunet_fold(
         region_based=bool(label_manager.has_regions),
         weights=weights,
         weight_check=check,
+    )
+
+
+def nnunet_source(model_folder: str | Path, fold: str | int, checkpoint: str = "checkpoint_final.pth",
+                  trusted: bool = False) -> dict[str, Any]:
+    """The source description of an nnU-Net fold (what :func:`load_model` takes)."""
+    return {"kind": "nnunet", "folder": str(model_folder), "fold": str(fold),
+            "checkpoint": checkpoint, "trusted": bool(trusted)}
+
+
+def load_model(source: dict[str, Any]) -> LoadedFold:
+    """Load what a config ``models:`` entry describes, for one fold (see ``workflow_plan``)."""
+    if source.get("kind", "nnunet") == "nnunet":
+        return load_nnunet_fold(Path(source["folder"]), source["fold"],
+                                source.get("checkpoint", "checkpoint_final.pth"),
+                                trusted=bool(source.get("trusted", False)))
+    return load_plain_model(source)
+
+
+def _per_axis(value: int | list[int], dims: int, what: str, where: str) -> tuple[int, ...]:
+    values = [int(value)] * dims if isinstance(value, int) else [int(v) for v in value]
+    if len(values) != dims or min(values) < 1:
+        raise NNBridgeError(f"{where}: `{what}` must be a positive integer or {dims} of them")
+    return tuple(values)
+
+
+def load_plain_model(source: dict[str, Any]) -> LoadedFold:
+    """A plain PyTorch model from its config entry: network, weights proven, shapes checked."""
+    from .plainmodels import build_plain_network  # noqa: PLC0415
+
+    where = f"model {source.get('name', source['checkpoint'])!r}"
+    network, weights, found = build_plain_network(source, where)
+    check = verified(network, weights, Path(source["checkpoint"]))
+    example = tuple(int(s) for s in source["example_size"])
+    multiple = _per_axis(source.get("spatial_multiple", 1), len(example), "spatial_multiple", where)
+    channels = int(source["input_channels"])
+    with torch.no_grad():
+        out = network(torch.zeros((1, channels, *example)))
+    if isinstance(out, (list, tuple)):
+        raise NNBridgeError(
+            f"{where}: forward returns {len(out)} outputs (deep supervision on?); build the model "
+            "with one output in `init_kwargs:`"
+        )
+    if tuple(out.shape[2:]) != example:
+        raise NNBridgeError(f"{where}: output spatial size {tuple(out.shape[2:])} differs from the input's {example}")
+    num_outputs = int(out.shape[1])
+    region_based = source.get("output", "softmax") == "sigmoid"
+    labels = source.get("labels") or (
+        {f"channel_{i}": [i] if region_based else i for i in range(num_outputs)}
+        if region_based else {"background": 0, **{f"class_{i}": i for i in range(1, num_outputs)}}
+    )
+    checkpoint = Path(source["checkpoint"])
+    return LoadedFold(
+        model_folder=checkpoint.parent,
+        fold=str(source.get("fold", "all")),
+        checkpoint_path=checkpoint,
+        checkpoint_sha256=sha256_file(checkpoint),
+        network=network,
+        plans=None,
+        dataset_json=None,
+        configuration=None,
+        trainer_name=str(source.get("class") or found),
+        patch_size=example,
+        num_input_channels=channels,
+        num_outputs=num_outputs,
+        mirror_axes=tuple(int(a) for a in source.get("mirror_axes") or ()),
+        stride_multiple=multiple,
+        region_based=region_based,
+        weights=weights,
+        weight_check=check,
+        kind="pytorch",
+        dynamic_axes=tuple(source.get("dynamic_axes", ("batch", "spatial"))),
+        labels=labels,
+        source={k: v for k, v in source.items() if k not in ("fold",)},
+        weights_origin=found,
     )

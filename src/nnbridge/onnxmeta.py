@@ -38,8 +38,13 @@ def is_region_based(labels: dict[str, Any]) -> bool:
 
 def output_labels(path: Path) -> tuple[dict[int, str], bool]:
     """Label names and region-based flag of an exported model, from the nnU-Net ``dataset.json``
-    in its metadata; without it, classes ``0..C-1`` of the output (softmax / argmax)."""
-    dataset = json.loads(read_metadata(path).get("dataset_json", "null") or "null")
+    (or a plain model's configured labels) in its metadata; without them, classes ``0..C-1`` of
+    the output (softmax / argmax)."""
+    meta = read_metadata(path)
+    dataset = json.loads(meta.get("dataset_json", "null") or "null")
+    if meta.get("labels"):  # a plain PyTorch model: labels and output type as configured
+        region_based = json.loads(meta.get("region_based", "false"))
+        return label_names(json.loads(meta["labels"]), region_based), region_based
     if dataset:
         labels = dataset.get("labels", {})
         region_based = is_region_based(labels)

@@ -101,22 +101,21 @@ def validate_variant(ref: np.ndarray, test: np.ndarray, label_names: dict[int, s
 
 
 def validate_fold(
-    model_folder: str,
-    fold: str,
-    checkpoint: str,
+    source: dict[str, Any],
     heldout_patches: np.ndarray,
     variants: dict[str, dict[str, str]],
     tolerances: dict[str, dict[str, Any]],
     threads: int = 0,
 ) -> dict[str, Any]:
     """Gate every variant (``{name: {"kind": "onnx"|"torchscript", "path": ...}}``) against eager
-    PyTorch on held-out patches. A failing variant is recorded, never raised."""
+    PyTorch (the model ``source`` describes, see :func:`nnbridge.models.load_model`) on held-out
+    patches. A failing variant is recorded, never raised."""
     from pathlib import Path  # noqa: PLC0415
 
-    from .models import load_nnunet_fold  # noqa: PLC0415
+    from .models import load_model  # noqa: PLC0415
     from .onnxrun import run_torch, run_variant  # noqa: PLC0415
 
-    loaded = load_nnunet_fold(Path(model_folder), fold, checkpoint)
+    loaded = load_model(source)
     reference = run_torch(loaded.network, heldout_patches)
     results: dict[str, Any] = {}
     for name, variant in variants.items():
@@ -133,8 +132,8 @@ def validate_fold(
         results[name]["kind"] = variant["kind"]
         results[name]["backend"] = variant.get("backend", "onnxruntime")
     return {
-        "model_folder": str(model_folder),
-        "fold": str(fold),
+        "model_folder": str(loaded.model_folder),
+        "fold": loaded.fold,
         "reference": "torch eager (checkpoint loaded strictly)",
         "n_patches": int(len(heldout_patches)),
         "patch_shape": list(heldout_patches.shape[1:]),

@@ -114,8 +114,27 @@ def configuration_of(model_folder: Path) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
+def patch_source(source: dict[str, Any], preprocessed_dataset_dir: Path) -> tuple[Path, tuple[int, ...]]:
+    """(preprocessed data folder, patch size) of a model: nnU-Net's from its plans and
+    configuration, a plain model's from its ``data_identifier`` and ``example_size``."""
+    if source.get("kind", "nnunet") != "nnunet":
+        if not source.get("data_identifier"):
+            raise NNBridgeError(
+                f"model {source.get('name')!r}: `data_identifier:` missing (the folder inside "
+                f"{preprocessed_dataset_dir} that holds the preprocessed cases, e.g. nnUNetPlans_3d_fullres)"
+            )
+        return Path(preprocessed_dataset_dir) / source["data_identifier"], tuple(source["example_size"])
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: PLC0415
+
+    model_folder = Path(source["folder"])
+    _trainer, _plans, configuration = configuration_of(model_folder)
+    plans = json.loads((model_folder / "plans.json").read_text())
+    cm = PlansManager(plans).get_configuration(configuration)
+    return Path(preprocessed_dataset_dir) / cm.data_identifier, tuple(int(p) for p in cm.patch_size)
+
+
 def write_patch_sets(
-    model_folder: Path,
+    source: dict[str, Any],
     preprocessed_dataset_dir: Path,
     fold: str,
     calibration_out: Path,
@@ -126,28 +145,56 @@ def write_patch_sets(
     seed: int,
     foreground_fraction: float,
 ) -> dict[str, Any]:
-    """Calibration patches from the fold's training cases, held-out ones from its validation cases."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: PLC0415
-
-    _trainer, _plans, configuration = configuration_of(model_folder)
-    plans = json.loads((Path(model_folder) / "plans.json").read_text())
-    cm = PlansManager(plans).get_configuration(configuration)
-    data_folder = Path(preprocessed_dataset_dir) / cm.data_identifier
+    """Calibration patches from the fold's training cases, held-out ones from its validation
+    cases (``source`` as :func:`nnbridge.models.load_model` takes it)."""
+    data_folder, patch_size = patch_source(source, preprocessed_dataset_dir)
     train_cases, val_cases = fold_cases(Path(preprocessed_dataset_dir), fold)
-    summary: dict[str, Any] = {"patch_size": list(cm.patch_size), "data_folder": str(data_folder),
+    summary: dict[str, Any] = {"patch_size": list(patch_size), "data_folder": str(data_folder),
                                "fold": fold}
     for name, out, cases, n, s in (
         ("calibration", calibration_out, train_cases, n_calibration, seed),
         ("heldout", heldout_out, val_cases, n_heldout, seed + 1),
     ):
-        patches, origins = sample_patches(data_folder, cases, tuple(cm.patch_size), n, s,
-                                          foreground_fraction)
+        patches, origins = sample_patches(data_folder, cases, patch_size, n, s, foreground_fraction)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out, patches=patches, cases=np.array(origins))
         summary[name] = {"n": int(n), "cases": sorted(set(origins)), "seed": s}
     overlap = set(summary["calibration"]["cases"]) & set(summary["heldout"]["cases"])
     if overlap and fold != "all":
         raise NNBridgeError(f"calibration and held-out patches share cases {sorted(overlap)}")
+    return summary
+
+
+def read_patch_file(path: Path, channels: int, spatial: tuple[int, ...]) -> np.ndarray:
+    """User-given patches (``.npy``, or ``.npz`` with a ``patches`` array): (N, C, *spatial)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NNBridgeError(f"{path}: patch file not found; fix `patches:` of the model in the config")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as archive:
+                array = archive["patches"] if "patches" in archive else archive[archive.files[0]]
+        else:
+            array = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy's errors vary by corruption
+        raise NNBridgeError(f"{path}: not a readable .npy/.npz array ({exc})") from exc
+    want = (channels, *spatial)
+    if array.ndim != len(want) + 1 or tuple(array.shape[1:2]) != (channels,):
+        raise NNBridgeError(f"{path}: patches of shape {array.shape}; expected (N, {', '.join(map(str, want))})")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def copy_patch_sets(calibration_in: Path, heldout_in: Path, calibration_out: Path, heldout_out: Path,
+                    *, channels: int, spatial: tuple[int, ...], n_calibration: int,
+                    n_heldout: int) -> dict[str, Any]:
+    """Patches the user supplies as arrays (models without nnU-Net preprocessed data)."""
+    summary: dict[str, Any] = {"patch_size": list(spatial), "data_folder": None, "fold": None}
+    for name, src, out, n in (("calibration", calibration_in, calibration_out, n_calibration),
+                              ("heldout", heldout_in, heldout_out, n_heldout)):
+        patches = read_patch_file(Path(src), channels, spatial)[:n]
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out, patches=patches, cases=np.array([Path(src).name] * len(patches)))
+        summary[name] = {"n": int(len(patches)), "cases": [str(src)], "seed": None}
     return summary
 
 

@@ -76,17 +76,31 @@ def _median(values: list[float]) -> float | None:
 
 
 def overview_table(folds: list[dict[str, Any]]) -> Table | None:
-    """Per variant across folds: gates passed, worst Dice vs torch, median latency and speed-ups.
+    """Per model and variant across its folds: gates passed, worst Dice vs torch, median
+    latency and speed-ups (a model column when the report holds several models).
 
     Speed-ups are the median over folds of the per-fold ratios (each ratio from one run).
     """
+    models: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in folds:
+        models.setdefault((e["dataset"], e["model"]), []).append(e)
+    rows = []
+    for (dataset, model), group in models.items():
+        prefix = [f"{dataset} / {model}"] if len(models) > 1 else []
+        rows += [prefix + row for row in _overview_rows(group)]
+    if not rows:
+        return None
+    header = ["variant", "gate (folds)", "worst class Dice vs torch", "median p50 ms",
+              "speed-up vs torch eager", "speed-up vs ONNX fp32", "% of fp32 peak"]
+    return (["model"] if len(models) > 1 else []) + header, rows
+
+
+def _overview_rows(folds: list[dict[str, Any]]) -> list[list[str]]:
     names: list[str] = []
     for e in folds:
         for n in [*((e["benchmark"] or {}).get("results", {})), *((e["parity"] or {}).get("variants", {}))]:
             if n not in names:
                 names.append(n)
-    if not names:
-        return None
     rows = []
     for name in names:
         gates = [(e["parity"] or {}).get("variants", {}).get(name) for e in folds]
@@ -104,8 +118,7 @@ def overview_table(folds: list[dict[str, Any]]) -> Table | None:
             else f"FAIL in {len(gates) - passed}/{len(gates)}"
         rows.append([name, gate, _fmt(worst) if gates else "–", _fmt(_median(p50), 3),
                      _fmt(_median(vs_eager), 3), _fmt(_median(vs_fp32), 3), _fmt(_median(pct), 1)])
-    return ["variant", "gate (folds)", "worst class Dice vs torch", "median p50 ms",
-            "speed-up vs torch eager", "speed-up vs ONNX fp32", "% of fp32 peak"], rows
+    return rows
 
 
 def validation_table(folds: list[dict[str, Any]]) -> Table | None:
@@ -139,7 +152,9 @@ def weights_table(folds: list[dict[str, Any]]) -> Table:
             checks = rec.get("shape_checks", [])
             worst = max((c["max_abs_err"] for c in checks), default=None)
             shapes = "; ".join("x".join(str(s) for s in c["shape"][2:]) for c in checks)
-            rows.append([_fold_label(e), name, rec["weights"]["summary"], shapes, _fmt(worst)])
+            source = rec.get("source", {})
+            origin = f" ({source['kind']}: {source['weights_origin']})" if source and name == "ONNX fp32" else ""
+            rows.append([_fold_label(e), name, rec["weights"]["summary"] + origin, shapes, _fmt(worst)])
         simp = e["simplify"]
         if simp:
             state = (f"simplified by {simp.get('tool') or 'onnxsim'}, outputs verified"

@@ -11,10 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import NNBridgeError
+
 
 @contextlib.contextmanager
 def logged(log_path: str | Path) -> Iterator[None]:
-    """Redirect stdout and stderr to ``log_path``; a failure's traceback ends up there too."""
+    """Redirect stdout and stderr to ``log_path``; a failure's traceback ends up there too, and
+    an :class:`NNBridgeError`'s one-line cause also on the original stderr (the console)."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     open(log_path, "w").close()  # start empty; append mode lets subprocesses share the file
     with open(log_path, "a", buffering=1) as handle:
@@ -22,8 +25,11 @@ def logged(log_path: str | Path) -> Iterator[None]:
         sys.stdout = sys.stderr = handle
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             traceback.print_exc(file=handle)
+            if isinstance(exc, NNBridgeError):  # the one-line cause, also where the user looks
+                for stream in (handle, old[1]):
+                    print(f"nnbridge error: {exc}", file=stream, flush=True)
             raise
         finally:
             sys.stdout, sys.stderr = old

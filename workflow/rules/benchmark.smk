@@ -10,8 +10,7 @@ rule benchmark:
             labels={"model": "{model}", "fold": "{fold}", "file": "benchmark"},
         ),
     params:
-        model_folder=lambda wildcards: get_model(wildcards).folder,
-        checkpoint=lambda wildcards: get_model(wildcards).checkpoint,
+        source=get_source,
         variants=get_variants,
         threads=lookup(dpath="benchmark/threads", within=config),
         warmup=lookup(dpath="benchmark/warmup", within=config),
@@ -19,7 +18,9 @@ rule benchmark:
         sweep=lookup(dpath="benchmark/sweep", within=config),
         sweep_batch=lookup(dpath="benchmark/sweep_batch", within=config),
         tune=lookup(dpath="benchmark/tune", within=config),
-        code=code_version("bench", "onnxrun", "models", "onnxmeta", "coverage", "opprofile"),
+        code=code_version(
+            "bench", "onnxrun", "models", "plainmodels", "onnxmeta", "coverage", "opprofile"
+        ),
     log:
         "logs/{dataset}/{model}/fold_{fold}/benchmark.log",
     benchmark:

@@ -33,7 +33,9 @@ DEMO_PREPROCESSED = f"{DEMO_ROOT}/nnUNet_preprocessed/{DEMO_DATASET_NAME}"
 DEMO_MODEL_FOLDER = f"{DEMO_ROOT}/nnUNet_results/{DEMO_DATASET_NAME}/{DEMO_TRAINER}__{DEMO_PLANS}__{DEMO_CONFIGURATION}"
 
 try:
-    MODELS = discover_models(config["models"], demo_folder=DEMO_MODEL_FOLDER)
+    MODELS = discover_models(
+        config["models"], demo_folder=DEMO_MODEL_FOLDER, quantize_names=list(config["quantize"])
+    )
 except NNBridgeError as error:
     raise WorkflowError(str(error)) from None
 
@@ -51,6 +53,7 @@ wildcard_constraints:
     dataset="|".join(sorted({re.escape(k.dataset) for k in FOLD_KEYS})),
     model="|".join(sorted({re.escape(k.model) for k in FOLD_KEYS})),
     fold="[0-9]+|all",
+    net="unet|unetpp",
     qvariant="|".join(config["quantize"]) or "__none__",
 
 
@@ -67,29 +70,50 @@ def get_model(wildcards):
     return MODELS[f"{wildcards.dataset}/{wildcards.model}"]
 
 
+DEMO_NETS_DIR = f"{DEMO_ROOT}/pytorch"
+
+
+def demo_plain_entry(net):
+    """The config entry of the plain PyTorch demo model whose checkpoint is <demo root>/pytorch/<net>.pth."""
+    for model in MODELS.values():
+        if model.kind == "pytorch" and model.checkpoint == f"{DEMO_NETS_DIR}/{net}.pth":
+            return model.entry
+    raise WorkflowError(f"no models: entry has checkpoint {DEMO_NETS_DIR}/{net}.pth")
+
+
+def get_source(wildcards):
+    """What nnbridge.models.load_model takes for this fold (an nnU-Net fold or a plain model)."""
+    return get_model(wildcards).source(wildcards.fold)
+
+
 def get_fold_inputs(wildcards):
-    """Checkpoint of the fold plus the model folder's plans.json and dataset.json."""
+    """The fold's checkpoint, plus plans.json and dataset.json for an nnU-Net model folder."""
     model = get_model(wildcards)
-    return {
-        "checkpoint": f"{model.folder}/fold_{wildcards.fold}/{model.checkpoint}",
-        "plans": f"{model.folder}/plans.json",
-        "dataset": f"{model.folder}/dataset.json",
-    }
+    inputs = {"checkpoint": model.checkpoint_of(wildcards.fold)}
+    if model.kind == "nnunet":
+        inputs["plans"] = f"{model.folder}/plans.json"
+        inputs["dataset"] = f"{model.folder}/dataset.json"
+    return inputs
 
 
 def get_preprocessed_inputs(wildcards):
-    """Fold inputs plus the dataset's nnU-Net split (calibration/held-out cases come from it)."""
+    """Fold inputs plus where its patches come from: the dataset's nnU-Net split (calibration
+    and held-out cases), or the arrays a plain model's entry names."""
     model = get_model(wildcards)
+    if model.preprocessed:
+        return {**get_fold_inputs(wildcards), "splits": f"{model.preprocessed}/splits_final.json"}
+    patches = model.entry["patches"]
     return {
         **get_fold_inputs(wildcards),
-        "splits": f"{model.preprocessed}/splits_final.json",
+        "calibration_in": patches["calibration"],
+        "heldout_in": patches["heldout"],
     }
 
 
 def get_variants(wildcards):
     """Every deployable variant of a fold: name -> {kind, path}."""
     key = FoldKey(wildcards.dataset, wildcards.model, wildcards.fold)
-    return fold_variants(RESULTS, key, config)
+    return fold_variants(RESULTS, key, config, get_model(wildcards).quantize)
 
 
 def get_variant_files(wildcards):
@@ -108,12 +132,17 @@ def get_validation_summaries():
     return out
 
 
+def bundled(model):
+    """Models that get a bundle (nnbridge predict reproduces nnUNetv2_predict: nnU-Net models)."""
+    return model.kind == "nnunet"
+
+
 def get_bundle_folds(wildcards):
     """Per fold of a model: the shipped variants' ONNX files, its parity and benchmark JSON."""
     model = get_model(wildcards)
     folds = {}
     for key in model.fold_keys():
-        variants = fold_variants(RESULTS, key, config)
+        variants = fold_variants(RESULTS, key, config, model.quantize)
         folds[key.fold] = {
             "files": {name: variants[name]["path"] for name in BUNDLE_VARIANTS},
             "parity": f"{key.dir(RESULTS)}/validate/parity.json",
@@ -141,7 +170,9 @@ def case_parity_keys():
     return [
         key
         for key in FOLD_KEYS
-        if MODELS[f"{key.dataset}/{key.model}"].raw and key.fold != "all"
+        if bundled(MODELS[f"{key.dataset}/{key.model}"])
+        and MODELS[f"{key.dataset}/{key.model}"].raw
+        and key.fold != "all"
     ]
 
 
@@ -168,6 +199,7 @@ def get_report_entries():
     """Per fold: where each stage's JSON lives (the report reads them all)."""
     entries = []
     for key in FOLD_KEYS:
+        model = MODELS[f"{key.dataset}/{key.model}"]
         base = key.dir(RESULTS)
         entries.append(
             {
@@ -181,14 +213,23 @@ def get_report_entries():
                     else None
                 ),
                 "simplify": f"{base}/simplify/simplify.json",
-                "quantize": {q: f"{base}/quantize/{q}.json" for q in config["quantize"]},
+                "quantize": {
+                    q: f"{base}/quantize/{q}.json"
+                    for q in config["quantize"]
+                    if model.quantize is None or q in model.quantize
+                },
                 "parity": f"{base}/validate/parity.json",
                 "benchmark": f"{base}/benchmark/benchmark.json",
                 "validation_summary": get_validation_summaries().get(key.label),
                 "case_parity": (
                     f"{base}/case_parity/case_parity.json" if key in case_parity_keys() else None
                 ),
-                "bundle": f"{RESULTS}/{key.dataset}/{key.model}/bundle/bundle.json",
+                "bundle": (
+                    f"{RESULTS}/{key.dataset}/{key.model}/bundle/bundle.json"
+                    if bundled(model)
+                    else None
+                ),
+                "kind": model.kind,
             }
         )
     return entries
@@ -212,7 +253,8 @@ def get_report_inputs(wildcards):
             files.append(entry["validation_summary"])
         if entry["case_parity"]:
             files.append(entry["case_parity"])
-        files.append(entry["bundle"])
+        if entry["bundle"]:
+            files.append(entry["bundle"])
     return files
 
 

@@ -126,3 +126,32 @@ rule demo_collect_meta:
     shell:
         "(cp {input.plans} {output.plans} && cp {input.dataset_json} {output.dataset_json}"
         " && cp {input.fingerprint} {output.fingerprint}) 2> {log}"
+
+
+# The demo's plain PyTorch models (config models with kind: pytorch and a checkpoint under
+# <demo root>/pytorch/): a U-Net and a UNet++ trained briefly on fold 0's training cases.
+rule demo_train_pytorch:
+    input:
+        splits=rules.demo_plans.output.splits,
+        preprocessed=rules.demo_preprocess.output.done,
+    output:
+        checkpoint=f"{DEMO_ROOT}/pytorch/{{net}}.pth",
+        json=f"{DEMO_ROOT}/pytorch/{{net}}.json",
+    params:
+        preprocessed=lambda wildcards, input: Path(input.splits).parent,
+        entry=lambda wildcards: demo_plain_entry(wildcards.net),
+        steps=lookup(dpath="demo/pytorch_steps", within=config),
+        seed=lookup(dpath="demo/seed", within=config),
+        code=code_version("demo_nets"),
+    log:
+        "logs/demo/train_pytorch_{net}.log",
+    benchmark:
+        "benchmarks/demo/train_pytorch_{net}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/nnunet.yaml"
+    script:
+        "../scripts/demo_train_pytorch.py"

@@ -5,10 +5,9 @@ rule export_onnx:
         onnx=f"{FOLD_DIR}/export/model.onnx",
         json=f"{FOLD_DIR}/export/export.json",
     params:
-        model_folder=lambda wildcards: get_model(wildcards).folder,
-        checkpoint=lambda wildcards: get_model(wildcards).checkpoint,
+        source=get_source,
         opset=lookup(dpath="export/opset", within=config),
-        code=code_version("export", "models", "onnxmeta"),
+        code=code_version("export", "models", "plainmodels", "onnxmeta"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/export_onnx.log",
     benchmark:
@@ -30,9 +29,8 @@ rule export_torchscript:
         ts=f"{FOLD_DIR}/export/model.ts",
         json=f"{FOLD_DIR}/export/torchscript.json",
     params:
-        model_folder=lambda wildcards: get_model(wildcards).folder,
-        checkpoint=lambda wildcards: get_model(wildcards).checkpoint,
-        code=code_version("export", "models", "onnxmeta"),
+        source=get_source,
+        code=code_version("export", "models", "plainmodels", "onnxmeta"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/export_torchscript.log",
     benchmark:

@@ -6,7 +6,7 @@ rule patches:
         heldout=f"{FOLD_DIR}/patches/heldout.npz",
         json=f"{FOLD_DIR}/patches/patches.json",
     params:
-        model_folder=lambda wildcards: get_model(wildcards).folder,
+        source=get_source,
         preprocessed=lambda wildcards: get_model(wildcards).preprocessed,
         n_calibration=lookup(dpath="patches/calibration", within=config),
         n_heldout=lookup(dpath="patches/heldout", within=config),

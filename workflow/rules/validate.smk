@@ -10,14 +10,13 @@ rule validate:
             labels={"model": "{model}", "fold": "{fold}", "file": "parity"},
         ),
     params:
-        model_folder=lambda wildcards: get_model(wildcards).folder,
-        checkpoint=lambda wildcards: get_model(wildcards).checkpoint,
+        source=get_source,
         variants=get_variants,
         tolerances=lambda wildcards: {
             name: variant_tolerance(name, config["validate"]) for name in get_variants(wildcards)
         },
         threads=lookup(dpath="validate/threads", within=config),
-        code=code_version("parity", "onnxrun", "models", "onnxmeta"),
+        code=code_version("parity", "onnxrun", "models", "plainmodels", "onnxmeta"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/validate.log",
     benchmark:

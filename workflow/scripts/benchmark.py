@@ -3,9 +3,7 @@ from nnbridge.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
     record = benchmark_fold(
-        snakemake.params.model_folder,
-        snakemake.wildcards.fold,
-        snakemake.params.checkpoint,
+        snakemake.params.source,
         snakemake.params.variants,
         threads=snakemake.params.threads,
         warmup=snakemake.params.warmup,

@@ -1,11 +1,9 @@
 from nnbridge.export import export_onnx
-from nnbridge.models import load_nnunet_fold
+from nnbridge.models import load_model
 from nnbridge.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
-    fold = load_nnunet_fold(
-        snakemake.params.model_folder, snakemake.wildcards.fold, snakemake.params.checkpoint
-    )
+    fold = load_model(snakemake.params.source)
     print(fold.weight_check.summary())
     record = export_onnx(fold, snakemake.output.onnx, opset=snakemake.params.opset)
     record["checkpoint_weights"] = fold.weight_check.to_dict()

@@ -1,11 +1,9 @@
 from nnbridge.export import export_torchscript
-from nnbridge.models import load_nnunet_fold
+from nnbridge.models import load_model
 from nnbridge.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
-    fold = load_nnunet_fold(
-        snakemake.params.model_folder, snakemake.wildcards.fold, snakemake.params.checkpoint
-    )
+    fold = load_model(snakemake.params.source)
     record = export_torchscript(fold, snakemake.output.ts)
     write_json(snakemake.output.json, record)
     print(record["weights"]["summary"], record["shape_checks"])

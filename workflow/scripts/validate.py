@@ -4,9 +4,7 @@ from nnbridge.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
     record = validate_fold(
-        snakemake.params.model_folder,
-        snakemake.wildcards.fold,
-        snakemake.params.checkpoint,
+        snakemake.params.source,
         load_patches(snakemake.input.heldout),
         snakemake.params.variants,
         snakemake.params.tolerances,
