@@ -19,6 +19,7 @@ from nnbridge.models import load_model
 from nnbridge.onnxmeta import output_labels
 from nnbridge.parity import validate_fold
 from nnbridge.patches import copy_patch_sets, load_patches
+from nnbridge.quantize import quantize_variant
 from nnbridge.workflow_plan import discover_models
 
 KWARGS = {"in_channels": 1, "num_classes": 3, "features": [4, 8, 16]}
@@ -87,6 +88,17 @@ def test_unetpp_export_carries_the_checkpoint_weights_and_metadata(tmp_path):
     assert output_labels(tmp_path / "model.onnx") == ({0: "background", 1: "sphere", 2: "box"}, False)
     ts = export_torchscript(fold, tmp_path / "model.ts")
     assert ts["weights"]["ok"] and max(c["max_abs_err"] for c in ts["shape_checks"]) < 1e-5
+
+    # INT8 of the BatchNorm network: convolutions run in INT8, the gate measures it with labels
+    patches = np.random.default_rng(0).normal(size=(4, 1, *SIZE)).astype(np.float32)
+    quantized = quantize_variant(tmp_path / "model.onnx", tmp_path / "int8.onnx", patches,
+                                 {"method": "static", "symmetric_activations": True},
+                                 backends=("onnxruntime", "openvino"))
+    assert quantized["coverage"]["n_int8_compute_nodes"] > 0
+    assert quantized["coverage_openvino"]["n_compute_nodes"] > 0
+    parity = validate_fold(source, patches, {"int8": {"kind": "onnx", "path": str(tmp_path / "int8.onnx"),
+                                                      "backend": "openvino"}}, {"int8": {"min_dice": 0.0}})
+    assert set(parity["variants"]["int8"]["dice"]) == {"sphere", "box"}
 
     # a planted wrong weight in the exported graph is named
     model = onnx.load(str(tmp_path / "model.onnx"))

@@ -252,7 +252,8 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     calibration patches), ``max_steps`` (exclusion rounds), ``exclude_per_step`` (blocks kept in
     fp32 per round, chosen by :func:`block_sensitivity`), ``patches`` (how many calibration
     patches the checks use). The Dice counted is the worst over ``backends`` (the same QDQ graph
-    gives different label maps on ONNX Runtime and OpenVINO). Every step is recorded with the
+    gives different label maps on ONNX Runtime and OpenVINO); each round ranks the blocks on the
+    runtime that disagrees most. Every step is recorded with the
     blocks it keeps in fp32 (ONNX nodes and PyTorch modules), its Dice and its latency.
     """
     from .onnxrun import run_onnx  # noqa: PLC0415
@@ -281,8 +282,12 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
                           "latency_ms": _quick_latency_ms(Path(dst), check[:1], threads)})
             if metrics["min_dice"] >= target or step == max_steps:
                 break
+            # rank the blocks on the runtime that disagrees most (one runtime per round keeps
+            # the trials' cost that of a single-runtime loop)
+            worst_backend = min(metrics["min_dice_by_backend"], key=metrics["min_dice_by_backend"].get)
             ranking = block_sensitivity(Path(src), calibration, check, reference, labels, region_based,
-                                        settings, excluded, cache, threads, backends)
+                                        settings, excluded, cache, threads, (worst_backend,))
+            steps[-1]["ranked_on"] = worst_backend
             if not ranking:
                 break
             for block in ranking[:per_step]:
