@@ -266,6 +266,10 @@ def quantize_table(folds: list[dict[str, Any]]) -> Table:
             if method == "static":
                 how = (f"static {q['format']}, {'per channel' if q['per_channel'] else 'per tensor'}, "
                        f"{q['calibrate_method']}")
+            elif method == "nncf":
+                how = f"NNCF post-training, preset {q['preset']}"
+                if q.get("ignored_types"):
+                    how += f", {', '.join(q['ignored_types'])} unquantized"
             else:
                 how = method
             cov = q.get("coverage") or {}
