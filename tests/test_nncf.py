@@ -111,8 +111,26 @@ def test_missing_nncf_is_one_clear_line(tmp_path):
 def test_schema_takes_nncf_entries():
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     config["quantize"]["q"] = {"method": "nncf", "preset": "mixed", "subset_size": 8, "model_type": None,
-                               "fast_bias_correction": False, "ignored_types": ["Concat"]}
+                               "fast_bias_correction": False, "ignored_types": ["Concat"],
+                               "accuracy_control": {"max_drop": 0.01, "runtime": "onnxruntime"}}
     validate_config(config, ROOT / "workflow/schemas/config.schema.yaml")
+    assert config["quantize"]["q"]["accuracy_control"] == {"max_drop": 0.01, "runtime": "onnxruntime",
+                                                           "patches": 8, "max_iterations": 5}
     config["quantize"]["q"]["preset"] = "fast"
     with pytest.raises(NNBridgeError, match=r"quantize\.q\.preset"):
         validate_config(config, ROOT / "workflow/schemas/config.schema.yaml")
+
+
+def test_accuracy_control_puts_operations_back_in_fp32_by_dice(exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    settings = {"method": "nncf", "accuracy_control": {"max_drop": 0.0, "patches": 2, "max_iterations": 1}}
+    record = quantize_variant(out / "model.onnx", tmp_path / "ac.onnx", calibration, settings,
+                              backends=("onnxruntime", "openvino"))
+    control = record["accuracy_control"]
+    assert (control["runtime"], control["patches"], control["max_drop"]) == ("openvino", 2, 0.0)
+    assert control["evaluations"] > 2 and set(control["dice"]) and 0 < control["min_dice"] <= 1
+    # no INT8 model matches fp32 exactly: the control reverted operations, OpenVINO runs them in fp32
+    assert control["fp32_modules"]
+    assert set(control["fp32_modules"]) <= set(record["coverage_openvino"]["float_compute_nodes"])
+    assert control["passed"] == (control["min_dice"] >= 1.0) and "on openvino with" in control["verdict"]
