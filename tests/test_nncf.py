@@ -80,6 +80,9 @@ def test_nncf_options_and_refusals(exported, patch_sets, tmp_path):
     with pytest.raises(NNBridgeError, match="preset work.* with method 'nncf' only, not 'static'"):
         quantize_variant(out / "model.onnx", tmp_path / "x.onnx", calibration,
                          {"method": "static", "preset": "mixed"})
+    with pytest.raises(NNBridgeError, match="symmetric_activations work.* other than 'nncf', not 'nncf'"):
+        quantize_variant(out / "model.onnx", tmp_path / "x.onnx", calibration,
+                         {"method": "nncf", "symmetric_activations": True, "format": "QDQ"})
 
 
 def test_missing_nncf_is_one_clear_line(tmp_path):

@@ -31,6 +31,9 @@ NNCF_PRESETS = ("performance", "mixed")
 NNCF_MODEL_TYPES = (None, "transformer")
 NNCF_KEYS = ("preset", "subset_size", "fast_bias_correction", "model_type", "ignored_types",
              "accuracy_control")
+# the static quantizer's settings at their schema defaults: other values mean nothing to NNCF
+STATIC_DEFAULTS = {"format": "QDQ", "per_channel": True, "calibrate_method": "MinMax",
+                   "symmetric_activations": False}
 
 
 class PatchReader:
@@ -465,10 +468,15 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
     if settings.get("accuracy_aware") and method != "static":
         raise NNBridgeError(f"accuracy_aware works with method 'static' only, not {method!r}; "
                             "remove it from this quantize entry")
-    nncf_only = [key for key in NNCF_KEYS if key in settings] if method != "nncf" else []
-    if nncf_only:
-        raise NNBridgeError(f"{', '.join(nncf_only)} work(s) with method 'nncf' only, not {method!r}; "
-                            "remove them from this quantize entry")
+    if method == "nncf":
+        misplaced = [k for k, v in STATIC_DEFAULTS.items() if settings.get(k, v) != v]
+        where, hint = "with methods other than 'nncf'", " (nncf's preset chooses the activations' symmetry)"
+    else:
+        misplaced = [key for key in NNCF_KEYS if key in settings]
+        where, hint = "with method 'nncf' only", ""
+    if misplaced:
+        raise NNBridgeError(f"{', '.join(misplaced)} work(s) {where}, not {method!r}; remove them "
+                            f"from this quantize entry{hint}")
     if method == "fp16":
         return convert_fp16(src, dst, nodes_to_exclude=excluded)
     if method == "dynamic":
