@@ -266,16 +266,20 @@ def quantize_table(folds: list[dict[str, Any]]) -> Table:
             if method == "static":
                 how = (f"static {q['format']}, {'per channel' if q['per_channel'] else 'per tensor'}, "
                        f"{q['calibrate_method']}")
+            elif method == "nncf":
+                how = f"NNCF post-training, preset {q['preset']}"
+                if q.get("ignored_types"):
+                    how += f", {', '.join(q['ignored_types'])} unquantized"
             else:
                 how = method
             cov = q.get("coverage") or {}
             int8 = (f"{cov['n_int8_compute_nodes']}/{cov['n_compute_nodes']}" if cov else "–")
             share = f"{100 * cov['int8_flop_share']:.1f} %" if cov else "–"  # ONNX Runtime's
-            aa = (q.get("accuracy_aware") or {}).get("verdict", "–")
+            aa = (q.get("accuracy_aware") or q.get("accuracy_control") or {}).get("verdict", "–")
             rows.append([_fold_label(e), name, how, str(q.get("n_calibration_patches", 0)),
                          _fmt(q["size_bytes"] / 1e6, 3), int8, share, aa])
     return ["fold", "variant", "method", "calibration patches", "file MB",
-            "compute nodes in INT8 (ORT)", "FLOPs in INT8 (ORT)", "accuracy-aware"], rows
+            "compute nodes in INT8 (ORT)", "FLOPs in INT8 (ORT)", "accuracy-aware / accuracy control"], rows
 
 
 def _op_list(ops: list[dict[str, Any]], precision: str) -> str:

@@ -1,0 +1,139 @@
+"""INT8 by NNCF post-training quantization (``method: nncf``), on the real tiny nnU-Net fold:
+real NNCF, ONNX Runtime and OpenVINO."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import onnx
+import pytest
+import yaml
+
+from nnbridge.config import validate_config
+from nnbridge.errors import NNBridgeError
+from nnbridge.export import read_metadata
+from nnbridge.onnxrun import run_variant
+from nnbridge.parity import compare_logits
+from nnbridge.quantize import quantize_variant
+
+pytest.importorskip("nncf")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def nncf_variant(exported, patch_sets, tmp_path_factory):
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    dst = tmp_path_factory.mktemp("nncf") / "int8_nncf.onnx"
+    record = quantize_variant(out / "model.onnx", dst, calibration,
+                              {"method": "nncf", "ignored_types": ["Concat"]},
+                              backends=("onnxruntime", "openvino"))
+    return dst, record
+
+
+def test_nncf_variant_is_qdq_int8_with_provenance(nncf_variant, patch_sets, loaded_fold):
+    dst, record = nncf_variant
+    assert (record["method"], record["preset"], record["ignored_types"]) == ("nncf", "performance", ["Concat"])
+    assert record["n_calibration_patches"] == record["subset_size"] == len(patch_sets[1])
+    assert record["ops"]["QuantizeLinear"] > 0 and record["ops"]["DequantizeLinear"] > 0
+    assert read_metadata(dst)["source_sha256"] == loaded_fold.checkpoint_sha256
+    # NNCF quantizes convolution inputs, as OpenVINO runs INT8: every convolution runs in INT8 there
+    ov = record["coverage_openvino"]
+    assert ov["n_int8_compute_nodes"] == ov["n_compute_nodes"] > 0
+    # ONNX Runtime fuses only DequantizeLinear -> Conv -> QuantizeLinear: it runs them in fp32
+    assert record["coverage"]["n_int8_compute_nodes"] == 0
+
+
+def test_nncf_variant_runs_on_both_runtimes_within_a_dice_gate(nncf_variant, exported, patch_sets,
+                                                               loaded_fold):
+    dst, _ = nncf_variant
+    out, _, _ = exported
+    _, _, heldout = patch_sets
+    for backend in ("onnxruntime", "openvino"):
+        ref = run_variant("onnx", out / "model.onnx", heldout, backend=backend)
+        metrics = compare_logits(ref, run_variant("onnx", dst, heldout, backend=backend),
+                                 loaded_fold.label_names)
+        assert metrics["max_abs_err"] > 0, backend  # really quantized
+        # the tiny model is barely trained (flat logits): a loose gate, as for the static variant
+        assert metrics["voxel_agreement"] > 0.9 and metrics["min_dice"] > 0.5, (backend, metrics)
+
+
+def test_nncf_options_and_refusals(exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    last_conv = [n.name for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "Conv"][-1]
+    record = quantize_variant(out / "model.onnx", tmp_path / "mixed.onnx", calibration,
+                              {"method": "nncf", "preset": "mixed", "subset_size": 2,
+                               "fast_bias_correction": False, "nodes_to_exclude": [last_conv]},
+                              backends=("onnxruntime", "openvino"))
+    assert (record["preset"], record["subset_size"], record["fast_bias_correction"]) == ("mixed", 2, False)
+    convs = {n["node"]: n["int8"] for n in record["coverage_openvino"]["compute_nodes"] if n["op"] == "Conv"}
+    assert convs.pop(last_conv) is False and all(convs.values())  # only the excluded one in fp32
+    with pytest.raises(NNBridgeError, match="nncf quantization of .* refused"):
+        quantize_variant(out / "model.onnx", tmp_path / "x.onnx", calibration,
+                         {"method": "nncf", "ignored_types": ["NoSuchOp"]})
+    with pytest.raises(NNBridgeError, match="preset work.* with method 'nncf' only, not 'static'"):
+        quantize_variant(out / "model.onnx", tmp_path / "x.onnx", calibration,
+                         {"method": "static", "preset": "mixed"})
+    with pytest.raises(NNBridgeError, match="symmetric_activations work.* other than 'nncf', not 'nncf'"):
+        quantize_variant(out / "model.onnx", tmp_path / "x.onnx", calibration,
+                         {"method": "nncf", "symmetric_activations": True, "format": "QDQ"})
+
+
+def test_missing_nncf_is_one_clear_line(tmp_path):
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name == "nncf" or name.startswith("nncf."):
+                    raise ImportError("No module named 'nncf'")
+
+        sys.meta_path.insert(0, Blocker())
+        from nnbridge.errors import NNBridgeError
+        from nnbridge.quantize import quantize_variant
+        try:
+            quantize_variant("in.onnx", "out.onnx", np.zeros((1, 1, 4, 4, 4), np.float32), {"method": "nncf"})
+        except NNBridgeError as exc:
+            print(exc)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    message = proc.stdout.strip()
+    assert "\n" not in message and "pip install 'nnbridge[openvino]'" in message, message
+
+
+def test_schema_takes_nncf_entries():
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config["quantize"]["q"] = {"method": "nncf", "preset": "mixed", "subset_size": 8, "model_type": None,
+                               "fast_bias_correction": False, "ignored_types": ["Concat"],
+                               "accuracy_control": {"max_drop": 0.01, "runtime": "onnxruntime"}}
+    validate_config(config, ROOT / "workflow/schemas/config.schema.yaml")
+    assert config["quantize"]["q"]["accuracy_control"] == {"max_drop": 0.01, "runtime": "onnxruntime",
+                                                           "patches": 8, "max_iterations": 5}
+    config["quantize"]["q"]["preset"] = "fast"
+    with pytest.raises(NNBridgeError, match=r"quantize\.q\.preset"):
+        validate_config(config, ROOT / "workflow/schemas/config.schema.yaml")
+
+
+def test_accuracy_control_puts_operations_back_in_fp32_by_dice(exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    settings = {"method": "nncf", "accuracy_control": {"max_drop": 0.0, "patches": 2, "max_iterations": 1}}
+    record = quantize_variant(out / "model.onnx", tmp_path / "ac.onnx", calibration, settings,
+                              backends=("onnxruntime", "openvino"))
+    control = record["accuracy_control"]
+    assert (control["runtime"], control["patches"], control["max_drop"]) == ("openvino", 2, 0.0)
+    assert control["evaluations"] > 2 and set(control["dice"]) and 0 < control["min_dice"] <= 1
+    # no INT8 model matches fp32 exactly: the control reverted operations, OpenVINO runs them in fp32
+    assert control["fp32_modules"]
+    assert set(control["fp32_modules"]) <= set(record["coverage_openvino"]["float_compute_nodes"])
+    assert control["passed"] == (control["min_dice"] >= 1.0) and "on openvino with" in control["verdict"]
