@@ -81,6 +81,10 @@ def fold_metadata(fold: LoadedFold, opset: int) -> dict[str, str]:
     if fold.kind == "nnunet":
         meta.update(trainer=fold.trainer_name, configuration=str(fold.configuration),
                     plans=json.dumps(fold.plans), dataset_json=json.dumps(fold.dataset_json))
+        if fold.previous_stage is not None:  # cascade: image channels, then one-hot of these labels
+            meta.update(previous_stage=fold.previous_stage,
+                        num_image_channels=str(fold.num_image_channels),
+                        onehot_labels=json.dumps(list(fold.previous_stage_labels)))
     else:
         meta.update(model_class=fold.trainer_name,
                     init_kwargs=json.dumps(fold.source.get("init_kwargs") or {}),

@@ -190,11 +190,21 @@ class LoadedFold:
     """How the model was loaded (the config entry), stored in the artifacts' metadata."""
     weights_origin: str = "nnU-Net checkpoint (network_weights)"
     """Where in the checkpoint the weights were found (after removing prefixes)."""
+    previous_stage: str | None = None
+    """Cascade stage (e.g. ``3d_cascade_fullres``): the configuration whose segmentation it takes."""
+    previous_stage_labels: tuple[int, ...] = ()
+    """Cascade stage: the labels of its one-hot input channels, in order after the image channels
+    (nnU-Net's foreground labels; ``determine_num_input_channels``)."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Batch-1 input shape of one training patch."""
         return (1, self.num_input_channels, *self.patch_size)
+
+    @property
+    def num_image_channels(self) -> int:
+        """Input channels that are image channels (all but a cascade stage's one-hot ones)."""
+        return self.num_input_channels - len(self.previous_stage_labels)
 
     @property
     def label_names(self) -> dict[int, str]:
@@ -281,14 +291,21 @@ def load_nnunet_fold(
         region_based=bool(label_manager.has_regions),
         weights=weights,
         weight_check=check,
+        previous_stage=cm.previous_stage_name,
+        previous_stage_labels=(tuple(int(label) for label in label_manager.foreground_labels)
+                               if cm.previous_stage_name is not None else ()),
     )
 
 
 def nnunet_source(model_folder: str | Path, fold: str | int, checkpoint: str = "checkpoint_final.pth",
-                  trusted: bool = False) -> dict[str, Any]:
-    """The source description of an nnU-Net fold (what :func:`load_model` takes)."""
-    return {"kind": "nnunet", "folder": str(model_folder), "fold": str(fold),
-            "checkpoint": checkpoint, "trusted": bool(trusted)}
+                  trusted: bool = False, previous_stage_segs: str | Path | None = None) -> dict[str, Any]:
+    """The source description of an nnU-Net fold (what :func:`load_model` takes;
+    ``previous_stage_segs``: a cascade stage's input segmentations, if not where nnU-Net puts them)."""
+    source = {"kind": "nnunet", "folder": str(model_folder), "fold": str(fold),
+              "checkpoint": checkpoint, "trusted": bool(trusted)}
+    if previous_stage_segs is not None:
+        source["previous_stage_segs"] = str(previous_stage_segs)
+    return source
 
 
 def load_model(source: dict[str, Any]) -> LoadedFold:

@@ -4,17 +4,21 @@ Patches are drawn as nnU-Net draws training patches: a share of them centred on 
 foreground voxel of a random class (from the ``class_locations`` nnU-Net stores per case),
 the rest at random positions; images smaller than the patch are zero-padded. Calibration uses
 the fold's training cases, parity checks its validation cases, so the two never overlap.
+A cascade stage's patches carry the previous stage's segmentation as one-hot channels after the
+image channels, zeros outside the image, as nnU-Net's training and validation feed it.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import NNBridgeError
+from .plans import configuration_of, default_previous_stage_segs
 
 
 def fold_cases(preprocessed_dataset_dir: Path, fold: str) -> tuple[list[str], list[str]]:
@@ -40,8 +44,19 @@ def fold_cases(preprocessed_dataset_dir: Path, fold: str) -> tuple[list[str], li
     return list(splits[k]["train"]), list(splits[k]["val"])
 
 
-def open_dataset(data_folder: Path, cases: list[str]) -> Any:
-    """nnU-Net's own dataset reader (blosc2 or numpy) for ``data_folder``."""
+@dataclass(frozen=True)
+class PreviousStage:
+    """A cascade stage's extra input: the previous stage's segmentations, fed as one one-hot
+    channel per label of ``labels`` after the image channels (nnU-Net's foreground labels)."""
+
+    name: str
+    segs: Path
+    labels: tuple[int, ...]
+
+
+def open_dataset(data_folder: Path, cases: list[str], previous: PreviousStage | None = None) -> Any:
+    """nnU-Net's own dataset reader (blosc2 or numpy) for ``data_folder``; with ``previous``, its
+    ``load_case`` also returns the previous stage's segmentation (as in cascade training)."""
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class  # noqa: PLC0415
 
     data_folder = Path(data_folder)
@@ -50,7 +65,41 @@ def open_dataset(data_folder: Path, cases: list[str]) -> Any:
             f"{data_folder}: preprocessed data folder missing; run nnUNetv2_preprocess for this "
             "configuration or set `preprocessed:` of the model in the config"
         )
-    return infer_dataset_class(str(data_folder))(str(data_folder), cases)
+    if previous is not None:
+        check_previous_stage_segs(previous, cases)
+    return infer_dataset_class(str(data_folder))(
+        str(data_folder), cases,
+        folder_with_segs_from_previous_stage=str(previous.segs) if previous is not None else None,
+    )
+
+
+def check_previous_stage_segs(previous: PreviousStage, cases: list[str]) -> None:
+    """Every case has a segmentation from the previous stage, or a one-line error with the fix."""
+    missing = [c for c in cases if not any((previous.segs / f"{c}{ext}").is_file() for ext in (".b2nd", ".npz", ".npy"))]
+    if missing:
+        raise NNBridgeError(
+            f"{previous.segs}: no {previous.name} segmentation of case {missing[0]} ({len(missing)} of "
+            f"{len(cases)} cases missing), which this cascade stage takes as input; nnU-Net writes them "
+            f"there when the {previous.name} folds finish training: train every {previous.name} fold, or "
+            "set `previous_stage_segs:` of the model in the config to the folder that holds them"
+        )
+
+
+def with_previous_stage(data: np.ndarray, seg_prev: Any, previous: PreviousStage, case: str) -> np.ndarray:
+    """The image channels plus the previous stage's segmentation as one-hot channels, as nnU-Net
+    feeds a cascade stage (``convert_labelmap_to_one_hot`` with the foreground labels)."""
+    from nnunetv2.utilities.label_handling.label_handling import (  # noqa: PLC0415
+        convert_labelmap_to_one_hot,
+    )
+
+    seg = np.asarray(seg_prev[:])
+    if seg.shape != data.shape[1:]:
+        raise NNBridgeError(
+            f"{previous.segs}: the {previous.name} segmentation of case {case} has shape {seg.shape}, "
+            f"its preprocessed image {data.shape[1:]}; they come from different preprocessings"
+        )
+    onehot = convert_labelmap_to_one_hot(seg, previous.labels, output_dtype=np.float32)
+    return np.concatenate([data, np.asarray(onehot, dtype=np.float32)])
 
 
 def _crop(data: np.ndarray, start: np.ndarray, patch: tuple[int, ...]) -> np.ndarray:
@@ -72,20 +121,25 @@ def sample_patches(
     n: int,
     seed: int,
     foreground_fraction: float = 0.33,
+    previous: PreviousStage | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """``n`` patches (n, C, *patch_size) from ``cases``, cycling through the cases in order."""
+    """``n`` patches (n, C, *patch_size) from ``cases``, cycling through the cases in order (a
+    cascade stage's with the ``previous`` stage's one-hot channels after the image channels)."""
     if not cases:
         raise NNBridgeError(f"{data_folder}: no cases to sample patches from")
     rng = np.random.default_rng(seed)
-    dataset = open_dataset(data_folder, cases)
+    dataset = open_dataset(data_folder, cases, previous)
     patch = tuple(int(p) for p in patch_size)
     patches, origins = [], []
     loaded: dict[str, tuple[np.ndarray, dict]] = {}
     for i in range(n):
         case = cases[i % len(cases)]
         if case not in loaded:
-            data, _seg, _prev, props = dataset.load_case(case)
-            loaded[case] = (np.asarray(data[:], dtype=np.float32), props)
+            data, _seg, seg_prev, props = dataset.load_case(case)
+            data = np.asarray(data[:], dtype=np.float32)
+            if previous is not None:
+                data = with_previous_stage(data, seg_prev, previous, case)
+            loaded[case] = (data, props)
         data, props = loaded[case]
         spatial = np.array(data.shape[1:])
         if len(patch) == 2 and len(spatial) == 3:  # 2d configuration: one slice per patch
@@ -103,34 +157,33 @@ def sample_patches(
     return np.stack(patches).astype(np.float32), origins
 
 
-def configuration_of(model_folder: Path) -> tuple[str, str, str]:
-    """(trainer, plans, configuration) from an nnU-Net model folder's name."""
-    parts = Path(model_folder).name.split("__")
-    if len(parts) != 3:
-        raise NNBridgeError(
-            f"{model_folder}: not an nnU-Net model folder name; expected "
-            "<Trainer>__<Plans>__<configuration>"
-        )
-    return parts[0], parts[1], parts[2]
+def patch_source(source: dict[str, Any], preprocessed_dataset_dir: Path
+                 ) -> tuple[Path, tuple[int, ...], PreviousStage | None]:
+    """(preprocessed data folder, patch size, previous stage) of a model: nnU-Net's from its
+    plans and configuration, a plain model's from its ``data_identifier`` and ``example_size``.
 
-
-def patch_source(source: dict[str, Any], preprocessed_dataset_dir: Path) -> tuple[Path, tuple[int, ...]]:
-    """(preprocessed data folder, patch size) of a model: nnU-Net's from its plans and
-    configuration, a plain model's from its ``data_identifier`` and ``example_size``."""
+    The previous stage is set for a cascade stage: its segmentations are the entry's
+    ``previous_stage_segs``, by default where nnU-Net's training reads them from
+    (:func:`nnbridge.plans.default_previous_stage_segs`)."""
     if source.get("kind", "nnunet") != "nnunet":
         if not source.get("data_identifier"):
             raise NNBridgeError(
                 f"model {source.get('name')!r}: `data_identifier:` missing (the folder inside "
                 f"{preprocessed_dataset_dir} that holds the preprocessed cases, e.g. nnUNetPlans_3d_fullres)"
             )
-        return Path(preprocessed_dataset_dir) / source["data_identifier"], tuple(source["example_size"])
+        return Path(preprocessed_dataset_dir) / source["data_identifier"], tuple(source["example_size"]), None
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: PLC0415
 
     model_folder = Path(source["folder"])
     _trainer, _plans, configuration = configuration_of(model_folder)
-    plans = json.loads((model_folder / "plans.json").read_text())
-    cm = PlansManager(plans).get_configuration(configuration)
-    return Path(preprocessed_dataset_dir) / cm.data_identifier, tuple(int(p) for p in cm.patch_size)
+    plans_manager = PlansManager(json.loads((model_folder / "plans.json").read_text()))
+    cm = plans_manager.get_configuration(configuration)
+    previous = None
+    if cm.previous_stage_name is not None:
+        labels = plans_manager.get_label_manager(json.loads((model_folder / "dataset.json").read_text())).foreground_labels
+        segs = source.get("previous_stage_segs") or default_previous_stage_segs(model_folder, cm.previous_stage_name)
+        previous = PreviousStage(cm.previous_stage_name, Path(segs), tuple(int(label) for label in labels))
+    return Path(preprocessed_dataset_dir) / cm.data_identifier, tuple(int(p) for p in cm.patch_size), previous
 
 
 def write_patch_sets(
@@ -147,15 +200,18 @@ def write_patch_sets(
 ) -> dict[str, Any]:
     """Calibration patches from the fold's training cases, held-out ones from its validation
     cases (``source`` as :func:`nnbridge.models.load_model` takes it)."""
-    data_folder, patch_size = patch_source(source, preprocessed_dataset_dir)
+    data_folder, patch_size, previous = patch_source(source, preprocessed_dataset_dir)
     train_cases, val_cases = fold_cases(Path(preprocessed_dataset_dir), fold)
     summary: dict[str, Any] = {"patch_size": list(patch_size), "data_folder": str(data_folder),
                                "fold": fold}
+    if previous is not None:
+        summary["previous_stage"] = {"name": previous.name, "segs": str(previous.segs),
+                                     "onehot_labels": list(previous.labels)}
     for name, out, cases, n, s in (
         ("calibration", calibration_out, train_cases, n_calibration, seed),
         ("heldout", heldout_out, val_cases, n_heldout, seed + 1),
     ):
-        patches, origins = sample_patches(data_folder, cases, patch_size, n, s, foreground_fraction)
+        patches, origins = sample_patches(data_folder, cases, patch_size, n, s, foreground_fraction, previous)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out, patches=patches, cases=np.array(origins))
         summary[name] = {"n": int(n), "cases": sorted(set(origins)), "seed": s}

@@ -15,7 +15,6 @@ operations in the same order and on the same dtypes, so the result is the same a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from copy import deepcopy
 from functools import partial
 from typing import Any
 
@@ -24,6 +23,7 @@ from scipy.ndimage import binary_fill_holes, map_coordinates
 from skimage.transform import resize
 
 from nnbridge.errors import NNBridgeError
+from nnbridge.plans import configuration
 
 ANISO_THRESHOLD = 3
 """nnunetv2.configuration.ANISO_THRESHOLD: spacing ratio above which an axis is resampled separately."""
@@ -46,39 +46,6 @@ BBox = list[list[int]]
 
 
 # --------------------------------------------------------------------------------------------------- plans
-
-
-def configuration(plans: dict, name: str) -> dict:
-    """The configuration ``name`` of ``plans`` with ``inherits_from`` resolved like ``PlansManager``.
-
-    The parent's entries are updated with the child's (recursively); the result is a deep copy.
-    """
-    configurations = plans.get("configurations", {})
-    if name not in configurations:
-        raise NNBridgeError(
-            f"configuration {name!r} is not in the plans; available configurations: {sorted(configurations)}"
-        )
-    return _resolve_configuration(configurations, name, ())
-
-
-def _resolve_configuration(configurations: dict, name: str, visited: tuple[str, ...]) -> dict:
-    if name not in configurations:
-        raise NNBridgeError(
-            f"configuration {visited[-1]!r} inherits from {name!r}, which is not in the plans; "
-            f"available configurations: {sorted(configurations)}"
-        )
-    config = deepcopy(configurations[name])
-    parent = config.get("inherits_from")
-    if parent is None:
-        return config
-    visited = (*visited, name)
-    if parent in visited:
-        raise NNBridgeError(
-            f"circular 'inherits_from' in the plans: {' -> '.join((*visited, parent))}; fix plans.json"
-        )
-    base = _resolve_configuration(configurations, parent, visited)
-    base.update(config)
-    return base
 
 
 def transpose_forward(plans: dict) -> list[int]:
