@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NNBridgeError
+from .plans import default_previous_stage_segs, model_previous_stage
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class ModelEntry:
     kind: str = "nnunet"
     entry: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """The validated config entry (plain models: everything :func:`nnbridge.models.load_model` needs)."""
+    previous_stage: str | None = None
+    """A cascade stage's previous stage (``3d_lowres``), from the model folder's plans.json."""
+    previous_stage_segs: str | None = None
+    """A cascade stage's input segmentations: ``previous_stage_segs:``, else where nnU-Net puts them."""
 
     @property
     def dataset(self) -> str:
@@ -71,8 +76,11 @@ class ModelEntry:
         """What :func:`nnbridge.models.load_model` takes for one fold (JSON-serializable)."""
         trusted = bool(self.entry.get("trusted", False))
         if self.kind == "nnunet":
-            return {"kind": "nnunet", "folder": self.folder, "fold": str(fold),
-                    "checkpoint": self.checkpoint, "trusted": trusted}
+            source = {"kind": "nnunet", "folder": self.folder, "fold": str(fold),
+                      "checkpoint": self.checkpoint, "trusted": trusted}
+            if self.previous_stage_segs:
+                source["previous_stage_segs"] = self.previous_stage_segs
+            return source
         keys = ("name", "checkpoint", "format", "class", "init_kwargs", "trusted", "input_channels",
                 "example_size", "spatial_multiple", "dynamic_axes", "labels", "output",
                 "mirror_axes", "data_identifier")
@@ -150,8 +158,27 @@ def _nnunet_entry(entry: dict[str, Any], i: int, demo_folder: str | None) -> Mod
             "folder (calibration and held-out patches come from it)"
         )
     raw = str(entry["raw"]).rstrip("/") if entry.get("raw") else None
+    previous, segs = _previous_stage(entry, folder, where)
     return ModelEntry(folder, str(entry["preprocessed"]).rstrip("/"), folds, checkpoint, raw,
-                      "nnunet", dict(entry))
+                      "nnunet", dict(entry), previous, segs)
+
+
+def _previous_stage(entry: dict[str, Any], folder: str, where: str) -> tuple[str | None, str | None]:
+    """(previous stage, folder of its segmentations) of a cascade stage, else (None, None)."""
+    previous = model_previous_stage(folder)
+    if previous is None:
+        if entry.get("previous_stage_segs") and (Path(folder) / "plans.json").is_file():
+            raise NNBridgeError(f"{where}: `previous_stage_segs:` is for cascade stages only (plans.json "
+                                "gives this configuration no previous_stage); remove it")
+        return None, None
+    segs = str(entry.get("previous_stage_segs") or default_previous_stage_segs(folder, previous)).rstrip("/")
+    if not Path(segs).is_dir():
+        raise NNBridgeError(
+            f"{where}: {segs} does not exist; this cascade stage takes the {previous} segmentations that "
+            f"nnU-Net writes there when the {previous} folds finish training: train them, or set "
+            "`previous_stage_segs:` of the model to the folder that holds them"
+        )
+    return previous, segs
 
 
 PLAIN_REQUIRED = ("name", "checkpoint", "input_channels", "example_size")

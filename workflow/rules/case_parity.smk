@@ -21,7 +21,7 @@ rule case_parity:
         threads=lookup(dpath="case_parity/threads", within=config),
         code=code_version(
             "caseparity", "predict/predictor", "predict/preprocess", "predict/sliding",
-            "predict/postprocess", "predict/io", "onnxrun",
+            "predict/postprocess", "predict/io", "onnxrun", "plans",
         ),
     log:
         "logs/{dataset}/{model}/fold_{fold}/case_parity.log",

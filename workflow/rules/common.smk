@@ -101,7 +101,10 @@ def get_preprocessed_inputs(wildcards):
     and held-out cases), or the arrays a plain model's entry names."""
     model = get_model(wildcards)
     if model.preprocessed:
-        return {**get_fold_inputs(wildcards), "splits": f"{model.preprocessed}/splits_final.json"}
+        inputs = {**get_fold_inputs(wildcards), "splits": f"{model.preprocessed}/splits_final.json"}
+        if model.previous_stage_segs:  # a cascade stage: the previous stage's segmentations
+            inputs["previous_stage_segs"] = model.previous_stage_segs
+        return inputs
     patches = model.entry["patches"]
     return {
         **get_fold_inputs(wildcards),
@@ -133,8 +136,9 @@ def get_validation_summaries():
 
 
 def bundled(model):
-    """Models that get a bundle (nnbridge predict reproduces nnUNetv2_predict: nnU-Net models)."""
-    return model.kind == "nnunet"
+    """Models that get a bundle (nnbridge predict reproduces nnUNetv2_predict: nnU-Net models,
+    cascade stages excepted: it does not run their previous stage)."""
+    return model.kind == "nnunet" and model.previous_stage is None
 
 
 def get_bundle_folds(wildcards):

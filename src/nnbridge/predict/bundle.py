@@ -160,6 +160,17 @@ class Bundle:
         return [self.root / entry["files"][f] for f in folds]
 
 
+def refuse_cascade(configuration: str | None, previous_stage: str | None, where: Path | str) -> None:
+    """``nnbridge predict`` runs one stage: a cascade stage would need its previous stage's
+    segmentation of each case as extra input channels, which it does not produce."""
+    if previous_stage:
+        raise NNBridgeError(
+            f"{where}: {configuration} is a cascade stage (its input includes the {previous_stage} "
+            f"segmentation); nnbridge predict does not run cascades: use nnUNetv2_predict with "
+            f"-prev_stage_predictions, or bundle a single-stage configuration"
+        )
+
+
 def build_from_pipeline(
     out_dir: Path,
     *,
@@ -177,6 +188,9 @@ def build_from_pipeline(
     latency is the median over folds of the benchmark's p50."""
     from ..onnxmeta import read_metadata  # noqa: PLC0415
 
+    first = next(iter(folds.values()))["files"][variant_names[0]]
+    meta = read_metadata(Path(first))
+    refuse_cascade(meta.get("configuration"), meta.get("previous_stage"), first)
     parity = {f: read_json(spec["parity"]) for f, spec in folds.items()}
     bench = {f: read_json(spec["benchmark"]) for f, spec in folds.items()}
     variants: dict[str, dict[str, Any]] = {}
@@ -201,8 +215,6 @@ def build_from_pipeline(
             "latency_ms": {b: round(float(np.median(v)), 3) for b, v in latencies.items()},
             "ort_settings": next((t for t in tuned if t is not None), {}),
         }
-    first = next(iter(folds.values()))["files"][variant_names[0]]
-    meta = read_metadata(Path(first))
     info = {
         "dataset": dataset,
         "model": model,

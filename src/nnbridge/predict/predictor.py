@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import NNBridgeError
-from .bundle import Bundle
+from .bundle import Bundle, refuse_cascade
 from .io import find_cases, num_channels, reader_writer
 from .postprocess import Labels, logits_to_segmentation
 from .preprocess import configuration, preprocess_case
@@ -84,6 +84,7 @@ class Predictor:
             )
         self.files = self.bundle.model_files(name, list(self.folds) if self.folds else None)
         self.config = configuration(self.bundle.plans, self.bundle.configuration)
+        refuse_cascade(self.bundle.configuration, self.config.get("previous_stage"), self.bundle.root)
         self.labels = Labels.from_dataset_json(self.bundle.dataset_json)
         self.patch_size = [int(p) for p in self.config["patch_size"]]
         axes = self.bundle.manifest.get("mirror_axes")
