@@ -206,6 +206,7 @@ _ENTRY_POINTS = {
         "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints",
         "plan_and_preprocess_entry",
     ),
+    "nnUNetv2_preprocess": ("nnunetv2.experiment_planning.plan_and_preprocess_entrypoints", "preprocess_entry"),
     "nnUNetv2_train": ("nnunetv2.run.run_training", "run_training_entry"),
 }
 
@@ -292,6 +293,32 @@ def plan_and_preprocess(
     return out
 
 
+def preprocess(
+    raw: Path,
+    preprocessed: Path,
+    *,
+    dataset_id: int = DEMO_DATASET_ID,
+    plans: str = DEMO_PLANS,
+    configuration: str = "3d_lowres",
+    log: Path | None = None,
+) -> Path:
+    """Run ``nnUNetv2_preprocess -d ID -plans_name PLANS -c CONFIG -np 1`` (nnU-Net's
+    preprocessing of a configuration of existing plans, e.g. :func:`add_lowres_cascade`'s
+    ``3d_lowres``). Returns the folder of the preprocessed cases (the ``data_identifier``)."""
+    name = _dataset_name(dataset_id, raw)
+    env = nnunet_env(raw, preprocessed, preprocessed, for_training=False)
+    del env["nnUNet_results"]
+    cmd = _nnunet_command("nnUNetv2_preprocess") + [
+        "-d", str(dataset_id), "-plans_name", plans, "-c", configuration, "-np", "1", "--no_pbar",
+    ]  # fmt: skip
+    _run_logged(cmd, env, log, f"nnUNetv2_preprocess of {configuration} of dataset {dataset_id}")
+    folder = Path(preprocessed) / name
+    out = folder / json.loads((folder / f"{plans}.json").read_text())["configurations"][configuration]["data_identifier"]
+    if not any(out.glob("*.pkl")):
+        raise RuntimeError(f"{out}: no preprocessed case after preprocessing{_see(log)}")
+    return out
+
+
 def write_preprocessed_flag(preprocessed_dataset_dir: Path, configuration: str, flag: Path) -> Path:
     """Write ``flag``: a JSON list of the cases preprocessed for ``configuration``.
 
@@ -370,6 +397,46 @@ def derive_small_plans(
     plans["configurations"] = {configuration: config}
     target = folder / f"{target_plans}.json"
     target.write_text(json.dumps(plans, indent=4) + "\n")
+    return target
+
+
+def add_lowres_cascade(
+    preprocessed_dataset_dir: Path,
+    *,
+    plans: str = DEMO_PLANS,
+    spacing_factor: float = 2.0,
+) -> Path:
+    """Add ``3d_lowres`` and ``3d_cascade_fullres`` to the ``3d_fullres`` plans ``<plans>.json``,
+    laid out as nnU-Net's planner lays them out for large images (which the demo's are not).
+
+    ``3d_lowres`` is ``3d_fullres`` at ``spacing_factor`` times its spacing (median image size and
+    patch size shrunk accordingly, the patch a multiple of the total stride), with its own
+    ``data_identifier`` (``<plans>_3d_lowres``: preprocess it with :func:`preprocess`) and
+    ``next_stage: 3d_cascade_fullres``; ``3d_cascade_fullres`` inherits from ``3d_fullres`` (and
+    its preprocessed data) with ``previous_stage: 3d_lowres``. Returns the plans file.
+    """
+    target = Path(preprocessed_dataset_dir) / f"{plans}.json"
+    if not target.is_file():
+        raise RuntimeError(f"{target}: not found; run derive_small_plans first")
+    content: dict[str, Any] = json.loads(target.read_text())
+    fullres = content["configurations"].get("3d_fullres")
+    if fullres is None or "architecture" not in fullres:
+        raise RuntimeError(f"{target}: needs a full 3d_fullres configuration")
+    lowres = copy.deepcopy(fullres)
+    stride = [int(np.prod([s[d] for s in lowres["architecture"]["arch_kwargs"]["strides"]])) for d in range(3)]
+    median = [max(1, round(m / spacing_factor)) for m in fullres["median_image_size_in_voxels"]]
+    lowres.update(
+        {
+            "data_identifier": f"{plans}_3d_lowres",
+            "spacing": [float(s) * spacing_factor for s in fullres["spacing"]],
+            "median_image_size_in_voxels": median,
+            "patch_size": [int(-(-m // k) * k) for m, k in zip(median, stride)],
+            "next_stage": "3d_cascade_fullres",
+        }
+    )
+    content["configurations"]["3d_lowres"] = lowres
+    content["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    target.write_text(json.dumps(content, indent=4) + "\n")
     return target
 
 
