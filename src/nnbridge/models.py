@@ -4,6 +4,8 @@ A fold is loaded the way nnU-Net's own predictor builds its network (trainer cla
 ``build_network_architecture`` with deep supervision off), but the checkpoint is read with
 ``torch.load(weights_only=True)`` and an explicit allow-list, the state dict is loaded
 strictly, and every parameter and buffer is compared with the checkpoint afterwards.
+:func:`load_model` is the entry point for every model source: nnU-Net folds here, plain PyTorch
+checkpoints through :mod:`nnbridge.plainmodels`.
 """
 
 from __future__ import annotations
