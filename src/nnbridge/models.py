@@ -59,12 +59,16 @@ def load_checkpoint(path: Path, *, trusted: bool = False) -> dict[str, Any]:
     return checkpoint
 
 
-def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove the ``_orig_mod.`` prefix a ``torch.compile``-d network saves its weights under."""
-    return {
-        (key[len(COMPILED_PREFIX):] if key.startswith(COMPILED_PREFIX) else key): value
-        for key, value in state_dict.items()
-    }
+def strip_prefixes(state_dict: dict[str, torch.Tensor],
+                   prefixes: tuple[str, ...] = (COMPILED_PREFIX,)) -> dict[str, torch.Tensor]:
+    """Remove key prefixes (default: the ``_orig_mod.`` a ``torch.compile``-d network saves its
+    weights under), repeatedly, so ``_orig_mod.module.`` goes too when both are given."""
+    def strip(key: str) -> str:
+        while prefix := next((p for p in prefixes if key.startswith(p)), None):
+            key = key[len(prefix):]
+        return key
+
+    return {strip(key): value for key, value in state_dict.items()}
 
 
 def tensor_digest(tensor: torch.Tensor | np.ndarray) -> str:
@@ -348,8 +352,8 @@ def load_plain_model(source: dict[str, Any]) -> LoadedFold:
     num_outputs = int(out.shape[1])
     region_based = source.get("output", "softmax") == "sigmoid"
     labels = source.get("labels") or (
-        {f"channel_{i}": [i] if region_based else i for i in range(num_outputs)}
-        if region_based else {"background": 0, **{f"class_{i}": i for i in range(1, num_outputs)}}
+        {f"channel_{i}": [i] for i in range(num_outputs)} if region_based
+        else {"background": 0, **{f"class_{i}": i for i in range(1, num_outputs)}}
     )
     checkpoint = Path(source["checkpoint"])
     return LoadedFold(

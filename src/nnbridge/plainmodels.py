@@ -57,16 +57,6 @@ def import_class(spec: str, where: str) -> type:
     return cls
 
 
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
-
-
 def unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict with prefixes removed, where it was found) from a loaded checkpoint."""
     where = "top level"
@@ -82,7 +72,9 @@ def unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], st
             )
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise NNBridgeError(f"{path}: the {where} is not a state dict of tensors; set `format:` of this model")
-    stripped = {_strip(k): v for k, v in obj.items()}
+    from .models import strip_prefixes  # noqa: PLC0415 (models imports this module)
+
+    stripped = strip_prefixes(obj, PREFIXES)
     if len(stripped) != len(obj):
         raise NNBridgeError(f"{path}: keys collide once 'module.'/'_orig_mod.' prefixes are removed")
     removed = sorted({p for k in obj for p in PREFIXES if k.startswith(p)})
