@@ -128,7 +128,10 @@ def test_report_shows_gates_numbers_and_plot(tmp_path):
     assert "| step 1 | decoder.seg_layers.2 | sphere 0.9950 |" in md
     assert "A patch costs 0.20 GFLOP" in md and "is 160 GFLOP/s" in md
     assert "GPU backends: onnxruntime CUDA: skipped: no GPU." in md
-    assert "| 40.0 | 25.0 |" in md  # GFLOP/s and % of peak of onnx_fp32
+    assert "| 40.0 | 25.0 (fp32) |" in md  # GFLOP/s and % of peak of onnx_fp32
+    # speed targets: onnx_fp32 passed its gate at 2× torch eager; the INT8 variant failed its gate
+    assert ("| D / T__P__3d_fullres | 8x8x8 | 10.000 | onnx_fp32 2.00× | met (≥ 2×) | none passed its gate "
+            "| missed | – |") in md
     assert "| onnx_fp32 | onnxruntime | Conv 90 %, InstanceNormalization 10 % |" in md
     assert "| fold 0 | onnx_fp32 | 9.000 | 5.000 | 1.80× | 4.000 |" in md  # threads and batch
     assert "| 2.000 |" in md or "2.000" in md  # speed-up of onnx_fp32
@@ -177,10 +180,10 @@ def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):
         "onnx_simplified": {"backend": "openvino", "latency_ms": {"onnxruntime": 20.0, "openvino": 12.0},
                             "ort_settings": {"allow_spinning": False}}}})
     entries[0].update(case_parity=str(base / "case_parity.json"), bundle=str(base / "bundle.json"))
-    results = {"torch_eager": {"p50_ms": 1000.0, "p99_ms": 1100.0, "speedup_vs_torch_eager": 1.0},
-               "onnx_fp32@openvino": {"p50_ms": 400.0, "p99_ms": 420.0, "speedup_vs_torch_eager": 2.5,
+    results = {"torch_eager": {"p50_ms": 1000.0, "p90_ms": 1050.0, "p99_ms": 1100.0, "speedup_vs_torch_eager": 1.0},
+               "onnx_fp32@openvino": {"p50_ms": 400.0, "p90_ms": 410.0, "p99_ms": 420.0, "speedup_vs_torch_eager": 2.5,
                                       "op_profile": [{"op": "Convolution", "share": 0.9}]},
-               "int8@openvino": {"p50_ms": 500.0, "p99_ms": 520.0, "speedup_vs_torch_eager": 2.0,
+               "int8@openvino": {"p50_ms": 500.0, "p90_ms": 510.0, "p99_ms": 520.0, "speedup_vs_torch_eager": 2.0,
                                  "op_profile": [{"op": "Convolution [i8]", "share": 0.8}]}}
     write_json(base / "realistic.json", {
         "patch_size": [128, 128, 128], "architecture": {"features_per_stage": [32, 64]},
@@ -198,8 +201,45 @@ def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):
     assert "| onnx_simplified (default) | 0 | openvino | onnxruntime 20.0 ms, openvino 12.0 ms | allow_spinning=False |" in md
     assert "ORT defaults: 11.000 ms; allow_spinning=False: 10.000 ms" in md
     assert "## Realistic-size benchmark" in md and "950 GFLOP per patch" in md
-    assert "best onnx_fp32@openvino at 2.50× — met." in md
-    assert "best int8@openvino at 2.00× — missed." in md and "Convolution [i8]" in md
+    assert ("| realistic nnU-Net, random weights (INT8: speed only, no gate) | 128x128x128 | 1000.000 | "
+            "onnx_fp32@openvino 2.50× | met (≥ 2×) | int8@openvino 2.00× | missed (< 3×) | "
+            "int8@openvino: Convolution [i8] 80 % |") in md
     summary = json.loads((out / "report/summary.json").read_text())
     assert summary["realistic"]["targets"]["fp32_target_met"] is True
+    assert summary["targets"]["D / T__P__3d_fullres"]["best_fp32_exact"]["name"] == "onnx_fp32"
     assert summary["folds"][0]["case_parity"]["onnx_simplified"]["passed"] is False
+
+
+def _fold(fold: str, eager: float, p50: dict[str, float], passed: dict[str, bool]) -> dict:
+    profile = [{"op": "Conv", "share": 0.7}, {"op": "InstanceNormalization", "share": 0.2}]
+    results = {"torch_eager": {"p50_ms": eager}}
+    results.update({n: {"p50_ms": v, "op_profile": profile} for n, v in p50.items()})
+    return {"dataset": "D", "model": "M", "fold": fold, "benchmark": {"shape": [1, 1, 16, 16, 16], "results": results},
+            "parity": {"variants": {n: {"passed": ok} for n, ok in passed.items()}},
+            "quantize": {"int8_a": {"method": "static"}, "int8_b": {"method": "dynamic"}, "half": {"method": "fp16"}}}
+
+
+def test_model_targets_count_only_gated_variants_over_all_folds():
+    from nnbridge.report import model_targets, variant_precision
+
+    folds = [
+        _fold("0", 100.0, {"onnx_simplified": 40.0, "onnx_simplified@openvino": 30.0, "int8_a": 10.0,
+                           "int8_b@openvino": 40.0, "half": 5.0},
+              {"onnx_simplified": True, "onnx_simplified@openvino": True, "int8_a": True,
+               "int8_b@openvino": True, "half": True}),
+        _fold("1", 200.0, {"onnx_simplified": 100.0, "onnx_simplified@openvino": 50.0, "int8_a": 20.0,
+                           "int8_b@openvino": 60.0, "half": 10.0},
+              {"onnx_simplified": True, "onnx_simplified@openvino": False, "int8_a": False,
+               "int8_b@openvino": True, "half": True}),
+    ]
+    assert [variant_precision(folds[0], n) for n in ("onnx_fp32@openvino", "int8_a@openvino", "half", "x")] == \
+        ["fp32", "int8", "fp16", "other"]
+    t = model_targets(folds)
+    # OpenVINO failed its gate on fold 1 -> the best exact runtime is ORT (median of 2.5× and 2×)
+    assert t["best_fp32_exact"]["name"] == "onnx_simplified" and t["best_fp32_exact"]["speedup"] == 2.25
+    assert t["fp32_target_met"]
+    # int8_a is fastest but failed on fold 1; fp16 is not INT8 -> int8_b on OpenVINO (2.5×, 3.333×)
+    assert t["best_int8"]["name"] == "int8_b@openvino" and t["best_int8"]["speedup"] == pytest.approx(2.917, abs=1e-3)
+    assert not t["int8_target_met"]
+    assert t["dominant_ops"] == {"int8_b@openvino": folds[0]["benchmark"]["results"]["int8_b@openvino"]["op_profile"]}
+    assert t["torch_eager_p50_ms"] == 150.0 and t["patch"] == [16, 16, 16] and t["folds"] == 2

@@ -48,7 +48,8 @@ def test_every_result_is_timed_and_consistent(tiny_run):
         assert r["peak_rss_mb"] > 0
         assert r["speedup_vs_torch_eager"] == pytest.approx(base / r["p50_ms"], abs=1e-3)
         assert r["gflops_per_s"] == pytest.approx(record["flops_per_patch"] / r["p50_ms"] / 1e6, rel=0.01)
-        peak = record["peak"]["gflops"]
+        peak = record["peak"]["int8_gops" if name in INT8_RESULTS else "gflops"]
+        assert r["peak_kind"] == ("int8" if name in INT8_RESULTS else "fp32")
         assert r["pct_of_peak"] == pytest.approx(100 * r["gflops_per_s"] / peak, abs=0.1)
     assert results["torch_eager"]["backend"] == "torch_arch"
     assert results["onnx_fp32"]["ort_settings"] == record["tuning"]["chosen"]
@@ -137,3 +138,56 @@ def test_patch_not_a_multiple_is_refused(tmp_path):
         realistic_benchmark(tmp_path, patch_size=(30, 32, 32), features=FEATURES)
     assert not (tmp_path / "model.onnx").exists()
     assert plain_unet_arch()["features_per_stage"] == [32, 64, 128, 256, 320, 320]
+
+
+def _resenc_plans(path: Path) -> Path:
+    """A plans file whose 3d_fullres is a tiny ResidualEncoderUNet (as nnU-Net writes it)."""
+    arch = {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
+        "arch_kwargs": {
+            "n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+            "n_blocks_per_stage": [1, 2, 2], "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    plans = {"plans_name": "nnUNetResEncUNetMPlans", "configurations": {
+        "3d_fullres": {"patch_size": [24, 32, 32], "architecture": arch},
+        "3d_big": {"inherits_from": "3d_fullres", "patch_size": [32, 32, 32]}}}
+    (path / "plans.json").write_text(json.dumps(plans))
+    (path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT", "1": "PET"},
+                                                   "labels": {"background": 0, "a": 1}}))
+    return path / "plans.json"
+
+
+def test_architecture_from_a_plans_file(tmp_path):
+    """Any network class nnU-Net builds: a ResEnc plan at its own patch size, channels and
+    classes from the dataset.json beside it; the ONNX equals the network the child rebuilds."""
+    from nnbridge.onnxrun import onnx_session
+
+    plans = _resenc_plans(tmp_path)
+    record = realistic_benchmark(tmp_path / "out", plans=plans, configuration="3d_big", threads=2, warmup=0,
+                                 repeats=1, int8=False, backends=("torch", "onnxruntime"))
+    arch = record["architecture"]
+    assert arch["arch_class_name"].endswith("ResidualEncoderUNet") and record["patch_size"] == [32, 32, 32]
+    assert record["shape"] == [1, 2, 32, 32, 32] and arch["num_classes"] == 2
+    assert record["flops_analytic"] is None and record["flops_per_patch"] > 0
+    assert set(record["results"]) == {"torch_eager", "onnx_fp32"} and record["results"]["onnx_fp32"]["p50_ms"] > 0
+    network = build_network(arch, record["seed"])
+    assert type(network).__name__ == "ResidualEncoderUNet"
+    x = np.random.default_rng(1).standard_normal((1, 2, 32, 32, 32)).astype(np.float32)
+    import torch
+
+    with torch.no_grad():
+        ref = network(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(onnx_session(tmp_path / "out/model.onnx").run(None, {"input": x})[0], ref, atol=1e-4)
+
+
+def test_plans_file_errors_name_the_file(tmp_path):
+    plans = _resenc_plans(tmp_path)
+    with pytest.raises(NNBridgeError, match=r"plans.json: configuration '2d' is not in the plans"):
+        realistic_benchmark(tmp_path / "out", plans=plans, configuration="2d")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(NNBridgeError, match=r"bad.json: cannot read the plans file"):
+        realistic_benchmark(tmp_path / "out", plans=tmp_path / "bad.json")

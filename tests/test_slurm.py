@@ -79,6 +79,7 @@ def reduce_config(workdir: Path) -> None:
     config["backends"] = ["onnxruntime"]  # OpenVINO runs are covered by the local workflow test
     config["quantize"] = {"int8_static": config["quantize"]["int8_static"]}  # one is enough here
     config["benchmark"]["tune"] = []
+    config["benchmark"]["realistic"] = {"enabled": False}
     config["bundle"] = {"variants": ["onnx_simplified"]}
     config["case_parity"].update(variants=["onnx_simplified"], threads=1, tolerances={})
     path.write_text(yaml.safe_dump(config, sort_keys=False))

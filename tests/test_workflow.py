@@ -57,10 +57,14 @@ def set_config(workdir: Path, update) -> None:
 
 
 def shorten(config) -> None:
-    """The shipped demo with fewer benchmark repetitions, no thread/batch sweep and one plain
+    """The shipped demo with fewer benchmark repetitions, no thread/batch sweep, a tiny realistic-size
+    benchmark and one plain
     PyTorch model (the DataParallel-style U-Net; UNet++ and the sweep are covered by library
     tests), trained for fewer steps: the suite stays within its time budget."""
     config["benchmark"].update(repeats=5, warmup=1, sweep=[])
+    # the realistic-size stage at a tiny size (tests/test_realistic.py covers it; here: rule + report)
+    config["benchmark"]["realistic"] = {"enabled": True, "patch_size": [32, 32, 32], "features": [8, 16, 32],
+                                        "warmup": 0, "repeats": 1}
     config["models"] = [m for m in config["models"] if m.get("name") != "demo_unetpp"]
     config["demo"]["pytorch_steps"] = 60
 
@@ -173,6 +177,14 @@ def test_report_covers_both_folds(workdir):
     assert "## Whole-case parity against nnU-Net's predictor" in md and "## Deployable bundle" in md
     assert "Model quality (nnU-Net validation)" in md and "weights verified" in md
     assert "data:image/png;base64," in html
+    # the speed targets per model and at the realistic size (tiny here), with the measured peaks
+    assert "## Speed targets" in md and "## Realistic-size benchmark" in md
+    assert "| realistic nnU-Net, random weights (INT8: speed only, no gate) | 32x32x32 |" in md
+    realistic = json.loads((workdir / "results/realistic/realistic.json").read_text())
+    assert realistic["results"]["int8@openvino"]["peak_kind"] == "int8" and realistic["peak"]["int8_gops"] > 0
+    summary = json.loads((workdir / "results/report/summary.json").read_text())
+    for targets in summary["targets"].values():
+        assert targets["best_fp32_exact"]["speedup"] > 0, targets  # an exact variant passed on every fold
 
 
 def test_plain_pytorch_models_run_through_the_pipeline(workdir):

@@ -33,9 +33,6 @@ _TORCH_OPS = frozenset({"Conv2d", "Conv3d", "InstanceNorm2d", "InstanceNorm3d", 
                         "BatchNorm3d", "Dropout2d", "Dropout3d", "LeakyReLU", "ReLU"})
 FP32_RESULTS = ("onnx_fp32", "onnx_fp32@openvino")
 INT8_RESULTS = ("int8", "int8@openvino")
-FP32_TARGET = 2.0  # speed-up over torch eager an exact fp32 runtime should reach
-INT8_TARGET = 3.0  # ... and an INT8 one
-TOP_OPS = 5
 INT8_NOTE = ("INT8 is for speed only: the weights are random and the calibration patches random "
              "normal, so no Dice gate is possible")
 
@@ -71,6 +68,48 @@ def plain_unet_arch(features: tuple[int, ...] | list[int] = (32, 64, 128, 256, 3
     }
 
 
+PLANS_NETWORK = "nnunet_plans"  # a description that carries a plans file's architecture as it is
+
+
+def plans_arch(plans_file: Path, configuration: str = "3d_fullres", *, input_channels: int | None = None,
+               num_classes: int | None = None) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """The architecture and patch size of one configuration of an nnU-Net plans file (any network
+    class nnU-Net builds: PlainConvUNet, ResidualEncoderUNet, …; ``inherits_from`` resolved).
+    Input channels and classes come from the ``dataset.json`` beside the plans file when not
+    given, else 1 and 3."""
+    from .plans import configuration as plans_configuration  # noqa: PLC0415
+
+    plans_file = Path(plans_file)
+    try:
+        plans = json.loads(plans_file.read_text())
+    except (OSError, ValueError) as err:
+        raise NNBridgeError(f"{plans_file}: cannot read the plans file ({err}); set "
+                            "benchmark.realistic.plans to an nnU-Net plans .json") from err
+    try:
+        cfg = plans_configuration(plans, configuration)
+    except NNBridgeError as err:
+        raise NNBridgeError(f"{plans_file}: {err}") from err
+    arch = cfg.get("architecture")
+    if not arch or "network_class_name" not in arch:
+        raise NNBridgeError(f"{plans_file}: configuration {configuration!r} has no 'architecture' block; "
+                            "use a plans file written by nnU-Net v2.4 or later")
+    dataset_file = plans_file.parent / "dataset.json"
+    if dataset_file.is_file() and (input_channels is None or num_classes is None):
+        dataset = json.loads(dataset_file.read_text())
+        channels = dataset.get("channel_names") or dataset.get("modality") or {"0": "image"}
+        input_channels = input_channels or len(channels)
+        num_classes = num_classes or len(dataset.get("labels", {}) or {"0": 0, "1": 1, "2": 2})
+    kwargs = arch["arch_kwargs"]
+    description = {
+        "network_class": PLANS_NETWORK, "arch_class_name": arch["network_class_name"],
+        "arch_kwargs": kwargs, "arch_kwargs_req_import": list(arch.get("_kw_requires_import", [])),
+        "input_channels": int(input_channels or 1), "num_classes": int(num_classes or 3),
+        "strides": kwargs["strides"], "features_per_stage": kwargs.get("features_per_stage"),
+        "source": f"{plans_file} ({configuration})",
+    }
+    return description, tuple(int(v) for v in cfg["patch_size"])
+
+
 def _torch_op(name: str | None):
     """The ``torch.nn`` class a description names (``None`` stays ``None``)."""
     import torch  # noqa: PLC0415
@@ -90,6 +129,15 @@ def build_network(arch: dict[str, Any], seed: int = 0):
     import torch  # noqa: PLC0415
     from dynamic_network_architectures.architectures.unet import PlainConvUNet  # noqa: PLC0415
 
+    if arch.get("network_class") == PLANS_NETWORK:
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: PLC0415
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            network = get_network_from_plans(arch["arch_class_name"], arch["arch_kwargs"],
+                                             arch["arch_kwargs_req_import"], arch["input_channels"],
+                                             arch["num_classes"], allow_init=True, deep_supervision=False)
+        return network.eval()
     if arch.get("network_class", "PlainConvUNet") != "PlainConvUNet":
         raise NNBridgeError(f"network_class {arch.get('network_class')!r} unknown; "
                             "only PlainConvUNet is built")
@@ -122,10 +170,13 @@ def check_patch(arch: dict[str, Any], patch_size: tuple[int, ...]) -> None:
             f"{tuple(max(m, s // m * m) for s, m in zip(patch_size, multiple))})")
 
 
-def analytic_flops(arch: dict[str, Any], patch_size: tuple[int, ...]) -> int:
+def analytic_flops(arch: dict[str, Any], patch_size: tuple[int, ...]) -> int | None:
     """FLOPs of one patch counted from the description alone (a multiply-add = 2, bias ignored,
     as :func:`nnbridge.coverage.compute_node_flops` counts them): encoder convs, decoder
-    transposed convs and convs, and the one segmentation head deep supervision off leaves."""
+    transposed convs and convs, and the one segmentation head deep supervision off leaves.
+    ``None`` for an architecture from a plans file (its graph is counted instead)."""
+    if arch.get("network_class") == PLANS_NETWORK:
+        return None
     feats, kernels, strides = arch["features_per_stage"], arch["kernel_sizes"], arch["strides"]
     n = arch["n_stages"]
     spatial, channels_in, voxels, flops = list(patch_size), arch["input_channels"], [], 0
@@ -200,33 +251,14 @@ def make_int8(src: Path, dst: Path, arch: dict[str, Any], patch_size: tuple[int,
     return record
 
 
-def _best(results: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any] | None:
-    """The fastest of ``names`` that has a speed-up, as {name, speedup, p50_ms}."""
-    done = [(name, results[name]) for name in names
-            if "speedup_vs_torch_eager" in results.get(name, {})]
-    if not done:
-        return None
-    name, result = max(done, key=lambda item: item[1]["speedup_vs_torch_eager"])
-    return {"name": name, "speedup": result["speedup_vs_torch_eager"], "p50_ms": result["p50_ms"]}
+def compute_targets(results: dict[str, Any]) -> dict[str, Any]:
+    """:func:`nnbridge.bench.speed_targets` on the realistic results: exact fp32 = ONNX fp32 on
+    each runtime, INT8 = the QDQ variant on each runtime (speed only: no Dice gate here)."""
+    from .bench import speed_targets  # noqa: PLC0415
 
-
-def compute_targets(results: dict[str, Any], *, fp32_target: float = FP32_TARGET,
-                    int8_target: float = INT8_TARGET, top: int = TOP_OPS) -> dict[str, Any]:
-    """Best exact fp32 runtime and best INT8 runtime against torch eager, whether each reaches its
-    target, and for every target missed the top operators of its best runtime's profile."""
-    fp32, int8 = _best(results, FP32_RESULTS), _best(results, INT8_RESULTS)
-    targets: dict[str, Any] = {
-        "fp32_target": fp32_target, "int8_target": int8_target,
-        "best_fp32_exact": fp32, "fp32_target_met": bool(fp32 and fp32["speedup"] >= fp32_target),
-        "best_int8": int8, "int8_target_met": bool(int8 and int8["speedup"] >= int8_target),
-    }
-    dominant = {}
-    for best, met in ((fp32, targets["fp32_target_met"]), (int8, targets["int8_target_met"])):
-        if best and not met and results[best["name"]].get("op_profile"):
-            dominant[best["name"]] = results[best["name"]]["op_profile"][:top]
-    if dominant:
-        targets["dominant_ops"] = dominant
-    return targets
+    candidates = {name: {"speedup": r.get("speedup_vs_torch_eager"), "p50_ms": r.get("p50_ms"),
+                         "op_profile": r.get("op_profile")} for name, r in results.items() if "p50_ms" in r}
+    return speed_targets(candidates, FP32_RESULTS, INT8_RESULTS)
 
 
 def _specs(out_dir: Path, arch: dict[str, Any], seed: int, backends: tuple[str, ...],
@@ -263,8 +295,11 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
                         features: tuple[int, ...] = (32, 64, 128, 256, 320, 320), threads: int = 2,
                         warmup: int = 1, repeats: int = 3, int8: bool = True,
                         backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino"),
-                        seed: int = 0) -> dict[str, Any]:
-    """Build, export, quantize and time a random-weight nnU-Net ``PlainConvUNet`` at ``patch_size``.
+                        seed: int = 0, plans: Path | None = None,
+                        configuration: str = "3d_fullres") -> dict[str, Any]:
+    """Build, export, quantize and time a random-weight nnU-Net ``PlainConvUNet`` at ``patch_size``
+    — or, with ``plans``, the network of that plans file's ``configuration`` at its own patch size
+    (``patch_size`` and ``features`` then do not apply).
 
     Writes ``out_dir/model.onnx`` (and ``out_dir/model_int8.onnx`` when ``int8``). Returns a
     JSON-serializable record: the architecture, input shape, FLOPs per patch (from the graph, and
@@ -287,7 +322,10 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
     if unknown:
         raise NNBridgeError(f"unknown backends {sorted(unknown)}; use torch, onnxruntime, openvino")
     started = time.perf_counter()
-    arch = plain_unet_arch(features, dims=len(patch_size))
+    if plans:
+        arch, patch_size = plans_arch(Path(plans), configuration)
+    else:
+        arch = plain_unet_arch(features, dims=len(patch_size))
     check_patch(arch, tuple(patch_size))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -309,7 +347,7 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
     record["peak"] = measure_peak_gflops(threads)
     graph = onnx.load(str(out_dir / "model.onnx"))
     flops = sum(node["flops"] for node in compute_node_flops(graph, shape).values())
-    add_throughput(record, flops, record["peak"].get("gflops"))
+    add_throughput(record, flops, record["peak"], set(INT8_RESULTS))
     record.update({
         "kind": "realistic nnU-Net benchmark (random weights)",
         "architecture": arch, "seed": seed, "patch_size": list(patch_size),

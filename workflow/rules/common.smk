@@ -239,6 +239,12 @@ def get_report_entries():
     return entries
 
 
+def get_realistic_plans(wildcards):
+    """The plans file of the realistic-size benchmark, when one is configured."""
+    plans = config["benchmark"]["realistic"]["plans"]
+    return {"plans": plans} if plans else {}
+
+
 def get_realistic():
     """The realistic-size benchmark's record, when enabled."""
     if config["benchmark"]["realistic"]["enabled"]:

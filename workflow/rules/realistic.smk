@@ -1,6 +1,8 @@
-# Speed at a realistic nnU-Net size (128^3 patch, 6 stages, 32->320 features; random weights:
-# speed needs no training). Opt-in (benchmark.realistic.enabled): ~30 min on 2 cores.
+# Speed at a realistic nnU-Net size (128^3 patch, 6 stages, 32->320 features, or the network of
+# a plans file; random weights: speed needs no training). ~6 min on 2 cores.
 rule realistic_benchmark:
+    input:
+        unpack(get_realistic_plans),
     output:
         json=report(
             f"{RESULTS}/realistic/realistic.json",
@@ -13,6 +15,7 @@ rule realistic_benchmark:
         warmup=lookup(dpath="benchmark/realistic/warmup", within=config),
         repeats=lookup(dpath="benchmark/realistic/repeats", within=config),
         int8=lookup(dpath="benchmark/realistic/int8", within=config),
+        configuration=lookup(dpath="benchmark/realistic/configuration", within=config),
         threads=lookup(dpath="benchmark/threads", within=config),
         code=code_version("realistic", "bench", "onnxrun", "coverage", "opprofile", "quantize"),
     log:

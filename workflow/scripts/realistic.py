@@ -12,6 +12,8 @@ with logged(snakemake.log[0]):
         warmup=snakemake.params.warmup,
         repeats=snakemake.params.repeats,
         int8=snakemake.params.int8,
+        plans=snakemake.input.get("plans"),
+        configuration=snakemake.params.configuration,
     )
     write_json(snakemake.output.json, record)
     print(record["targets"])
