@@ -282,16 +282,29 @@ def benchmark_table(folds: list[dict[str, Any]]) -> Table:
         shape = "x".join(str(s) for s in bench.get("shape", []))
         for name, r in bench.get("results", {}).items():
             if "error" in r:
-                rows.append([_fold_label(e), name, shape, "error: " + r["error"], "", "", "", "", "", "", ""])
+                rows.append([_fold_label(e), name, shape, "error: " + r["error"], "", "", "", "", "", "", "", ""])
                 continue
             size = r.get("file_size_bytes")
             rows.append([_fold_label(e), name, shape, _fmt(r["p50_ms"], 3), _fmt(r["p90_ms"], 3),
                          _fmt(r.get("p99_ms"), 3),
                          _fmt(r["peak_rss_mb"], 1), _fmt(size / 1e6 if size else None, 3),
                          _fmt(r.get("gflops_per_s"), 1), _pct(r),
-                         _fmt(r.get("speedup_vs_torch_eager"), 3)])
+                         _fmt(r.get("speedup_vs_torch_eager"), 3), runtime_settings(r)])
     return ["fold", "backend / variant", "input", "p50 ms", "p90 ms", "p99 ms", "peak RSS MB", "file MB",
-            "GFLOP/s", "% of peak", "speed-up vs torch eager"], rows
+            "GFLOP/s", "% of peak", "speed-up vs torch eager", "runtime settings"], rows
+
+
+def runtime_settings(result: dict[str, Any]) -> str:
+    """How a benchmark result ran: threads and the runtime's options (the tuned ones for ONNX Runtime)."""
+    threads = f"{result['threads']} thread(s)" if result.get("threads") else "runtime's threads"
+    backend = result.get("backend")
+    if backend == "onnxruntime":
+        return f"{threads}, {_settings(result.get('ort_settings') or {})}"
+    if backend == "openvino":
+        return f"{threads}, f32 precision hint (INT8 kernels where quantized), latency mode"
+    if backend in ("torch", "torch_arch"):
+        return f"{threads}, eager, no_grad"
+    return f"{threads}, {backend}" if backend else threads
 
 
 def profile_table(folds: list[dict[str, Any]]) -> Table | None:
