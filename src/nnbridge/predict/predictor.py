@@ -28,14 +28,12 @@ BACKENDS = ("onnxruntime", "openvino")
 
 
 def onnx_network(path: Path, backend: str, threads: int = 0, settings: dict | None = None) -> Network:
-    """A batch → logits callable on ONNX Runtime (with the tuned session ``settings``) or
-    OpenVINO (CPU, fp32 kept exact)."""
-    from ..onnxrun import onnx_session, openvino_model  # noqa: PLC0415 - both torch-free
+    """A batch → logits callable on ONNX Runtime (with the tuned ``settings``: session options
+    and IO binding) or OpenVINO (CPU, fp32 kept exact)."""
+    from ..onnxrun import onnx_session, openvino_model, ort_runner  # noqa: PLC0415 - all torch-free
 
     if backend == "onnxruntime":
-        session = onnx_session(path, threads, settings=settings)
-        name = session.get_inputs()[0].name
-        return lambda batch: session.run(None, {name: batch})[0]
+        return ort_runner(onnx_session(path, threads, settings=settings), settings)
     if backend == "openvino":
         request = openvino_model(path, threads).create_infer_request()
         return lambda batch: np.array(request.infer({0: batch})[0])
