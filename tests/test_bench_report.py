@@ -199,7 +199,8 @@ def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):
                                          "first_divergence": "c1: final labels"}}, "all_passed": False})
     write_json(base / "bundle.json", {"default_variant": "onnx_simplified", "folds": ["0"], "variants": {
         "onnx_simplified": {"backend": "openvino", "latency_ms": {"onnxruntime": 20.0, "openvino": 12.0},
-                            "ort_settings": {"allow_spinning": False}}}})
+                            "ort_settings": {"allow_spinning": False},
+                            "run_settings": {"openvino": {"threads": 2, "batch_size": 1}}}}})
     entries[0].update(case_parity=str(base / "case_parity.json"), bundle=str(base / "bundle.json"))
     results = {"torch_eager": {"p50_ms": 1000.0, "p99_ms": 1100.0, "speedup_vs_torch_eager": 1.0},
                "onnx_fp32@openvino": {"p50_ms": 400.0, "p99_ms": 420.0, "speedup_vs_torch_eager": 2.5,
@@ -219,7 +220,8 @@ def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):
     assert "| fold 0 | onnx_simplified (openvino) | 1 | 99.0000 % | 0.9800 |" in md
     assert "c1: final labels" in md and "| 3.50 / 0.50 | 7.00× | FAIL |" in md
     assert "| fold 0 | nnU-Net (torch) | 0.100 | 0.200 | 3.000 | 0.100 | 0.100 |" in md
-    assert "| onnx_simplified (default) | 0 | openvino | onnxruntime 20.0 ms, openvino 12.0 ms | allow_spinning=False |" in md
+    assert ("| onnx_simplified (default) | 0 | openvino | onnxruntime 20.0 ms, openvino 12.0 ms | allow_spinning=False "
+            "| 2 / 1 |") in md
     assert "ORT defaults: 11.000 ms; allow_spinning=False: 10.000 ms" in md
     assert "## Realistic-size benchmark" in md and "950 GFLOP per patch" in md
     assert "best onnx_fp32@openvino at 2.50× — met." in md
