@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nnbridge.bench import MIN_GAIN, ORT_CANDIDATES, benchmark_fold
@@ -147,13 +148,36 @@ def test_onnx_session_applies_tuned_settings(exported):
 
     out, _, _ = exported
     session = onnx_session(out / "model.onnx", 2, settings={"allow_spinning": False, "mem_pattern": False,
-                                                           "cpu_arena": False, "optimization": "ORT_ENABLE_BASIC"})
+                                                           "cpu_arena": False, "optimization": "ORT_ENABLE_BASIC",
+                                                           "execution_mode": "ORT_PARALLEL", "io_binding": True})
     options = session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert not options.enable_mem_pattern and not options.enable_cpu_mem_arena
     assert str(options.graph_optimization_level).endswith("ORT_ENABLE_BASIC")
+    assert str(options.execution_mode).endswith("ORT_PARALLEL") and options.inter_op_num_threads == 2
     with pytest.raises(ValueError, match="unknown ONNX Runtime settings"):
         onnx_session(out / "model.onnx", 2, settings={"spin": True})
+    with pytest.raises(ValueError, match="execution_mode='PARALLEL' is not one of"):
+        onnx_session(out / "model.onnx", 2, settings={"execution_mode": "PARALLEL"})
+
+
+def test_io_binding_gives_the_numbers_of_plain_runs(exported, loaded_fold):
+    """The IO-binding runner (a tuning candidate, used by the benchmark and nnbridge predict)
+    returns exactly what session.run does, also when the batch shrinks between calls (the last
+    windows of a case) and for mirrored, non-contiguous windows."""
+    from nnbridge.bench import _load_runner
+    from nnbridge.onnxrun import onnx_session, ort_runner
+
+    assert {"io_binding": True} in ORT_CANDIDATES
+    out, _, _ = exported
+    session = onnx_session(out / "model.onnx", 2, settings={"io_binding": True})
+    plain, bound = ort_runner(session), ort_runner(session, {"io_binding": True})
+    assert (plain.__name__, bound.__name__) == ("<lambda>", "run_bound")
+    x = np.random.default_rng(0).standard_normal((2, *loaded_fold.input_shape[1:])).astype(np.float32)
+    for batch in (x, x[:1], np.flip(x[1:], axis=2), x):
+        np.testing.assert_array_equal(bound(batch), plain(np.ascontiguousarray(batch)))
+    spec = {"backend": "onnxruntime", "path": str(out / "model.onnx"), "settings": {"io_binding": True}}
+    assert _load_runner(spec, 1).__name__ == "run_bound"  # the benchmark times the bound run
 
 
 def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):
@@ -178,7 +202,8 @@ def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):
                                          "first_divergence": "c1: final labels"}}, "all_passed": False})
     write_json(base / "bundle.json", {"default_variant": "onnx_simplified", "folds": ["0"], "variants": {
         "onnx_simplified": {"backend": "openvino", "latency_ms": {"onnxruntime": 20.0, "openvino": 12.0},
-                            "ort_settings": {"allow_spinning": False}}}})
+                            "ort_settings": {"allow_spinning": False},
+                            "run_settings": {"openvino": {"threads": 2, "batch_size": 1}}}}})
     entries[0].update(case_parity=str(base / "case_parity.json"), bundle=str(base / "bundle.json"))
     results = {"torch_eager": {"p50_ms": 1000.0, "p90_ms": 1050.0, "p99_ms": 1100.0, "speedup_vs_torch_eager": 1.0},
                "onnx_fp32@openvino": {"p50_ms": 400.0, "p90_ms": 410.0, "p99_ms": 420.0, "speedup_vs_torch_eager": 2.5,
@@ -198,7 +223,8 @@ def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):
     assert "| fold 0 | onnx_simplified (openvino) | 1 | 99.0000 % | 0.9800 |" in md
     assert "c1: final labels" in md and "| 3.50 / 0.50 | 7.00× | FAIL |" in md
     assert "| fold 0 | nnU-Net (torch) | 0.100 | 0.200 | 3.000 | 0.100 | 0.100 |" in md
-    assert "| onnx_simplified (default) | 0 | openvino | onnxruntime 20.0 ms, openvino 12.0 ms | allow_spinning=False |" in md
+    assert ("| onnx_simplified (default) | 0 | openvino | onnxruntime 20.0 ms, openvino 12.0 ms | allow_spinning=False "
+            "| 2 / 1 |") in md
     assert "ORT defaults: 11.000 ms; allow_spinning=False: 10.000 ms" in md
     assert "## Realistic-size benchmark" in md and "950 GFLOP per patch" in md
     assert ("| realistic nnU-Net, random weights (INT8: speed only, no gate) | 128x128x128 | 1000.000 | "

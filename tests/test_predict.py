@@ -241,3 +241,120 @@ def test_predict_cli_names_a_missing_channel(bundle_dir, tmp_path, capsys):
     rc = main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(bundle_dir)])
     assert rc == 2
     assert "case 'case' lacks channel(s) case_0000.nii.gz" in capsys.readouterr().err
+
+
+def _sweep(ort_ms: dict[str, float], ort_batch: float, ov_ms: dict[str, float], ov_batch: float) -> dict:
+    """A benchmark's thread/batch sweep (batch 2) of the fp32 graph on both runtimes."""
+    return {"threads": [1, 2], "batch": 2, "results": {
+        "torch_eager": {"p50_ms_by_threads": {"1": 1.0, "2": 1.0}, "p50_ms_per_patch_at_batch": 0.1},
+        "onnx_fp32": {"p50_ms_by_threads": ort_ms, "p50_ms_per_patch_at_batch": ort_batch},
+        "onnx_fp32@openvino": {"p50_ms_by_threads": ov_ms, "p50_ms_per_patch_at_batch": ov_batch}}}
+
+
+def test_run_settings_come_from_the_benchmark_sweep():
+    """Threads: the lowest median p50 over folds on the same runtime; batch: the sweep's batch
+    only when it is more than 3 % faster per patch than batch 1 at full threads."""
+    from nnbridge.predict.bundle import run_settings
+
+    sweeps = [_sweep({"1": 30.0, "2": 20.0}, 18.0, {"1": 10.0, "2": 12.0}, 11.9),
+              _sweep({"1": 30.0, "2": 35.0}, 30.0, {"1": 11.0, "2": 12.0}, 11.8)]
+    got = run_settings(sweeps, "int8")  # not swept itself: the fp32 graph's sweep stands in
+    # ONNX Runtime: medians 30 vs 27.5 ms -> 2 threads; batch 2: 24 ms per patch vs 27.5 -> kept
+    assert (got["onnxruntime"]["threads"], got["onnxruntime"]["batch_size"]) == (2, 2)
+    assert got["onnxruntime"]["from"]["threads"] == ("sweep of onnx_fp32, the fp32 graph on this runtime: "
+                                                     "lowest median p50 at 2 of 1, 2 threads (1: 30.0 ms, 2: 27.5 ms)")
+    # OpenVINO: 1 thread; batch 2 is 1.7 % faster per patch (11.85 vs 12.0 ms): noise, batch 1
+    assert (got["openvino"]["threads"], got["openvino"]["batch_size"]) == (1, 1)
+    assert "not more than 3% faster" in got["openvino"]["from"]["batch_size"]
+    assert "sweep of onnx_fp32@openvino" in got["openvino"]["from"]["batch_size"]
+    # a variant swept itself uses its own sweep
+    sweeps[0]["results"]["int8"] = {"p50_ms_by_threads": {"1": 5.0, "2": 9.0}}
+    own = run_settings(sweeps[:1], "int8")["onnxruntime"]
+    assert own["threads"] == 1 and own["batch_size"] == 1 and own["from"]["threads"].startswith("sweep of int8:")
+    # no sweep: the runtimes' defaults, said so
+    assert run_settings([], "int8")["openvino"] == {"threads": None, "batch_size": 1, "from": {
+        "threads": "default: the benchmark swept no int8@openvino or onnx_fp32@openvino",
+        "batch_size": "default: the benchmark swept no int8@openvino or onnx_fp32@openvino"}}
+
+
+@pytest.fixture(scope="module")
+def swept_bundle_dir(tiny_model, exported, tmp_path_factory) -> Path:
+    """A bundle built by the pipeline's builder from two folds' parity and benchmark records."""
+    from nnbridge.predict.bundle import build_from_pipeline
+    from nnbridge.runlog import write_json
+
+    out_dir, _, _ = exported
+    root = tmp_path_factory.mktemp("swept")
+    folds = {}
+    for fold, sweep in (("0", _sweep({"1": 30.0, "2": 20.0}, 18.0, {"1": 10.0, "2": 12.0}, 11.9)),
+                        ("1", _sweep({"1": 30.0, "2": 35.0}, 30.0, {"1": 11.0, "2": 12.0}, 11.8))):
+        write_json(root / fold / "parity.json", {"variants": {"onnx_fp32": {"passed": True},
+                                                              "onnx_fp32@openvino": {"passed": True}}})
+        write_json(root / fold / "benchmark.json", {
+            "threads": 2, "results": {"onnx_fp32": {"p50_ms": 20.0}, "onnx_fp32@openvino": {"p50_ms": 30.0}},
+            "tuning": {"onnx_fp32": {"chosen": {"io_binding": True}}}, "sweep": sweep})
+        folds[fold] = {"files": {"onnx_fp32": out_dir / "model.onnx"}, "parity": root / fold / "parity.json",
+                       "benchmark": root / fold / "benchmark.json"}
+    build_from_pipeline(root / "bundle", plans_file=tiny_model.model_folder / "plans.json",
+                        dataset_file=tiny_model.model_folder / "dataset.json", folds=folds,
+                        variant_names=["onnx_fp32"], default_variant="onnx_fp32", model="m", dataset="d")
+    return root / "bundle"
+
+
+def test_predictor_uses_the_recorded_threads_and_batch_unless_told(swept_bundle_dir):
+    import os
+
+    from nnbridge.predict.predictor import Predictor
+
+    bundle = Bundle.load(swept_bundle_dir)
+    entry = bundle.manifest["variants"]["onnx_fp32"]
+    assert entry["backend"] == "onnxruntime" and entry["ort_settings"] == {"io_binding": True}
+    predictor = Predictor(bundle)
+    assert (predictor.threads, predictor.batch_size) == (min(2, os.cpu_count() or 1), 2)
+    line = predictor.describe_run()
+    assert line.startswith(f"onnx_fp32 on onnxruntime with {predictor.threads} threads, batch 2, "
+                           "ONNX Runtime io_binding=True (the benchmark's search) [threads: sweep of onnx_fp32: ")
+    assert "batch: sweep of onnx_fp32: 24.0 ms per window at batch 2 vs 27.5 ms at batch 1, more than 3% faster]" in line
+    ov = Predictor(bundle, backend="openvino")
+    assert (ov.threads, ov.batch_size) == (1, 1)
+    explicit = Predictor(bundle, threads=1, batch_size=3)
+    assert (explicit.threads, explicit.batch_size) == (1, 3)
+    assert explicit.run_choice["why"] == {"threads": "--threads", "batch_size": "--batch-size"}
+    with pytest.raises(NNBridgeError, match="the batch size >= 1"):
+        Predictor(bundle, batch_size=0)
+    # a bundle written on a machine with more cores: capped at this machine's CPU count
+    cpus = os.cpu_count() or 1
+    entry["run_settings"]["onnxruntime"]["threads"] = cpus + 6
+    capped = Predictor(bundle)
+    assert capped.threads == cpus and f"{cpus + 6} capped at this machine's {cpus} CPUs" in capped.describe_run()
+
+
+def test_predict_cli_explicit_threads_win_and_old_bundles_still_predict(tiny_model, swept_bundle_dir, tmp_path,
+                                                                      capsys):
+    """--threads/--batch-size override the bundle's record; a manifest from before the record
+    (no run_settings) predicts with the runtime's threads and batch 1, the same labels."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    from nnbridge.cli import main
+    from nnbridge.predict.predictor import Predictor
+
+    cases = _write_cases(tiny_model, tmp_path / "in", n=1)
+    case = next(iter(cases))
+    rc = main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(swept_bundle_dir),
+               "-f", "0", "--threads", "1", "--batch-size", "3"])
+    assert rc == 0
+    assert ("nnbridge: onnx_fp32 on onnxruntime with 1 thread, batch 3, ONNX Runtime io_binding=True (the "
+            "benchmark's search) [threads: --threads; batch: --batch-size]") in capsys.readouterr().err
+    old = tmp_path / "old"
+    shutil.copytree(swept_bundle_dir, old)
+    manifest = json.loads((old / "bundle.json").read_text())
+    del manifest["variants"]["onnx_fp32"]["run_settings"]
+    (old / "bundle.json").write_text(json.dumps(manifest))
+    predictor = Predictor(Bundle.load(old), folds=["0"])
+    assert (predictor.threads, predictor.batch_size) == (0, 1)
+    assert predictor.run_choice["why"]["batch_size"] == "default: no choice recorded in the bundle"
+    result = predictor.predict_case(case, cases[case]["images"])
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz")))
+    np.testing.assert_array_equal(written, result.segmentation)

@@ -72,8 +72,11 @@ def add_predict_parser(sub) -> None:
                    action="store_true", help="also write <case>.npz (probabilities) and <case>.pkl")
     p.add_argument("--continue_prediction", "--continue-prediction", dest="continue_prediction",
                    action="store_true", help="skip cases whose output exists")
-    p.add_argument("--threads", type=int, default=0, help="runtime threads (default: the runtime's choice)")
-    p.add_argument("--batch-size", type=int, default=1, help="windows per network call")
+    p.add_argument("--threads", type=int, default=None,
+                   help="runtime threads (default: the fastest count in the pipeline's benchmark sweep, "
+                   "recorded in the bundle, at most this machine's CPUs; 0 = the runtime's choice)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="windows per network call (default: the bundle's choice from the benchmark sweep, else 1)")
     p.add_argument("--fp32-accumulate", action="store_true",
                    help="sum window logits in float32 (nnU-Net sums in float16)")
     p.add_argument("--allow-ungated", action="store_true", help="use a variant that failed its parity gate")

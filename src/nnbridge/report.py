@@ -547,13 +547,16 @@ def bundle_table(folds: list[dict[str, Any]]) -> Table | None:
         seen.add((e["dataset"], e["model"]))
         for name, v in b["variants"].items():
             lat = ", ".join(f"{k} {ms:.1f} ms" for k, ms in sorted(v["latency_ms"].items()))
+            run = (v.get("run_settings") or {}).get(v["backend"] or "")
+            run_text = (f"{run.get('threads') or 'runtime default'} / {run.get('batch_size', 1)}" if run
+                        else "not recorded")
             rows.append([f"{e['dataset']} / {e['model']}", name + (" (default)" if name == b["default_variant"] else ""),
                          ", ".join(b["folds"]), v["backend"] or "none passed", lat,
-                         _settings(v.get("ort_settings") or {})])
+                         _settings(v.get("ort_settings") or {}), run_text])
     if not rows:
         return None
     return (["model", "variant", "folds", "runtime used by nnbridge predict", "median p50 per runtime",
-             "ONNX Runtime settings"], rows)
+             "ONNX Runtime settings", "threads / batch (from the sweep)"], rows)
 
 
 def _settings(settings: dict[str, Any]) -> str:

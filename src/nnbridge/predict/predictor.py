@@ -7,6 +7,7 @@ Each stage is timed per case.
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import time
@@ -28,18 +29,44 @@ BACKENDS = ("onnxruntime", "openvino")
 
 
 def onnx_network(path: Path, backend: str, threads: int = 0, settings: dict | None = None) -> Network:
-    """A batch → logits callable on ONNX Runtime (with the tuned session ``settings``) or
-    OpenVINO (CPU, fp32 kept exact)."""
-    from ..onnxrun import onnx_session, openvino_model  # noqa: PLC0415 - both torch-free
+    """A batch → logits callable on ONNX Runtime (with the tuned ``settings``: session options
+    and IO binding) or OpenVINO (CPU, fp32 kept exact)."""
+    from ..onnxrun import onnx_session, openvino_model, ort_runner  # noqa: PLC0415 - all torch-free
 
     if backend == "onnxruntime":
-        session = onnx_session(path, threads, settings=settings)
-        name = session.get_inputs()[0].name
-        return lambda batch: session.run(None, {name: batch})[0]
+        return ort_runner(onnx_session(path, threads, settings=settings), settings)
     if backend == "openvino":
         request = openvino_model(path, threads).create_infer_request()
         return lambda batch: np.array(request.infer({0: batch})[0])
     raise NNBridgeError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+
+
+def choose_run_settings(entry: dict[str, Any], backend: str, threads: int | None,
+                        batch_size: int | None) -> dict[str, Any]:
+    """Threads and batch size for a bundle variant on ``backend``: the explicit values if given,
+    else the bundle's record (:func:`.bundle.run_settings`; threads capped at this machine's CPU
+    count), else the runtime's default threads (0) and batch 1; ``why`` says which for each."""
+    recorded = (entry.get("run_settings") or {}).get(backend) or {}
+    reasons = recorded.get("from") or {}
+    no_record = "no choice recorded in the bundle"
+    if threads is not None:
+        threads_why = "--threads"
+    elif recorded.get("threads"):
+        threads, threads_why = int(recorded["threads"]), reasons.get("threads", "the bundle")
+        cpus = os.cpu_count() or 1
+        if threads > cpus:
+            threads, threads_why = cpus, f"{threads_why}; {threads} capped at this machine's {cpus} CPUs"
+    else:
+        threads, threads_why = 0, reasons.get("threads", f"default: {no_record}")
+    if batch_size is not None:
+        batch_why = "--batch-size"
+    else:
+        batch_size = int(recorded.get("batch_size") or 1)
+        batch_why = reasons.get("batch_size", f"default: {no_record}")
+    if threads < 0 or batch_size < 1:
+        raise NNBridgeError(f"--threads {threads} / --batch-size {batch_size}: threads must be >= 0 "
+                            "(0: the runtime's choice) and the batch size >= 1")
+    return {"threads": threads, "batch_size": batch_size, "why": {"threads": threads_why, "batch_size": batch_why}}
 
 
 @dataclass
@@ -61,13 +88,14 @@ class Predictor:
     variant: str | None = None
     folds: Sequence[str] | None = None
     backend: str | None = None
-    threads: int = 0
+    threads: int | None = None  # None: the bundle's choice for the runtime (see choose_run_settings)
     step: float = 0.5
     mirroring: bool = True
-    batch_size: int = 1
+    batch_size: int | None = None  # None: likewise
     accumulate: str = "float16"
     allow_ungated: bool = False
     networks: list[Network] = field(default_factory=list, init=False)
+    run_choice: dict[str, Any] = field(default_factory=dict, init=False)  # threads, batch size and why
 
     def __post_init__(self) -> None:
         name, entry = self.bundle.variant(self.variant)
@@ -82,6 +110,8 @@ class Predictor:
                 f"{self.bundle.root}: variant {name!r} on {self.backend} failed its parity gate on fold(s) "
                 f"{failed}; choose another --variant/--backend, or pass --allow-ungated to use it anyway"
             )
+        self.run_choice = choose_run_settings(entry, self.backend, self.threads, self.batch_size)
+        self.threads, self.batch_size = self.run_choice["threads"], self.run_choice["batch_size"]
         self.files = self.bundle.model_files(name, list(self.folds) if self.folds else None)
         self.config = configuration(self.bundle.plans, self.bundle.configuration)
         refuse_cascade(self.bundle.configuration, self.config.get("previous_stage"), self.bundle.root)
@@ -95,8 +125,19 @@ class Predictor:
         if not self.networks:
             _, entry = self.bundle.variant(self.variant)
             settings = entry.get("ort_settings") if self.backend == "onnxruntime" else None
-            self.networks = [onnx_network(p, self.backend or "onnxruntime", self.threads, settings)
+            self.networks = [onnx_network(p, self.backend or "onnxruntime", self.threads or 0, settings)
                              for p in self.files]
+
+    def describe_run(self) -> str:
+        """One line: the runtime, threads, batch size and ONNX Runtime settings used, and why."""
+        why = self.run_choice["why"]
+        threads = f"{self.threads} thread{'s' * (self.threads > 1)}" if self.threads else "the runtime's threads"
+        line = f"{self.variant} on {self.backend} with {threads}, batch {self.batch_size}"
+        if self.backend == "onnxruntime":
+            settings = self.bundle.variant(self.variant)[1].get("ort_settings") or {}
+            line += ", ONNX Runtime " + (", ".join(f"{k}={v}" for k, v in settings.items())
+                                         + " (the benchmark's search)" if settings else "defaults")
+        return f"{line} [threads: {why['threads']}; batch: {why['batch_size']}]"
 
     def preprocess(self, data: np.ndarray, properties: dict) -> tuple[np.ndarray, dict]:
         return preprocess_case(data, properties, self.bundle.plans, self.bundle.configuration)
@@ -153,6 +194,8 @@ class Predictor:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         ending = self.bundle.dataset_json["file_ending"]
+        if verbose:
+            print(f"nnbridge: {self.describe_run()}", file=sys.stderr)
         records = []
         for i, (case, files) in enumerate(cases.items(), 1):
             if not overwrite and (output_dir / f"{case}{ending}").exists():
