@@ -132,7 +132,7 @@ def test_report_shows_gates_numbers_and_plot(tmp_path):
     assert "| 40.0 | 25.0 (fp32) |" in md  # GFLOP/s and % of peak of onnx_fp32
     # speed targets: onnx_fp32 passed its gate at 2× torch eager; the INT8 variant failed its gate
     assert ("| D / T__P__3d_fullres | 8x8x8 | 10.000 | onnx_fp32 2.00× | met (≥ 2×) | none passed its gate "
-            "| missed | – |") in md
+            "| missed (< 3×) | – |") in md
     assert "| onnx_fp32 | onnxruntime | Conv 90 %, InstanceNormalization 10 % |" in md
     assert "| fold 0 | onnx_fp32 | 9.000 | 5.000 | 1.80× | 4.000 |" in md  # threads and batch
     assert "| 2.000 |" in md or "2.000" in md  # speed-up of onnx_fp32
@@ -269,3 +269,20 @@ def test_model_targets_count_only_gated_variants_over_all_folds():
     assert not t["int8_target_met"]
     assert t["dominant_ops"] == {"int8_b@openvino": folds[0]["benchmark"]["results"]["int8_b@openvino"]["op_profile"]}
     assert t["torch_eager_p50_ms"] == 150.0 and t["patch"] == [16, 16, 16] and t["folds"] == 2
+
+
+def test_ceilings_say_when_a_target_is_beyond_the_machine():
+    """torch eager at 60 % of the fp32 peak: no exact runtime can be 2× faster (ceiling 1.67×)."""
+    from nnbridge.bench import speed_ceilings
+    from nnbridge.report import model_targets, targets_table
+
+    folds = [_fold("0", 100.0, {"onnx_simplified": 70.0, "int8_a": 30.0}, {"onnx_simplified": True, "int8_a": True})]
+    folds[0]["benchmark"]["results"]["torch_eager"]["gflops_per_s"] = 60.0
+    folds[0]["benchmark"]["peak"] = {"gflops": 100.0, "int8_gops": 400.0}
+    assert speed_ceilings(60.0, {"gflops": 100.0, "int8_gops": 400.0}) == {"fp32_ceiling": 1.67, "int8_ceiling": 6.67}
+    assert speed_ceilings(None, {"gflops": 100.0}) == {}
+    t = model_targets(folds)
+    assert t["fp32_ceiling"] == 1.67 and t["int8_ceiling"] == 6.67 and not t["fp32_target_met"]
+    row = targets_table(folds)[1][0]
+    assert row[4] == "missed (< 2×); beyond this machine: the measured peak allows at most 1.67×"
+    assert row[6] == "met (≥ 3×)"

@@ -107,7 +107,10 @@ def test_int8_file_is_quantized(tiny_run):
 def test_targets_follow_the_results(tiny_run):
     _, record = tiny_run
     results, targets = record["results"], record["targets"]
-    assert targets == compute_targets(results)
+    assert targets == compute_targets(results, record["peak"])
+    eager = results["torch_eager"]["gflops_per_s"]
+    assert targets["fp32_ceiling"] == round(record["peak"]["gflops"] / eager, 2)
+    assert targets["int8_ceiling"] == round(record["peak"]["int8_gops"] / eager, 2)
     for key, names, target in (("best_fp32_exact", FP32_RESULTS, 2.0), ("best_int8", INT8_RESULTS, 3.0)):
         best = max(names, key=lambda n: results[n]["speedup_vs_torch_eager"])
         assert targets[key]["name"] == best

@@ -282,15 +282,30 @@ def _fastest(candidates: dict[str, dict[str, Any]], names: Iterable[str]) -> dic
     return {"name": name, "speedup": round(float(best["speedup"]), 3), "p50_ms": best.get("p50_ms")}
 
 
+def speed_ceilings(eager_gflops: float | None, peak: dict[str, Any]) -> dict[str, float]:
+    """The largest speed-up over torch eager any runtime can reach on this machine: the measured
+    peak (fp32, INT8) over what torch eager achieves. A target above its ceiling cannot be met
+    here by a faster kernel, only by doing less work."""
+    if not eager_gflops:
+        return {}
+    out = {}
+    for key, limit in (("fp32_ceiling", peak.get("gflops")), ("int8_ceiling", peak.get("int8_gops"))):
+        if limit:
+            out[key] = round(float(limit) / float(eager_gflops), 2)
+    return out
+
+
 def speed_targets(candidates: dict[str, dict[str, Any]], exact: Iterable[str], int8: Iterable[str], *,
-                  fp32_target: float = FP32_TARGET, int8_target: float = INT8_TARGET,
-                  top: int = TOP_OPS) -> dict[str, Any]:
-    """Issue 7's targets on one set of results. ``candidates``: name → {speedup (vs torch eager),
+                  ceilings: dict[str, float] | None = None, fp32_target: float = FP32_TARGET,
+                  int8_target: float = INT8_TARGET, top: int = TOP_OPS) -> dict[str, Any]:
+    """The speed targets on one set of results. ``candidates``: name → {speedup (vs torch eager),
     p50_ms, op_profile (optional)}; ``exact``: the names that count as exact fp32 runtimes,
-    ``int8``: the INT8 ones (the caller passes only those that passed their Dice gate). For each
-    target missed, the top operators of the best runtime's profile say where the time goes."""
+    ``int8``: the INT8 ones (the caller passes only those that passed their Dice gate);
+    ``ceilings``: :func:`speed_ceilings`, recorded alongside. For each target missed, the top
+    operators of the best runtime's profile say where the time goes."""
     fp32_best, int8_best = _fastest(candidates, exact), _fastest(candidates, int8)
     out: dict[str, Any] = {
+        **(ceilings or {}),
         "fp32_target": fp32_target, "int8_target": int8_target,
         "best_fp32_exact": fp32_best, "fp32_target_met": bool(fp32_best and fp32_best["speedup"] >= fp32_target),
         "best_int8": int8_best, "int8_target_met": bool(int8_best and int8_best["speedup"] >= int8_target),

@@ -251,14 +251,16 @@ def make_int8(src: Path, dst: Path, arch: dict[str, Any], patch_size: tuple[int,
     return record
 
 
-def compute_targets(results: dict[str, Any]) -> dict[str, Any]:
+def compute_targets(results: dict[str, Any], peak: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`nnbridge.bench.speed_targets` on the realistic results: exact fp32 = ONNX fp32 on
-    each runtime, INT8 = the QDQ variant on each runtime (speed only: no Dice gate here)."""
-    from .bench import speed_targets  # noqa: PLC0415
+    each runtime, INT8 = the QDQ variant on each runtime (speed only: no Dice gate here); with
+    the ceilings the measured ``peak`` allows."""
+    from .bench import speed_ceilings, speed_targets  # noqa: PLC0415
 
     candidates = {name: {"speedup": r.get("speedup_vs_torch_eager"), "p50_ms": r.get("p50_ms"),
                          "op_profile": r.get("op_profile")} for name, r in results.items() if "p50_ms" in r}
-    return speed_targets(candidates, FP32_RESULTS, INT8_RESULTS)
+    ceilings = speed_ceilings(results.get("torch_eager", {}).get("gflops_per_s"), peak or {})
+    return speed_targets(candidates, FP32_RESULTS, INT8_RESULTS, ceilings=ceilings)
 
 
 def _specs(out_dir: Path, arch: dict[str, Any], seed: int, backends: tuple[str, ...],
@@ -354,7 +356,7 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
         "stride_multiple": list(stride_multiple(arch)),
         "flops_analytic": analytic_flops(arch, tuple(patch_size)),
         "export": export, "int8_variant": quantized, "int8_note": INT8_NOTE if int8 else None,
-        "tuning": tuning, "targets": compute_targets(record["results"]), "versions": _versions(),
+        "tuning": tuning, "targets": compute_targets(record["results"], record["peak"]), "versions": _versions(),
         "seconds": round(time.perf_counter() - started, 1),
     })
     return record
