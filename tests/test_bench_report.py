@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnbridge.bench import MIN_GAIN, ORT_CANDIDATES, benchmark_fold
+from nnbridge.bench import MIN_GAIN, ORT_CANDIDATES, benchmark_fold, cpu_identity, peak_mismatch
 from nnbridge.models import nnunet_source
 from nnbridge.report import build_report
 from nnbridge.runlog import write_json
@@ -103,7 +103,9 @@ def _records(tmp_path: Path) -> list[dict]:
         "flops_per_patch": 200000000,
         "sweep": {"threads": [1, 2], "batch": 2, "results": {
             "onnx_fp32": {"p50_ms_by_threads": {"1": 9.0, "2": 5.0}, "p50_ms_per_patch_at_batch": 4.0}}},
-        "peak": {"gflops": 160.0, "threads": 2, "method": "fp32 matrix multiply 2048x2048x2048 (torch.mm), p50 of 10"},
+        "peak": {"gflops": 160.0, "threads": 2, "method": "fp32 matrix multiply 2048x2048x2048 (torch.mm), p50 of 10",
+                 "source": "measured here: the run-wide peak used 1 thread(s), this job 2"},
+        "machine": {"cpu": "Example CPU", "isa": ["avx2", "avx512f"], "cpus": 2, "host": "node7"},
         "accelerators": {"onnxruntime CUDA": "skipped: no GPU"}})
     write_json(base / "summary.json", {"mean": {"1": {"Dice": 0.91}}, "foreground_mean": {"Dice": 0.91}})
     return [{"dataset": "D", "model": "T__P__3d_fullres", "fold": "0",
@@ -128,6 +130,9 @@ def test_report_shows_gates_numbers_and_plot(tmp_path):
     assert "QLinearConv×3" in md and "ConvTranspose×1" in md and "decoder.transpconvs.0" in md
     assert "| step 1 | decoder.seg_layers.2 | sphere 0.9950 |" in md
     assert "A patch costs 0.20 GFLOP" in md and "is 160 GFLOP/s" in md
+    # where the benchmarks ran (the job's machine, not the report's), and a peak not the run's
+    assert "Benchmarks ran on Example CPU (2 CPUs; avx2, avx512f; host node7)." in md
+    assert "(measured here: the run-wide peak used 1 thread(s), this job 2)" in md
     assert "GPU backends: onnxruntime CUDA: skipped: no GPU." in md
     assert "| 40.0 | 25.0 (fp32) |" in md  # GFLOP/s and % of peak of onnx_fp32
     # speed targets: onnx_fp32 passed its gate at 2× torch eager; the INT8 variant failed its gate
@@ -286,3 +291,19 @@ def test_ceilings_say_when_a_target_is_beyond_the_machine():
     row = targets_table(folds)[1][0]
     assert row[4] == "missed (< 2×); beyond this machine: the measured peak allows at most 1.67×"
     assert row[6] == "met (≥ 3×)"
+
+
+def test_run_wide_peak_applies_only_to_the_same_cpu_and_threads():
+    here = cpu_identity()
+    assert here["cpus"] >= 1 and here["cpu"] and isinstance(here["isa"], list)
+    peak = {"gflops": 100.0, "threads": 2, "machine": dict(here)}
+    assert peak_mismatch(peak, 2, here) is None
+    assert peak_mismatch(peak, 2, {**here, "host": "another-node"}) is None  # identical nodes share it
+    assert peak_mismatch(peak, 1, here) == "the run-wide peak used 2 thread(s), this job 1"
+    other = {**here, "cpu": "AMD EPYC 7763", "isa": ["avx2"]}
+    assert peak_mismatch(peak, 2, other).startswith(f"the run-wide peak came from another CPU ({here['cpu']}")
+    assert "this job: AMD EPYC 7763" in peak_mismatch(peak, 2, other)
+    assert peak_mismatch({**peak, "machine": {**here, "cpus": here["cpus"] + 2}}, 2, here)  # another CPU share
+    assert peak_mismatch({"gflops": 100.0, "threads": 2}, 2, here)  # a record without its machine
+    assert peak_mismatch({"error": "x", "threads": 2}, 2, here) == "the run-wide peak measurement failed"
+    assert peak_mismatch(None, 2, here) == "no run-wide peak given"

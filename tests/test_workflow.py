@@ -182,6 +182,14 @@ def test_report_covers_both_folds(workdir):
     assert "| realistic nnU-Net, random weights (INT8: speed only, no gate) | 32x32x32 |" in md
     realistic = json.loads((workdir / "results/realistic/realistic.json").read_text())
     assert realistic["results"]["int8@openvino"]["peak_kind"] == "int8" and realistic["peak"]["int8_gops"] > 0
+    # one peak measurement per run: every benchmark's "% of peak" refers to the same numbers
+    peak = json.loads((workdir / "results/machine/peak.json").read_text())
+    assert peak["gflops"] > 0 and peak["machine"]["cpus"] >= 1
+    records = [realistic] + [json.loads((fold_dir(workdir, fold) / "benchmark/benchmark.json").read_text())
+                             for fold in FOLDS]
+    for record in records:
+        assert record["peak"] == {**peak, "source": "the run's peak measurement (machine_peak), same CPU"}
+        assert record["machine"] == peak["machine"]
     summary = json.loads((workdir / "results/report/summary.json").read_text())
     for targets in summary["targets"].values():
         assert targets["best_fp32_exact"]["speedup"] > 0, targets  # an exact variant passed on every fold

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
@@ -211,7 +213,64 @@ def _peak_conv(threads: int, channels: int, side: int, repeats: int, *, int8: bo
     return {"method": what, "gflops": round(flops / (result["p50_ms"] / 1000) / 1e9, 1)}
 
 
-def measure_peak_gflops(threads: int, repeats: int = 10, n: int = PEAK_N) -> dict[str, Any]:
+# CPU features that change which kernels the runtimes pick (and so the peak)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16",
+             "amx_int8", "amx_fp16")
+
+
+def cpu_identity() -> dict[str, Any]:
+    """What makes two machines' peaks comparable: the CPU model, the instruction-set features the
+    runtimes' kernels depend on (:data:`ISA_FLAGS`), and the CPUs this process may use; plus the
+    host name (identical nodes of a cluster share a peak, so it is not compared)."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first CPU's lines
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    model = info.get("model name") or platform.processor() or platform.machine()
+    flags = set(info.get("flags", "").split())
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model, "isa": [f for f in ISA_FLAGS if f in flags], "cpus": cpus, "host": platform.node()}
+
+
+def same_cpu(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two :func:`cpu_identity` records describe the same kind of machine (host aside)."""
+    keys = ("cpu", "isa", "cpus")
+    return bool(a and b) and all(a.get(k) == b.get(k) for k in keys)
+
+
+def peak_mismatch(peak: dict[str, Any] | None, threads: int, here: dict[str, Any]) -> str | None:
+    """Why the run-wide ``peak`` does not apply to a job on machine ``here`` with ``threads``
+    threads, or None when it does."""
+    if not peak:
+        return "no run-wide peak given"
+    if "gflops" not in peak:
+        return "the run-wide peak measurement failed"
+    if peak.get("threads") != threads:
+        return f"the run-wide peak used {peak.get('threads')} thread(s), this job {threads}"
+    theirs = peak.get("machine")
+    if not same_cpu(theirs, here):
+        theirs = theirs or {}
+        return (f"the run-wide peak came from another CPU ({theirs.get('cpu', 'not recorded')}, "
+                f"{theirs.get('cpus', '?')} CPUs, {', '.join(theirs.get('isa', [])) or '?'}; host "
+                f"{theirs.get('host', '?')}); this job: {here['cpu']}, {here['cpus']} CPUs, "
+                f"{', '.join(here['isa'])}; host {here['host']}")
+    return None
+
+
+def peak_for_this_machine(peak: dict[str, Any] | None, threads: int) -> dict[str, Any]:
+    """``peak`` (the run's :func:`measure_peak_gflops`, measured once by the workflow) when it was
+    measured on this kind of CPU with these threads; else this machine's own, measured now (a
+    cluster node of another CPU model, an old record), with ``source`` saying why."""
+    why = peak_mismatch(peak, threads, cpu_identity())
+    if why is None:
+        return {**peak, "source": "the run's peak measurement (machine_peak), same CPU"}
+    return {**measure_peak_gflops(threads), "source": f"measured here: {why}"}
+
+
+def measure_peak_gflops(threads: int, repeats: int = 5, n: int = PEAK_N) -> dict[str, Any]:
     """This machine's practical peak with ``threads`` threads, each micro-benchmark in its own
     process. fp32: the best of an ``n``³ matrix multiply by torch (MKL/oneDNN sgemm) and a large
     3D convolution on OpenVINO; INT8: the same convolution quantized (QDQ) on OpenVINO, in
@@ -236,7 +295,7 @@ def measure_peak_gflops(threads: int, repeats: int = 10, n: int = PEAK_N) -> dic
         return {"error": "; ".join(f"{k}: {v.get('error')}" for k, v in fp32.items()), "candidates": fp32}
     best = max(done, key=lambda k: done[k]["gflops"])
     record: dict[str, Any] = {"gflops": done[best]["gflops"], "threads": threads, "method": done[best]["method"],
-                              "candidates": fp32}
+                              "candidates": fp32, "machine": cpu_identity()}
     if int8 and "gflops" in int8:
         record["int8_gops"] = int8["gflops"]
         record["int8_method"] = int8["method"]
@@ -412,10 +471,14 @@ def tune_onnxruntime(spec: dict[str, Any], shape: tuple[int, ...], threads: int,
 def benchmark_fold(source: dict[str, Any],
                    variants: dict[str, dict[str, str]], *, threads: int, warmup: int,
                    repeats: int, sweep_variants: list[str] | tuple[str, ...] = (),
-                   sweep_batch: int = 2, tune: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+                   sweep_batch: int = 2, tune: list[str] | tuple[str, ...] = (),
+                   peak: dict[str, Any] | None = None) -> dict[str, Any]:
     """Torch eager (the baseline) and every variant of a fold, at the fold's patch size; the ONNX
     Runtime variants named in ``tune`` first get their session settings searched (the timed run
-    then uses the chosen ones); then a thread and batch sweep of ``sweep_variants``."""
+    then uses the chosen ones); then a thread and batch sweep of ``sweep_variants``. ``peak``: the
+    machine's peaks (:func:`measure_peak_gflops`, measured once per run by the workflow so every
+    fold's "% of peak" refers to the same number); used if it came from this kind of CPU, else
+    measured here (:func:`peak_for_this_machine`)."""
     from .models import load_model  # noqa: PLC0415
 
     loaded = load_model(source)
@@ -438,7 +501,8 @@ def benchmark_fold(source: dict[str, Any],
     if sweep_variants:
         record["sweep"] = sweep(specs, sweep_variants, tuple(shape), threads, sweep_batch,
                                 min(warmup, 1), max(3, repeats // 4))
-    record["peak"] = measure_peak_gflops(threads)
+    record["peak"] = peak_for_this_machine(peak, threads)
+    record["machine"] = cpu_identity()
     record["accelerators"] = accelerator_status()
     reference = next((v["path"] for v in variants.values() if v["kind"] == "onnx"
                       and Path(v["path"]).is_file()), None)

@@ -297,11 +297,13 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
                         features: tuple[int, ...] = (32, 64, 128, 256, 320, 320), threads: int = 2,
                         warmup: int = 1, repeats: int = 3, int8: bool = True,
                         backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino"),
-                        seed: int = 0, plans: Path | None = None,
-                        configuration: str = "3d_fullres") -> dict[str, Any]:
+                        seed: int = 0, plans: Path | None = None, configuration: str = "3d_fullres",
+                        peak: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build, export, quantize and time a random-weight nnU-Net ``PlainConvUNet`` at ``patch_size``
     — or, with ``plans``, the network of that plans file's ``configuration`` at its own patch size
-    (``patch_size`` and ``features`` then do not apply).
+    (``patch_size`` and ``features`` then do not apply). ``peak``: the machine's measured peaks
+    (:func:`nnbridge.bench.measure_peak_gflops`), used when measured on this kind of CPU, else
+    measured here (:func:`nnbridge.bench.peak_for_this_machine`).
 
     Writes ``out_dir/model.onnx`` (and ``out_dir/model_int8.onnx`` when ``int8``). Returns a
     JSON-serializable record: the architecture, input shape, FLOPs per patch (from the graph, and
@@ -315,7 +317,8 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
     from .bench import (  # noqa: PLC0415
         add_throughput,
         benchmark_variants,
-        measure_peak_gflops,
+        cpu_identity,
+        peak_for_this_machine,
         tune_onnxruntime,
     )
     from .coverage import compute_node_flops  # noqa: PLC0415
@@ -346,7 +349,8 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
     record = benchmark_variants(specs, shape, threads, warmup, repeats)
     if tuning is not None and "p50_ms" in record["results"]["onnx_fp32"]:
         record["results"]["onnx_fp32"]["ort_settings"] = tuning["chosen"]
-    record["peak"] = measure_peak_gflops(threads)
+    record["peak"] = peak_for_this_machine(peak, threads)
+    record["machine"] = cpu_identity()
     graph = onnx.load(str(out_dir / "model.onnx"))
     flops = sum(node["flops"] for node in compute_node_flops(graph, shape).values())
     add_throughput(record, flops, record["peak"], set(INT8_RESULTS))

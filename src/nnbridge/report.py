@@ -364,7 +364,9 @@ def peak_text(peak: dict[str, Any]) -> str:
     if peak.get("int8_gops"):
         text += (f"; INT8 variants are measured against the INT8 peak, {peak['int8_gops']:.0f} GOP/s "
                  f"({peak['int8_method']})")
-    return text + (". A measured peak, not a clock × vector-unit figure: above 100 % a runtime beat the "
+    source = peak.get("source", "")
+    where = f" ({source})" if source.startswith("measured here") else ""
+    return text + (f"{where}. A measured peak, not a clock × vector-unit figure: above 100 % a runtime beat the "
                    "micro-benchmarks.")
 
 
@@ -596,6 +598,30 @@ def machine_info() -> dict[str, Any]:
             "nnbridge": __version__}
 
 
+def benchmark_machines(folds: list[dict[str, Any]], realistic: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The distinct machines (CPU model, features, CPUs, host) the benchmarks ran on, as they
+    recorded them (on a cluster, not where the report is written)."""
+    seen: list[dict[str, Any]] = []
+    records = [(e["benchmark"] or {}) for e in folds] + ([realistic] if realistic else [])
+    for record in records:
+        machine = record.get("machine")
+        if machine and machine not in seen:
+            seen.append(machine)
+    return seen
+
+
+def machine_text(machines: list[dict[str, Any]]) -> str:
+    """One sentence naming the benchmark machine(s) and the features that decide their kernels."""
+    if not machines:
+        return ""
+    parts = [f"{m['cpu']} ({m['cpus']} CPUs; {', '.join(m['isa']) or 'no AVX2'}; host {m['host']})"
+             for m in machines]
+    text = "Benchmarks ran on " + "; ".join(parts) + "."
+    if len({(m["cpu"], tuple(m["isa"]), m["cpus"]) for m in machines}) > 1:
+        text += " These are different machines: compare ratios within one fold's benchmark only."
+    return text
+
+
 def _md_table(table: Table) -> str:
     header, rows = table
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -695,7 +721,7 @@ def summarize(folds: list[dict[str, Any]]) -> dict[str, Any]:
                                 "speedup_vs_nnunet": v["speedup_vs_nnunet"]}
                             for n, v in ((e.get("case_parity") or {}).get("variants", {})).items()},
         })
-    return {"machine": machine_info(), "folds": out}
+    return {"machine": machine_info(), "benchmark_machines": benchmark_machines(folds), "folds": out}
 
 
 def realistic_table(record: dict[str, Any] | None) -> Table | None:
@@ -735,6 +761,7 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
     summary = summarize(folds)
     summary["targets"] = {model: model_targets(group) for model, group in by_model(folds).items()}
     if realistic:
+        summary["benchmark_machines"] = benchmark_machines(folds, realistic)
         summary["realistic"] = {"targets": realistic["targets"],
                                 "p50_ms": {k: v.get("p50_ms") for k, v in realistic["results"].items()}}
     Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
@@ -750,7 +777,7 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
     models = sorted({f"{e['dataset']} / {e['model']}" for e in folds})
     intro = (f"nnbridge {__version__}, generated {now} on {machine['cpu']} "
              f"({machine['cores']} cores). {len(folds)} fold(s) of {len(models)} model(s): "
-             + "; ".join(models) + ".")
+             + "; ".join(models) + ". " + machine_text(benchmark_machines(folds, realistic))).strip()
 
     md = [f"# nnbridge report\n\n{intro}\n\n**{verdict}**\n"]
     body = [f"<h1>nnbridge report</h1><p>{html.escape(intro)}</p>"

@@ -1,8 +1,31 @@
 # Benchmarks never run beside each other: each holds the `bench` resource the profiles cap at 1.
+# This machine's fp32 and INT8 peaks, measured once per run: every "% of peak" refers to them.
+rule machine_peak:
+    output:
+        json=f"{RESULTS}/machine/peak.json",
+    params:
+        threads=lookup(dpath="benchmark/threads", within=config),
+        code=code_version("bench"),
+    log:
+        "logs/machine_peak.log",
+    benchmark:
+        "benchmarks/machine_peak.tsv"
+    threads: lookup(dpath="benchmark/threads", within=config)
+    resources:
+        mem_mb=2000,
+        runtime=10,
+        bench=1,
+    conda:
+        "../../envs/onnx.yaml"
+    script:
+        "../scripts/peak.py"
+
+
 rule benchmark:
     input:
         unpack(get_fold_inputs),
         variants=get_variant_files,
+        peak=f"{RESULTS}/machine/peak.json",
     output:
         json=report(
             f"{FOLD_DIR}/benchmark/benchmark.json",

@@ -3,6 +3,7 @@
 rule realistic_benchmark:
     input:
         unpack(get_realistic_plans),
+        peak=f"{RESULTS}/machine/peak.json",
     output:
         json=report(
             f"{RESULTS}/realistic/realistic.json",

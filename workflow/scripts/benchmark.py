@@ -1,5 +1,5 @@
 from nnbridge.bench import benchmark_fold
-from nnbridge.runlog import logged, write_json
+from nnbridge.runlog import logged, read_json, write_json
 
 with logged(snakemake.log[0]):
     record = benchmark_fold(
@@ -11,6 +11,7 @@ with logged(snakemake.log[0]):
         sweep_variants=snakemake.params.sweep,
         sweep_batch=snakemake.params.sweep_batch,
         tune=snakemake.params.tune,
+        peak=read_json(snakemake.input.peak),
     )
     write_json(snakemake.output.json, record)
     print(record)

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from nnbridge.realistic import realistic_benchmark
-from nnbridge.runlog import logged, write_json
+from nnbridge.runlog import logged, read_json, write_json
 
 with logged(snakemake.log[0]):
     record = realistic_benchmark(
@@ -14,6 +14,7 @@ with logged(snakemake.log[0]):
         int8=snakemake.params.int8,
         plans=snakemake.input.get("plans"),
         configuration=snakemake.params.configuration,
+        peak=read_json(snakemake.input.peak),
     )
     write_json(snakemake.output.json, record)
     print(record["targets"])
