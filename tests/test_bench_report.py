@@ -126,7 +126,7 @@ def test_report_shows_gates_numbers_and_plot(tmp_path):
     assert "weights verified: 10 tensors" in md
     assert "0.9100" in md  # the model's own validation Dice
     assert "| 3/4 | 95.1 % |" in md  # INT8 coverage: compute nodes and FLOP share
-    assert "| int8_static | onnxruntime | 95.1 % | QLinearConv×3 |" in md
+    assert "| int8_static | onnxruntime | 95.1 % INT8 | QLinearConv×3 |" in md
     assert "QLinearConv×3" in md and "ConvTranspose×1" in md and "decoder.transpconvs.0" in md
     assert "| step 1 | decoder.seg_layers.2 | sphere 0.9950 |" in md
     assert "A patch costs 0.20 GFLOP" in md and "is 160 GFLOP/s" in md
@@ -307,3 +307,40 @@ def test_run_wide_peak_applies_only_to_the_same_cpu_and_threads():
     assert peak_mismatch({"gflops": 100.0, "threads": 2}, 2, here)  # a record without its machine
     assert peak_mismatch({"error": "x", "threads": 2}, 2, here) == "the run-wide peak measurement failed"
     assert peak_mismatch(None, 2, here) == "no run-wide peak given"
+
+
+def test_report_keeps_skipped_bf16_apart_from_failures(tmp_path):
+    """A bf16 variant on a CPU without native bf16: SKIPPED with the reason in the verdict, the
+    gate, benchmark, whole-case and realistic tables — never FAILED, never timed as fp32."""
+    entries = _records(tmp_path)
+    base = tmp_path / "D/T__P__3d_fullres/fold_0"
+    why = "this CPU has no native bf16 (AVX512_BF16 or AMX): OpenVINO lists only FP32, INT8"
+    parity = json.loads((base / "parity.json").read_text())
+    parity["variants"]["int8_static"].update(passed=True, failures=[])
+    parity["variants"]["bf16@openvino"] = {"passed": False, "skipped": f"bf16.onnx: a bf16 variant, but {why}",
+                                           "failures": [f"skipped: bf16.onnx: a bf16 variant, but {why}"]}
+    write_json(base / "parity.json", parity)
+    bench = json.loads((base / "bench.json").read_text())
+    bench["results"]["bf16@openvino"] = {"backend": "openvino", "skipped": why}
+    write_json(base / "bench.json", bench)
+    write_json(base / "q_bf16.json", {"method": "bf16", "n_calibration_patches": 0, "size_bytes": 2e6,
+                                      "native_bf16_here": False, "bf16_unavailable": why, "coverage_openvino": None})
+    write_json(base / "case_parity.json", {
+        "fold": "0", "cases": ["c1"], "classes": [1], "nnunet": {"timings_s": {"read": 0.1}, "total_s": 0.1},
+        "variants": {"bf16": {"backend": "openvino", "skipped": why, "passed": False}}, "all_passed": True})
+    entries[0]["quantize"]["bf16"] = str(base / "q_bf16.json")
+    entries[0]["case_parity"] = str(base / "case_parity.json")
+    out = tmp_path / "out"
+    build_report(entries, md_path=out / "report.md", html_path=out / "report.html",
+                 plot_path=out / "report/latency.png", summary_path=out / "report/summary.json")
+    md = (out / "report.md").read_text()
+    assert (f"**All variants passed their gates. 2 variant(s) SKIPPED, not runnable on this machine ({why}): "
+            "fold 0: bf16@openvino; fold 0: bf16 on whole cases**") in md
+    assert "FAILED" not in md
+    assert "| bf16@openvino | SKIPPED in 1/1 (not runnable here) | – |" in md  # overview: no Dice, no latency
+    assert f"| SKIPPED: bf16.onnx: a bf16 variant, but {why} |" in md  # the patch gate
+    assert f"| fold 0 | bf16@openvino | 1x1x8x8x8 | skipped: {why} |" in md  # the benchmark
+    assert f"| fold 0 | bf16 (openvino) | – | – | – | – | – | – | – | – | – | SKIPPED: {why} |" in md
+    assert f"fp32 graph, OpenVINO bf16 inference; not runnable here: {why}" in md
+    summary = json.loads((out / "report/summary.json").read_text())
+    assert summary["folds"][0]["case_parity"]["bf16"]["skipped"] == why

@@ -84,14 +84,19 @@ def test_fold_variants_follow_config():
     key = FoldKey("D", "T__P__3d_fullres", "0")
     variants = fold_variants("results", key, config)
     onnx_names = ["onnx_fp32", "onnx_simplified", *config["quantize"]]
-    assert list(variants) == ["torchscript", *onnx_names, *(f"{n}@openvino" for n in onnx_names)]
+    ort_names = [n for n in onnx_names if n != "bf16"]  # bf16 runs on OpenVINO only
+    assert list(variants) == ["torchscript", *ort_names, *(f"{n}@openvino" for n in onnx_names)]
     assert variants["int8_static"]["path"] == "results/D/T__P__3d_fullres/fold_0/quantize/int8_static.onnx"
     assert variants["int8_static"]["backend"] == "onnxruntime"
     assert variants["int8_static@openvino"] == {**variants["int8_static"], "backend": "openvino"}
+    assert variants["bf16@openvino"]["path"] == "results/D/T__P__3d_fullres/fold_0/quantize/bf16.onnx"
     assert variants["torchscript"]["backend"] == "torchscript"
     config["export"]["torchscript"] = False
     config["backends"] = ["onnxruntime"]
-    assert list(fold_variants("results", key, config)) == onnx_names
+    with pytest.raises(NNBridgeError, match=r"quantize.bf16: method bf16 runs on OpenVINO; add openvino to backends"):
+        fold_variants("results", key, config)
+    del config["quantize"]["bf16"]
+    assert list(fold_variants("results", key, config)) == ort_names
 
 
 def test_openvino_runs_are_gated_like_their_artifact():
@@ -121,8 +126,8 @@ def test_bundle_and_case_parity_variants_are_checked(mutate, expected):
     from nnbridge.workflow_plan import bundle_plan
 
     config = validate_config(shipped_config(), SCHEMA)
-    assert bundle_plan(config) == (["onnx_simplified", "int8_accurate"], "onnx_simplified",
-                                   ["onnx_simplified", "int8_accurate"])
+    assert bundle_plan(config) == (["onnx_simplified", "int8_accurate", "bf16"], "onnx_simplified",
+                                   ["onnx_simplified", "int8_accurate", "bf16"])
     mutate(config)
     with pytest.raises(NNBridgeError, match=expected):
         bundle_plan(config)

@@ -20,11 +20,15 @@ import numpy as np
 import pytest
 import yaml
 
+from nnbridge.onnxrun import bf16_unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 FOLDS = ("0", "1")
 MODEL = "Dataset900_NNBridgeDemo/nnBridgeDemoTrainer__nnBridgeDemoPlans__3d_fullres"
-QUANTIZED = ("int8_static", "int8_accurate", "int8_dynamic", "fp16")
+QUANTIZED = ("int8_static", "int8_accurate", "int8_dynamic", "fp16", "int8_nncf")
+BF16 = "bf16"  # the fp32 graph on OpenVINO in bf16: runs where the CPU has it, skipped elsewhere
+NATIVE_BF16 = bf16_unavailable() is None
 PLAIN = {"demo_unet": "key 'model_state_dict', module. prefixes removed"}
 
 pytestmark = pytest.mark.workflow
@@ -100,27 +104,40 @@ def test_every_fold_has_all_artifacts_and_gates(workdir):
     for fold in FOLDS:
         base = fold_dir(workdir, fold)
         for artifact in ("export/model.onnx", "export/model.ts", "simplify/model.onnx",
-                         *(f"quantize/{name}.onnx" for name in QUANTIZED)):
+                         *(f"quantize/{name}.onnx" for name in (*QUANTIZED, BF16))):
             assert (base / artifact).stat().st_size > 1000, artifact
         export = json.loads((base / "export/export.json").read_text())
         assert export["weights"]["ok"] and export["checkpoint_weights"]["ok"]
         parity = json.loads((base / "validate/parity.json").read_text())
         variants = parity["variants"]
         onnx_variants = ("onnx_fp32", "onnx_simplified", *QUANTIZED)
-        assert set(variants) == {"torchscript", *onnx_variants, *(f"{n}@openvino" for n in onnx_variants)}
+        assert set(variants) == {"torchscript", *onnx_variants, *(f"{n}@openvino" for n in (*onnx_variants, BF16))}
         for exact in ("torchscript", "onnx_fp32", "onnx_simplified", "onnx_fp32@openvino",
                       "onnx_simplified@openvino"):
             assert variants[exact]["passed"], (fold, exact, variants[exact])
         for name in QUANTIZED:  # gated either way, with numbers
             assert "passed" in variants[name] and variants[name]["dice"], (fold, name)
             record = json.loads((base / f"quantize/{name}.json").read_text())
-            if name != "fp16":
+            if name == "int8_nncf":  # NNCF quantizes for OpenVINO: ONNX Runtime fuses none of it
+                assert record["coverage"]["n_int8_compute_nodes"] == 0, (fold, name)
+                assert record["coverage_openvino"]["int8_flop_share"] > 0.9, (fold, name)
+            elif name != "fp16":
                 assert record["coverage"]["n_int8_compute_nodes"] > 0, (fold, name)
                 assert record["coverage_openvino"]["n_compute_nodes"] > 0, (fold, name)
         accurate = json.loads((base / "quantize/int8_accurate.json").read_text())["accuracy_aware"]
         assert accurate["steps"] and accurate["steps"][0]["fp32_modules"] == []
         bench = json.loads((base / "benchmark/benchmark.json").read_text())["results"]
         assert set(bench) == {"torch_eager", *variants}
+        bf16, bf16_bench = variants[f"{BF16}@openvino"], bench.pop(f"{BF16}@openvino")
+        bf16_record = json.loads((base / f"quantize/{BF16}.json").read_text())
+        if NATIVE_BF16:  # gated like any variant, timed in bf16, every convolution in bf16
+            assert bf16["passed"] and 0 < bf16["max_rel_err"] < 0.05, (fold, bf16)
+            assert bf16_bench["inference_precision"] == "bf16" and bf16_bench["peak_kind"] == "bf16"
+            assert bf16_record["coverage_openvino"]["bf16_flop_share"] > 0.9
+        else:  # not runnable here: said so everywhere, never timed or gated as if it were fp32
+            assert not bf16["passed"] and bf16["skipped"], (fold, bf16)
+            assert set(bf16_bench) == {"backend", "skipped"}
+            assert bf16_record["coverage_openvino"] is None
         assert all(r["p50_ms"] > 0 for r in bench.values()), bench
 
 
@@ -135,7 +152,10 @@ def test_bundle_and_whole_case_parity(workdir, tmp_path):
     bundle_dir = workdir / "results" / MODEL / "bundle"
     bundle = Bundle.load(bundle_dir)
     assert bundle.folds == list(FOLDS)
-    assert set(bundle.manifest["variants"]) == {"onnx_simplified", "int8_accurate"}
+    assert set(bundle.manifest["variants"]) == {"onnx_simplified", "int8_accurate", BF16}
+    bf16 = bundle.manifest["variants"][BF16]
+    assert bf16["inference_precision"] == "bf16" and set(bf16["gates"]["0"]) == {"openvino"}
+    assert bf16["backend"] == ("openvino" if NATIVE_BF16 else None)
     assert bundle.manifest["mirror_axes"] == [0, 1, 2]
     shipped = bundle.manifest["variants"]["onnx_simplified"]
     assert shipped["passed"] and shipped["backend"] in ("onnxruntime", "openvino")
@@ -150,6 +170,11 @@ def test_bundle_and_whole_case_parity(workdir, tmp_path):
             assert case["preprocessed_max_abs_diff"] == 0.0
             assert min(case["dice_nnbridge_vs_truth"].values()) > 0.5
         assert "int8_accurate" in record["variants"]
+        whole = record["variants"][BF16]
+        if NATIVE_BF16:
+            assert whole["passed"] and whole["inference_precision"] == "bf16", whole
+        else:
+            assert whole["skipped"] and not whole["passed"]
         assert record["nnunet"]["total_s"] > 0 and exact["speedup_vs_nnunet"] > 0
     case = record["cases"][0]  # last fold's first validation case
     raw = workdir / "resources/demo/nnUNet_raw/Dataset900_NNBridgeDemo/imagesTr"
@@ -173,7 +198,9 @@ def test_report_covers_both_folds(workdir):
         assert f"fold {fold}" in md
     for variant in ("torchscript", "onnx_fp32", "onnx_simplified", *QUANTIZED, "torch_eager"):
         assert variant in md
-    assert "## INT8 coverage" in md and "## Accuracy-aware INT8" in md
+    assert "## INT8 and bf16 coverage" in md and "## Accuracy-aware INT8" in md
+    if not NATIVE_BF16:
+        assert "variant(s) SKIPPED, not runnable on this machine" in md
     assert "## Whole-case parity against nnU-Net's predictor" in md and "## Deployable bundle" in md
     assert "Model quality (nnU-Net validation)" in md and "weights verified" in md
     assert "data:image/png;base64," in html
@@ -208,7 +235,7 @@ def test_plain_pytorch_models_run_through_the_pipeline(workdir):
         assert json.loads((base / "export/torchscript.json").read_text())["weights"]["ok"]
         variants = json.loads((base / "validate/parity.json").read_text())["variants"]
         assert set(variants) == {"torchscript", "onnx_fp32", "onnx_simplified", "int8_accurate",
-                                 *(f"{n}@openvino" for n in ("onnx_fp32", "onnx_simplified", "int8_accurate"))}
+                                 *(f"{n}@openvino" for n in ("onnx_fp32", "onnx_simplified", "int8_accurate", BF16))}
         for exact in ("torchscript", "onnx_fp32", "onnx_simplified", "onnx_simplified@openvino"):
             assert variants[exact]["passed"], (name, exact, variants[exact])
         assert set(variants["int8_accurate"]["dice"]) == {"sphere", "box"}

@@ -83,11 +83,13 @@ def _load_runner(spec: dict[str, Any], threads: int):
     if backend == "openvino":
         from .onnxrun import openvino_model  # noqa: PLC0415
 
-        request = openvino_model(Path(spec["path"]), threads).create_infer_request()
+        compiled = openvino_model(Path(spec["path"]), threads, precision=spec.get("precision"))
+        request = compiled.create_infer_request()
 
         def run(x: np.ndarray) -> None:
             request.infer({0: x})
 
+        run.precision = compiled.nnbridge_precision  # type: ignore[attr-defined]
         return run
     if backend == "onnxruntime":
         from .onnxrun import onnx_session, ort_runner  # noqa: PLC0415
@@ -116,7 +118,8 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
     if spec["backend"] in ("onnxruntime", "openvino") and spec.get("profile", True):
         from .opprofile import op_profile  # noqa: PLC0415
 
-        profile = op_profile(spec["backend"], Path(spec["path"]), x, threads)  # after the timing
+        profile = op_profile(spec["backend"], Path(spec["path"]), x, threads,
+                             precision=spec.get("precision"))  # after the timing
     return {
         "backend": spec["backend"],
         "shape": list(shape),
@@ -131,6 +134,7 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
         "rss_after_imports_mb": round(rss_start, 1),
         "rss_after_load_mb": round(rss_loaded, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+        **({"inference_precision": run.precision} if hasattr(run, "precision") else {}),
         **({"op_profile": profile} if profile is not None else {}),
     }
 
@@ -152,11 +156,38 @@ def benchmark_in_subprocess(spec: dict[str, Any], shape: tuple[int, ...], thread
     return result
 
 
+def spec_precision(spec: dict[str, Any]) -> str:
+    """The inference precision an OpenVINO spec runs in: its own ``precision``, else its file's
+    (``bf16`` for a bf16 variant), else fp32; every other backend: ``f32`` (its file decides)."""
+    if spec.get("backend") != "openvino":
+        return "f32"
+    if spec.get("precision"):
+        return str(spec["precision"])
+    from .onnxmeta import read_metadata  # noqa: PLC0415
+    from .onnxrun import PRECISION_KEY  # noqa: PLC0415
+
+    path = Path(spec.get("path", ""))
+    return read_metadata(path).get(PRECISION_KEY, "f32") if path.is_file() else "f32"
+
+
+def skip_reason(spec: dict[str, Any]) -> str | None:
+    """Why a spec cannot run on this machine (a bf16 run on a CPU without native bf16), or None."""
+    if spec_precision(spec) == "bf16":
+        from .onnxrun import bf16_unavailable  # noqa: PLC0415
+
+        return bf16_unavailable()
+    return None
+
+
 def benchmark_variants(specs: dict[str, dict[str, Any]], shape: tuple[int, ...], threads: int,
                        warmup: int, repeats: int, baseline: str = "torch_eager") -> dict[str, Any]:
-    """Benchmark every named spec one after another; add speed-ups against ``baseline``."""
-    results = {name: benchmark_in_subprocess(spec, shape, threads, warmup, repeats)
-               for name, spec in specs.items()}
+    """Benchmark every named spec one after another (a spec this machine cannot run is recorded
+    as ``skipped`` with the reason); add speed-ups against ``baseline``."""
+    results = {}
+    for name, spec in specs.items():
+        why = skip_reason(spec)
+        results[name] = ({"backend": spec["backend"], "skipped": why} if why else
+                         benchmark_in_subprocess(spec, shape, threads, warmup, repeats))
     base = results.get(baseline, {}).get("p50_ms")
     for result in results.values():
         if base and "p50_ms" in result:
@@ -197,17 +228,20 @@ def peak_conv_onnx(path: Path, channels: int, side: int, *, int8: bool) -> int:
     return 2 * channels * channels * 27 * side**3
 
 
-def _peak_conv(threads: int, channels: int, side: int, repeats: int, *, int8: bool) -> dict[str, Any]:
-    """Throughput of one large convolution on OpenVINO (oneDNN's best kernels on this CPU)."""
+def _peak_conv(threads: int, channels: int, side: int, repeats: int, *, int8: bool,
+               precision: str = "f32") -> dict[str, Any]:
+    """Throughput of one large convolution on OpenVINO (oneDNN's best kernels on this CPU), in
+    ``precision`` (``f32``, or ``bf16``) unless ``int8``."""
     import tempfile  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="nnbridge-peak-") as tmp:
         path = Path(tmp) / "conv.onnx"
         flops = peak_conv_onnx(path, channels, side, int8=int8)
-        result = benchmark_in_subprocess({"backend": "openvino", "path": str(path), "profile": False},
-                                         (1, channels, side, side, side), threads, 2, repeats)
-    what = (f"{'INT8 (QDQ)' if int8 else 'fp32'} 3x3x3 convolution {channels}->{channels} channels at "
-            f"{side}^3 on OpenVINO, p50 of {repeats}")
+        result = benchmark_in_subprocess({"backend": "openvino", "path": str(path), "profile": False,
+                                          "precision": precision}, (1, channels, side, side, side), threads, 2,
+                                         repeats)
+    kind = "INT8 (QDQ)" if int8 else {"f32": "fp32"}.get(precision, precision)
+    what = f"{kind} 3x3x3 convolution {channels}->{channels} channels at {side}^3 on OpenVINO, p50 of {repeats}"
     if "p50_ms" not in result:
         return {"method": what, "error": result.get("error", "failed")}
     return {"method": what, "gflops": round(flops / (result["p50_ms"] / 1000) / 1e9, 1)}
@@ -274,7 +308,8 @@ def measure_peak_gflops(threads: int, repeats: int = 5, n: int = PEAK_N) -> dict
     """This machine's practical peak with ``threads`` threads, each micro-benchmark in its own
     process. fp32: the best of an ``n``³ matrix multiply by torch (MKL/oneDNN sgemm) and a large
     3D convolution on OpenVINO; INT8: the same convolution quantized (QDQ) on OpenVINO, in
-    GOP/s (multiply-add = 2). A peak measured by the best kernels found, not derived from clock
+    GOP/s (multiply-add = 2); bf16 (on CPUs that run it natively, else ``bf16_unavailable``
+    says why): the INT8 one's convolution in bf16 on OpenVINO. A peak measured by the best kernels found, not derived from clock
     and vector units (clocks boost, and FMA pipes per core vary by CPU model): results close to
     100 % are at the best this machine showed; above 100 % means a runtime beat the micro-benchmarks."""
     fp32: dict[str, dict[str, Any]] = {}
@@ -282,14 +317,19 @@ def measure_peak_gflops(threads: int, repeats: int = 5, n: int = PEAK_N) -> dict
     fp32["sgemm"] = ({"method": f"fp32 matrix multiply {n}x{n}x{n} (torch.mm), p50 of {repeats}",
                       "gflops": round(2 * n**3 / (result["p50_ms"] / 1000) / 1e9, 1)} if "p50_ms" in result
                      else {"method": "torch.mm", "error": result.get("error", "failed")})
-    int8 = None
+    int8 = bf16 = None
     try:
         import openvino  # noqa: F401, PLC0415
     except ImportError:
         fp32["conv_openvino"] = {"method": "OpenVINO convolution", "error": "openvino is not installed"}
     else:
+        from .onnxrun import bf16_unavailable  # noqa: PLC0415
+
         fp32["conv_openvino"] = _peak_conv(threads, *PEAK_CONV_FP32, repeats, int8=False)
         int8 = _peak_conv(threads, *PEAK_CONV_INT8, repeats, int8=True)
+        no_bf16 = bf16_unavailable()
+        bf16 = (_peak_conv(threads, *PEAK_CONV_INT8, repeats, int8=False, precision="bf16") if no_bf16 is None
+                else {"method": "bf16 convolution on OpenVINO", "error": no_bf16})
     done = {k: v for k, v in fp32.items() if "gflops" in v}
     if not done:
         return {"error": "; ".join(f"{k}: {v.get('error')}" for k, v in fp32.items()), "candidates": fp32}
@@ -299,7 +339,26 @@ def measure_peak_gflops(threads: int, repeats: int = 5, n: int = PEAK_N) -> dict
     if int8 and "gflops" in int8:
         record["int8_gops"] = int8["gflops"]
         record["int8_method"] = int8["method"]
+    if bf16 and "gflops" in bf16:
+        record["bf16_gflops"] = bf16["gflops"]
+        record["bf16_method"] = bf16["method"]
+    elif bf16:
+        record["bf16_unavailable"] = bf16["error"]
     return record
+
+
+def peak_kinds(specs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Result name → ``int8`` (a quantized file on either runtime) or ``bf16`` (an OpenVINO run in
+    bf16), the peak its "% of peak" refers to; fp32 results are left out."""
+    kinds = {}
+    for name, spec in specs.items():
+        if spec["backend"] not in ("onnxruntime", "openvino") or not Path(spec["path"]).is_file():
+            continue
+        if is_int8_model(spec["path"]):
+            kinds[name] = "int8"
+        elif spec_precision(spec) == "bf16":
+            kinds[name] = "bf16"
+    return kinds
 
 
 def is_int8_model(path: str | Path) -> bool:
@@ -312,16 +371,21 @@ def is_int8_model(path: str | Path) -> bool:
     return any(node.op_type in quantized for node in graph.node)
 
 
+PEAK_KEYS = {"fp32": "gflops", "int8": "int8_gops", "bf16": "bf16_gflops"}
+
+
 def add_throughput(record: dict[str, Any], flops: int, peak: dict[str, Any],
-                   int8_names: set[str] | frozenset[str] = frozenset()) -> None:
+                   kinds: dict[str, str] | None = None) -> None:
     """Per result: achieved GFLOP/s at the patch's FLOPs and the fraction of the peak that
-    applies (``peak["int8_gops"]`` for the results named in ``int8_names``, else the fp32 peak;
-    ``peak_kind`` says which)."""
+    applies: ``kinds`` maps result names to ``int8`` or ``bf16`` (measured against
+    ``peak["int8_gops"]`` / ``peak["bf16_gflops"]``), every other result against the fp32 peak;
+    ``peak_kind`` says which."""
     record["flops_per_patch"] = int(flops)
     for name, result in record["results"].items():
         if "p50_ms" in result and flops:
             result["gflops_per_s"] = round(flops / (result["p50_ms"] / 1000) / 1e9, 2)
-            kind, limit = (("int8", peak.get("int8_gops")) if name in int8_names else ("fp32", peak.get("gflops")))
+            kind = (kinds or {}).get(name, "fp32")
+            limit = peak.get(PEAK_KEYS[kind])
             if limit:
                 result["pct_of_peak"] = round(100 * result["gflops_per_s"] / limit, 1)
                 result["peak_kind"] = kind
@@ -388,6 +452,9 @@ def sweep(specs: dict[str, dict[str, Any]], names: list[str] | tuple[str, ...], 
         if spec is None:
             continue
         spec = {**spec, "profile": False}
+        if skip_reason(spec):  # left out of the results, whose readers expect timings
+            out.setdefault("skipped", {})[name] = skip_reason(spec)
+            continue
         row: dict[str, Any] = {"p50_ms_by_threads": {}}
         for t in range(1, threads + 1):
             r = benchmark_in_subprocess(spec, shape, t, warmup, repeats)
@@ -513,9 +580,7 @@ def benchmark_fold(source: dict[str, Any],
 
         flops = sum(n["flops"] for n in compute_node_flops(onnx.load(reference, load_external_data=False),
                                                           tuple(shape)).values())
-        int8_names = {name for name, spec in specs.items() if spec["backend"] in ("onnxruntime", "openvino")
-                      and Path(spec["path"]).is_file() and is_int8_model(spec["path"])}
-        add_throughput(record, flops, record["peak"], int8_names)
+        add_throughput(record, flops, record["peak"], peak_kinds(specs))
     return record
 
 

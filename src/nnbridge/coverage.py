@@ -1,4 +1,5 @@
-"""Which operators of a quantized model really run in INT8, read from the graph ONNX Runtime runs.
+"""Which operators of a quantized model really run in INT8 (or a bf16 variant in bf16), read from
+the graph each runtime really runs.
 
 ONNX Runtime rewrites a QDQ model when it builds a session: DequantizeLinear → Conv →
 QuantizeLinear becomes one ``QLinearConv``, while operators without an INT8 kernel on the CPU
@@ -109,22 +110,26 @@ def _op_precision(node: onnx.NodeProto, int8_tensors: set[str]) -> str:
 
 
 def _coverage_record(backend: str, optimization: str, input_shape: tuple[int, ...],
-                     nodes: list[dict[str, Any]], histogram: Counter[tuple[str, str]]) -> dict[str, Any]:
-    """The coverage record of either runtime: compute nodes (with ``flops`` and ``int8``) and the
-    operator histogram by (operator, precision)."""
+                     nodes: list[dict[str, Any]], histogram: Counter[tuple[str, str]],
+                     low: str = "int8") -> dict[str, Any]:
+    """The coverage record of either runtime: compute nodes (with ``flops`` and a ``low`` flag:
+    runs in the variant's low precision, ``int8`` or ``bf16``) and the operator histogram by
+    (operator, precision). Keys are named after ``low`` (``n_int8_compute_nodes``,
+    ``int8_flop_share``, …); ``float_compute_nodes`` are those left in fp32."""
     total = sum(n["flops"] for n in nodes)
-    int8_flops = sum(n["flops"] for n in nodes if n["int8"])
+    low_flops = sum(n["flops"] for n in nodes if n[low])
     ops = [{"op": op, "precision": precision, "count": count}
            for (op, precision), count in sorted(histogram.items())]
     return {
         "backend": backend,
+        "precision": low,
         "graph_optimization": optimization,
         "input_shape": list(input_shape),
         "n_compute_nodes": len(nodes),
-        "n_int8_compute_nodes": sum(1 for n in nodes if n["int8"]),
+        f"n_{low}_compute_nodes": sum(1 for n in nodes if n[low]),
         "gflops": round(total / 1e9, 4),
-        "int8_flop_share": round(int8_flops / total, 4) if total else 0.0,
-        "float_compute_nodes": [n["module"] for n in nodes if not n["int8"]],
+        f"{low}_flop_share": round(low_flops / total, 4) if total else 0.0,
+        "float_compute_nodes": [n["module"] for n in nodes if not n[low]],
         "compute_nodes": nodes,
         "ops": ops,
         "n_conversions": sum(c["count"] for c in ops if c["precision"] == "conversion"),
@@ -164,14 +169,22 @@ OPENVINO_SKIP = frozenset({"Const", "Input", "Output", "Parameter", "Result"})
 OPENVINO_COMPUTE = frozenset({"Convolution", "Deconvolution", "FullyConnected", "MatMul"})
 
 
-def openvino_int8_coverage(quantized: Path, float_model: Path, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """INT8 coverage of ``quantized`` as OpenVINO's CPU plugin compiles it (same record as
-    :func:`int8_coverage`): each runtime layer's ``runtimePrecision``, matched to the fp32
+# what OpenVINO's runtime precision of a layer means for each low precision it may run in
+OPENVINO_LOW = {"int8": ("u8", "i8"), "bf16": ("bf16",)}
+
+
+def openvino_coverage(model_path: Path, float_model: Path, input_shape: tuple[int, ...], *,
+                      low: str = "int8") -> dict[str, Any]:
+    """Which compute layers of ``model_path`` OpenVINO's CPU plugin runs in ``low`` precision
+    (``int8`` for a quantized file, ``bf16`` for a bf16 variant, compiled as
+    :func:`nnbridge.onnxrun.openvino_model` compiles it), in the record of
+    :func:`int8_coverage`: each runtime layer's ``runtimePrecision``, matched to the fp32
     graph's compute nodes through the ``originalLayersNames`` OpenVINO keeps."""
     from .onnxrun import openvino_model  # noqa: PLC0415
 
+    lows = OPENVINO_LOW[low]
     reference = compute_node_flops(onnx.load(str(float_model), load_external_data=False), input_shape)
-    runtime = openvino_model(Path(quantized), 1).get_runtime_model()
+    runtime = openvino_model(Path(model_path), 1).get_runtime_model()
     compute: list[tuple[list[str], str, str]] = []
     histogram: Counter[tuple[str, str]] = Counter()
     for op in runtime.get_ordered_ops():
@@ -180,8 +193,7 @@ def openvino_int8_coverage(quantized: Path, float_model: Path, input_shape: tupl
         precision = info["runtimePrecision"].astype(str)
         if layer in OPENVINO_SKIP:
             continue
-        kind = ("conversion" if layer in OPENVINO_CONVERSIONS else
-                "int8" if precision in ("u8", "i8") else "float")
+        kind = ("conversion" if layer in OPENVINO_CONVERSIONS else low if precision in lows else "float")
         histogram[(layer, kind)] += 1
         if layer in OPENVINO_COMPUTE:  # a bias Eltwise also names the conv it came from
             compute.append((info["originalLayersNames"].astype(str).split(","), layer, precision))
@@ -196,7 +208,11 @@ def openvino_int8_coverage(quantized: Path, float_model: Path, input_shape: tupl
     for name, info in reference.items():
         layer, precision = runs_as(name)
         nodes.append({"node": name, "module": module_name(name, info["weight"]), "op": info["op"],
-                      "runs_as": f"{layer} ({precision})", "int8": precision in ("u8", "i8"),
-                      "flops": info["flops"]})
+                      "runs_as": f"{layer} ({precision})", low: precision in lows, "flops": info["flops"]})
     return _coverage_record("openvino-cpu", "compiled model (runtime precision per layer)",
-                            input_shape, nodes, histogram)
+                            input_shape, nodes, histogram, low)
+
+
+def openvino_int8_coverage(quantized: Path, float_model: Path, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """INT8 coverage of ``quantized`` as OpenVINO's CPU plugin compiles it (:func:`openvino_coverage`)."""
+    return openvino_coverage(quantized, float_model, input_shape, low="int8")

@@ -45,13 +45,13 @@ def onnxruntime_op_profile(path: Path, x: np.ndarray, threads: int = 0, runs: in
 
 
 def openvino_op_profile(path: Path, x: np.ndarray, threads: int = 0, runs: int = 3,
-                        top: int = 8) -> list[dict[str, Any]]:
+                        top: int = 8, precision: str | None = None) -> list[dict[str, Any]]:
     """Execution time per layer type (and kernel, e.g. ``Convolution [brgconv_avx512_u8]``) of an
-    OpenVINO CPU model compiled like :func:`nnbridge.onnxrun.openvino_model`, with performance
-    counters on."""
+    OpenVINO CPU model compiled like :func:`nnbridge.onnxrun.openvino_model` (``precision``:
+    the file's own unless given), with performance counters on."""
     from .onnxrun import openvino_model  # noqa: PLC0415
 
-    request = openvino_model(Path(path), threads, perf_count=True).create_infer_request()
+    request = openvino_model(Path(path), threads, perf_count=True, precision=precision).create_infer_request()
     request.infer({0: x})
     totals: Counter[str] = Counter()
     for _ in range(runs):
@@ -62,10 +62,12 @@ def openvino_op_profile(path: Path, x: np.ndarray, threads: int = 0, runs: int =
     return _ranked(totals, runs, top)
 
 
-def op_profile(backend: str, path: Path, x: np.ndarray, threads: int = 0) -> list[dict[str, Any]]:
-    """Per-operator profile of an ONNX file on ``backend`` (``onnxruntime`` or ``openvino``)."""
+def op_profile(backend: str, path: Path, x: np.ndarray, threads: int = 0,
+               precision: str | None = None) -> list[dict[str, Any]]:
+    """Per-operator profile of an ONNX file on ``backend`` (``onnxruntime`` or ``openvino``, in
+    ``precision`` if given)."""
     if backend == "onnxruntime":
         return onnxruntime_op_profile(path, x, threads)
     if backend == "openvino":
-        return openvino_op_profile(path, x, threads)
+        return openvino_op_profile(path, x, threads, precision=precision)
     raise ValueError(f"no per-operator profile for backend {backend!r}")

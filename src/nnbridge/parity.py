@@ -113,7 +113,7 @@ def validate_fold(
     from pathlib import Path  # noqa: PLC0415
 
     from .models import load_model  # noqa: PLC0415
-    from .onnxrun import run_torch, run_variant  # noqa: PLC0415
+    from .onnxrun import PrecisionUnavailable, run_torch, run_variant  # noqa: PLC0415
 
     loaded = load_model(source)
     reference = run_torch(loaded.network, heldout_patches)
@@ -125,6 +125,9 @@ def validate_fold(
                                  variant.get("backend", "onnxruntime"))
             results[name] = validate_variant(reference, logits, loaded.label_names, tol,
                                              loaded.region_based)
+        except PrecisionUnavailable as exc:  # a bf16 variant on a CPU without bf16: not run, not passed
+            results[name] = {"passed": False, "skipped": str(exc), "tolerance": tol.to_dict(),
+                             "failures": [f"skipped: {exc}"]}
         except Exception as exc:  # noqa: BLE001 - a broken variant fails its gate, others go on
             results[name] = {"passed": False, "tolerance": tol.to_dict(),
                              "failures": [f"could not run: {type(exc).__name__}: {exc}"[:500]]}

@@ -1,5 +1,6 @@
-"""Quantized variants of exported ONNX models: INT8 static/dynamic and fp16 with onnxruntime, and
-INT8 by NNCF's post-training quantization (OpenVINO's quantizer, ONNX backend: still a QDQ file).
+"""Quantized variants of exported ONNX models: INT8 static/dynamic and fp16 with onnxruntime,
+INT8 by NNCF's post-training quantization (OpenVINO's quantizer, ONNX backend: still a QDQ file),
+and bf16 (the fp32 graph, marked to run on OpenVINO in bf16 on CPUs that have it).
 
 Static INT8 is calibrated on real patches of the fold's training cases. When a static variant
 asks for it (``accuracy_aware``), the blocks whose fp32 version helps the label maps most
@@ -26,7 +27,7 @@ from .onnxmeta import output_labels
 
 FORMATS = ("QDQ", "QOperator")
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
-METHODS = ("static", "dynamic", "fp16", "nncf")
+METHODS = ("static", "dynamic", "fp16", "nncf", "bf16")
 NNCF_PRESETS = ("performance", "mixed")
 NNCF_MODEL_TYPES = (None, "transformer")
 NNCF_KEYS = ("preset", "subset_size", "fast_bias_correction", "model_type", "ignored_types",
@@ -175,6 +176,35 @@ def convert_fp16(src: Path, dst: Path, *, nodes_to_exclude: list[str] | None = N
     return {"method": "fp16", "nodes_to_exclude": list(nodes_to_exclude or []),
             "n_calibration_patches": 0, "seconds": round(time.perf_counter() - started, 3),
             **_file_record(dst)}
+
+
+def make_bf16(src: Path, dst: Path, input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """The bf16 variant: ``src`` unchanged (fp32 weights, same graph), marked by its metadata
+    (``nnbridge.inference_precision = bf16``) to run on OpenVINO with bf16 inference precision,
+    which CPUs with AVX512_BF16 or AMX execute natively (OpenVINO keeps what is not worth bf16 in
+    fp32). No calibration; the validate stage gates it like every variant. With ``input_shape``,
+    the record's ``coverage_openvino`` says which compute layers really run in bf16 here (None,
+    with the reason, on a CPU without native bf16)."""
+    from .coverage import openvino_coverage  # noqa: PLC0415
+    from .onnxmeta import META_PREFIX  # noqa: PLC0415
+    from .onnxrun import PRECISION_KEY, bf16_unavailable  # noqa: PLC0415
+
+    src, dst = _paths(src, dst)
+    started = time.perf_counter()
+    model = onnx.load(str(src))
+    for prop in [p for p in model.metadata_props if p.key == META_PREFIX + PRECISION_KEY]:
+        model.metadata_props.remove(prop)
+    model.metadata_props.add(key=META_PREFIX + PRECISION_KEY, value="bf16")
+    onnx.save(model, str(dst))
+    unavailable = bf16_unavailable()
+    record: dict[str, Any] = {
+        "method": "bf16", "inference_precision": "bf16", "runtime": "openvino", "n_calibration_patches": 0,
+        "native_bf16_here": unavailable is None, **({"bf16_unavailable": unavailable} if unavailable else {}),
+        "seconds": round(time.perf_counter() - started, 3), **_file_record(dst)}
+    if input_shape is not None:
+        record["coverage_openvino"] = (openvino_coverage(dst, src, input_shape, low="bf16")
+                                       if unavailable is None else None)
+    return record
 
 
 def _import_nncf():
@@ -461,7 +491,8 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
 
     ``settings["method"]``: ``static`` (calibrated INT8; with ``accuracy_aware`` the layer
     exclusion loop), ``dynamic`` (INT8 weights, run-time activation ranges), ``fp16``, or
-    ``nncf`` (calibrated INT8 by NNCF, :func:`quantize_nncf_int8`).
+    ``nncf`` (calibrated INT8 by NNCF, :func:`quantize_nncf_int8`), or ``bf16`` (the fp32 graph,
+    run by OpenVINO in bf16, :func:`make_bf16`).
     INT8 coverage is recorded for ONNX Runtime (``coverage``) and, when ``backends`` names it,
     OpenVINO (``coverage_openvino``).
     """
@@ -476,6 +507,10 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
     if method == "nncf":
         misplaced = [k for k, v in STATIC_DEFAULTS.items() if settings.get(k, v) != v]
         where, hint = "with methods other than 'nncf'", " (nncf's preset chooses the activations' symmetry)"
+    elif method == "bf16":
+        misplaced = ([k for k, v in STATIC_DEFAULTS.items() if settings.get(k, v) != v]
+                     + [key for key in NNCF_KEYS if key in settings])
+        where, hint = "with the INT8 methods only", " (bf16 has no settings)"
     else:
         misplaced = [key for key in NNCF_KEYS if key in settings]
         where, hint = "with method 'nncf' only", ""
@@ -484,6 +519,13 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
                             f"from this quantize entry{hint}")
     if method == "fp16":
         return convert_fp16(src, dst, nodes_to_exclude=excluded)
+    if method == "bf16":
+        if excluded:
+            raise NNBridgeError("nodes_to_exclude does not work with method 'bf16' (OpenVINO chooses per layer "
+                                "what runs in bf16); remove it from this quantize entry")
+        if "openvino" not in backends:
+            raise NNBridgeError("method 'bf16' runs on OpenVINO; add openvino to the config's backends")
+        return make_bf16(src, dst, tuple(calibration[:1].shape) if len(calibration) else None)
     if method == "dynamic":
         record = quantize_dynamic_int8(src, dst, per_channel=settings.get("per_channel", True),
                                        nodes_to_exclude=excluded)

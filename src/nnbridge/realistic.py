@@ -33,6 +33,7 @@ _TORCH_OPS = frozenset({"Conv2d", "Conv3d", "InstanceNorm2d", "InstanceNorm3d", 
                         "BatchNorm3d", "Dropout2d", "Dropout3d", "LeakyReLU", "ReLU"})
 FP32_RESULTS = ("onnx_fp32", "onnx_fp32@openvino")
 INT8_RESULTS = ("int8", "int8@openvino")
+BF16_RESULTS = ("bf16@openvino",)  # the fp32 file run by OpenVINO in bf16 (skipped without native bf16)
 INT8_NOTE = ("INT8 is for speed only: the weights are random and the calibration patches random "
              "normal, so no Dice gate is possible")
 
@@ -274,6 +275,7 @@ def _specs(out_dir: Path, arch: dict[str, Any], seed: int, backends: tuple[str, 
         specs["onnx_fp32"] = {"backend": "onnxruntime", "path": fp32}
     if "openvino" in backends:
         specs["onnx_fp32@openvino"] = {"backend": "openvino", "path": fp32}
+        specs["bf16@openvino"] = {"backend": "openvino", "path": fp32, "precision": "bf16"}
     if int8 and "onnxruntime" in backends:
         specs["int8"] = {"backend": "onnxruntime", "path": quant}
     if int8 and "openvino" in backends:
@@ -309,7 +311,8 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
     JSON-serializable record: the architecture, input shape, FLOPs per patch (from the graph, and
     counted from the description as a check), the machine's measured fp32 peak, per result
     (``torch_eager``, ``onnx_fp32`` with tuned ONNX Runtime settings, ``onnx_fp32@openvino``,
-    ``int8``, ``int8@openvino``) latency percentiles, peak memory, speed-up against torch eager,
+    ``bf16@openvino`` (the fp32 file in bf16; ``skipped`` on CPUs without native bf16), ``int8``,
+    ``int8@openvino``) latency percentiles, peak memory, speed-up against torch eager,
     GFLOP/s and % of peak, and the ``targets`` block (:func:`compute_targets`).
     """
     import onnx  # noqa: PLC0415
@@ -353,7 +356,8 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
     record["machine"] = cpu_identity()
     graph = onnx.load(str(out_dir / "model.onnx"))
     flops = sum(node["flops"] for node in compute_node_flops(graph, shape).values())
-    add_throughput(record, flops, record["peak"], set(INT8_RESULTS))
+    add_throughput(record, flops, record["peak"], {**dict.fromkeys(INT8_RESULTS, "int8"),
+                                                   **dict.fromkeys(BF16_RESULTS, "bf16")})
     record.update({
         "kind": "realistic nnU-Net benchmark (random weights)",
         "architecture": arch, "seed": seed, "patch_size": list(patch_size),

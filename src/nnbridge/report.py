@@ -104,7 +104,8 @@ def _overview_rows(folds: list[dict[str, Any]]) -> list[list[str]]:
         gates = [(e["parity"] or {}).get("variants", {}).get(name) for e in folds]
         gates = [g for g in gates if g]
         passed = sum(1 for g in gates if g["passed"])
-        worst = min((g.get("min_dice", 1.0) for g in gates), default=None)
+        skipped = sum(1 for g in gates if g.get("skipped"))
+        worst = min((g.get("min_dice", 1.0) for g in gates if not g.get("skipped")), default=None)
         bench = [((e["benchmark"] or {}).get("results", {}) or {}) for e in folds]
         p50 = [b[name]["p50_ms"] for b in bench if "p50_ms" in b.get(name, {})]
         vs_eager = [b["torch_eager"]["p50_ms"] / b[name]["p50_ms"] for b in bench
@@ -112,8 +113,9 @@ def _overview_rows(folds: list[dict[str, Any]]) -> list[list[str]]:
         vs_fp32 = [b["onnx_fp32"]["p50_ms"] / b[name]["p50_ms"] for b in bench
                    if "p50_ms" in b.get(name, {}) and "p50_ms" in b.get("onnx_fp32", {})]
         pct = [b[name]["pct_of_peak"] for b in bench if "pct_of_peak" in b.get(name, {})]
-        gate = "reference" if not gates else f"{passed}/{len(gates)} PASS" if passed == len(gates) \
-            else f"FAIL in {len(gates) - passed}/{len(gates)}"
+        gate = ("reference" if not gates else f"{passed}/{len(gates)} PASS" if passed == len(gates)
+                else f"SKIPPED in {skipped}/{len(gates)} (not runnable here)" if skipped == len(gates) - passed
+                else f"FAIL in {len(gates) - passed - skipped}/{len(gates)}")
         rows.append([name, gate, _fmt(worst) if gates else "–", _fmt(_median(p50), 3),
                      _fmt(_median(vs_eager), 3), _fmt(_median(vs_fp32), 3), _fmt(_median(pct), 1)])
     return rows
@@ -123,12 +125,12 @@ EXACT_VARIANTS = ("torchscript", "onnx_fp32", "onnx_simplified")  # the checkpoi
 
 
 def variant_precision(fold: dict[str, Any], name: str) -> str:
-    """``fp32`` (exact export), ``int8`` or ``fp16`` (from the variant's quantize record), or
+    """``fp32`` (exact export), ``int8``, ``fp16`` or ``bf16`` (from the variant's quantize record), or
     ``other``; ``name`` may carry a runtime (``int8_accurate@openvino``)."""
     base = name.partition("@")[0]
     record = (fold.get("quantize") or {}).get(base)
     if record:
-        return "fp16" if record.get("method") == "fp16" else "int8"
+        return record["method"] if record.get("method") in ("fp16", "bf16") else "int8"
     return "fp32" if base in EXACT_VARIANTS else "other"
 
 
@@ -268,7 +270,8 @@ def parity_table(folds: list[dict[str, Any]]) -> Table:
         parity = e["parity"] or {}
         for name, r in parity.get("variants", {}).items():
             dice = ", ".join(f"{k} {_fmt(v)}" for k, v in r.get("dice", {}).items())
-            verdict = "PASS" if r["passed"] else "FAIL: " + "; ".join(r.get("failures", []))
+            verdict = ("PASS" if r["passed"] else f"SKIPPED: {r['skipped']}" if r.get("skipped")
+                       else "FAIL: " + "; ".join(r.get("failures", [])))
             rows.append([_fold_label(e), name, _fmt(r.get("max_abs_err")), _fmt(r.get("max_rel_err")),
                          _fmt(r.get("mean_abs_err")), dice or "–", _fmt(r.get("voxel_agreement"), 6),
                          verdict])
@@ -277,7 +280,7 @@ def parity_table(folds: list[dict[str, Any]]) -> Table:
 
 
 def _pct(result: dict[str, Any]) -> str:
-    """``% of peak`` with the peak it refers to (fp32 or INT8)."""
+    """``% of peak`` with the peak it refers to (fp32, INT8 or bf16)."""
     if result.get("pct_of_peak") is None:
         return "–"
     return f"{_fmt(result['pct_of_peak'], 1)} ({result.get('peak_kind', 'fp32')})"
@@ -289,8 +292,9 @@ def benchmark_table(folds: list[dict[str, Any]]) -> Table:
         bench = e["benchmark"] or {}
         shape = "x".join(str(s) for s in bench.get("shape", []))
         for name, r in bench.get("results", {}).items():
-            if "error" in r:
-                rows.append([_fold_label(e), name, shape, "error: " + r["error"], "", "", "", "", "", "", "", ""])
+            if "error" in r or "skipped" in r:
+                why = f"error: {r['error']}" if "error" in r else f"skipped: {r['skipped']}"
+                rows.append([_fold_label(e), name, shape, why, "", "", "", "", "", "", "", ""])
                 continue
             size = r.get("file_size_bytes")
             rows.append([_fold_label(e), name, shape, _fmt(r["p50_ms"], 3), _fmt(r["p90_ms"], 3),
@@ -309,6 +313,8 @@ def runtime_settings(result: dict[str, Any]) -> str:
     if backend == "onnxruntime":
         return f"{threads}, {_settings(result.get('ort_settings') or {})}"
     if backend == "openvino":
+        if result.get("inference_precision") == "bf16":
+            return f"{threads}, bf16 precision hint (the bf16 variant), latency mode"
         return f"{threads}, f32 precision hint (INT8 kernels where quantized), latency mode"
     if backend in ("torch", "torch_arch"):
         return f"{threads}, eager, no_grad"
@@ -364,6 +370,8 @@ def peak_text(peak: dict[str, Any]) -> str:
     if peak.get("int8_gops"):
         text += (f"; INT8 variants are measured against the INT8 peak, {peak['int8_gops']:.0f} GOP/s "
                  f"({peak['int8_method']})")
+    if peak.get("bf16_gflops"):
+        text += f"; bf16 runs against the bf16 peak, {peak['bf16_gflops']:.0f} GFLOP/s ({peak['bf16_method']})"
     source = peak.get("source", "")
     where = f" ({source})" if source.startswith("measured here") else ""
     return text + (f"{where}. A measured peak, not a clock × vector-unit figure: above 100 % a runtime beat the "
@@ -404,9 +412,12 @@ def quantize_table(folds: list[dict[str, Any]]) -> Table:
                 how = f"NNCF post-training, preset {q['preset']}"
                 if q.get("ignored_types"):
                     how += f", {', '.join(q['ignored_types'])} unquantized"
+            elif method == "bf16":
+                how = ("fp32 graph, OpenVINO bf16 inference" if q.get("native_bf16_here", True)
+                       else f"fp32 graph, OpenVINO bf16 inference; not runnable here: {q.get('bf16_unavailable')}")
             else:
                 how = method
-            cov = q.get("coverage") or {}
+            cov = q.get("coverage") or {}  # ONNX Runtime's INT8 coverage (bf16 runs on OpenVINO only)
             int8 = (f"{cov['n_int8_compute_nodes']}/{cov['n_compute_nodes']}" if cov else "–")
             share = f"{100 * cov['int8_flop_share']:.1f} %" if cov else "–"  # ONNX Runtime's
             aa = (q.get("accuracy_aware") or q.get("accuracy_control") or {}).get("verdict", "–")
@@ -421,7 +432,8 @@ def _op_list(ops: list[dict[str, Any]], precision: str) -> str:
 
 
 def coverage_table(folds: list[dict[str, Any]]) -> Table | None:
-    """What runs in INT8 and what falls back to fp32, from the graph ONNX Runtime builds."""
+    """What runs in INT8 (bf16 for a bf16 variant) and what falls back to fp32, from the model each
+    runtime builds."""
     rows = []
     for e in folds:
         for name, q in e["quantize"].items():
@@ -429,13 +441,14 @@ def coverage_table(folds: list[dict[str, Any]]) -> Table | None:
                 cov = (q or {}).get(key)
                 if not cov:
                     continue
+                low = cov.get("precision", "int8")
                 fallback = ", ".join(cov["float_compute_nodes"]) or "none"
-                share = f"{100 * cov['int8_flop_share']:.1f} %"
-                rows.append([_fold_label(e), name, backend, share, _op_list(cov["ops"], "int8"),
+                share = f"{100 * cov[f'{low}_flop_share']:.1f} % {low.upper() if low == 'int8' else low}"
+                rows.append([_fold_label(e), name, backend, share, _op_list(cov["ops"], low),
                              _op_list(cov["ops"], "float"), str(cov["n_conversions"]), fallback])
     if not rows:
         return None
-    return ["fold", "variant", "backend", "FLOPs in INT8", "INT8 operators", "fp32 operators",
+    return ["fold", "variant", "backend", "FLOPs in low precision", "low-precision operators", "fp32 operators",
             "conversions", "compute layers in fp32 (PyTorch modules)"], rows
 
 
@@ -509,6 +522,10 @@ def case_parity_table(folds: list[dict[str, Any]]) -> Table | None:
         if not cp:
             continue
         for name, v in cp["variants"].items():
+            if v.get("skipped"):
+                rows.append([_fold_label(e), f"{name} ({v['backend']})", "–", "–", "–", "–", "–", "–", "–", "–", "–",
+                             f"SKIPPED: {v['skipped']}"])
+                continue
             cases = v["cases"].values()
             truth_ours = [min(c["dice_nnbridge_vs_truth"].values()) for c in cases if c.get("dice_nnbridge_vs_truth")]
             truth_ref = [min(c["dice_nnunet_vs_truth"].values()) for c in cases if c.get("dice_nnunet_vs_truth")]
@@ -539,6 +556,8 @@ def case_stage_table(folds: list[dict[str, Any]]) -> Table | None:
         stages = list(cp["nnunet"]["timings_s"])
         rows.append([_fold_label(e), "nnU-Net (torch)", *[f"{cp['nnunet']['timings_s'][k]:.3f}" for k in stages]])
         for name, v in cp["variants"].items():
+            if v.get("skipped"):
+                continue
             rows.append([_fold_label(e), f"nnbridge {name} ({v['backend']})",
                          *[f"{v['timings_s'].get(k, 0.0):.3f}" for k in stages]])
     if not rows:
@@ -561,8 +580,11 @@ def bundle_table(folds: list[dict[str, Any]]) -> Table | None:
             run_text = (f"{run.get('threads') or 'runtime default'} / {run.get('batch_size', 1)}" if run
                         else "not recorded")
             rows.append([f"{e['dataset']} / {e['model']}", name + (" (default)" if name == b["default_variant"] else ""),
-                         ", ".join(b["folds"]), v["backend"] or "none passed", lat,
-                         _settings(v.get("ort_settings") or {}), run_text])
+                         ", ".join(b["folds"]),
+                         (v["backend"] or "none passed") + (" (bf16)" if v.get("inference_precision") == "bf16" else ""),
+                         lat,
+                         "–" if v.get("inference_precision") == "bf16" else _settings(v.get("ort_settings") or {}),
+                         run_text])
     if not rows:
         return None
     return (["model", "variant", "folds", "runtime used by nnbridge predict", "median p50 per runtime",
@@ -666,11 +688,12 @@ def sections(folds: list[dict[str, Any]],
          "exported model are compared at two input shapes.", weights_table(folds)),
         ("Quantization", "Quantized variants: static INT8 is calibrated on real patches from the "
          "fold's training cases; INT8 coverage is read from the graph ONNX Runtime's CPU provider "
-         "really runs.", quantize_table(folds)),
-        ("INT8 coverage", "Per backend, from the model it really runs (ONNX Runtime's optimized "
-         "graph, OpenVINO's compiled runtime model): operators by precision, conversions "
-         "between precisions, and the compute layers that fall back to fp32 (no INT8 kernel, or "
-         "kept in fp32 on purpose).",
+         "really runs. A bf16 variant is the fp32 graph that OpenVINO runs in bf16 (no calibration).",
+         quantize_table(folds)),
+        ("INT8 and bf16 coverage", "Per backend, from the model it really runs (ONNX Runtime's optimized "
+         "graph, OpenVINO's compiled runtime model): operators by precision (INT8 for quantized "
+         "variants, bf16 for the bf16 variant), conversions between precisions, and the compute "
+         "layers that fall back to fp32 (no low-precision kernel, or kept in fp32 on purpose).",
          coverage_table(folds)),
         ("Accuracy-aware INT8", "Each round keeps the block (a layer with its norm and "
          "nonlinearity) whose fp32 version helps the label maps most in fp32, until the Dice "
@@ -717,8 +740,9 @@ def summarize(folds: list[dict[str, Any]]) -> dict[str, Any]:
             "torch_eager_p50_ms": (bench.get("torch_eager") or {}).get("p50_ms"),
             "validation_dice": {k: v.get("Dice") for k, v in
                                 ((e["validation"] or {}).get("mean", {})).items()},
-            "case_parity": {n: {"passed": v["passed"], "min_voxel_agreement": v["min_voxel_agreement"],
-                                "speedup_vs_nnunet": v["speedup_vs_nnunet"]}
+            "case_parity": {n: {"passed": v["passed"], "min_voxel_agreement": v.get("min_voxel_agreement"),
+                                "speedup_vs_nnunet": v.get("speedup_vs_nnunet"),
+                                **({"skipped": v["skipped"]} if v.get("skipped") else {})}
                             for n, v in ((e.get("case_parity") or {}).get("variants", {})).items()},
         })
     return {"machine": machine_info(), "benchmark_machines": benchmark_machines(folds), "folds": out}
@@ -731,7 +755,8 @@ def realistic_table(record: dict[str, Any] | None) -> Table | None:
     rows = []
     for name, r in record["results"].items():
         if "p50_ms" not in r:
-            rows.append([name, "error: " + str(r.get("error")), "", "", "", "", "", "", ""])
+            why = f"skipped: {r['skipped']}" if r.get("skipped") else f"error: {r.get('error')}"
+            rows.append([name, why, "", "", "", "", "", "", ""])
             continue
         pct = (f"{r['pct_of_peak']:.0f} % of {r.get('peak_kind', 'fp32')}" if r.get("pct_of_peak") is not None else "–")
         rows.append([name, f"{r['p50_ms']:.0f}", f"{r['p90_ms']:.0f}", f"{r['p99_ms']:.0f}",
@@ -747,9 +772,27 @@ def realistic_text(record: dict[str, Any] | None) -> str:
     tuned = (record.get("tuning") or {}).get("chosen")
     return (f"Speed at a typical nnU-Net 3d_fullres size: a random-weight PlainConvUNet, patch "
             f"{'x'.join(map(str, record['patch_size']))}, features {record['architecture'].get('features_per_stage')}; "
-            f"{record['flops_per_patch'] / 1e9:.0f} GFLOP per patch. INT8 is calibrated on random patches: "
-            f"its speed is real, its accuracy cannot be judged. ONNX Runtime settings chosen by the search: "
+            f"{record['flops_per_patch'] / 1e9:.0f} GFLOP per patch. INT8 is calibrated on random patches and "
+            f"bf16@openvino is the fp32 file run in bf16: their speed is real, their accuracy cannot be judged "
+            f"with random weights (the demo's bf16 variant is gated). ONNX Runtime settings chosen by the search: "
             f"{_settings(tuned) if tuned is not None else 'not searched'}. " + peak_text(record.get("peak") or {}))
+
+
+def verdict_lists(folds: list[dict[str, Any]]) -> tuple[list[str], list[str], list[str]]:
+    """(failed, skipped, reasons): the variants that failed a patch or whole-case gate, those not
+    run because this machine cannot (a bf16 variant on a CPU without bf16), and why not."""
+    failed, skipped, reasons = [], [], []
+    for e in folds:
+        checks = [(n, v) for n, v in ((e["parity"] or {}).get("variants", {})).items()]
+        checks += [(f"{n} on whole cases", v) for n, v in ((e.get("case_parity") or {}).get("variants", {})).items()]
+        for name, v in checks:
+            if v.get("skipped"):
+                skipped.append(f"{_fold_label(e)}: {name}")
+                why = v["skipped"].rsplit(", but ", 1)[-1]  # the cause, without the file it names
+                reasons += [why] if why not in reasons else []
+            elif not v["passed"]:
+                failed.append(f"{_fold_label(e)}: {name}")
+    return failed, skipped, reasons
 
 
 def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_path: str | Path,
@@ -768,12 +811,12 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
     Path(summary_path).write_text(json.dumps(summary, indent=2) + "\n")
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = summary["machine"]
-    failed = [f"{_fold_label(e)}: {n}" for e in folds
-              for n, v in ((e["parity"] or {}).get("variants", {})).items() if not v["passed"]]
-    failed += [f"{_fold_label(e)}: {n} on whole cases" for e in folds
-               for n, v in ((e.get("case_parity") or {}).get("variants", {})).items() if not v["passed"]]
+    failed, skipped, reasons = verdict_lists(folds)
     verdict = ("All variants passed their gates." if not failed else
                f"{len(failed)} variant(s) FAILED their gate: " + "; ".join(failed))
+    if skipped:
+        verdict += (f" {len(skipped)} variant(s) SKIPPED, not runnable on this machine "
+                    f"({'; '.join(reasons)}): " + "; ".join(skipped))
     models = sorted({f"{e['dataset']} / {e['model']}" for e in folds})
     intro = (f"nnbridge {__version__}, generated {now} on {machine['cpu']} "
              f"({machine['cores']} cores). {len(folds)} fold(s) of {len(models)} model(s): "

@@ -220,13 +220,26 @@ def _plain_entry(entry: dict[str, Any], i: int) -> ModelEntry:
                       str(entry["checkpoint"]), None, "pytorch", dict(entry))
 
 
+def openvino_only_variants(config: dict[str, Any]) -> list[str]:
+    """The quantize entries that run on OpenVINO only (method ``bf16``: ONNX Runtime would run
+    the same fp32 graph as ``onnx_simplified``); refused in one line when the config's
+    ``backends`` lack openvino."""
+    names = [n for n, q in (config.get("quantize") or {}).items() if (q or {}).get("method") == "bf16"]
+    if names and "openvino" not in config.get("backends", ["onnxruntime"]):
+        raise NNBridgeError(f"config quantize.{names[0]}: method bf16 runs on OpenVINO; add openvino to "
+                            f"backends (now {config.get('backends', ['onnxruntime'])}) or remove the entry")
+    return names
+
+
 def fold_variants(results: str, key: FoldKey, config: dict[str, Any],
                   quantize: tuple[str, ...] | None = None) -> dict[str, dict[str, str]]:
     """Name → {kind, path, backend} of every (artifact, backend) of a fold that is validated and
     benchmarked (``quantize``: the model's own subset of the quantized variants, default all).
     ONNX artifacts run on ONNX Runtime under their own name and on every other configured
-    backend as ``<name>@<backend>`` (e.g. ``onnx_fp32@openvino``)."""
+    backend as ``<name>@<backend>`` (e.g. ``onnx_fp32@openvino``); a bf16 variant only as
+    ``<name>@openvino`` (:func:`openvino_only_variants`)."""
     base = key.dir(results)
+    openvino_only = openvino_only_variants(config)
     variants: dict[str, dict[str, str]] = {}
     if config["export"]["torchscript"]:
         variants["torchscript"] = {"kind": "torchscript", "path": f"{base}/export/model.ts"}
@@ -243,12 +256,19 @@ def fold_variants(results: str, key: FoldKey, config: dict[str, Any],
         for name, variant in list(variants.items()):
             if variant["kind"] == "onnx" and variant["backend"] == "onnxruntime":
                 variants[f"{name}@{backend}"] = {**variant, "backend": backend}
+    for name in openvino_only:
+        variants.pop(name, None)
     return variants
 
 
 def base_variant(name: str) -> str:
     """The artifact behind a variant name: ``onnx_fp32@openvino`` → ``onnx_fp32``."""
     return name.split("@", 1)[0]
+
+
+def artifact_paths(variants: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Artifact name → its file, from :func:`fold_variants` (``bf16@openvino`` → ``bf16``)."""
+    return {base_variant(name): v["path"] for name, v in variants.items()}
 
 
 def variant_tolerance(name: str, validate: dict[str, Any]) -> dict[str, Any]:
@@ -264,6 +284,7 @@ def bundle_plan(config: dict[str, Any]) -> tuple[list[str], str, list[str]]:
     """(bundle variants, default variant, case-parity variants), checked against the variants
     the config produces: only ONNX artifacts (no ``@backend`` suffix) can be shipped, and only
     shipped variants can be compared on whole cases."""
+    openvino_only_variants(config)  # refuses a bf16 entry without openvino, before any job runs
     onnx_names = ["onnx_fp32", "onnx_simplified", *config.get("quantize", {})]
     shipped = list(config["bundle"]["variants"])
     for name in shipped:

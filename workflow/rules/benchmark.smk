@@ -5,7 +5,7 @@ rule machine_peak:
         json=f"{RESULTS}/machine/peak.json",
     params:
         threads=lookup(dpath="benchmark/threads", within=config),
-        code=code_version("bench"),
+        code=code_version("bench", "onnxrun"),
     log:
         "logs/machine_peak.log",
     benchmark:

@@ -11,6 +11,7 @@ from nnbridge.errors import NNBridgeError
 from nnbridge.models import CHECKPOINT_NAMES
 from nnbridge.workflow_plan import (
     FoldKey,
+    artifact_paths,
     bundle_plan,
     discover_models,
     fold_variants,
@@ -146,9 +147,9 @@ def get_bundle_folds(wildcards):
     model = get_model(wildcards)
     folds = {}
     for key in model.fold_keys():
-        variants = fold_variants(RESULTS, key, config, model.quantize)
+        paths = artifact_paths(fold_variants(RESULTS, key, config, model.quantize))
         folds[key.fold] = {
-            "files": {name: variants[name]["path"] for name in BUNDLE_VARIANTS},
+            "files": {name: paths[name] for name in BUNDLE_VARIANTS},
             "parity": f"{key.dir(RESULTS)}/validate/parity.json",
             "benchmark": f"{key.dir(RESULTS)}/benchmark/benchmark.json",
         }

@@ -28,5 +28,6 @@ with logged(snakemake.log[0]):
     )
     write_json(snakemake.output.json, record)
     for name, result in record["variants"].items():
-        print(name, result["backend"], "PASS" if result["passed"] else "FAIL",
-              "voxel agreement", result["min_voxel_agreement"], "speedup", result["speedup_vs_nnunet"])
+        print(name, result["backend"], f"SKIPPED: {result['skipped']}" if result.get("skipped") else
+              ("PASS" if result["passed"] else "FAIL"), "voxel agreement", result.get("min_voxel_agreement"),
+              "speedup", result.get("speedup_vs_nnunet"))

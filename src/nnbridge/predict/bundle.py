@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import NNBridgeError
-from ..onnxrun import ONNX_BACKENDS
+from ..onnxmeta import read_metadata
+from ..onnxrun import ONNX_BACKENDS, PRECISION_KEY
 from ..runlog import read_json, sha256_file
 from ..workflow_plan import fold_order
 
@@ -77,7 +78,9 @@ def write_bundle(
             files[str(fold)] = rel
             sums[str(fold)] = sha256_file(out_dir / rel)
         backend = choose_backend(variant["gates"], variant.get("latency_ms", {}))
+        precision = read_metadata(out_dir / next(iter(files.values()))).get(PRECISION_KEY, "f32")
         entries[name] = {
+            "inference_precision": precision,
             "files": files,
             "sha256": sums,
             "gates": variant["gates"],
@@ -256,8 +259,6 @@ def build_from_pipeline(
     its parity verdict there (``name`` on ONNX Runtime, ``name@openvino`` on OpenVINO); its
     latency is the median over folds of the benchmark's p50; its threads and batch size per
     runtime come from the benchmark's sweeps (:func:`run_settings`)."""
-    from ..onnxmeta import read_metadata  # noqa: PLC0415
-
     first = next(iter(folds.values()))["files"][variant_names[0]]
     meta = read_metadata(Path(first))
     refuse_cascade(meta.get("configuration"), meta.get("previous_stage"), first)

@@ -30,14 +30,21 @@ BACKENDS = ("onnxruntime", "openvino")
 
 def onnx_network(path: Path, backend: str, threads: int = 0, settings: dict | None = None) -> Network:
     """A batch → logits callable on ONNX Runtime (with the tuned ``settings``: session options
-    and IO binding) or OpenVINO (CPU, fp32 kept exact)."""
+    and IO binding) or OpenVINO (CPU, fp32 kept exact; a bf16 variant in bf16, or in fp32 with a
+    note on a CPU without native bf16). Its ``precision`` attribute is what it computes in."""
     from ..onnxrun import onnx_session, openvino_model, ort_runner  # noqa: PLC0415 - all torch-free
 
     if backend == "onnxruntime":
         return ort_runner(onnx_session(path, threads, settings=settings), settings)
     if backend == "openvino":
-        request = openvino_model(path, threads).create_infer_request()
-        return lambda batch: np.array(request.infer({0: batch})[0])
+        compiled = openvino_model(path, threads, fallback=True)
+        request = compiled.create_infer_request()
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return np.array(request.infer({0: batch})[0])
+
+        run.precision = compiled.nnbridge_precision  # type: ignore[attr-defined]
+        return run
     raise NNBridgeError(f"unknown backend {backend!r}; use one of {BACKENDS}")
 
 
@@ -95,13 +102,18 @@ class Predictor:
     accumulate: str = "float16"
     allow_ungated: bool = False
     networks: list[Network] = field(default_factory=list, init=False)
+    precision: str = field(default="f32", init=False)  # what the loaded networks compute in
     run_choice: dict[str, Any] = field(default_factory=dict, init=False)  # threads, batch size and why
 
     def __post_init__(self) -> None:
         name, entry = self.bundle.variant(self.variant)
         self.variant = name
         if self.backend is None:
-            self.backend = entry.get("backend") or "onnxruntime"
+            self.backend = entry.get("backend") or ("openvino" if entry.get("inference_precision") == "bf16"
+                                                    else "onnxruntime")
+        if entry.get("inference_precision") == "bf16" and self.backend != "openvino":
+            raise NNBridgeError(f"{self.bundle.root}: variant {name!r} runs in bf16, on OpenVINO only; use "
+                                "--backend openvino or another --variant")
         gates = entry.get("gates", {})
         chosen = {str(f) for f in self.folds} if self.folds else set(gates)
         failed = sorted(f for f, per in gates.items() if f in chosen and not per.get(self.backend, False))
@@ -127,12 +139,15 @@ class Predictor:
             settings = entry.get("ort_settings") if self.backend == "onnxruntime" else None
             self.networks = [onnx_network(p, self.backend or "onnxruntime", self.threads or 0, settings)
                              for p in self.files]
+            self.precision = getattr(self.networks[0], "precision", "f32")
 
     def describe_run(self) -> str:
         """One line: the runtime, threads, batch size and ONNX Runtime settings used, and why."""
         why = self.run_choice["why"]
         threads = f"{self.threads} thread{'s' * (self.threads > 1)}" if self.threads else "the runtime's threads"
         line = f"{self.variant} on {self.backend} with {threads}, batch {self.batch_size}"
+        if self.networks and self.backend == "openvino":
+            line += f", {self.precision} inference precision"
         if self.backend == "onnxruntime":
             settings = self.bundle.variant(self.variant)[1].get("ort_settings") or {}
             line += ", ONNX Runtime " + (", ".join(f"{k}={v}" for k, v in settings.items())
@@ -195,6 +210,7 @@ class Predictor:
         output_dir.mkdir(parents=True, exist_ok=True)
         ending = self.bundle.dataset_json["file_ending"]
         if verbose:
+            self.load()  # so the line can say the precision the runtime really uses
             print(f"nnbridge: {self.describe_run()}", file=sys.stderr)
         records = []
         for i, (case, files) in enumerate(cases.items(), 1):
