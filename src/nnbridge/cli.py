@@ -61,7 +61,9 @@ def add_predict_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="folder for <case><file_ending> segmentations")
     p.add_argument("-m", "--model", required=True, help="bundle folder (results/<dataset>/<model>/bundle)")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all in the bundle)")
-    p.add_argument("--variant", default=None, help="bundle variant (default: the manifest's default)")
+    p.add_argument("--variant", default=None,
+                   help="bundle variant (default: the manifest's default); a bf16 variant runs on OpenVINO in "
+                   "bf16 where the CPU has it natively, else in fp32")
     p.add_argument("--backend", choices=("onnxruntime", "openvino"), default=None,
                    help="runtime (default: the fastest one that passed the variant's parity gate)")
     p.add_argument("-step_size", "--step-size", dest="step_size", type=float, default=0.5,

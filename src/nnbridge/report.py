@@ -678,7 +678,8 @@ def sections(folds: list[dict[str, Any]],
          "missed, the top operators of that runtime's profile show where the time goes, and the "
          "ceiling says whether any runtime could meet it here: the measured peak over what torch "
          "eager achieves (torch already near the peak leaves no room for a 2× exact speed-up). The "
-         "realistic-size row is the same check at a typical 3d_fullres patch.",
+         "realistic-size row is the same check at a typical 3d_fullres patch. bf16 counts for neither "
+         "target (not exact, not INT8): its speed-up is in the overview.",
          targets_table(folds, realistic)),
         ("Model quality (nnU-Net validation)",
          "Dice of each fold on its own validation cases, as computed by nnU-Net after training.",
