@@ -81,7 +81,7 @@ def _load_runner(spec: dict[str, Any], threads: int):
 
         return run
     if backend == "openvino":
-        from .onnxrun import openvino_model  # noqa: PLC0415
+        from .onnxrun import compiled_precision, openvino_model  # noqa: PLC0415
 
         compiled = openvino_model(Path(spec["path"]), threads, precision=spec.get("precision"))
         request = compiled.create_infer_request()
@@ -89,7 +89,7 @@ def _load_runner(spec: dict[str, Any], threads: int):
         def run(x: np.ndarray) -> None:
             request.infer({0: x})
 
-        run.precision = compiled.nnbridge_precision  # type: ignore[attr-defined]
+        run.precision = compiled_precision(compiled)  # type: ignore[attr-defined]
         return run
     if backend == "onnxruntime":
         from .onnxrun import onnx_session, ort_runner  # noqa: PLC0415

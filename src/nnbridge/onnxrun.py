@@ -149,8 +149,8 @@ def openvino_model(path: Path, threads: int = 0, *, perf_count: bool = False, pr
     have it — unless ``precision`` (default: the file's own, :func:`file_precision`) asks for
     bf16. bf16 on a CPU without native bf16 raises :class:`PrecisionUnavailable`, or with
     ``fallback`` runs in fp32 (exact, so at least as accurate) and says so on stderr.
-    ``perf_count`` turns on its per-layer performance counters. The compiled model's
-    ``nnbridge_precision`` attribute is the precision it runs in."""
+    ``perf_count`` turns on its per-layer performance counters; :func:`compiled_precision` says
+    what the compiled model runs in."""
     import openvino as ov  # noqa: PLC0415
 
     core = ov.Core()
@@ -169,12 +169,14 @@ def openvino_model(path: Path, threads: int = 0, *, perf_count: bool = False, pr
         config["PERF_COUNT"] = True
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    compiled = core.compile_model(model, "CPU", config)
-    try:
-        compiled.nnbridge_precision = precision
-    except AttributeError:  # a binding class without instance attributes
-        pass
-    return compiled
+    return core.compile_model(model, "CPU", config)
+
+
+def compiled_precision(compiled: Any) -> str:
+    """The inference precision an OpenVINO compiled model really runs its floating-point layers
+    in, as OpenVINO reports it: ``bf16`` or ``f32``."""
+    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return "bf16" if "bf16" in hint or "bfloat16" in hint else "f32"
 
 
 def run_openvino(path: Path, patches: np.ndarray, threads: int = 0) -> np.ndarray:

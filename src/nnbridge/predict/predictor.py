@@ -32,7 +32,7 @@ def onnx_network(path: Path, backend: str, threads: int = 0, settings: dict | No
     """A batch → logits callable on ONNX Runtime (with the tuned ``settings``: session options
     and IO binding) or OpenVINO (CPU, fp32 kept exact; a bf16 variant in bf16, or in fp32 with a
     note on a CPU without native bf16). Its ``precision`` attribute is what it computes in."""
-    from ..onnxrun import onnx_session, openvino_model, ort_runner  # noqa: PLC0415 - all torch-free
+    from ..onnxrun import compiled_precision, onnx_session, openvino_model, ort_runner  # noqa: PLC0415 - torch-free
 
     if backend == "onnxruntime":
         return ort_runner(onnx_session(path, threads, settings=settings), settings)
@@ -43,7 +43,7 @@ def onnx_network(path: Path, backend: str, threads: int = 0, settings: dict | No
         def run(batch: np.ndarray) -> np.ndarray:
             return np.array(request.infer({0: batch})[0])
 
-        run.precision = compiled.nnbridge_precision  # type: ignore[attr-defined]
+        run.precision = compiled_precision(compiled)  # type: ignore[attr-defined]
         return run
     raise NNBridgeError(f"unknown backend {backend!r}; use one of {BACKENDS}")
 
