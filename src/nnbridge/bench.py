@@ -163,20 +163,17 @@ def spec_precision(spec: dict[str, Any]) -> str:
         return "f32"
     if spec.get("precision"):
         return str(spec["precision"])
-    from .onnxmeta import read_metadata  # noqa: PLC0415
-    from .onnxrun import PRECISION_KEY  # noqa: PLC0415
+    from .onnxmeta import inference_precision  # noqa: PLC0415
 
     path = Path(spec.get("path", ""))
-    return read_metadata(path).get(PRECISION_KEY, "f32") if path.is_file() else "f32"
+    return inference_precision(path) if path.is_file() else "f32"
 
 
 def skip_reason(spec: dict[str, Any]) -> str | None:
     """Why a spec cannot run on this machine (a bf16 run on a CPU without native bf16), or None."""
-    if spec_precision(spec) == "bf16":
-        from .onnxrun import bf16_unavailable  # noqa: PLC0415
+    from .onnxrun import precision_unavailable  # noqa: PLC0415
 
-        return bf16_unavailable()
-    return None
+    return precision_unavailable(spec_precision(spec))
 
 
 def benchmark_variants(specs: dict[str, dict[str, Any]], shape: tuple[int, ...], threads: int,
@@ -323,11 +320,11 @@ def measure_peak_gflops(threads: int, repeats: int = 5, n: int = PEAK_N) -> dict
     except ImportError:
         fp32["conv_openvino"] = {"method": "OpenVINO convolution", "error": "openvino is not installed"}
     else:
-        from .onnxrun import bf16_unavailable  # noqa: PLC0415
+        from .onnxrun import precision_unavailable  # noqa: PLC0415
 
         fp32["conv_openvino"] = _peak_conv(threads, *PEAK_CONV_FP32, repeats, int8=False)
         int8 = _peak_conv(threads, *PEAK_CONV_INT8, repeats, int8=True)
-        no_bf16 = bf16_unavailable()
+        no_bf16 = precision_unavailable("bf16")
         bf16 = (_peak_conv(threads, *PEAK_CONV_INT8, repeats, int8=False, precision="bf16") if no_bf16 is None
                 else {"method": "bf16 convolution on OpenVINO", "error": no_bf16})
     done = {k: v for k, v in fp32.items() if "gflops" in v}
@@ -452,8 +449,9 @@ def sweep(specs: dict[str, dict[str, Any]], names: list[str] | tuple[str, ...], 
         if spec is None:
             continue
         spec = {**spec, "profile": False}
-        if skip_reason(spec):  # left out of the results, whose readers expect timings
-            out.setdefault("skipped", {})[name] = skip_reason(spec)
+        why = skip_reason(spec)
+        if why:  # left out of the results, whose readers expect timings
+            out.setdefault("skipped", {})[name] = why
             continue
         row: dict[str, Any] = {"p50_ms_by_threads": {}}
         for t in range(1, threads + 1):

@@ -167,6 +167,7 @@ def run_case_parity(
 ) -> dict[str, Any]:
     """Predict ``cases`` with nnU-Net and with each bundle variant (name → {"backend", "gate"});
     per-case agreement, stage timings, gates and the end-to-end speed ratio."""
+    from .onnxrun import precision_unavailable  # noqa: PLC0415
     from .predict.bundle import Bundle  # noqa: PLC0415
     from .predict.io import reader_writer  # noqa: PLC0415
     from .predict.predictor import Predictor  # noqa: PLC0415
@@ -193,7 +194,7 @@ def run_case_parity(
     result["nnunet"]["total_s"] = round(sum(result["nnunet"]["timings_s"].values()), 4)
     for name, spec in variants.items():
         gate = {**DEFAULT_GATE, **(spec.get("gate") or {})}
-        why = precision_unavailable(bundle.variant(name)[1])
+        why = precision_unavailable(bundle.variant(name)[1].get("inference_precision"))
         if why:  # nnbridge predict would run it in fp32 here: that is not the variant
             result["variants"][name] = {"backend": "openvino", "gate": gate, "skipped": why, "passed": False}
             continue
@@ -227,13 +228,3 @@ def run_case_parity(
         }
     result["all_passed"] = all(v["passed"] for v in result["variants"].values() if not v.get("skipped"))
     return result
-
-
-def precision_unavailable(entry: dict[str, Any]) -> str | None:
-    """Why this machine cannot run a bundle variant in its own precision (a bf16 variant on a CPU
-    without native bf16), or None."""
-    if entry.get("inference_precision") != "bf16":
-        return None
-    from .onnxrun import bf16_unavailable  # noqa: PLC0415
-
-    return bf16_unavailable()

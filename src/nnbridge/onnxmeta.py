@@ -9,6 +9,9 @@ from typing import Any
 import onnx
 
 META_PREFIX = "nnbridge."
+# the key (nnbridge.<key>) of a file that asks OpenVINO for another inference precision than
+# fp32: "bf16" for the bf16 variant (quantize method bf16)
+PRECISION_KEY = "inference_precision"
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -19,6 +22,12 @@ def read_metadata(path: Path) -> dict[str, str]:
         for p in model.metadata_props
         if p.key.startswith(META_PREFIX)
     }
+
+
+def inference_precision(path: Path) -> str:
+    """The inference precision an nnbridge ONNX file asks for: ``bf16`` for a bf16 variant, else
+    ``f32``."""
+    return read_metadata(path).get(PRECISION_KEY, "f32")
 
 
 def label_names(labels: dict[str, Any], region_based: bool) -> dict[int, str]:

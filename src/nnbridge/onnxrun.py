@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import NNBridgeError
-from .onnxmeta import META_PREFIX
+from .onnxmeta import META_PREFIX, PRECISION_KEY
 
 
 # ONNX Runtime settings the benchmark's search may choose (recorded, reused by predict): session
@@ -104,9 +104,6 @@ def run_onnx(path: Path, patches: np.ndarray, threads: int = 0) -> np.ndarray:
 
 
 ONNX_BACKENDS = ("onnxruntime", "openvino")
-# the metadata key (nnbridge.<key>) of an ONNX file that asks OpenVINO for another inference
-# precision than fp32: "bf16" for the bf16 variant (quantize method bf16)
-PRECISION_KEY = "inference_precision"
 PRECISIONS = ("f32", "bf16")
 NO_BF16_ENV = "NNBRIDGE_NO_BF16"  # set to 1: treat this CPU as one without native bf16
 
@@ -128,6 +125,11 @@ def bf16_unavailable() -> str | None:
         return ("this CPU has no native bf16 (AVX512_BF16 or AMX): OpenVINO lists only "
                 f"{', '.join(capabilities)}")
     return None
+
+
+def precision_unavailable(precision: str | None) -> str | None:
+    """Why this machine cannot run ``precision`` natively (bf16 without native bf16), or None."""
+    return bf16_unavailable() if precision == "bf16" else None
 
 
 def file_precision(model: Any) -> str:
@@ -156,14 +158,13 @@ def openvino_model(path: Path, threads: int = 0, *, perf_count: bool = False, pr
     core = ov.Core()
     model = core.read_model(str(path))
     precision = precision or file_precision(model)
-    if precision == "bf16":
-        why = bf16_unavailable()
-        if why and not fallback:
-            raise PrecisionUnavailable(f"{path}: a bf16 variant, but {why}")
-        if why:
-            print(f"nnbridge: {Path(path).name} is a bf16 variant, but {why}; running it in fp32 (exact)",
-                  file=sys.stderr)
-            precision = "f32"
+    why = precision_unavailable(precision)
+    if why and not fallback:
+        raise PrecisionUnavailable(f"{path}: a bf16 variant, but {why}")
+    if why:
+        print(f"nnbridge: {Path(path).name} is a bf16 variant, but {why}; running it in fp32 (exact)",
+              file=sys.stderr)
+        precision = "f32"
     config: dict[str, object] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
     if perf_count:
         config["PERF_COUNT"] = True

@@ -186,8 +186,8 @@ def make_bf16(src: Path, dst: Path, input_shape: tuple[int, ...] | None = None) 
     the record's ``coverage_openvino`` says which compute layers really run in bf16 here (None,
     with the reason, on a CPU without native bf16)."""
     from .coverage import openvino_coverage  # noqa: PLC0415
-    from .onnxmeta import META_PREFIX  # noqa: PLC0415
-    from .onnxrun import PRECISION_KEY, bf16_unavailable  # noqa: PLC0415
+    from .onnxmeta import META_PREFIX, PRECISION_KEY  # noqa: PLC0415
+    from .onnxrun import precision_unavailable  # noqa: PLC0415
 
     src, dst = _paths(src, dst)
     started = time.perf_counter()
@@ -196,7 +196,7 @@ def make_bf16(src: Path, dst: Path, input_shape: tuple[int, ...] | None = None) 
         model.metadata_props.remove(prop)
     model.metadata_props.add(key=META_PREFIX + PRECISION_KEY, value="bf16")
     onnx.save(model, str(dst))
-    unavailable = bf16_unavailable()
+    unavailable = precision_unavailable("bf16")
     record: dict[str, Any] = {
         "method": "bf16", "inference_precision": "bf16", "runtime": "openvino", "n_calibration_patches": 0,
         "native_bf16_here": unavailable is None, **({"bf16_unavailable": unavailable} if unavailable else {}),

@@ -1,5 +1,5 @@
 # Benchmarks never run beside each other: each holds the `bench` resource the profiles cap at 1.
-# This machine's fp32 and INT8 peaks, measured once per run: every "% of peak" refers to them.
+# This machine's fp32, INT8 and bf16 peaks, measured once per run: every "% of peak" refers to them.
 rule machine_peak:
     output:
         json=f"{RESULTS}/machine/peak.json",

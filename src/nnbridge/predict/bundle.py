@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import NNBridgeError
-from ..onnxmeta import read_metadata
-from ..onnxrun import ONNX_BACKENDS, PRECISION_KEY
+from ..onnxmeta import inference_precision, read_metadata
+from ..onnxrun import ONNX_BACKENDS
 from ..runlog import read_json, sha256_file
 from ..workflow_plan import fold_order
 
@@ -78,9 +78,8 @@ def write_bundle(
             files[str(fold)] = rel
             sums[str(fold)] = sha256_file(out_dir / rel)
         backend = choose_backend(variant["gates"], variant.get("latency_ms", {}))
-        precision = read_metadata(out_dir / next(iter(files.values()))).get(PRECISION_KEY, "f32")
         entries[name] = {
-            "inference_precision": precision,
+            "inference_precision": inference_precision(out_dir / next(iter(files.values()))),
             "files": files,
             "sha256": sums,
             "gates": variant["gates"],
