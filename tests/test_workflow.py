@@ -120,7 +120,13 @@ def test_every_fold_has_all_artifacts_and_gates(workdir):
             record = json.loads((base / f"quantize/{name}.json").read_text())
             if name == "int8_nncf":  # NNCF quantizes for OpenVINO: ONNX Runtime fuses none of it
                 assert record["coverage"]["n_int8_compute_nodes"] == 0, (fold, name)
-                assert record["coverage_openvino"]["int8_flop_share"] > 0.9, (fold, name)
+                coverage, control = record["coverage_openvino"], record["accuracy_control"]
+                # on every CPU: INT8 runs, and what the accuracy control left in fp32 runs in fp32
+                assert coverage["n_int8_compute_nodes"] > 0 and 0 < coverage["int8_flop_share"] <= 1
+                assert set(control["fp32_modules"]) <= set(coverage["float_compute_nodes"]), (fold, control)
+                assert control["passed"] == (control["min_dice"] >= 1 - control["max_drop"])
+                # how much it keeps in fp32 is the control's per-run decision (seen: 0 or 3 of 18
+                # convolutions on VNNI CPUs, more on AVX2), so no share is asserted
             elif name != "fp16":
                 assert record["coverage"]["n_int8_compute_nodes"] > 0, (fold, name)
                 assert record["coverage_openvino"]["n_compute_nodes"] > 0, (fold, name)
