@@ -24,22 +24,23 @@ class TinyModel:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     """Dataset → nnU-Net planning/preprocessing → small plans → 1 fold trained briefly (~30 s)."""
-    from nnbridge import demo
+    from nnbridge.demo import dataset, nnunet as demo
+    from nnbridge.models import TRAINER_DIR
 
     root = tmp_path_factory.mktemp("tiny_nnunet")
     raw, pre, res = root / "raw", root / "preprocessed", root / "results"
-    demo.make_dataset(raw, n_cases=10, seed=3)
+    dataset.make_dataset(raw, n_cases=10, seed=3)
     pre_ds = demo.plan_and_preprocess(raw, pre, log=root / "plan.log")
     demo.derive_small_plans(pre_ds)
     fold_dir = demo.train_fold(0, raw=raw, preprocessed=pre, results=res, epochs=2, iterations=4,
                                log=root / "train.log")
-    os.environ.setdefault("nnUNet_extTrainer", str(demo.TRAINER_DIR))
+    os.environ.setdefault("nnUNet_extTrainer", str(TRAINER_DIR))
     return TinyModel(model_folder=fold_dir.parent, preprocessed=pre_ds)
 
 
 @pytest.fixture(scope="session")
 def loaded_fold(tiny_model: TinyModel):
-    from nnbridge.models import load_nnunet_fold
+    from nnbridge.models.nnunet import load_nnunet_fold
 
     return load_nnunet_fold(tiny_model.model_folder, tiny_model.fold, tiny_model.checkpoint)
 
@@ -47,8 +48,8 @@ def loaded_fold(tiny_model: TinyModel):
 @pytest.fixture(scope="session")
 def patch_sets(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory):
     """Calibration and held-out patches of fold 0 written by the patches stage."""
-    from nnbridge.models import nnunet_source
-    from nnbridge.patches import load_patches, write_patch_sets
+    from nnbridge.models.nnunet import nnunet_source
+    from nnbridge.patches.sampling import load_patches, write_patch_sets
 
     out = tmp_path_factory.mktemp("patches")
     summary = write_patch_sets(nnunet_source(tiny_model.model_folder, "0"), tiny_model.preprocessed, "0",
@@ -60,7 +61,8 @@ def patch_sets(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def exported(loaded_fold, tmp_path_factory: pytest.TempPathFactory):
     """ONNX and TorchScript exports of the tiny fold."""
-    from nnbridge.export import export_onnx, export_torchscript
+    from nnbridge.export.onnx_export import export_onnx
+    from nnbridge.export.torchscript_export import export_torchscript
 
     out = tmp_path_factory.mktemp("export")
     onnx_record = export_onnx(loaded_fold, out / "model.onnx")

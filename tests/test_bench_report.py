@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnbridge.bench import MIN_GAIN, ORT_CANDIDATES, benchmark_fold, cpu_identity, peak_mismatch
-from nnbridge.models import nnunet_source
-from nnbridge.report import build_report
-from nnbridge.runlog import write_json
+from nnbridge.bench.fold import benchmark_fold
+from nnbridge.bench.peak import peak_mismatch
+from nnbridge.bench.sweep import MIN_GAIN, ORT_CANDIDATES
+from nnbridge.core.cpu import cpu_identity
+from nnbridge.models.nnunet import nnunet_source
+from nnbridge.report.build import build_report
+from nnbridge.core.runlog import write_json
 
 
 def test_benchmark_fold_measures_each_backend(tiny_model, exported):
@@ -149,7 +152,7 @@ def test_report_shows_gates_numbers_and_plot(tmp_path):
 
 
 def test_onnx_session_applies_tuned_settings(exported):
-    from nnbridge.onnxrun import onnx_session
+    from nnbridge.runtime.ort import onnx_session
 
     out, _, _ = exported
     session = onnx_session(out / "model.onnx", 2, settings={"allow_spinning": False, "mem_pattern": False,
@@ -170,8 +173,8 @@ def test_io_binding_gives_the_numbers_of_plain_runs(exported, loaded_fold):
     """The IO-binding runner (a tuning candidate, used by the benchmark and nnbridge predict)
     returns exactly what session.run does, also when the batch shrinks between calls (the last
     windows of a case) and for mirrored, non-contiguous windows."""
-    from nnbridge.bench import _load_runner
-    from nnbridge.onnxrun import onnx_session, ort_runner
+    from nnbridge.bench.measure import _load_runner
+    from nnbridge.runtime.ort import onnx_session, ort_runner
 
     assert {"io_binding": True} in ORT_CANDIDATES
     out, _, _ = exported
@@ -186,7 +189,7 @@ def test_io_binding_gives_the_numbers_of_plain_runs(exported, loaded_fold):
 
 
 def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):
-    from nnbridge.realistic import compute_targets
+    from nnbridge.bench.realistic import compute_targets
 
     entries = _records(tmp_path)
     base = tmp_path / "D/T__P__3d_fullres/fold_0"
@@ -251,7 +254,7 @@ def _fold(fold: str, eager: float, p50: dict[str, float], passed: dict[str, bool
 
 
 def test_model_targets_count_only_gated_variants_over_all_folds():
-    from nnbridge.report import model_targets, variant_precision
+    from nnbridge.report.build import model_targets, variant_precision
 
     folds = [
         _fold("0", 100.0, {"onnx_simplified": 40.0, "onnx_simplified@openvino": 30.0, "int8_a": 10.0,
@@ -278,8 +281,8 @@ def test_model_targets_count_only_gated_variants_over_all_folds():
 
 def test_ceilings_say_when_a_target_is_beyond_the_machine():
     """torch eager at 60 % of the fp32 peak: no exact runtime can be 2× faster (ceiling 1.67×)."""
-    from nnbridge.bench import speed_ceilings
-    from nnbridge.report import model_targets, targets_table
+    from nnbridge.bench.targets import speed_ceilings
+    from nnbridge.report.build import model_targets, targets_table
 
     folds = [_fold("0", 100.0, {"onnx_simplified": 70.0, "int8_a": 30.0}, {"onnx_simplified": True, "int8_a": True})]
     folds[0]["benchmark"]["results"]["torch_eager"]["gflops_per_s"] = 60.0

@@ -15,15 +15,15 @@ import numpy as np
 import onnx
 import pytest
 
-from nnbridge.bench import benchmark_variants, skip_reason
-from nnbridge.errors import NNBridgeError
-from nnbridge.models import nnunet_source
-from nnbridge.onnxmeta import read_metadata
-from nnbridge.onnxrun import (NO_BF16_ENV, PrecisionUnavailable, bf16_unavailable, compiled_precision,
-                              openvino_model, run_openvino)
-from nnbridge.parity import compare_logits, validate_fold
+from nnbridge.bench.measure import benchmark_variants, skip_reason
+from nnbridge.core.errors import NNBridgeError
+from nnbridge.models.nnunet import nnunet_source
+from nnbridge.core.metadata import read_metadata
+from nnbridge.runtime.ov import NO_BF16_ENV, PrecisionUnavailable, bf16_unavailable, compiled_precision, openvino_model, run_openvino
+from nnbridge.validate.metrics import compare_logits
+from nnbridge.validate.parity import validate_fold
 from nnbridge.quantize import quantize_variant
-from nnbridge.workflow_plan import FoldKey, artifact_paths, bundle_plan, fold_variants
+from nnbridge.pipeline.plan import FoldKey, artifact_paths, bundle_plan, fold_variants
 
 NO_NATIVE_BF16 = bf16_unavailable()
 needs_bf16 = pytest.mark.skipif(NO_NATIVE_BF16 is not None, reason=f"needs native bf16: {NO_NATIVE_BF16}")
@@ -162,7 +162,7 @@ def test_bf16_settings_are_refused_in_one_line(exported, patch_sets, tmp_path):
 
 @pytest.fixture(scope="module")
 def bf16_bundle(tiny_model, exported, bf16_file, tmp_path_factory) -> Path:
-    from nnbridge.predict.bundle import write_bundle
+    from nnbridge.bundle.build import write_bundle
 
     out, _, _ = exported
     model = tiny_model.model_folder
@@ -179,7 +179,7 @@ def bf16_bundle(tiny_model, exported, bf16_file, tmp_path_factory) -> Path:
 
 
 def test_predict_runs_a_bundled_bf16_variant_on_openvino(tiny_model, bf16_bundle, tmp_path, monkeypatch):
-    from nnbridge.caseparity import run_case_parity
+    from nnbridge.validate.caseparity import run_case_parity
     from nnbridge.predict.bundle import Bundle
     from nnbridge.predict.predictor import Predictor
 

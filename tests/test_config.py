@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nnbridge.config import validate_config
-from nnbridge.errors import NNBridgeError
-from nnbridge.workflow_plan import FoldKey, discover_models, fold_variants, variant_tolerance
+from nnbridge.core.config import validate_config
+from nnbridge.core.errors import NNBridgeError
+from nnbridge.pipeline.plan import FoldKey, discover_models, fold_variants, variant_tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -123,7 +123,7 @@ def test_backends_must_include_onnxruntime():
     ],
 )
 def test_bundle_and_case_parity_variants_are_checked(mutate, expected):
-    from nnbridge.workflow_plan import bundle_plan
+    from nnbridge.pipeline.plan import bundle_plan
 
     config = validate_config(shipped_config(), SCHEMA)
     assert bundle_plan(config) == (["onnx_simplified", "int8_accurate", "bf16"], "onnx_simplified",

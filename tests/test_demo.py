@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 try:
-    from nnbridge import demo
+    from nnbridge.demo import dataset, nnunet as demo
+    from nnbridge.models import TRAINER_DIR
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from nnbridge import demo
+    from nnbridge.demo import dataset, nnunet as demo
+    from nnbridge.models import TRAINER_DIR
 
 SHAPE = (32, 32, 32)
 
@@ -27,11 +29,11 @@ def _read(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return demo.make_dataset(tmp_path_factory.mktemp("raw"), n_cases=5, shape=SHAPE, seed=7)
+    return dataset.make_dataset(tmp_path_factory.mktemp("raw"), n_cases=5, shape=SHAPE, seed=7)
 
 
 def test_dataset_layout(tiny_raw: Path) -> None:
-    assert tiny_raw.name == demo.DEMO_DATASET_NAME
+    assert tiny_raw.name == dataset.DEMO_DATASET_NAME
     info = json.loads((tiny_raw / "dataset.json").read_text())
     assert info["labels"] == {"background": 0, "sphere": 1, "box": 2}
     assert info["channel_names"] == {"0": "MRI"}
@@ -62,8 +64,8 @@ def test_every_case_has_both_labels_and_contrast(tiny_raw: Path) -> None:
 
 
 def test_same_seed_same_data_other_seed_other_data(tiny_raw: Path, tmp_path: Path) -> None:
-    again = demo.make_dataset(tmp_path / "again", n_cases=2, shape=SHAPE, seed=7)
-    other = demo.make_dataset(tmp_path / "other", n_cases=2, shape=SHAPE, seed=8)
+    again = dataset.make_dataset(tmp_path / "again", n_cases=2, shape=SHAPE, seed=7)
+    other = dataset.make_dataset(tmp_path / "other", n_cases=2, shape=SHAPE, seed=8)
     for i in range(2):
         for sub, name in (("imagesTr", f"case_{i:03d}_0000.nii.gz"), ("labelsTr", f"case_{i:03d}.nii.gz")):
             first, second = tiny_raw / sub / name, again / sub / name
@@ -74,13 +76,13 @@ def test_same_seed_same_data_other_seed_other_data(tiny_raw: Path, tmp_path: Pat
 
 def test_dataset_name_must_match_id(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        demo.make_dataset(tmp_path, n_cases=1, shape=SHAPE, dataset_id=901, dataset_name="Dataset900_X")
+        dataset.make_dataset(tmp_path, n_cases=1, shape=SHAPE, dataset_id=901, dataset_name="Dataset900_X")
 
 
 def test_nnunet_env(tmp_path: Path) -> None:
     train = demo.nnunet_env(tmp_path / "r", tmp_path / "p", tmp_path / "res")
-    assert train["nnUNet_extTrainer"] == str(demo.TRAINER_DIR)
-    assert (demo.TRAINER_DIR / f"{demo.DEMO_TRAINER}.py").is_file()
+    assert train["nnUNet_extTrainer"] == str(TRAINER_DIR)
+    assert (TRAINER_DIR / f"{demo.DEMO_TRAINER}.py").is_file()
     assert train["nnUNet_def_n_proc"] == "1" and train["nnUNet_n_proc_DA"] == "0"
     assert Path(train["nnUNet_results"]).is_absolute()
     plan = demo.nnunet_env(tmp_path / "r", tmp_path / "p", tmp_path / "res", for_training=False)
@@ -89,7 +91,7 @@ def test_nnunet_env(tmp_path: Path) -> None:
 
 def test_real_planning_then_small_plans(tiny_raw: Path, tmp_path: Path) -> None:
     pre = demo.plan_and_preprocess(tiny_raw.parent, tmp_path / "pre", log=tmp_path / "plan.log")
-    assert pre == tmp_path / "pre" / demo.DEMO_DATASET_NAME
+    assert pre == tmp_path / "pre" / dataset.DEMO_DATASET_NAME
     source = json.loads((pre / "nnUNetPlans.json").read_text())
     source_cfg = source["configurations"]["3d_fullres"]
 
@@ -145,7 +147,7 @@ def test_real_planning_then_small_plans(tiny_raw: Path, tmp_path: Path) -> None:
 
 def test_planning_failure_names_the_log(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
-    broken = demo.make_dataset(raw, n_cases=1, shape=SHAPE, dataset_id=901)
+    broken = dataset.make_dataset(raw, n_cases=1, shape=SHAPE, dataset_id=901)
     (broken / "labelsTr" / "case_000.nii.gz").unlink()
     log = tmp_path / "plan.log"
     with pytest.raises(RuntimeError, match=re.escape(str(log))):

@@ -10,13 +10,10 @@ import pytest
 from onnx import numpy_helper
 
 from nnbridge.cli import main as cli_main
-from nnbridge.errors import NNBridgeError
-from nnbridge.export import (
-    check_spatial_shape,
-    read_metadata,
-    unused_at_inference,
-    verify_onnx_weights,
-)
+from nnbridge.core.errors import NNBridgeError
+from nnbridge.core.metadata import read_metadata
+from nnbridge.export.common import check_spatial_shape
+from nnbridge.export.weights import unused_at_inference, verify_onnx_weights
 
 
 def test_onnx_export_carries_checkpoint_weights(exported, loaded_fold):

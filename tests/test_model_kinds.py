@@ -17,14 +17,16 @@ import numpy as np
 import onnx
 import pytest
 
-from nnbridge import demo
-from nnbridge.errors import NNBridgeError
-from nnbridge.export import export_onnx, read_metadata
-from nnbridge.models import load_nnunet_fold, nnunet_source
-from nnbridge.parity import validate_fold
-from nnbridge.patches import load_patches, patch_source, with_previous_stage, write_patch_sets
-from nnbridge.plans import default_previous_stage_segs
-from nnbridge.quantize import output_labels, quantize_variant
+from nnbridge.demo import dataset, nnunet as demo
+from nnbridge.core.errors import NNBridgeError
+from nnbridge.core.metadata import read_metadata
+from nnbridge.export.onnx_export import export_onnx
+from nnbridge.models.nnunet import load_nnunet_fold, nnunet_source
+from nnbridge.validate.parity import validate_fold
+from nnbridge.patches.sampling import load_patches, patch_source, with_previous_stage, write_patch_sets
+from nnbridge.core.plans import default_previous_stage_segs
+from nnbridge.core.metadata import output_labels
+from nnbridge.quantize import quantize_variant
 
 KINDS = {
     # name: (dataset options, configuration, planner, source plans, shape)
@@ -43,7 +45,7 @@ def trained(request, tmp_path_factory):
     dataset_id = 910 + list(KINDS).index(kind)
     root = tmp_path_factory.mktemp(f"kind_{kind}")
     raw, pre, res = root / "raw", root / "preprocessed", root / "results"
-    demo.make_dataset(raw, n_cases=6, shape=shape, seed=1, dataset_id=dataset_id, **options)
+    dataset.make_dataset(raw, n_cases=6, shape=shape, seed=1, dataset_id=dataset_id, **options)
     pre_ds = demo.plan_and_preprocess(raw, pre, dataset_id=dataset_id, configuration=configuration,
                                       planner=planner, log=root / "plan.log")
     demo.derive_small_plans(pre_ds, source_plans=source_plans, configuration=configuration,
@@ -147,7 +149,7 @@ def cascade(tmp_path_factory):
     """One dataset, preprocessed for 3d_fullres and 3d_lowres; lowres fold 0, then cascade fold 0."""
     root = tmp_path_factory.mktemp("cascade")
     raw, pre, res = root / "raw", root / "preprocessed", root / "results"
-    demo.make_dataset(raw, n_cases=6, shape=(32, 32, 32), seed=1, dataset_id=CASCADE_DATASET_ID)
+    dataset.make_dataset(raw, n_cases=6, shape=(32, 32, 32), seed=1, dataset_id=CASCADE_DATASET_ID)
     pre_ds = demo.plan_and_preprocess(raw, pre, dataset_id=CASCADE_DATASET_ID, log=root / "plan.log")
     demo.derive_small_plans(pre_ds, features=(8, 16, 32))
     demo.add_lowres_cascade(pre_ds)
@@ -246,7 +248,7 @@ def test_cascade_missing_previous_stage_fails_clearly(cascade, tmp_path):
 
 
 def test_cascade_in_the_workflow_config(cascade, tmp_path):
-    from nnbridge.workflow_plan import discover_models
+    from nnbridge.pipeline.plan import discover_models
 
     base = {"preprocessed": str(cascade.pre_ds), "folds": ["0"]}
     models = discover_models([{"folder": str(cascade.lowres), **base}, {"folder": str(cascade.cascade), **base}])
@@ -268,7 +270,8 @@ def test_cascade_refused_by_bundle_and_predict(cascade, tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from nnbridge.predict.bundle import Bundle, build_from_pipeline, write_bundle
+    from nnbridge.bundle.build import build_from_pipeline, write_bundle
+    from nnbridge.predict.bundle import Bundle
     from nnbridge.predict.predictor import Predictor
 
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",

@@ -8,14 +8,9 @@ import shutil
 import pytest
 import torch
 
-from nnbridge.errors import NNBridgeError
-from nnbridge.models import (
-    load_checkpoint,
-    load_nnunet_fold,
-    strip_prefixes,
-    total_stride,
-    verify_state,
-)
+from nnbridge.core.errors import NNBridgeError
+from nnbridge.models.checkpoint import strip_prefixes, verify_state
+from nnbridge.models.nnunet import load_checkpoint, load_nnunet_fold, total_stride
 
 
 def test_fold_loads_with_every_tensor_verified(loaded_fold):

@@ -13,11 +13,11 @@ import onnx
 import pytest
 import yaml
 
-from nnbridge.config import validate_config
-from nnbridge.errors import NNBridgeError
-from nnbridge.export import read_metadata
-from nnbridge.onnxrun import run_variant
-from nnbridge.parity import compare_logits
+from nnbridge.core.config import validate_config
+from nnbridge.core.errors import NNBridgeError
+from nnbridge.core.metadata import read_metadata
+from nnbridge.runtime import run_variant
+from nnbridge.validate.metrics import compare_logits
 from nnbridge.quantize import quantize_variant
 
 pytest.importorskip("nncf")
@@ -96,7 +96,7 @@ def test_missing_nncf_is_one_clear_line(tmp_path):
                     raise ImportError("No module named 'nncf'")
 
         sys.meta_path.insert(0, Blocker())
-        from nnbridge.errors import NNBridgeError
+        from nnbridge.core.errors import NNBridgeError
         from nnbridge.quantize import quantize_variant
         try:
             quantize_variant("in.onnx", "out.onnx", np.zeros((1, 1, 4, 4, 4), np.float32), {"method": "nncf"})

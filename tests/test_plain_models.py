@@ -12,15 +12,18 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from nnbridge.demo_nets import NestedUNet, UNet
-from nnbridge.errors import NNBridgeError
-from nnbridge.export import export_onnx, export_torchscript, read_metadata, verify_onnx_weights
-from nnbridge.models import load_model
-from nnbridge.onnxmeta import output_labels
-from nnbridge.parity import validate_fold
-from nnbridge.patches import copy_patch_sets, load_patches
+from nnbridge.demo.nets import NestedUNet, UNet
+from nnbridge.core.errors import NNBridgeError
+from nnbridge.core.metadata import read_metadata
+from nnbridge.export.onnx_export import export_onnx
+from nnbridge.export.torchscript_export import export_torchscript
+from nnbridge.export.weights import verify_onnx_weights
+from nnbridge.models.loader import load_model
+from nnbridge.core.metadata import output_labels
+from nnbridge.validate.parity import validate_fold
+from nnbridge.patches.sampling import copy_patch_sets, load_patches
 from nnbridge.quantize import quantize_variant
-from nnbridge.workflow_plan import discover_models
+from nnbridge.pipeline.plan import discover_models
 
 KWARGS = {"in_channels": 1, "num_classes": 3, "features": [4, 8, 16]}
 SIZE = [16, 16, 16]
@@ -37,7 +40,7 @@ def _net(cls: type, seed: int = 0) -> torch.nn.Module:
     return net.eval()
 
 
-def _source(path: Path, cls: str = "nnbridge.demo_nets.UNet", **extra) -> dict:
+def _source(path: Path, cls: str = "nnbridge.demo.nets.UNet", **extra) -> dict:
     return {"kind": "pytorch", "name": "m", "checkpoint": str(path), "class": cls,
             "init_kwargs": KWARGS, "input_channels": 1, "example_size": SIZE,
             "spatial_multiple": 4, "fold": "all", **extra}
@@ -72,7 +75,7 @@ def test_every_wrapping_style_and_compiled_prefix(unet, tmp_path, wrapper):
 def test_unetpp_export_carries_the_checkpoint_weights_and_metadata(tmp_path):
     net = _net(NestedUNet, seed=1)
     torch.save(net.state_dict(), tmp_path / "unetpp.pth")
-    source = _source(tmp_path / "unetpp.pth", "nnbridge.demo_nets.NestedUNet",
+    source = _source(tmp_path / "unetpp.pth", "nnbridge.demo.nets.NestedUNet",
                      labels={"background": 0, "sphere": 1, "box": 2})
     fold = load_model(source)
     record = export_onnx(fold, tmp_path / "model.onnx")
@@ -82,7 +85,7 @@ def test_unetpp_export_carries_the_checkpoint_weights_and_metadata(tmp_path):
     assert [c["shape"] for c in record["shape_checks"]] == [[1, 1, 16, 16, 16], [1, 1, 20, 16, 16]]
     assert max(c["max_abs_err"] for c in record["shape_checks"]) < 1e-4
     meta = read_metadata(tmp_path / "model.onnx")
-    assert meta["model_kind"] == "pytorch" and meta["model_class"] == "nnbridge.demo_nets.NestedUNet"
+    assert meta["model_kind"] == "pytorch" and meta["model_class"] == "nnbridge.demo.nets.NestedUNet"
     assert json.loads(meta["init_kwargs"]) == KWARGS and meta["source_sha256"] == fold.checkpoint_sha256
     assert "plans" not in meta and json.loads(meta["versions"])["torch"] == torch.__version__
     assert output_labels(tmp_path / "model.onnx") == ({0: "background", 1: "sphere", 2: "box"}, False)
@@ -116,8 +119,8 @@ def test_torchscript_archive_and_class_file_sources(unet, tmp_path):
     assert export_onnx(fold, tmp_path / "from_ts.onnx")["weights"]["ok"]
 
     # a class defined in a file (the usual tutorial layout), not an installed package
-    code = Path(__file__).resolve().parents[1] / "src/nnbridge/demo_nets.py"
-    (tmp_path / "mynets.py").write_text(code.read_text().replace("from .errors import", "from nnbridge.errors import"))
+    code = Path(__file__).resolve().parents[1] / "src/nnbridge/demo/nets.py"
+    (tmp_path / "mynets.py").write_text(code.read_text().replace("from ..", "from nnbridge."))
     torch.save(unet.state_dict(), tmp_path / "sd.pth")
     fold = load_model(_source(tmp_path / "sd.pth", f"{tmp_path / 'mynets.py'}:UNet"))
     assert fold.weight_check.ok
@@ -185,7 +188,7 @@ def test_config_refuses_non_multiple_sizes_and_untrusted_pickles(tmp_path):
         discover_models([{**entry, "quantize": ["int8_x"]}], quantize_names=["int8_accurate"])
     model = discover_models([entry], quantize_names=[])["pytorch/m"]
     assert model.fold_keys()[0].label == "pytorch/m/fold_all"
-    assert model.source("all")["class"] == "nnbridge.demo_nets.UNet"
+    assert model.source("all")["class"] == "nnbridge.demo.nets.UNet"
 
 
 def test_fixed_axes_sigmoid_model_through_patches_and_parity(unet, tmp_path):

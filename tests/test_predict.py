@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnbridge.errors import NNBridgeError
-from nnbridge.predict.bundle import Bundle, write_bundle
+from nnbridge.core.errors import NNBridgeError
+from nnbridge.bundle.build import write_bundle
+from nnbridge.predict.bundle import Bundle
 from nnbridge.predict.postprocess import logits_to_segmentation
 from nnbridge.predict.sliding import sliding_window_logits
 
@@ -145,7 +146,7 @@ def _write_cases(tiny_model, out: Path, spacing=(1.0, 1.0, 3.5), n=2) -> dict[st
 def bundle_dir(tiny_model, exported, tmp_path_factory) -> Path:
     out_dir, _, _ = exported
     model = tiny_model.model_folder
-    checkpoint_axes = json.loads(__import__("nnbridge.onnxmeta", fromlist=["x"]).read_metadata(
+    checkpoint_axes = json.loads(__import__("nnbridge.core.metadata", fromlist=["x"]).read_metadata(
         out_dir / "model.onnx")["mirror_axes"])
     root = tmp_path_factory.mktemp("bundle")
     write_bundle(root, plans_file=model / "plans.json", dataset_file=model / "dataset.json",
@@ -180,7 +181,7 @@ def test_bundle_chooses_the_fastest_runtime_that_passed_and_verifies_files(bundl
 def test_whole_cases_match_nnunet_predictor(tiny_model, bundle_dir, tmp_path):
     """nnUNetPredictor vs nnbridge predict (ONNX Runtime) on whole cases that need cropping and
     anisotropic resampling: identical preprocessing, labels within the fp32 gate."""
-    from nnbridge.caseparity import run_case_parity
+    from nnbridge.validate.caseparity import run_case_parity
 
     cases = _write_cases(tiny_model, tmp_path / "in")
     record = run_case_parity(model_folder=tiny_model.model_folder, fold="0", checkpoint=tiny_model.checkpoint,
@@ -254,7 +255,7 @@ def _sweep(ort_ms: dict[str, float], ort_batch: float, ov_ms: dict[str, float], 
 def test_run_settings_come_from_the_benchmark_sweep():
     """Threads: the lowest median p50 over folds on the same runtime; batch: the sweep's batch
     only when it is more than 3 % faster per patch than batch 1 at full threads."""
-    from nnbridge.predict.bundle import run_settings
+    from nnbridge.bundle.build import run_settings
 
     sweeps = [_sweep({"1": 30.0, "2": 20.0}, 18.0, {"1": 10.0, "2": 12.0}, 11.9),
               _sweep({"1": 30.0, "2": 35.0}, 30.0, {"1": 11.0, "2": 12.0}, 11.8)]
@@ -280,8 +281,8 @@ def test_run_settings_come_from_the_benchmark_sweep():
 @pytest.fixture(scope="module")
 def swept_bundle_dir(tiny_model, exported, tmp_path_factory) -> Path:
     """A bundle built by the pipeline's builder from two folds' parity and benchmark records."""
-    from nnbridge.predict.bundle import build_from_pipeline
-    from nnbridge.runlog import write_json
+    from nnbridge.bundle.build import build_from_pipeline
+    from nnbridge.core.runlog import write_json
 
     out_dir, _, _ = exported
     root = tmp_path_factory.mktemp("swept")

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from nnbridge.errors import NNBridgeError
+from nnbridge.core.errors import NNBridgeError
 from nnbridge.predict import preprocess as pp
 
 INTENSITY = {

@@ -7,17 +7,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from nnbridge.models import nnunet_source
-from nnbridge.onnxrun import run_onnx, run_torch
-from nnbridge.parity import (
-    Tolerance,
-    apply_gate,
-    compare_logits,
-    dice_per_class,
-    validate_fold,
-)
+from nnbridge.models.nnunet import nnunet_source
+from nnbridge.runtime.ort import run_onnx
+from nnbridge.runtime.torchrun import run_torch
+from nnbridge.validate.metrics import Tolerance, apply_gate, compare_logits, dice_per_class
+from nnbridge.validate.parity import validate_fold
 from nnbridge.quantize import quantize_variant
-from nnbridge.simplify import simplify_onnx
+from nnbridge.export.simplify import simplify_onnx
 
 
 def test_patch_sets_come_from_disjoint_cases(patch_sets, loaded_fold):

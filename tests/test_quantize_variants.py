@@ -6,12 +6,14 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from nnbridge.coverage import compute_node_flops, int8_coverage
-from nnbridge.errors import NNBridgeError
-from nnbridge.export import read_metadata
-from nnbridge.onnxrun import run_onnx
-from nnbridge.parity import compare_logits
-from nnbridge.quantize import layer_blocks, output_labels, quantize_variant
+from nnbridge.core.onnxgraph import compute_node_flops
+from nnbridge.core.errors import NNBridgeError
+from nnbridge.core.metadata import read_metadata
+from nnbridge.runtime.ort import run_onnx
+from nnbridge.validate.metrics import compare_logits
+from nnbridge.core.metadata import output_labels
+from nnbridge.quantize import quantize_variant
+from nnbridge.quantize.accuracy import layer_blocks
 
 
 def test_fp16_variant_keeps_fp32_interface_and_labels(exported, patch_sets, loaded_fold, tmp_path):

@@ -10,17 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from nnbridge.coverage import compute_node_flops
-from nnbridge.errors import NNBridgeError
-from nnbridge.realistic import (
-    FP32_RESULTS,
-    INT8_RESULTS,
-    analytic_flops,
-    build_network,
-    compute_targets,
-    plain_unet_arch,
-    realistic_benchmark,
-)
+from nnbridge.core.onnxgraph import compute_node_flops
+from nnbridge.core.errors import NNBridgeError
+from nnbridge.bench.networks import analytic_flops, build_network, plain_unet_arch
+from nnbridge.bench.realistic import FP32_RESULTS, INT8_RESULTS, compute_targets, realistic_benchmark
 
 PATCH = (32, 32, 32)
 FEATURES = (8, 16, 32)
@@ -79,7 +72,7 @@ def test_flops_of_one_conv():
 def test_onnx_matches_the_torch_network(tiny_run):
     import torch
 
-    from nnbridge.onnxrun import onnx_session
+    from nnbridge.runtime.ort import onnx_session
 
     out, record = tiny_run
     network = build_network(record["architecture"], record["seed"])
@@ -167,7 +160,7 @@ def _resenc_plans(path: Path) -> Path:
 def test_architecture_from_a_plans_file(tmp_path):
     """Any network class nnU-Net builds: a ResEnc plan at its own patch size, channels and
     classes from the dataset.json beside it; the ONNX equals the network the child rebuilds."""
-    from nnbridge.onnxrun import onnx_session
+    from nnbridge.runtime.ort import onnx_session
 
     plans = _resenc_plans(tmp_path)
     record = realistic_benchmark(tmp_path / "out", plans=plans, configuration="3d_big", threads=2, warmup=0,

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from nnbridge.onnxrun import bf16_unavailable
+from nnbridge.runtime.ov import bf16_unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -270,7 +270,7 @@ def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
 
 
 def test_report_code_edit_reruns_only_report(workdir):
-    module = workdir / "src/nnbridge/report.py"
+    module = workdir / "src/nnbridge/report/build.py"
     module.write_text(module.read_text() + "\n# edited\n")
     jobs = planned_jobs(run_snakemake(workdir, "-n"))
     assert set(jobs) == {"report", "all"}, jobs

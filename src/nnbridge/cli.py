@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 
-from .errors import NNBridgeError
+from .core.errors import NNBridgeError
+from .core.metadata import read_metadata
+from .predict.bundle import Bundle
+from .predict.predictor import Predictor
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print the provenance metadata nnbridge stored in an ONNX file."""
-    from .onnxmeta import read_metadata  # noqa: PLC0415
 
     meta = read_metadata(args.model)
     if not meta:
@@ -28,8 +30,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """nnUNetv2_predict on a bundle, with ONNX Runtime or OpenVINO and no torch."""
-    from .predict.bundle import Bundle  # noqa: PLC0415
-    from .predict.predictor import Predictor  # noqa: PLC0415
 
     predictor = Predictor(
         Bundle.load(args.model, verify=not args.no_verify),

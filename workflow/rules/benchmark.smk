@@ -5,7 +5,7 @@ rule machine_peak:
         json=f"{RESULTS}/machine/peak.json",
     params:
         threads=lookup(dpath="benchmark/threads", within=config),
-        code=code_version("bench", "onnxrun"),
+        code=code_version("peak"),
     log:
         "logs/machine_peak.log",
     benchmark:
@@ -41,9 +41,7 @@ rule benchmark:
         sweep=lookup(dpath="benchmark/sweep", within=config),
         sweep_batch=lookup(dpath="benchmark/sweep_batch", within=config),
         tune=lookup(dpath="benchmark/tune", within=config),
-        code=code_version(
-            "bench", "onnxrun", "models", "plainmodels", "onnxmeta", "coverage", "opprofile"
-        ),
+        code=code_version("benchmark"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/benchmark.log",
     benchmark:

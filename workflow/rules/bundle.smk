@@ -15,7 +15,7 @@ rule bundle:
         dataset_json=lambda wildcards: get_fold_inputs_of_model(wildcards)["dataset"],
         variants=BUNDLE_VARIANTS,
         default_variant=BUNDLE_DEFAULT,
-        code=code_version("predict/bundle", "onnxmeta"),
+        code=code_version("bundle"),
     log:
         "logs/{dataset}/{model}/bundle.log",
     localrule: True

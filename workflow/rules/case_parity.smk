@@ -19,10 +19,7 @@ rule case_parity:
         mirroring=lookup(dpath="case_parity/mirroring", within=config),
         max_cases=lookup(dpath="case_parity/max_cases", within=config),
         threads=lookup(dpath="case_parity/threads", within=config),
-        code=code_version(
-            "caseparity", "predict/predictor", "predict/preprocess", "predict/sliding",
-            "predict/postprocess", "predict/io", "onnxrun", "plans",
-        ),
+        code=code_version("case_parity"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/case_parity.log",
     benchmark:

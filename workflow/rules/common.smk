@@ -1,15 +1,15 @@
 import re
-import hashlib
-import importlib.util
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from nnbridge.config import validate_config
-from nnbridge.demo import DEMO_DATASET_NAME, DEMO_PLANS, DEMO_TRAINER
-from nnbridge.errors import NNBridgeError
+from nnbridge.core.config import validate_config
+from nnbridge.core.errors import NNBridgeError
+from nnbridge.demo.dataset import DEMO_DATASET_NAME
+from nnbridge.demo.nnunet import DEMO_PLANS, DEMO_TRAINER
 from nnbridge.models import CHECKPOINT_NAMES
-from nnbridge.workflow_plan import (
+from nnbridge.pipeline.codehash import code_version as stage_code_version
+from nnbridge.pipeline.plan import (
     FoldKey,
     artifact_paths,
     bundle_plan,
@@ -58,13 +58,10 @@ wildcard_constraints:
     qvariant="|".join(config["quantize"]) or "__none__",
 
 
-def code_version(*modules):
-    """Hash of the nnbridge modules behind a stage; editing them reruns just that stage."""
-    base = Path(importlib.util.find_spec("nnbridge").submodule_search_locations[0])
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update((base / f"{module}.py").read_bytes())
-    return digest.hexdigest()[:16]
+def code_version(script):
+    """Hash of workflow/scripts/<script>.py and every nnbridge module it imports (transitively):
+    an edit of code a stage runs reruns that stage, and only that stage."""
+    return stage_code_version(Path(workflow.basedir) / "workflow" / "scripts" / f"{script}.py")
 
 
 def get_model(wildcards):

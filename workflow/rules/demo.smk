@@ -8,7 +8,7 @@ rule demo_dataset:
     params:
         n_cases=lookup(dpath="demo/n_cases", within=config),
         seed=lookup(dpath="demo/seed", within=config),
-        code=code_version("demo"),
+        code=code_version("demo_dataset"),
     log:
         "logs/demo/dataset.log",
     conda:
@@ -32,7 +32,7 @@ rule demo_preprocess:
         raw=lambda wildcards, input: Path(input.dataset_json).parent.parent,
         preprocessed=lambda wildcards, output: Path(output.plans).parent.parent,
         configuration=DEMO_CONFIGURATION,
-        code=code_version("demo"),
+        code=code_version("demo_preprocess"),
     log:
         "logs/demo/plan_and_preprocess.log",
     benchmark:
@@ -55,7 +55,7 @@ rule demo_plans:
         plans=f"{DEMO_PREPROCESSED}/{DEMO_PLANS}.json",
         splits=f"{DEMO_PREPROCESSED}/splits_final.json",
     params:
-        code=code_version("demo"),
+        code=code_version("demo_plans"),
     log:
         "logs/demo/plans.log",
     conda:
@@ -78,7 +78,7 @@ rule demo_train:
         results=lambda wildcards, output: Path(output.checkpoint).parents[3],
         epochs=lookup(dpath="demo/epochs", within=config),
         iterations=lookup(dpath="demo/iterations", within=config),
-        code=code_version("demo", "nnunet_trainers/nnBridgeDemoTrainer"),
+        code=code_version("demo_train"),
     log:
         "logs/demo/train_fold_{fold}.log",
     benchmark:
@@ -142,7 +142,7 @@ rule demo_train_pytorch:
         entry=lambda wildcards: demo_plain_entry(wildcards.net),
         steps=lookup(dpath="demo/pytorch_steps", within=config),
         seed=lookup(dpath="demo/seed", within=config),
-        code=code_version("demo_nets"),
+        code=code_version("demo_train_pytorch"),
     log:
         "logs/demo/train_pytorch_{net}.log",
     benchmark:

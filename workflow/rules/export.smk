@@ -7,7 +7,7 @@ rule export_onnx:
     params:
         source=get_source,
         opset=lookup(dpath="export/opset", within=config),
-        code=code_version("export", "models", "plainmodels", "onnxmeta"),
+        code=code_version("export_onnx"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/export_onnx.log",
     benchmark:
@@ -30,7 +30,7 @@ rule export_torchscript:
         json=f"{FOLD_DIR}/export/torchscript.json",
     params:
         source=get_source,
-        code=code_version("export", "models", "plainmodels", "onnxmeta"),
+        code=code_version("export_torchscript"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/export_torchscript.log",
     benchmark:

@@ -12,7 +12,7 @@ rule patches:
         n_heldout=lookup(dpath="patches/heldout", within=config),
         seed=lookup(dpath="patches/seed", within=config),
         foreground_fraction=lookup(dpath="patches/foreground_fraction", within=config),
-        code=code_version("patches", "plans"),
+        code=code_version("patches"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/patches.log",
     threads: 1

@@ -8,7 +8,7 @@ rule quantize:
     params:
         settings=lambda wildcards: config["quantize"][wildcards.qvariant],
         backends=lookup(dpath="backends", within=config),
-        code=code_version("quantize", "coverage", "onnxrun", "parity", "onnxmeta", "bench"),
+        code=code_version("quantize"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/quantize_{qvariant}.log",
     benchmark:

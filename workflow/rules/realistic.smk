@@ -18,7 +18,7 @@ rule realistic_benchmark:
         int8=lookup(dpath="benchmark/realistic/int8", within=config),
         configuration=lookup(dpath="benchmark/realistic/configuration", within=config),
         threads=lookup(dpath="benchmark/threads", within=config),
-        code=code_version("realistic", "bench", "onnxrun", "coverage", "opprofile", "quantize"),
+        code=code_version("realistic"),
     log:
         "logs/realistic_benchmark.log",
     benchmark:

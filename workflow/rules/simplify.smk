@@ -7,7 +7,7 @@ rule simplify:
         json=f"{FOLD_DIR}/simplify/simplify.json",
     params:
         atol=lookup(dpath="simplify/atol", within=config),
-        code=code_version("simplify", "onnxrun"),
+        code=code_version("simplify"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/simplify.log",
     threads: 1

@@ -16,7 +16,7 @@ rule validate:
             name: variant_tolerance(name, config["validate"]) for name in get_variants(wildcards)
         },
         threads=lookup(dpath="validate/threads", within=config),
-        code=code_version("parity", "onnxrun", "models", "plainmodels", "onnxmeta"),
+        code=code_version("validate"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/validate.log",
     benchmark:

@@ -1,5 +1,5 @@
-from nnbridge.bench import benchmark_fold
-from nnbridge.runlog import logged, read_json, write_json
+from nnbridge.bench.fold import benchmark_fold
+from nnbridge.core.runlog import logged, read_json, write_json
 
 with logged(snakemake.log[0]):
     record = benchmark_fold(

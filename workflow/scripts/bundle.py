@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from nnbridge.predict.bundle import build_from_pipeline
-from nnbridge.runlog import logged
+from nnbridge.bundle.build import build_from_pipeline
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     manifest = build_from_pipeline(

@@ -1,8 +1,8 @@
 import json
 from pathlib import Path
 
-from nnbridge.caseparity import run_case_parity, validation_cases
-from nnbridge.runlog import logged, write_json
+from nnbridge.validate.caseparity import run_case_parity, validation_cases
+from nnbridge.core.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
     dataset_json = json.loads(Path(snakemake.input.dataset).read_text())

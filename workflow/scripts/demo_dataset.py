@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from nnbridge.demo import make_dataset
-from nnbridge.runlog import logged
+from nnbridge.demo.dataset import make_dataset
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     raw_root = Path(snakemake.output.dataset_json).parent.parent

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from nnbridge.demo import derive_small_plans, write_splits
-from nnbridge.runlog import logged
+from nnbridge.demo.nnunet import derive_small_plans, write_splits
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     folder = Path(snakemake.input.plans).parent

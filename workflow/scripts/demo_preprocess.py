@@ -1,5 +1,5 @@
-from nnbridge.demo import plan_and_preprocess, write_preprocessed_flag
-from nnbridge.runlog import logged
+from nnbridge.demo.nnunet import plan_and_preprocess, write_preprocessed_flag
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     dataset_dir = plan_and_preprocess(

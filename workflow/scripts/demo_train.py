@@ -1,5 +1,5 @@
-from nnbridge.demo import train_fold
-from nnbridge.runlog import logged
+from nnbridge.demo.nnunet import train_fold
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     fold_dir = train_fold(

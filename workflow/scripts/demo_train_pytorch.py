@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from nnbridge.demo_nets import train_demo_net
-from nnbridge.patches import fold_cases
-from nnbridge.runlog import logged, write_json
+from nnbridge.demo.nets import train_demo_net
+from nnbridge.patches.sampling import fold_cases
+from nnbridge.core.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
     entry = snakemake.params.entry

@@ -1,6 +1,6 @@
-from nnbridge.export import export_onnx
-from nnbridge.models import load_model
-from nnbridge.runlog import logged, write_json
+from nnbridge.export.onnx_export import export_onnx
+from nnbridge.models.loader import load_model
+from nnbridge.core.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
     fold = load_model(snakemake.params.source)

@@ -1,5 +1,5 @@
-from nnbridge.patches import copy_patch_sets, write_patch_sets
-from nnbridge.runlog import logged, write_json
+from nnbridge.patches.sampling import copy_patch_sets, write_patch_sets
+from nnbridge.core.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
     source = snakemake.params.source

@@ -1,5 +1,5 @@
-from nnbridge.bench import measure_peak_gflops
-from nnbridge.runlog import logged, write_json
+from nnbridge.bench.peak import measure_peak_gflops
+from nnbridge.core.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
     record = measure_peak_gflops(snakemake.params.threads)

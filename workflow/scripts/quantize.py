@@ -1,6 +1,6 @@
-from nnbridge.patches import load_patches
+from nnbridge.patches.sampling import load_patches
 from nnbridge.quantize import quantize_variant
-from nnbridge.runlog import logged, write_json
+from nnbridge.core.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
     record = quantize_variant(

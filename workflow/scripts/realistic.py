@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from nnbridge.realistic import realistic_benchmark
-from nnbridge.runlog import logged, read_json, write_json
+from nnbridge.bench.realistic import realistic_benchmark
+from nnbridge.core.runlog import logged, read_json, write_json
 
 with logged(snakemake.log[0]):
     record = realistic_benchmark(

@@ -1,5 +1,5 @@
-from nnbridge.report import build_report
-from nnbridge.runlog import logged
+from nnbridge.report.build import build_report
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     build_report(

@@ -1,6 +1,6 @@
-from nnbridge.patches import load_patches
-from nnbridge.runlog import logged, write_json
-from nnbridge.simplify import simplify_onnx
+from nnbridge.patches.sampling import load_patches
+from nnbridge.core.runlog import logged, write_json
+from nnbridge.export.simplify import simplify_onnx
 
 with logged(snakemake.log[0]):
     check = load_patches(snakemake.input.heldout)[:2]

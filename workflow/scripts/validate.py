@@ -1,6 +1,6 @@
-from nnbridge.parity import validate_fold
-from nnbridge.patches import load_patches
-from nnbridge.runlog import logged, write_json
+from nnbridge.validate.parity import validate_fold
+from nnbridge.patches.sampling import load_patches
+from nnbridge.core.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
     record = validate_fold(

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import NNBridgeError
+from ..core.errors import NNBridgeError
 
 
 class ReaderWriter(Protocol):

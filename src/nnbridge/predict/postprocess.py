@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..onnxmeta import is_region_based
+from ..core.metadata import is_region_based
 from .preprocess import configuration, insert_crop_into_image, resampling_function
 
 

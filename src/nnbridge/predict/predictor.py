@@ -18,34 +18,24 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NNBridgeError
+from ..core.errors import NNBridgeError
+from ..runtime import ONNX_BACKENDS, make_runner
 from .bundle import Bundle, refuse_cascade
 from .io import find_cases, num_channels, reader_writer
 from .postprocess import Labels, logits_to_segmentation
 from .preprocess import configuration, preprocess_case
 from .sliding import Network, ensemble_logits
 
-BACKENDS = ("onnxruntime", "openvino")
+BACKENDS = ONNX_BACKENDS
 
 
 def onnx_network(path: Path, backend: str, threads: int = 0, settings: dict | None = None) -> Network:
     """A batch → logits callable on ONNX Runtime (with the tuned ``settings``: session options
     and IO binding) or OpenVINO (CPU, fp32 kept exact; a bf16 variant in bf16, or in fp32 with a
     note on a CPU without native bf16). Its ``precision`` attribute is what it computes in."""
-    from ..onnxrun import compiled_precision, onnx_session, openvino_model, ort_runner  # noqa: PLC0415 - torch-free
-
-    if backend == "onnxruntime":
-        return ort_runner(onnx_session(path, threads, settings=settings), settings)
-    if backend == "openvino":
-        compiled = openvino_model(path, threads, fallback=True)
-        request = compiled.create_infer_request()
-
-        def run(batch: np.ndarray) -> np.ndarray:
-            return np.array(request.infer({0: batch})[0])
-
-        run.precision = compiled_precision(compiled)  # type: ignore[attr-defined]
-        return run
-    raise NNBridgeError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    if backend not in BACKENDS:
+        raise NNBridgeError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    return make_runner({"backend": backend, "path": path, "settings": settings, "fallback": True}, threads)
 
 
 def choose_run_settings(entry: dict[str, Any], backend: str, threads: int | None,

@@ -22,8 +22,8 @@ import numpy as np
 from scipy.ndimage import binary_fill_holes, map_coordinates
 from skimage.transform import resize
 
-from nnbridge.errors import NNBridgeError
-from nnbridge.plans import configuration
+from ..core.errors import NNBridgeError
+from ..core.plans import configuration
 
 ANISO_THRESHOLD = 3
 """nnunetv2.configuration.ANISO_THRESHOLD: spacing ratio above which an axis is resampled separately."""

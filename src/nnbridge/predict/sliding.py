@@ -16,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from ..errors import NNBridgeError
+from ..core.errors import NNBridgeError
 
 Network = Callable[[np.ndarray], np.ndarray]
 

@@ -1,0 +1,160 @@
+"""Latency and memory of each backend, each measured in its own process.
+
+A parent process starts one child per backend (``python -m nnbridge.bench.measure``) so that peak
+memory is the backend's own and one backend's allocator or thread pool never affects another's
+timing. Memory is read from ``/proc/self/status`` (``VmHWM``, ``VmRSS``), not ``ru_maxrss``:
+Linux carries ``ru_maxrss`` across fork and exec, so a child would report its parent's peak. All
+numbers of one report come from one run of the same machine; compare ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.metadata import inference_precision
+from ..runtime import ONNX_BACKENDS, RUNNER_BACKENDS, make_runner
+from ..runtime.ov import precision_unavailable
+from ..runtime.profile import op_profile
+from ..runtime.timing import peak_rss_mb, rss_mb, time_runner
+from ..runtime.torchrun import module_runner, set_torch_threads
+from .networks import build_network
+
+
+BACKENDS = ("torch", "torchscript", "torch_arch", "onnxruntime", "openvino", "sgemm")
+PEAK_N = 2048  # the fp32 matrix multiply that measures this machine's practical peak
+
+
+def _load_runner(spec: dict[str, Any], threads: int):
+    """A callable running one batch on the spec's backend: the runtimes' own factory
+    (:func:`nnbridge.runtime.make_runner`) for artifacts; eager torch for a checkpoint
+    (``torch``) or a network description (``torch_arch``); ``sgemm`` for the fp32 peak."""
+    backend = spec["backend"]
+    if backend in RUNNER_BACKENDS:
+        return make_runner(spec, threads)
+    if backend == "torch":
+        from ..models.loader import load_model  # noqa: PLC0415 - only a torch child may carry torch in its memory
+
+        set_torch_threads(threads)
+        return module_runner(load_model(spec["source"]).network, threads)
+    if backend == "torch_arch":  # a network built from a JSON description (random weights)
+        set_torch_threads(threads)
+        return module_runner(build_network(spec["arch"], int(spec.get("seed", 0))), threads)
+    if backend == "sgemm":  # the peak micro-benchmark: an n x n x n fp32 matmul (MKL/oneDNN)
+        import torch  # noqa: PLC0415 - torch only in the sgemm child
+
+        set_torch_threads(threads)
+        n = int(spec.get("n", PEAK_N))
+        a, b = torch.randn(n, n), torch.randn(n, n)
+
+        def run(x: np.ndarray) -> None:
+            torch.mm(a, b)
+
+        return run
+    raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+
+
+def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: int,
+            repeats: int, seed: int = 0) -> dict[str, Any]:
+    """Time ``repeats`` runs after ``warmup`` runs in this process."""
+    rss_start = rss_mb()
+    run = _load_runner(spec, threads)
+    rss_loaded = rss_mb()
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    arr = time_runner(run, x, warmup, repeats)
+    profile = None
+    if spec["backend"] in ONNX_BACKENDS and spec.get("profile", True):
+        profile = op_profile(spec["backend"], Path(spec["path"]), x, threads,
+                             precision=spec.get("precision"))  # after the timing
+    return {
+        "backend": spec["backend"],
+        "shape": list(shape),
+        "threads": threads,
+        "warmup": warmup,
+        "repeats": repeats,
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "mean_ms": float(arr.mean()),
+        "min_ms": float(arr.min()),
+        "rss_after_imports_mb": round(rss_start, 1),
+        "rss_after_load_mb": round(rss_loaded, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **({"inference_precision": run.precision} if hasattr(run, "precision") else {}),
+        **({"op_profile": profile} if profile is not None else {}),
+    }
+
+
+def benchmark_in_subprocess(spec: dict[str, Any], shape: tuple[int, ...], threads: int,
+                            warmup: int, repeats: int, timeout: float = 1800) -> dict[str, Any]:
+    """Run :func:`measure` in a fresh interpreter; failures are returned, not raised."""
+    cmd = [sys.executable, "-m", "nnbridge.bench.measure", "--spec", json.dumps(spec),
+           "--shape", json.dumps(list(shape)), "--threads", str(threads),
+           "--warmup", str(warmup), "--repeats", str(repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"backend": spec["backend"], "error": f"exit {proc.returncode}: {tail}"}
+    result = json.loads(lines[-1])
+    if spec.get("path"):
+        result["file_size_bytes"] = Path(spec["path"]).stat().st_size
+    return result
+
+
+def spec_precision(spec: dict[str, Any]) -> str:
+    """The inference precision an OpenVINO spec runs in: its own ``precision``, else its file's
+    (``bf16`` for a bf16 variant), else fp32; every other backend: ``f32`` (its file decides)."""
+    if spec.get("backend") != "openvino":
+        return "f32"
+    if spec.get("precision"):
+        return str(spec["precision"])
+
+    path = Path(spec.get("path", ""))
+    return inference_precision(path) if path.is_file() else "f32"
+
+
+def skip_reason(spec: dict[str, Any]) -> str | None:
+    """Why a spec cannot run on this machine (a bf16 run on a CPU without native bf16), or None."""
+
+    return precision_unavailable(spec_precision(spec))
+
+
+def benchmark_variants(specs: dict[str, dict[str, Any]], shape: tuple[int, ...], threads: int,
+                       warmup: int, repeats: int, baseline: str = "torch_eager") -> dict[str, Any]:
+    """Benchmark every named spec one after another (a spec this machine cannot run is recorded
+    as ``skipped`` with the reason); add speed-ups against ``baseline``."""
+    results = {}
+    for name, spec in specs.items():
+        why = skip_reason(spec)
+        results[name] = ({"backend": spec["backend"], "skipped": why} if why else
+                         benchmark_in_subprocess(spec, shape, threads, warmup, repeats))
+    base = results.get(baseline, {}).get("p50_ms")
+    for result in results.values():
+        if base and "p50_ms" in result:
+            result[f"speedup_vs_{baseline}"] = round(base / result["p50_ms"], 3)
+    return {"shape": list(shape), "threads": threads, "warmup": warmup, "repeats": repeats,
+            "baseline": baseline, "results": results}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="benchmark one backend (internal)")
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--shape", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    result = measure(json.loads(args.spec), tuple(json.loads(args.shape)), args.threads,
+                     args.warmup, args.repeats)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""A benchmark at a realistic nnU-Net size, without a trained model.
+
+Speed does not depend on trained weights, so this module builds the network nnU-Net builds for
+a typical ``3d_fullres`` plan (``PlainConvUNet``, 6 stages, 32→320 features, patch 128³, one
+input channel, 3 classes, InstanceNorm, LeakyReLU, deep supervision off) with seeded random
+weights, exports it to ONNX like :mod:`nnbridge.export` (legacy exporter, opset 17, dynamic
+axes), makes a static INT8 QDQ variant (calibrated on random normal patches: INT8 here is for
+speed only, its accuracy cannot be judged with random weights) and times torch eager, ONNX
+Runtime and OpenVINO, each in its own process (:mod:`nnbridge.bench.measure`).
+
+The architecture travels as a JSON description (:func:`plain_unet_arch`); the benchmark child
+process rebuilds the same network from it with :func:`build_network` (``torch_arch`` backend).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..core.cpu import cpu_identity
+from ..core.errors import NNBridgeError
+from ..core.metadata import META_PREFIX
+from ..core.onnxgraph import compute_node_flops
+from ..export.common import INPUT_NAME
+from ..export.onnx_export import write_onnx
+from ..quantize.coverage import int8_coverage, openvino_int8_coverage
+from ..quantize.static import quantize_static_int8
+from ..runtime.ort import onnx_session
+from .measure import benchmark_variants
+from .networks import analytic_flops, build_network, check_patch, plain_unet_arch, plans_arch, _smaller_shape, stride_multiple
+from .peak import add_throughput, peak_for_this_machine
+from .sweep import tune_onnxruntime
+from .targets import speed_ceilings, speed_targets
+
+
+FP32_RESULTS = ("onnx_fp32", "onnx_fp32@openvino")
+
+
+INT8_RESULTS = ("int8", "int8@openvino")
+
+
+BF16_RESULTS = ("bf16@openvino",)  # the fp32 file run by OpenVINO in bf16 (skipped without native bf16)
+
+
+INT8_NOTE = ("INT8 is for speed only: the weights are random and the calibration patches random "
+             "normal, so no Dice gate is possible")
+
+
+def export_network(network, arch: dict[str, Any], out_path: Path, export_shape: tuple[int, ...], *,
+                   seed: int = 0, opset: int = 17) -> dict[str, Any]:
+    """ONNX fp32 export as :func:`nnbridge.export.export_onnx` does it (legacy exporter, dynamic
+    batch and spatial axes), traced at ``export_shape``, and checked against eager PyTorch there."""
+    import torch  # noqa: PLC0415
+
+
+    x = torch.randn(export_shape, generator=torch.Generator().manual_seed(seed))
+    started = time.perf_counter()
+    meta = {"model_kind": "random_plainconvunet", "architecture": json.dumps(arch), "seed": str(seed),
+            "stride_multiple": json.dumps(list(stride_multiple(arch))), "opset": str(opset)}
+    write_onnx(network, x, out_path, opset, {META_PREFIX + k: v for k, v in meta.items()})
+    with torch.no_grad():
+        reference = network(x).numpy()
+    got = onnx_session(out_path).run(None, {INPUT_NAME: x.numpy()})[0]
+    return {"path": str(out_path), "opset": opset, "size_bytes": out_path.stat().st_size,
+            "seconds": round(time.perf_counter() - started, 2),
+            "check": {"shape": list(export_shape), "max_abs_err": float(np.max(np.abs(reference - got)))}}
+
+
+def _coverage_summary(coverage: dict[str, Any]) -> dict[str, Any]:
+    keys = ("n_compute_nodes", "n_int8_compute_nodes", "int8_flop_share", "float_compute_nodes")
+    return {key: coverage[key] for key in keys}
+
+
+def make_int8(src: Path, dst: Path, arch: dict[str, Any], patch_size: tuple[int, ...], *,
+              n_patches: int = 4, max_size: int = 64, seed: int = 0,
+              openvino: bool = True) -> dict[str, Any]:
+    """Static INT8 QDQ variant of ``src`` (per-channel weights, symmetric INT8 activations, MinMax),
+    calibrated on ``n_patches`` random normal patches. Calibration keeps every intermediate
+    tensor of every patch in memory (several GB per 128³ patch), so the patches are cut to at most
+    ``max_size`` per axis (a multiple of the total stride; the model has dynamic axes)."""
+
+    spatial = _smaller_shape(arch, patch_size, max_size)
+    rng = np.random.default_rng(seed + 1)
+    calibration = rng.standard_normal((n_patches, arch["input_channels"], *spatial)).astype(np.float32)
+    record = quantize_static_int8(src, dst, calibration, quant_format="QDQ", per_channel=True,
+                                  calibrate_method="MinMax", symmetric_activations=True)
+    record["calibration"] = {"n_patches": n_patches, "shape": [1, arch["input_channels"], *spatial],
+                             "data": "random normal", "note": INT8_NOTE}
+    shape = (1, arch["input_channels"], *patch_size)
+    record["coverage"] = _coverage_summary(int8_coverage(dst, src, shape))
+    if openvino:
+        record["coverage_openvino"] = _coverage_summary(openvino_int8_coverage(dst, src, shape))
+    return record
+
+
+def compute_targets(results: dict[str, Any], peak: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`nnbridge.bench.speed_targets` on the realistic results: exact fp32 = ONNX fp32 on
+    each runtime, INT8 = the QDQ variant on each runtime (speed only: no Dice gate here); with
+    the ceilings the measured ``peak`` allows."""
+
+    candidates = {name: {"speedup": r.get("speedup_vs_torch_eager"), "p50_ms": r.get("p50_ms"),
+                         "op_profile": r.get("op_profile")} for name, r in results.items() if "p50_ms" in r}
+    ceilings = speed_ceilings(results.get("torch_eager", {}).get("gflops_per_s"), peak or {})
+    return speed_targets(candidates, FP32_RESULTS, INT8_RESULTS, ceilings=ceilings)
+
+
+def _specs(out_dir: Path, arch: dict[str, Any], seed: int, backends: tuple[str, ...],
+           int8: bool) -> dict[str, dict[str, Any]]:
+    """The benchmark specs by result name, torch eager (the baseline) first."""
+    fp32, quant = str(out_dir / "model.onnx"), str(out_dir / "model_int8.onnx")
+    specs: dict[str, dict[str, Any]] = {}
+    if "torch" in backends:
+        specs["torch_eager"] = {"backend": "torch_arch", "arch": arch, "seed": seed}
+    if "onnxruntime" in backends:
+        specs["onnx_fp32"] = {"backend": "onnxruntime", "path": fp32}
+    if "openvino" in backends:
+        specs["onnx_fp32@openvino"] = {"backend": "openvino", "path": fp32}
+        specs["bf16@openvino"] = {"backend": "openvino", "path": fp32, "precision": "bf16"}
+    if int8 and "onnxruntime" in backends:
+        specs["int8"] = {"backend": "onnxruntime", "path": quant}
+    if int8 and "openvino" in backends:
+        specs["int8@openvino"] = {"backend": "openvino", "path": quant}
+    return specs
+
+
+def _versions() -> dict[str, str]:
+
+    out = {}
+    for package in ("torch", "onnx", "onnxruntime", "openvino", "dynamic_network_architectures"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "unavailable"
+    return out
+
+
+def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 128, 128),
+                        features: tuple[int, ...] = (32, 64, 128, 256, 320, 320), threads: int = 2,
+                        warmup: int = 1, repeats: int = 3, int8: bool = True,
+                        backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino"),
+                        seed: int = 0, plans: Path | None = None, configuration: str = "3d_fullres",
+                        peak: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build, export, quantize and time a random-weight nnU-Net ``PlainConvUNet`` at ``patch_size``
+    — or, with ``plans``, the network of that plans file's ``configuration`` at its own patch size
+    (``patch_size`` and ``features`` then do not apply). ``peak``: the machine's measured peaks
+    (:func:`nnbridge.bench.measure_peak_gflops`), used when measured on this kind of CPU, else
+    measured here (:func:`nnbridge.bench.peak_for_this_machine`).
+
+    Writes ``out_dir/model.onnx`` (and ``out_dir/model_int8.onnx`` when ``int8``). Returns a
+    JSON-serializable record: the architecture, input shape, FLOPs per patch (from the graph, and
+    counted from the description as a check), the machine's measured fp32 peak, per result
+    (``torch_eager``, ``onnx_fp32`` with tuned ONNX Runtime settings, ``onnx_fp32@openvino``,
+    ``bf16@openvino`` (the fp32 file in bf16; ``skipped`` on CPUs without native bf16), ``int8``,
+    ``int8@openvino``) latency percentiles, peak memory, speed-up against torch eager,
+    GFLOP/s and % of peak, and the ``targets`` block (:func:`compute_targets`).
+    """
+
+
+    unknown = set(backends) - {"torch", "onnxruntime", "openvino"}
+    if unknown:
+        raise NNBridgeError(f"unknown backends {sorted(unknown)}; use torch, onnxruntime, openvino")
+    started = time.perf_counter()
+    if plans:
+        arch, patch_size = plans_arch(Path(plans), configuration)
+    else:
+        arch = plain_unet_arch(features, dims=len(patch_size))
+    check_patch(arch, tuple(patch_size))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shape = (1, arch["input_channels"], *patch_size)
+    export_shape = (1, arch["input_channels"], *_smaller_shape(arch, tuple(patch_size), 64))
+    network = build_network(arch, seed)
+    export = export_network(network, arch, out_dir / "model.onnx", export_shape, seed=seed)
+    quantized = (make_int8(out_dir / "model.onnx", out_dir / "model_int8.onnx", arch, tuple(patch_size),
+                           seed=seed, openvino="openvino" in backends) if int8 else None)
+
+    specs = _specs(out_dir, arch, seed, tuple(backends), int8)
+    tuning = None
+    if "onnx_fp32" in specs:
+        tuning = tune_onnxruntime(specs["onnx_fp32"], shape, threads, min(warmup, 2), max(3, repeats // 2))
+        specs["onnx_fp32"]["settings"] = tuning["chosen"]
+    record = benchmark_variants(specs, shape, threads, warmup, repeats)
+    if tuning is not None and "p50_ms" in record["results"]["onnx_fp32"]:
+        record["results"]["onnx_fp32"]["ort_settings"] = tuning["chosen"]
+    record["peak"] = peak_for_this_machine(peak, threads)
+    record["machine"] = cpu_identity()
+    graph = onnx.load(str(out_dir / "model.onnx"))
+    flops = sum(node["flops"] for node in compute_node_flops(graph, shape).values())
+    add_throughput(record, flops, record["peak"], {**dict.fromkeys(INT8_RESULTS, "int8"),
+                                                   **dict.fromkeys(BF16_RESULTS, "bf16")})
+    record.update({
+        "kind": "realistic nnU-Net benchmark (random weights)",
+        "architecture": arch, "seed": seed, "patch_size": list(patch_size),
+        "stride_multiple": list(stride_multiple(arch)),
+        "flops_analytic": analytic_flops(arch, tuple(patch_size)),
+        "export": export, "int8_variant": quantized, "int8_note": INT8_NOTE if int8 else None,
+        "tuning": tuning, "targets": compute_targets(record["results"], record["peak"]), "versions": _versions(),
+        "seconds": round(time.perf_counter() - started, 1),
+    })
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m nnbridge.realistic OUT_DIR [--patch 128 128 128] ...``: run and print the record."""
+
+    parser = argparse.ArgumentParser(description="benchmark a random-weight nnU-Net at a realistic size")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--patch", type=int, nargs="+", default=[128, 128, 128])
+    parser.add_argument("--features", type=int, nargs="+", default=[32, 64, 128, 256, 320, 320])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-int8", action="store_true")
+    args = parser.parse_args(argv)
+    record = realistic_benchmark(args.out_dir, patch_size=tuple(args.patch), features=tuple(args.features),
+                                 threads=args.threads, warmup=args.warmup, repeats=args.repeats,
+                                 int8=not args.no_int8)
+    (args.out_dir / "realistic.json").write_text(json.dumps(record, indent=2))
+    print(json.dumps({k: record[k] for k in ("flops_per_patch", "peak", "targets")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

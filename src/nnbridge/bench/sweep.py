@@ -1,0 +1,67 @@
+"""Runtime settings searched per machine: threads and batch size, and ONNX Runtime's session options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .measure import benchmark_in_subprocess, skip_reason
+
+
+def sweep(specs: dict[str, dict[str, Any]], names: list[str] | tuple[str, ...], shape: tuple[int, ...],
+          threads: int, batch: int, warmup: int, repeats: int) -> dict[str, Any]:
+    """p50 of each named spec at 1..``threads`` threads (batch 1), and per patch at ``batch``
+    patches per run with ``threads`` threads; each point in its own process."""
+    out: dict[str, Any] = {"threads": list(range(1, threads + 1)), "batch": batch, "results": {}}
+    for name in names:
+        spec = specs.get(name)
+        if spec is None:
+            continue
+        spec = {**spec, "profile": False}
+        why = skip_reason(spec)
+        if why:  # left out of the results, whose readers expect timings
+            out.setdefault("skipped", {})[name] = why
+            continue
+        row: dict[str, Any] = {"p50_ms_by_threads": {}}
+        for t in range(1, threads + 1):
+            r = benchmark_in_subprocess(spec, shape, t, warmup, repeats)
+            row["p50_ms_by_threads"][str(t)] = r.get("p50_ms")
+        if batch > 1:
+            r = benchmark_in_subprocess(spec, (batch, *shape[1:]), threads, warmup, repeats)
+            row["p50_ms_per_patch_at_batch"] = r["p50_ms"] / batch if "p50_ms" in r else None
+        out["results"][name] = row
+    return out
+
+
+# ONNX Runtime settings tried per variant (the first is ORT's default); see onnxrun.ORT_SETTINGS.
+# ORT_PARALLEL runs independent nodes side by side (inter-op threads = the threads): a plain U-Net
+# is a chain with little to overlap, a UNet++'s nested skip paths are not.
+ORT_CANDIDATES: tuple[dict[str, Any], ...] = (
+    {},
+    {"allow_spinning": False},
+    {"optimization": "ORT_ENABLE_EXTENDED"},
+    {"mem_pattern": False, "cpu_arena": False},
+    {"io_binding": True},
+    {"execution_mode": "ORT_PARALLEL"},
+)
+
+
+MIN_GAIN = 0.03  # a candidate must beat the default p50 by this share, else noise decides
+
+
+def tune_onnxruntime(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: int,
+                     repeats: int) -> dict[str, Any]:
+    """Time each of :data:`ORT_CANDIDATES` in its own process; choose the fastest if it beats
+    ORT's default by more than :data:`MIN_GAIN`."""
+    tried = []
+    for settings in ORT_CANDIDATES:
+        r = benchmark_in_subprocess({**spec, "settings": settings, "profile": False}, shape, threads, warmup,
+                                    repeats)
+        tried.append({"settings": settings, "p50_ms": r.get("p50_ms"), **({"error": r["error"]} if "error" in r
+                                                                           else {})})
+    default = tried[0]["p50_ms"]
+    ok = [t for t in tried if t["p50_ms"] is not None]
+    best = min(ok, key=lambda t: t["p50_ms"]) if ok else tried[0]
+    chosen = best if (default is None or best["p50_ms"] < default * (1 - MIN_GAIN)) else tried[0]
+    return {"chosen": chosen["settings"], "gain_vs_default": (round(default / chosen["p50_ms"], 3)
+                                                             if default and chosen["p50_ms"] else None),
+            "candidates": tried}

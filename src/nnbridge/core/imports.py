@@ -1,0 +1,186 @@
+"""nnbridge's own import graph, read from the source text (nothing is imported or run).
+
+Two uses: the workflow's cache keys (a stage's code is every nnbridge module its script imports,
+transitively: :mod:`nnbridge.pipeline.codehash`), and the house rules, checked by
+``python -m nnbridge.core.imports --check`` and the tests: no import cycles, and no nnbridge
+import inside a function unless the line says why (``# noqa: PLC0415`` followed by a reason).
+
+Importing ``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py`` first, so a module depends on
+its parent packages too. A module may also name source files it runs without importing them
+(nnU-Net imports the demo trainer by path) in a top-level ``CODE_FILES`` tuple of glob patterns
+relative to its folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE = "nnbridge"
+
+
+def package_root() -> Path:
+    """The folder of the ``nnbridge`` package in use (``src/nnbridge`` of this checkout)."""
+    return Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ImportGraph:
+    """Modules (dotted name → file) and their nnbridge imports."""
+
+    root: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    edges: dict[str, set[str]] = field(default_factory=dict)
+    in_functions: list[tuple[str, int, str]] = field(default_factory=list)
+    """(module, line, source line) of every nnbridge import inside a function."""
+    code_files: dict[str, list[Path]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, root: Path | None = None) -> ImportGraph:
+        root = Path(root or package_root())
+        graph = cls(root)
+        for path in sorted(root.rglob("*.py")):
+            parts = (PACKAGE, *path.relative_to(root).with_suffix("").parts)
+            name = ".".join(parts).removesuffix(".__init__")
+            graph.files[name] = path
+        for name, path in graph.files.items():
+            graph._read_module(name, path)
+        return graph
+
+    def _known(self, dotted: str) -> str | None:
+        """The longest prefix of ``dotted`` that is one of our modules."""
+        while dotted and dotted not in self.files:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    def _targets(self, name: str, path: Path, node: ast.AST) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [alias.name for alias in node.names]
+        assert isinstance(node, ast.ImportFrom)
+        base = node.module or ""
+        if node.level:
+            here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+            here = here[: len(here) - node.level + 1]
+            base = ".".join(here + ([base] if base else []))
+        return [base] + [f"{base}.{alias.name}" for alias in node.names]
+
+    def _read_module(self, name: str, path: Path) -> None:
+        text = path.read_text()
+        tree = ast.parse(text)
+        lines = text.splitlines()
+        functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        inside = {id(n) for fn in functions for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        edges = self.edges.setdefault(name, set())
+        parent = name.rpartition(".")[0]
+        if parent:  # importing a module runs its package's __init__ first
+            edges.add(parent)
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            hit = False
+            for target in self._targets(name, path, node):
+                known = self._known(target)
+                if known and known != name:
+                    edges.add(known)
+                    hit = True
+            if hit and id(node) in inside:
+                self.in_functions.append((name, node.lineno, lines[node.lineno - 1].strip()))
+        for node in tree.body:  # CODE_FILES = ("pattern", ...)
+            if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "CODE_FILES"
+                                                     for t in node.targets)):
+                patterns = ast.literal_eval(node.value)
+                self.code_files[name] = sorted(f for p in patterns for f in path.parent.glob(p))
+
+    def closure(self, modules: list[str] | set[str]) -> set[str]:
+        """Every nnbridge module that importing ``modules`` runs (parents included)."""
+        seen: set[str] = set()
+        todo = [m for m in (self._known(m) for m in modules) if m]
+        while todo:
+            module = todo.pop()
+            if module in seen:
+                continue
+            seen.add(module)
+            todo.extend(self.edges.get(module, ()))
+        return seen
+
+    def cycles(self) -> list[list[str]]:
+        """Groups of modules that import each other (strongly connected components), parent-package
+        edges left out: a package's ``__init__`` importing its own submodules is no cycle."""
+        graph = {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in self.edges.items()}
+        index: dict[str, int] = {}
+        low: dict[str, int] = {}
+        stack: list[str] = []
+        on_stack: set[str] = set()
+        groups: list[list[str]] = []
+
+        def visit(v: str) -> None:
+            index[v] = low[v] = len(index)
+            stack.append(v)
+            on_stack.add(v)
+            for w in graph.get(v, ()):
+                if w not in index:
+                    visit(w)
+                    low[v] = min(low[v], low[w])
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+            if low[v] == index[v]:
+                group = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    group.append(w)
+                    if w == v:
+                        break
+                if len(group) > 1:
+                    groups.append(sorted(group))
+
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 10000))
+        try:
+            for v in sorted(graph):
+                if v not in index:
+                    visit(v)
+        finally:
+            sys.setrecursionlimit(limit)
+        return groups
+
+    def unexplained_function_imports(self) -> list[tuple[str, int, str]]:
+        """nnbridge imports inside functions whose line gives no reason after ``noqa: PLC0415``."""
+        return [(m, line, text) for m, line, text in self.in_functions
+                if "PLC0415" not in text or not text.split("PLC0415", 1)[1].strip(" -:")]
+
+
+def script_imports(script: Path) -> set[str]:
+    """The nnbridge modules a script (e.g. a workflow script) imports directly."""
+    found = set()
+    for node in ast.walk(ast.parse(Path(script).read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == PACKAGE:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nnbridge.core.imports",
+                                     description="nnbridge's import graph: cycles and imports inside functions")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 on a cycle or on an nnbridge import inside a function without a reason")
+    args = parser.parse_args(argv)
+    graph = ImportGraph.read()
+    cycles, unexplained = graph.cycles(), graph.unexplained_function_imports()
+    print(f"{len(graph.files)} modules; {len(cycles)} import cycle(s); {len(graph.in_functions)} nnbridge "
+          f"import(s) inside functions, {len(unexplained)} without a reason")
+    for group in cycles:
+        print("  cycle:", " <-> ".join(group))
+    for module, line, text in graph.in_functions:
+        print(f"  inside a function: {module}:{line}: {text}")
+    return 1 if args.check and (cycles or unexplained) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

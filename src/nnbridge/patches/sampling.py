@@ -1,0 +1,260 @@
+"""Real patches from nnU-Net's preprocessed data, for calibration and held-out parity checks.
+
+Patches are drawn as nnU-Net draws training patches: a share of them centred on a random
+foreground voxel of a random class (from the ``class_locations`` nnU-Net stores per case),
+the rest at random positions; images smaller than the patch are zero-padded. Calibration uses
+the fold's training cases, parity checks its validation cases, so the two never overlap.
+A cascade stage's patches carry the previous stage's segmentation as one-hot channels after the
+image channels, zeros outside the image, as nnU-Net's training and validation feed it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import NNBridgeError
+from ..core.plans import configuration_of, default_previous_stage_segs
+
+
+def fold_cases(preprocessed_dataset_dir: Path, fold: str) -> tuple[list[str], list[str]]:
+    """(training cases, validation cases) of a fold from nnU-Net's ``splits_final.json``.
+
+    ``fold_all`` trained on every case, so there is no held-out set: validation cases are then
+    the last fifth of the sorted cases (reported as such by the caller).
+    """
+    splits_file = Path(preprocessed_dataset_dir) / "splits_final.json"
+    if not splits_file.is_file():
+        raise NNBridgeError(
+            f"{splits_file}: missing; it is written when nnU-Net trains a fold "
+            "(copy it from the training machine's nnUNet_preprocessed folder)"
+        )
+    splits = json.loads(splits_file.read_text())
+    if fold == "all":
+        cases = sorted({c for split in splits for c in split["train"] + split["val"]})
+        cut = max(1, len(cases) // 5)
+        return cases, cases[-cut:]
+    k = int(fold)
+    if k >= len(splits):
+        raise NNBridgeError(f"{splits_file}: has {len(splits)} folds, fold {k} requested")
+    return list(splits[k]["train"]), list(splits[k]["val"])
+
+
+@dataclass(frozen=True)
+class PreviousStage:
+    """A cascade stage's extra input: the previous stage's segmentations, fed as one one-hot
+    channel per label of ``labels`` after the image channels (nnU-Net's foreground labels)."""
+
+    name: str
+    segs: Path
+    labels: tuple[int, ...]
+
+
+def open_dataset(data_folder: Path, cases: list[str], previous: PreviousStage | None = None) -> Any:
+    """nnU-Net's own dataset reader (blosc2 or numpy) for ``data_folder``; with ``previous``, its
+    ``load_case`` also returns the previous stage's segmentation (as in cascade training)."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class  # noqa: PLC0415
+
+    data_folder = Path(data_folder)
+    if not data_folder.is_dir():
+        raise NNBridgeError(
+            f"{data_folder}: preprocessed data folder missing; run nnUNetv2_preprocess for this "
+            "configuration or set `preprocessed:` of the model in the config"
+        )
+    if previous is not None:
+        check_previous_stage_segs(previous, cases)
+    return infer_dataset_class(str(data_folder))(
+        str(data_folder), cases,
+        folder_with_segs_from_previous_stage=str(previous.segs) if previous is not None else None,
+    )
+
+
+def check_previous_stage_segs(previous: PreviousStage, cases: list[str]) -> None:
+    """Every case has a segmentation from the previous stage, or a one-line error with the fix."""
+    missing = [c for c in cases if not any((previous.segs / f"{c}{ext}").is_file() for ext in (".b2nd", ".npz", ".npy"))]
+    if missing:
+        raise NNBridgeError(
+            f"{previous.segs}: no {previous.name} segmentation of case {missing[0]} ({len(missing)} of "
+            f"{len(cases)} cases missing), which this cascade stage takes as input; nnU-Net writes them "
+            f"there when the {previous.name} folds finish training: train every {previous.name} fold, or "
+            "set `previous_stage_segs:` of the model in the config to the folder that holds them"
+        )
+
+
+def with_previous_stage(data: np.ndarray, seg_prev: Any, previous: PreviousStage, case: str) -> np.ndarray:
+    """The image channels plus the previous stage's segmentation as one-hot channels, as nnU-Net
+    feeds a cascade stage (``convert_labelmap_to_one_hot`` with the foreground labels)."""
+    from nnunetv2.utilities.label_handling.label_handling import (  # noqa: PLC0415
+        convert_labelmap_to_one_hot,
+    )
+
+    seg = np.asarray(seg_prev[:])
+    if seg.shape != data.shape[1:]:
+        raise NNBridgeError(
+            f"{previous.segs}: the {previous.name} segmentation of case {case} has shape {seg.shape}, "
+            f"its preprocessed image {data.shape[1:]}; they come from different preprocessings"
+        )
+    onehot = convert_labelmap_to_one_hot(seg, previous.labels, output_dtype=np.float32)
+    return np.concatenate([data, np.asarray(onehot, dtype=np.float32)])
+
+
+def _crop(data: np.ndarray, start: np.ndarray, patch: tuple[int, ...]) -> np.ndarray:
+    """Crop ``data`` (C, *spatial) at ``start``; regions outside the image are zeros."""
+    out = np.zeros((data.shape[0], *patch), dtype=np.float32)
+    src, dst = [slice(None)], [slice(None)]
+    for s, p, size in zip(start, patch, data.shape[1:]):
+        lo, hi = max(s, 0), min(s + p, size)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = data[tuple(src)]
+    return out
+
+
+def sample_patches(
+    data_folder: Path,
+    cases: list[str],
+    patch_size: tuple[int, ...],
+    n: int,
+    seed: int,
+    foreground_fraction: float = 0.33,
+    previous: PreviousStage | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """``n`` patches (n, C, *patch_size) from ``cases``, cycling through the cases in order (a
+    cascade stage's with the ``previous`` stage's one-hot channels after the image channels)."""
+    if not cases:
+        raise NNBridgeError(f"{data_folder}: no cases to sample patches from")
+    rng = np.random.default_rng(seed)
+    dataset = open_dataset(data_folder, cases, previous)
+    patch = tuple(int(p) for p in patch_size)
+    patches, origins = [], []
+    loaded: dict[str, tuple[np.ndarray, dict]] = {}
+    for i in range(n):
+        case = cases[i % len(cases)]
+        if case not in loaded:
+            data, _seg, seg_prev, props = dataset.load_case(case)
+            data = np.asarray(data[:], dtype=np.float32)
+            if previous is not None:
+                data = with_previous_stage(data, seg_prev, previous, case)
+            loaded[case] = (data, props)
+        data, props = loaded[case]
+        spatial = np.array(data.shape[1:])
+        if len(patch) == 2 and len(spatial) == 3:  # 2d configuration: one slice per patch
+            z = int(rng.integers(spatial[0]))
+            data, spatial = data[:, z], spatial[1:]
+        start = rng.integers(np.minimum(0, spatial - patch), np.maximum(spatial - patch, 0) + 1)
+        locations = {k: v for k, v in (props.get("class_locations") or {}).items() if len(v)}
+        if locations and rng.random() < foreground_fraction:
+            cls = list(locations)[int(rng.integers(len(locations)))]
+            voxel = locations[cls][int(rng.integers(len(locations[cls])))][1:]  # drop channel
+            voxel = np.asarray(voxel)[-len(patch):]
+            start = voxel - np.array(patch) // 2
+        patches.append(_crop(data, start, patch))
+        origins.append(case)
+    return np.stack(patches).astype(np.float32), origins
+
+
+def patch_source(source: dict[str, Any], preprocessed_dataset_dir: Path
+                 ) -> tuple[Path, tuple[int, ...], PreviousStage | None]:
+    """(preprocessed data folder, patch size, previous stage) of a model: nnU-Net's from its
+    plans and configuration, a plain model's from its ``data_identifier`` and ``example_size``.
+
+    The previous stage is set for a cascade stage: its segmentations are the entry's
+    ``previous_stage_segs``, by default where nnU-Net's training reads them from
+    (:func:`nnbridge.plans.default_previous_stage_segs`)."""
+    if source.get("kind", "nnunet") != "nnunet":
+        if not source.get("data_identifier"):
+            raise NNBridgeError(
+                f"model {source.get('name')!r}: `data_identifier:` missing (the folder inside "
+                f"{preprocessed_dataset_dir} that holds the preprocessed cases, e.g. nnUNetPlans_3d_fullres)"
+            )
+        return Path(preprocessed_dataset_dir) / source["data_identifier"], tuple(source["example_size"]), None
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: PLC0415
+
+    model_folder = Path(source["folder"])
+    _trainer, _plans, configuration = configuration_of(model_folder)
+    plans_manager = PlansManager(json.loads((model_folder / "plans.json").read_text()))
+    cm = plans_manager.get_configuration(configuration)
+    previous = None
+    if cm.previous_stage_name is not None:
+        labels = plans_manager.get_label_manager(json.loads((model_folder / "dataset.json").read_text())).foreground_labels
+        segs = source.get("previous_stage_segs") or default_previous_stage_segs(model_folder, cm.previous_stage_name)
+        previous = PreviousStage(cm.previous_stage_name, Path(segs), tuple(int(label) for label in labels))
+    return Path(preprocessed_dataset_dir) / cm.data_identifier, tuple(int(p) for p in cm.patch_size), previous
+
+
+def write_patch_sets(
+    source: dict[str, Any],
+    preprocessed_dataset_dir: Path,
+    fold: str,
+    calibration_out: Path,
+    heldout_out: Path,
+    *,
+    n_calibration: int,
+    n_heldout: int,
+    seed: int,
+    foreground_fraction: float,
+) -> dict[str, Any]:
+    """Calibration patches from the fold's training cases, held-out ones from its validation
+    cases (``source`` as :func:`nnbridge.models.load_model` takes it)."""
+    data_folder, patch_size, previous = patch_source(source, preprocessed_dataset_dir)
+    train_cases, val_cases = fold_cases(Path(preprocessed_dataset_dir), fold)
+    summary: dict[str, Any] = {"patch_size": list(patch_size), "data_folder": str(data_folder),
+                               "fold": fold}
+    if previous is not None:
+        summary["previous_stage"] = {"name": previous.name, "segs": str(previous.segs),
+                                     "onehot_labels": list(previous.labels)}
+    for name, out, cases, n, s in (
+        ("calibration", calibration_out, train_cases, n_calibration, seed),
+        ("heldout", heldout_out, val_cases, n_heldout, seed + 1),
+    ):
+        patches, origins = sample_patches(data_folder, cases, patch_size, n, s, foreground_fraction, previous)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out, patches=patches, cases=np.array(origins))
+        summary[name] = {"n": int(n), "cases": sorted(set(origins)), "seed": s}
+    overlap = set(summary["calibration"]["cases"]) & set(summary["heldout"]["cases"])
+    if overlap and fold != "all":
+        raise NNBridgeError(f"calibration and held-out patches share cases {sorted(overlap)}")
+    return summary
+
+
+def read_patch_file(path: Path, channels: int, spatial: tuple[int, ...]) -> np.ndarray:
+    """User-given patches (``.npy``, or ``.npz`` with a ``patches`` array): (N, C, *spatial)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NNBridgeError(f"{path}: patch file not found; fix `patches:` of the model in the config")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as archive:
+                array = archive["patches"] if "patches" in archive else archive[archive.files[0]]
+        else:
+            array = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy's errors vary by corruption
+        raise NNBridgeError(f"{path}: not a readable .npy/.npz array ({exc})") from exc
+    want = (channels, *spatial)
+    if array.ndim != len(want) + 1 or tuple(array.shape[1:2]) != (channels,):
+        raise NNBridgeError(f"{path}: patches of shape {array.shape}; expected (N, {', '.join(map(str, want))})")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def copy_patch_sets(calibration_in: Path, heldout_in: Path, calibration_out: Path, heldout_out: Path,
+                    *, channels: int, spatial: tuple[int, ...], n_calibration: int,
+                    n_heldout: int) -> dict[str, Any]:
+    """Patches the user supplies as arrays (models without nnU-Net preprocessed data)."""
+    summary: dict[str, Any] = {"patch_size": list(spatial), "data_folder": None, "fold": None}
+    for name, src, out, n in (("calibration", calibration_in, calibration_out, n_calibration),
+                              ("heldout", heldout_in, heldout_out, n_heldout)):
+        patches = read_patch_file(Path(src), channels, spatial)[:n]
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out, patches=patches, cases=np.array([Path(src).name] * len(patches)))
+        summary[name] = {"n": int(len(patches)), "cases": [str(src)], "seed": None}
+    return summary
+
+
+def load_patches(path: Path) -> np.ndarray:
+    """Patches written by :func:`write_patch_sets`."""
+    with np.load(path) as archive:
+        return archive["patches"]

@@ -1,0 +1,98 @@
+"""Quantized variants of exported ONNX models: INT8 static/dynamic and fp16 with onnxruntime,
+INT8 by NNCF's post-training quantization (OpenVINO's quantizer, ONNX backend: still a QDQ file),
+and bf16 (the fp32 graph, marked to run on OpenVINO in bf16 on CPUs that have it).
+
+Static INT8 is calibrated on real patches of the fold's training cases. When a static variant
+asks for it (``accuracy_aware``), the blocks whose fp32 version helps the label maps most
+(measured by keeping one block at a time in fp32) are kept in fp32, round by round, until the
+label maps agree with the fp32 model's on the calibration patches or the step budget is spent
+(the validate stage then gates the result on held-out patches it never saw). Every INT8 variant gets an INT8 coverage
+record (:mod:`nnbridge.coverage`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import NNBridgeError
+from .accuracy import accuracy_aware_int8
+from .bf16 import make_bf16
+from .common import _choice
+from .coverage import int8_coverage, openvino_int8_coverage
+from .dynamic import quantize_dynamic_int8
+from .fp16 import convert_fp16
+from .nncf_ptq import NNCF_KEYS, quantize_nncf_int8
+from .static import STATIC_DEFAULTS, _quantize_static, quantize_static_int8
+
+__all__ = ["METHODS", "quantize_variant", "quantize_static_int8", "quantize_dynamic_int8", "convert_fp16",
+           "make_bf16", "quantize_nncf_int8", "accuracy_aware_int8"]
+
+
+METHODS = ("static", "dynamic", "fp16", "nncf", "bf16")
+
+
+def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
+                     *, threads: int = 1, backends: tuple[str, ...] | list[str] = ("onnxruntime",)) -> dict[str, Any]:
+    """Build one configured variant (the config's ``quantize.<name>`` entry) and its INT8 coverage.
+
+    ``settings["method"]``: ``static`` (calibrated INT8; with ``accuracy_aware`` the layer
+    exclusion loop), ``dynamic`` (INT8 weights, run-time activation ranges), ``fp16``, or
+    ``nncf`` (calibrated INT8 by NNCF, :func:`quantize_nncf_int8`), or ``bf16`` (the fp32 graph,
+    run by OpenVINO in bf16, :func:`make_bf16`).
+    INT8 coverage is recorded for ONNX Runtime (``coverage``) and, when ``backends`` names it,
+    OpenVINO (``coverage_openvino``).
+    """
+
+    method = settings.get("method", "static")
+    _choice("quantize method", method, METHODS)
+    excluded = settings.get("nodes_to_exclude") or []
+    if settings.get("accuracy_aware") and method != "static":
+        raise NNBridgeError(f"accuracy_aware works with method 'static' only, not {method!r}; "
+                            "remove it from this quantize entry")
+    if method == "nncf":
+        misplaced = [k for k, v in STATIC_DEFAULTS.items() if settings.get(k, v) != v]
+        where, hint = "with methods other than 'nncf'", " (nncf's preset chooses the activations' symmetry)"
+    elif method == "bf16":
+        misplaced = ([k for k, v in STATIC_DEFAULTS.items() if settings.get(k, v) != v]
+                     + [key for key in NNCF_KEYS if key in settings])
+        where, hint = "with the INT8 methods only", " (bf16 has no settings)"
+    else:
+        misplaced = [key for key in NNCF_KEYS if key in settings]
+        where, hint = "with method 'nncf' only", ""
+    if misplaced:
+        raise NNBridgeError(f"{', '.join(misplaced)} work(s) {where}, not {method!r}; remove them "
+                            f"from this quantize entry{hint}")
+    if method == "fp16":
+        return convert_fp16(src, dst, nodes_to_exclude=excluded)
+    if method == "bf16":
+        if excluded:
+            raise NNBridgeError("nodes_to_exclude does not work with method 'bf16' (OpenVINO chooses per layer "
+                                "what runs in bf16); remove it from this quantize entry")
+        if "openvino" not in backends:
+            raise NNBridgeError("method 'bf16' runs on OpenVINO; add openvino to the config's backends")
+        return make_bf16(src, dst, tuple(calibration[:1].shape) if len(calibration) else None)
+    if method == "dynamic":
+        record = quantize_dynamic_int8(src, dst, per_channel=settings.get("per_channel", True),
+                                       nodes_to_exclude=excluded)
+    elif method == "nncf":
+        record = quantize_nncf_int8(
+            src, dst, calibration, preset=settings.get("preset", "performance"),
+            subset_size=settings.get("subset_size"),
+            fast_bias_correction=settings.get("fast_bias_correction", True),
+            model_type=settings.get("model_type"), nodes_to_exclude=list(excluded),
+            ignored_types=settings.get("ignored_types"), accuracy_control=settings.get("accuracy_control"),
+            threads=threads)
+    elif settings.get("accuracy_aware"):
+        record = accuracy_aware_int8(src, dst, calibration, settings, threads=threads,
+                                     backends=tuple(backends))
+    else:
+        record = _quantize_static(src, dst, calibration, settings, list(excluded))
+    if len(calibration):
+        shape = tuple(calibration[:1].shape)
+        record["coverage"] = int8_coverage(Path(dst), Path(src), shape)
+        if "openvino" in backends:
+            record["coverage_openvino"] = openvino_int8_coverage(Path(dst), Path(src), shape)
+    return record

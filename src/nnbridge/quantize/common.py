@@ -1,0 +1,63 @@
+"""What every quantization method shares: the calibration reader, metadata carried over, the
+artifact record, one-line refusals of settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..core.errors import NNBridgeError
+from ..core.onnxgraph import op_histogram
+from ..core.runlog import sha256_file
+
+
+class PatchReader:
+    """``onnxruntime.quantization.CalibrationDataReader`` over an array of patches (batch 1)."""
+
+    def __init__(self, input_name: str, patches: np.ndarray) -> None:
+        self.input_name = input_name
+        self.patches = patches.astype(np.float32)
+        self.index = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.index >= len(self.patches):
+            return None
+        item = {self.input_name: self.patches[self.index : self.index + 1]}
+        self.index += 1
+        return item
+
+    def rewind(self) -> None:
+        self.index = 0
+
+
+def _copy_metadata(src: Path, dst: Path) -> None:
+    """The quantizers drop model metadata: carry the provenance of ``src`` over to ``dst``."""
+    original = onnx.load(str(src), load_external_data=False)
+    converted = onnx.load(str(dst))
+    del converted.metadata_props[:]
+    converted.metadata_props.extend(original.metadata_props)
+    onnx.save(converted, str(dst))
+
+
+def _file_record(dst: Path) -> dict[str, Any]:
+    return {"ops": op_histogram(dst), "path": str(dst), "sha256": sha256_file(dst),
+            "size_bytes": dst.stat().st_size}
+
+
+def _choice(what: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    """Refuse a setting outside ``allowed`` in one line that names the choices."""
+    if value not in allowed:
+        raise NNBridgeError(f"{what} {value!r} unknown; use one of {allowed}")
+
+
+def _paths(src: Path, dst: Path, calibration: np.ndarray | None = None) -> tuple[Path, Path]:
+    """``src`` and ``dst`` as paths, ``dst``'s folder made; a calibrated method refuses an empty
+    ``calibration``."""
+    if calibration is not None and len(calibration) == 0:
+        raise NNBridgeError("no calibration patches; raise quantize n_calibration_patches")
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return src, dst

@@ -1,0 +1,153 @@
+"""INT8 by NNCF's post-training quantization (OpenVINO's quantizer, ONNX backend: a QDQ file), with
+optional Dice-driven accuracy control."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..core.errors import NNBridgeError
+from ..core.metadata import output_labels
+from ..core.onnxgraph import COMPUTE_OPS, module_name
+from ..runtime import ONNX_BACKENDS, run_variant
+from ..runtime.ort import run_onnx
+from ..validate.metrics import compare_logits
+from .common import _choice, _copy_metadata, _file_record, _paths
+
+
+NNCF_PRESETS = ("performance", "mixed")
+
+
+NNCF_MODEL_TYPES = (None, "transformer")
+
+
+NNCF_KEYS = ("preset", "subset_size", "fast_bias_correction", "model_type", "ignored_types",
+             "accuracy_control")
+
+
+def _import_nncf():
+    """NNCF, imported only by the variants that use it (it imports torch when torch is there)."""
+    try:
+        import nncf  # noqa: PLC0415
+    except ImportError as exc:
+        raise NNBridgeError("quantize method 'nncf' needs NNCF: pip install 'nnbridge[openvino]' "
+                            f"(or nncf; import failed: {exc})") from exc
+    return nncf
+
+
+def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset: str = "performance",
+                       subset_size: int | None = None, fast_bias_correction: bool = True,
+                       model_type: str | None = None, nodes_to_exclude: list[str] | None = None,
+                       ignored_types: list[str] | None = None,
+                       accuracy_control: dict[str, Any] | None = None, threads: int = 1) -> dict[str, Any]:
+    """INT8 of ``src`` by NNCF's post-training quantization (``nncf.quantize``, ONNX backend),
+    calibrated on the same patches as the static variants; ``dst`` is a QDQ ONNX file.
+
+    NNCF places quantizers as OpenVINO runs INT8: on the inputs of convolutions (and of the ops
+    its hardware config lists), not on their outputs, so OpenVINO runs the convolutions in INT8
+    while ONNX Runtime, which fuses only DequantizeLinear → Conv → QuantizeLinear, runs them in
+    fp32 between the conversions (the coverage record shows both). ``preset``: ``performance``
+    (symmetric activations) or ``mixed`` (asymmetric activations); ``subset_size``: patches used
+    for the statistics (default all); ``fast_bias_correction``: NNCF's fast bias correction, or
+    the slower full one; ``model_type``: ``transformer`` adds NNCF's transformer patterns;
+    ``nodes_to_exclude`` (ONNX node names) and ``ignored_types`` (operator types, e.g.
+    ``Concat``) form NNCF's ignored scope (a name or type not in the graph is an error).
+
+    ``accuracy_control`` (``max_drop``, ``patches``, ``runtime``, ``max_iterations``): NNCF's
+    ``quantize_with_accuracy_control``, whose metric here is the worst per-class Dice of the label
+    maps against the fp32 model's on the first ``patches`` calibration patches, run on ``runtime``
+    (OpenVINO by default: where NNCF's INT8 runs): NNCF ranks the quantized operations and puts
+    the costliest back in fp32 until the Dice drop is at most ``max_drop``.
+    """
+    nncf = _import_nncf()
+    _choice("nncf preset", preset, NNCF_PRESETS)
+    _choice("nncf model_type", model_type, NNCF_MODEL_TYPES)
+    src, dst = _paths(src, dst, calibration)
+    model = onnx.load(str(src))
+    input_name = model.graph.input[0].name
+    patches = calibration.astype(np.float32)
+    subset = min(int(subset_size or len(patches)), len(patches))
+    names, types = list(nodes_to_exclude or []), list(ignored_types or [])
+    options = {"preset": nncf.QuantizationPreset(preset), "subset_size": subset,
+               "fast_bias_correction": fast_bias_correction,
+               "model_type": nncf.ModelType(model_type) if model_type else None,
+               "ignored_scope": nncf.IgnoredScope(names=names, types=types) if names or types else None}
+    dataset = nncf.Dataset(list(patches), lambda patch: {input_name: patch[None]})
+    control = _DiceControl(src, patches, accuracy_control, threads) if accuracy_control else None
+    started = time.perf_counter()
+    try:
+        if control is None:
+            quantized = nncf.quantize(model, dataset, **options)
+        else:
+            quantized = nncf.quantize_with_accuracy_control(
+                model, dataset, nncf.Dataset(list(range(len(control.check)))), control.metric,
+                max_drop=control.max_drop, **options,
+                advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
+                    max_num_iterations=control.max_iterations))
+    except nncf.ValidationError as exc:  # e.g. an ignored name or type the graph does not have
+        raise NNBridgeError(f"nncf quantization of {src} refused: {exc}") from exc
+    onnx.save(quantized, str(dst))
+    _copy_metadata(src, dst)
+    record = {"method": "nncf", "backend": "onnx", "nncf_version": nncf.__version__, "preset": preset,
+              "fast_bias_correction": fast_bias_correction, "model_type": model_type,
+              "nodes_to_exclude": names, "ignored_types": types, "subset_size": subset,
+              "n_calibration_patches": int(len(patches)),
+              "seconds": round(time.perf_counter() - started, 3), **_file_record(dst)}
+    if control is not None:
+        record["accuracy_control"] = control.summary(dst)
+    return record
+
+
+class _DiceControl:
+    """The metric of NNCF's accuracy control: worst per-class Dice of a candidate's label maps
+    against the fp32 model's (ONNX Runtime) on the first ``patches`` calibration patches, with the
+    candidate run on ``runtime``."""
+
+    def __init__(self, src: Path, calibration: np.ndarray, settings: dict[str, Any], threads: int) -> None:
+
+        self.max_drop = float(settings.get("max_drop", 0.005))
+        self.max_iterations = int(settings.get("max_iterations", 5))
+        self.runtime = settings.get("runtime", "openvino")
+        _choice("nncf accuracy_control runtime", self.runtime, ONNX_BACKENDS)
+        self.check = calibration[: int(settings.get("patches", 8))]
+        self.labels, self.region_based = output_labels(src)
+        self.reference = run_onnx(src, self.check, threads)
+        self.threads = threads
+        self.evaluations = 0
+
+    def compare(self, path: Path, items: list[int]) -> dict[str, Any]:
+
+        logits = run_variant("onnx", path, self.check[items], self.threads, self.runtime)
+        return compare_logits(self.reference[items], logits, self.labels, self.region_based)
+
+    def metric(self, model: onnx.ModelProto, items) -> tuple[float, None]:
+        """``validation_fn`` of ``nncf.quantize_with_accuracy_control`` (items: patch indices)."""
+        self.evaluations += 1
+        with tempfile.TemporaryDirectory(prefix="nnbridge-nncf-") as tmp:
+            path = Path(tmp) / "candidate.onnx"
+            onnx.save(model, str(path))
+            return self.compare(path, list(items))["min_dice"], None
+
+    def summary(self, quantized: Path) -> dict[str, Any]:
+        """What the control did: the Dice of the file written and its compute nodes left in fp32."""
+
+        metrics = self.compare(quantized, list(range(len(self.check))))
+        graph = onnx.load(str(quantized), load_external_data=False).graph
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        # a quantized compute node takes dequantized weights (its input may come through a Concat)
+        fp32 = [module_name(n.name, n.input[1]) for n in graph.node
+                if n.op_type in COMPUTE_OPS and len(n.input) > 1 and n.input[1] not in dequantized]
+        target = 1.0 - self.max_drop
+        passed = metrics["min_dice"] >= target
+        return {"max_drop": self.max_drop, "patches": int(len(self.check)), "runtime": self.runtime,
+                "max_iterations": self.max_iterations, "evaluations": self.evaluations,
+                "reference": "fp32 ONNX (ONNX Runtime) on the calibration patches",
+                "dice": metrics["dice"], "min_dice": metrics["min_dice"], "fp32_modules": fp32,
+                "passed": passed,
+                "verdict": (f"Dice {metrics['min_dice']:.4f} {'>=' if passed else '<'} {target:g} on "
+                            f"{self.runtime} with {len(fp32)} compute node(s) in fp32")}

@@ -1,0 +1,1 @@
+"""One report across all models and folds, from the records the stages wrote."""

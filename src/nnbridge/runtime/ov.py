@@ -1,0 +1,101 @@
+"""OpenVINO on the CPU: compiled models kept exact (fp32) unless a file asks for bf16, and whether
+this CPU runs bf16 natively.
+
+Imports openvino (an optional extra) only when it is used."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import NNBridgeError
+from ..core.metadata import META_PREFIX, PRECISION_KEY
+
+
+PRECISIONS = ("f32", "bf16")
+
+
+NO_BF16_ENV = "NNBRIDGE_NO_BF16"  # set to 1: treat this CPU as one without native bf16
+
+
+class PrecisionUnavailable(NNBridgeError):
+    """The file asks for an inference precision this CPU does not run natively."""
+
+
+def bf16_unavailable() -> str | None:
+    """Why OpenVINO cannot run bf16 natively here (None when it can): the CPU plugin lists BF16
+    among its optimization capabilities only on CPUs with AVX512_BF16 or AMX; elsewhere bf16 would
+    be emulated, slower than fp32. ``NNBRIDGE_NO_BF16=1`` treats any CPU as one without it."""
+    if os.environ.get(NO_BF16_ENV, "") not in ("", "0"):
+        return f"bf16 turned off on this machine ({NO_BF16_ENV}={os.environ[NO_BF16_ENV]})"
+    import openvino as ov  # noqa: PLC0415
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" not in capabilities:
+        return ("this CPU has no native bf16 (AVX512_BF16 or AMX): OpenVINO lists only "
+                f"{', '.join(capabilities)}")
+    return None
+
+
+def precision_unavailable(precision: str | None) -> str | None:
+    """Why this machine cannot run ``precision`` natively (bf16 without native bf16), or None."""
+    return bf16_unavailable() if precision == "bf16" else None
+
+
+def file_precision(model: Any) -> str:
+    """The inference precision an OpenVINO model read from an nnbridge ONNX file asks for (its
+    ``nnbridge.inference_precision`` metadata, which OpenVINO keeps under rt_info
+    ``framework``); ``f32`` when it asks for none."""
+    key = ["framework", META_PREFIX + PRECISION_KEY]
+    precision = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else "f32"
+    if precision not in PRECISIONS:
+        raise NNBridgeError(f"inference precision {precision!r} in the file's metadata is not one of {PRECISIONS}; "
+                            "re-export the variant with this nnbridge version")
+    return precision
+
+
+def openvino_model(path: Path, threads: int = 0, *, perf_count: bool = False, precision: str | None = None,
+                   fallback: bool = False):
+    """An OpenVINO CPU model compiled from the ONNX file, in latency mode with ``threads``. Kept
+    exact — fp32 inference precision, which OpenVINO would otherwise lower to bf16 on CPUs that
+    have it — unless ``precision`` (default: the file's own, :func:`file_precision`) asks for
+    bf16. bf16 on a CPU without native bf16 raises :class:`PrecisionUnavailable`, or with
+    ``fallback`` runs in fp32 (exact, so at least as accurate) and says so on stderr.
+    ``perf_count`` turns on its per-layer performance counters; :func:`compiled_precision` says
+    what the compiled model runs in."""
+    import openvino as ov  # noqa: PLC0415
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    precision = precision or file_precision(model)
+    why = precision_unavailable(precision)
+    if why and not fallback:
+        raise PrecisionUnavailable(f"{path}: a bf16 variant, but {why}")
+    if why:
+        print(f"nnbridge: {Path(path).name} is a bf16 variant, but {why}; running it in fp32 (exact)",
+              file=sys.stderr)
+        precision = "f32"
+    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if perf_count:
+        config["PERF_COUNT"] = True
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core.compile_model(model, "CPU", config)
+
+
+def compiled_precision(compiled: Any) -> str:
+    """The inference precision an OpenVINO compiled model really runs its floating-point layers
+    in, as OpenVINO reports it: ``bf16`` or ``f32``."""
+    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return "bf16" if "bf16" in hint or "bfloat16" in hint else "f32"
+
+
+def run_openvino(path: Path, patches: np.ndarray, threads: int = 0) -> np.ndarray:
+    """Logits of an ONNX model run by OpenVINO for each patch (batch 1 at a time)."""
+    request = openvino_model(path, threads).create_infer_request()
+    outs = [np.array(request.infer({0: patches[i : i + 1].astype(np.float32)})[0]) for i in range(len(patches))]
+    return np.concatenate(outs).astype(np.float32)

@@ -1,0 +1,230 @@
+"""Whole-case parity: nnU-Net's own predictor (torch, CPU) against ``nnbridge predict`` on the
+validation cases of a fold, stage by stage.
+
+Both sides run the same stages on the same files: read, preprocess, sliding window with
+mirroring (the fold's network), resample back and write. The reference calls nnunetv2's own
+functions in the order ``nnUNetv2_predict`` does, so every intermediate can be compared:
+preprocessed input, aggregated logits, final labels. Every number in the report's case-parity
+section comes from here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import NNBridgeError
+from ..models.nnunet import find_trainer_class
+from ..patches.sampling import fold_cases
+from ..predict.bundle import Bundle
+from ..predict.io import reader_writer
+from ..predict.predictor import Predictor
+from ..runtime.ov import precision_unavailable
+from .metrics import dice_per_class as dice
+
+DEFAULT_GATE = {"min_voxel_agreement": 0.9999, "min_dice": 0.999}
+PREPROCESS_ATOL = 1e-4
+
+
+def validation_cases(preprocessed_dir: Path, fold: str, raw_dir: Path, file_ending: str, channels: int,
+                     max_cases: int = 0) -> dict[str, dict[str, Any]]:
+    """Case → {images, label} of a fold's validation split (nnU-Net's ``splits_final.json`` in
+    ``preprocessed_dir``), from nnU-Net's raw dataset folder."""
+
+    if fold == "all":
+        raise NNBridgeError("fold 'all' has no validation cases; whole-case parity needs a numbered fold")
+    names = fold_cases(Path(preprocessed_dir), fold)[1]
+    if max_cases:
+        names = names[:max_cases]
+    cases = {}
+    for name in names:
+        images = [Path(raw_dir) / "imagesTr" / f"{name}_{c:04d}{file_ending}" for c in range(channels)]
+        label = Path(raw_dir) / "labelsTr" / f"{name}{file_ending}"
+        for path in [*images, label]:
+            if not path.is_file():
+                raise NNBridgeError(f"{path}: missing; `raw:` must be the dataset's nnUNet_raw folder")
+        cases[name] = {"images": images, "label": label}
+    return cases
+
+
+def dice_per_class(a: np.ndarray, b: np.ndarray, classes: Sequence[int]) -> dict[str, float]:
+    """Dice of each class between two label maps (1.0 when both lack the class), keyed for JSON."""
+
+    return {str(c): round(v, 6) for c, v in dice(a, b, list(classes)).items()}
+
+
+class NNUNetReference:
+    """nnU-Net's predictor for one fold, run stage by stage on CPU."""
+
+    def __init__(self, model_folder: Path, fold: str, checkpoint: str, *, step: float, mirroring: bool,
+                 threads: int):
+        import torch  # noqa: PLC0415
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: PLC0415
+
+
+        find_trainer_class(Path(model_folder).name.split("__")[0])  # also makes nnbridge's trainers findable
+        torch.set_num_threads(max(1, threads))
+        self.torch = torch
+        self.predictor = nnUNetPredictor(
+            tile_step_size=step, use_gaussian=True, use_mirroring=mirroring,
+            perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+            verbose_preprocessing=False, allow_tqdm=False,
+        )
+        self.predictor.initialize_from_trained_model_folder(
+            str(model_folder), use_folds=(fold if fold == "all" else int(fold),), checkpoint_name=checkpoint
+        )
+
+    def predict_case(self, files: Sequence[Path], out_file: Path) -> dict[str, Any]:
+        from nnunetv2.inference.export_prediction import (  # noqa: PLC0415
+            convert_predicted_logits_to_segmentation_with_correct_shape,
+        )
+
+        p = self.predictor
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        rw = p.plans_manager.image_reader_writer_class()
+        data, properties = rw.read_images([str(f) for f in files])
+        timings["read"] = time.perf_counter() - t
+        t = time.perf_counter()
+        preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
+        data, _, properties = preprocessor.run_case_npy(data, None, properties, p.plans_manager,
+                                                        p.configuration_manager, p.dataset_json)
+        timings["preprocess"] = time.perf_counter() - t
+        t = time.perf_counter()
+        logits = p.predict_logits_from_preprocessed_data(self.torch.from_numpy(data)).cpu()
+        timings["inference"] = time.perf_counter() - t
+        t = time.perf_counter()
+        seg, probs = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, p.plans_manager, p.configuration_manager, p.label_manager, properties,
+            return_probabilities=True,
+        )
+        timings["resample_back"] = time.perf_counter() - t
+        t = time.perf_counter()
+        rw.write_seg(seg, str(out_file), properties)
+        timings["write"] = time.perf_counter() - t
+        return {"preprocessed": data, "logits": logits.float().numpy(), "segmentation": np.asarray(seg),
+                "probabilities": np.asarray(probs, dtype=np.float32), "timings_s": timings}
+
+
+def compare_case(ref: dict[str, Any], ours: dict[str, Any], truth: np.ndarray | None, classes: Sequence[int],
+                 gate: dict[str, float]) -> dict[str, Any]:
+    """Stage-by-stage agreement of one case, and the first stage that diverges."""
+    rec: dict[str, Any] = {}
+    same_pre_shape = ref["preprocessed"].shape == ours["preprocessed"].shape
+    rec["preprocessed_max_abs_diff"] = (
+        float(np.abs(ref["preprocessed"] - ours["preprocessed"]).max()) if same_pre_shape else None
+    )
+    same_logit_shape = ref["logits"].shape == ours["logits"].shape
+    if same_logit_shape:
+        rl, ol = ref["logits"].astype(np.float32), ours["logits"].astype(np.float32)
+        rec["logits_max_abs_diff"] = float(np.abs(rl - ol).max())
+        rec["logits_argmax_agreement"] = float((rl.argmax(0) == ol.argmax(0)).mean())
+    else:
+        rec["logits_max_abs_diff"] = rec["logits_argmax_agreement"] = None
+    rseg, oseg = ref["segmentation"], ours["segmentation"]
+    if rseg.shape != oseg.shape:
+        raise NNBridgeError(f"segmentation shapes differ: nnU-Net {rseg.shape}, nnbridge {oseg.shape}")
+    rec["voxel_agreement"] = float((rseg == oseg).mean())
+    rec["dice_vs_nnunet"] = dice_per_class(rseg, oseg, classes)
+    rec["min_dice_vs_nnunet"] = min(rec["dice_vs_nnunet"].values()) if classes else 1.0
+    if ref.get("probabilities") is not None and ours.get("probabilities") is not None:
+        diff = np.abs(ref["probabilities"] - ours["probabilities"].astype(np.float32))
+        rec["prob_max_abs_diff"], rec["prob_mean_abs_diff"] = float(diff.max()), float(diff.mean())
+    if truth is not None:
+        rec["dice_nnunet_vs_truth"] = dice_per_class(rseg, truth, classes)
+        rec["dice_nnbridge_vs_truth"] = dice_per_class(oseg, truth, classes)
+    if not same_pre_shape or rec["preprocessed_max_abs_diff"] > PREPROCESS_ATOL:
+        rec["diverges_at"] = "preprocessed input"
+    elif not same_logit_shape or rec["logits_argmax_agreement"] < gate["min_voxel_agreement"]:
+        rec["diverges_at"] = "aggregated logits"
+    elif rec["voxel_agreement"] < gate["min_voxel_agreement"] or rec["min_dice_vs_nnunet"] < gate["min_dice"]:
+        rec["diverges_at"] = "final labels"
+    else:
+        rec["diverges_at"] = None
+    rec["passed"] = (rec["voxel_agreement"] >= gate["min_voxel_agreement"]
+                     and rec["min_dice_vs_nnunet"] >= gate["min_dice"])
+    return rec
+
+
+def _sum_timings(records: list[dict[str, float]]) -> dict[str, float]:
+    keys = records[0].keys() if records else []
+    return {k: round(sum(r[k] for r in records), 4) for k in keys}
+
+
+def run_case_parity(
+    *,
+    model_folder: Path,
+    fold: str,
+    checkpoint: str,
+    bundle_dir: Path,
+    cases: dict[str, dict[str, Any]],
+    variants: dict[str, dict[str, Any]],
+    out_dir: Path,
+    step: float = 0.5,
+    mirroring: bool = True,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Predict ``cases`` with nnU-Net and with each bundle variant (name → {"backend", "gate"});
+    per-case agreement, stage timings, gates and the end-to-end speed ratio."""
+
+    out_dir = Path(out_dir)
+    bundle = Bundle.load(bundle_dir)
+    reference = NNUNetReference(model_folder, fold, checkpoint, step=step, mirroring=mirroring, threads=threads)
+    labels = reference.predictor.label_manager
+    classes = [int(c) for c in (labels.regions_class_order if labels.has_regions else labels.foreground_labels)]
+    ending = bundle.dataset_json["file_ending"]
+    (out_dir / "nnunet").mkdir(parents=True, exist_ok=True)
+    ref_results = {}
+    for case, files in cases.items():
+        ref_results[case] = reference.predict_case(files["images"], out_dir / "nnunet" / f"{case}{ending}")
+    rw = reader_writer(bundle.plans.get("image_reader_writer", "SimpleITKIO"))
+    truths = {case: rw.read_seg(str(files["label"]))[0][0] if files.get("label") else None
+              for case, files in cases.items()}
+    result: dict[str, Any] = {
+        "fold": fold, "step": step, "mirroring": mirroring, "threads": threads, "cases": list(cases),
+        "classes": classes,
+        "nnunet": {"timings_s": _sum_timings([r["timings_s"] for r in ref_results.values()])},
+        "variants": {},
+    }
+    result["nnunet"]["total_s"] = round(sum(result["nnunet"]["timings_s"].values()), 4)
+    for name, spec in variants.items():
+        gate = {**DEFAULT_GATE, **(spec.get("gate") or {})}
+        why = precision_unavailable(bundle.variant(name)[1].get("inference_precision"))
+        if why:  # nnbridge predict would run it in fp32 here: that is not the variant
+            result["variants"][name] = {"backend": "openvino", "gate": gate, "skipped": why, "passed": False}
+            continue
+        predictor = Predictor(bundle, variant=name, folds=[fold], backend=spec.get("backend"), threads=threads,
+                              step=step, mirroring=mirroring, allow_ungated=True)
+        predictor.load()
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+        per_case, timings = {}, []
+        for case, files in cases.items():
+            ours = predictor.predict_case(case, files["images"], save_probabilities=True, keep_intermediates=True)
+            # the segmentation only, like the reference (probabilities are compared in memory)
+            predictor.write_case(replace(ours, probabilities=None), out_dir / name)
+            timings.append(ours.timings_s)
+            mine = {"preprocessed": ours.preprocessed, "logits": ours.logits, "segmentation": ours.segmentation,
+                    "probabilities": ours.probabilities}
+            per_case[case] = compare_case(ref_results[case], mine, truths[case], classes, gate)
+        total = _sum_timings(timings)
+        result["variants"][name] = {
+            "backend": predictor.backend,
+            "inference_precision": predictor.precision,
+            "gate": gate,
+            "cases": per_case,
+            "timings_s": total,
+            "total_s": round(sum(total.values()), 4),
+            "speedup_vs_nnunet": round(result["nnunet"]["total_s"] / max(sum(total.values()), 1e-9), 3),
+            "min_voxel_agreement": min(c["voxel_agreement"] for c in per_case.values()),
+            "min_dice_vs_nnunet": min(c["min_dice_vs_nnunet"] for c in per_case.values()),
+            "passed": all(c["passed"] for c in per_case.values()),
+            "first_divergence": next((f"{k}: {c['diverges_at']}" for k, c in per_case.items() if c["diverges_at"]),
+                                     None),
+        }
+    result["all_passed"] = all(v["passed"] for v in result["variants"].values() if not v.get("skipped"))
+    return result

@@ -1,0 +1,100 @@
+"""Agreement of a variant's logits with a reference: tensor errors, label Dice, gates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+def to_labels(logits: np.ndarray, region_based: bool = False) -> np.ndarray:
+    """Segmentation from logits (N, C, ...): argmax, or per-region sigmoid > 0.5 (logit > 0)."""
+    if region_based:
+        return (logits > 0).astype(np.uint8)
+    return np.argmax(logits, axis=1).astype(np.uint8)
+
+
+def dice_per_class(ref: np.ndarray, test: np.ndarray, classes: list[int],
+                   region_based: bool = False) -> dict[int, float]:
+    """Dice of each foreground class, pooled over all patches; 1.0 when both are empty."""
+    scores: dict[int, float] = {}
+    for c in classes:
+        if region_based:
+            a, b = ref[:, c] > 0, test[:, c] > 0
+        else:
+            a, b = ref == c, test == c
+        denom = int(a.sum()) + int(b.sum())
+        scores[c] = 1.0 if denom == 0 else 2.0 * int(np.logical_and(a, b).sum()) / denom
+    return scores
+
+
+def compare_logits(ref: np.ndarray, test: np.ndarray, label_names: dict[int, str],
+                   region_based: bool = False) -> dict[str, Any]:
+    """Tensor errors and label agreement of ``test`` against the reference logits."""
+    if ref.shape != test.shape:
+        raise ValueError(f"logit shapes differ: reference {ref.shape}, variant {test.shape}")
+    diff = np.abs(ref.astype(np.float64) - test.astype(np.float64))
+    ref_labels, test_labels = to_labels(ref, region_based), to_labels(test, region_based)
+    classes = sorted(c for c in label_names if c != 0) if not region_based else list(range(ref.shape[1]))
+    if region_based:
+        dice = dice_per_class(ref, test, classes, region_based=True)
+    else:
+        dice = dice_per_class(ref_labels, test_labels, classes)
+    named = {label_names.get(c, str(c)): round(v, 6) for c, v in dice.items()}
+    scale = float(np.abs(ref).max())
+    return {
+        "max_abs_err": float(diff.max()),
+        "mean_abs_err": float(diff.mean()),
+        # the error relative to the largest reference logit: fp32 kernels that sum in another
+        # order differ by ~1e-6 of the logits' range, whatever that range is
+        "max_rel_err": float(diff.max()) / scale if scale > 0 else float(diff.max()),
+        "ref_max_abs": scale,
+        "voxel_agreement": float(np.mean(ref_labels == test_labels)),
+        "dice": named,
+        "min_dice": min(named.values()) if named else 1.0,
+    }
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Gate of one variant; ``None`` disables a bound."""
+
+    max_abs_err: float | None = None
+    mean_abs_err: float | None = None
+    min_dice: float | None = None
+    max_rel_err: float | None = None
+
+    @classmethod
+    def from_config(cls, entry: dict[str, Any] | None) -> "Tolerance":
+        entry = entry or {}
+        return cls(entry.get("max_abs_err"), entry.get("mean_abs_err"), entry.get("min_dice"),
+                   entry.get("max_rel_err"))
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"max_abs_err": self.max_abs_err, "mean_abs_err": self.mean_abs_err,
+                "max_rel_err": self.max_rel_err, "min_dice": self.min_dice}
+
+
+def apply_gate(metrics: dict[str, Any], tol: Tolerance) -> list[str]:
+    """Reasons the metrics fail ``tol`` (empty when the variant passes)."""
+    failures = []
+    if tol.max_abs_err is not None and metrics["max_abs_err"] > tol.max_abs_err:
+        failures.append(f"max abs error {metrics['max_abs_err']:.3g} > {tol.max_abs_err:g}")
+    if tol.max_rel_err is not None and metrics["max_rel_err"] > tol.max_rel_err:
+        failures.append(f"max relative error {metrics['max_rel_err']:.3g} > {tol.max_rel_err:g}")
+    if tol.mean_abs_err is not None and metrics["mean_abs_err"] > tol.mean_abs_err:
+        failures.append(f"mean abs error {metrics['mean_abs_err']:.3g} > {tol.mean_abs_err:g}")
+    if tol.min_dice is not None:
+        for name, value in metrics["dice"].items():
+            if value < tol.min_dice:
+                failures.append(f"Dice of {name} {value:.4f} < {tol.min_dice:g}")
+    return failures
+
+
+def validate_variant(ref: np.ndarray, test: np.ndarray, label_names: dict[int, str],
+                     tol: Tolerance, region_based: bool = False) -> dict[str, Any]:
+    """Metrics, gate and verdict of one variant."""
+    metrics = compare_logits(ref, test, label_names, region_based)
+    failures = apply_gate(metrics, tol)
+    return {**metrics, "tolerance": tol.to_dict(), "passed": not failures, "failures": failures}

@@ -1,0 +1,104 @@
+"""The house rules of src/nnbridge: stage subpackages without import cycles, a torch-free
+``nnbridge predict``, and cache keys that follow the code each stage really runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from nnbridge.core.imports import ImportGraph, main as imports_main
+from nnbridge.pipeline.codehash import code_version, stage_files
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "workflow" / "scripts"
+
+
+def test_no_import_cycles_and_no_unexplained_function_imports(capsys):
+    graph = ImportGraph.read(ROOT / "src" / "nnbridge")
+    assert graph.cycles() == []
+    assert graph.unexplained_function_imports() == []
+    assert imports_main(["--check"]) == 0
+    assert "0 import cycle(s)" in capsys.readouterr().out
+
+
+def test_a_planted_cycle_is_found(tmp_path):
+    pkg = tmp_path / "nnbridge"
+    (pkg / "a").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a" / "__init__.py").write_text("")
+    (pkg / "a" / "x.py").write_text("from .y import f\n")
+    (pkg / "a" / "y.py").write_text("def f():\n    from .x import g  # noqa: PLC0415\n")
+    graph = ImportGraph.read(pkg)
+    assert graph.cycles() == [["nnbridge.a.x", "nnbridge.a.y"]]
+    assert [m for m, _, _ in graph.unexplained_function_imports()] == ["nnbridge.a.y"]
+
+
+def test_predict_depends_only_on_core_and_runtime():
+    graph = ImportGraph.read(ROOT / "src" / "nnbridge")
+    predict = [m for m in graph.files if m.startswith("nnbridge.predict")]
+    outside = {m for m in graph.closure(predict)
+               if m != "nnbridge" and not m.startswith(("nnbridge.core", "nnbridge.runtime", "nnbridge.predict"))}
+    assert outside == set()
+
+
+def test_predict_imports_and_runs_without_torch_nnunet_or_snakemake(tmp_path):
+    """The deployed path with torch, nnunetv2 and snakemake made unimportable: the CLI and every
+    predict module import, and `nnbridge predict` gets as far as reading the bundle."""
+    script = textwrap.dedent("""
+        import importlib, pkgutil, sys
+
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "nnunetv2", "snakemake"):
+                    raise ImportError(f"blocked: {name}")
+
+        sys.meta_path.insert(0, Blocker())
+        import nnbridge.predict
+        for info in pkgutil.iter_modules(nnbridge.predict.__path__):
+            importlib.import_module(f"nnbridge.predict.{info.name}")
+        from nnbridge.cli import main
+        sys.exit(main(["predict", "-i", "in", "-o", "out", "-m", "no_bundle"]))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr  # a one-line refusal, not an import error
+    assert "no_bundle: not an nnbridge bundle" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _rel(files: list[Path]) -> set[str]:
+    base = ROOT / "src" / "nnbridge"
+    return {f.relative_to(base).as_posix() for f in files[1:]}
+
+
+def test_stage_code_is_the_import_closure_of_its_script():
+    quantize = _rel(stage_files(SCRIPTS / "quantize.py", ROOT / "src" / "nnbridge"))
+    assert {"quantize/coverage.py", "quantize/accuracy.py", "runtime/ov.py", "core/onnxgraph.py",
+            "validate/metrics.py", "patches/sampling.py", "__init__.py"} <= quantize
+    assert not {f for f in quantize if f.startswith(("export/", "bench/", "report/", "models/"))}
+    report = _rel(stage_files(SCRIPTS / "report.py", ROOT / "src" / "nnbridge"))
+    assert "bench/targets.py" in report and "quantize/__init__.py" not in report
+    # the demo trainer is run by nnU-Net by path, never imported: it still counts for training
+    train = _rel(stage_files(SCRIPTS / "demo_train.py", ROOT / "src" / "nnbridge"))
+    assert "models/nnunet_trainers/nnBridgeDemoTrainer.py" in train
+    assert "demo/dataset.py" in train  # demo/nnunet imports it
+    assert "demo/nnunet.py" not in _rel(stage_files(SCRIPTS / "demo_dataset.py", ROOT / "src" / "nnbridge"))
+
+
+def test_code_version_changes_with_a_deep_dependency_only(tmp_path):
+    import shutil
+
+    src = tmp_path / "nnbridge"
+    shutil.copytree(ROOT / "src" / "nnbridge", src, ignore=shutil.ignore_patterns("__pycache__"))
+    before = {s: code_version(SCRIPTS / f"{s}.py", src) for s in ("quantize", "export_onnx", "benchmark")}
+    with open(src / "core" / "onnxgraph.py", "a") as handle:  # FLOPs: quantize coverage and benchmark
+        handle.write("\n# edited\n")
+    from nnbridge.pipeline import codehash
+
+    codehash._graph.cache_clear()
+    after = {s: code_version(SCRIPTS / f"{s}.py", src) for s in before}
+    assert after["quantize"] != before["quantize"] and after["benchmark"] != before["benchmark"]
+    assert after["export_onnx"] == before["export_onnx"]
