@@ -1,5 +1,5 @@
 # The two commands of the README. Each sets up .venv (idempotent) first.
-.PHONY: demo test venv
+.PHONY: demo test venv bench bench-pipeline
 
 venv:
 	./scripts/setup-venv.sh
@@ -9,3 +9,12 @@ demo: venv
 
 test: venv
 	.venv/bin/python -m pytest -ra
+
+# speed at a realistic nnU-Net size (128^3, random weights): not part of `make demo`
+bench: venv
+	.venv/bin/snakemake --profile profiles/default realistic_benchmark
+
+# the pipeline's own cost on a real-size 5-fold nnU-Net model (made without training; see
+# config/realsize.yaml): results/realsize/report.html names the time of every stage
+bench-pipeline: venv
+	.venv/bin/snakemake --profile profiles/default --configfile config/realsize.yaml

@@ -1,12 +1,18 @@
-"""Shared fixtures: one real, briefly trained nnU-Net fold for the library tests."""
+"""Shared fixtures: one real, briefly trained nnU-Net fold for the library tests, and one run of
+the real pipeline on the demo for the workflow and Slurm tests."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,3 +74,74 @@ def exported(loaded_fold, tmp_path_factory: pytest.TempPathFactory):
     onnx_record = export_onnx(loaded_fold, out / "model.onnx")
     ts_record = export_torchscript(loaded_fold, out / "model.ts")
     return out, onnx_record, ts_record
+
+
+# --------------------------------------------------------------------------------------------
+# the real pipeline on the embedded demo, run once per session (tests/test_workflow.py checks it;
+# tests/test_slurm.py takes its trained model instead of training one again)
+
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+PROJECT_ITEMS = ("Snakefile", "workflow", "config", "profiles", "envs", "src", "constraints.txt")
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's workflow, config and sources in ``dest`` (a run there uses its own src/)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in PROJECT_ITEMS:
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item,
+                                                           **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                              if src.is_dir() else {}))
+    return dest
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(workdir / "src"))
+    proc = subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts from the 'Job stats' table of a dry run."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
+            if m.group(1) != "total"}
+
+
+def set_config(workdir: Path, update) -> None:
+    path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    update(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def shorten(config) -> None:
+    """The shipped demo with fewer benchmark repetitions, no thread/batch sweep, a tiny
+    realistic-size benchmark in the run, one plain PyTorch model (the DataParallel-style U-Net;
+    UNet++ and the sweep are covered by library tests) trained for fewer steps, and the INT8
+    variants that need the pipeline (int8_dynamic and fp16 are covered by library tests): the
+    suite stays within its time budget."""
+    config["benchmark"].update(repeats=5, warmup=1, sweep=[])
+    # the realistic-size stage at a tiny size (tests/test_realistic.py covers it; here: rule + report)
+    config["benchmark"]["realistic"] = {"enabled": True, "patch_size": [32, 32, 32], "features": [8, 16, 32],
+                                        "warmup": 0, "repeats": 1}
+    config["models"] = [m for m in config["models"] if m.get("name") != "demo_unetpp"]
+    config["demo"]["pytorch_steps"] = 60
+    for name in ("int8_dynamic", "fp16"):
+        config["quantize"].pop(name, None)
+        config["validate"]["tolerances"].pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project after one full run of the (shortened) demo pipeline."""
+    work = copy_project(tmp_path_factory.mktemp("pipeline"))
+    set_config(work, shorten)
+    run_snakemake(work)
+    return work

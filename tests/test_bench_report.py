@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
+from nnbridge.bench.artifact import benchmark_artifact
 from nnbridge.bench.fold import benchmark_fold
 from nnbridge.bench.peak import peak_mismatch
 from nnbridge.bench.sweep import MIN_GAIN, ORT_CANDIDATES
@@ -17,26 +19,43 @@ from nnbridge.report.build import build_report
 from nnbridge.core.runlog import write_json
 
 
-def test_benchmark_fold_measures_each_backend(tiny_model, exported):
+def test_benchmark_fold_measures_each_backend(tiny_model, exported, tmp_path):
+    """Each artifact timed once on the reference fold (its own processes, ORT settings searched,
+    the sweep), then a fold's record assembled from them: a fold with the same graphs reuses the
+    numbers, one whose graph differs is timed itself."""
     out, _, _ = exported
-    variants = {"onnx_fp32": {"kind": "onnx", "path": str(out / "model.onnx")},
-                "torchscript": {"kind": "torchscript", "path": str(out / "model.ts")},
-                "missing": {"kind": "onnx", "path": str(out / "nope.onnx")},
-                "onnx_fp32@openvino": {"kind": "onnx", "path": str(out / "model.onnx"), "backend": "openvino"}}
-    record = benchmark_fold(nnunet_source(tiny_model.model_folder, "0", tiny_model.checkpoint), variants,
-                            threads=2, warmup=1, repeats=3, sweep_variants=("onnx_fp32", "nope"),
-                            sweep_batch=2, tune=("onnx_fp32", "torchscript"))
-    results = record["results"]
+    source = nnunet_source(tiny_model.model_folder, "0", tiny_model.checkpoint)
+    fp32 = str(out / "model.onnx")
+    variants = {"onnx_fp32": {"kind": "onnx", "path": fp32, "backend": "onnxruntime"},
+                "torchscript": {"kind": "torchscript", "path": str(out / "model.ts"), "backend": "torchscript"},
+                "onnx_fp32@openvino": {"kind": "onnx", "path": fp32, "backend": "openvino"}}
+    stop = {"min_repeats": 3, "budget_s": 5, "rel_ci": 0.05}
+    timing = dict(threads=2, warmup=1, repeats=3, stop=stop)
+    artifacts = {
+        "torch_eager": benchmark_artifact("torch_eager", source, {}, fp32, **timing),
+        "torchscript": benchmark_artifact("torchscript", source, {"torchscript": variants["torchscript"]}, fp32,
+                                          tune=("torchscript",), **timing),
+        "onnx_fp32": benchmark_artifact("onnx_fp32", source, {k: v for k, v in variants.items() if "fp32" in k},
+                                        fp32, tune=("onnx_fp32",), sweep_keys=("onnx_fp32", "nope"), **timing),
+        "missing": benchmark_artifact("missing", source, {"missing": {"kind": "onnx", "path": str(out / "nope.onnx")}},
+                                      fp32, **timing),
+    }
+    assert "error" in artifacts["missing"]["results"]["missing"]
+    del artifacts["missing"]
     # the ONNX Runtime session search: every candidate timed, the choice used by the timed run;
     # only ONNX Runtime variants are tuned
-    assert list(record["tuning"]) == ["onnx_fp32"]
-    tuning = record["tuning"]["onnx_fp32"]
+    assert artifacts["torchscript"]["tuning"] == {} and list(artifacts["onnx_fp32"]["tuning"]) == ["onnx_fp32"]
+    tuning = artifacts["onnx_fp32"]["tuning"]["onnx_fp32"]
     assert [c["settings"] for c in tuning["candidates"]] == list(ORT_CANDIDATES)
     assert all(c["p50_ms"] > 0 for c in tuning["candidates"]), tuning
-    assert tuning["chosen"] in ORT_CANDIDATES and results["onnx_fp32"]["ort_settings"] == tuning["chosen"]
     best = min(c["p50_ms"] for c in tuning["candidates"])
     default = tuning["candidates"][0]["p50_ms"]
-    assert tuning["chosen"] == {} or best < default * (1 - MIN_GAIN)
+    assert tuning["chosen"] in ORT_CANDIDATES and (tuning["chosen"] == {} or best < default * (1 - MIN_GAIN))
+
+    record = benchmark_fold(source, variants, artifacts, peak=None, **timing)
+    results = record["results"]
+    assert set(record["timed_on"].values()) == {"this fold"}  # the reference fold itself
+    assert results["onnx_fp32"]["ort_settings"] == tuning["chosen"]
     assert results["onnx_fp32@openvino"]["backend"] == "openvino"
     # where the time goes: convolutions dominate a U-Net on both runtimes
     assert results["onnx_fp32"]["op_profile"][0]["op"] == "Conv"
@@ -50,9 +69,12 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported):
     assert set(row["p50_ms_by_threads"]) == {"1", "2"} and all(v > 0 for v in row["p50_ms_by_threads"].values())
     assert row["p50_ms_per_patch_at_batch"] > 0
     for name in ("torch_eager", "onnx_fp32", "torchscript", "onnx_fp32@openvino"):
-        assert results[name]["p50_ms"] > 0, results[name]
-        assert results[name]["p99_ms"] >= results[name]["p90_ms"] >= results[name]["p50_ms"]
-        assert results[name]["peak_rss_mb"] >= results[name]["rss_after_imports_mb"] > 0
+        r = results[name]
+        assert r["p50_ms"] > 0 and r["p99_ms"] >= r["p90_ms"] >= r["p50_ms"], r
+        assert r["peak_rss_mb"] >= r["rss_after_imports_mb"] > 0
+        # timing stops by the rule: between 3 and 3 runs here, and says why
+        assert r["repeats"] == 3 and r["stopped"], r
+        assert r["p50_ci_ms"][0] <= r["p50_ms"] <= r["p50_ci_ms"][1]
     assert results["torch_eager"]["speedup_vs_torch_eager"] == 1.0
     assert results["onnx_fp32"]["file_size_bytes"] > 0
     # throughput: FLOPs of the patch from the graph, the machine's peak measured alongside
@@ -61,7 +83,6 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported):
         r = results[name]
         assert r["gflops_per_s"] == pytest.approx(record["flops_per_patch"] / r["p50_ms"] / 1e6, rel=0.01)
         assert r["pct_of_peak"] > 0  # no upper bound: the peak is measured under the same load
-    assert "error" in results["missing"]
     # GPU backends are listed with the reason they are skipped (this machine has no GPU)
     assert set(record["accelerators"]) == {"onnxruntime CUDA", "onnxruntime TensorRT", "openvino GPU", "torch CUDA"}
     if not list(Path("/dev").glob("nvidia[0-9]*")):
@@ -69,6 +90,21 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported):
     # each child measures its own memory: ONNX Runtime never imports torch, so its peak is
     # far below the torch baseline's (Linux's ru_maxrss would report the parent's peak)
     assert results["onnx_fp32"]["peak_rss_mb"] < 0.7 * results["torch_eager"]["peak_rss_mb"], results
+
+    # another fold: the same graphs take the reference fold's numbers; a graph that differs
+    # (here: the fp32 file with one extra node) is timed for this fold, with the tuned settings
+    other = onnx.load(fp32)
+    last = other.graph.output[0].name
+    other.graph.node.append(onnx.helper.make_node("Identity", [last], [last + "_id"]))
+    other.graph.output[0].name = last + "_id"
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    fold1 = {**variants, "onnx_fp32@openvino": {**variants["onnx_fp32@openvino"], "path": str(tmp_path / "other.onnx")}}
+    record1 = benchmark_fold({**source, "fold": "1"}, fold1, artifacts, peak=None, **timing)
+    assert record1["timed_on"]["onnx_fp32"] == record1["timed_on"]["torch_eager"] == "fold 0 (the same graph)"
+    assert record1["timed_on"]["onnx_fp32@openvino"] == "this fold (its graph differs from fold 0's)"
+    assert record1["results"]["onnx_fp32"]["p50_ms"] == results["onnx_fp32"]["p50_ms"]
+    assert record1["results"]["onnx_fp32@openvino"]["p50_ms"] != results["onnx_fp32@openvino"]["p50_ms"]
+    assert record1["results"]["onnx_fp32@openvino"]["speedup_vs_torch_eager"] > 0
 
 
 def _records(tmp_path: Path) -> list[dict]:

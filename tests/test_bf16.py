@@ -21,7 +21,7 @@ from nnbridge.models.nnunet import nnunet_source
 from nnbridge.core.metadata import read_metadata
 from nnbridge.runtime.ov import NO_BF16_ENV, PrecisionUnavailable, bf16_unavailable, compiled_precision, openvino_model, run_openvino
 from nnbridge.validate.metrics import compare_logits
-from nnbridge.validate.parity import validate_fold
+from nnbridge.validate.parity import validate_source
 from nnbridge.quantize import quantize_variant
 from nnbridge.pipeline.plan import FoldKey, artifact_paths, bundle_plan, fold_variants
 
@@ -106,7 +106,7 @@ def test_validate_and_benchmark_skip_it_without_native_bf16(tiny_model, exported
     source = nnunet_source(tiny_model.model_folder, "0", tiny_model.checkpoint)
     specs = {name: {"backend": "openvino", "path": v["path"], "profile": False} for name, v in variants.items()}
     monkeypatch.setenv(NO_BF16_ENV, "1")
-    parity = validate_fold(source, patch_sets[2], variants, {}, threads=1)["variants"]
+    parity = validate_source(source, patch_sets[2], variants, {}, threads=1)["variants"]
     assert parity["onnx_fp32@openvino"]["passed"] and "skipped" not in parity["onnx_fp32@openvino"]
     skipped = parity["bf16@openvino"]
     assert skipped["passed"] is False and "bf16 turned off" in skipped["skipped"]
@@ -123,7 +123,7 @@ def test_validate_and_benchmark_run_it_in_bf16(tiny_model, exported, patch_sets,
     path, _ = bf16_file
     source = nnunet_source(tiny_model.model_folder, "0", tiny_model.checkpoint)
     variant = {"bf16@openvino": {"kind": "onnx", "path": str(path), "backend": "openvino"}}
-    result = validate_fold(source, patch_sets[2], variant, {"bf16@openvino": {"max_rel_err": 0.05}})["variants"]
+    result = validate_source(source, patch_sets[2], variant, {"bf16@openvino": {"max_rel_err": 0.05}})["variants"]
     assert "skipped" not in result["bf16@openvino"] and 0 < result["bf16@openvino"]["max_rel_err"] < 0.05
     spec = {"backend": "openvino", "path": str(path)}
     timed = benchmark_variants({"bf16@openvino": spec}, (1, 1, *patch_sets[2].shape[2:]), 1, 0, 2,

@@ -22,7 +22,7 @@ from nnbridge.core.errors import NNBridgeError
 from nnbridge.core.metadata import read_metadata
 from nnbridge.export.onnx_export import export_onnx
 from nnbridge.models.nnunet import load_nnunet_fold, nnunet_source
-from nnbridge.validate.parity import validate_fold
+from nnbridge.validate.parity import validate_source
 from nnbridge.patches.sampling import load_patches, patch_source, with_previous_stage, write_patch_sets
 from nnbridge.core.plans import default_previous_stage_segs
 from nnbridge.core.metadata import output_labels
@@ -106,7 +106,7 @@ def int8_and_parity(folder: Path, out: Path, calibration: np.ndarray, heldout: n
     variants = {"onnx_fp32": {"kind": "onnx", "path": str(out / "model.onnx")},
                 "int8_static": {"kind": "onnx", "path": str(out / "int8.onnx")}}
     tolerances = {"onnx_fp32": {"max_rel_err": 1e-4, "min_dice": 0.999}, "int8_static": {}}
-    record = validate_fold(nnunet_source(folder, "0"), heldout, variants, tolerances)
+    record = validate_source(nnunet_source(folder, "0"), heldout, variants, tolerances)
     fp32 = record["variants"]["onnx_fp32"]
     assert fp32["passed"], fp32
     assert np.isfinite(record["variants"]["int8_static"]["max_abs_err"])

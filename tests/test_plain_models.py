@@ -20,7 +20,7 @@ from nnbridge.export.torchscript_export import export_torchscript
 from nnbridge.export.weights import verify_onnx_weights
 from nnbridge.models.loader import load_model
 from nnbridge.core.metadata import output_labels
-from nnbridge.validate.parity import validate_fold
+from nnbridge.validate.parity import validate_source
 from nnbridge.patches.sampling import copy_patch_sets, load_patches
 from nnbridge.quantize import quantize_variant
 from nnbridge.pipeline.plan import discover_models
@@ -99,7 +99,7 @@ def test_unetpp_export_carries_the_checkpoint_weights_and_metadata(tmp_path):
                                  backends=("onnxruntime", "openvino"))
     assert quantized["coverage"]["n_int8_compute_nodes"] > 0
     assert quantized["coverage_openvino"]["n_compute_nodes"] > 0
-    parity = validate_fold(source, patches, {"int8": {"kind": "onnx", "path": str(tmp_path / "int8.onnx"),
+    parity = validate_source(source, patches, {"int8": {"kind": "onnx", "path": str(tmp_path / "int8.onnx"),
                                                       "backend": "openvino"}}, {"int8": {"min_dice": 0.0}})
     assert set(parity["variants"]["int8"]["dice"]) == {"sphere", "box"}
 
@@ -212,7 +212,7 @@ def test_fixed_axes_sigmoid_model_through_patches_and_parity(unet, tmp_path):
         np.save(tmp_path / "bad.npy", np.zeros((2, 3, *SIZE), np.float32))
         copy_patch_sets(tmp_path / "bad.npy", tmp_path / "held.npy", tmp_path / "x.npz", tmp_path / "y.npz",
                         channels=1, spatial=tuple(SIZE), n_calibration=1, n_heldout=1)
-    parity = validate_fold(source, load_patches(tmp_path / "h.npz"),
+    parity = validate_source(source, load_patches(tmp_path / "h.npz"),
                            {"onnx_fp32": {"kind": "onnx", "path": str(tmp_path / "fixed.onnx")}},
                            {"onnx_fp32": {"max_rel_err": 1e-4, "min_dice": 0.999}})
     assert parity["variants"]["onnx_fp32"]["passed"], parity["variants"]["onnx_fp32"]

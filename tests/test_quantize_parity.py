@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -11,7 +13,7 @@ from nnbridge.models.nnunet import nnunet_source
 from nnbridge.runtime.ort import run_onnx
 from nnbridge.runtime.torchrun import run_torch
 from nnbridge.validate.metrics import Tolerance, apply_gate, compare_logits, dice_per_class
-from nnbridge.validate.parity import validate_fold
+from nnbridge.validate.parity import reference_logits, validate_fold, validate_source
 from nnbridge.quantize import quantize_variant
 from nnbridge.export.simplify import simplify_onnx
 
@@ -115,7 +117,7 @@ def test_validate_fold_passes_exact_and_fails_broken_variant(tiny_model, exporte
         "broken@openvino": {"kind": "onnx", "path": str(broken), "backend": "openvino"},
     }
     tol = {"max_abs_err": 1e-3, "min_dice": 0.999}
-    record = validate_fold(nnunet_source(tiny_model.model_folder, "0", tiny_model.checkpoint), heldout,
+    record = validate_source(nnunet_source(tiny_model.model_folder, "0", tiny_model.checkpoint), heldout,
                            variants, {name: tol for name in variants})
     results = record["variants"]
     assert results["onnx_fp32"]["passed"], results["onnx_fp32"]
@@ -128,3 +130,29 @@ def test_validate_fold_passes_exact_and_fails_broken_variant(tiny_model, exporte
     assert not results["unreadable"]["passed"]
     assert "could not run" in results["unreadable"]["failures"][0]
     assert record["all_passed"] is False
+
+
+def test_validate_reuses_unchanged_variants_only(tiny_model, exported, patch_sets, tmp_path):
+    """The reference is computed once; with a cache, a rerun reuses each variant whose file, gate,
+    reference and CPU are unchanged, and runs again the one whose file changed."""
+    out, _, _ = exported
+    _, _, heldout = patch_sets
+    source = nnunet_source(tiny_model.model_folder, "0", tiny_model.checkpoint)
+    reference = reference_logits(source, heldout, tmp_path / "reference.npy")
+    shutil.copy(out / "model.onnx", tmp_path / "variant.onnx")
+    variants = {"onnx_fp32": {"kind": "onnx", "path": str(out / "model.onnx")},
+                "variant": {"kind": "onnx", "path": str(tmp_path / "variant.onnx")}}
+    gates = {"onnx_fp32": {"max_abs_err": 1e-3}, "variant": {"max_abs_err": 1e-3}}
+    first = validate_fold(reference, heldout, variants, gates, cache_dir=tmp_path / "cache", cache_salt="v1")
+    assert first["all_passed"] and not any(r.get("from_cache") for r in first["variants"].values())
+    _corrupted_copy(out / "model.onnx", tmp_path / "variant.onnx")  # this variant changes
+    second = validate_fold(reference, heldout, variants, gates, cache_dir=tmp_path / "cache", cache_salt="v1")
+    assert second["variants"]["onnx_fp32"]["from_cache"] and not second["variants"]["variant"].get("from_cache")
+    assert not second["variants"]["variant"]["passed"]
+    # another code version (or gate, or CPU kind) runs everything again
+    third = validate_fold(reference, heldout, variants, {**gates, "onnx_fp32": {"max_abs_err": 1e-2}},
+                          cache_dir=tmp_path / "cache", cache_salt="v1")
+    assert not third["variants"]["onnx_fp32"].get("from_cache")
+    np.save(tmp_path / "reference.npy", np.zeros(1))  # a reference changed behind its record's back
+    with pytest.raises(ValueError, match="differs from the reference record"):
+        validate_fold(reference, heldout, variants, gates)

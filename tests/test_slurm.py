@@ -5,13 +5,14 @@
 with the script's one-line reason when it cannot, and always with ``NNBRIDGE_SKIP_SLURM=1``.
 A cluster this module started is stopped again at the end.
 
-The demo pipeline, reduced to a short run, runs in a temporary copy of the project with
-``--profile tests/slurm/profile``. Checked: every non-local job went through sbatch and
-completed in Slurm with the resources snakemake computed for it (CPUs = threads, --mem =
-mem_mb, --time = runtime, the profile's partition); benchmarks never overlapped; the exact
-export variants pass their parity gates; the deterministic artifacts (synthetic dataset, nnU-Net
-planning and preprocessing, splits) equal those of a local run of the same config. Checkpoints
-are not compared: nnU-Net training is not seeded, two CPU trainings of the same fold differ.
+The pipeline, reduced to a short run on one fold of the demo model that the local workflow test
+trained (tests/conftest.py ``demo_workdir``; configured like a user's model folder, so nothing is
+trained again), runs in a temporary copy of the project with ``--profile tests/slurm/profile``,
+together with the demo's deterministic first stages (synthetic data, nnU-Net planning and
+preprocessing, splits). Checked: every non-local job went through sbatch and completed in Slurm
+with the resources snakemake computed for it (CPUs = threads, --mem = mem_mb, --time = runtime,
+the profile's partition); benchmarks never overlapped; the exact export variants pass their
+parity gates; the deterministic artifacts equal those of a local run of the same config.
 Separately, a job that exits 1 is reported as failed within a minute (no hang).
 """
 
@@ -32,20 +33,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import copy_project
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 CLUSTER_SH = ROOT / "tests" / "slurm" / "cluster.sh"
 STATE = Path(os.environ.get("NNBRIDGE_SLURM_DIR", "/tmp/nnbridge-slurm"))
 JOBCOMP = STATE / "jobcomp.log"
 PARTITION = "local"  # tests/slurm/profile's slurm_partition; the cluster's default is another
-FOLDS = ("0", "1")
+FOLDS = ("0",)
 MODEL = "Dataset900_NNBridgeDemo/nnBridgeDemoTrainer__nnBridgeDemoPlans__3d_fullres"
+USER = "resources/user"  # where the trained demo model is copied, as a user's model folder
 EXACT_VARIANTS = ("onnx_fp32", "torchscript", "onnx_simplified")
 REFERENCE_TARGETS = (  # the deterministic part of the demo: data, planning, preprocessing, splits
     "resources/demo/nnUNet_preprocessed/Dataset900_NNBridgeDemo/nnBridgeDemoPlans.json",
     "resources/demo/nnUNet_preprocessed/Dataset900_NNBridgeDemo/splits_final.json",
 )
-PROJECT_ITEMS = ("Snakefile", "workflow", "config", "profiles", "envs", "src", "constraints.txt")
 
 pytestmark = pytest.mark.slurm
 
@@ -54,26 +57,40 @@ pytestmark = pytest.mark.slurm
 # helpers
 
 
-def copy_project(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for item in PROJECT_ITEMS:
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
+def copy_slurm_project(dest: Path) -> Path:
+    copy_project(dest)
     shutil.copytree(ROOT / "tests" / "slurm" / "profile", dest / "tests" / "slurm" / "profile")
     return dest
 
 
+def copy_trained_model(demo: Path, work: Path) -> None:
+    """Fold 0 of the demo model the workflow test trained, with its preprocessed and raw data,
+    under resources/user: a trained model folder as a user brings it."""
+    name = MODEL.split("/")[0]
+    folder = demo / "resources/demo/nnUNet_results" / MODEL
+    target = work / USER / "nnUNet_results" / MODEL
+    target.mkdir(parents=True)
+    for item in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        shutil.copy2(folder / item, target / item)
+    shutil.copytree(folder / "fold_0", target / "fold_0")
+    for sub in ("nnUNet_preprocessed", "nnUNet_raw"):
+        shutil.copytree(demo / "resources/demo" / sub / name, work / USER / sub / name)
+
+
 def reduce_config(workdir: Path) -> None:
-    """The shipped demo, shortened: the nnU-Net model only, fewer cases, a very short training,
-    one INT8 variant, ONNX Runtime only, tiny benchmarks without sweep.
+    """The shipped config, shortened: the trained model of resources/user (one fold) instead of
+    the demo models, the demo's data stages on fewer cases, one INT8 variant, ONNX Runtime only,
+    tiny benchmarks without sweep.
 
     ``benchmark.threads: 1`` makes a benchmark job need one of the node's two CPUs, so only the
     profile's ``bench=1`` keeps two of them from running side by side.
     """
     path = workdir / "config" / "config.yaml"
     config = yaml.safe_load(path.read_text())
+    name = MODEL.split("/")[0]
     config["demo"].update(n_cases=6, epochs=1, iterations=2)
-    config["models"] = [m for m in config["models"] if m.get("kind", "nnunet") == "nnunet"]
+    config["models"] = [{"folder": f"{USER}/nnUNet_results/{MODEL}", "folds": [0],
+                         "preprocessed": f"{USER}/nnUNet_preprocessed/{name}", "raw": f"{USER}/nnUNet_raw/{name}"}]
     config["patches"].update(calibration=4, heldout=2)
     config["benchmark"].update(threads=1, warmup=0, repeats=2, sweep=[])
     config["backends"] = ["onnxruntime"]  # OpenVINO runs are covered by the local workflow test
@@ -190,24 +207,25 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def slurm_run(cluster, tmp_path_factory: pytest.TempPathFactory):
-    """The reduced demo pipeline run through Slurm, and beside it a local reference run.
+def slurm_run(cluster, demo_workdir, tmp_path_factory: pytest.TempPathFactory):
+    """The reduced pipeline run through Slurm, and beside it a local reference run.
 
     The reference (a second copy, plain local snakemake, one core) only builds the deterministic
     part: synthetic data, nnU-Net planning and preprocessing, demo plans and splits. It runs
     while the Slurm run's first jobs, which use one of the node's two CPUs, are under way.
     Returns (slurm workdir, snakemake output, seconds, reference workdir).
     """
-    work = copy_project(tmp_path_factory.mktemp("slurm_pipeline"))
+    work = copy_slurm_project(tmp_path_factory.mktemp("slurm_pipeline"))
+    copy_trained_model(demo_workdir, work)
     reduce_config(work)
-    reference = copy_project(tmp_path_factory.mktemp("local_reference"))
+    reference = copy_slurm_project(tmp_path_factory.mktemp("local_reference"))
     reduce_config(reference)
     with open(reference / "reference.log", "w") as log:
         local = subprocess.Popen([SNAKEMAKE, "--cores", "1", "--workflow-profile", "none", *REFERENCE_TARGETS],
                                  cwd=reference, env=dict(os.environ, PYTHONPATH=str(reference / "src")),
                                  stdout=log, stderr=subprocess.STDOUT)
         try:
-            proc, seconds = run_on_slurm(work)
+            proc, seconds = run_on_slurm(work, "all", *REFERENCE_TARGETS)
         finally:
             try:
                 local.wait(timeout=600)
@@ -251,8 +269,8 @@ def test_every_job_ran_in_slurm_with_the_rules_resources(slurm_run, slurm_jobs):
     # only our profile: profiles/default would replace its default-resources (partition included)
     assert "Using profile" in text and "workflow specific profile" not in text, text[:2000]
     assert {rule for rule, *_ in slurm_jobs} >= {
-        "demo_dataset", "demo_preprocess", "demo_plans", "demo_train", "export_onnx",
-        "export_torchscript", "patches", "simplify", "quantize", "validate", "benchmark", "case_parity"}
+        "demo_dataset", "demo_preprocess", "demo_plans", "export_onnx", "export_torchscript", "patches",
+        "simplify", "quantize", "reference", "validate", "benchmark_artifact", "benchmark", "case_parity"}
     for rule, job, sub, record in slurm_jobs:
         what = f"{rule} (Slurm job {sub['slurm_id']}): {record}"
         assert record["JobState"] == "COMPLETED", what
@@ -264,16 +282,18 @@ def test_every_job_ran_in_slurm_with_the_rules_resources(slurm_run, slurm_jobs):
         assert int(record["ProcCnt"]) == job["threads"], what
         assert tres_mem_mb(record["Tres"]) == int(job["resources"]["mem_mb"]), what
         assert record["TimeLimit"] == job["resources"]["runtime"], what
-    # ... and those come from the rules: demo_train and validate declare 2 threads and 6000 MB
-    for rule in ("demo_train", "validate"):
+    # ... and those come from the rules: reference and validate declare 2 threads and 6000 MB
+    for rule in ("reference", "validate"):
         allocated = {(int(r["ProcCnt"]), tres_mem_mb(r["Tres"])) for name, _, _, r in slurm_jobs if name == rule}
         assert allocated == {(2, 6000)}, (rule, allocated)
 
 
 def test_benchmarks_never_overlapped(slurm_jobs):
     spans = sorted((when(r["StartTime"]), when(r["EndTime"])) for rule, _, _, r in slurm_jobs
-                   if rule in ("benchmark", "machine_peak"))
-    assert len(spans) == len(FOLDS) + 1  # + the one peak measurement of the run
+                   if rule in ("benchmark_artifact", "benchmark", "machine_peak"))
+    # the peak measurement of the run, 5 artifacts (torch eager, TorchScript, ONNX fp32 and
+    # simplified, int8_static) timed once for the model, and the fold's benchmark
+    assert len(spans) == 1 + 5 + len(FOLDS), spans
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end, spans
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -18,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
+from conftest import planned_jobs, run_snakemake, set_config
 from nnbridge.runtime.ov import bf16_unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 FOLDS = ("0", "1")
 MODEL = "Dataset900_NNBridgeDemo/nnBridgeDemoTrainer__nnBridgeDemoPlans__3d_fullres"
-QUANTIZED = ("int8_static", "int8_accurate", "int8_dynamic", "fp16", "int8_nncf")
+QUANTIZED = ("int8_static", "int8_accurate", "int8_nncf")  # int8_dynamic, fp16: library tests
 BF16 = "bf16"  # the fp32 graph on OpenVINO in bf16: runs where the CPU has it, skipped elsewhere
 NATIVE_BF16 = bf16_unavailable() is None
 PLAIN = {"demo_unet": "key 'model_state_dict', module. prefixes removed"}
@@ -34,57 +32,10 @@ PLAIN = {"demo_unet": "key 'model_state_dict', module. prefixes removed"}
 pytestmark = pytest.mark.workflow
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(workdir / "src"))
-    proc = subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=1800)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """Job counts from the 'Job stats' table of a dry run."""
-    text = proc.stdout + proc.stderr
-    if "Nothing to be done" in text:
-        return {}
-    table = text.split("Job stats:", 1)[1]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
-            if m.group(1) != "total"}
-
-
-def set_config(workdir: Path, update) -> None:
-    path = workdir / "config" / "config.yaml"
-    config = yaml.safe_load(path.read_text())
-    update(config)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def shorten(config) -> None:
-    """The shipped demo with fewer benchmark repetitions, no thread/batch sweep, a tiny realistic-size
-    benchmark and one plain
-    PyTorch model (the DataParallel-style U-Net; UNet++ and the sweep are covered by library
-    tests), trained for fewer steps: the suite stays within its time budget."""
-    config["benchmark"].update(repeats=5, warmup=1, sweep=[])
-    # the realistic-size stage at a tiny size (tests/test_realistic.py covers it; here: rule + report)
-    config["benchmark"]["realistic"] = {"enabled": True, "patch_size": [32, 32, 32], "features": [8, 16, 32],
-                                        "warmup": 0, "repeats": 1}
-    config["models"] = [m for m in config["models"] if m.get("name") != "demo_unetpp"]
-    config["demo"]["pytorch_steps"] = 60
-
-
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the project (its own nnbridge sources on PYTHONPATH) after one full run."""
-    work = tmp_path_factory.mktemp("pipeline")
-    for item in ("Snakefile", "workflow", "config", "profiles", "envs", "src", "constraints.txt"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
-    # the shipped demo, only with fewer benchmark repetitions and no thread/batch sweep (the
-    # library tests cover it) to keep the suite short
-    set_config(work, shorten)
-    run_snakemake(work)
-    return work
+def workdir(demo_workdir: Path) -> Path:
+    """The demo project after one full run (tests/conftest.py; shared with the Slurm tests)."""
+    return demo_workdir
 
 
 def fold_dir(workdir: Path, fold: str) -> Path:
@@ -127,7 +78,7 @@ def test_every_fold_has_all_artifacts_and_gates(workdir):
                 assert control["passed"] == (control["min_dice"] >= 1 - control["max_drop"])
                 # how much it keeps in fp32 is the control's per-run decision (seen: 0 or 3 of 18
                 # convolutions on VNNI CPUs, more on AVX2), so no share is asserted
-            elif name != "fp16":
+            else:
                 assert record["coverage"]["n_int8_compute_nodes"] > 0, (fold, name)
                 assert record["coverage_openvino"]["n_compute_nodes"] > 0, (fold, name)
         accurate = json.loads((base / "quantize/int8_accurate.json").read_text())["accuracy_aware"]
@@ -148,9 +99,10 @@ def test_every_fold_has_all_artifacts_and_gates(workdir):
 
 
 def test_bundle_and_whole_case_parity(workdir, tmp_path):
-    """The bundle ships both folds of the configured variants; on each fold's validation cases
-    nnbridge predict (no torch in the deployed path) agrees with nnUNetPredictor within the gate,
-    and the command line gives the same labels as the pipeline's case-parity run."""
+    """The bundle ships both folds of the configured variants; on the first fold's validation cases
+    (case_parity.folds: first) nnbridge predict (no torch in the deployed path) agrees with
+    nnUNetPredictor within the gate, and the command line gives the same labels as the pipeline's
+    case-parity run."""
     import SimpleITK as sitk
 
     from nnbridge.predict.bundle import Bundle
@@ -165,7 +117,8 @@ def test_bundle_and_whole_case_parity(workdir, tmp_path):
     assert bundle.manifest["mirror_axes"] == [0, 1, 2]
     shipped = bundle.manifest["variants"]["onnx_simplified"]
     assert shipped["passed"] and shipped["backend"] in ("onnxruntime", "openvino")
-    for fold in FOLDS:
+    assert not (fold_dir(workdir, FOLDS[1]) / "case_parity").exists()
+    for fold in FOLDS[:1]:
         record = json.loads((fold_dir(workdir, fold) / "case_parity/case_parity.json").read_text())
         splits = json.loads((workdir / "resources/demo/nnUNet_preprocessed/Dataset900_NNBridgeDemo"
                              / "splits_final.json").read_text())
@@ -182,18 +135,18 @@ def test_bundle_and_whole_case_parity(workdir, tmp_path):
         else:
             assert whole["skipped"] and not whole["passed"]
         assert record["nnunet"]["total_s"] > 0 and exact["speedup_vs_nnunet"] > 0
-    case = record["cases"][0]  # last fold's first validation case
+    case = record["cases"][0]  # the fold's first validation case
     raw = workdir / "resources/demo/nnUNet_raw/Dataset900_NNBridgeDemo/imagesTr"
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / f"{case}_0000.nii.gz").symlink_to(raw / f"{case}_0000.nii.gz")
     env = dict(os.environ, PYTHONPATH=str(workdir / "src"))
     proc = subprocess.run([sys.executable, "-m", "nnbridge.cli", "predict", "-i", str(tmp_path / "in"),
-                           "-o", str(tmp_path / "out"), "-m", str(bundle_dir), "-f", FOLDS[-1],
+                           "-o", str(tmp_path / "out"), "-m", str(bundle_dir), "-f", FOLDS[0],
                            "--threads", "2"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 case(s)" in proc.stderr
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz")))
-    pipeline = fold_dir(workdir, FOLDS[-1]) / "case_parity/onnx_simplified" / f"{case}.nii.gz"
+    pipeline = fold_dir(workdir, FOLDS[0]) / "case_parity/onnx_simplified" / f"{case}.nii.gz"
     np.testing.assert_array_equal(ours, sitk.GetArrayFromImage(sitk.ReadImage(str(pipeline))))
 
 
@@ -260,20 +213,42 @@ def test_finished_run_has_nothing_to_do(workdir):
 def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
     set_config(workdir, lambda c: c["quantize"]["int8_static"].update(calibrate_method="Percentile"))
     jobs = planned_jobs(run_snakemake(workdir, "-n"))
-    assert jobs.get("quantize") == 2
-    # the bundle and the whole-case parity read every fold's parity and benchmark verdicts
-    assert set(jobs) <= {"quantize", "validate", "benchmark", "bundle", "case_parity", "report", "all"}, jobs
+    assert jobs.get("quantize") == 2 and jobs.get("benchmark_artifact") == 1, jobs  # timed once per model
+    # no export, patches, reference logits or other artifact's timing; the bundle and the
+    # whole-case parity read every fold's parity and benchmark verdicts
+    assert set(jobs) <= {"quantize", "validate", "benchmark_artifact", "benchmark", "bundle", "case_parity",
+                         "report", "all"}, jobs
     run_snakemake(workdir)
     record = json.loads((fold_dir(workdir, "0") / "quantize/int8_static.json").read_text())
     assert record["calibrate_method"] == "Percentile"
+    # validation ran only the changed variant again: the others' results were reused
+    parity = json.loads((fold_dir(workdir, "0") / "validate/parity.json").read_text())["variants"]
+    rerun = {name for name, result in parity.items() if not result.get("from_cache")}
+    assert rerun == {"int8_static", "int8_static@openvino"}, rerun
     assert planned_jobs(run_snakemake(workdir, "-n")) == {}
 
 
-def test_report_code_edit_reruns_only_report(workdir):
-    module = workdir / "src/nnbridge/report/build.py"
-    module.write_text(module.read_text() + "\n# edited\n")
-    jobs = planned_jobs(run_snakemake(workdir, "-n"))
-    assert set(jobs) == {"report", "all"}, jobs
+def test_code_edits_rerun_exactly_the_stages_that_import_them(workdir):
+    """A stage's cache key is its script's import closure: an edit of the report code reruns only
+    the report; an edit deep in core (ONNX graph facts: FLOPs, module names, signatures) reruns
+    quantize, the benchmarks and the peak (and what reads them), never export or patches."""
+    report = workdir / "src/nnbridge/report/build.py"
+    saved = report.read_text()
+    report.write_text(saved + "\n# edited\n")
+    try:
+        assert set(planned_jobs(run_snakemake(workdir, "-n"))) == {"report", "all"}
+    finally:
+        report.write_text(saved)
+    graph = workdir / "src/nnbridge/core/onnxgraph.py"
+    saved = graph.read_text()
+    graph.write_text(saved + "\n# edited\n")
+    try:
+        jobs = set(planned_jobs(run_snakemake(workdir, "-n")))
+    finally:
+        graph.write_text(saved)
+    assert {"quantize", "benchmark_artifact", "benchmark", "machine_peak", "realistic_benchmark"} <= jobs, jobs
+    assert not jobs & {"export_onnx", "export_torchscript", "patches", "simplify", "reference", "demo_train"}, jobs
+    assert planned_jobs(run_snakemake(workdir, "-n")) == {}
 
 
 def test_keep_going_finishes_the_other_models(workdir):

@@ -21,10 +21,48 @@ rule machine_peak:
         "../scripts/peak.py"
 
 
+# Each artifact of a model (torch eager, TorchScript, each ONNX variant on every runtime) timed
+# once, on the model's reference fold: its folds share the architecture. ONNX Runtime settings
+# search and the thread/batch sweep run here too, once per machine and architecture.
+rule benchmark_artifact:
+    input:
+        unpack(get_artifact_inputs),
+        peak=f"{RESULTS}/machine/peak.json",
+    output:
+        json=f"{MODEL_DIR}/benchmark/artifacts/{{artifact}}.json",
+    params:
+        source=get_reference_source,
+        variants=get_artifact_variants,
+        threads=lookup(dpath="benchmark/threads", within=config),
+        warmup=lookup(dpath="benchmark/warmup", within=config),
+        repeats=lookup(dpath="benchmark/repeats", within=config),
+        stop=get_stop_rule,
+        tune=lambda wildcards: get_artifact_keys(wildcards, config["benchmark"]["tune"]),
+        sweep=lambda wildcards: get_artifact_keys(wildcards, config["benchmark"]["sweep"]),
+        sweep_batch=lookup(dpath="benchmark/sweep_batch", within=config),
+        code=code_version("benchmark_artifact"),
+    log:
+        "logs/{dataset}/{model}/benchmark_{artifact}.log",
+    benchmark:
+        "benchmarks/{dataset}/{model}/benchmark_{artifact}.tsv"
+    threads: lookup(dpath="benchmark/threads", within=config)
+    resources:
+        mem_mb=6000,
+        runtime=60,
+        bench=1,
+    conda:
+        "../../envs/onnx.yaml"
+    script:
+        "../scripts/benchmark_artifact.py"
+
+
+# A fold's benchmark: the artifacts' numbers where its graph is the reference fold's, its own
+# timing where it differs (e.g. other fp32 fall-backs of accuracy-aware INT8).
 rule benchmark:
     input:
         unpack(get_fold_inputs),
         variants=get_variant_files,
+        artifacts=lambda wildcards: list(get_fold_artifacts(wildcards).values()),
         peak=f"{RESULTS}/machine/peak.json",
     output:
         json=report(
@@ -35,12 +73,11 @@ rule benchmark:
     params:
         source=get_source,
         variants=get_variants,
+        artifacts=get_fold_artifacts,
         threads=lookup(dpath="benchmark/threads", within=config),
         warmup=lookup(dpath="benchmark/warmup", within=config),
         repeats=lookup(dpath="benchmark/repeats", within=config),
-        sweep=lookup(dpath="benchmark/sweep", within=config),
-        sweep_batch=lookup(dpath="benchmark/sweep_batch", within=config),
-        tune=lookup(dpath="benchmark/tune", within=config),
+        stop=get_stop_rule,
         code=code_version("benchmark"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/benchmark.log",

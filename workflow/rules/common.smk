@@ -7,11 +7,14 @@ from nnbridge.core.config import validate_config
 from nnbridge.core.errors import NNBridgeError
 from nnbridge.demo.dataset import DEMO_DATASET_NAME
 from nnbridge.demo.nnunet import DEMO_PLANS, DEMO_TRAINER
+from nnbridge.demo.realsize import PLANS as REALSIZE_PLANS, REALSIZE_DATASET_NAME, TRAINER as REALSIZE_TRAINER
 from nnbridge.models import CHECKPOINT_NAMES
 from nnbridge.pipeline.codehash import code_version as stage_code_version
+from nnbridge.core.keys import fold_order
 from nnbridge.pipeline.plan import (
     FoldKey,
     artifact_paths,
+    base_variant,
     bundle_plan,
     discover_models,
     fold_variants,
@@ -32,6 +35,8 @@ DEMO_CONFIGURATION = "3d_fullres"
 DEMO_RAW = f"{DEMO_ROOT}/nnUNet_raw"
 DEMO_PREPROCESSED = f"{DEMO_ROOT}/nnUNet_preprocessed/{DEMO_DATASET_NAME}"
 DEMO_MODEL_FOLDER = f"{DEMO_ROOT}/nnUNet_results/{DEMO_DATASET_NAME}/{DEMO_TRAINER}__{DEMO_PLANS}__{DEMO_CONFIGURATION}"
+REALSIZE_ROOT = config["realsize"]["root"]
+REALSIZE_FOLDER = f"{REALSIZE_ROOT}/nnUNet_results/{REALSIZE_DATASET_NAME}/{REALSIZE_TRAINER}__{REALSIZE_PLANS}__3d_fullres"
 
 try:
     MODELS = discover_models(
@@ -47,6 +52,8 @@ except NNBridgeError as error:
 
 FOLD_KEYS = [key for model in MODELS.values() for key in model.fold_keys()]
 FOLD_DIR = f"{RESULTS}/{{dataset}}/{{model}}/fold_{{fold}}"
+# what the benchmark times once per model (on its reference fold)
+ARTIFACTS = ["torch_eager", "torchscript", "onnx_fp32", "onnx_simplified", *config["quantize"]]
 MODEL_DIR = f"{RESULTS}/{{dataset}}/{{model}}"
 
 
@@ -56,6 +63,7 @@ wildcard_constraints:
     fold="[0-9]+|all",
     net="unet|unetpp",
     qvariant="|".join(config["quantize"]) or "__none__",
+    artifact="|".join(re.escape(a) for a in ARTIFACTS),
 
 
 def code_version(script):
@@ -122,6 +130,56 @@ def get_variant_files(wildcards):
     return sorted({v["path"] for v in get_variants(wildcards).values()})
 
 
+def reference_key(wildcards):
+    """The fold a model's artifacts are timed on: its first."""
+    return sorted(get_model(wildcards).fold_keys(), key=lambda k: fold_order(k.fold))[0]
+
+
+def get_reference_source(wildcards):
+    model = get_model(wildcards)
+    return model.source(reference_key(wildcards).fold)
+
+
+def get_artifact_variants(wildcards):
+    """The reference fold's variants (every runtime) of one artifact; none for torch eager."""
+    key = reference_key(wildcards)
+    variants = fold_variants(RESULTS, key, config, get_model(wildcards).quantize)
+    return {k: v for k, v in variants.items() if base_variant(k) == wildcards.artifact}
+
+
+def get_artifact_inputs(wildcards):
+    """An artifact's file on the reference fold (the checkpoint for torch eager), and the fold's
+    ONNX export whose metadata gives the input shape."""
+    key = reference_key(wildcards)
+    model = get_model(wildcards)
+    files = {"shape_from": f"{key.dir(RESULTS)}/export/model.onnx"}
+    if wildcards.artifact == "torch_eager":
+        files["checkpoint"] = model.checkpoint_of(key.fold)
+    else:
+        files["artifact"] = sorted({v["path"] for v in get_artifact_variants(wildcards).values()})
+    return files
+
+
+def get_artifact_keys(wildcards, keys):
+    """Those of ``keys`` (result names such as ``onnx_fp32@openvino``) that belong to this artifact."""
+    if wildcards.artifact == "torch_eager":
+        return [k for k in keys if k == "torch_eager"]
+    return [k for k in keys if k in get_artifact_variants(wildcards)]
+
+
+def get_fold_artifacts(wildcards):
+    """Artifact name → its record (timed on the reference fold) for every variant of this fold."""
+    names = ["torch_eager", *dict.fromkeys(base_variant(k) for k in get_variants(wildcards))]
+    model_dir = f"{RESULTS}/{wildcards.dataset}/{wildcards.model}"
+    return {name: f"{model_dir}/benchmark/artifacts/{name}.json" for name in names}
+
+
+def get_stop_rule(wildcards):
+    """When timing stops (nnbridge.runtime.timing.StopRule; ``repeats`` is its maximum)."""
+    section = config["benchmark"]
+    return {"min_repeats": section["min_repeats"], "budget_s": section["budget_s"], "rel_ci": section["rel_ci"]}
+
+
 def get_validation_summaries():
     """nnU-Net's own validation summaries of the folds, where the model folder has them."""
     out = {}
@@ -169,13 +227,19 @@ def case_parity_keys():
     """Folds compared on whole cases: numbered folds of models whose raw data is configured."""
     if not CASE_PARITY_VARIANTS:
         return []
-    return [
+    keys = [
         key
         for key in FOLD_KEYS
         if bundled(MODELS[f"{key.dataset}/{key.model}"])
         and MODELS[f"{key.dataset}/{key.model}"].raw
         and key.fold != "all"
     ]
+    if config["case_parity"]["folds"] == "first":  # one fold per model: the predictor's stages are fold-independent
+        firsts = {}
+        for key in sorted(keys, key=lambda k: fold_order(k.fold)):
+            firsts.setdefault((key.dataset, key.model), key)
+        keys = [k for k in keys if k in firsts.values()]
+    return keys
 
 
 def get_case_parity_inputs(wildcards):
@@ -243,10 +307,14 @@ def get_realistic_plans(wildcards):
     return {"plans": plans} if plans else {}
 
 
+REALISTIC = f"{RESULTS}/realistic/realistic.json"
+
+
 def get_realistic():
-    """The realistic-size benchmark's record, when enabled."""
+    """The realistic-size benchmark's record when it is part of the run (``enabled``); otherwise
+    it is its own target (``make bench``) and the report shows its last result if there is one."""
     if config["benchmark"]["realistic"]["enabled"]:
-        return f"{RESULTS}/realistic/realistic.json"
+        return REALISTIC
     return None
 
 

@@ -155,3 +155,36 @@ rule demo_train_pytorch:
         "../../envs/nnunet.yaml"
     script:
         "../scripts/demo_train_pytorch.py"
+
+
+# A real-size nnU-Net model (nnU-Net's default 3d_fullres plan at a 128^3 patch, 5 folds of seeded
+# random weights, no training) to measure the pipeline's own cost on: `make bench-pipeline`
+# (config/realsize.yaml points models: at it). Never part of the demo's DAG otherwise.
+rule realsize_model:
+    output:
+        json=f"{REALSIZE_ROOT}/realsize.json",
+        plans=f"{REALSIZE_FOLDER}/plans.json",
+        dataset_json=f"{REALSIZE_FOLDER}/dataset.json",
+        checkpoints=expand(
+            f"{REALSIZE_FOLDER}/fold_{{fold}}/checkpoint_final.pth",
+            fold=range(lookup(dpath="realsize/folds", within=config)),
+        ),
+        splits=f"{REALSIZE_ROOT}/nnUNet_preprocessed/{REALSIZE_DATASET_NAME}/splits_final.json",
+        raw_dataset_json=f"{REALSIZE_ROOT}/nnUNet_raw/{REALSIZE_DATASET_NAME}/dataset.json",
+    params:
+        root=REALSIZE_ROOT,
+        n_cases=lookup(dpath="realsize/n_cases", within=config),
+        folds=lookup(dpath="realsize/folds", within=config),
+        code=code_version("realsize_model"),
+    log:
+        "logs/realsize/model.log",
+    benchmark:
+        "benchmarks/realsize/model.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/nnunet.yaml"
+    script:
+        "../scripts/realsize_model.py"

@@ -16,7 +16,7 @@ rule report:
         json=f"{RESULTS}/report/summary.json",
     params:
         entries=get_report_entries(),
-        realistic=get_realistic(),
+        realistic=REALISTIC,
         code=code_version("report"),
     log:
         "logs/report.log",

@@ -1,6 +1,33 @@
-rule validate:
+# Eager PyTorch's logits on the fold's held-out patches: the reference every variant is gated
+# against, computed once per fold (a quantization change reruns only what it changes).
+rule reference:
     input:
         unpack(get_fold_inputs),
+        heldout=rules.patches.output.heldout,
+    output:
+        logits=f"{FOLD_DIR}/validate/reference.npy",
+        json=f"{FOLD_DIR}/validate/reference.json",
+    params:
+        source=get_source,
+        code=code_version("reference"),
+    log:
+        "logs/{dataset}/{model}/fold_{fold}/reference.log",
+    benchmark:
+        "benchmarks/{dataset}/{model}/fold_{fold}/reference.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    conda:
+        "../../envs/onnx.yaml"
+    script:
+        "../scripts/reference.py"
+
+
+rule validate:
+    input:
+        reference=rules.reference.output.json,
+        logits=rules.reference.output.logits,
         heldout=rules.patches.output.heldout,
         variants=get_variant_files,
     output:
@@ -10,7 +37,6 @@ rule validate:
             labels={"model": "{model}", "fold": "{fold}", "file": "parity"},
         ),
     params:
-        source=get_source,
         variants=get_variants,
         tolerances=lambda wildcards: {
             name: variant_tolerance(name, config["validate"]) for name in get_variants(wildcards)

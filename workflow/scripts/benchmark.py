@@ -5,13 +5,13 @@ with logged(snakemake.log[0]):
     record = benchmark_fold(
         snakemake.params.source,
         snakemake.params.variants,
+        {name: read_json(path) for name, path in snakemake.params.artifacts.items()},
         threads=snakemake.params.threads,
         warmup=snakemake.params.warmup,
         repeats=snakemake.params.repeats,
-        sweep_variants=snakemake.params.sweep,
-        sweep_batch=snakemake.params.sweep_batch,
-        tune=snakemake.params.tune,
+        stop=snakemake.params.stop,
         peak=read_json(snakemake.input.peak),
     )
     write_json(snakemake.output.json, record)
-    print(record)
+    for key, where in record["timed_on"].items():
+        print(key, record["results"].get(key, {}).get("p50_ms"), "ms, timed on", where)

@@ -1,14 +1,18 @@
-from nnbridge.validate.parity import validate_fold
+from pathlib import Path
+
+from nnbridge.core.runlog import logged, read_json, write_json
 from nnbridge.patches.sampling import load_patches
-from nnbridge.core.runlog import logged, write_json
+from nnbridge.validate.parity import validate_fold
 
 with logged(snakemake.log[0]):
     record = validate_fold(
-        snakemake.params.source,
+        read_json(snakemake.input.reference),
         load_patches(snakemake.input.heldout),
         snakemake.params.variants,
         snakemake.params.tolerances,
         threads=snakemake.params.threads,
+        cache_dir=Path(snakemake.output.json).parent / "cache",
+        cache_salt=snakemake.params.code,
     )
     write_json(snakemake.output.json, record)
     for name, result in record["variants"].items():

@@ -22,7 +22,7 @@ from ..core.metadata import inference_precision
 from ..runtime import ONNX_BACKENDS, RUNNER_BACKENDS, make_runner
 from ..runtime.ov import precision_unavailable
 from ..runtime.profile import op_profile
-from ..runtime.timing import peak_rss_mb, rss_mb, time_runner
+from ..runtime.timing import StopRule, median_ci, peak_rss_mb, rss_mb, time_runner, time_until_stable
 from ..runtime.torchrun import module_runner, set_torch_threads
 from .networks import build_network
 
@@ -62,23 +62,34 @@ def _load_runner(spec: dict[str, Any], threads: int):
 
 def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: int,
             repeats: int, seed: int = 0) -> dict[str, Any]:
-    """Time ``repeats`` runs after ``warmup`` runs in this process."""
+    """Time runs of the spec's backend in this process after ``warmup`` untimed ones: exactly
+    ``repeats`` runs, or, when the spec carries a ``stop`` rule (:class:`StopRule` fields, with
+    ``repeats`` as its maximum), until the median is stable or the time budget is spent."""
     rss_start = rss_mb()
     run = _load_runner(spec, threads)
     rss_loaded = rss_mb()
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    arr = time_runner(run, x, warmup, repeats)
+    if spec.get("stop") is not None:
+        rule = StopRule(**{"max_repeats": repeats, **spec["stop"]})
+        arr, stopped = time_until_stable(run, x, warmup, rule)
+    else:
+        arr, stopped = time_runner(run, x, warmup, repeats), f"{repeats} runs (fixed)"
     profile = None
     if spec["backend"] in ONNX_BACKENDS and spec.get("profile", True):
+        # one profiled run is enough once a run takes a second: the timing warmed everything up
+        runs = 1 if float(np.median(arr)) > 1000 else 3
         profile = op_profile(spec["backend"], Path(spec["path"]), x, threads,
-                             precision=spec.get("precision"))  # after the timing
+                             precision=spec.get("precision"), runs=runs)  # after the timing
+    low, high = median_ci(arr)
     return {
         "backend": spec["backend"],
         "shape": list(shape),
         "threads": threads,
         "warmup": warmup,
-        "repeats": repeats,
+        "repeats": int(len(arr)),
+        "stopped": stopped,
         "p50_ms": float(np.percentile(arr, 50)),
+        "p50_ci_ms": [round(low, 4), round(high, 4)],
         "p90_ms": float(np.percentile(arr, 90)),
         "p99_ms": float(np.percentile(arr, 99)),
         "mean_ms": float(arr.mean()),

@@ -3,12 +3,15 @@ a node came from, operator counts, whether a file is quantized. Imports no torch
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+
+from .metadata import META_PREFIX, PRECISION_KEY
 
 
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -84,3 +87,28 @@ def is_int8_model(path: str | Path) -> bool:
                  "QLinearMatMul"}
     graph = onnx.load(str(path), load_external_data=False).graph
     return any(node.op_type in quantized for node in graph.node)
+
+
+def graph_signature(path: str | Path) -> str:
+    """A hash of what decides an ONNX file's speed and nothing else: its operators, their
+    attributes and connections, and the names, shapes and types of its tensors, without the
+    initializers' values, plus the inference precision its metadata asks for (a bf16 variant is
+    the fp32 graph run in bf16). The folds of one model share it unless their graphs differ (e.g.
+    an accuracy-aware INT8 variant that kept other blocks in fp32), so their speed is measured once."""
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    digest = hashlib.sha256()
+    for item in (*graph.input, *graph.output):
+        digest.update(item.SerializeToString())
+    for init in graph.initializer:
+        digest.update(f"{init.name}:{init.data_type}:{list(init.dims)};".encode())
+    for node in graph.node:
+        digest.update(f"{node.op_type}|{node.domain}|{list(node.input)}|{list(node.output)}|".encode())
+        for attribute in node.attribute:
+            digest.update(attribute.SerializeToString())
+    for opset in model.opset_import:
+        digest.update(f"{opset.domain}:{opset.version}".encode())
+    for prop in model.metadata_props:
+        if prop.key == META_PREFIX + PRECISION_KEY:
+            digest.update(f"precision:{prop.value}".encode())
+    return digest.hexdigest()[:16]

@@ -5,6 +5,7 @@ stage then gates the result on held-out patches it never saw)."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -13,10 +14,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..core.metadata import output_labels
+from ..core.metadata import output_labels, read_metadata
 from ..core.onnxgraph import COMPUTE_OPS, module_name
 from ..runtime import make_runner, run_variant
-from ..runtime.ort import run_onnx
+from ..runtime.ort import onnx_session, run_onnx
 from ..runtime.timing import quick_latency_ms
 from ..validate.metrics import compare_logits
 from .static import _quantize_static
@@ -59,23 +60,73 @@ def worst_agreement(path: Path, check: np.ndarray, reference: np.ndarray, labels
     return {**worst, "min_dice_by_backend": by_backend}
 
 
+def _outputs_of(path: Path, names: list[str], x: np.ndarray, threads: int) -> dict[str, np.ndarray]:
+    """The tensors ``names`` of an ONNX model on input ``x`` (made graph outputs; ONNX Runtime)."""
+    model = onnx.load(str(path))
+    present = {o for n in model.graph.node for o in n.output}
+    wanted = [n for n in names if n in present]
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                              for n in wanted if n not in known)
+    with tempfile.TemporaryDirectory(prefix="nnbridge-act-") as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        onnx.save(model, str(probe))
+        session = onnx_session(probe, threads)
+        values = session.run(wanted, {session.get_inputs()[0].name: x})
+    return dict(zip(wanted, values))
+
+
+def error_growth(src: Path, quantized: Path, blocks: list[dict[str, Any]], patch: np.ndarray,
+                 threads: int) -> dict[str, float]:
+    """Block (its first node) → how much the INT8 model's relative error grows across it: the
+    error of its output against fp32's, minus the error of the block before it, on one patch
+    (ONNX Runtime). A cheap proxy of which blocks cost accuracy: one run of each model."""
+    names = [b["output"] for b in blocks]
+    fp32, int8 = _outputs_of(src, names, patch, threads), _outputs_of(quantized, names, patch, threads)
+    growth, previous = {}, 0.0
+    for block in blocks:
+        name = block["output"]
+        if name not in fp32 or name not in int8:
+            continue
+        f, q = fp32[name].astype(np.float64), int8[name].astype(np.float64)
+        error = float(np.linalg.norm(q - f) / max(np.linalg.norm(f), 1e-12))
+        growth[block["node"]] = error - previous
+        previous = error
+    return growth
+
+
+def proxy_patch(patch: np.ndarray, src: Path, limit: int = 64) -> np.ndarray:
+    """``patch`` (batch 1) cropped at its centre to at most ``limit`` voxels per spatial axis, in
+    multiples of the network's total stride (the model's metadata): the proxy's cost stays small
+    at large patch sizes."""
+    stride = json.loads(read_metadata(Path(src)).get("stride_multiple", "null") or "null")
+    spatial = patch.shape[2:]
+    stride = stride or [1] * len(spatial)
+    size = [min(s, max(m, (min(s, limit) // m) * m)) for s, m in zip(spatial, stride)]
+    start = [(s - c) // 2 for s, c in zip(spatial, size)]
+    return np.ascontiguousarray(patch[(slice(None), slice(None), *(slice(a, a + c) for a, c in zip(start, size)))])
+
+
 def block_sensitivity(src: Path, calibration: np.ndarray, check: np.ndarray, reference: np.ndarray,
                       labels: dict[int, str], region_based: bool, settings: dict[str, Any],
                       excluded: list[str], cache: Path, threads: int,
-                      backends: tuple[str, ...] = ("onnxruntime",)) -> list[dict[str, Any]]:
+                      backends: tuple[str, ...] = ("onnxruntime",),
+                      only: set[str] | None = None) -> list[dict[str, Any]]:
     """Quantize one block at a time the other way round: for every block (:func:`layer_blocks`)
     not yet excluded, keep it in fp32 on top of ``excluded`` and measure the label maps against
     fp32 on ``check`` (on every backend; the worst counts). Calibration runs once (``cache``);
     each trial only rewrites the graph.
 
+    ``only``: the blocks to try (default: every block not excluded).
     Sorted best first: highest per-class Dice, then lowest mean logit error.
     """
     trials = []
     with tempfile.TemporaryDirectory(prefix="nnbridge-trial-") as tmp:
         trial = Path(tmp) / "trial.onnx"
-        for block in layer_blocks(onnx.load(str(src), load_external_data=False)):
-            if block["node"] in excluded:
-                continue
+        blocks = [b for b in layer_blocks(onnx.load(str(src), load_external_data=False))
+                  if b["node"] not in excluded and (only is None or b["node"] in only)]
+        for index, block in enumerate(blocks, 1):
+            print(f"nnbridge: accuracy-aware INT8: trial {index}/{len(blocks)} ({block['module']} in fp32)", flush=True)
             _quantize_static(src, trial, calibration, settings, [*excluded, *block["nodes"]], cache)
             metrics = worst_agreement(trial, check, reference, labels, region_based, threads, backends)
             trials.append({**{k: block[k] for k in ("node", "module", "op", "nodes")},
@@ -92,7 +143,9 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     ``settings["accuracy_aware"]``: ``min_dice`` (per class, INT8 vs the fp32 ONNX model on the
     calibration patches), ``max_steps`` (exclusion rounds), ``exclude_per_step`` (blocks kept in
     fp32 per round, chosen by :func:`block_sensitivity`), ``patches`` (how many calibration
-    patches the checks use). The Dice counted is the worst over ``backends`` (the same QDQ graph
+    patches the checks use), ``candidates`` (per round, only this many blocks are tried: those
+    across which the INT8 model's error against fp32 grows most, :func:`error_growth`; ``null``
+    tries every block). The Dice counted is the worst over ``backends`` (the same QDQ graph
     gives different label maps on ONNX Runtime and OpenVINO); each round ranks the blocks on the
     runtime that disagrees most. Every step is recorded with the
     blocks it keeps in fp32 (ONNX nodes and PyTorch modules), its Dice and its latency.
@@ -102,6 +155,7 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     target = float(aa.get("min_dice", 0.99))
     max_steps = int(aa.get("max_steps", 3))
     per_step = int(aa.get("exclude_per_step", 1))
+    candidates = aa.get("candidates", 6)
     check = calibration[: int(aa.get("patches", 8))].astype(np.float32)
     labels, region_based = output_labels(Path(src))
     reference = run_onnx(Path(src), check, threads)
@@ -112,6 +166,7 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     with tempfile.TemporaryDirectory(prefix="nnbridge-calib-") as tmp:
         cache = Path(tmp) / "calibration.json"
         for step in range(max_steps + 1):
+            print(f"nnbridge: accuracy-aware INT8: step {step}/{max_steps}, {len(modules)} block(s) in fp32", flush=True)
             started = time.perf_counter()
             record = _quantize_static(src, dst, calibration, settings, excluded, cache)
             metrics = worst_agreement(Path(dst), check, reference, labels, region_based, threads, backends)
@@ -125,8 +180,15 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
             # rank the blocks on the runtime that disagrees most (one runtime per round keeps
             # the trials' cost that of a single-runtime loop)
             worst_backend = min(metrics["min_dice_by_backend"], key=metrics["min_dice_by_backend"].get)
+            only = None
+            if candidates is not None:
+                blocks = [b for b in layer_blocks(onnx.load(str(src), load_external_data=False)) if b["node"] not in excluded]
+                growth = error_growth(Path(src), Path(dst), blocks, proxy_patch(check[:1], Path(src)), threads)
+                only = set(sorted(growth, key=lambda n: -growth[n])[: int(candidates)]) or None
+                steps[-1]["candidates"] = {"by": "error growth across the block (INT8 vs fp32, ONNX Runtime, 1 patch)",
+                                           "tried": sorted(only or [b["node"] for b in blocks]), "of": len(blocks)}
             ranking = block_sensitivity(Path(src), calibration, check, reference, labels, region_based,
-                                        settings, excluded, cache, threads, (worst_backend,))
+                                        settings, excluded, cache, threads, (worst_backend,), only)
             steps[-1]["ranked_on"] = worst_backend
             if not ranking:
                 break
@@ -139,7 +201,7 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     # the file on disk is the last step's; its record names every node kept in fp32
     passed = steps[-1]["min_dice"] >= target
     record["accuracy_aware"] = {
-        "min_dice": target, "max_steps": max_steps, "exclude_per_step": per_step,
+        "min_dice": target, "max_steps": max_steps, "exclude_per_step": per_step, "candidates": candidates,
         "check_patches": int(len(check)), "reference": "fp32 ONNX on the calibration patches",
         "backends": list(backends),
         "fp32_latency_ms": fp32_ms, "steps": steps, "passed": passed,

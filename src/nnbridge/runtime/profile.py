@@ -64,11 +64,11 @@ def openvino_op_profile(path: Path, x: np.ndarray, threads: int = 0, runs: int =
 
 
 def op_profile(backend: str, path: Path, x: np.ndarray, threads: int = 0,
-               precision: str | None = None) -> list[dict[str, Any]]:
+               precision: str | None = None, runs: int = 3) -> list[dict[str, Any]]:
     """Per-operator profile of an ONNX file on ``backend`` (``onnxruntime`` or ``openvino``, in
-    ``precision`` if given)."""
+    ``precision`` if given), over ``runs`` runs after one warm-up."""
     if backend == "onnxruntime":
-        return onnxruntime_op_profile(path, x, threads)
+        return onnxruntime_op_profile(path, x, threads, runs=runs)
     if backend == "openvino":
-        return openvino_op_profile(path, x, threads, precision=precision)
+        return openvino_op_profile(path, x, threads, runs=runs, precision=precision)
     raise ValueError(f"no per-operator profile for backend {backend!r}")

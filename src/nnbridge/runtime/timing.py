@@ -6,9 +6,11 @@ carries ``ru_maxrss`` across fork and exec, so a child would report its parent's
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,61 @@ def time_runner(run: Callable[[np.ndarray], object], x: np.ndarray, warmup: int,
         run(x)
         times.append((time.perf_counter() - started) * 1000.0)
     return np.array(times)
+
+
+def median_ci(times: list[float] | np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval of the median: the order statistics
+    ``x_(j), x_(n-j+1)`` with ``P(j <= Binomial(n, 1/2) <= n-j) >= confidence``; with too few
+    samples for that (n < 6 at 95 %), the whole range."""
+    x = np.sort(np.asarray(times, dtype=float))
+    n = len(x)
+    j, tail = 0, 0.0  # tail: P(Binomial(n, 1/2) < j+1)
+    while j < n // 2:
+        nxt = tail + math.comb(n, j) / 2.0**n
+        if 2 * nxt > 1 - confidence:
+            break
+        tail, j = nxt, j + 1
+    if j == 0:
+        return float(x[0]), float(x[-1])
+    return float(x[j - 1]), float(x[n - j])
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When timing stops: the median is stable (the half-width of its 95 % confidence interval
+    within ``rel_ci`` of it, after ``min_repeats`` runs), the ``budget_s`` of this measurement is
+    spent (after at least 3 runs), or ``max_repeats`` runs are done."""
+
+    max_repeats: int = 20
+    min_repeats: int = 5
+    budget_s: float = 20.0
+    rel_ci: float = 0.02
+
+
+def time_until_stable(run: Callable[[np.ndarray], object], x: np.ndarray, warmup: int,
+                      rule: StopRule) -> tuple[np.ndarray, str]:
+    """Milliseconds per call of ``run(x)`` under ``rule`` after up to ``warmup`` untimed calls (the
+    warm-up also stops once it has used half the budget), and why timing stopped."""
+    started = time.perf_counter()
+    for i in range(warmup):
+        run(x)
+        if time.perf_counter() - started > rule.budget_s / 2:
+            break
+    started = time.perf_counter()
+    times: list[float] = []
+    while True:
+        t0 = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - t0) * 1000.0)
+        n = len(times)
+        if n >= rule.max_repeats:
+            return np.array(times), f"{n} runs (the maximum)"
+        if n >= rule.min_repeats:
+            low, high = median_ci(times)
+            if (high - low) / 2 <= rule.rel_ci * float(np.median(times)):
+                return np.array(times), f"stable after {n} runs (95 % CI of the median within ±{rule.rel_ci:.0%})"
+        if n >= 3 and time.perf_counter() - started >= rule.budget_s:
+            return np.array(times), f"time budget of {rule.budget_s:g} s spent after {n} runs"
 
 
 def quick_latency_ms(run: Callable[[np.ndarray], object], shape: tuple[int, ...], seed: int = 0) -> float:

@@ -180,7 +180,8 @@ def run_case_parity(
     ending = bundle.dataset_json["file_ending"]
     (out_dir / "nnunet").mkdir(parents=True, exist_ok=True)
     ref_results = {}
-    for case, files in cases.items():
+    for index, (case, files) in enumerate(cases.items(), 1):
+        print(f"nnbridge: case parity: nnU-Net predicts case {index}/{len(cases)} ({case})", flush=True)
         ref_results[case] = reference.predict_case(files["images"], out_dir / "nnunet" / f"{case}{ending}")
     rw = reader_writer(bundle.plans.get("image_reader_writer", "SimpleITKIO"))
     truths = {case: rw.read_seg(str(files["label"]))[0][0] if files.get("label") else None
@@ -203,7 +204,8 @@ def run_case_parity(
         predictor.load()
         (out_dir / name).mkdir(parents=True, exist_ok=True)
         per_case, timings = {}, []
-        for case, files in cases.items():
+        for index, (case, files) in enumerate(cases.items(), 1):
+            print(f"nnbridge: case parity: {name} predicts case {index}/{len(cases)} ({case})", flush=True)
             ours = predictor.predict_case(case, files["images"], save_probabilities=True, keep_intermediates=True)
             # the segmentation only, like the reference (probabilities are compared in memory)
             predictor.write_case(replace(ours, probabilities=None), out_dir / name)
