@@ -299,6 +299,25 @@ def test_labelled_patches_centre_on_labelled_foreground(shared, tmp_path):
             assert seg[centre] == patch["class"], patch
 
 
+def test_folder_with_preprocessed_data_fold_all_best_checkpoint_and_inherited_configuration(shared, tmp_path):
+    """Item 7 the way a trainer holds the model (a model folder and nnUNet_preprocessed): fold all
+    and checkpoint_best.pth found by configuration alone, 3d_halfiso's own preprocessed data."""
+    from nnbridge.models.nnunet import load_nnunet_fold
+    from nnbridge.patches.sampling import load_patches, write_patch_sets
+    from nnbridge.pipeline.plan import discover_models
+
+    demo.write_splits(shared.pre_ds, configuration=CONFIGURATION)
+    entry = {"folder": str(shared.trained), "preprocessed": str(shared.pre_ds), "checkpoint": "checkpoint_best.pth"}
+    model = discover_models([entry])[f"{DATASET}/{shared.trained.name}"]
+    assert model.folds == ("all",) and model.source("all")["checkpoint"] == "checkpoint_best.pth"
+    fold = load_nnunet_fold(shared.trained, "all", "checkpoint_best.pth")
+    assert fold.configuration == CONFIGURATION and fold.patch_size == (16, 16, 16)
+    summary = write_patch_sets(model.source("all"), shared.pre_ds, "all", tmp_path / "cal.npz", tmp_path / "held.npz",
+                               n_calibration=2, n_heldout=2, seed=0, foreground_fraction=0.5)
+    assert Path(summary["data_folder"]).name == HALFISO["data_identifier"] and "seen in training" in summary["note"]
+    assert load_patches(tmp_path / "held.npz").shape == (2, 1, 16, 16, 16)
+
+
 # ------------------------------------------------------------------------------------------------
 # the pipeline: a zip alone plus unlabelled images
 
@@ -451,7 +470,7 @@ def test_whole_case_parity_on_unlabelled_held_out_images(shared, pipeline, tmp_p
 
 def test_dry_runs_plan_the_rest(shared, pipeline, tmp_path):
     """The whole target from there (bundle, benchmark, whole-case parity of fold all on its held-out
-    images, report) without unpacking or preprocessing again; with labels, a splits file and the
+    images, report) without unpacking or preprocessing again, even with the zip touched; with labels, a splits file and the
     zip's other checkpoint; a zip-slip zip stops the run in one line."""
     try:
         _dry_runs(shared, pipeline, tmp_path)
@@ -460,6 +479,7 @@ def test_dry_runs_plan_the_rest(shared, pipeline, tmp_path):
 
 
 def _dry_runs(shared, pipeline, tmp_path) -> None:
+    os.utime(shared.zip)  # a touched zip with the same bytes is the same model: nothing reruns
     jobs = _jobs(_snakemake(pipeline.work, "-n"))
     assert jobs["case_parity"] == 1 and jobs["bundle"] == 1 and jobs["report"] == 1 and jobs["benchmark"] == 1
     assert jobs["unzip_model_file"] == 1  # nnU-Net's validation summary, for the report; nothing else again

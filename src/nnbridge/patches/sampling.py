@@ -215,6 +215,9 @@ def write_patch_sets(
     train_cases, val_cases = fold_cases(Path(preprocessed_dataset_dir), fold)
     summary: dict[str, Any] = {"patch_size": list(patch_size), "data_folder": str(data_folder),
                                "fold": fold}
+    if fold == "all":
+        summary["note"] = ("fold all trained on every case: the held-out patches (the last fifth of the cases) "
+                           "were seen in training")
     if previous is not None:
         summary["previous_stage"] = {"name": previous.name, "segs": str(previous.segs),
                                      "onehot_labels": list(previous.labels)}
