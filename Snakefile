@@ -9,6 +9,7 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/intake.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/simplify.smk"

@@ -71,7 +71,7 @@ def test_discover_models_finds_folds(tmp_path):
     [
         ({"folder": "x/notamodel", "preprocessed": "p"}, "<Trainer>__<Plans>__<configuration>"),
         ({"folder": "x/T__P__2d", "preprocessed": "p"}, "folder does not exist"),
-        ({"folder": "x/T__P__2d", "folds": [0]}, "`preprocessed:` missing"),
+        ({"folder": "x/T__P__2d", "folds": [0]}, "`images:` or `preprocessed:` missing"),
     ],
 )
 def test_discover_models_errors(entry, expected):

@@ -1,5 +1,6 @@
 # Whole-case parity: nnU-Net's own predictor (torch, CPU) and `nnbridge predict` (the bundle) on
-# the fold's validation cases, stage by stage, with per-stage timings of both.
+# the fold's validation cases (or, from an image folder, its held-out images), stage by stage,
+# with per-stage timings of both.
 rule case_parity:
     input:
         unpack(get_case_parity_inputs),
@@ -13,6 +14,8 @@ rule case_parity:
         model_folder=lambda wildcards: get_model(wildcards).folder,
         checkpoint=lambda wildcards: get_model(wildcards).checkpoint,
         raw=lambda wildcards: get_model(wildcards).raw,
+        images=get_images_param,
+        trusted=lambda wildcards: bool(get_model(wildcards).entry.get("trusted", False)),
         bundle=lambda wildcards, input: str(Path(input.bundle).parent),
         variants=get_case_parity_variants,
         step=lookup(dpath="case_parity/step", within=config),

@@ -38,12 +38,20 @@ DEMO_MODEL_FOLDER = f"{DEMO_ROOT}/nnUNet_results/{DEMO_DATASET_NAME}/{DEMO_TRAIN
 REALSIZE_ROOT = config["realsize"]["root"]
 REALSIZE_FOLDER = f"{REALSIZE_ROOT}/nnUNet_results/{REALSIZE_DATASET_NAME}/{REALSIZE_TRAINER}__{REALSIZE_PLANS}__3d_fullres"
 
+# model zips are unpacked file by file into <results>/cache/zip/<sha256 prefix>/<member>
+ZIP_CACHE = f"{RESULTS}/cache/zip"
+
 try:
     MODELS = discover_models(
-        config["models"], demo_folder=DEMO_MODEL_FOLDER, quantize_names=list(config["quantize"])
+        config["models"],
+        demo_folder=DEMO_MODEL_FOLDER,
+        quantize_names=list(config["quantize"]),
+        zip_cache=ZIP_CACHE,
     )
 except NNBridgeError as error:
     raise WorkflowError(str(error)) from None
+
+ZIPS = {m.zip.key: str(m.zip.path) for m in MODELS.values() if m.zip is not None}
 
 try:
     BUNDLE_VARIANTS, BUNDLE_DEFAULT, CASE_PARITY_VARIANTS = bundle_plan(config)
@@ -64,6 +72,7 @@ wildcard_constraints:
     net="unet|unetpp",
     qvariant="|".join(config["quantize"]) or "__none__",
     artifact="|".join(re.escape(a) for a in ARTIFACTS),
+    sha="|".join(ZIPS) or "__none__",
 
 
 def code_version(script):
@@ -102,10 +111,52 @@ def get_fold_inputs(wildcards):
     return inputs
 
 
+def get_zip(wildcards):
+    """The model zip whose cache folder is <results>/cache/zip/<sha>."""
+    return ZIPS[wildcards.sha]
+
+
+def images_dir(model):
+    """Where a model's image folder is preprocessed to (its cases.json beside the data folder)."""
+    return f"{RESULTS}/{model.dataset}/{model.name}/preprocessed"
+
+
+def get_image_inputs(wildcards):
+    """The images (and labels) of a model's image folder, and its plans and dataset.json."""
+    return {"images": get_model(wildcards).images.files(), **get_fold_inputs_of_model(wildcards)}
+
+
+def get_images_param(wildcards):
+    """The image cases the patches come from (None for preprocessed data or patch arrays)."""
+    images = get_model(wildcards).images
+    if images is None:
+        return None
+    return {
+        "cases": sorted(images.cases),
+        "labels": images.labels is not None,
+        "splits": images.splits,
+        "folder": images.folder,
+        "labels_folder": images.labels,
+    }
+
+
+def get_patch_data(wildcards):
+    """The folder holding the model's preprocessed data folder (nnU-Net's, or nnbridge's own
+    preprocessing of its image folder)."""
+    model = get_model(wildcards)
+    return images_dir(model) if model.images is not None else model.preprocessed
+
+
 def get_preprocessed_inputs(wildcards):
     """Fold inputs plus where its patches come from: the dataset's nnU-Net split (calibration
-    and held-out cases), or the arrays a plain model's entry names."""
+    and held-out cases), the model's own preprocessing of an image folder, or the arrays a
+    plain model's entry names."""
     model = get_model(wildcards)
+    if model.images is not None:
+        inputs = {**get_fold_inputs(wildcards), "cases": f"{images_dir(model)}/cases.json"}
+        if model.images.splits:
+            inputs["splits"] = model.images.splits
+        return inputs
     if model.preprocessed:
         inputs = {**get_fold_inputs(wildcards), "splits": f"{model.preprocessed}/splits_final.json"}
         if model.previous_stage_segs:  # a cascade stage: the previous stage's segmentations
@@ -186,7 +237,10 @@ def get_validation_summaries():
     for key in FOLD_KEYS:
         model = MODELS[f"{key.dataset}/{key.model}"]
         summary = f"{model.folder}/fold_{key.fold}/validation/summary.json"
-        if model.folder == DEMO_MODEL_FOLDER or Path(summary).exists():
+        if model.zip is not None:  # unpacked from the zip when it holds the summary
+            if model.zip_member(summary):
+                out[key.label] = summary
+        elif model.folder == DEMO_MODEL_FOLDER or Path(summary).exists():
             out[key.label] = summary
     return out
 
@@ -224,16 +278,15 @@ def get_fold_inputs_of_model(wildcards):
 
 
 def case_parity_keys():
-    """Folds compared on whole cases: numbered folds of models whose raw data is configured."""
+    """Folds compared on whole cases: every fold of a model with an image folder (on its held-out
+    images), numbered folds of models whose raw data is configured (on their validation cases)."""
     if not CASE_PARITY_VARIANTS:
         return []
-    keys = [
-        key
-        for key in FOLD_KEYS
-        if bundled(MODELS[f"{key.dataset}/{key.model}"])
-        and MODELS[f"{key.dataset}/{key.model}"].raw
-        and key.fold != "all"
-    ]
+    keys = []
+    for key in FOLD_KEYS:
+        model = MODELS[f"{key.dataset}/{key.model}"]
+        if bundled(model) and (model.images is not None or (model.raw and key.fold != "all")):
+            keys.append(key)
     if config["case_parity"]["folds"] == "first":  # one fold per model: the predictor's stages are fold-independent
         firsts = {}
         for key in sorted(keys, key=lambda k: fold_order(k.fold)):
@@ -244,12 +297,16 @@ def case_parity_keys():
 
 def get_case_parity_inputs(wildcards):
     model = get_model(wildcards)
-    return {
+    inputs = {
         **get_fold_inputs(wildcards),
         "bundle": f"{RESULTS}/{wildcards.dataset}/{wildcards.model}/bundle/bundle.json",
-        "splits": f"{model.preprocessed}/splits_final.json",
-        "raw_dataset": f"{model.raw}/dataset.json",
     }
+    if model.images is not None:  # the fold's held-out images, as its patches split them
+        inputs["patches"] = f"{FoldKey(wildcards.dataset, wildcards.model, wildcards.fold).dir(RESULTS)}/patches/patches.json"
+        return inputs
+    inputs["splits"] = f"{model.preprocessed}/splits_final.json"
+    inputs["raw_dataset"] = f"{model.raw}/dataset.json"
+    return inputs
 
 
 def get_case_parity_variants(wildcards):
@@ -296,9 +353,24 @@ def get_report_entries():
                     else None
                 ),
                 "kind": model.kind,
+                "patches": f"{base}/patches/patches.json",
+                "intake": intake_of(model),
             }
         )
     return entries
+
+
+def intake_of(model):
+    """Where a model and its data come from, for the report."""
+    if model.kind != "nnunet":
+        return {}
+    intake = {"folder": model.folder, "preprocessed": model.preprocessed}
+    if model.zip is not None:
+        intake["zip"] = f"{model.zip.path} (sha256 {model.zip.key}…): {model.zip_folder}"
+    if model.images is not None:
+        labels = f", labels {model.images.labels}" if model.images.labels else ", no labels"
+        intake["images"] = f"{model.images.folder} ({len(model.images.cases)} cases{labels})"
+    return intake
 
 
 def get_realistic_plans(wildcards):
@@ -321,7 +393,7 @@ def get_realistic():
 def get_report_inputs(wildcards):
     files = [get_realistic()] if get_realistic() else []
     for entry in get_report_entries():
-        files += [entry["export"], entry["simplify"], entry["parity"], entry["benchmark"]]
+        files += [entry["export"], entry["simplify"], entry["parity"], entry["benchmark"], entry["patches"]]
         if entry["torchscript"]:
             files.append(entry["torchscript"])
         files += list(entry["quantize"].values())

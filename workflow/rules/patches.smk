@@ -7,7 +7,8 @@ rule patches:
         json=f"{FOLD_DIR}/patches/patches.json",
     params:
         source=get_source,
-        preprocessed=lambda wildcards: get_model(wildcards).preprocessed,
+        preprocessed=get_patch_data,
+        images=get_images_param,
         n_calibration=lookup(dpath="patches/calibration", within=config),
         n_heldout=lookup(dpath="patches/heldout", within=config),
         seed=lookup(dpath="patches/seed", within=config),

@@ -1,19 +1,24 @@
 import json
 from pathlib import Path
 
-from nnbridge.validate.caseparity import run_case_parity, validation_cases
+from nnbridge.validate.caseparity import heldout_image_cases, run_case_parity, validation_cases
 from nnbridge.core.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
     dataset_json = json.loads(Path(snakemake.input.dataset).read_text())
-    cases = validation_cases(
-        Path(snakemake.input.splits).parent,
-        snakemake.wildcards.fold,
-        snakemake.params.raw,
-        dataset_json["file_ending"],
-        len(dataset_json["channel_names"]),
-        max_cases=snakemake.params.max_cases,
-    )
+    images = snakemake.params.images
+    if images:  # the fold's held-out images (labels optional: the gate compares two predictors)
+        cases = heldout_image_cases(snakemake.input.patches, images["folder"], images["labels_folder"],
+                                    dataset_json, max_cases=snakemake.params.max_cases)
+    else:
+        cases = validation_cases(
+            Path(snakemake.input.splits).parent,
+            snakemake.wildcards.fold,
+            snakemake.params.raw,
+            dataset_json["file_ending"],
+            len(dataset_json["channel_names"]),
+            max_cases=snakemake.params.max_cases,
+        )
     record = run_case_parity(
         model_folder=Path(snakemake.params.model_folder),
         fold=snakemake.wildcards.fold,
@@ -25,6 +30,7 @@ with logged(snakemake.log[0]):
         step=snakemake.params.step,
         mirroring=snakemake.params.mirroring,
         threads=snakemake.params.threads,
+        trusted=snakemake.params.trusted,
     )
     write_json(snakemake.output.json, record)
     for name, result in record["variants"].items():

@@ -1,9 +1,11 @@
 from nnbridge.export.onnx_export import export_onnx
 from nnbridge.models.loader import load_model
-from nnbridge.core.runlog import logged, write_json
+from nnbridge.core.runlog import logged, note, write_json
 
 with logged(snakemake.log[0]):
     fold = load_model(snakemake.params.source)
+    if fold.trainer_note:  # the trainer class is not installed: said once per fold, on the console
+        note(f"{snakemake.wildcards.dataset}/{snakemake.wildcards.model} fold {snakemake.wildcards.fold}: {fold.trainer_note}")
     print(fold.weight_check.summary())
     record = export_onnx(fold, snakemake.output.onnx, opset=snakemake.params.opset)
     record["checkpoint_weights"] = fold.weight_check.to_dict()

@@ -1,19 +1,34 @@
+from nnbridge.patches.images import write_image_patch_sets
 from nnbridge.patches.sampling import copy_patch_sets, write_patch_sets
 from nnbridge.core.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
     source = snakemake.params.source
-    if snakemake.params.preprocessed:
+    counts = dict(n_calibration=snakemake.params.n_calibration, n_heldout=snakemake.params.n_heldout)
+    sampling = dict(seed=snakemake.params.seed, foreground_fraction=snakemake.params.foreground_fraction)
+    images = snakemake.params.images
+    if images:  # the model's own preprocessing of an image folder
+        summary = write_image_patch_sets(
+            source,
+            snakemake.params.preprocessed,
+            snakemake.wildcards.fold,
+            snakemake.output.calibration,
+            snakemake.output.heldout,
+            cases=images["cases"],
+            labels=images["labels"],
+            splits=images["splits"],
+            **counts,
+            **sampling,
+        )
+    elif snakemake.params.preprocessed:
         summary = write_patch_sets(
             source,
             snakemake.params.preprocessed,
             snakemake.wildcards.fold,
             snakemake.output.calibration,
             snakemake.output.heldout,
-            n_calibration=snakemake.params.n_calibration,
-            n_heldout=snakemake.params.n_heldout,
-            seed=snakemake.params.seed,
-            foreground_fraction=snakemake.params.foreground_fraction,
+            **counts,
+            **sampling,
         )
     else:  # a plain model's own patch arrays
         summary = copy_patch_sets(
@@ -23,7 +38,6 @@ with logged(snakemake.log[0]):
             snakemake.output.heldout,
             channels=source["input_channels"],
             spatial=tuple(source["example_size"]),
-            n_calibration=snakemake.params.n_calibration,
-            n_heldout=snakemake.params.n_heldout,
+            **counts,
         )
     write_json(snakemake.output.json, summary)

@@ -13,6 +13,9 @@ from typing import Any
 
 from .errors import NNBridgeError
 
+_CONSOLE: list[Any] = []
+"""The console streams of the :func:`logged` blocks in progress (innermost last)."""
+
 
 @contextlib.contextmanager
 def logged(log_path: str | Path) -> Iterator[None]:
@@ -23,6 +26,7 @@ def logged(log_path: str | Path) -> Iterator[None]:
     with open(log_path, "a", buffering=1) as handle:
         old = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = handle
+        _CONSOLE.append(old[1])
         try:
             yield
         except BaseException as exc:
@@ -32,7 +36,16 @@ def logged(log_path: str | Path) -> Iterator[None]:
                     print(f"nnbridge error: {exc}", file=stream, flush=True)
             raise
         finally:
+            _CONSOLE.pop()
             sys.stdout, sys.stderr = old
+
+
+def note(message: str) -> None:
+    """One line the user should see: to the log and, inside :func:`logged`, also the console."""
+    line = f"nnbridge note: {message}"
+    print(line, flush=True)
+    if _CONSOLE:
+        print(line, file=_CONSOLE[-1], flush=True)
 
 
 def write_json(path: str | Path, data: Any) -> None:

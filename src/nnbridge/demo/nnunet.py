@@ -81,6 +81,7 @@ _ENTRY_POINTS = {
     ),
     "nnUNetv2_preprocess": ("nnunetv2.experiment_planning.plan_and_preprocess_entrypoints", "preprocess_entry"),
     "nnUNetv2_train": ("nnunetv2.run.run_training", "run_training_entry"),
+    "nnUNetv2_export_model_to_zip": ("nnunetv2.model_sharing.entry_points", "export_pretrained_model_entry"),
 }
 
 
@@ -400,3 +401,30 @@ def validation_dice(fold_dir: Path) -> dict[str, float]:
     dice = {names.get(str(key), str(key)): float(metrics["Dice"]) for key, metrics in summary["mean"].items()}
     dice["mean"] = float(summary["foreground_mean"]["Dice"])
     return dice
+
+
+def export_model_zip(
+    results: Path,
+    out: Path,
+    *,
+    dataset_id: int = DEMO_DATASET_ID,
+    configurations: tuple[str, ...] = ("3d_fullres",),
+    folds: tuple[str | int, ...] = (0,),
+    checkpoints: tuple[str, ...] = ("checkpoint_final.pth",),
+    plans: str = DEMO_PLANS,
+    trainer: str = DEMO_TRAINER,
+    log: Path | None = None,
+) -> Path:
+    """Run ``nnUNetv2_export_model_to_zip -d ID -o OUT -c CONFIGS -tr TRAINER -p PLANS -f FOLDS
+    -chk CHECKPOINTS``: the zip nnU-Net users share (every configuration needs every fold).
+    Returns the zip."""
+    env = nnunet_env(results, results, results, for_training=False)
+    cmd = _nnunet_command("nnUNetv2_export_model_to_zip") + [
+        "-d", str(dataset_id), "-o", str(Path(out).resolve()), "-c", *configurations, "-tr", trainer,
+        "-p", plans, "-f", *[str(f) for f in folds], "-chk", *checkpoints,
+    ]  # fmt: skip
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    _run_logged(cmd, env, log, f"nnUNetv2_export_model_to_zip of dataset {dataset_id}")
+    if not Path(out).is_file():
+        raise RuntimeError(f"{out}: no zip after nnUNetv2_export_model_to_zip{_see(log)}")
+    return Path(out)

@@ -76,6 +76,8 @@ def fold_metadata(fold: LoadedFold, opset: int) -> dict[str, str]:
     if fold.kind == "nnunet":
         meta.update(trainer=fold.trainer_name, configuration=str(fold.configuration),
                     plans=json.dumps(fold.plans), dataset_json=json.dumps(fold.dataset_json))
+        if fold.trainer_note is not None:  # the trainer class was not installed: default network
+            meta.update(trainer_fallback=fold.trainer_note)
         if fold.previous_stage is not None:  # cascade: image channels, then one-hot of these labels
             meta.update(previous_stage=fold.previous_stage,
                         num_image_channels=str(fold.num_image_channels),

@@ -78,6 +78,7 @@ def export_onnx(fold: LoadedFold, out_path: Path, opset: int = 17, seed: int = 0
         "opset": opset,
         "weights": weight_proof,
         "shape_checks": shape_checks,
+        "trainer_fallback": fold.trainer_note,
         "source": {"kind": fold.kind, "checkpoint": str(fold.checkpoint_path),
                    "sha256": fold.checkpoint_sha256, "model": fold.trainer_name,
                    "weights_origin": fold.weights_origin},

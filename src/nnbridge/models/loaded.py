@@ -46,6 +46,9 @@ class LoadedFold:
     previous_stage_labels: tuple[int, ...] = ()
     """Cascade stage: the labels of its one-hot input channels, in order after the image channels
     (nnU-Net's foreground labels; ``determine_num_input_channels``)."""
+    trainer_note: str | None = None
+    """Set when the checkpoint's trainer class is not installed and the network was built the way
+    nnU-Net's default trainer builds it (the strict load and weight proof vouch for it)."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -54,6 +54,26 @@ def find_trainer_class(trainer_name: str) -> type:
         ) from exc
 
 
+DEFAULT_TRAINER = "nnUNetTrainer"
+
+
+def trainer_or_default(trainer_name: str) -> tuple[type, str | None]:
+    """(trainer class, note): the checkpoint's trainer class, or nnU-Net's default trainer
+    ``nnUNetTrainer`` when it is not installed, with a one-line note saying so. The default trainer
+    builds the network from the plans' ``architecture`` entry (``get_network_from_plans``), as
+    most custom trainers (other epochs, losses, augmentation) do too; one that builds another
+    network is caught by the strict load and the weight proof."""
+    try:
+        return find_trainer_class(trainer_name), None
+    except NNBridgeError:
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: PLC0415
+
+        return nnUNetTrainer, (
+            f"trainer class {trainer_name!r} is not installed: network built from plans.json's architecture as "
+            f"nnU-Net's default trainer ({DEFAULT_TRAINER}) builds it; the strict load and weight proof check it"
+        )
+
+
 def fold_dirname(fold: str | int) -> str:
     return f"fold_{fold}"
 
@@ -95,7 +115,7 @@ def load_nnunet_fold(
     num_input_channels = determine_num_input_channels(plans_manager, cm, dataset_json)
     label_manager = plans_manager.get_label_manager(dataset_json)
     num_outputs = label_manager.num_segmentation_heads
-    trainer_class = find_trainer_class(trainer_name)
+    trainer_class, trainer_note = trainer_or_default(trainer_name)
     if "plans_manager" in inspect.signature(trainer_class.build_network_architecture).parameters:
         network = trainer_class.build_network_architecture(
             plans_manager, cm, num_input_channels, num_outputs, enable_deep_supervision=False
@@ -110,8 +130,15 @@ def load_nnunet_fold(
             enable_deep_supervision=False,
         )
     weights = strip_prefixes(checkpoint["network_weights"])
-    load_strictly(network, weights, checkpoint_path, "the network built from plans.json",
-                  "check that plans.json belongs to this checkpoint")
+    if trainer_note is None:
+        load_strictly(network, weights, checkpoint_path, "the network built from plans.json",
+                      "check that plans.json belongs to this checkpoint")
+    else:
+        load_strictly(network, weights, checkpoint_path,
+                      f"the network nnU-Net's default trainer builds from plans.json (trainer class "
+                      f"{trainer_name!r} is not installed)",
+                      f"{trainer_name} builds another network: add the folder that defines it to the "
+                      "nnUNet_extTrainer environment variable")
     check = verified(network, weights, checkpoint_path)
     mirror_axes = checkpoint.get("inference_allowed_mirroring_axes") or ()
     return LoadedFold(
@@ -135,6 +162,7 @@ def load_nnunet_fold(
         previous_stage=cm.previous_stage_name,
         previous_stage_labels=(tuple(int(label) for label in label_manager.foreground_labels)
                                if cm.previous_stage_name is not None else ()),
+        trainer_note=trainer_note,
     )
 
 

@@ -122,9 +122,15 @@ def sample_patches(
     seed: int,
     foreground_fraction: float = 0.33,
     previous: PreviousStage | None = None,
+    class_locations: dict[str, dict] | None = None,
+    details: list[dict[str, Any]] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """``n`` patches (n, C, *patch_size) from ``cases``, cycling through the cases in order (a
-    cascade stage's with the ``previous`` stage's one-hot channels after the image channels)."""
+    cascade stage's with the ``previous`` stage's one-hot channels after the image channels).
+
+    Foreground voxels come from nnU-Net's ``class_locations`` of each case, or from
+    ``class_locations`` (case → class → voxels) when given; ``details`` (a list) receives per
+    patch its case, start and the class it is centred on (``None``: a random position)."""
     if not cases:
         raise NNBridgeError(f"{data_folder}: no cases to sample patches from")
     rng = np.random.default_rng(seed)
@@ -146,7 +152,9 @@ def sample_patches(
             z = int(rng.integers(spatial[0]))
             data, spatial = data[:, z], spatial[1:]
         start = rng.integers(np.minimum(0, spatial - patch), np.maximum(spatial - patch, 0) + 1)
-        locations = {k: v for k, v in (props.get("class_locations") or {}).items() if len(v)}
+        known = class_locations[case] if class_locations is not None else props.get("class_locations")
+        locations = {k: v for k, v in (known or {}).items() if len(v)}
+        cls = None
         if locations and rng.random() < foreground_fraction:
             cls = list(locations)[int(rng.integers(len(locations)))]
             voxel = locations[cls][int(rng.integers(len(locations[cls])))][1:]  # drop channel
@@ -154,6 +162,9 @@ def sample_patches(
             start = voxel - np.array(patch) // 2
         patches.append(_crop(data, start, patch))
         origins.append(case)
+        if details is not None:
+            details.append({"case": case, "start": [int(s) for s in start],
+                            "class": None if cls is None else (list(cls) if isinstance(cls, tuple) else int(cls))})
     return np.stack(patches).astype(np.float32), origins
 
 
@@ -204,6 +215,9 @@ def write_patch_sets(
     train_cases, val_cases = fold_cases(Path(preprocessed_dataset_dir), fold)
     summary: dict[str, Any] = {"patch_size": list(patch_size), "data_folder": str(data_folder),
                                "fold": fold}
+    if fold == "all":
+        summary["note"] = ("fold all trained on every case: the held-out patches (the last fifth of the cases) "
+                           "were seen in training")
     if previous is not None:
         summary["previous_stage"] = {"name": previous.name, "segs": str(previous.segs),
                                      "onehot_labels": list(previous.labels)}

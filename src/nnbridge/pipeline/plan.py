@@ -6,13 +6,16 @@ Pure functions over the validated config (no snakemake import), used by the work
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import NNBridgeError
 from ..core.keys import fold_order
-from ..core.plans import default_previous_stage_segs, model_previous_stage
+from ..core.plans import configuration_of, default_previous_stage_segs, previous_stage
+from ..intake.images import ImageSet, list_image_cases
+from ..intake.modelzip import ModelZip, read_model_zip
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,12 @@ class ModelEntry:
     """A cascade stage's previous stage (``3d_lowres``), from the model folder's plans.json."""
     previous_stage_segs: str | None = None
     """A cascade stage's input segmentations: ``previous_stage_segs:``, else where nnU-Net puts them."""
+    zip: ModelZip | None = field(default=None, compare=False, hash=False)
+    """The model zip the folder is unpacked from (``folder`` is then its place in the cache)."""
+    zip_folder: str | None = None
+    """The model folder's path inside the zip."""
+    images: ImageSet | None = field(default=None, compare=False, hash=False)
+    """The image folder patches and whole-case parity come from (instead of ``preprocessed``)."""
 
     @property
     def dataset(self) -> str:
@@ -91,6 +100,15 @@ class ModelEntry:
     def fold_keys(self) -> list[FoldKey]:
         return [FoldKey(self.dataset, self.name, f) for f in self.folds]
 
+    def zip_member(self, path: str) -> str | None:
+        """The zip member a file of the (unpacked) model folder comes from; ``None`` when the
+        model is no zip's or the zip lacks that file."""
+        if self.zip is None or not path.startswith(f"{self.folder}/"):
+            return None
+        relative = path[len(self.folder) + 1:]
+        folder = next(f for f in self.zip.folders if f.path == self.zip_folder)
+        return f"{self.zip_folder}/{relative}" if relative in folder.files else None
+
 
 def discover_folds(folder: Path, checkpoint: str) -> tuple[str, ...]:
     """Folds of a model folder that hold ``checkpoint`` (``fold_0``…, ``fold_all``)."""
@@ -102,42 +120,58 @@ def discover_folds(folder: Path, checkpoint: str) -> tuple[str, ...]:
 
 
 def discover_models(entries: list[dict[str, Any]], demo_folder: str | None = None,
-                    quantize_names: list[str] | tuple[str, ...] = ()) -> dict[str, ModelEntry]:
+                    quantize_names: list[str] | tuple[str, ...] = (),
+                    zip_cache: str | Path | None = None) -> dict[str, ModelEntry]:
     """Validated ``models:`` entries keyed by ``<dataset>/<model>``.
 
     nnU-Net folds listed in the config are taken as given (the demo's are produced by the
-    pipeline); otherwise every ``fold_*`` folder holding the checkpoint is used. Plain PyTorch
-    entries (``kind: pytorch``) are one branch each.
+    pipeline); otherwise every ``fold_*`` folder holding the checkpoint is used. A ``zip:`` entry
+    gives one model per configuration in the zip (``configurations:`` narrows them), unpacked
+    into ``zip_cache/<sha256 prefix>/``. Plain PyTorch entries (``kind: pytorch``) are one branch
+    each.
     """
     models: dict[str, ModelEntry] = {}
     for i, entry in enumerate(entries):
         kind = entry.get("kind", "nnunet")
-        model = (_nnunet_entry(entry, i, demo_folder) if kind == "nnunet"
-                 else _plain_entry(entry, i))
-        where = f"config models[{i}] ({model.name})"
-        for name in model.quantize or ():
-            if name not in quantize_names:
-                raise NNBridgeError(f"{where}: quantize variant {name!r} is not in the config's quantize section {list(quantize_names)}")
-        key = f"{model.dataset}/{model.name}"
-        if key in models:
-            raise NNBridgeError(f"{where}: {key} is listed twice; merge the two entries or rename one")
-        models[key] = model
+        found = (_nnunet_entries(entry, i, demo_folder, zip_cache) if kind == "nnunet"
+                 else [_plain_entry(entry, i)])
+        for model in found:
+            where = f"config models[{i}] ({model.name})"
+            for name in model.quantize or ():
+                if name not in quantize_names:
+                    raise NNBridgeError(f"{where}: quantize variant {name!r} is not in the config's quantize section {list(quantize_names)}")
+            key = f"{model.dataset}/{model.name}"
+            if key in models:
+                raise NNBridgeError(f"{where}: {key} is listed twice; merge the two entries or rename one")
+            models[key] = model
     return models
 
 
-def _nnunet_entry(entry: dict[str, Any], i: int, demo_folder: str | None) -> ModelEntry:
+def _checkpoint_name(entry: dict[str, Any], where: str) -> str:
+    checkpoint = entry.get("checkpoint", "checkpoint_final.pth")
+    if checkpoint not in ("checkpoint_final.pth", "checkpoint_best.pth"):
+        raise NNBridgeError(f"{where}: checkpoint {checkpoint!r}: an nnU-Net fold has checkpoint_final.pth or checkpoint_best.pth")
+    return checkpoint
+
+
+def _nnunet_entries(entry: dict[str, Any], i: int, demo_folder: str | None,
+                    zip_cache: str | Path | None) -> list[ModelEntry]:
+    if entry.get("zip"):
+        return _zip_entries(entry, i, zip_cache)
     folder = str(entry.get("folder", "")).rstrip("/")
     where = f"config models[{i}] ({folder})"
     if not folder:
-        raise NNBridgeError(f"config models[{i}]: `folder:` missing (an nnU-Net model folder; plain PyTorch models need `kind: pytorch`)")
+        raise NNBridgeError(f"config models[{i}]: `folder:` or `zip:` missing (an nnU-Net model folder or a zip "
+                            "from nnUNetv2_export_model_to_zip; plain PyTorch models need `kind: pytorch`)")
+    if entry.get("configurations"):
+        raise NNBridgeError(f"{where}: `configurations:` is for `zip:` entries (a model folder is one configuration); "
+                            "remove it")
     if len(Path(folder).name.split("__")) != 3:
         raise NNBridgeError(
             f"{where}: folder name must be <Trainer>__<Plans>__<configuration> "
             "(the folder nnU-Net writes under nnUNet_results/<Dataset>/)"
         )
-    checkpoint = entry.get("checkpoint", "checkpoint_final.pth")
-    if checkpoint not in ("checkpoint_final.pth", "checkpoint_best.pth"):
-        raise NNBridgeError(f"{where}: checkpoint {checkpoint!r}: an nnU-Net fold has checkpoint_final.pth or checkpoint_best.pth")
+    checkpoint = _checkpoint_name(entry, where)
     if entry.get("folds"):
         folds = tuple(str(f) for f in entry["folds"])
     elif folder == demo_folder:
@@ -148,22 +182,109 @@ def _nnunet_entry(entry: dict[str, Any], i: int, demo_folder: str | None) -> Mod
         folds = discover_folds(Path(folder), checkpoint)
         if not folds:
             raise NNBridgeError(f"{where}: no fold_*/{checkpoint} found; list `folds:` or fix the path")
-    if not entry.get("preprocessed"):
+    plans_file, dataset_file = Path(folder) / "plans.json", Path(folder) / "dataset.json"
+    plans = json.loads(plans_file.read_text()) if plans_file.is_file() else None
+
+    def dataset_json() -> dict[str, Any]:
+        if not dataset_file.is_file():
+            raise NNBridgeError(f"{where}: {dataset_file} missing; `images:` needs the model folder's dataset.json")
+        return json.loads(dataset_file.read_text())
+
+    return [_nnunet_model(entry, where, folder, folds, checkpoint, plans, dataset_json)]
+
+
+def _zip_entries(entry: dict[str, Any], i: int, zip_cache: str | Path | None) -> list[ModelEntry]:
+    """One model per configuration folder of the zip (narrowed by ``configurations:``)."""
+    where = f"config models[{i}] ({entry['zip']})"
+    if entry.get("folder"):
+        raise NNBridgeError(f"{where}: give `zip:` or `folder:`, not both")
+    if zip_cache is None:
+        raise NNBridgeError(f"{where}: model zips need a cache folder to be unpacked into (zip_cache)")
+    checkpoint = _checkpoint_name(entry, where)
+    archive = read_model_zip(entry["zip"], Path(zip_cache) / "sha256.json")
+    available = sorted({f.configuration for f in archive.folders})
+    wanted = [str(c) for c in entry.get("configurations") or available]
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise NNBridgeError(f"{where}: configuration {unknown[0]!r} is not in the zip; it holds {available}; "
+                            "fix `configurations:`")
+    models = []
+    for zipped in archive.folders:
+        if zipped.configuration not in wanted:
+            continue
+        model_where = f"{where} {zipped.path}"
+        for needed in ("plans.json", "dataset.json"):
+            if needed not in zipped.files:
+                raise NNBridgeError(f"{model_where}: no {needed} in the zip; re-export the model with "
+                                    "nnUNetv2_export_model_to_zip")
+        present = zipped.folds(checkpoint)
+        folds = tuple(str(f) for f in entry.get("folds") or present)
+        missing = [f for f in folds if f not in present]
+        if missing or not folds:
+            raise NNBridgeError(
+                f"{model_where}: no fold_{missing[0] if missing else '*'}/{checkpoint} in the zip (it has folds "
+                f"{list(present)} with {checkpoint}); fix `folds:` or `checkpoint:`"
+            )
+        folder = f"{str(zip_cache).rstrip('/')}/{archive.key}/{zipped.path}"
+        plans = archive.read_json(f"{zipped.path}/plans.json")
+        model = _nnunet_model(entry, model_where, folder, folds, checkpoint, plans,
+                              lambda z=zipped: archive.read_json(f"{z.path}/dataset.json"))
+        models.append(replace(model, zip=archive, zip_folder=zipped.path))
+    return models
+
+
+def _nnunet_model(entry: dict[str, Any], where: str, folder: str, folds: tuple[str, ...], checkpoint: str,
+                  plans: dict[str, Any] | None, dataset_json: Any) -> ModelEntry:
+    """A model folder's entry with its data: ``preprocessed:`` (+ ``raw:``) or ``images:``."""
+    has_preprocessed, has_images = bool(entry.get("preprocessed")), bool(entry.get("images"))
+    if has_preprocessed == has_images:
         raise NNBridgeError(
-            f"{where}: `preprocessed:` missing; point it at the dataset's nnUNet_preprocessed "
-            "folder (calibration and held-out patches come from it)"
+            f"{where}: " + ("both `images:` and `preprocessed:` given; keep one" if has_images else
+                            "`images:` or `preprocessed:` missing (calibration and held-out patches come from it)")
+            + ": `images:` is a folder of <case>_0000<ending> images (nnbridge preprocesses them with the model's "
+            "plans), `preprocessed:` the dataset's nnUNet_preprocessed folder"
         )
-    raw = str(entry["raw"]).rstrip("/") if entry.get("raw") else None
-    previous, segs = _previous_stage(entry, folder, where)
-    return ModelEntry(folder, str(entry["preprocessed"]).rstrip("/"), folds, checkpoint, raw,
-                      "nnunet", dict(entry), previous, segs)
+    previous, segs = _previous_stage(entry, folder, where, plans)
+    raw, images = None, None
+    if has_images:
+        for key, why in (("raw", "whole-case parity runs on the held-out images"),
+                         ("previous_stage_segs", "cascade stages need `preprocessed:`")):
+            if entry.get(key):
+                raise NNBridgeError(f"{where}: `{key}:` is for `preprocessed:` entries ({why}); remove it")
+        labels = entry.get("labels")
+        if labels is not None and not isinstance(labels, str):
+            raise NNBridgeError(f"{where}: `labels:` of an nnU-Net model is a folder of label files <case><ending>; "
+                                "label names come from its dataset.json")
+        if previous is not None:
+            raise NNBridgeError(
+                f"{where}: {configuration_of(folder)[2]} is a cascade stage (it takes the {previous} segmentation "
+                "as input); from `images:` nnbridge does not run its previous stage: narrow `configurations:` to "
+                "the other configurations, or give `preprocessed:` and `previous_stage_segs:`"
+            )
+        splits = str(entry["splits"]) if entry.get("splits") else None
+        if splits and not Path(splits).is_file():
+            raise NNBridgeError(f"{where}: splits file {splits} does not exist; fix `splits:` or remove it")
+        cases = list_image_cases(str(entry["images"]).rstrip("/"), dataset_json(), labels, where)
+        images = ImageSet(str(entry["images"]).rstrip("/"), str(labels).rstrip("/") if labels else None,
+                          splits, cases)
+    else:
+        for key in ("labels", "splits"):
+            if entry.get(key):
+                raise NNBridgeError(f"{where}: `{key}:` goes with `images:`; with `preprocessed:` labels and splits "
+                                    "come from the preprocessed folder; remove it")
+        raw = str(entry["raw"]).rstrip("/") if entry.get("raw") else None
+    preprocessed = str(entry["preprocessed"]).rstrip("/") if has_preprocessed else None
+    return ModelEntry(folder, preprocessed, folds, checkpoint, raw, "nnunet", dict(entry), previous, segs,
+                      images=images)
 
 
-def _previous_stage(entry: dict[str, Any], folder: str, where: str) -> tuple[str | None, str | None]:
-    """(previous stage, folder of its segmentations) of a cascade stage, else (None, None)."""
-    previous = model_previous_stage(folder)
+def _previous_stage(entry: dict[str, Any], folder: str, where: str,
+                    plans: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """(previous stage, folder of its segmentations) of a cascade stage, else (None, None)
+    (``plans``: the model's plans.json, ``None`` while the pipeline has yet to write it)."""
+    previous = previous_stage(plans, configuration_of(folder)[2]) if plans is not None else None
     if previous is None:
-        if entry.get("previous_stage_segs") and (Path(folder) / "plans.json").is_file():
+        if entry.get("previous_stage_segs") and plans is not None:
             raise NNBridgeError(f"{where}: `previous_stage_segs:` is for cascade stages only (plans.json "
                                 "gives this configuration no previous_stage); remove it")
         return None, None
@@ -185,6 +306,9 @@ def _plain_entry(entry: dict[str, Any], i: int) -> ModelEntry:
     missing = [k for k in PLAIN_REQUIRED if k not in entry]
     if missing:
         raise NNBridgeError(f"{where}: a plain PyTorch model needs {', '.join(missing)}; see config/README.md")
+    if isinstance(entry.get("labels"), str):
+        raise NNBridgeError(f"{where}: `labels:` of a plain model maps label names to class indices, e.g. "
+                            "{background: 0, liver: 1}")
     fmt = entry.get("format", "state_dict")
     if fmt == "state_dict" and not entry.get("class"):
         raise NNBridgeError(f"{where}: `class:` missing; a state dict needs its model class (package.module.Class or file.py:Class)")

@@ -58,6 +58,8 @@ def load_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "validation": _load(entry.get("validation_summary")),
             "case_parity": _load(entry.get("case_parity")),
             "bundle": _load(entry.get("bundle")),
+            "patches": _load(entry.get("patches")),
+            "intake": entry.get("intake") or {},
             "label": (f"fold {entry['fold']}" if single else
                       f"{entry['dataset']} / {entry['model']} / fold {entry['fold']}"),
         })
@@ -239,6 +241,33 @@ def validation_table(folds: list[dict[str, Any]]) -> Table | None:
         return None
     header = ["fold", *[f"Dice {c}" for c in classes], "foreground mean"]
     return header, [[label, *[_fmt(d.get(c)) for c in classes], _fmt(fg)] for label, d, fg in rows]
+
+
+def intake_table(folds: list[dict[str, Any]]) -> Table | None:
+    """Where each fold came from when that is not a trained model folder with nnU-Net's
+    preprocessed data: a model zip, an image folder (how its cases were split, where the patches'
+    foreground came from), a trainer class that is not installed."""
+    rows = []
+    for e in folds:
+        intake, patches = e.get("intake") or {}, e.get("patches") or {}
+        fallback = (e.get("export") or {}).get("trainer_fallback")
+        if not (intake.get("zip") or intake.get("images") or fallback):
+            continue
+        split = patches.get("split") or {}
+        if split.get("source") == "seeded":
+            how = f"seeded (seed {split['seed']}): {split.get('note', '')}"
+        elif split:
+            how = f"fold {split['fold']} of {split['splits']}"
+        else:
+            how = "the fold's nnU-Net split"
+        foreground = (patches.get("foreground") or {}).get("note") or "labels (nnU-Net's class_locations)"
+        held = ", ".join(split.get("heldout") or (patches.get("heldout") or {}).get("cases") or [])
+        rows.append([_fold_label(e), intake.get("zip") or intake.get("folder", ""), fallback or "as trained",
+                     intake.get("images") or intake.get("preprocessed") or "", how, held or "–", foreground])
+    if not rows:
+        return None
+    return ["fold", "model", "trainer", "data", "calibration / held-out split", "held-out cases",
+            "patch foreground"], rows
 
 
 def weights_table(folds: list[dict[str, Any]]) -> Table:
@@ -684,6 +713,9 @@ def sections(folds: list[dict[str, Any]],
         ("Model quality (nnU-Net validation)",
          "Dice of each fold on its own validation cases, as computed by nnU-Net after training.",
          validation_table(folds)),
+        ("Model intake", "Models from a zip, patches from an image folder preprocessed by the model's own "
+         "plans, networks of trainer classes that are not installed (built as nnU-Net's default trainer "
+         "builds them, checked by the strict load and the weight proof).", intake_table(folds)),
         ("Weights and export checks",
          "Every artifact must carry exactly the checkpoint's tensors; eager PyTorch and the "
          "exported model are compared at two input shapes.", weights_table(folds)),

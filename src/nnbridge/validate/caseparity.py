@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import NNBridgeError
-from ..models.nnunet import find_trainer_class
+from ..core.runlog import read_json
+from ..intake.images import list_image_cases
+from ..models.nnunet import load_nnunet_fold, trainer_or_default
 from ..patches.sampling import fold_cases
 from ..predict.bundle import Bundle
 from ..predict.io import reader_writer
@@ -52,6 +54,21 @@ def validation_cases(preprocessed_dir: Path, fold: str, raw_dir: Path, file_endi
     return cases
 
 
+def heldout_image_cases(patches_record: str | Path, images: str | Path, labels: str | Path | None,
+                        dataset_json: dict[str, Any], max_cases: int = 0) -> dict[str, dict[str, Any]]:
+    """Case → {images, label} of the held-out cases of a fold whose patches came from an image
+    folder (the split its ``patches.json`` records); ``label`` is ``None`` without labels."""
+    names = read_json(patches_record)["split"]["heldout"]
+    if max_cases:
+        names = names[:max_cases]
+    found = list_image_cases(images, dataset_json, labels)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise NNBridgeError(f"{images}: held-out case {missing[0]!r} of {patches_record} is gone; rerun the patches stage")
+    return {n: {"images": [Path(f) for f in found[n]["images"]],
+                "label": Path(found[n]["label"]) if found[n]["label"] else None} for n in names}
+
+
 def dice_per_class(a: np.ndarray, b: np.ndarray, classes: Sequence[int]) -> dict[str, float]:
     """Dice of each class between two label maps (1.0 when both lack the class), keyed for JSON."""
 
@@ -59,15 +76,21 @@ def dice_per_class(a: np.ndarray, b: np.ndarray, classes: Sequence[int]) -> dict
 
 
 class NNUNetReference:
-    """nnU-Net's predictor for one fold, run stage by stage on CPU."""
+    """nnU-Net's predictor for one fold, run stage by stage on CPU.
+
+    When the fold's trainer class is not installed, nnU-Net's own loading cannot build the network;
+    the predictor then gets the network nnU-Net's default trainer builds, loaded strictly and
+    proven against the checkpoint (:func:`nnbridge.models.nnunet.load_nnunet_fold`), and
+    ``note`` says so."""
 
     def __init__(self, model_folder: Path, fold: str, checkpoint: str, *, step: float, mirroring: bool,
-                 threads: int):
+                 threads: int, trusted: bool = False):
         import torch  # noqa: PLC0415
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: PLC0415
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: PLC0415
 
-
-        find_trainer_class(Path(model_folder).name.split("__")[0])  # also makes nnbridge's trainers findable
+        # also makes nnbridge's trainers findable
+        _trainer, self.note = trainer_or_default(Path(model_folder).name.split("__")[0])
         torch.set_num_threads(max(1, threads))
         self.torch = torch
         self.predictor = nnUNetPredictor(
@@ -75,8 +98,16 @@ class NNUNetReference:
             perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
             verbose_preprocessing=False, allow_tqdm=False,
         )
-        self.predictor.initialize_from_trained_model_folder(
-            str(model_folder), use_folds=(fold if fold == "all" else int(fold),), checkpoint_name=checkpoint
+        if self.note is None:
+            self.predictor.initialize_from_trained_model_folder(
+                str(model_folder), use_folds=(fold if fold == "all" else int(fold),), checkpoint_name=checkpoint
+            )
+            return
+        loaded = load_nnunet_fold(model_folder, fold, checkpoint, trusted=trusted)
+        plans_manager = PlansManager(loaded.plans)
+        self.predictor.manual_initialization(
+            loaded.network, plans_manager, plans_manager.get_configuration(loaded.configuration), [loaded.weights],
+            loaded.dataset_json, loaded.trainer_name, loaded.mirror_axes or None,
         )
 
     def predict_case(self, files: Sequence[Path], out_file: Path) -> dict[str, Any]:
@@ -168,13 +199,16 @@ def run_case_parity(
     step: float = 0.5,
     mirroring: bool = True,
     threads: int = 1,
+    trusted: bool = False,
 ) -> dict[str, Any]:
     """Predict ``cases`` with nnU-Net and with each bundle variant (name → {"backend", "gate"});
-    per-case agreement, stage timings, gates and the end-to-end speed ratio."""
+    per-case agreement, stage timings, gates and the end-to-end speed ratio. A case without a
+    ``label`` file gets no Dice against the truth (the gate compares the two predictors)."""
 
     out_dir = Path(out_dir)
     bundle = Bundle.load(bundle_dir)
-    reference = NNUNetReference(model_folder, fold, checkpoint, step=step, mirroring=mirroring, threads=threads)
+    reference = NNUNetReference(model_folder, fold, checkpoint, step=step, mirroring=mirroring, threads=threads,
+                                trusted=trusted)
     labels = reference.predictor.label_manager
     classes = [int(c) for c in (labels.regions_class_order if labels.has_regions else labels.foreground_labels)]
     ending = bundle.dataset_json["file_ending"]
@@ -188,7 +222,7 @@ def run_case_parity(
               for case, files in cases.items()}
     result: dict[str, Any] = {
         "fold": fold, "step": step, "mirroring": mirroring, "threads": threads, "cases": list(cases),
-        "classes": classes,
+        "classes": classes, "reference_note": reference.note,
         "nnunet": {"timings_s": _sum_timings([r["timings_s"] for r in ref_results.values()])},
         "variants": {},
     }
