@@ -9,6 +9,7 @@ from nnbridge.demo.dataset import DEMO_DATASET_NAME
 from nnbridge.demo.nnunet import DEMO_PLANS, DEMO_TRAINER
 from nnbridge.models import CHECKPOINT_NAMES
 from nnbridge.pipeline.codehash import code_version as stage_code_version
+from nnbridge.quantize.cpudefaults import quantize_cpu_params
 from nnbridge.pipeline.plan import (
     FoldKey,
     artifact_paths,
