@@ -109,3 +109,209 @@ def test_static_int8_uses_7_bit_weights_without_vnni_unless_told(exported, patch
                               cpu=X86_VNNI)
     assert passed["reduce_range"] is False and passed["cpu"]["decided_by"].startswith("the pipeline")
     assert ("note" in passed["cpu"]) == (not int8_dot())
+
+
+# --- item 4: gates that bound the worst case ---------------------------------------------------
+
+def _logits(labels: np.ndarray, classes: int = 3) -> np.ndarray:
+    """One-hot logits (N, C, ...) whose argmax is ``labels``."""
+    return np.moveaxis(np.eye(classes, dtype=np.float32)[labels], -1, 1)
+
+
+def _patch(sphere: int, box: int, side: int = 30) -> np.ndarray:
+    """A label patch with ``sphere`` voxels of class 1 and ``box`` of class 2 (the rest 0)."""
+    flat = np.zeros(side ** 3, dtype=np.int64)
+    flat[:sphere] = 1
+    flat[sphere : sphere + box] = 2
+    return flat.reshape(side, side, side)
+
+
+def test_the_worst_case_decides_where_the_pooled_dice_passes():
+    """A small structure that INT8 erodes on one case: pooled over all patches the Dice passes
+    0.99, on that case it is 0.947 and the per-case gate fails, naming the case; a structure of
+    a handful of voxels is listed but does not decide."""
+    from nnbridge.validate.metrics import Tolerance, validate_variant
+
+    names = {0: "background", 1: "sphere", 2: "box"}
+    ref = np.stack([_patch(9000, 9000), _patch(9000, 9000), _patch(9000, 200), _patch(9000, 10)])
+    test = ref.copy()
+    test[2][test[2] == 2] = 0
+    test[2].reshape(-1)[9000:9180] = 2  # case B keeps 180 of its 200 box voxels
+    test[3].reshape(-1)[9000] = 0  # case C: 1 of 10 box voxels lost (too small to decide)
+    groups = ["case_A", "case_A", "case_B", "case_C"]
+    tol = Tolerance(min_dice=0.99, min_case_dice=0.98)
+    result = validate_variant(_logits(ref), _logits(test), names, tol, groups=groups)
+    assert result["dice"]["box"] > 0.99  # pooled: passes
+    cases = result["case_dice"]
+    assert cases["min_voxels"] == 50  # 1/(1 - 0.98): below, one voxel alone decides
+    assert cases["worst"]["case"] == "case_B" and cases["worst"]["class"] == "box"
+    assert abs(cases["worst"]["dice"] - 2 * 180 / 380) < 1e-6
+    assert cases["distribution"]["box"]["worst_case"] == "case_B" and cases["distribution"]["box"]["max"] == 1.0
+    assert cases["not_gated"] == [{"case": "case_C", "class": "box", "voxels": 19, "dice": round(18 / 19, 6)}]
+    assert not result["passed"] and result["failures"] == ["Dice of box on case case_B 0.9474 < 0.98"]
+    assert cases["cases"]["case_B"]["voxels"]["box"] == 200
+    # the same variant with the gate pooled only passes: what the per-case gate adds
+    assert validate_variant(_logits(ref), _logits(test), names, Tolerance(min_dice=0.99))["passed"]
+
+
+def test_the_verdicts_stability_is_measured_by_resampling_each_cases_patches():
+    from nnbridge.core.dice import case_dice, overlap_counts
+
+    ref = np.stack([_patch(500, 500), _patch(500, 500), _patch(500, 500), _patch(500, 500)])
+    test = ref.copy()
+    test[1].reshape(-1)[:30] = 0  # case A's second patch: 30 of 500 sphere voxels lost
+    counts = overlap_counts(ref, test, [1, 2])
+    # two patches per case: case A's Dice depends on which patches are drawn
+    shaky = case_dice(counts, ["A", "A", "B", "B"], ["sphere", "box"], threshold=0.99)
+    assert shaky["min_case_dice"] < 0.99 and shaky["stability"]["verdict"] == "fail"
+    assert 0 < shaky["stability"]["same_verdict"] < 0.9 and shaky["stability"]["stable"] is False
+    assert "raise patches.heldout" in shaky["stability"]["note"]
+    firm = case_dice(counts, ["A", "A", "B", "B"], ["sphere", "box"], threshold=0.95)
+    assert firm["stability"] == {**firm["stability"], "verdict": "pass", "same_verdict": 1.0, "stable": True}
+    one = case_dice(counts, ["A", "B", "C", "D"], ["sphere", "box"], threshold=0.99)
+    assert one["stability"]["stable"] is None and "at least 2 per held-out case" in one["stability"]["note"]
+
+
+# --- item 2: gates per CPU kind, carried into deployment ----------------------------------------
+
+@pytest.fixture(scope="module")
+def gated_bundle(tiny_model, exported, patch_sets, tmp_path_factory):
+    """A bundle built by the pipeline's builder from a real validate record (this CPU kind, a
+    self-check set), then planted: its INT8 file replaced by a deliberately bad quantization
+    (calibrated on patches scaled by 0.05: clipped activations) with the manifest's sha256
+    updated, as if it had passed where it was gated and misbehaved on this CPU."""
+    import json
+    import shutil
+
+    from nnbridge.bundle.build import build_from_pipeline
+    from nnbridge.core.runlog import sha256_file, write_json
+    from nnbridge.models.nnunet import nnunet_source
+    from nnbridge.patches.sampling import fold_cases
+    from nnbridge.quantize.static import quantize_static_int8
+    from nnbridge.validate.parity import validate_fold
+
+    out, _, _ = exported
+    _, calibration, heldout = patch_sets
+    val = fold_cases(tiny_model.preprocessed, "0")[1]
+    groups = [val[i % len(val)] for i in range(len(heldout))]  # how the patches stage cycles the cases
+    root = tmp_path_factory.mktemp("gated")
+    model = str(out / "model.onnx")
+    variants = {"onnx_fp32": {"kind": "onnx", "path": model},
+                "onnx_fp32@openvino": {"kind": "onnx", "path": model, "backend": "openvino"},
+                "int8": {"kind": "onnx", "path": model}}  # the fp32 file: an INT8 variant that passes
+    tolerances = {"onnx_fp32": {"min_dice": 0.999}, "onnx_fp32@openvino": {"min_dice": 0.999},
+                  "int8": {"min_dice": 0.99, "min_case_dice": 0.98}}
+    parity = validate_fold(nnunet_source(tiny_model.model_folder, "0"), heldout, variants, tolerances, threads=2,
+                           groups=groups, selfcheck_out=root / "selfcheck.npz",
+                           selfcheck={"patches": 3, "max_kb": 96})
+    write_json(root / "parity.json", parity)
+    write_json(root / "benchmark.json", {"results": {"onnx_fp32": {"p50_ms": 10.0},
+                                                     "onnx_fp32@openvino": {"p50_ms": 20.0}, "int8": {"p50_ms": 5.0}}})
+    bundle = root / "bundle"
+    build_from_pipeline(bundle, plans_file=tiny_model.model_folder / "plans.json",
+                        dataset_file=tiny_model.model_folder / "dataset.json",
+                        folds={"0": {"files": {"onnx_fp32": model, "int8": model}, "parity": root / "parity.json",
+                                     "benchmark": root / "benchmark.json", "selfcheck": root / "selfcheck.npz"}},
+                        variant_names=["onnx_fp32", "int8"], default_variant="int8", model="m", dataset="d")
+    quantize_static_int8(out / "model.onnx", root / "bad.onnx", calibration[:2] * 0.05, per_channel=False)
+    planted = bundle / "int8" / "fold_0.onnx"
+    planted.unlink()  # a hard link to the exported model: never write through it
+    shutil.copyfile(root / "bad.onnx", planted)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["variants"]["int8"]["sha256"]["0"] = sha256_file(planted)
+    (bundle / "bundle.json").write_text(json.dumps(manifest, indent=2))
+    return {"bundle": bundle, "parity": parity, "root": root}
+
+
+def test_gates_name_their_cpu_kind_and_the_bundle_ships_a_small_selfcheck(gated_bundle, loaded_fold):
+    from nnbridge.predict.bundle import Bundle
+    from nnbridge.predict.verify import read_selfcheck
+    from nnbridge.runtime.torchrun import run_torch
+
+    parity = gated_bundle["parity"]
+    assert parity["cpu_kind"] == cpu_kind() and "host" not in parity["cpu_kind"]
+    int8 = parity["variants"]["int8"]
+    assert int8["passed"] and int8["tolerance"]["min_case_dice"] == 0.98
+    assert set(int8["case_dice"]["cases"]) == {"case_000", "case_007"}
+    assert int8["case_dice"]["n_cases"] == parity["n_cases"] == 2
+    bundle = Bundle.load(gated_bundle["bundle"])
+    manifest = bundle.manifest
+    assert manifest["gated_on"] == {"0": cpu_kind()}
+    selfcheck = manifest["selfcheck"]
+    assert 0 < selfcheck["bytes"] <= 96 * 1024
+    with np.load(bundle.root / selfcheck["files"]["0"]) as archive:
+        assert archive["patches"].dtype == np.float16 and archive["labels"].dtype == np.uint8
+    patches, labels, cases = read_selfcheck(bundle.root / selfcheck["files"]["0"])
+    assert len(patches) == 3 and set(cases) == {"case_000", "case_007"}  # both held-out cases
+    assert patches.shape[2:] != (40, 40, 40)  # cut to fit the budget: 3 x 40^3 float16 would be 384 kB
+    np.testing.assert_array_equal(labels, run_torch(loaded_fold.network, patches).argmax(1))
+    recheck = manifest["variants"]["int8"]["recheck"]["0"]["onnxruntime"]
+    assert recheck["tolerance"] == {"min_dice": 0.99, "min_case_dice": 0.98, "min_case_voxels": 50}
+    assert recheck["at_gate"]["min_dice"] == 1.0  # the fp32 file it was gated as
+
+
+def test_verify_catches_the_planted_variant_on_this_cpu(gated_bundle, capsys):
+    from nnbridge.cli import main
+
+    rc = main(["verify", "-m", str(gated_bundle["bundle"]), "--threads", "2"])
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    lines = out.splitlines()
+    fp32 = [line for line in lines if line.split()[:1] == ["onnx_fp32"]]
+    bad = [line for line in lines if line.split()[:1] == ["int8"]]
+    assert len(fp32) == 2 and all(line.endswith("PASS") for line in fp32)  # both runtimes passed where gated
+    assert len(bad) == 1 and "onnxruntime" in bad[0] and "FAIL: Dice of sphere" in bad[0]
+    assert "1.0000 where gated" in bad[0]
+    assert "result cached in" in out and list(gated_bundle["bundle"].glob("verified-*.json"))
+
+
+def test_predict_rechecks_on_an_unseen_cpu_kind_and_refuses_what_fails_here(gated_bundle, monkeypatch, tmp_path):
+    """On the CPU kind the bundle was gated on nothing is re-checked; on another (forced here by
+    NNBRIDGE_NO_VNNI) the variant is checked once, cached beside the bundle, and refused with
+    the CPU and the Dice; --allow-ungated still runs it; an unwritable place falls back to the
+    user cache directory."""
+    import json
+    import shutil
+
+    from nnbridge.cli import main
+    from nnbridge.core.cpu import describe_cpu
+    from nnbridge.core.errors import NNBridgeError
+    from nnbridge.predict.bundle import Bundle
+    from nnbridge.predict.predictor import Predictor
+    from nnbridge.predict.verify import cache_paths
+
+    root = tmp_path / "bundle"
+    shutil.copytree(gated_bundle["bundle"], root)
+    for old in root.glob("verified-*.json"):
+        old.unlink()
+    bundle = Bundle.load(root)
+    here = Predictor(bundle, variant="int8")  # gated on this CPU kind: trusted as gated
+    assert here.verification is None and not list(root.glob("verified-*.json"))
+
+    monkeypatch.setenv(NO_VNNI_ENV, "1")
+    kind = cpu_kind()
+    with pytest.raises(NNBridgeError) as refused:
+        Predictor(bundle, variant="int8")
+    message = str(refused.value)
+    assert f"variant 'int8' on onnxruntime fails its gate on this CPU, {describe_cpu(kind)}" in message
+    assert "NNBRIDGE_NO_VNNI=1" in message and "fold 0: Dice of sphere 0." in message
+    cache = cache_paths(bundle, kind)[0]
+    assert cache.parent == root and f"cached in {cache}" in message
+    stamp = cache.stat().st_mtime_ns
+    ungated = Predictor(bundle, variant="int8", allow_ungated=True)  # from the cache: not checked again
+    assert cache.stat().st_mtime_ns == stamp and not ungated.verification["variants"]["int8"]["onnxruntime"]["0"]["passed"]
+    exact = Predictor(bundle, variant="onnx_fp32")  # checked now, added to the cache
+    assert exact.verification["variants"]["onnx_fp32"]["onnxruntime"]["0"]["passed"]
+    assert set(json.loads(cache.read_text())["variants"]) == {"int8", "onnx_fp32"}
+    rc = main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(root)])
+    assert rc == 2  # the default variant (int8) refused in one line before anything is read
+
+    # beside the bundle unwritable (a folder in the way): the user cache directory
+    cache.unlink()
+    cache.mkdir()
+    monkeypatch.setenv("NNBRIDGE_CACHE_DIR", str(tmp_path / "user-cache"))
+    with pytest.raises(NNBridgeError, match="fails its gate on this CPU"):
+        Predictor(bundle, variant="int8")
+    fallback = cache_paths(bundle, kind)[1]
+    assert fallback.is_file() and str(fallback).startswith(str(tmp_path / "user-cache" / "verify"))
+    assert not list(root.glob(".verify-*"))  # nothing half-written left beside the bundle

@@ -123,6 +123,14 @@ def get_variant_files(wildcards):
     return sorted({v["path"] for v in get_variants(wildcards).values()})
 
 
+def get_selfcheck_settings(wildcards):
+    """The fold's share of the bundle's self-check budget (validate.selfcheck.max_kb over the
+    model's folds) and the patches it may hold."""
+    section = config["validate"]["selfcheck"]
+    folds = len(get_model(wildcards).fold_keys())
+    return {"patches": section["patches"], "max_kb": section["max_kb"] / max(folds, 1)}
+
+
 def get_validation_summaries():
     """nnU-Net's own validation summaries of the folds, where the model folder has them."""
     out = {}
@@ -150,6 +158,7 @@ def get_bundle_folds(wildcards):
             "files": {name: paths[name] for name in BUNDLE_VARIANTS},
             "parity": f"{key.dir(RESULTS)}/validate/parity.json",
             "benchmark": f"{key.dir(RESULTS)}/benchmark/benchmark.json",
+            "selfcheck": f"{key.dir(RESULTS)}/validate/selfcheck.npz",
         }
     return folds
 
@@ -157,7 +166,7 @@ def get_bundle_folds(wildcards):
 def get_bundle_inputs(wildcards):
     files = [*get_fold_inputs_of_model(wildcards).values()]
     for fold in get_bundle_folds(wildcards).values():
-        files += [*fold["files"].values(), fold["parity"], fold["benchmark"]]
+        files += [*fold["files"].values(), fold["parity"], fold["benchmark"], fold["selfcheck"]]
     return files
 
 

@@ -9,6 +9,8 @@ rule validate:
             category="Parity",
             labels={"model": "{model}", "fold": "{fold}", "file": "parity"},
         ),
+        # a few held-out patches with PyTorch's label maps: the bundle ships them for `nnbridge verify`
+        selfcheck=f"{FOLD_DIR}/validate/selfcheck.npz",
     params:
         source=get_source,
         variants=get_variants,
@@ -16,6 +18,7 @@ rule validate:
             name: variant_tolerance(name, config["validate"]) for name in get_variants(wildcards)
         },
         threads=lookup(dpath="validate/threads", within=config),
+        selfcheck=get_selfcheck_settings,
         code=code_version("validate"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/validate.log",

@@ -1,5 +1,5 @@
 from nnbridge.validate.parity import validate_fold
-from nnbridge.patches.sampling import load_patches
+from nnbridge.patches.sampling import load_patch_cases, load_patches
 from nnbridge.core.runlog import logged, write_json
 
 with logged(snakemake.log[0]):
@@ -9,6 +9,9 @@ with logged(snakemake.log[0]):
         snakemake.params.variants,
         snakemake.params.tolerances,
         threads=snakemake.params.threads,
+        groups=load_patch_cases(snakemake.input.heldout),
+        selfcheck_out=snakemake.output.selfcheck,
+        selfcheck=snakemake.params.selfcheck,
     )
     write_json(snakemake.output.json, record)
     for name, result in record["variants"].items():
