@@ -34,8 +34,9 @@ PLAIN = {"demo_unet": "key 'model_state_dict', module. prefixes removed"}
 pytestmark = pytest.mark.workflow
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(workdir / "src"))
+def run_snakemake(workdir: Path, *args: str, check: bool = True,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(workdir / "src"), **(env or {}))
     proc = subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=1800)
     if check and proc.returncode != 0:
@@ -255,6 +256,24 @@ def test_plain_pytorch_models_run_through_the_pipeline(workdir):
 
 def test_finished_run_has_nothing_to_do(workdir):
     assert planned_jobs(run_snakemake(workdir, "-n")) == {}
+
+
+def test_a_cpu_without_int8_dot_products_requantizes_only_what_it_decides(workdir):
+    """The quantize jobs' params hold the CPU features their left-out settings depend on: on a
+    CPU that differs in them (NNBRIDGE_NO_VNNI where this one has VNNI/AMX-INT8) exactly the INT8
+    entries that leave such a setting out are planned again, fp16 and bf16 are not."""
+    from nnbridge.core.cpu import int8_dot
+
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    jobs = planned_jobs(run_snakemake(workdir, "-n", env={"NNBRIDGE_NO_VNNI": "1"}))
+    if not int8_dot():  # a CPU without them already: forcing it changes nothing
+        assert jobs == {}, jobs
+        return
+    int8 = {n for n, q in config["quantize"].items() if q.get("method", "static") in ("static", "dynamic", "nncf")}
+    expected = sum(len(m.get("folds", [0])) * len(int8 & set(m.get("quantize") or config["quantize"]))
+                   for m in config["models"])
+    assert jobs.get("quantize") == expected, jobs
+    assert set(jobs) <= {"quantize", "validate", "benchmark", "bundle", "case_parity", "report", "all"}, jobs
 
 
 def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
