@@ -95,8 +95,9 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(workdir / "src"))
+def run_snakemake(workdir: Path, *args: str, check: bool = True,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(workdir / "src"), **(env or {}))
     proc = subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=1800)
     if check and proc.returncode != 0:

@@ -31,7 +31,9 @@ def test_minimal_config_gets_every_default():
     config = validate_config({"models": [{"folder": "a/T__P__2d", "preprocessed": "p"}]}, SCHEMA)
     assert config["export"]["opset"] == 17
     assert config["benchmark"]["repeats"] == 20
-    assert config["validate"]["default_tolerance"] == {"min_dice": 0.99}
+    assert config["validate"]["default_tolerance"] == {"min_dice": 0.99, "min_case_dice": 0.98}
+    assert config["validate"]["selfcheck"] == {"patches": 4, "max_kb": 256}
+    assert config["quantize"] == {}
     assert config["models"][0]["trusted"] is False
 
 

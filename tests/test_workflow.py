@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import yaml
+
 from conftest import planned_jobs, run_snakemake, set_config
 from nnbridge.runtime.ov import bf16_unavailable
 
@@ -208,6 +210,25 @@ def test_plain_pytorch_models_run_through_the_pipeline(workdir):
 
 def test_finished_run_has_nothing_to_do(workdir):
     assert planned_jobs(run_snakemake(workdir, "-n")) == {}
+
+
+def test_a_cpu_without_int8_dot_products_requantizes_only_what_it_decides(workdir):
+    """The quantize jobs' params hold the CPU features their left-out settings depend on: on a
+    CPU that differs in them (NNBRIDGE_NO_VNNI where this one has VNNI/AMX-INT8) exactly the INT8
+    entries that leave such a setting out are planned again, fp16 and bf16 are not."""
+    from nnbridge.core.cpu import int8_dot
+
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    jobs = planned_jobs(run_snakemake(workdir, "-n", env={"NNBRIDGE_NO_VNNI": "1"}))
+    if not int8_dot():  # a CPU without them already: forcing it changes nothing
+        assert jobs == {}, jobs
+        return
+    int8 = {n for n, q in config["quantize"].items() if q.get("method", "static") in ("static", "dynamic", "nncf")}
+    expected = sum(len(m.get("folds", [0])) * len(int8 & set(m.get("quantize") or config["quantize"]))
+                   for m in config["models"])
+    assert jobs.get("quantize") == expected, jobs
+    assert set(jobs) <= {"quantize", "validate", "benchmark_artifact", "benchmark", "bundle", "case_parity",
+                         "report", "all"}, jobs
 
 
 def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):

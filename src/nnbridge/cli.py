@@ -10,6 +10,7 @@ from .core.errors import NNBridgeError
 from .core.metadata import read_metadata
 from .predict.bundle import Bundle
 from .predict.predictor import Predictor
+from .predict.verify import save, summary_lines, verify_bundle
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -42,6 +43,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         accumulate="float32" if args.fp32_accumulate else "float16",
         allow_ungated=args.allow_ungated,
+        selfcheck=not args.no_selfcheck,
     )
     records = predictor.predict_folder(args.input, args.output, save_probabilities=args.save_probabilities,
                                        overwrite=not args.continue_prediction, verbose=not args.quiet)
@@ -81,10 +83,45 @@ def add_predict_parser(sub) -> None:
                    help="windows per network call (default: the bundle's choice from the benchmark sweep, else 1)")
     p.add_argument("--fp32-accumulate", action="store_true",
                    help="sum window logits in float32 (nnU-Net sums in float16)")
-    p.add_argument("--allow-ungated", action="store_true", help="use a variant that failed its parity gate")
+    p.add_argument("--allow-ungated", action="store_true",
+                   help="use a variant that failed its parity gate (where gated, or on this CPU)")
+    p.add_argument("--no-selfcheck", action="store_true",
+                   help="skip re-checking the variant on a CPU kind the bundle has not seen (nnbridge verify)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle files")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_predict)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-check each variant's gate on this machine with the bundle's self-check set."""
+
+    bundle = Bundle.load(args.model, verify=not args.no_verify)
+    record = verify_bundle(bundle, args.variant, backends=args.backend, threads=args.threads)
+    record["cached_in"] = str(save(bundle, record))
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print("\n".join(summary_lines(record)))
+        print(f"nnbridge verify: result cached in {record['cached_in']} (nnbridge predict reads it)")
+    failed = [(n, b, f) for n, per in record["variants"].items() for b, folds in per.items()
+              for f, r in folds.items() if not r.get("passed", True)]
+    return 1 if failed else 0
+
+
+def add_verify_parser(sub) -> None:
+    p = sub.add_parser("verify", help="re-check a bundle's variants on this machine, without torch",
+                       description="Run each variant of a bundle that passed its gate on the self-check set the "
+                       "bundle ships (held-out patches with PyTorch's label maps) and check its Dice here against "
+                       "its gate. Exit status 1 when a variant fails on this CPU; nnbridge predict then refuses it. "
+                       "The result is cached beside the bundle (or in the user cache directory).")
+    p.add_argument("-m", "--model", required=True, help="bundle folder (results/<dataset>/<model>/bundle)")
+    p.add_argument("--variant", nargs="+", default=None, help="variants to check (default all)")
+    p.add_argument("--backend", nargs="+", choices=("onnxruntime", "openvino"), default=None,
+                   help="runtimes to check (default each one that passed the variant's gate)")
+    p.add_argument("--threads", type=int, default=0, help="runtime threads (default: the runtime's choice)")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle files")
+    p.set_defaults(func=cmd_verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--full", action="store_true", help="include plans and dataset.json")
     inspect.set_defaults(func=cmd_inspect)
     add_predict_parser(sub)
+    add_verify_parser(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ from nnbridge.demo.realsize import PLANS as REALSIZE_PLANS, REALSIZE_DATASET_NAM
 from nnbridge.models import CHECKPOINT_NAMES
 from nnbridge.pipeline.codehash import code_version as stage_code_version
 from nnbridge.core.keys import fold_order
+from nnbridge.quantize.cpudefaults import quantize_cpu_params
 from nnbridge.pipeline.plan import (
     FoldKey,
     artifact_paths,
@@ -231,6 +232,14 @@ def get_stop_rule(wildcards):
     return {"min_repeats": section["min_repeats"], "budget_s": section["budget_s"], "rel_ci": section["rel_ci"]}
 
 
+def get_selfcheck_settings(wildcards):
+    """The fold's share of the bundle's self-check budget (validate.selfcheck.max_kb over the
+    model's folds) and the patches it may hold."""
+    section = config["validate"]["selfcheck"]
+    folds = len(get_model(wildcards).fold_keys())
+    return {"patches": section["patches"], "max_kb": section["max_kb"] / max(folds, 1)}
+
+
 def get_validation_summaries():
     """nnU-Net's own validation summaries of the folds, where the model folder has them."""
     out = {}
@@ -261,6 +270,7 @@ def get_bundle_folds(wildcards):
             "files": {name: paths[name] for name in BUNDLE_VARIANTS},
             "parity": f"{key.dir(RESULTS)}/validate/parity.json",
             "benchmark": f"{key.dir(RESULTS)}/benchmark/benchmark.json",
+            "selfcheck": f"{key.dir(RESULTS)}/validate/selfcheck.npz",
         }
     return folds
 
@@ -268,7 +278,7 @@ def get_bundle_folds(wildcards):
 def get_bundle_inputs(wildcards):
     files = [*get_fold_inputs_of_model(wildcards).values()]
     for fold in get_bundle_folds(wildcards).values():
-        files += [*fold["files"].values(), fold["parity"], fold["benchmark"]]
+        files += [*fold["files"].values(), fold["parity"], fold["benchmark"], fold["selfcheck"]]
     return files
 
 

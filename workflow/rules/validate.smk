@@ -7,8 +7,11 @@ rule reference:
     output:
         logits=f"{FOLD_DIR}/validate/reference.npy",
         json=f"{FOLD_DIR}/validate/reference.json",
+        # a few held-out patches with PyTorch's label maps: the bundle ships them for `nnbridge verify`
+        selfcheck=f"{FOLD_DIR}/validate/selfcheck.npz",
     params:
         source=get_source,
+        selfcheck=get_selfcheck_settings,
         code=code_version("reference"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/reference.log",

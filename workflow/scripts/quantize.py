@@ -10,6 +10,7 @@ with logged(snakemake.log[0]):
         snakemake.params.settings,
         threads=snakemake.threads,
         backends=snakemake.params.backends,
+        cpu=snakemake.params.cpu,
     )
     write_json(snakemake.output.json, record)
     print(record)

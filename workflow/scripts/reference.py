@@ -1,8 +1,14 @@
 from nnbridge.core.runlog import logged, write_json
-from nnbridge.patches.sampling import load_patches
+from nnbridge.patches.sampling import load_patch_cases, load_patches
 from nnbridge.validate.parity import reference_logits
 
 with logged(snakemake.log[0]):
-    record = reference_logits(snakemake.params.source, load_patches(snakemake.input.heldout),
-                              snakemake.output.logits)
+    record = reference_logits(
+        snakemake.params.source,
+        load_patches(snakemake.input.heldout),
+        snakemake.output.logits,
+        groups=load_patch_cases(snakemake.input.heldout),
+        selfcheck_out=snakemake.output.selfcheck,
+        selfcheck=snakemake.params.selfcheck,
+    )
     write_json(snakemake.output.json, record)

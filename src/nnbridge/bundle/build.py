@@ -17,6 +17,7 @@ from ..core.keys import fold_order
 from ..core.metadata import inference_precision, read_metadata
 from ..core.runlog import read_json, sha256_file
 from ..predict.bundle import FORMAT, MANIFEST, refuse_cascade
+from ..predict.verify import SELFCHECK_DIR
 from ..runtime import ONNX_BACKENDS
 
 
@@ -50,11 +51,16 @@ def write_bundle(
     info: dict[str, Any],
     variants: dict[str, dict[str, Any]],
     default_variant: str,
+    selfcheck: dict[str, Path] | None = None,
+    gated_on: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Assemble a bundle. ``variants``: name → {"files": {fold: onnx path}, "gates": {fold: {backend:
     passed}}, "latency_ms": {backend: p50}, "ort_settings": tuned ONNX Runtime settings,
-    "run_settings": {backend: threads and batch size, see :func:`run_settings`}}. ``info``:
-    configuration, patch size, mirror axes…"""
+    "run_settings": {backend: threads and batch size, see :func:`run_settings`}, "recheck":
+    {fold: {backend: {"tolerance", "at_gate"}}} for ``nnbridge verify``}. ``info``:
+    configuration, patch size, mirror axes… ``selfcheck``: fold → the validate stage's
+    self-check set (shipped as ``selfcheck/fold_<k>.npz``); ``gated_on``: fold → the CPU kind
+    its gates were measured on."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(plans_file, out_dir / "plans.json")
@@ -78,6 +84,7 @@ def write_bundle(
             "passed": backend is not None,
             "ort_settings": variant.get("ort_settings", {}),
             "run_settings": variant.get("run_settings", {}),
+            "recheck": variant.get("recheck", {}),
         }
     if default_variant not in entries:
         raise NNBridgeError(f"bundle default variant {default_variant!r} is not among {sorted(entries)}")
@@ -91,7 +98,19 @@ def write_bundle(
         "dataset_json": "dataset.json",
         "plans_sha256": sha256_file(out_dir / "plans.json"),
         "dataset_json_sha256": sha256_file(out_dir / "dataset.json"),
+        "gated_on": dict(gated_on or {}),
     }
+    if selfcheck:
+        files, sums, shapes = {}, {}, {}
+        for fold, src in sorted(selfcheck.items()):
+            rel = f"{SELFCHECK_DIR}/fold_{fold}.npz"
+            _link_or_copy(Path(src), out_dir / rel)
+            files[str(fold)], sums[str(fold)] = rel, sha256_file(out_dir / rel)
+            with np.load(out_dir / rel) as archive:
+                shapes[str(fold)] = list(archive["patches"].shape)
+        manifest["selfcheck"] = {"files": files, "sha256": sums, "shape": shapes,
+                                 "bytes": sum((out_dir / rel).stat().st_size for rel in files.values()),
+                                 "reference": "PyTorch eager label maps on the stored float16 patches"}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
@@ -171,10 +190,13 @@ def build_from_pipeline(
     dataset: str,
 ) -> dict[str, Any]:
     """A bundle from the pipeline's per-fold results. ``folds``: fold → {"files": {variant: onnx
-    path}, "parity": parity.json, "benchmark": benchmark.json}. A variant's gate on a backend is
-    its parity verdict there (``name`` on ONNX Runtime, ``name@openvino`` on OpenVINO); its
-    latency is the median over folds of the benchmark's p50; its threads and batch size per
-    runtime come from the benchmark's sweeps (:func:`run_settings`)."""
+    path}, "parity": parity.json, "benchmark": benchmark.json, "selfcheck": the validate stage's
+    self-check set (optional)}. A variant's gate on a backend is its parity verdict there
+    (``name`` on ONNX Runtime, ``name@openvino`` on OpenVINO), measured on the CPU kind the
+    parity record names (``gated_on``); its Dice bounds and its Dice on the self-check set go
+    into ``recheck`` for ``nnbridge verify``; its latency is the median over folds of the
+    benchmark's p50; its threads and batch size per runtime come from the benchmark's sweeps
+    (:func:`run_settings`)."""
     first = next(iter(folds.values()))["files"][variant_names[0]]
     meta = read_metadata(Path(first))
     refuse_cascade(meta.get("configuration"), meta.get("previous_stage"), first)
@@ -183,6 +205,7 @@ def build_from_pipeline(
     variants: dict[str, dict[str, Any]] = {}
     for name in variant_names:
         gates: dict[str, dict[str, bool]] = {}
+        recheck: dict[str, dict[str, Any]] = {}
         latencies: dict[str, list[float]] = {}
         # the ONNX Runtime settings the benchmark chose (first fold's; each fold searched alone)
         tuned = [bench[f].get("tuning", {}).get(name, {}).get("chosen") for f in folds]
@@ -192,6 +215,13 @@ def build_from_pipeline(
                 base, _, backend = key.partition("@")
                 if base == name:
                     gates[fold][backend or "onnxruntime"] = bool(verdict["passed"])
+                    bounds = {k: v for k, v in (verdict.get("tolerance") or {}).items()
+                              if k in ("min_dice", "min_case_dice", "min_case_voxels") and v is not None}
+                    at_gate = ((parity[fold].get("selfcheck") or {}).get("variants") or {}).get(key)
+                    if bounds and at_gate:
+                        recheck.setdefault(fold, {})[backend or "onnxruntime"] = {
+                            "tolerance": bounds,
+                            "at_gate": {k: at_gate.get(k) for k in ("min_dice", "min_case_dice")}}
             for key, res in bench[fold].get("results", {}).items():
                 base, _, backend = key.partition("@")
                 if base == name and "p50_ms" in res:
@@ -202,6 +232,7 @@ def build_from_pipeline(
             "latency_ms": {b: round(float(np.median(v)), 3) for b, v in latencies.items()},
             "ort_settings": next((t for t in tuned if t is not None), {}),
             "run_settings": run_settings([bench[f]["sweep"] for f in folds if bench[f].get("sweep")], name),
+            "recheck": recheck,
         }
     info = {
         "dataset": dataset,
@@ -216,5 +247,9 @@ def build_from_pipeline(
     }
     if info["configuration"] is None:
         raise NNBridgeError(f"{first}: no nnbridge metadata; bundles are built from nnbridge exports")
+    selfcheck = {f: Path(spec["selfcheck"]) for f, spec in folds.items()
+                 if spec.get("selfcheck") and parity[f].get("selfcheck")}
+    gated_on = {f: parity[f]["cpu_kind"] for f in folds if parity[f].get("cpu_kind")}
     return write_bundle(out_dir, plans_file=plans_file, dataset_file=dataset_file, info=info,
-                        variants=variants, default_variant=default_variant)
+                        variants=variants, default_variant=default_variant, selfcheck=selfcheck,
+                        gated_on=gated_on)

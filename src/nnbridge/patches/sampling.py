@@ -263,7 +263,9 @@ def copy_patch_sets(calibration_in: Path, heldout_in: Path, calibration_out: Pat
                               ("heldout", heldout_in, heldout_out, n_heldout)):
         patches = read_patch_file(Path(src), channels, spatial)[:n]
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out, patches=patches, cases=np.array([Path(src).name] * len(patches)))
+        # no case is known: each patch is its own group for the per-case gates
+        np.savez_compressed(out, patches=patches,
+                            cases=np.array([f"{Path(src).name}[{i}]" for i in range(len(patches))]))
         summary[name] = {"n": int(len(patches)), "cases": [str(src)], "seed": None}
     return summary
 
@@ -272,3 +274,9 @@ def load_patches(path: Path) -> np.ndarray:
     """Patches written by :func:`write_patch_sets`."""
     with np.load(path) as archive:
         return archive["patches"]
+
+
+def load_patch_cases(path: Path) -> list[str]:
+    """The case each patch of :func:`write_patch_sets` (or :func:`copy_patch_sets`) comes from."""
+    with np.load(path) as archive:
+        return [str(c) for c in archive["cases"]]

@@ -7,6 +7,8 @@ Layout::
       bundle.json            manifest (folds, variants, gates, chosen backend, checksums)
       plans.json dataset.json
       <variant>/fold_<k>.onnx
+      selfcheck/fold_<k>.npz   held-out patches and PyTorch's label maps (nnbridge verify)
+      verified-<cpu>.json    nnbridge verify's result on another CPU kind (not in the manifest)
 
 Reading a bundle checks every file against the manifest's sha256, so a swapped or truncated model
 is refused before it predicts anything."""
@@ -55,6 +57,8 @@ class Bundle:
                       (manifest["dataset_json"], manifest["dataset_json_sha256"])]
             for variant in manifest["variants"].values():
                 checks += [(variant["files"][f], variant["sha256"][f]) for f in variant["files"]]
+            selfcheck = manifest.get("selfcheck") or {}
+            checks += [(rel, selfcheck["sha256"][f]) for f, rel in (selfcheck.get("files") or {}).items()]
             for rel, expected in checks:
                 path = root / rel
                 if not path.is_file():

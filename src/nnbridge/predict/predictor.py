@@ -25,6 +25,7 @@ from .io import find_cases, num_channels, reader_writer
 from .postprocess import Labels, logits_to_segmentation
 from .preprocess import configuration, preprocess_case
 from .sliding import Network, ensemble_logits
+from .verify import ensure_verified, failures_here, refusal
 
 BACKENDS = ONNX_BACKENDS
 
@@ -91,27 +92,44 @@ class Predictor:
     batch_size: int | None = None  # None: likewise
     accumulate: str = "float16"
     allow_ungated: bool = False
+    selfcheck: bool = True  # re-check the variant on a CPU kind the bundle has not seen (nnbridge verify)
     networks: list[Network] = field(default_factory=list, init=False)
     precision: str = field(default="f32", init=False)  # what the loaded networks compute in
     run_choice: dict[str, Any] = field(default_factory=dict, init=False)  # threads, batch size and why
+    verification: dict[str, Any] | None = field(default=None, init=False)  # nnbridge verify's record here
+    verification_path: Path | None = field(default=None, init=False)  # where it is cached
 
     def __post_init__(self) -> None:
         name, entry = self.bundle.variant(self.variant)
         self.variant = name
+        gates = entry.get("gates", {})
+        chosen = {str(f) for f in self.folds} if self.folds else set(gates)
+        if self.selfcheck:  # on a CPU kind the bundle has not seen: its gates re-checked here, once
+            self.verification, self.verification_path = ensure_verified(self.bundle, name, threads=self.threads or 0)
         if self.backend is None:
             self.backend = entry.get("backend") or ("openvino" if entry.get("inference_precision") == "bf16"
                                                     else "onnxruntime")
+            if failures_here(self.verification, name, self.backend, sorted(chosen)):
+                # the bundle's choice fails on this CPU: the fastest runtime that passes here and where gated
+                latency = entry.get("latency_ms") or {}
+                others = sorted((b for b in BACKENDS if b != self.backend
+                                 and all(gates.get(f, {}).get(b) for f in chosen)
+                                 and not failures_here(self.verification, name, b, sorted(chosen))),
+                                key=lambda b: latency.get(b, float("inf")))
+                self.backend = others[0] if others else self.backend
         if entry.get("inference_precision") == "bf16" and self.backend != "openvino":
             raise NNBridgeError(f"{self.bundle.root}: variant {name!r} runs in bf16, on OpenVINO only; use "
                                 "--backend openvino or another --variant")
-        gates = entry.get("gates", {})
-        chosen = {str(f) for f in self.folds} if self.folds else set(gates)
         failed = sorted(f for f, per in gates.items() if f in chosen and not per.get(self.backend, False))
         if failed and not self.allow_ungated:
             raise NNBridgeError(
                 f"{self.bundle.root}: variant {name!r} on {self.backend} failed its parity gate on fold(s) "
                 f"{failed}; choose another --variant/--backend, or pass --allow-ungated to use it anyway"
             )
+        here = failures_here(self.verification, name, self.backend, sorted(chosen))
+        if here and not self.allow_ungated:
+            raise NNBridgeError(refusal(self.bundle, self.verification or {}, self.verification_path, name,
+                                        self.backend, here))
         self.run_choice = choose_run_settings(entry, self.backend, self.threads, self.batch_size)
         self.threads, self.batch_size = self.run_choice["threads"], self.run_choice["batch_size"]
         self.files = self.bundle.model_files(name, list(self.folds) if self.folds else None)
@@ -202,6 +220,11 @@ class Predictor:
         if verbose:
             self.load()  # so the line can say the precision the runtime really uses
             print(f"nnbridge: {self.describe_run()}", file=sys.stderr)
+            if self.verification is not None:
+                here = failures_here(self.verification, self.variant, self.backend or "")
+                print(f"nnbridge: {self.variant} on {self.backend} re-checked on this CPU kind (not the one it "
+                      f"was gated on): {'FAILS, used anyway (--allow-ungated)' if here else 'passes'}; result "
+                      f"in {self.verification_path}", file=sys.stderr)
         records = []
         for i, (case, files) in enumerate(cases.items(), 1):
             if not overwrite and (output_dir / f"{case}{ending}").exists():

@@ -21,6 +21,7 @@ from ..core.errors import NNBridgeError
 from .accuracy import accuracy_aware_int8
 from .bf16 import make_bf16
 from .common import _choice
+from .cpudefaults import cpu_record, decision_features, resolve
 from .coverage import int8_coverage, openvino_int8_coverage
 from .dynamic import quantize_dynamic_int8
 from .fp16 import convert_fp16
@@ -35,7 +36,8 @@ METHODS = ("static", "dynamic", "fp16", "nncf", "bf16")
 
 
 def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
-                     *, threads: int = 1, backends: tuple[str, ...] | list[str] = ("onnxruntime",)) -> dict[str, Any]:
+                     *, threads: int = 1, backends: tuple[str, ...] | list[str] = ("onnxruntime",),
+                     cpu: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build one configured variant (the config's ``quantize.<name>`` entry) and its INT8 coverage.
 
     ``settings["method"]``: ``static`` (calibrated INT8; with ``accuracy_aware`` the layer
@@ -44,6 +46,11 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
     run by OpenVINO in bf16, :func:`make_bf16`).
     INT8 coverage is recorded for ONNX Runtime (``coverage``) and, when ``backends`` names it,
     OpenVINO (``coverage_openvino``).
+
+    Settings the entry leaves out (None) that the CPU decides (``reduce_range``, the activation
+    type, NNCF's ``overflow_fix``: :mod:`.cpudefaults`) are chosen for ``cpu`` (the features of
+    :func:`.cpudefaults.decision_features`, as the pipeline passes them; default this machine's);
+    the INT8 methods' record says what was chosen and why under ``cpu``.
     """
 
     method = settings.get("method", "static")
@@ -53,10 +60,10 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
         raise NNBridgeError(f"accuracy_aware works with method 'static' only, not {method!r}; "
                             "remove it from this quantize entry")
     if method == "nncf":
-        misplaced = [k for k, v in STATIC_DEFAULTS.items() if settings.get(k, v) != v]
+        misplaced = [k for k, v in STATIC_DEFAULTS.items() if settings.get(k) not in (None, v)]
         where, hint = "with methods other than 'nncf'", " (nncf's preset chooses the activations' symmetry)"
     elif method == "bf16":
-        misplaced = ([k for k, v in STATIC_DEFAULTS.items() if settings.get(k, v) != v]
+        misplaced = ([k for k, v in STATIC_DEFAULTS.items() if settings.get(k) not in (None, v)]
                      + [key for key in NNCF_KEYS if key in settings])
         where, hint = "with the INT8 methods only", " (bf16 has no settings)"
     else:
@@ -74,9 +81,11 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
         if "openvino" not in backends:
             raise NNBridgeError("method 'bf16' runs on OpenVINO; add openvino to the config's backends")
         return make_bf16(src, dst, tuple(calibration[:1].shape) if len(calibration) else None)
+    features = cpu or decision_features()  # {} from the pipeline: nothing here depends on the CPU
+    settings, choices = resolve(settings, features)
     if method == "dynamic":
         record = quantize_dynamic_int8(src, dst, per_channel=settings.get("per_channel", True),
-                                       nodes_to_exclude=excluded)
+                                       reduce_range=bool(settings["reduce_range"]), nodes_to_exclude=excluded)
     elif method == "nncf":
         record = quantize_nncf_int8(
             src, dst, calibration, preset=settings.get("preset", "performance"),
@@ -84,12 +93,13 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
             fast_bias_correction=settings.get("fast_bias_correction", True),
             model_type=settings.get("model_type"), nodes_to_exclude=list(excluded),
             ignored_types=settings.get("ignored_types"), accuracy_control=settings.get("accuracy_control"),
-            threads=threads)
+            threads=threads, overflow_fix=settings["overflow_fix"])
     elif settings.get("accuracy_aware"):
         record = accuracy_aware_int8(src, dst, calibration, settings, threads=threads,
                                      backends=tuple(backends))
     else:
         record = _quantize_static(src, dst, calibration, settings, list(excluded))
+    record["cpu"] = cpu_record(features, choices, from_pipeline=bool(cpu))
     if len(calibration):
         shape = tuple(calibration[:1].shape)
         record["coverage"] = int8_coverage(Path(dst), Path(src), shape)

@@ -27,7 +27,10 @@ NNCF_MODEL_TYPES = (None, "transformer")
 
 
 NNCF_KEYS = ("preset", "subset_size", "fast_bias_correction", "model_type", "ignored_types",
-             "accuracy_control")
+             "accuracy_control", "overflow_fix")
+
+
+OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
 
 
 def _import_nncf():
@@ -44,7 +47,8 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
                        subset_size: int | None = None, fast_bias_correction: bool = True,
                        model_type: str | None = None, nodes_to_exclude: list[str] | None = None,
                        ignored_types: list[str] | None = None,
-                       accuracy_control: dict[str, Any] | None = None, threads: int = 1) -> dict[str, Any]:
+                       accuracy_control: dict[str, Any] | None = None, threads: int = 1,
+                       overflow_fix: str | None = None) -> dict[str, Any]:
     """INT8 of ``src`` by NNCF's post-training quantization (``nncf.quantize``, ONNX backend),
     calibrated on the same patches as the static variants; ``dst`` is a QDQ ONNX file.
 
@@ -57,6 +61,8 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
     the slower full one; ``model_type``: ``transformer`` adds NNCF's transformer patterns;
     ``nodes_to_exclude`` (ONNX node names) and ``ignored_types`` (operator types, e.g.
     ``Concat``) form NNCF's ignored scope (a name or type not in the graph is an error).
+    ``overflow_fix``: NNCF's half weight range against the int16 saturation of x86 CPUs without
+    VNNI (``enable``, ``first_layer_only``, ``disable``; None: NNCF's default, first layer only).
 
     ``accuracy_control`` (``max_drop``, ``patches``, ``runtime``, ``max_iterations``): NNCF's
     ``quantize_with_accuracy_control``, whose metric here is the worst per-class Dice of the label
@@ -67,6 +73,7 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
     nncf = _import_nncf()
     _choice("nncf preset", preset, NNCF_PRESETS)
     _choice("nncf model_type", model_type, NNCF_MODEL_TYPES)
+    _choice("nncf overflow_fix", overflow_fix, (None, *OVERFLOW_FIXES))
     src, dst = _paths(src, dst, calibration)
     model = onnx.load(str(src))
     input_name = model.graph.input[0].name
@@ -77,16 +84,18 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
                "fast_bias_correction": fast_bias_correction,
                "model_type": nncf.ModelType(model_type) if model_type else None,
                "ignored_scope": nncf.IgnoredScope(names=names, types=types) if names or types else None}
+    advanced = (nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(overflow_fix))
+                if overflow_fix is not None else None)
     dataset = nncf.Dataset(list(patches), lambda patch: {input_name: patch[None]})
     control = _DiceControl(src, patches, accuracy_control, threads) if accuracy_control else None
     started = time.perf_counter()
     try:
         if control is None:
-            quantized = nncf.quantize(model, dataset, **options)
+            quantized = nncf.quantize(model, dataset, **options, advanced_parameters=advanced)
         else:
             quantized = nncf.quantize_with_accuracy_control(
                 model, dataset, nncf.Dataset(list(range(len(control.check)))), control.metric,
-                max_drop=control.max_drop, **options,
+                max_drop=control.max_drop, **options, advanced_quantization_parameters=advanced,
                 advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
                     max_num_iterations=control.max_iterations))
     except nncf.ValidationError as exc:  # e.g. an ignored name or type the graph does not have
@@ -96,6 +105,7 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
     record = {"method": "nncf", "backend": "onnx", "nncf_version": nncf.__version__, "preset": preset,
               "fast_bias_correction": fast_bias_correction, "model_type": model_type,
               "nodes_to_exclude": names, "ignored_types": types, "subset_size": subset,
+              "overflow_fix": overflow_fix or "first_layer_only",
               "n_calibration_patches": int(len(patches)),
               "seconds": round(time.perf_counter() - started, 3), **_file_record(dst)}
     if control is not None:

@@ -18,9 +18,10 @@ FORMATS = ("QDQ", "QOperator")
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
 
 
-# the static quantizer's settings at their schema defaults: other values mean nothing to NNCF
+# the static quantizer's settings at their defaults (None: not given, the CPU decides): other
+# values mean nothing to NNCF
 STATIC_DEFAULTS = {"format": "QDQ", "per_channel": True, "calibrate_method": "MinMax",
-                   "symmetric_activations": False}
+                   "symmetric_activations": False, "reduce_range": False}
 
 
 def quantize_static_int8(
@@ -32,10 +33,13 @@ def quantize_static_int8(
     per_channel: bool = True,
     calibrate_method: str = "MinMax",
     symmetric_activations: bool = False,
+    reduce_range: bool = False,
     nodes_to_exclude: list[str] | None = None,
     calibration_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Static INT8 quantization of ``src`` into ``dst``; returns what was done.
+
+    ``reduce_range``: 7-bit weights (for x86 CPUs without VNNI, see :mod:`.cpudefaults`).
 
     ``calibration_cache``: a JSON file of tensor ranges; when it exists calibration is skipped
     (the accuracy-aware loop calibrates once and only rewrites the graph afterwards).
@@ -58,6 +62,7 @@ def quantize_static_int8(
         PatchReader(input_name, calibration),
         quant_format=getattr(QuantFormat, quant_format),
         per_channel=per_channel,
+        reduce_range=reduce_range,
         activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=getattr(CalibrationMethod, calibrate_method),
@@ -72,6 +77,7 @@ def quantize_static_int8(
         "per_channel": per_channel,
         "calibrate_method": calibrate_method,
         "symmetric_activations": symmetric_activations,
+        "reduce_range": reduce_range,
         "nodes_to_exclude": list(nodes_to_exclude or []),
         "n_calibration_patches": int(len(calibration)),
         "seconds": round(time.perf_counter() - started, 3),
@@ -85,5 +91,6 @@ def _quantize_static(src: Path, dst: Path, calibration: np.ndarray, settings: di
         src, dst, calibration, quant_format=settings.get("format", "QDQ"),
         per_channel=settings.get("per_channel", True),
         calibrate_method=settings.get("calibrate_method", "MinMax"),
-        symmetric_activations=settings.get("symmetric_activations", False),
+        symmetric_activations=bool(settings.get("symmetric_activations")),
+        reduce_range=bool(settings.get("reduce_range")),
         nodes_to_exclude=excluded, calibration_cache=cache)

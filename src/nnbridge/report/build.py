@@ -299,6 +299,7 @@ def parity_table(folds: list[dict[str, Any]]) -> Table:
         parity = e["parity"] or {}
         for name, r in parity.get("variants", {}).items():
             dice = ", ".join(f"{k} {_fmt(v)}" for k, v in r.get("dice", {}).items())
+            dice += f"; worst case {_fmt(w['dice'])} ({w['class']}, {w['case']})" if (w := (r.get("case_dice") or {}).get("worst")) else ""
             verdict = ("PASS" if r["passed"] else f"SKIPPED: {r['skipped']}" if r.get("skipped")
                        else "FAIL: " + "; ".join(r.get("failures", [])))
             rows.append([_fold_label(e), name, _fmt(r.get("max_abs_err")), _fmt(r.get("max_rel_err")),

@@ -5,7 +5,9 @@ Both sides run the same stages on the same files: read, preprocess, sliding wind
 mirroring (the fold's network), resample back and write. The reference calls nnunetv2's own
 functions in the order ``nnUNetv2_predict`` does, so every intermediate can be compared:
 preprocessed input, aggregated logits, final labels. Every number in the report's case-parity
-section comes from here.
+section comes from here. The gate takes each class's Dice on each case (the worst case decides;
+classes smaller than ``min_case_voxels`` in a case are listed, not gated); the record gives the
+per-class distribution over cases and the CPU kind it was measured on.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.cpu import cpu_kind
 from ..core.errors import NNBridgeError
 from ..core.runlog import read_json
 from ..intake.images import list_image_cases
@@ -162,7 +165,12 @@ def compare_case(ref: dict[str, Any], ours: dict[str, Any], truth: np.ndarray | 
         raise NNBridgeError(f"segmentation shapes differ: nnU-Net {rseg.shape}, nnbridge {oseg.shape}")
     rec["voxel_agreement"] = float((rseg == oseg).mean())
     rec["dice_vs_nnunet"] = dice_per_class(rseg, oseg, classes)
-    rec["min_dice_vs_nnunet"] = min(rec["dice_vs_nnunet"].values()) if classes else 1.0
+    sizes = {str(c): int(np.count_nonzero(rseg == c)) + int(np.count_nonzero(oseg == c)) for c in classes}
+    rec["voxels_nnunet"] = {str(c): int(np.count_nonzero(rseg == c)) for c in classes}
+    small = int(gate.get("min_case_voxels", 0))
+    gated = {c: d for c, d in rec["dice_vs_nnunet"].items() if sizes[c] >= small}
+    rec["not_gated"] = {c: sizes[c] for c in rec["dice_vs_nnunet"] if c not in gated and sizes[c]}
+    rec["min_dice_vs_nnunet"] = min(gated.values()) if gated else 1.0
     if ref.get("probabilities") is not None and ours.get("probabilities") is not None:
         diff = np.abs(ref["probabilities"] - ours["probabilities"].astype(np.float32))
         rec["prob_max_abs_diff"], rec["prob_mean_abs_diff"] = float(diff.max()), float(diff.mean())
@@ -180,6 +188,18 @@ def compare_case(ref: dict[str, Any], ours: dict[str, Any], truth: np.ndarray | 
     rec["passed"] = (rec["voxel_agreement"] >= gate["min_voxel_agreement"]
                      and rec["min_dice_vs_nnunet"] >= gate["min_dice"])
     return rec
+
+
+def dice_distribution(per_case: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per class, the Dice against nnU-Net over the cases: min (with its case), median, max."""
+    out: dict[str, dict[str, Any]] = {}
+    classes = next(iter(per_case.values()))["dice_vs_nnunet"] if per_case else {}
+    for c in classes:
+        values = {case: rec["dice_vs_nnunet"][c] for case, rec in per_case.items()}
+        worst = min(values, key=values.get)
+        out[c] = {"min": values[worst], "worst_case": worst, "median": float(np.median(list(values.values()))),
+                  "max": max(values.values()), "n_cases": len(values)}
+    return out
 
 
 def _sum_timings(records: list[dict[str, float]]) -> dict[str, float]:
@@ -221,8 +241,8 @@ def run_case_parity(
     truths = {case: rw.read_seg(str(files["label"]))[0][0] if files.get("label") else None
               for case, files in cases.items()}
     result: dict[str, Any] = {
-        "fold": fold, "step": step, "mirroring": mirroring, "threads": threads, "cases": list(cases),
-        "classes": classes, "reference_note": reference.note,
+        "fold": fold, "step": step, "mirroring": mirroring, "threads": threads, "cpu_kind": cpu_kind(),
+        "cases": list(cases), "classes": classes, "reference_note": reference.note,
         "nnunet": {"timings_s": _sum_timings([r["timings_s"] for r in ref_results.values()])},
         "variants": {},
     }
@@ -234,7 +254,8 @@ def run_case_parity(
             result["variants"][name] = {"backend": "openvino", "gate": gate, "skipped": why, "passed": False}
             continue
         predictor = Predictor(bundle, variant=name, folds=[fold], backend=spec.get("backend"), threads=threads,
-                              step=step, mirroring=mirroring, allow_ungated=True)
+                              step=step, mirroring=mirroring, allow_ungated=True,
+                              selfcheck=False)  # measured here against nnU-Net itself
         predictor.load()
         (out_dir / name).mkdir(parents=True, exist_ok=True)
         per_case, timings = {}, []
@@ -258,6 +279,7 @@ def run_case_parity(
             "speedup_vs_nnunet": round(result["nnunet"]["total_s"] / max(sum(total.values()), 1e-9), 3),
             "min_voxel_agreement": min(c["voxel_agreement"] for c in per_case.values()),
             "min_dice_vs_nnunet": min(c["min_dice_vs_nnunet"] for c in per_case.values()),
+            "dice_distribution": dice_distribution(per_case),
             "passed": all(c["passed"] for c in per_case.values()),
             "first_divergence": next((f"{k}: {c['diverges_at']}" for k, c in per_case.items() if c["diverges_at"]),
                                      None),

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..core.dice import case_dice, label_classes, min_voxels_for, overlap_counts, to_labels
 
-def to_labels(logits: np.ndarray, region_based: bool = False) -> np.ndarray:
-    """Segmentation from logits (N, C, ...): argmax, or per-region sigmoid > 0.5 (logit > 0)."""
-    if region_based:
-        return (logits > 0).astype(np.uint8)
-    return np.argmax(logits, axis=1).astype(np.uint8)
+__all__ = ["to_labels", "dice_per_class", "compare_logits", "Tolerance", "apply_gate", "validate_variant",
+           "label_classes"]
 
 
 def dice_per_class(ref: np.ndarray, test: np.ndarray, classes: list[int],
@@ -30,19 +29,29 @@ def dice_per_class(ref: np.ndarray, test: np.ndarray, classes: list[int],
 
 
 def compare_logits(ref: np.ndarray, test: np.ndarray, label_names: dict[int, str],
-                   region_based: bool = False) -> dict[str, Any]:
-    """Tensor errors and label agreement of ``test`` against the reference logits."""
+                   region_based: bool = False, groups: Sequence[str] | None = None,
+                   case_gate: tuple[float | None, int | None] = (None, None)) -> dict[str, Any]:
+    """Tensor errors and label agreement of ``test`` against the reference logits; with
+    ``groups`` (the case each patch comes from) also the per-class Dice per case under
+    ``case_dice`` (:func:`nnbridge.core.dice.case_dice`, with ``case_gate`` = (threshold,
+    min_voxels) for the gated minimum and the verdict's stability)."""
     if ref.shape != test.shape:
         raise ValueError(f"logit shapes differ: reference {ref.shape}, variant {test.shape}")
     diff = np.abs(ref.astype(np.float64) - test.astype(np.float64))
     ref_labels, test_labels = to_labels(ref, region_based), to_labels(test, region_based)
-    classes = sorted(c for c in label_names if c != 0) if not region_based else list(range(ref.shape[1]))
+    classes = label_classes(label_names, region_based, ref.shape[1])
     if region_based:
         dice = dice_per_class(ref, test, classes, region_based=True)
     else:
         dice = dice_per_class(ref_labels, test_labels, classes)
     named = {label_names.get(c, str(c)): round(v, 6) for c, v in dice.items()}
     scale = float(np.abs(ref).max())
+    per_case = {}
+    if groups is not None:
+        names = [label_names.get(c, str(c)) for c in classes]
+        counts = overlap_counts(ref_labels, test_labels, classes, region_based)
+        per_case = {"case_dice": case_dice(counts, list(groups), names, threshold=case_gate[0],
+                                           min_voxels=case_gate[1])}
     return {
         "max_abs_err": float(diff.max()),
         "mean_abs_err": float(diff.mean()),
@@ -53,6 +62,7 @@ def compare_logits(ref: np.ndarray, test: np.ndarray, label_names: dict[int, str
         "voxel_agreement": float(np.mean(ref_labels == test_labels)),
         "dice": named,
         "min_dice": min(named.values()) if named else 1.0,
+        **per_case,
     }
 
 
@@ -64,16 +74,30 @@ class Tolerance:
     mean_abs_err: float | None = None
     min_dice: float | None = None
     max_rel_err: float | None = None
+    min_case_dice: float | None = None
+    """Worst per-class Dice over the held-out cases (each case's patches pooled)."""
+    min_case_voxels: int | None = None
+    """Case–class pairs smaller than this (|A|+|B| voxels) are listed, not gated; None:
+    :func:`nnbridge.core.dice.min_voxels_for` ``min_case_dice``."""
 
     @classmethod
     def from_config(cls, entry: dict[str, Any] | None) -> "Tolerance":
         entry = entry or {}
         return cls(entry.get("max_abs_err"), entry.get("mean_abs_err"), entry.get("min_dice"),
-                   entry.get("max_rel_err"))
+                   entry.get("max_rel_err"), entry.get("min_case_dice"), entry.get("min_case_voxels"))
+
+    @property
+    def case_gate(self) -> tuple[float | None, int | None]:
+        """(threshold, min_voxels) of the per-case gate."""
+        voxels = self.min_case_voxels if self.min_case_voxels is not None else min_voxels_for(self.min_case_dice)
+        return self.min_case_dice, voxels
 
     def to_dict(self) -> dict[str, float | None]:
-        return {"max_abs_err": self.max_abs_err, "mean_abs_err": self.mean_abs_err,
-                "max_rel_err": self.max_rel_err, "min_dice": self.min_dice}
+        out = {"max_abs_err": self.max_abs_err, "mean_abs_err": self.mean_abs_err,
+               "max_rel_err": self.max_rel_err, "min_dice": self.min_dice}
+        if self.min_case_dice is not None:
+            out.update(min_case_dice=self.min_case_dice, min_case_voxels=self.case_gate[1])
+        return out
 
 
 def apply_gate(metrics: dict[str, Any], tol: Tolerance) -> list[str]:
@@ -89,12 +113,23 @@ def apply_gate(metrics: dict[str, Any], tol: Tolerance) -> list[str]:
         for name, value in metrics["dice"].items():
             if value < tol.min_dice:
                 failures.append(f"Dice of {name} {value:.4f} < {tol.min_dice:g}")
+    if tol.min_case_dice is not None:
+        if "case_dice" not in metrics:
+            failures.append("min_case_dice set but the patches' cases are unknown")
+        else:
+            limit = tol.case_gate[0]
+            low = metrics["case_dice"].get("below", [])
+            failures += [f"Dice of {b['class']} on case {b['case']} {b['dice']:.4f} < {limit:g}" for b in low[:5]]
+            if len(low) > 5:
+                failures.append(f"and {len(low) - 5} more case-class pair(s) below {limit:g}")
     return failures
 
 
 def validate_variant(ref: np.ndarray, test: np.ndarray, label_names: dict[int, str],
-                     tol: Tolerance, region_based: bool = False) -> dict[str, Any]:
-    """Metrics, gate and verdict of one variant."""
-    metrics = compare_logits(ref, test, label_names, region_based)
+                     tol: Tolerance, region_based: bool = False,
+                     groups: Sequence[str] | None = None) -> dict[str, Any]:
+    """Metrics, gate and verdict of one variant (``groups``: the case of each patch, for the
+    per-case Dice and its gate)."""
+    metrics = compare_logits(ref, test, label_names, region_based, groups, tol.case_gate)
     failures = apply_gate(metrics, tol)
     return {**metrics, "tolerance": tol.to_dict(), "passed": not failures, "failures": failures}

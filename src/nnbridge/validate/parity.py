@@ -1,6 +1,9 @@
-"""Patch parity: every variant of a fold against eager PyTorch on the held-out patches.
+"""Patch parity: every variant of a fold against eager PyTorch on the held-out patches, gated per
+class pooled over the patches and, where the gate asks for it (``min_case_dice``), per class per
+held-out case (the worst case counts); recorded with the CPU kind it was measured on.
 
-The reference — eager PyTorch's logits on the held-out patches — is computed once per fold
+The reference — eager PyTorch's logits on the held-out patches, and the self-check set the
+bundle ships for ``nnbridge verify`` (:mod:`.selfcheck`) — is computed once per fold
 (:func:`reference_logits`, its own stage) and kept; each variant is then run and compared with it
 (:func:`validate_fold`). A variant's result is kept in a cache keyed by everything it depends on
 (the file's sha256, runtime, gate, the reference, threads, the code and the CPU kind), so that
@@ -12,47 +15,84 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..core.cpu import cpu_identity
+from ..core.cpu import cpu_kind
+from ..core.dice import case_dice, dice_of, label_classes, overlap_counts, to_labels
 from ..core.runlog import read_json, sha256_file, write_json
 from ..models.loader import load_model
+from ..predict.verify import read_selfcheck
 from ..runtime import run_variant
 from ..runtime.ov import PrecisionUnavailable
 from ..runtime.torchrun import run_torch
 from .metrics import Tolerance, validate_variant
+from .selfcheck import build_selfcheck
+
+SELFCHECK_DEFAULTS = {"patches": 4, "max_kb": 128}
 
 
-def reference_logits(source: dict[str, Any], heldout_patches: np.ndarray, logits_path: Path) -> dict[str, Any]:
+def reference_logits(source: dict[str, Any], heldout_patches: np.ndarray, logits_path: Path, *,
+                     groups: Sequence[str] | None = None, selfcheck_out: Path | None = None,
+                     selfcheck: dict[str, Any] | None = None) -> dict[str, Any]:
     """Eager PyTorch's logits of the model ``source`` describes (:func:`nnbridge.models.loader.load_model`)
-    on the held-out patches, written to ``logits_path`` (``.npy``, float32); returns the record
-    the variants are compared against (labels, region-based flag, the file's sha256)."""
+    on the held-out patches, written to ``logits_path`` (``.npy``, float32), and with
+    ``selfcheck_out`` the fold's self-check set (``selfcheck``: ``patches``, ``max_kb``;
+    :func:`.selfcheck.build_selfcheck`); returns the record the variants are compared against.
+    ``groups``: the held-out case of each patch (default: each patch its own)."""
     loaded = load_model(source)
+    groups = [str(g) for g in groups] if groups is not None else [f"patch_{i}" for i in range(len(heldout_patches))]
     print(f"nnbridge: reference: torch eager on {len(heldout_patches)} held-out patches", flush=True)
     logits = run_torch(loaded.network, heldout_patches)
     logits_path = Path(logits_path)
     logits_path.parent.mkdir(parents=True, exist_ok=True)
     np.save(logits_path, logits.astype(np.float32))
-    return {
+    record: dict[str, Any] = {
         "model_folder": str(loaded.model_folder), "fold": loaded.fold,
         "reference": "torch eager (checkpoint loaded strictly)", "logits": str(logits_path),
-        "sha256": sha256_file(logits_path), "n_patches": int(len(heldout_patches)),
+        "sha256": sha256_file(logits_path), "n_patches": int(len(heldout_patches)), "groups": groups,
         "patch_shape": list(heldout_patches.shape[1:]),
         "labels": {str(k): v for k, v in loaded.label_names.items()}, "region_based": bool(loaded.region_based),
     }
+    if selfcheck_out is not None:
+        settings = {**SELFCHECK_DEFAULTS, **(selfcheck or {})}
+        classes = label_classes(loaded.label_names, loaded.region_based, logits.shape[1])
+        _, _, built = build_selfcheck(
+            lambda x: run_torch(loaded.network, x), heldout_patches, logits, groups, classes, loaded.region_based,
+            Path(selfcheck_out), patches=int(settings["patches"]), max_kb=float(settings["max_kb"]),
+            multiple=tuple(loaded.stride_multiple), dynamic="spatial" in loaded.dynamic_axes)
+        record["selfcheck"] = {**built, "sha256": sha256_file(selfcheck_out)}
+    return record
 
 
 def _cache_key(name: str, variant: dict[str, Any], tol: Tolerance, reference: dict[str, Any], threads: int,
                salt: str) -> str:
     """Everything a variant's parity result depends on."""
-    machine = {k: v for k, v in cpu_identity().items() if k != "host"}
-    parts = {"name": name, "path": str(variant["path"]), "file": sha256_file(variant["path"]) if Path(variant["path"]).is_file() else None,
+    parts = {"name": name, "path": str(variant["path"]),
+             "file": sha256_file(variant["path"]) if Path(variant["path"]).is_file() else None,
              "kind": variant["kind"], "backend": variant.get("backend", "onnxruntime"), "gate": tol.to_dict(),
-             "reference": reference["sha256"], "threads": threads, "code": salt, "machine": machine}
+             "reference": reference["sha256"], "selfcheck": (reference.get("selfcheck") or {}).get("sha256"),
+             "threads": threads, "code": salt, "machine": cpu_kind()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _on_selfcheck(reference: dict[str, Any], variant: dict[str, Any], tol: Tolerance, threads: int) -> dict[str, Any]:
+    """A variant's Dice on the fold's self-check set (its bounds in ``nnbridge verify`` are no
+    lower than these)."""
+    labels_by_class = {int(k): v for k, v in reference["labels"].items()}
+    region_based = reference["region_based"]
+    values, labels, cases = read_selfcheck(Path(reference["selfcheck"]["file"]))
+    logits = run_variant("onnx", Path(variant["path"]), values, threads, variant.get("backend", "onnxruntime"))
+    classes = label_classes(labels_by_class, region_based, logits.shape[1])
+    names = [labels_by_class.get(c, str(c)) for c in classes]
+    counts = overlap_counts(labels, to_labels(logits, region_based), classes, region_based)
+    pooled = {n: round(float(d), 6) for n, d in zip(names, dice_of(counts.sum(axis=0)))}
+    per_case = case_dice(counts, cases, names, min_voxels=tol.case_gate[1])
+    return {"dice": pooled, "min_dice": min(pooled.values()) if pooled else 1.0,
+            "min_case_dice": per_case["min_case_dice"]}
 
 
 def validate_fold(
@@ -61,17 +101,21 @@ def validate_fold(
     variants: dict[str, dict[str, str]],
     tolerances: dict[str, dict[str, Any]],
     threads: int = 0,
+    *,
     cache_dir: Path | None = None,
     cache_salt: str = "",
 ) -> dict[str, Any]:
     """Gate every variant (``{name: {"kind": "onnx"|"torchscript", "path": ..., "backend": ...}}``)
-    against the reference (:func:`reference_logits`) on the held-out patches. A failing variant
-    is recorded, never raised. With ``cache_dir``, a variant whose inputs are unchanged since an
-    earlier run (``cache_salt``: the code's version) reuses that run's result."""
+    against the reference (:func:`reference_logits`) on the held-out patches, per held-out case
+    too (the reference's ``groups``). A failing variant is recorded, never raised. With
+    ``cache_dir``, a variant whose inputs are unchanged since an earlier run (``cache_salt``: the
+    code's version) reuses that run's result. Each ONNX variant's Dice on the self-check set is
+    recorded under ``selfcheck``."""
     ref = np.load(reference["logits"])
     if sha256_file(reference["logits"]) != reference["sha256"]:
         raise ValueError(f"{reference['logits']}: differs from the reference record's sha256; rerun the reference")
     labels = {int(k): v for k, v in reference["labels"].items()}
+    groups = reference.get("groups") or [f"patch_{i}" for i in range(len(heldout_patches))]
     results: dict[str, Any] = {}
     for index, (name, variant) in enumerate(variants.items(), 1):
         tol = Tolerance.from_config(tolerances.get(name))
@@ -84,7 +128,9 @@ def validate_fold(
         try:
             logits = run_variant(variant["kind"], Path(variant["path"]), heldout_patches, threads,
                                  variant.get("backend", "onnxruntime"))
-            results[name] = validate_variant(ref, logits, labels, tol, reference["region_based"])
+            results[name] = validate_variant(ref, logits, labels, tol, reference["region_based"], groups)
+            if variant["kind"] == "onnx" and reference.get("selfcheck"):
+                results[name]["selfcheck"] = _on_selfcheck(reference, variant, tol, threads)
         except PrecisionUnavailable as exc:  # a bf16 variant on a CPU without bf16: not run, not passed
             results[name] = {"passed": False, "skipped": str(exc), "tolerance": tol.to_dict(),
                              "failures": [f"skipped: {exc}"]}
@@ -96,22 +142,31 @@ def validate_fold(
         results[name]["backend"] = variant.get("backend", "onnxruntime")
         if cached is not None and "could not run" not in " ".join(results[name].get("failures", [])):
             write_json(cached, results[name])
-    return {
+    record = {
         "model_folder": reference["model_folder"],
         "fold": reference["fold"],
         "reference": reference["reference"],
+        "cpu_kind": cpu_kind(),
         "n_patches": int(len(heldout_patches)),
+        "n_cases": len(set(groups)),
         "patch_shape": list(heldout_patches.shape[1:]),
         "labels": reference["labels"],
         "variants": results,
         "all_passed": all(r["passed"] for r in results.values()),
     }
+    if reference.get("selfcheck"):
+        check = {k: v for k, v in reference["selfcheck"].items() if k != "sha256"}
+        record["selfcheck"] = {**check, "variants": {n: r["selfcheck"] for n, r in results.items() if "selfcheck" in r}}
+    return record
 
 
 def validate_source(source: dict[str, Any], heldout_patches: np.ndarray, variants: dict[str, dict[str, str]],
-                    tolerances: dict[str, dict[str, Any]], threads: int = 0) -> dict[str, Any]:
+                    tolerances: dict[str, dict[str, Any]], threads: int = 0, *,
+                    groups: Sequence[str] | None = None, selfcheck_out: Path | None = None,
+                    selfcheck: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`reference_logits` then :func:`validate_fold`, in one call without a cache (for
     library use; the workflow keeps the reference as its own stage)."""
     with tempfile.TemporaryDirectory(prefix="nnbridge-reference-") as tmp:
-        reference = reference_logits(source, heldout_patches, Path(tmp) / "reference.npy")
+        reference = reference_logits(source, heldout_patches, Path(tmp) / "reference.npy", groups=groups,
+                                     selfcheck_out=selfcheck_out, selfcheck=selfcheck)
         return validate_fold(reference, heldout_patches, variants, tolerances, threads)
