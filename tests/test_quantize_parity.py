@@ -130,6 +130,11 @@ def test_validate_fold_passes_exact_and_fails_broken_variant(tiny_model, exporte
     assert not results["unreadable"]["passed"]
     assert "could not run" in results["unreadable"]["failures"][0]
     assert record["all_passed"] is False
+    # as many patches as the gate needs: an exact variant far inside its bounds is decided on the
+    # first two; a failing one is run on all of them
+    assert len(heldout) > 2
+    assert results["onnx_fp32"]["n_patches"] == 2 and results["onnx_fp32"]["decided_early"]
+    assert results["broken"]["n_patches"] == len(heldout) and "decided_early" not in results["broken"]
 
 
 def test_validate_reuses_unchanged_variants_only(tiny_model, exported, patch_sets, tmp_path):

@@ -26,7 +26,7 @@ from ..core.dice import case_dice, dice_of, label_classes, overlap_counts, to_la
 from ..core.runlog import read_json, sha256_file, write_json
 from ..models.loader import load_model
 from ..predict.verify import read_selfcheck
-from ..runtime import run_variant
+from ..runtime import make_runner, run_patches, run_variant
 from ..runtime.ov import PrecisionUnavailable
 from ..runtime.torchrun import run_torch
 from .metrics import Tolerance, validate_variant
@@ -95,6 +95,38 @@ def _on_selfcheck(reference: dict[str, Any], variant: dict[str, Any], tol: Toler
             "min_case_dice": per_case["min_case_dice"]}
 
 
+EARLY_PATCHES = 2  # an exact variant is decided on this many patches when far inside its gate
+EARLY_MARGIN = 0.1  # ... its errors within this share of their bounds and its label maps identical
+
+
+def _decided_early(metrics: dict[str, Any], tol: Tolerance) -> bool:
+    """Whether a variant's result on the first patches already decides its gate: a gate that
+    bounds the logits' error (an exact variant's), every bounded error within
+    :data:`EARLY_MARGIN` of its bound, and label maps identical to the reference's."""
+    bounds = [(metrics.get(k), getattr(tol, k)) for k in ("max_abs_err", "max_rel_err", "mean_abs_err")
+              if getattr(tol, k) is not None]
+    return (bool(bounds) and metrics.get("passed", False) and metrics.get("voxel_agreement") == 1.0
+            and all(v is not None and np.isfinite(v) and v <= EARLY_MARGIN * b for v, b in bounds))
+
+
+def _gate_variant(variant: dict[str, Any], heldout: np.ndarray, ref: np.ndarray, labels: dict[int, str],
+                  tol: Tolerance, region_based: bool, groups: list[str], threads: int) -> dict[str, Any]:
+    """Run a variant on as many held-out patches as its gate needs: the first
+    :data:`EARLY_PATCHES`, and the rest only when those do not decide it (:func:`_decided_early`)."""
+    run = make_runner({"backend": variant.get("backend", "onnxruntime") if variant["kind"] == "onnx" else "torchscript",
+                       "path": Path(variant["path"])}, threads)
+    n = len(heldout)
+    if n > EARLY_PATCHES:
+        first = validate_variant(ref[:EARLY_PATCHES], run_patches(run, heldout[:EARLY_PATCHES]), labels, tol,
+                                 region_based, groups[:EARLY_PATCHES])
+        if _decided_early(first, tol):
+            return {**first, "n_patches": EARLY_PATCHES,
+                    "decided_early": (f"{EARLY_PATCHES} of {n} patches: errors within {EARLY_MARGIN:g} of the "
+                                      "gate's bounds and label maps identical to PyTorch's")}
+    result = validate_variant(ref, run_patches(run, heldout), labels, tol, region_based, groups)
+    return {**result, "n_patches": n}
+
+
 def validate_fold(
     reference: dict[str, Any],
     heldout_patches: np.ndarray,
@@ -109,8 +141,9 @@ def validate_fold(
     against the reference (:func:`reference_logits`) on the held-out patches, per held-out case
     too (the reference's ``groups``). A failing variant is recorded, never raised. With
     ``cache_dir``, a variant whose inputs are unchanged since an earlier run (``cache_salt``: the
-    code's version) reuses that run's result. Each ONNX variant's Dice on the self-check set is
-    recorded under ``selfcheck``."""
+    code's version) reuses that run's result. An exact variant far inside its gate on the first
+    patches is decided there (``decided_early``, ``n_patches``). Each ONNX variant's Dice on the
+    self-check set is recorded under ``selfcheck``."""
     ref = np.load(reference["logits"])
     if sha256_file(reference["logits"]) != reference["sha256"]:
         raise ValueError(f"{reference['logits']}: differs from the reference record's sha256; rerun the reference")
@@ -126,9 +159,8 @@ def validate_fold(
             continue
         print(f"nnbridge: validate {index}/{len(variants)}: {name} on {len(heldout_patches)} patches", flush=True)
         try:
-            logits = run_variant(variant["kind"], Path(variant["path"]), heldout_patches, threads,
-                                 variant.get("backend", "onnxruntime"))
-            results[name] = validate_variant(ref, logits, labels, tol, reference["region_based"], groups)
+            results[name] = _gate_variant(variant, heldout_patches, ref, labels, tol, reference["region_based"],
+                                          list(groups), threads)
             if variant["kind"] == "onnx" and reference.get("selfcheck"):
                 results[name]["selfcheck"] = _on_selfcheck(reference, variant, tol, threads)
         except PrecisionUnavailable as exc:  # a bf16 variant on a CPU without bf16: not run, not passed
