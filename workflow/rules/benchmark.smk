@@ -25,6 +25,7 @@ rule benchmark:
     input:
         unpack(get_fold_inputs),
         variants=get_variant_files,
+        records=get_variant_records,
         peak=f"{RESULTS}/machine/peak.json",
     output:
         json=report(

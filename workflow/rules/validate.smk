@@ -2,7 +2,9 @@ rule validate:
     input:
         unpack(get_fold_inputs),
         heldout=rules.patches.output.heldout,
+        patches_record=rules.patches.output.json,
         variants=get_variant_files,
+        records=get_variant_records,
     output:
         json=report(
             f"{FOLD_DIR}/validate/parity.json",

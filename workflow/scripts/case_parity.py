@@ -1,17 +1,15 @@
-import json
 from pathlib import Path
 
 from nnbridge.validate.caseparity import run_case_parity, validation_cases
-from nnbridge.core.runlog import logged, write_json
+from nnbridge.core.runlog import logged, read_json, write_json
 
 with logged(snakemake.log[0]):
-    dataset_json = json.loads(Path(snakemake.input.dataset).read_text())
+    dataset_json = read_json(snakemake.input.dataset)
     cases = validation_cases(
         Path(snakemake.input.splits).parent,
         snakemake.wildcards.fold,
         snakemake.params.raw,
         dataset_json["file_ending"],
-        len(dataset_json["channel_names"]),
         max_cases=snakemake.params.max_cases,
     )
     record = run_case_parity(

@@ -25,5 +25,7 @@ with logged(snakemake.log[0]):
             spatial=tuple(source["example_size"]),
             n_calibration=snakemake.params.n_calibration,
             n_heldout=snakemake.params.n_heldout,
+            multiple=source.get("spatial_multiple", 1),
+            dynamic_spatial="spatial" in source.get("dynamic_axes", ["batch", "spatial"]),
         )
     write_json(snakemake.output.json, summary)

@@ -5,7 +5,7 @@ from nnbridge.core.runlog import logged, write_json
 with logged(snakemake.log[0]):
     record = validate_fold(
         snakemake.params.source,
-        load_patches(snakemake.input.heldout),
+        load_patches(snakemake.input.heldout, record=snakemake.input.patches_record),
         snakemake.params.variants,
         snakemake.params.tolerances,
         threads=snakemake.params.threads,

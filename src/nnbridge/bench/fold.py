@@ -9,6 +9,7 @@ import onnx
 
 from ..core.cpu import cpu_identity
 from ..core.onnxgraph import compute_node_flops
+from ..core.runlog import verify_variant_files
 from ..models.loader import load_model
 from .accelerators import accelerator_status
 from .measure import benchmark_variants
@@ -28,6 +29,7 @@ def benchmark_fold(source: dict[str, Any],
     fold's "% of peak" refers to the same number); used if it came from this kind of CPU, else
     measured here (:func:`peak_for_this_machine`)."""
 
+    verify_variant_files(variants)  # each file is what its stage wrote (sha256 in its record)
     loaded = load_model(source)
     shape = loaded.input_shape
     if "batch" not in loaded.dynamic_axes:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import NNBridgeError
+from ..core.runlog import verify_recorded
 from .accuracy import accuracy_aware_int8
 from .bf16 import make_bf16
 from .common import _choice
@@ -35,7 +36,8 @@ METHODS = ("static", "dynamic", "fp16", "nncf", "bf16")
 
 
 def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
-                     *, threads: int = 1, backends: tuple[str, ...] | list[str] = ("onnxruntime",)) -> dict[str, Any]:
+                     *, threads: int = 1, backends: tuple[str, ...] | list[str] = ("onnxruntime",),
+                     src_record: Path | None = None) -> dict[str, Any]:
     """Build one configured variant (the config's ``quantize.<name>`` entry) and its INT8 coverage.
 
     ``settings["method"]``: ``static`` (calibrated INT8; with ``accuracy_aware`` the layer
@@ -43,8 +45,11 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
     ``nncf`` (calibrated INT8 by NNCF, :func:`quantize_nncf_int8`), or ``bf16`` (the fp32 graph,
     run by OpenVINO in bf16, :func:`make_bf16`).
     INT8 coverage is recorded for ONNX Runtime (``coverage``) and, when ``backends`` names it,
-    OpenVINO (``coverage_openvino``).
+    OpenVINO (``coverage_openvino``). With ``src_record`` (simplify.json), ``src`` is first checked
+    against the sha256 it states.
     """
+    if src_record is not None:
+        verify_recorded(src, src_record)
 
     method = settings.get("method", "static")
     _choice("quantize method", method, METHODS)

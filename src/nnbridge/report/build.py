@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import __version__
 from ..bench.targets import speed_ceilings, speed_targets
+from .failures import complete, failed_stages
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -796,14 +797,30 @@ def verdict_lists(folds: list[dict[str, Any]]) -> tuple[list[str], list[str], li
     return failed, skipped, reasons
 
 
+def failed_table(failed: list[dict[str, Any]]) -> Table | None:
+    """One row per failed stage (:func:`nnbridge.report.failures.failed_stages`)."""
+    if not failed:
+        return None
+    return (["model", "fold", "stage", "cause", "log"],
+            [[f"{r['dataset']} / {r['model']}", _fmt(r["fold"]) if r["fold"] is not None else "all",
+              r["stage"], f"FAILED: {r['cause']}", r["log"] or "–"] for r in failed])
+
+
 def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_path: str | Path,
-                 plot_path: str | Path, summary_path: str | Path, realistic_path: str | Path | None = None) -> None:
-    """Write the Markdown and HTML reports, the latency plot and the JSON digest."""
-    folds = load_entries(entries)
+                 plot_path: str | Path, summary_path: str | Path, realistic_path: str | Path | None = None,
+                 dag_failures: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
+                 run_stages: list[dict[str, Any]] | tuple[dict[str, Any], ...] = ()) -> list[dict[str, Any]]:
+    """Write the Markdown and HTML reports, the latency plot and the JSON digest; also when stages
+    failed (then from the folds that finished, with a "Failed stages" section: ``dag_failures``, the
+    model folders and folds the workflow left out, and every stage whose record is missing, the
+    ``run_stages`` every fold depends on included). Returns the failed stages."""
+    stage_failures = failed_stages(entries, dag_failures, run_stages)
+    folds = load_entries([e for e in entries if complete(e)])
     realistic = _load(str(realistic_path)) if realistic_path else None
     latency_plot(folds, Path(plot_path))
     summary = summarize(folds)
     summary["targets"] = {model: model_targets(group) for model, group in by_model(folds).items()}
+    summary["failed_stages"] = stage_failures
     if realistic:
         summary["benchmark_machines"] = benchmark_machines(folds, realistic)
         summary["realistic"] = {"targets": realistic["targets"],
@@ -815,6 +832,9 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
     failed, skipped, reasons = verdict_lists(folds)
     verdict = ("All variants passed their gates." if not failed else
                f"{len(failed)} variant(s) FAILED their gate: " + "; ".join(failed))
+    if stage_failures:  # said first: the tables below cover only the folds that finished
+        verdict = (f"INCOMPLETE: {len(stage_failures)} stage(s) FAILED (see Failed stages); the tables cover the "
+                   f"{len(folds)} fold(s) that finished. " + verdict)
     if skipped:
         verdict += (f" {len(skipped)} variant(s) SKIPPED, not runnable on this machine "
                     f"({'; '.join(reasons)}): " + "; ".join(skipped))
@@ -825,8 +845,11 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
 
     md = [f"# nnbridge report\n\n{intro}\n\n**{verdict}**\n"]
     body = [f"<h1>nnbridge report</h1><p>{html.escape(intro)}</p>"
-            f"<p class=\"{'fail' if failed else 'pass'}\"><b>{html.escape(verdict)}</b></p>"]
-    for title, text, table in sections(folds, realistic):
+            f"<p class=\"{'fail' if failed or stage_failures else 'pass'}\"><b>{html.escape(verdict)}</b></p>"]
+    failed_section = ("Failed stages", "Each stage that failed, with its one-line cause and its log; the stages "
+                      "after it did not run. Fix the cause and rerun: finished stages are not redone.",
+                      failed_table(stage_failures))
+    for title, text, table in [failed_section, *sections(folds, realistic)]:
         if table is None:
             continue
         md.append(f"## {title}\n\n{text}\n\n{_md_table(table)}\n")
@@ -844,3 +867,4 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
         f"<!doctype html><html><head><meta charset=\"utf-8\"><title>nnbridge report</title>"
         f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
     )
+    return stage_failures

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.runlog import verify_variant_files
 from ..models.loader import load_model
 from ..runtime import run_variant
 from ..runtime.ov import PrecisionUnavailable
@@ -26,6 +27,7 @@ def validate_fold(
     patches. A failing variant is recorded, never raised."""
 
 
+    verify_variant_files(variants)  # each file is what its stage wrote (sha256 in its record)
     loaded = load_model(source)
     reference = run_torch(loaded.network, heldout_patches)
     results: dict[str, Any] = {}
