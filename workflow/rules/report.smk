@@ -58,7 +58,8 @@ onsuccess:
 
 onerror:
     # a job failed: with the report among the targets, write it anyway from the records that exist,
-    # each failed stage a row with its cause and log (snakemake still exits non-zero)
+    # each failed stage a row with its cause and log, beside the report (report_incomplete.html/.md:
+    # snakemake would take a report.md written outside its job for done); snakemake exits non-zero
     if any(job.rule.name == "report" for job in workflow.dag.jobs):
         from nnbridge.report.partial import write_partial_report  # only after a failure: the report's imports
 

@@ -540,7 +540,7 @@ def check_resampled_size(shape: Shape, spacing: Spacing, new_spacing: Spacing, n
 def _size(n_bytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n_bytes < 1024 or unit == "TiB":
-            return f"{n_bytes:.3g} {unit}"
+            return f"{n_bytes:.0f} {unit}" if n_bytes >= 100 else f"{n_bytes:.3g} {unit}"
         n_bytes /= 1024
     return f"{n_bytes:.3g} TiB"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import __version__
 from ..bench.targets import speed_ceilings, speed_targets
-from .failures import complete, failed_stages
+from .failures import complete, failed_stages, incomplete_path
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -802,7 +802,7 @@ def failed_table(failed: list[dict[str, Any]]) -> Table | None:
     if not failed:
         return None
     return (["model", "fold", "stage", "cause", "log"],
-            [[f"{r['dataset']} / {r['model']}", _fmt(r["fold"]) if r["fold"] is not None else "all",
+            [[f"{r['dataset']} / {r['model']}", _fmt(r["fold"]) if r["fold"] is not None else "–",
               r["stage"], f"FAILED: {r['cause']}", r["log"] or "–"] for r in failed])
 
 
@@ -867,4 +867,7 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
         f"<!doctype html><html><head><meta charset=\"utf-8\"><title>nnbridge report</title>"
         f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
     )
+    for path in (md_path, html_path, plot_path, summary_path):  # a failed run's report is outdated now
+        if not Path(path).stem.endswith("_incomplete"):
+            incomplete_path(path).unlink(missing_ok=True)
     return stage_failures

@@ -64,6 +64,12 @@ def failed_stages(entries: list[dict[str, Any]],
     return rows
 
 
+def incomplete_path(path: str | Path) -> Path:
+    """Where the report of a failed run goes instead of ``path``: ``report.md`` → ``report_incomplete.md``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_incomplete{path.suffix}")
+
+
 def complete(entry: dict[str, Any]) -> bool:
     """Whether the records of a fold entry's stages exist (those marked ``optional``, which the
     tables show when present, aside): only complete folds go into the report's tables."""
