@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 #: every bad input this file plants (README "When things go wrong" counts them): each gives a
-#: one-line error naming the file or key, or (gates) a FAILED verdict with the reason; none is silent
+#: one-line error naming the file or key, or (gates) a FAILED verdict with the reason; none is silent.
+#: (RGB 2D cases, which nnbridge refused although nnU-Net takes them, are not bad inputs: they are
+#: predicted now, test_rgb_2d_...)
 BAD_INPUTS = {
     # silent failures of the issue, closed
     "NaN logits (one voxel) against a min_dice-only gate": "gate FAILED: non-finite max_abs_err",
@@ -87,8 +89,7 @@ BAD_INPUTS = {
     "raw: without dataset.json": "dataset.json missing, which whole-case parity reads",
     "a corrupt checkpoint during a real run (report still written)": "FAILED row: cause and log",
     "missing inputs without --keep-going (real run refused before any job)": "with missing inputs; fix them",
-    # datasets nnU-Net supports
-    "an RGB 2D case (one .png, 3 channels)": "predicted; ≥ 99.99 % agreement with nnUNetPredictor",
+    # the channels of a case, found as nnU-Net finds them (an RGB .png holds 3 in one file: now predicted)
     "a case with a channel file too many": "has 2 files",
     "a case with a gap in its channel numbers": "lacks channel(s)",
 }
@@ -876,6 +877,10 @@ def test_case_files_are_found_as_nnunet_finds_them(tmp_path):
     assert ours == theirs and ours["a"] == [str(tmp_path / "a_0000.png"), str(tmp_path / "a_0001.png")]
 
 
-def test_readme_counts_this_matrix():
+def test_readme_counts_this_matrix_and_the_profile_reruns_what_a_kill_left():
     readme = (ROOT / "README.md").read_text()
-    assert f"{len(BAD_INPUTS)} bad inputs" in readme and "0 silent" in readme
+    assert f"**{len(BAD_INPUTS)} bad inputs, {len(BAD_INPUTS)} clear one-line errors" in readme and "0 silent" in readme
+    assert ".venv/bin/snakemake --unlock\n.venv/bin/snakemake " in readme
+    for profile in ("profiles/default", "profiles/slurm"):
+        settings = yaml.safe_load((ROOT / profile / "config.yaml").read_text())
+        assert settings["rerun-incomplete"] is True and settings["keep-going"] is True, profile
