@@ -201,7 +201,7 @@ def _missing_model_input(model: ModelEntry, where: str, produced: Callable[[str]
             if produced(str(path)):
                 continue
             try:
-                read_json(path, fix=f"{MODEL_FOLDER_FIX}")
+                read_json(path, fix=MODEL_FOLDER_FIX)
             except NNBridgeError as exc:
                 return MissingInput(f"{where}: {exc}")
     else:

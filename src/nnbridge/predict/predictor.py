@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import NNBridgeError
+from ..core.runlog import one_line_cause
 from ..runtime import ONNX_BACKENDS, make_runner
 from .bundle import Bundle, refuse_cascade
 from .io import check_channels, check_complete, check_finite, find_cases, num_channels, reader_writer
@@ -162,7 +163,7 @@ class Predictor:
         except NNBridgeError:
             raise
         except Exception as exc:  # noqa: BLE001 - readers raise anything on a corrupt file
-            raise NNBridgeError(f"{names}: {type(self.rw).__name__} cannot read it ({one_line(exc)}); the file is "
+            raise NNBridgeError(f"{names}: {type(self.rw).__name__} cannot read it ({one_line_cause(exc)}); the file is "
                                 "truncated, corrupt or not an image: copy it again") from None
         check_channels(data, list(files), num_channels(self.bundle.dataset_json))
         check_finite(data, list(files))
@@ -301,11 +302,6 @@ def writable_folder(folder: Path) -> None:
             pass
     except OSError as exc:
         raise NNBridgeError(f"{folder}: cannot write there ({exc.strerror or exc}); give -o a writable folder") from None
-
-
-def one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:300]
 
 
 def _progress_printer(case: str, index: int, total: int) -> Callable[[int, int], None]:
