@@ -833,9 +833,15 @@ def test_rgb_2d_whole_cases_match_nnunet_and_predict_without_torch(rgb, tmp_path
     assert result["passed"] and result["min_voxel_agreement"] >= 0.9999, result
     assert all(c["preprocessed_max_abs_diff"] <= 1e-4 for c in result["cases"].values())
     case = next(iter(cases))
+    (tmp_path / "cut").mkdir()
+    shutil.copy(cases[case]["images"][0], tmp_path / "cut" / "cut_0000.png")
+    _cut(tmp_path / "cut" / "cut_0000.png")
+    rc, err = predict(root / "bundle", tmp_path / "cut", tmp_path / "out")
+    assert rc == 2 and one_line(err.strip().splitlines()[-1]) == (
+        f"nnbridge: error: {tmp_path / 'cut' / 'cut_0000.png'}: NaturalImage2DIO cannot read it (OSError: image file "
+        "is truncated); the file is truncated, corrupt or not an image: copy it again")
     (tmp_path / "in").mkdir()
     shutil.copy(cases[case]["images"][0], tmp_path / "in")
-    shutil.copy(cases[case]["images"][0], tmp_path / "in" / "cut_0000.png")
     code = ("import sys\n"
             "class NoTorch:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
@@ -845,14 +851,6 @@ def test_rgb_2d_whole_cases_match_nnunet_and_predict_without_torch(rgb, tmp_path
             "from nnbridge.cli import main\n"
             f"sys.exit(main(['predict', '-i', sys.argv[1], '-o', sys.argv[2], '-m', {str(root / 'bundle')!r}, '-q']))\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    _cut(tmp_path / "in" / "cut_0000.png")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in"), str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 2, proc.stderr
-    assert one_line(proc.stderr.strip()) == (f"nnbridge: error: {tmp_path / 'in' / 'cut_0000.png'}: NaturalImage2DIO cannot "
-                                             "read it (OSError: image file is truncated); the file is truncated, corrupt "
-                                             "or not an image: copy it again")
-    (tmp_path / "in" / "cut_0000.png").unlink()
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in"), str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
