@@ -1,5 +1,6 @@
 import re
 import sys
+import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -29,6 +30,7 @@ try:
 except NNBridgeError as error:
     raise WorkflowError(str(error)) from None
 
+RUN_STARTED = time.time()  # failure records older than this are from an earlier run
 RESULTS = config["results"]
 DEMO_ROOT = config["demo"]["root"]
 DEMO_CONFIGURATION = "3d_fullres"

@@ -67,4 +67,8 @@ onerror:
             get_report_entries(), md_path=rules.report.output.md, html_path=rules.report.output.html,
             plot_path=rules.report.output.plot, summary_path=rules.report.output.json,
             realistic_path=get_realistic(), dag_failures=DAG_FAILURES, run_stages=get_run_stages(),
+            # records of jobs that had to run and did not finish are outdated, failure records
+            # older than this run are not this run's
+            unfinished={str(f) for job in workflow.dag.needrun_jobs() for f in job.output},
+            since=RUN_STARTED,
         )

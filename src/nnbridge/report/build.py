@@ -809,13 +809,15 @@ def failed_table(failed: list[dict[str, Any]]) -> Table | None:
 def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_path: str | Path,
                  plot_path: str | Path, summary_path: str | Path, realistic_path: str | Path | None = None,
                  dag_failures: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
-                 run_stages: list[dict[str, Any]] | tuple[dict[str, Any], ...] = ()) -> list[dict[str, Any]]:
+                 run_stages: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
+                 unfinished: frozenset[str] | set[str] = frozenset(), since: float | None = None) -> list[dict[str, Any]]:
     """Write the Markdown and HTML reports, the latency plot and the JSON digest; also when stages
     failed (then from the folds that finished, with a "Failed stages" section: ``dag_failures``, the
     model folders and folds the workflow left out, and every stage whose record is missing, the
-    ``run_stages`` every fold depends on included). Returns the failed stages."""
-    stage_failures = failed_stages(entries, dag_failures, run_stages)
-    folds = load_entries([e for e in entries if complete(e)])
+    ``run_stages`` every fold depends on included; ``unfinished`` and ``since``: see
+    :func:`~nnbridge.report.failures.failed_stages`). Returns the failed stages."""
+    stage_failures = failed_stages(entries, dag_failures, run_stages, unfinished, since)
+    folds = load_entries([e for e in entries if complete(e, unfinished)])
     realistic = _load(str(realistic_path)) if realistic_path else None
     latency_plot(folds, Path(plot_path))
     summary = summarize(folds)
@@ -830,8 +832,8 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = summary["machine"]
     failed, skipped, reasons = verdict_lists(folds)
-    verdict = ("All variants passed their gates." if not failed else
-               f"{len(failed)} variant(s) FAILED their gate: " + "; ".join(failed))
+    verdict = ("No fold finished every stage." if not folds else "All variants passed their gates." if not failed
+               else f"{len(failed)} variant(s) FAILED their gate: " + "; ".join(failed))
     if stage_failures:  # said first: the tables below cover only the folds that finished
         verdict = (f"INCOMPLETE: {len(stage_failures)} stage(s) FAILED (see Failed stages); the tables cover the "
                    f"{len(folds)} fold(s) that finished. " + verdict)
@@ -850,7 +852,7 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
                       "after it did not run. Fix the cause and rerun: finished stages are not redone.",
                       failed_table(stage_failures))
     for title, text, table in [failed_section, *sections(folds, realistic)]:
-        if table is None:
+        if table is None or not table[1]:  # no rows (e.g. no fold finished): no section
             continue
         md.append(f"## {title}\n\n{text}\n\n{_md_table(table)}\n")
         body.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>{_html_table(table)}")
