@@ -740,6 +740,33 @@ def test_one_failing_model_still_gets_a_report(pipeline_run):
     assert record["cause"].startswith("inputs/bad.pth: not a torch checkpoint")
 
 
+def test_failed_stages_ignore_outdated_records(tmp_path):
+    """After a failure, a later stage's record from an earlier run (its job had to run again and
+    did not) is outdated, and so is a failure record older than the run: neither counts."""
+    import time
+
+    from nnbridge.core.runlog import failure_record, logged, write_json
+    from nnbridge.report.failures import complete, failed_stages
+
+    stages = [{"stage": s, "record": str(tmp_path / f"{s}.json"), "log": str(tmp_path / f"{s}.log")}
+              for s in ("export_onnx", "simplify", "validate")]
+    write_json(tmp_path / "export_onnx.json", {})
+    write_json(tmp_path / "validate.json", {})  # from an earlier run
+    write_json(failure_record(tmp_path / "validate.log"), {"cause": "an old failure"})
+    since = time.time() + 1
+    while time.time() < since:
+        time.sleep(0.05)
+    with pytest.raises(NNBridgeError), logged(tmp_path / "simplify.log"):
+        raise NNBridgeError("model.onnx: sha256 differs")
+    entry = {"dataset": "D", "model": "M", "fold": "0", "stages": stages}
+    unfinished = {str(tmp_path / "simplify.json"), str(tmp_path / "validate.json")}
+    rows = failed_stages([entry], unfinished=unfinished, since=since)
+    assert [(r["stage"], r["cause"]) for r in rows] == [("simplify", "model.onnx: sha256 differs")]
+    assert not complete(entry, unfinished) and complete({**entry, "stages": stages[:1]}, unfinished)
+    stale = {**entry, "stages": [stages[0], stages[2]]}
+    assert complete(stale) and not complete(stale, unfinished)  # only the run knows validate.json is outdated
+
+
 def test_a_rerun_redoes_only_what_failed_and_refuses_without_keep_going(pipeline_run):
     import re
 
