@@ -654,7 +654,8 @@ def _snakemake(work: Path, *args: str) -> subprocess.CompletedProcess:
 
 def _tiny_config(work: Path) -> dict:
     """Two tiny plain U-Nets (one with a corrupt checkpoint) and an nnU-Net folder without plans.json;
-    no TorchScript, one fp16 variant, ONNX Runtime only, a minimal benchmark."""
+    no TorchScript, no quantized variant (test_workflow runs those), ONNX Runtime only, a minimal
+    benchmark."""
     import torch
 
     from nnbridge.demo.nets import UNet
@@ -676,7 +677,7 @@ def _tiny_config(work: Path) -> dict:
                    {**plain_entry, "name": "bad", "checkpoint": "inputs/bad.pth"},
                    {"folder": str(Path(lost["folder"]).relative_to(work)), "folds": [0],
                     "preprocessed": str(Path(lost["preprocessed"]).relative_to(work))}],
-        "export": {"torchscript": False}, "quantize": {"fp16": {"method": "fp16"}}, "backends": ["onnxruntime"],
+        "export": {"torchscript": False}, "quantize": {}, "backends": ["onnxruntime"],
         "patches": {"calibration": 2, "heldout": 2},
         "validate": {"threads": 1, "tolerances": {"onnx_fp32": {"max_rel_err": 1e-4}}},
         "benchmark": {"threads": 1, "warmup": 0, "repeats": 1, "sweep": [], "tune": [],
@@ -732,7 +733,7 @@ def test_one_failing_model_still_gets_a_report(pipeline_run):
     assert ("| Dataset940_X / nnUNetTrainer__nnUNetPlans__3d_fullres | – | inputs (checked before the run) | FAILED: "
             "config models[2] (nnUNetTrainer__nnUNetPlans__3d_fullres): inputs/Dataset940_X/nnUNetTrainer__nnUNetPlans__"
             "3d_fullres/plans.json: missing") in md
-    assert "| onnx_simplified | 1/1 PASS |" in md and "| fp16 | " in md  # the good model's results
+    assert "| onnx_simplified | 1/1 PASS |" in md  # the good model's results are in the report
     summary = json.loads((work / "results/report/summary_incomplete.json").read_text())
     assert [(r["model"], r["stage"]) for r in summary["failed_stages"]] == [
         ("nnUNetTrainer__nnUNetPlans__3d_fullres", "inputs (checked before the run)"), ("bad", "export_onnx")]
@@ -774,8 +775,8 @@ def test_a_rerun_redoes_only_what_failed_and_refuses_without_keep_going(pipeline
     proc = _snakemake(work, "-n")
     text = proc.stdout + proc.stderr
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", text.split("Job stats:", 1)[1], re.M))
-    assert jobs == {"export_onnx": "1", "simplify": "1", "quantize": "1", "validate": "1", "benchmark": "1",
-                    "report": "1", "all": "1", "total": "7"}, text
+    assert jobs == {"export_onnx": "1", "simplify": "1", "validate": "1", "benchmark": "1", "report": "1",
+                    "all": "1", "total": "6"}, text
     outputs = re.findall(r"^\s+output: (.*)$", text, re.M)
     assert outputs and not [o for o in outputs if "/good/" in o]  # the good model's stages are done
     # without --keep-going (no workstation profile) the run refuses before any job starts
