@@ -3,6 +3,18 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+# snakemake's own message for a YAML syntax error names no line: check the file first
+import os
+from snakemake.exceptions import WorkflowError
+from nnbridge.core.config import check_yaml
+from nnbridge.core.errors import NNBridgeError
+
+if os.path.exists("config/config.yaml"):
+    try:
+        check_yaml("config/config.yaml")
+    except NNBridgeError as error:
+        raise WorkflowError(str(error)) from None
+
 
 configfile: "config/config.yaml"
 

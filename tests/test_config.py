@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,11 @@ def test_discover_models_finds_folds(tmp_path):
         (folder / f"fold_{fold}").mkdir(parents=True)
         (folder / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"x")
     (folder / "fold_1").mkdir()  # no checkpoint: not a fold to process
-    models = discover_models([{"folder": str(folder), "preprocessed": "p"}])
+    (folder / "plans.json").write_text('{"configurations": {"3d_fullres": {}}}')
+    (folder / "dataset.json").write_text("{}")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "splits_final.json").write_text(json.dumps([{"train": [], "val": []}] * 5))
+    models = discover_models([{"folder": str(folder), "preprocessed": str(tmp_path / "p")}])
     (model,) = models.values()
     assert model.folds == ("0", "2", "all")
     assert [k.label for k in model.fold_keys()][0] == "Dataset001_X/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0"

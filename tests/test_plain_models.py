@@ -186,6 +186,10 @@ def test_config_refuses_non_multiple_sizes_and_untrusted_pickles(tmp_path):
         discover_models([{k: v for k, v in entry.items() if k != "preprocessed"}])
     with pytest.raises(NNBridgeError, match="'int8_x' is not in the config's quantize"):
         discover_models([{**entry, "quantize": ["int8_x"]}], quantize_names=["int8_accurate"])
+    with pytest.raises(NNBridgeError, match=r"m\.pth: checkpoint missing"):  # inputs are checked before the run
+        discover_models([entry], quantize_names=[])
+    (tmp_path / "m.pth").write_bytes(b"x")
+    (tmp_path / "splits_final.json").write_text("[]")
     model = discover_models([entry], quantize_names=[])["pytorch/m"]
     assert model.fold_keys()[0].label == "pytorch/m/fold_all"
     assert model.source("all")["class"] == "nnbridge.demo.nets.UNet"

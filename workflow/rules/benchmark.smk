@@ -27,6 +27,7 @@ rule machine_peak:
 rule benchmark_artifact:
     input:
         unpack(get_artifact_inputs),
+        records=lambda wildcards: sorted({v["record"] for v in get_artifact_variants(wildcards).values()}),
         peak=f"{RESULTS}/machine/peak.json",
     output:
         json=f"{MODEL_DIR}/benchmark/artifacts/{{artifact}}.json",
@@ -63,6 +64,7 @@ rule benchmark:
         unpack(get_fold_inputs),
         variants=get_variant_files,
         artifacts=lambda wildcards: list(get_fold_artifacts(wildcards).values()),
+        records=get_variant_records,
         peak=f"{RESULTS}/machine/peak.json",
     output:
         json=report(

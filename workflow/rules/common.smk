@@ -1,4 +1,6 @@
 import re
+import sys
+import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -17,8 +19,10 @@ from nnbridge.pipeline.plan import (
     artifact_paths,
     base_variant,
     bundle_plan,
-    discover_models,
+    check_config_names,
+    plan_models,
     fold_variants,
+    record_of,
     variant_tolerance,
 )
 
@@ -30,6 +34,7 @@ try:
 except NNBridgeError as error:
     raise WorkflowError(str(error)) from None
 
+RUN_STARTED = time.time()  # failure records older than this are from an earlier run
 RESULTS = config["results"]
 DEMO_ROOT = config["demo"]["root"]
 DEMO_CONFIGURATION = "3d_fullres"
@@ -42,15 +47,22 @@ REALSIZE_FOLDER = f"{REALSIZE_ROOT}/nnUNet_results/{REALSIZE_DATASET_NAME}/{REAL
 # model zips are unpacked file by file into <results>/cache/zip/<sha256 prefix>/<member>
 ZIP_CACHE = f"{RESULTS}/cache/zip"
 
+# A missing input of one model or fold (plans.json, a listed fold's checkpoint, ...) is found here,
+# before any job: that model or fold is left out of the DAG (so the others can run) and listed in
+# DAG_FAILURES. The handlers in report.smk then refuse to start without --keep-going (not known
+# while this file is read), and with it run the rest, report them failed and exit non-zero.
 try:
-    MODELS = discover_models(
-        config["models"],
-        demo_folder=DEMO_MODEL_FOLDER,
-        quantize_names=list(config["quantize"]),
-        zip_cache=ZIP_CACHE,
+    check_config_names(config)
+    MODELS, DAG_FAILURES = plan_models(
+        config["models"], demo_folder=DEMO_MODEL_FOLDER, quantize_names=list(config["quantize"]),
+        demo_root=DEMO_ROOT, zip_cache=ZIP_CACHE, keep_going=True,
     )
 except NNBridgeError as error:
     raise WorkflowError(str(error)) from None
+if DAG_FAILURES and workflow.is_main_process:
+    for failure in DAG_FAILURES:
+        print(f"nnbridge: {failure['cause']} (left out; with --keep-going the rest runs and the report lists it)",
+              file=sys.stderr)
 
 ZIPS = {m.zip.key: str(m.zip.path) for m in MODELS.values() if m.zip is not None}
 
@@ -240,6 +252,11 @@ def get_selfcheck_settings(wildcards):
     return {"patches": section["patches"], "max_kb": section["max_kb"] / max(folds, 1)}
 
 
+def get_variant_records(wildcards):
+    """The stage records stating the sha256 of a fold's variant files (checked before use)."""
+    return sorted({v["record"] for v in get_variants(wildcards).values()})
+
+
 def get_validation_summaries():
     """nnU-Net's own validation summaries of the folds, where the model folder has them."""
     out = {}
@@ -268,6 +285,7 @@ def get_bundle_folds(wildcards):
         paths = artifact_paths(fold_variants(RESULTS, key, config, model.quantize))
         folds[key.fold] = {
             "files": {name: paths[name] for name in BUNDLE_VARIANTS},
+            "records": {name: record_of(paths[name]) for name in BUNDLE_VARIANTS},
             "parity": f"{key.dir(RESULTS)}/validate/parity.json",
             "benchmark": f"{key.dir(RESULTS)}/benchmark/benchmark.json",
             "selfcheck": f"{key.dir(RESULTS)}/validate/selfcheck.npz",
@@ -278,7 +296,8 @@ def get_bundle_folds(wildcards):
 def get_bundle_inputs(wildcards):
     files = [*get_fold_inputs_of_model(wildcards).values()]
     for fold in get_bundle_folds(wildcards).values():
-        files += [*fold["files"].values(), fold["parity"], fold["benchmark"], fold["selfcheck"]]
+        files += [*fold["files"].values(), *fold["records"].values(), fold["parity"], fold["benchmark"],
+                  fold["selfcheck"]]
     return files
 
 
@@ -328,14 +347,46 @@ def get_case_parity_variants(wildcards):
     }
 
 
+def stage_log(rule, **wildcards):
+    """The log file of a rule's job: its `log:` pattern with the wildcards filled in."""
+    return expand(getattr(rules, rule).log[0], **wildcards)[0]
+
+
+def fold_stages(key, model):
+    """The stages of a fold in pipeline order: stage name, the record it writes, its log (the
+    report lists a stage whose record is missing as failed, with the cause it logged)."""
+    wc = {"dataset": key.dataset, "model": key.model, "fold": key.fold}
+    base = key.dir(RESULTS)
+    stages = [("export_onnx", f"{base}/export/export.json", {})]
+    if config["export"]["torchscript"]:
+        stages.append(("export_torchscript", f"{base}/export/torchscript.json", {}))
+    stages += [("patches", f"{base}/patches/patches.json", {}),
+               ("simplify", f"{base}/simplify/simplify.json", {})]
+    stages += [("quantize", f"{base}/quantize/{q}.json", {"qvariant": q})
+               for q in config["quantize"] if model.quantize is None or q in model.quantize]
+    stages += [("validate", f"{base}/validate/parity.json", {}),
+               ("benchmark", f"{base}/benchmark/benchmark.json", {})]
+    out = [{"stage": name if not extra else f"{name} {extra['qvariant']}", "record": record,
+            "log": stage_log(name, **wc, **extra)} for name, record, extra in stages]
+    if bundled(model):
+        out.append({"stage": "bundle", "record": f"{RESULTS}/{key.dataset}/{key.model}/bundle/bundle.json",
+                    "log": stage_log("bundle", **wc), "per_model": True, "optional": True})
+    if key in case_parity_keys():
+        out.append({"stage": "case_parity", "record": f"{base}/case_parity/case_parity.json",
+                    "log": stage_log("case_parity", **wc), "optional": True})
+    return out
+
+
 def get_report_entries():
-    """Per fold: where each stage's JSON lives (the report reads them all)."""
+    """Per fold: where each stage's JSON lives (the report reads them all), and its stages with
+    their logs (the report lists the failed ones)."""
     entries = []
     for key in FOLD_KEYS:
         model = MODELS[f"{key.dataset}/{key.model}"]
         base = key.dir(RESULTS)
         entries.append(
             {
+                "stages": fold_stages(key, model),
                 "dataset": key.dataset,
                 "model": key.model,
                 "fold": key.fold,

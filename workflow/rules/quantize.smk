@@ -1,7 +1,9 @@
 rule quantize:
     input:
         onnx=rules.simplify.output.onnx,
+        record=rules.simplify.output.json,
         calibration=rules.patches.output.calibration,
+        patches_record=rules.patches.output.json,
     output:
         onnx=f"{FOLD_DIR}/quantize/{{qvariant}}.onnx",
         json=f"{FOLD_DIR}/quantize/{{qvariant}}.json",

@@ -1,7 +1,9 @@
 rule simplify:
     input:
         onnx=rules.export_onnx.output.onnx,
+        record=rules.export_onnx.output.json,
         heldout=rules.patches.output.heldout,
+        patches_record=rules.patches.output.json,
     output:
         onnx=f"{FOLD_DIR}/simplify/model.onnx",
         json=f"{FOLD_DIR}/simplify/simplify.json",

@@ -4,6 +4,7 @@ rule reference:
     input:
         unpack(get_fold_inputs),
         heldout=rules.patches.output.heldout,
+        patches_record=rules.patches.output.json,
     output:
         logits=f"{FOLD_DIR}/validate/reference.npy",
         json=f"{FOLD_DIR}/validate/reference.json",
@@ -32,7 +33,9 @@ rule validate:
         reference=rules.reference.output.json,
         logits=rules.reference.output.logits,
         heldout=rules.patches.output.heldout,
+        patches_record=rules.patches.output.json,
         variants=get_variant_files,
+        records=get_variant_records,
     output:
         json=report(
             f"{FOLD_DIR}/validate/parity.json",

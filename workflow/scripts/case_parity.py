@@ -1,11 +1,10 @@
-import json
 from pathlib import Path
 
 from nnbridge.validate.caseparity import heldout_image_cases, run_case_parity, validation_cases
-from nnbridge.core.runlog import logged, write_json
+from nnbridge.core.runlog import logged, read_json, write_json
 
 with logged(snakemake.log[0]):
-    dataset_json = json.loads(Path(snakemake.input.dataset).read_text())
+    dataset_json = read_json(snakemake.input.dataset)
     images = snakemake.params.images
     if images:  # the fold's held-out images (labels optional: the gate compares two predictors)
         cases = heldout_image_cases(snakemake.input.patches, images["folder"], images["labels_folder"],
@@ -16,7 +15,6 @@ with logged(snakemake.log[0]):
             snakemake.wildcards.fold,
             snakemake.params.raw,
             dataset_json["file_ending"],
-            len(dataset_json["channel_names"]),
             max_cases=snakemake.params.max_cases,
         )
     record = run_case_parity(

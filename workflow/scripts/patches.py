@@ -39,5 +39,7 @@ with logged(snakemake.log[0]):
             channels=source["input_channels"],
             spatial=tuple(source["example_size"]),
             **counts,
+            multiple=source.get("spatial_multiple", 1),
+            dynamic_spatial="spatial" in source.get("dynamic_axes", ["batch", "spatial"]),
         )
     write_json(snakemake.output.json, summary)

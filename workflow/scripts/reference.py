@@ -5,7 +5,7 @@ from nnbridge.validate.parity import reference_logits
 with logged(snakemake.log[0]):
     record = reference_logits(
         snakemake.params.source,
-        load_patches(snakemake.input.heldout),
+        load_patches(snakemake.input.heldout, record=snakemake.input.patches_record),
         snakemake.output.logits,
         groups=load_patch_cases(snakemake.input.heldout),
         selfcheck_out=snakemake.output.selfcheck,

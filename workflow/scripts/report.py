@@ -9,4 +9,6 @@ with logged(snakemake.log[0]):
         plot_path=snakemake.output.plot,
         summary_path=snakemake.output.json,
         realistic_path=snakemake.params.realistic,
+        dag_failures=snakemake.params.dag_failures,
+        run_stages=snakemake.params.run_stages,
     )

@@ -3,9 +3,10 @@ from nnbridge.core.runlog import logged, write_json
 from nnbridge.export.simplify import simplify_onnx
 
 with logged(snakemake.log[0]):
-    check = load_patches(snakemake.input.heldout)[:2]
+    check = load_patches(snakemake.input.heldout, record=snakemake.input.patches_record)[:2]
     record = simplify_onnx(
-        snakemake.input.onnx, snakemake.output.onnx, check, atol=snakemake.params.atol
+        snakemake.input.onnx, snakemake.output.onnx, check, atol=snakemake.params.atol,
+        src_record=snakemake.input.record,
     )
     write_json(snakemake.output.json, record)
     print(record)

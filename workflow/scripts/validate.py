@@ -7,7 +7,7 @@ from nnbridge.validate.parity import validate_fold
 with logged(snakemake.log[0]):
     record = validate_fold(
         read_json(snakemake.input.reference),
-        load_patches(snakemake.input.heldout),
+        load_patches(snakemake.input.heldout, record=snakemake.input.patches_record),
         snakemake.params.variants,
         snakemake.params.tolerances,
         threads=snakemake.params.threads,

@@ -17,6 +17,7 @@ from typing import Any
 from ..core.cpu import cpu_identity
 from ..core.metadata import read_metadata
 from ..core.onnxgraph import graph_signature
+from ..core.runlog import verify_variant_files
 from .measure import benchmark_variants
 from .peak import peak_for_this_machine
 from .sweep import sweep, tune_onnxruntime
@@ -53,6 +54,7 @@ def benchmark_artifact(artifact: str, source: dict[str, Any], variants: dict[str
     (``stop``: when timing stops, :class:`nnbridge.runtime.timing.StopRule` fields; ``repeats``
     is its maximum). The ONNX Runtime keys in ``tune`` first get their session settings searched;
     the keys in ``sweep_keys`` are then timed at 1..``threads`` threads and at ``sweep_batch``."""
+    verify_variant_files(variants)  # each file is what its stage wrote (sha256 in its record)
     shape, dynamic_axes = input_shape_of(shape_from)
     if "batch" not in dynamic_axes:
         sweep_batch = 1  # a fixed-batch export runs batch 1 only

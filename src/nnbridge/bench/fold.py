@@ -15,6 +15,7 @@ import onnx
 from ..core.cpu import cpu_identity
 from ..core.onnxgraph import compute_node_flops, graph_signature
 from ..core.keys import Variant
+from ..core.runlog import verify_variant_files
 from .accelerators import accelerator_status
 from .artifact import TORCH_EAGER, artifact_specs, input_shape_of
 from .measure import benchmark_variants
@@ -33,6 +34,7 @@ def benchmark_fold(source: dict[str, Any], variants: dict[str, dict[str, str]],
     """Torch eager and every variant of a fold (``variants``: :func:`nnbridge.pipeline.plan.fold_variants`),
     from ``artifacts`` (artifact name → its :func:`nnbridge.bench.artifact.benchmark_artifact`
     record) where this fold's graph is the measured one, else timed here."""
+    verify_variant_files(variants)  # each file is what its stage wrote (sha256 in its record)
     fp32 = variants["onnx_fp32"]["path"]
     shape, _ = input_shape_of(fp32)
     architecture = graph_signature(fp32)

@@ -15,7 +15,7 @@ from ..bench.sweep import MIN_GAIN
 from ..core.errors import NNBridgeError
 from ..core.keys import fold_order
 from ..core.metadata import inference_precision, read_metadata
-from ..core.runlog import read_json, sha256_file
+from ..core.runlog import read_json, sha256_file, verify_recorded
 from ..predict.bundle import FORMAT, MANIFEST, refuse_cascade
 from ..predict.verify import SELFCHECK_DIR
 from ..runtime import ONNX_BACKENDS
@@ -24,14 +24,20 @@ from ..runtime import ONNX_BACKENDS
 SWEPT_GRAPH = "onnx_fp32"  # whose thread/batch sweep stands in for variants not swept themselves
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def _copy(src: Path, dst: Path, expected: str | None = None) -> str:
+    """Copy ``src`` to ``dst`` (a copy, never a link: editing the bundle must not edit the
+    pipeline's artifacts, nor the reverse) through a temporary name, so ``dst`` exists only
+    complete; its sha256, checked against ``expected`` (the one its stage record states)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    tmp = dst.with_name(f".{dst.name}.partial")
+    shutil.copyfile(src, tmp)
+    digest = sha256_file(tmp)
+    if expected is not None and digest != expected:
+        tmp.unlink()
+        raise NNBridgeError(f"{src}: copied into the bundle with sha256 {digest[:12]}…, not the {expected[:12]}… its "
+                            "record states; the file changed while the bundle was written: rerun")
+    os.replace(tmp, dst)
+    return digest
 
 
 def choose_backend(gates: dict[str, dict[str, bool]], latency_ms: dict[str, float]) -> str | None:
@@ -54,7 +60,8 @@ def write_bundle(
     selfcheck: dict[str, Path] | None = None,
     gated_on: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Assemble a bundle. ``variants``: name → {"files": {fold: onnx path}, "gates": {fold: {backend:
+    """Assemble a bundle. ``variants``: name → {"files": {fold: onnx path}, "records": {fold: the stage
+    record stating its sha256, checked before and after copying (optional)}, "gates": {fold: {backend:
     passed}}, "latency_ms": {backend: p50}, "ort_settings": tuned ONNX Runtime settings,
     "run_settings": {backend: threads and batch size, see :func:`run_settings`}, "recheck":
     {fold: {backend: {"tolerance", "at_gate"}}} for ``nnbridge verify``}. ``info``:
@@ -68,11 +75,12 @@ def write_bundle(
     entries: dict[str, Any] = {}
     for name, variant in variants.items():
         files, sums = {}, {}
+        records = variant.get("records") or {}
         for fold, src in sorted(variant["files"].items()):
             rel = f"{name}/fold_{fold}.onnx"
-            _link_or_copy(Path(src), out_dir / rel)
+            expected = verify_recorded(src, records[fold]) if records.get(fold) else None
             files[str(fold)] = rel
-            sums[str(fold)] = sha256_file(out_dir / rel)
+            sums[str(fold)] = _copy(Path(src), out_dir / rel, expected)
         backend = choose_backend(variant["gates"], variant.get("latency_ms", {}))
         entries[name] = {
             "inference_precision": inference_precision(out_dir / next(iter(files.values()))),
@@ -104,14 +112,15 @@ def write_bundle(
         files, sums, shapes = {}, {}, {}
         for fold, src in sorted(selfcheck.items()):
             rel = f"{SELFCHECK_DIR}/fold_{fold}.npz"
-            _link_or_copy(Path(src), out_dir / rel)
-            files[str(fold)], sums[str(fold)] = rel, sha256_file(out_dir / rel)
+            files[str(fold)], sums[str(fold)] = rel, _copy(Path(src), out_dir / rel)
             with np.load(out_dir / rel) as archive:
                 shapes[str(fold)] = list(archive["patches"].shape)
         manifest["selfcheck"] = {"files": files, "sha256": sums, "shape": shapes,
                                  "bytes": sum((out_dir / rel).stat().st_size for rel in files.values()),
                                  "reference": "PyTorch eager label maps on the stored float16 patches"}
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    tmp = out_dir / f".{MANIFEST}.partial"  # the manifest last, whole: a bundle without it is no bundle
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out_dir / MANIFEST)
     return manifest
 
 
@@ -190,7 +199,7 @@ def build_from_pipeline(
     dataset: str,
 ) -> dict[str, Any]:
     """A bundle from the pipeline's per-fold results. ``folds``: fold → {"files": {variant: onnx
-    path}, "parity": parity.json, "benchmark": benchmark.json, "selfcheck": the validate stage's
+    path}, "records": {variant: the record stating its sha256}, "parity": parity.json, "benchmark": benchmark.json, "selfcheck": the validate stage's
     self-check set (optional)}. A variant's gate on a backend is its parity verdict there
     (``name`` on ONNX Runtime, ``name@openvino`` on OpenVINO), measured on the CPU kind the
     parity record names (``gated_on``); its Dice bounds and its Dice on the self-check set go
@@ -228,6 +237,7 @@ def build_from_pipeline(
                     latencies.setdefault(backend or "onnxruntime", []).append(float(res["p50_ms"]))
         variants[name] = {
             "files": {fold: spec["files"][name] for fold, spec in folds.items()},
+            "records": {fold: spec["records"][name] for fold, spec in folds.items() if spec.get("records")},
             "gates": gates,
             "latency_ms": {b: round(float(np.median(v)), 3) for b, v in latencies.items()},
             "ort_settings": next((t for t in tuned if t is not None), {}),

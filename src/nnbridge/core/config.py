@@ -33,6 +33,24 @@ def _where(error: jsonschema.ValidationError) -> str:
     return "".join(parts) or "(top level)"
 
 
+def check_yaml(path: str | Path) -> None:
+    """A YAML file that does not parse, refused in one line naming the line and column (snakemake's
+    own message names neither)."""
+    path = Path(path)
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None and mark is not None and start.line != mark.line:
+            context += f" that starts at line {start.line + 1}"
+        raise NNBridgeError(f"{path}: YAML syntax error at {where}: {problem}"
+                            + (f" ({context})" if context else "") + "; fix the line (indent with spaces, "
+                            "close brackets and quotes)") from None
+
+
 def validate_config(config: dict[str, Any], schema_path: Path, config_name: str = "config") -> dict[str, Any]:
     """Validate ``config`` in place (defaults filled in) or raise a one-line NNBridgeError."""
     schema = yaml.safe_load(Path(schema_path).read_text())

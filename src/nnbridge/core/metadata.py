@@ -19,9 +19,30 @@ META_PREFIX = "nnbridge."
 PRECISION_KEY = "inference_precision"
 
 
+def load_onnx_model(path: Path | str) -> onnx.ModelProto:
+    """An ONNX file's model (without external data), or a one-line :class:`NNBridgeError` for a
+    missing path, a folder, an empty file or one that is not ONNX (or truncated)."""
+    path = Path(path)
+    if not path.exists():
+        raise NNBridgeError(f"{path}: no such file; give the path of an .onnx file")
+    if path.is_dir():
+        raise NNBridgeError(f"{path}: is a folder; give the path of an .onnx file in it")
+    if path.stat().st_size == 0:
+        raise NNBridgeError(f"{path}: empty file (0 bytes), not an ONNX model; copy or export it again")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others on junk
+        raise NNBridgeError(f"{path}: not an ONNX model, or truncated ({type(exc).__name__}); copy or export it "
+                            "again") from None
+    if not model.graph.output or not model.opset_import or not model.ir_version:
+        # protobuf parses some non-ONNX or cut byte strings into a partial message instead of failing
+        raise NNBridgeError(f"{path}: not an ONNX model, or truncated (no graph in it); copy or export it again")
+    return model
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """nnbridge metadata of an ONNX file, keys without the prefix."""
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx_model(path)
     return {
         p.key[len(META_PREFIX):]: p.value
         for p in model.metadata_props

@@ -11,11 +11,11 @@ stage's folds wrote for the next stage when their final validation ran
 
 from __future__ import annotations
 
-import json
 from copy import deepcopy
 from pathlib import Path
 
 from .errors import NNBridgeError
+from .runlog import read_json
 
 
 def configuration(plans: dict, name: str) -> dict:
@@ -73,7 +73,11 @@ def model_previous_stage(model_folder: str | Path) -> str | None:
     plans_file = Path(model_folder) / "plans.json"
     if not plans_file.is_file():
         return None
-    return previous_stage(json.loads(plans_file.read_text()), configuration_of(model_folder)[2])
+    plans = read_json(plans_file, fix="copy it again from the model folder nnU-Net wrote")
+    try:
+        return previous_stage(plans, configuration_of(model_folder)[2])
+    except NNBridgeError as exc:
+        raise NNBridgeError(f"{plans_file}: {exc}") from None
 
 
 def default_previous_stage_segs(model_folder: str | Path, previous: str) -> Path:

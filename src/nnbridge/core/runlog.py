@@ -17,11 +17,28 @@ _CONSOLE: list[Any] = []
 """The console streams of the :func:`logged` blocks in progress (innermost last)."""
 
 
+def failure_record(log_path: str | Path) -> Path:
+    """Where a stage that failed records why: beside its log, ``<log name>.failed.json``
+    (``{"cause": one line, "error": exception type, "log": log path}``); present only while the
+    stage's last run failed."""
+    return Path(log_path).with_suffix(".failed.json")
+
+
+def one_line_cause(exc: BaseException) -> str:
+    """An exception as one line: an :class:`NNBridgeError`'s message, else ``Type: first line``."""
+    if isinstance(exc, NNBridgeError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")[:400]
+
+
 @contextlib.contextmanager
 def logged(log_path: str | Path) -> Iterator[None]:
     """Redirect stdout and stderr to ``log_path``; a failure's traceback ends up there too, and
-    an :class:`NNBridgeError`'s one-line cause also on the original stderr (the console)."""
+    an :class:`NNBridgeError`'s one-line cause also on the original stderr (the console). A
+    failure also writes :func:`failure_record` (the report lists it); a new run removes it."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    failure_record(log_path).unlink(missing_ok=True)
     open(log_path, "w").close()  # start empty; append mode lets subprocesses share the file
     with open(log_path, "a", buffering=1) as handle:
         old = sys.stdout, sys.stderr
@@ -31,6 +48,8 @@ def logged(log_path: str | Path) -> Iterator[None]:
             yield
         except BaseException as exc:
             traceback.print_exc(file=handle)
+            record = {"cause": one_line_cause(exc), "error": type(exc).__name__, "log": str(log_path)}
+            failure_record(log_path).write_text(json.dumps(record, indent=1) + "\n")
             if isinstance(exc, NNBridgeError):  # the one-line cause, also where the user looks
                 for stream in (handle, old[1]):
                     print(f"nnbridge error: {exc}", file=stream, flush=True)
@@ -63,5 +82,48 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | Path, fix: str = "fix it, or copy it again from where it was written") -> Any:
+    """A JSON file, or a one-line :class:`NNBridgeError` naming the file (and the line of a syntax
+    error) and ``fix``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise NNBridgeError(f"{path}: missing; {fix}") from None
+    except IsADirectoryError:
+        raise NNBridgeError(f"{path}: is a folder, not a JSON file; {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NNBridgeError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc}); {fix}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = "it is empty" if not text.strip() else f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        raise NNBridgeError(f"{path}: not valid JSON ({where}); {fix}") from None
+
+
+def verify_variant_files(variants: dict[str, dict[str, Any]]) -> None:
+    """Each variant's ``path`` against the sha256 its ``record`` states (variants as the workflow
+    passes them; those without a record are not checked), before any of them is used."""
+    for path, record in sorted({(v["path"], v["record"]) for v in variants.values() if v.get("record")}):
+        verify_recorded(path, record)
+
+
+def verify_recorded(path: str | Path, record_path: str | Path) -> str:
+    """Check ``path`` against the sha256 the stage record ``record_path`` states for it (the
+    record's ``path`` and ``sha256``); its sha256, or a one-line :class:`NNBridgeError` naming both
+    files. A later stage calls this before it uses an upstream artifact, so a file changed after
+    its stage wrote it (edited, truncated, swapped) is never used as if it were that stage's output."""
+    path, record_path = Path(path), Path(record_path)
+    record = read_json(record_path, fix="rerun the stage that writes it")
+    expected = record.get("sha256") if isinstance(record, dict) else None
+    named = Path(str(record.get("path", ""))).name if isinstance(record, dict) else ""
+    if not expected or named != path.name:
+        raise NNBridgeError(f"{record_path}: states no sha256 of {path.name}; rerun the stage that writes both "
+                            f"(delete {path} and {record_path})")
+    if not path.is_file():
+        raise NNBridgeError(f"{path}: missing, but {record_path} records it; rerun the stage that writes both")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise NNBridgeError(f"{path}: sha256 {actual[:12]}… differs from {expected[:12]}… that {record_path} "
+                            f"states; the file changed after it was written: delete both files and rerun")
+    return actual

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..core.runlog import sha256_file
+from ..core.runlog import sha256_file, verify_recorded
 from ..runtime.ort import run_onnx
 
 TOOLS = ("onnxsim", "onnxslim")
@@ -32,14 +32,17 @@ def _run_tool(tool: str, model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
 
 
 def simplify_onnx(src: Path, dst: Path, check_patches: np.ndarray, atol: float = 1e-4,
-                  tools: tuple[str, ...] = TOOLS) -> dict[str, Any]:
+                  tools: tuple[str, ...] = TOOLS, src_record: Path | None = None) -> dict[str, Any]:
     """Write a simplified ``src`` to ``dst`` if it reproduces ``src``'s logits within ``atol``.
 
     The ``tools`` are tried in order (onnxsim, then onnxslim when onnxsim fails or its graph
-    does not match); every attempt is recorded. When none gives a matching graph, ``dst`` is a
+    does not match); every attempt is recorded. With ``src_record`` (export.json), ``src`` is first
+    checked against the sha256 it states. When none gives a matching graph, ``dst`` is a
     copy of ``src`` and the record says why, so later stages never run an unverified graph.
     """
     src, dst = Path(src), Path(dst)
+    if src_record is not None:  # the export this stage simplifies is the one export.json states
+        verify_recorded(src, src_record)
     dst.parent.mkdir(parents=True, exist_ok=True)
     original = onnx.load(str(src))
     record: dict[str, Any] = {"source": str(src), "nodes_before": len(original.graph.node),

@@ -8,7 +8,6 @@ strictly, and every parameter and buffer is compared with the checkpoint afterwa
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import NNBridgeError
-from ..core.runlog import sha256_file
+from ..core.runlog import read_json as read_json_file, sha256_file
 from . import TRAINER_DIR
 from .checkpoint import load_strictly, read_torch_file, strip_prefixes, verified
 from .loaded import LoadedFold
@@ -79,11 +78,10 @@ def fold_dirname(fold: str | int) -> str:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise NNBridgeError(f"{path}: missing; an nnU-Net model folder holds plans.json and dataset.json")
-    with open(path) as handle:
-        return json.load(handle)
+    """plans.json / dataset.json of a model folder, or one line naming the file (and the line of a
+    JSON syntax error)."""
+    return read_json_file(path, fix="an nnU-Net model folder holds plans.json and dataset.json: copy it again "
+                                      "from the model folder nnU-Net wrote")
 
 
 def total_stride(pool_op_kernel_sizes: list[list[int]] | tuple) -> tuple[int, ...]:

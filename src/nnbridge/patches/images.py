@@ -24,7 +24,7 @@ import numpy as np
 from ..core.errors import NNBridgeError
 from ..models.loaded import LoadedFold
 from ..models.loader import load_model
-from .sampling import open_dataset, patch_source, sample_patches
+from .sampling import _save_patches, check_patches, open_dataset, patch_source, sample_patches
 
 HELDOUT_SHARE = 0.2
 
@@ -138,10 +138,10 @@ def write_image_patch_sets(
         details: list[dict[str, Any]] = []
         patches, origins = sample_patches(data_folder, names, patch_size, n, s, foreground_fraction,
                                           class_locations=locations, details=details)
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out, patches=patches, cases=np.array(origins))
+        check_patches(patches, f"{name} patches of {data_folder}", origins=list(origins))
         summary[name] = {"n": int(n), "cases": sorted(set(origins)), "seed": s,
-                         "foreground_centred": sum(d["class"] is not None for d in details), "patches": details}
+                         "foreground_centred": sum(d["class"] is not None for d in details), "patches": details,
+                         **_save_patches(Path(out), patches, list(origins))}
     overlap = set(summary["calibration"]["cases"]) & set(summary["heldout"]["cases"])
     if overlap:  # image_split never overlaps; this guards the sampling
         raise NNBridgeError(f"calibration and held-out patches share cases {sorted(overlap)}")

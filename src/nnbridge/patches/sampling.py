@@ -10,7 +10,6 @@ image channels, zeros outside the image, as nnU-Net's training and validation fe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,11 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import NNBridgeError
+from ..core.runlog import read_json, sha256_file
 from ..core.plans import configuration_of, default_previous_stage_segs
+
+
+PLANS_FIX = "copy it again from the model folder nnU-Net wrote (nnUNet_results/<Dataset>/<Trainer>__<Plans>__<configuration>)"
 
 
 def fold_cases(preprocessed_dataset_dir: Path, fold: str) -> tuple[list[str], list[str]]:
@@ -33,7 +36,10 @@ def fold_cases(preprocessed_dataset_dir: Path, fold: str) -> tuple[list[str], li
             f"{splits_file}: missing; it is written when nnU-Net trains a fold "
             "(copy it from the training machine's nnUNet_preprocessed folder)"
         )
-    splits = json.loads(splits_file.read_text())
+    splits = read_json(splits_file, fix="copy it again from the training machine's nnUNet_preprocessed folder")
+    if not isinstance(splits, list) or not all(isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits):
+        raise NNBridgeError(f"{splits_file}: not nnU-Net's splits (a list of {{\"train\": [...], \"val\": [...]}} per "
+                            "fold); copy it again from the training machine's nnUNet_preprocessed folder")
     if fold == "all":
         cases = sorted({c for split in splits for c in split["train"] + split["val"]})
         cut = max(1, len(cases) // 5)
@@ -187,11 +193,11 @@ def patch_source(source: dict[str, Any], preprocessed_dataset_dir: Path
 
     model_folder = Path(source["folder"])
     _trainer, _plans, configuration = configuration_of(model_folder)
-    plans_manager = PlansManager(json.loads((model_folder / "plans.json").read_text()))
+    plans_manager = PlansManager(read_json(model_folder / "plans.json", fix=PLANS_FIX))
     cm = plans_manager.get_configuration(configuration)
     previous = None
     if cm.previous_stage_name is not None:
-        labels = plans_manager.get_label_manager(json.loads((model_folder / "dataset.json").read_text())).foreground_labels
+        labels = plans_manager.get_label_manager(read_json(model_folder / "dataset.json", fix=PLANS_FIX)).foreground_labels
         segs = source.get("previous_stage_segs") or default_previous_stage_segs(model_folder, cm.previous_stage_name)
         previous = PreviousStage(cm.previous_stage_name, Path(segs), tuple(int(label) for label in labels))
     return Path(preprocessed_dataset_dir) / cm.data_identifier, tuple(int(p) for p in cm.patch_size), previous
@@ -221,22 +227,58 @@ def write_patch_sets(
     if previous is not None:
         summary["previous_stage"] = {"name": previous.name, "segs": str(previous.segs),
                                      "onehot_labels": list(previous.labels)}
-    for name, out, cases, n, s in (
-        ("calibration", calibration_out, train_cases, n_calibration, seed),
-        ("heldout", heldout_out, val_cases, n_heldout, seed + 1),
-    ):
+    sampled = {}
+    for name, cases, n, s in (("calibration", train_cases, n_calibration, seed),
+                              ("heldout", val_cases, n_heldout, seed + 1)):
         patches, origins = sample_patches(data_folder, cases, patch_size, n, s, foreground_fraction, previous)
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out, patches=patches, cases=np.array(origins))
+        check_patches(patches, str(data_folder), origins=origins)
+        sampled[name] = (patches, origins)
         summary[name] = {"n": int(n), "cases": sorted(set(origins)), "seed": s}
     overlap = set(summary["calibration"]["cases"]) & set(summary["heldout"]["cases"])
     if overlap and fold != "all":
         raise NNBridgeError(f"calibration and held-out patches share cases {sorted(overlap)}")
+    for name, out in (("calibration", calibration_out), ("heldout", heldout_out)):
+        summary[name].update(_save_patches(out, *sampled[name]))
     return summary
 
 
+def check_patches(patches: np.ndarray, where: str, *, origins: list[str] | None = None,
+                  multiple: tuple[int, ...] | None = None, exact: tuple[int, ...] | None = None) -> None:
+    """Refuse patches no later stage could use truthfully, in one line naming ``where``: none at
+    all, complex or non-numeric values, NaN/Inf values (every gate would compare against them),
+    spatial sizes the network does not take (not a multiple of ``multiple``, or not ``exact``
+    for a model without dynamic spatial axes). ``origins``: the case of each patch, to name the
+    cases holding the non-finite values."""
+    if len(patches) == 0:
+        raise NNBridgeError(f"{where}: holds 0 patches; give at least one (N, C, *spatial) patch")
+    if np.iscomplexobj(patches):
+        raise NNBridgeError(f"{where}: complex-valued patches ({patches.dtype}); give real-valued images")
+    if patches.dtype.kind not in "fiub":
+        raise NNBridgeError(f"{where}: patches of dtype {patches.dtype}; give a numeric (float) array")
+    finite = np.isfinite(patches)
+    if not finite.all():
+        bad = int(patches.size - np.count_nonzero(finite))
+        per_patch = ~finite.reshape(len(patches), -1).all(axis=1)
+        cases = sorted({origins[i] for i in np.flatnonzero(per_patch)}) if origins else []
+        in_cases = f" (from case(s) {', '.join(cases)})" if cases else ""
+        raise NNBridgeError(
+            f"{where}: {bad} NaN/Inf value(s) in {int(per_patch.sum())} of {len(patches)} patches{in_cases}; "
+            "the parity gates cannot compare against them: replace the non-finite voxels in the data"
+        )
+    spatial = tuple(int(s) for s in patches.shape[2:])
+    if exact is not None and spatial != tuple(exact):
+        raise NNBridgeError(f"{where}: patches of spatial size {list(spatial)}; this model has no dynamic "
+                            f"spatial axes and takes {list(exact)}")
+    if multiple is not None:
+        bad_axes = [(s, m) for s, m in zip(spatial, multiple) if s % m]
+        if len(multiple) != len(spatial) or bad_axes:
+            raise NNBridgeError(f"{where}: patches of spatial size {list(spatial)}; the network takes multiples of "
+                                f"{list(multiple)} per axis (spatial_multiple): crop or pad the patches")
+
+
 def read_patch_file(path: Path, channels: int, spatial: tuple[int, ...]) -> np.ndarray:
-    """User-given patches (``.npy``, or ``.npz`` with a ``patches`` array): (N, C, *spatial)."""
+    """User-given patches (``.npy``, or ``.npz`` with a ``patches`` array): (N, C, *spatial) of
+    real numbers (complex or non-numeric arrays are refused, never cast)."""
     path = Path(path)
     if not path.is_file():
         raise NNBridgeError(f"{path}: patch file not found; fix `patches:` of the model in the config")
@@ -251,27 +293,50 @@ def read_patch_file(path: Path, channels: int, spatial: tuple[int, ...]) -> np.n
     want = (channels, *spatial)
     if array.ndim != len(want) + 1 or tuple(array.shape[1:2]) != (channels,):
         raise NNBridgeError(f"{path}: patches of shape {array.shape}; expected (N, {', '.join(map(str, want))})")
+    if np.iscomplexobj(array) or array.dtype.kind not in "fiub":
+        check_patches(array, str(path))  # refuses it, naming the dtype
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def copy_patch_sets(calibration_in: Path, heldout_in: Path, calibration_out: Path, heldout_out: Path,
                     *, channels: int, spatial: tuple[int, ...], n_calibration: int,
-                    n_heldout: int) -> dict[str, Any]:
-    """Patches the user supplies as arrays (models without nnU-Net preprocessed data)."""
+                    n_heldout: int, multiple: int | list[int] | tuple[int, ...] = 1,
+                    dynamic_spatial: bool = True) -> dict[str, Any]:
+    """Patches the user supplies as arrays (models without nnU-Net preprocessed data), checked
+    (:func:`check_patches`) before anything is written: spatial sizes multiples of ``multiple``
+    (the model's ``spatial_multiple``), exactly ``spatial`` without ``dynamic_spatial``."""
+    multiples = tuple([multiple] * len(spatial) if isinstance(multiple, int) else multiple)
     summary: dict[str, Any] = {"patch_size": list(spatial), "data_folder": None, "fold": None}
-    for name, src, out, n in (("calibration", calibration_in, calibration_out, n_calibration),
-                              ("heldout", heldout_in, heldout_out, n_heldout)):
-        patches = read_patch_file(Path(src), channels, spatial)[:n]
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for name, src, n in (("calibration", calibration_in, n_calibration), ("heldout", heldout_in, n_heldout)):
+        arrays[name] = read_patch_file(Path(src), channels, spatial)[:n]
+        check_patches(arrays[name], str(src), multiple=multiples, exact=None if dynamic_spatial else tuple(spatial))
+    for name, src, out in (("calibration", calibration_in, calibration_out), ("heldout", heldout_in, heldout_out)):
+        patches = arrays[name]
+        summary[name] = {"n": int(len(patches)), "cases": [str(src)], "seed": None,
+                         **_save_patches(out, patches, [f"{Path(src).name}[{i}]" for i in range(len(patches))])}
         # no case is known: each patch is its own group for the per-case gates
-        np.savez_compressed(out, patches=patches,
-                            cases=np.array([f"{Path(src).name}[{i}]" for i in range(len(patches))]))
-        summary[name] = {"n": int(len(patches)), "cases": [str(src)], "seed": None}
     return summary
 
 
-def load_patches(path: Path) -> np.ndarray:
-    """Patches written by :func:`write_patch_sets`."""
+def _save_patches(out: Path, patches: np.ndarray, origins: list[str]) -> dict[str, str]:
+    """Write a patch set; its file name and sha256 for the record (later stages check it)."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, patches=patches, cases=np.array(origins))
+    return {"path": Path(out).name, "sha256": sha256_file(out)}
+
+
+def load_patches(path: Path, record: Path | None = None) -> np.ndarray:
+    """Patches written by :func:`write_patch_sets`; with ``record`` (the stage's patches.json)
+    the file is first checked against the sha256 it states."""
+    if record is not None:
+        summary = read_json(record, fix="rerun the patches stage")
+        entry = next((e for e in summary.values() if isinstance(e, dict) and e.get("path") == Path(path).name), None)
+        if entry is None or "sha256" not in entry:
+            raise NNBridgeError(f"{record}: states no sha256 of {Path(path).name}; rerun the patches stage")
+        if sha256_file(path) != entry["sha256"]:
+            raise NNBridgeError(f"{path}: sha256 differs from the one {record} states; the file changed after "
+                                "the patches stage wrote it: delete both files and rerun")
     with np.load(path) as archive:
         return archive["patches"]
 

@@ -6,7 +6,8 @@ Pure functions over the validated config (no snakemake import), used by the work
 
 from __future__ import annotations
 
-import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from ..core.errors import NNBridgeError
 from ..core.keys import fold_order
 from ..core.plans import configuration_of, default_previous_stage_segs, previous_stage
+from ..core.runlog import read_json
 from ..intake.images import ImageSet, list_image_cases
 from ..intake.modelzip import ModelZip, read_model_zip
 
@@ -119,22 +121,56 @@ def discover_folds(folder: Path, checkpoint: str) -> tuple[str, ...]:
     return tuple(sorted(found, key=fold_order))
 
 
+class MissingInput(NNBridgeError):
+    """An input a model or fold needs is missing or unreadable (not a mistake in the config's
+    form): with ``--keep-going`` that model or fold is reported failed and the others run."""
+
+
+INPUTS_STAGE = "inputs (checked before the run)"
+
+
 def discover_models(entries: list[dict[str, Any]], demo_folder: str | None = None,
                     quantize_names: list[str] | tuple[str, ...] = (),
                     zip_cache: str | Path | None = None) -> dict[str, ModelEntry]:
-    """Validated ``models:`` entries keyed by ``<dataset>/<model>``.
+    """Validated ``models:`` entries keyed by ``<dataset>/<model>``; the first missing input
+    raises (:func:`plan_models` with ``keep_going`` reports them instead)."""
+    return plan_models(entries, demo_folder=demo_folder, quantize_names=quantize_names, zip_cache=zip_cache)[0]
 
-    nnU-Net folds listed in the config are taken as given (the demo's are produced by the
-    pipeline); otherwise every ``fold_*`` folder holding the checkpoint is used. A ``zip:`` entry
-    gives one model per configuration in the zip (``configurations:`` narrows them), unpacked
-    into ``zip_cache/<sha256 prefix>/``. Plain PyTorch entries (``kind: pytorch``) are one branch
-    each.
+
+def plan_models(entries: list[dict[str, Any]], *, demo_folder: str | None = None,
+                quantize_names: list[str] | tuple[str, ...] = (), demo_root: str | None = None,
+                zip_cache: str | Path | None = None,
+                keep_going: bool = False) -> tuple[dict[str, ModelEntry], list[dict[str, Any]]]:
+    """(validated ``models:`` entries keyed by ``<dataset>/<model>``, failure rows).
+
+    nnU-Net folds listed in the config are used as given, each checked for its checkpoint (the
+    demo's, under ``demo_root``, are produced by the pipeline); otherwise every ``fold_*`` folder
+    holding the checkpoint is used. A ``zip:`` entry gives one model per configuration in the zip
+    (``configurations:`` narrows them), unpacked into ``zip_cache/<sha256 prefix>/`` by the
+    pipeline. Plain PyTorch entries (``kind: pytorch``) are one branch each.
+    Every input no rule produces is checked here, before any job runs (plans.json, dataset.json,
+    splits_final.json, checkpoints, patch files, raw dataset.json): a missing one raises a
+    one-line :class:`MissingInput`, or with ``keep_going`` drops that model or fold and adds a row
+    (dataset, model, fold, stage, cause, log) for the report, so the other models and folds run.
+    Mistakes in the config's form always raise.
     """
     models: dict[str, ModelEntry] = {}
+    failures: list[dict[str, Any]] = []
+
+    def failed(dataset: str, name: str, fold: str | None, exc: NNBridgeError) -> None:
+        if not keep_going:
+            raise exc
+        failures.append({"dataset": dataset, "model": name, "fold": fold, "stage": INPUTS_STAGE,
+                         "cause": str(exc), "log": None})
+
     for i, entry in enumerate(entries):
         kind = entry.get("kind", "nnunet")
-        found = (_nnunet_entries(entry, i, demo_folder, zip_cache) if kind == "nnunet"
-                 else [_plain_entry(entry, i)])
+        try:
+            found = (_nnunet_entries(entry, i, demo_folder, zip_cache) if kind == "nnunet"
+                     else [_plain_entry(entry, i)])
+        except MissingInput as exc:
+            failed(*_entry_names(entry), None, exc)
+            continue
         for model in found:
             where = f"config models[{i}] ({model.name})"
             for name in model.quantize or ():
@@ -143,8 +179,88 @@ def discover_models(entries: list[dict[str, Any]], demo_folder: str | None = Non
             key = f"{model.dataset}/{model.name}"
             if key in models:
                 raise NNBridgeError(f"{where}: {key} is listed twice; merge the two entries or rename one")
-            models[key] = model
-    return models
+            produced = (lambda p: _under(p, demo_root)) if demo_root else (lambda p: False)
+            if model.folder == demo_folder or model.zip is not None:
+                produced = lambda p: True  # noqa: E731 - the demo model, a zip's: every input comes from a rule
+            problem = _missing_model_input(model, where, produced)
+            if problem is not None:
+                failed(model.dataset, model.name, None, problem)
+                continue
+            if model.raw and not produced(model.raw) and not (Path(model.raw) / "dataset.json").is_file():
+                failed(model.dataset, model.name, None, MissingInput(
+                    f"{where}: {model.raw}/dataset.json missing, which whole-case parity reads; `raw:` must be the "
+                    "dataset's nnUNet_raw folder (or remove `raw:`)"))
+                model = replace(model, raw=None)
+            folds = []
+            for fold in model.folds:
+                problem = _missing_fold_input(model, fold, where, produced)
+                if problem is None:
+                    folds.append(fold)
+                else:
+                    failed(model.dataset, model.name, fold, problem)
+            if folds:
+                models[key] = replace(model, folds=tuple(folds))
+    return models, failures
+
+
+def _entry_names(entry: dict[str, Any]) -> tuple[str, str]:
+    """(dataset, model name) of a ``models:`` entry, as its results folder names them."""
+    if entry.get("kind", "nnunet") == "nnunet":
+        folder = Path(str(entry.get("folder", "")).rstrip("/"))
+        return folder.parent.name, folder.name
+    return str(entry.get("dataset", "pytorch")), str(entry.get("name"))
+
+
+def _under(path: str, root: str) -> bool:
+    return Path(os.path.normpath(path)).is_relative_to(os.path.normpath(root))
+
+
+def _missing_model_input(model: ModelEntry, where: str, produced: Callable[[str], bool]) -> MissingInput | None:
+    """The first input of the model (all folds) that is missing or unreadable."""
+    if model.kind == "nnunet":
+        for name in ("plans.json", "dataset.json"):
+            path = Path(model.folder) / name
+            if produced(str(path)):
+                continue
+            try:
+                read_json(path, fix=MODEL_FOLDER_FIX)
+            except NNBridgeError as exc:
+                return MissingInput(f"{where}: {exc}")
+    else:
+        if not produced(model.checkpoint) and not Path(model.checkpoint).is_file():
+            return MissingInput(f"{where}: {model.checkpoint}: checkpoint missing; fix `checkpoint:` of the model")
+        for role, path in sorted((model.entry.get("patches") or {}).items()):
+            if not produced(path) and not Path(path).is_file():
+                return MissingInput(f"{where}: {path}: patch file missing; fix `patches: {role}:` of the model")
+    if model.preprocessed and not produced(model.preprocessed):
+        splits = Path(model.preprocessed) / "splits_final.json"
+        try:
+            content = read_json(splits, fix="it is written when nnU-Net trains a fold: copy it from the training "
+                                "machine's nnUNet_preprocessed folder, or fix `preprocessed:`")
+        except NNBridgeError as exc:
+            return MissingInput(f"{where}: {exc}")
+        if not isinstance(content, list):
+            return MissingInput(f"{where}: {splits}: not nnU-Net's splits (a list with one entry per fold)")
+    return None
+
+
+def _missing_fold_input(model: ModelEntry, fold: str, where: str,
+                        produced: Callable[[str], bool]) -> MissingInput | None:
+    """The first input of one fold that is missing: its checkpoint, its split."""
+    checkpoint = model.checkpoint_of(fold) if model.kind == "nnunet" else None
+    if checkpoint and not produced(checkpoint) and not Path(checkpoint).is_file():
+        return MissingInput(f"{where}: {checkpoint}: missing, so fold {fold} cannot be exported; remove {fold} "
+                            "from `folds:` or copy the fold's checkpoint")
+    if model.preprocessed and fold != "all" and not produced(model.preprocessed):
+        splits = read_json(Path(model.preprocessed) / "splits_final.json")
+        if int(fold) >= len(splits):
+            return MissingInput(f"{where}: {model.preprocessed}/splits_final.json has {len(splits)} folds, fold "
+                                f"{fold} is configured; remove it from `folds:` or use the split it was trained on")
+    return None
+
+
+MODEL_FOLDER_FIX = ("an nnU-Net model folder holds it: copy it from the training machine's "
+                    "nnUNet_results/<Dataset>/<Trainer>__<Plans>__<configuration>")
 
 
 def _checkpoint_name(entry: dict[str, Any], where: str) -> str:
@@ -178,17 +294,20 @@ def _nnunet_entries(entry: dict[str, Any], i: int, demo_folder: str | None,
         raise NNBridgeError(f"{where}: the demo model is trained by the pipeline; list its folds")
     else:
         if not Path(folder).is_dir():
-            raise NNBridgeError(f"{where}: folder does not exist; fix the path in config/config.yaml")
+            raise MissingInput(f"{where}: folder does not exist; fix the path in config/config.yaml")
         folds = discover_folds(Path(folder), checkpoint)
         if not folds:
-            raise NNBridgeError(f"{where}: no fold_*/{checkpoint} found; list `folds:` or fix the path")
+            raise MissingInput(f"{where}: no fold_*/{checkpoint} found; list `folds:` or fix the path")
     plans_file, dataset_file = Path(folder) / "plans.json", Path(folder) / "dataset.json"
-    plans = json.loads(plans_file.read_text()) if plans_file.is_file() else None
+    try:
+        plans = read_json(plans_file, fix=MODEL_FOLDER_FIX) if plans_file.is_file() else None
+    except NNBridgeError as exc:
+        raise MissingInput(f"{where}: {exc}") from None
 
     def dataset_json() -> dict[str, Any]:
         if not dataset_file.is_file():
-            raise NNBridgeError(f"{where}: {dataset_file} missing; `images:` needs the model folder's dataset.json")
-        return json.loads(dataset_file.read_text())
+            raise MissingInput(f"{where}: {dataset_file} missing; `images:` needs the model folder's dataset.json")
+        return read_json(dataset_file, fix=MODEL_FOLDER_FIX)
 
     return [_nnunet_model(entry, where, folder, folds, checkpoint, plans, dataset_json)]
 
@@ -290,7 +409,7 @@ def _previous_stage(entry: dict[str, Any], folder: str, where: str,
         return None, None
     segs = str(entry.get("previous_stage_segs") or default_previous_stage_segs(folder, previous)).rstrip("/")
     if not Path(segs).is_dir():
-        raise NNBridgeError(
+        raise MissingInput(
             f"{where}: {segs} does not exist; this cascade stage takes the {previous} segmentations that "
             f"nnU-Net writes there when the {previous} folds finish training: train them, or set "
             "`previous_stage_segs:` of the model to the folder that holds them"
@@ -353,7 +472,7 @@ def openvino_only_variants(config: dict[str, Any]) -> list[str]:
 
 def fold_variants(results: str, key: FoldKey, config: dict[str, Any],
                   quantize: tuple[str, ...] | None = None) -> dict[str, dict[str, str]]:
-    """Name → {kind, path, backend} of every (artifact, backend) of a fold that is validated and
+    """Name → {kind, path, backend, record} of every (artifact, backend) of a fold that is validated and
     benchmarked (``quantize``: the model's own subset of the quantized variants, default all).
     ONNX artifacts run on ONNX Runtime under their own name and on every other configured
     backend as ``<name>@<backend>`` (e.g. ``onnx_fp32@openvino``); a bf16 variant only as
@@ -370,6 +489,7 @@ def fold_variants(results: str, key: FoldKey, config: dict[str, Any],
             variants[name] = {"kind": "onnx", "path": f"{base}/quantize/{name}.onnx"}
     for variant in variants.values():
         variant["backend"] = "torchscript" if variant["kind"] == "torchscript" else "onnxruntime"
+        variant["record"] = record_of(variant["path"])
     for backend in config.get("backends", ["onnxruntime"]):
         if backend == "onnxruntime":
             continue
@@ -379,6 +499,18 @@ def fold_variants(results: str, key: FoldKey, config: dict[str, Any],
     for name in openvino_only:
         variants.pop(name, None)
     return variants
+
+
+def record_of(artifact: str) -> str:
+    """The stage record that states an artifact's sha256: ``export/model.onnx`` → ``export/export.json``,
+    ``export/model.ts`` → ``export/torchscript.json``, ``simplify/model.onnx`` → ``simplify/simplify.json``,
+    ``quantize/<name>.onnx`` → ``quantize/<name>.json``."""
+    path = Path(artifact)
+    if path.parent.name == "export":
+        return str(path.with_name("torchscript.json" if path.suffix == ".ts" else "export.json"))
+    if path.parent.name == "simplify":
+        return str(path.with_name("simplify.json"))
+    return str(path.with_suffix(".json"))
 
 
 def base_variant(name: str) -> str:
@@ -420,3 +552,55 @@ def bundle_plan(config: dict[str, Any]) -> tuple[list[str], str, list[str]]:
         if name not in shipped:
             raise NNBridgeError(f"config case_parity.variants: {name!r} is not in bundle.variants {shipped}; add it there")
     return shipped, default, compared
+
+
+#: the schema's default ``benchmark.sweep`` (workflow/schemas/config.schema.yaml): its OpenVINO entry
+#: is dropped, not refused, when the config's backends lack openvino (the user did not write it)
+DEFAULT_SWEEP = ("torch_eager", "onnx_fp32", "onnx_fp32@openvino")
+
+
+def config_variant_names(config: dict[str, Any]) -> list[str]:
+    """Every variant name the config can produce for some model: artifacts, and ``<artifact>@<backend>``
+    for each other configured backend (what validate, benchmark and the sweep key by)."""
+    onnx = ["onnx_fp32", "onnx_simplified", *(config.get("quantize") or {})]
+    names = (["torchscript"] if config.get("export", {}).get("torchscript", True) else []) + onnx
+    names += [f"{n}@{b}" for b in config.get("backends", ["onnxruntime"]) if b != "onnxruntime" for n in onnx]
+    return names
+
+
+def check_config_names(config: dict[str, Any]) -> None:
+    """Refuse, in one line, a setting that names something the config does not have and would
+    otherwise be ignored without a word: a tolerance for a variant that does not exist (a typo:
+    ``fp61``), a whole-case gate for a variant not compared on whole cases, a tuned or swept variant
+    that is never benchmarked, a ``results:`` that is a file."""
+    results = Path(str(config.get("results", "results")))
+    if results.exists() and not results.is_dir():
+        raise NNBridgeError(f"config results: {results} is a file; `results:` names the folder every artifact "
+                            "and the report go to: give a folder (new or existing)")
+    names = config_variant_names(config)
+    artifacts = [n for n in names if "@" not in n]
+    for name in (config.get("validate") or {}).get("tolerances") or {}:
+        if name not in names:
+            raise NNBridgeError(f"config validate.tolerances.{name}: no variant {name!r} in this config, so the "
+                                f"tolerance would never apply; use one of {names}")
+    compared = list((config.get("case_parity") or {}).get("variants") or [])
+    for name in (config.get("case_parity") or {}).get("tolerances") or {}:
+        if name not in compared:
+            raise NNBridgeError(f"config case_parity.tolerances.{name}: {name!r} is not compared on whole cases "
+                                f"(case_parity.variants {compared}), so the gate would never apply")
+    bench = config.get("benchmark") or {}
+    openvino_only = openvino_only_variants(config)
+    onnxruntime = [n for n in artifacts if n != "torchscript" and n not in openvino_only]
+    for name in bench.get("tune") or []:
+        if name not in onnxruntime:
+            raise NNBridgeError(f"config benchmark.tune: {name!r} is not an ONNX Runtime variant of this config, "
+                                f"so nothing would be tuned; use some of {onnxruntime}")
+    benchmarked = ["torch_eager", *(n for n in names if n not in openvino_only)]
+    sweep = list(bench.get("sweep") or [])
+    if tuple(sweep) == DEFAULT_SWEEP:
+        sweep = [n for n in sweep if n in benchmarked]
+        bench["sweep"] = sweep
+    for name in sweep:
+        if name not in benchmarked:
+            raise NNBridgeError(f"config benchmark.sweep: {name!r} is not a variant of this config, so it would "
+                                f"never be swept; use some of {benchmarked}")

@@ -7,7 +7,10 @@ only SimpleITK; any other reader/writer named in the plans is taken from an inst
 
 from __future__ import annotations
 
+import gzip
 import re
+import struct
+import zlib
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -102,30 +105,124 @@ def num_channels(dataset_json: dict[str, Any]) -> int:
     return len(names)
 
 
+def case_files(folder: Path, file_ending: str, identifiers: list[str] | None = None) -> dict[str, list[Path]]:
+    """Case → its files, found as nnU-Net finds them (``create_lists_from_splitted_dataset_folder``
+    in ``nnunetv2.utilities.utils``): a case is a file name without ``_XXXX<file_ending>``, its
+    files every ``<case>_<4 digits><file_ending>`` in the folder, sorted. How many channels they
+    hold is the reader's business: one per file for SimpleITKIO, three in one RGB ``.png`` for
+    NaturalImage2DIO (:func:`check_channels`)."""
+    folder = Path(folder)
+    files = sorted(p.name for p in folder.iterdir() if p.name.endswith(file_ending) and p.is_file())
+    if identifiers is None:
+        crop = len(file_ending) + 5
+        identifiers = sorted({f[:-crop] for f in files if len(f) > crop})
+    cases = {}
+    for case in identifiers:
+        pattern = re.compile(re.escape(case) + r"_\d\d\d\d" + re.escape(file_ending))
+        cases[case] = [folder / f for f in files if pattern.fullmatch(f)]
+    return cases
+
+
 def find_cases(input_dir: Path, file_ending: str, channels: int) -> dict[str, list[Path]]:
-    """nnU-Net's input convention: ``<case>_<XXXX><file_ending>``, one file per channel."""
+    """nnU-Net's input convention: ``<case>_<XXXX><file_ending>`` (:func:`case_files`). The files
+    of a case must be numbered ``_0000`` up without a gap (nnU-Net would silently feed ``_0002`` as
+    the second channel when ``_0001`` is missing) and be at most ``channels`` files."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
-        raise NNBridgeError(f"{input_dir}: no such input folder")
-    pattern = re.compile(rf"^(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(file_ending)}$")
-    found: dict[str, dict[int, Path]] = {}
-    for path in sorted(input_dir.iterdir()):
-        match = pattern.match(path.name)
-        if match:
-            found.setdefault(match["case"], {})[int(match["channel"])] = path
+        raise NNBridgeError(f"{input_dir}: no such input folder" if not input_dir.exists() else
+                            f"{input_dir}: not a folder; -i takes the folder holding <case>_0000{file_ending} …")
+    found = {case: files for case, files in case_files(input_dir, file_ending).items() if files}
     if not found:
         raise NNBridgeError(
             f"{input_dir}: no images named <case>_0000{file_ending}; name the channels of each case "
             f"<case>_0000{file_ending} … <case>_{channels - 1:04d}{file_ending}"
         )
-    cases: dict[str, list[Path]] = {}
-    for case, by_channel in found.items():
-        missing = [c for c in range(channels) if c not in by_channel]
+    for case, files in found.items():
+        numbers = [int(f.name[len(case) + 1:len(case) + 5]) for f in files]
+        missing = [c for c in range(max(numbers) + 1) if c not in numbers]
         if missing:
             raise NNBridgeError(
                 f"{input_dir}: case {case!r} lacks channel(s) "
                 + ", ".join(f"{case}_{c:04d}{file_ending}" for c in missing)
                 + f"; the model takes {channels} channel(s)"
             )
-        cases[case] = [by_channel[c] for c in range(channels)]
-    return cases
+        if len(files) > channels:
+            raise NNBridgeError(f"{input_dir}: case {case!r} has {len(files)} files ({files[0].name} … "
+                                f"{files[-1].name}); the model takes {channels} channel(s)")
+    return found
+
+
+def check_channels(data: np.ndarray, files: list[Path] | list[str], channels: int) -> None:
+    """The channels the reader made of a case's files are the ``channels`` the model takes."""
+    if data.shape[0] != channels:
+        names = ", ".join(Path(f).name for f in files)
+        raise NNBridgeError(f"{names}: hold {data.shape[0]} channel(s) as the plans' reader reads them; the "
+                            f"model takes {channels} (dataset.json channel_names): give each case "
+                            f"<case>_0000 … _{channels - 1:04d} or one file with {channels} channels")
+
+
+def check_finite(data: np.ndarray, files: list[Path] | list[str]) -> None:
+    """Refuse NaN/Inf voxels, naming the file(s) and the count. nnU-Net refuses them in its dataset
+    check (``verify_dataset_integrity``: "replace NaN values with something that makes sense for
+    your images"), while its predictor would turn them into NaN logits and an all-background
+    segmentation without a word."""
+    finite = np.isfinite(data)
+    if finite.all():
+        return
+    per_channel = [int(c.size - np.count_nonzero(c)) for c in finite]
+    if len(files) == data.shape[0]:
+        where = "; ".join(f"{Path(f).name}: {n}" for f, n in zip(files, per_channel) if n)
+    else:
+        where = f"{', '.join(Path(f).name for f in files)}: {sum(per_channel)}"
+    raise NNBridgeError(f"{where} NaN/Inf voxel(s) of {finite[0].size}; nnU-Net cannot segment non-finite "
+                        "intensities (its dataset check refuses them): replace them with a value that makes "
+                        "sense for the image")
+
+
+def check_complete(path: Path) -> None:
+    """Refuse a truncated or corrupt image file that its reader would read anyway: SimpleITK reads a
+    ``.nii.gz`` cut in half (or a short ``.nii``) without an error, the missing voxels as zeros.
+    A ``.gz`` file must decompress to its end with a matching CRC; a NIfTI file must hold the
+    voxels its header announces."""
+    path = Path(path)
+    name = path.name.lower()
+    if not (name.endswith(".gz") or name.endswith(".nii")):
+        return
+    head = b""
+    total = 0
+    try:
+        with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as handle:
+            while block := handle.read(1 << 22):
+                if len(head) < 544:
+                    head += block[:544 - len(head)]
+                total += len(block)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise NNBridgeError(f"{path}: truncated or corrupt ({exc}); copy the file again") from None
+    if name.endswith((".nii", ".nii.gz")):
+        needed = _nifti_bytes(head)
+        if needed is None:
+            raise NNBridgeError(f"{path}: no NIfTI header; not a NIfTI image (or corrupt): copy the file again")
+        if total < needed:
+            raise NNBridgeError(f"{path}: truncated: holds {total} of the {needed} bytes its header announces; "
+                                "copy the file again")
+
+
+def _nifti_bytes(head: bytes) -> int | None:
+    """Header + voxel bytes a NIfTI-1/-2 file announces (vox_offset + voxels × bitpix / 8)."""
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack(order + "i", head[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", head[40:56])
+            bitpix = struct.unpack(order + "h", head[72:74])[0]
+            offset = struct.unpack(order + "f", head[108:112])[0]
+        elif len(head) >= 540 and struct.unpack(order + "i", head[:4])[0] == 540:
+            bitpix = struct.unpack(order + "h", head[14:16])[0]
+            dims = struct.unpack(order + "8q", head[16:80])
+            offset = struct.unpack(order + "q", head[168:176])[0]
+        else:
+            continue
+        n = int(dims[0])
+        if not 1 <= n <= 7:
+            return None
+        voxels = int(np.prod([max(int(d), 1) for d in dims[1:n + 1]], dtype=np.int64))
+        return int(offset) + voxels * max(int(bitpix), 8) // 8
+    return None

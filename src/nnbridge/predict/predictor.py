@@ -7,11 +7,14 @@ Each stage is timed per case.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import NNBridgeError
+from ..core.runlog import one_line_cause
 from ..runtime import ONNX_BACKENDS, make_runner
 from .bundle import Bundle, refuse_cascade
-from .io import find_cases, num_channels, reader_writer
+from .io import check_channels, check_complete, check_finite, find_cases, num_channels, reader_writer
 from .postprocess import Labels, logits_to_segmentation
 from .preprocess import configuration, preprocess_case
 from .sliding import Network, ensemble_logits
@@ -162,8 +166,26 @@ class Predictor:
                                          + " (the benchmark's search)" if settings else "defaults")
         return f"{line} [threads: {why['threads']}; batch: {why['batch_size']}]"
 
-    def preprocess(self, data: np.ndarray, properties: dict) -> tuple[np.ndarray, dict]:
-        return preprocess_case(data, properties, self.bundle.plans, self.bundle.configuration)
+    def preprocess(self, data: np.ndarray, properties: dict, where: str = "the case") -> tuple[np.ndarray, dict]:
+        return preprocess_case(data, properties, self.bundle.plans, self.bundle.configuration, where)
+
+    def read(self, files: Sequence[Path]) -> tuple[np.ndarray, dict]:
+        """A case's files through the plans' reader, refused in one line naming the file when they
+        are truncated or corrupt (:func:`check_complete`), unreadable, hold other than the model's
+        channels, or hold NaN/Inf voxels."""
+        for f in files:
+            check_complete(Path(f))
+        names = ", ".join(str(f) for f in files)
+        try:
+            data, properties = self.rw.read_images([str(f) for f in files])
+        except NNBridgeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - readers raise anything on a corrupt file
+            raise NNBridgeError(f"{names}: {type(self.rw).__name__} cannot read it ({one_line_cause(exc)}); the file is "
+                                "truncated, corrupt or not an image: copy it again") from None
+        check_channels(data, list(files), num_channels(self.bundle.dataset_json))
+        check_finite(data, list(files))
+        return data, properties
 
     def logits(self, data: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         self.load()
@@ -178,10 +200,10 @@ class Predictor:
                      progress: Callable[[int, int], None] | None = None) -> CaseResult:
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        data, properties = self.rw.read_images([str(f) for f in files])
+        data, properties = self.read(files)
         timings["read"] = time.perf_counter() - t
         t = time.perf_counter()
-        pre, properties = self.preprocess(data, properties)
+        pre, properties = self.preprocess(data, properties, ", ".join(Path(f).name for f in files))
         timings["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
         logits = self.logits(pre, progress)
@@ -194,17 +216,43 @@ class Predictor:
         return CaseResult(case, seg, properties, timings, probs,
                           pre if keep_intermediates else None, logits if keep_intermediates else None)
 
-    def write_case(self, result: CaseResult, output_dir: Path) -> Path:
-        t = time.perf_counter()
+    def output_files(self, case: str, output_dir: Path, save_probabilities: bool) -> list[Path]:
+        """A case's output files: the segmentation, and with probabilities ``.npz`` and ``.pkl``."""
         ending = self.bundle.dataset_json["file_ending"]
-        out = Path(output_dir) / f"{result.case}{ending}"
-        self.rw.write_seg(result.segmentation, str(out), result.properties)
+        names = [f"{case}{ending}"] + ([f"{case}.npz", f"{case}.pkl"] if save_probabilities else [])
+        return [Path(output_dir) / n for n in names]
+
+    def write_case(self, result: CaseResult, output_dir: Path) -> Path:
+        """Write a case's files, each under a temporary name first and renamed when complete
+        (probabilities before the segmentation): a killed run leaves no file that looks done."""
+        t = time.perf_counter()
+        files = self.output_files(result.case, output_dir, result.probabilities is not None)
+        out = files[0]
         if result.probabilities is not None:
-            np.savez_compressed(Path(output_dir) / f"{result.case}.npz", probabilities=result.probabilities)
-            with open(Path(output_dir) / f"{result.case}.pkl", "wb") as handle:
+            with _atomic(files[1]) as tmp, open(tmp, "wb") as handle:
+                np.savez_compressed(handle, probabilities=result.probabilities)
+            with _atomic(files[2]) as tmp, open(tmp, "wb") as handle:
                 pickle.dump(result.properties, handle)
+        with _atomic(out) as tmp:
+            self.rw.write_seg(result.segmentation, str(tmp), result.properties)
         result.timings_s["write"] = time.perf_counter() - t
         return out
+
+    def case_done(self, case: str, output_dir: Path, save_probabilities: bool) -> bool:
+        """``--continue_prediction``: a case is done only when every file it needs exists and is
+        complete (a file cut short by a kill from an older writer does not count)."""
+        for path in self.output_files(case, output_dir, save_probabilities):
+            if not path.is_file() or path.stat().st_size == 0:
+                return False
+            try:
+                check_complete(path) if path.suffix != ".pkl" else _load_pickle(path)
+                if path.suffix == ".npz":
+                    with zipfile.ZipFile(path) as archive:
+                        if archive.testzip() is not None:
+                            return False
+            except (NNBridgeError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError):
+                return False
+        return True
 
     def cases(self, input_dir: Path) -> dict[str, list[Path]]:
         return find_cases(Path(input_dir), self.bundle.dataset_json["file_ending"],
@@ -212,11 +260,14 @@ class Predictor:
 
     def predict_folder(self, input_dir: Path, output_dir: Path, *, save_probabilities: bool = False,
                        overwrite: bool = True, verbose: bool = True) -> list[dict[str, Any]]:
-        """Predict every case of ``input_dir`` into ``output_dir``; per-case timings."""
+        """Predict every case of ``input_dir`` into ``output_dir``; per-case timings. The output
+        folder is checked to be writable before the first case; without ``overwrite`` a case whose
+        files are all complete (:meth:`case_done`) is skipped."""
         cases = self.cases(input_dir)
         output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        ending = self.bundle.dataset_json["file_ending"]
+        writable_folder(output_dir)
+        for leftover in output_dir.glob(f"*{PARTIAL}*"):  # what a killed run was writing
+            leftover.unlink()
         if verbose:
             self.load()  # so the line can say the precision the runtime really uses
             print(f"nnbridge: {self.describe_run()}", file=sys.stderr)
@@ -227,7 +278,7 @@ class Predictor:
                       f"in {self.verification_path}", file=sys.stderr)
         records = []
         for i, (case, files) in enumerate(cases.items(), 1):
-            if not overwrite and (output_dir / f"{case}{ending}").exists():
+            if not overwrite and self.case_done(case, output_dir, save_probabilities):
                 continue
             progress = _progress_printer(case, i, len(cases)) if verbose else None
             result = self.predict_case(case, files, save_probabilities=save_probabilities, progress=progress)
@@ -238,6 +289,42 @@ class Predictor:
                       + " ".join(f"{k} {v:.2f}" for k, v in result.timings_s.items()), file=sys.stderr)
             records.append({"case": case, "timings_s": result.timings_s})
         return records
+
+
+PARTIAL = ".nnbridge-partial"
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` (same file ending, so writers pick the same format) that
+    becomes ``path`` only when the block finishes; removed on failure."""
+    name = path.name
+    stem, dot, _ = name.partition(".")
+    tmp = path.with_name(f"{stem}{PARTIAL}.{name[len(stem) + 1:]}" if dot else f"{name}{PARTIAL}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_pickle(path: Path) -> Any:
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+def writable_folder(folder: Path) -> None:
+    """Make ``folder`` if needed and check a file can be written in it, or refuse in one line
+    (an output path that is a file, a read-only filesystem), before any case is predicted."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NNBridgeError(f"{folder}: exists and is not a folder; give -o a folder (new or existing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nnbridge-write-check"):
+            pass
+    except OSError as exc:
+        raise NNBridgeError(f"{folder}: cannot write there ({exc.strerror or exc}); give -o a writable folder") from None
 
 
 def _progress_printer(case: str, index: int, total: int) -> Callable[[int, int], None]:

@@ -14,6 +14,7 @@ operations in the same order and on the same dtypes, so the result is the same a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -492,15 +493,69 @@ def target_spacing(config: dict, original_spacing: Sequence[float]) -> list[floa
     return spacing
 
 
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+#: bytes per voxel and channel that resampling holds at once: nnU-Net's float64 copy of the
+#: cropped input, the float32 result and the float64 slice buffers of separate-z resampling
+RESAMPLE_BYTES_PER_VOXEL = 20
+
+
+def check_spacing(spacing: Spacing, where: str = "the case") -> None:
+    """Every spacing is a positive finite number (else resampling divides by zero or yields NaN)."""
+    values = [float(s) for s in spacing]
+    if not all(np.isfinite(s) and s > 0 for s in values):
+        raise NNBridgeError(f"{where}: spacing {values} mm; every spacing must be a positive number: fix the "
+                            "image header")
+
+
+def check_resampled_size(shape: Shape, spacing: Spacing, new_spacing: Spacing, new_shape: Shape,
+                         channels: int, where: str = "the case", memory: int | None = None) -> None:
+    """Refuse a resampling that cannot work before trying it: a target shape with an empty axis
+    (1e-6 mm images shrink to nothing, and nnU-Net's normalization then yields NaN), or one that
+    needs more than this machine's memory (1000 mm images grow to hundreds of TiB: MemoryError
+    after a long wait). ``memory``: bytes available (default: the physical memory)."""
+    spacing = [float(s) for s in spacing]
+    new_shape = [int(s) for s in new_shape]
+    if min(new_shape) < 1:
+        raise NNBridgeError(f"{where}: spacing {spacing} mm resampled to the plans' {list(new_spacing)} mm turns "
+                            f"{list(shape)} voxels into {new_shape}: an empty image; check the spacing in the image header")
+    voxels = float(np.prod(np.array(new_shape, dtype=np.float64)))
+    needed = voxels * channels * RESAMPLE_BYTES_PER_VOXEL
+    memory = physical_memory_bytes() if memory is None else memory
+    if memory and needed > memory:
+        raise NNBridgeError(
+            f"{where}: spacing {spacing} mm resampled to the plans' {list(new_spacing)} mm turns {list(shape)} "
+            f"voxels into {new_shape} ({voxels:.3g} voxels, {_size(voxels * channels * 4)} as float32, about "
+            f"{_size(needed)} to resample), more than this machine's {_size(memory)} of memory; check the "
+            "spacing in the image header"
+        )
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n_bytes < 1024 or unit == "TiB":
+            return f"{n_bytes:.0f} {unit}" if n_bytes >= 100 else f"{n_bytes:.3g} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.3g} TiB"
+
+
 def preprocess_case(
-    data: np.ndarray, properties: dict, plans: dict, configuration_name: str
+    data: np.ndarray, properties: dict, plans: dict, configuration_name: str, where: str = "the case"
 ) -> tuple[np.ndarray, dict]:
     """``DefaultPreprocessor.run_case_npy`` without a segmentation: transpose, crop, normalize, resample.
 
     ``data`` is (C, X, Y, Z) as nnU-Net's image readers return it, ``properties`` their properties (with
     ``spacing``). Returns the float32 (C, *spatial) network input and a copy of ``properties`` with
     ``shape_before_cropping``, ``bbox_used_for_cropping`` and
-    ``shape_after_cropping_and_before_resampling`` added. Neither input is modified.
+    ``shape_after_cropping_and_before_resampling`` added. Neither input is modified. Spacings that
+    cannot be resampled here are refused first (:func:`check_resampled_size`; ``where`` names the
+    case in the message).
     """
     config = configuration(plans, configuration_name)
     forward = transpose_forward(plans)
@@ -522,7 +577,9 @@ def preprocess_case(
     properties["shape_after_cropping_and_before_resampling"] = data.shape[1:]
 
     new_spacing = target_spacing(config, original_spacing)
+    check_spacing(original_spacing, where)
     new_shape = compute_new_shape(data.shape[1:], original_spacing, new_spacing)
+    check_resampled_size(data.shape[1:], original_spacing, new_spacing, new_shape, data.shape[0], where)
     # normalize before resampling, on the cropped view, exactly like nnU-Net
     data = _normalize_in_place(data, seg, config, plans)
     data = resampling_function(config, "data")(data, new_shape, original_spacing, new_spacing)

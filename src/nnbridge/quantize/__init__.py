@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import NNBridgeError
+from ..core.runlog import verify_recorded
 from .accuracy import accuracy_aware_int8
 from .bf16 import make_bf16
 from .common import _choice
@@ -37,7 +38,7 @@ METHODS = ("static", "dynamic", "fp16", "nncf", "bf16")
 
 def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
                      *, threads: int = 1, backends: tuple[str, ...] | list[str] = ("onnxruntime",),
-                     cpu: dict[str, Any] | None = None) -> dict[str, Any]:
+                     cpu: dict[str, Any] | None = None, src_record: Path | None = None) -> dict[str, Any]:
     """Build one configured variant (the config's ``quantize.<name>`` entry) and its INT8 coverage.
 
     ``settings["method"]``: ``static`` (calibrated INT8; with ``accuracy_aware`` the layer
@@ -50,8 +51,11 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
     Settings the entry leaves out (None) that the CPU decides (``reduce_range``, the activation
     type, NNCF's ``overflow_fix``: :mod:`.cpudefaults`) are chosen for ``cpu`` (the features of
     :func:`.cpudefaults.decision_features`, as the pipeline passes them; default this machine's);
-    the INT8 methods' record says what was chosen and why under ``cpu``.
+    the INT8 methods' record says what was chosen and why under ``cpu``. With ``src_record``
+    (simplify.json), ``src`` is first checked against the sha256 it states.
     """
+    if src_record is not None:
+        verify_recorded(src, src_record)
 
     method = settings.get("method", "static")
     _choice("quantize method", method, METHODS)

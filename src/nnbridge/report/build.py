@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import __version__
 from ..bench.targets import speed_ceilings, speed_targets
+from .failures import complete, failed_stages, incomplete_path
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -829,14 +830,32 @@ def verdict_lists(folds: list[dict[str, Any]]) -> tuple[list[str], list[str], li
     return failed, skipped, reasons
 
 
+def failed_table(failed: list[dict[str, Any]]) -> Table | None:
+    """One row per failed stage (:func:`nnbridge.report.failures.failed_stages`)."""
+    if not failed:
+        return None
+    return (["model", "fold", "stage", "cause", "log"],
+            [[f"{r['dataset']} / {r['model']}", _fmt(r["fold"]) if r["fold"] is not None else "–",
+              r["stage"], f"FAILED: {r['cause']}", r["log"] or "–"] for r in failed])
+
+
 def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_path: str | Path,
-                 plot_path: str | Path, summary_path: str | Path, realistic_path: str | Path | None = None) -> None:
-    """Write the Markdown and HTML reports, the latency plot and the JSON digest."""
-    folds = load_entries(entries)
+                 plot_path: str | Path, summary_path: str | Path, realistic_path: str | Path | None = None,
+                 dag_failures: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
+                 run_stages: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
+                 unfinished: frozenset[str] | set[str] = frozenset(), since: float | None = None) -> list[dict[str, Any]]:
+    """Write the Markdown and HTML reports, the latency plot and the JSON digest; also when stages
+    failed (then from the folds that finished, with a "Failed stages" section: ``dag_failures``, the
+    model folders and folds the workflow left out, and every stage whose record is missing, the
+    ``run_stages`` every fold depends on included; ``unfinished`` and ``since``: see
+    :func:`~nnbridge.report.failures.failed_stages`). Returns the failed stages."""
+    stage_failures = failed_stages(entries, dag_failures, run_stages, unfinished, since)
+    folds = load_entries([e for e in entries if complete(e, unfinished)])
     realistic = _load(str(realistic_path)) if realistic_path else None
     latency_plot(folds, Path(plot_path))
     summary = summarize(folds)
     summary["targets"] = {model: model_targets(group) for model, group in by_model(folds).items()}
+    summary["failed_stages"] = stage_failures
     if realistic:
         summary["benchmark_machines"] = benchmark_machines(folds, realistic)
         summary["realistic"] = {"targets": realistic["targets"],
@@ -846,8 +865,11 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = summary["machine"]
     failed, skipped, reasons = verdict_lists(folds)
-    verdict = ("All variants passed their gates." if not failed else
-               f"{len(failed)} variant(s) FAILED their gate: " + "; ".join(failed))
+    verdict = ("No fold finished every stage." if not folds else "All variants passed their gates." if not failed
+               else f"{len(failed)} variant(s) FAILED their gate: " + "; ".join(failed))
+    if stage_failures:  # said first: the tables below cover only the folds that finished
+        verdict = (f"INCOMPLETE: {len(stage_failures)} stage(s) FAILED (see Failed stages); the tables cover the "
+                   f"{len(folds)} fold(s) that finished. " + verdict)
     if skipped:
         verdict += (f" {len(skipped)} variant(s) SKIPPED, not runnable on this machine "
                     f"({'; '.join(reasons)}): " + "; ".join(skipped))
@@ -858,9 +880,12 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
 
     md = [f"# nnbridge report\n\n{intro}\n\n**{verdict}**\n"]
     body = [f"<h1>nnbridge report</h1><p>{html.escape(intro)}</p>"
-            f"<p class=\"{'fail' if failed else 'pass'}\"><b>{html.escape(verdict)}</b></p>"]
-    for title, text, table in sections(folds, realistic):
-        if table is None:
+            f"<p class=\"{'fail' if failed or stage_failures else 'pass'}\"><b>{html.escape(verdict)}</b></p>"]
+    failed_section = ("Failed stages", "Each stage that failed, with its one-line cause and its log; the stages "
+                      "after it did not run. Fix the cause and rerun: finished stages are not redone.",
+                      failed_table(stage_failures))
+    for title, text, table in [failed_section, *sections(folds, realistic)]:
+        if table is None or not table[1]:  # no rows (e.g. no fold finished): no section
             continue
         md.append(f"## {title}\n\n{text}\n\n{_md_table(table)}\n")
         body.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>{_html_table(table)}")
@@ -877,3 +902,7 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
         f"<!doctype html><html><head><meta charset=\"utf-8\"><title>nnbridge report</title>"
         f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
     )
+    for path in (md_path, html_path, plot_path, summary_path):  # a failed run's report is outdated now
+        if not Path(path).stem.endswith("_incomplete"):
+            incomplete_path(path).unlink(missing_ok=True)
+    return stage_failures

@@ -12,6 +12,7 @@ per-class distribution over cases and the CPU kind it was measured on.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from ..intake.images import list_image_cases
 from ..models.nnunet import load_nnunet_fold, trainer_or_default
 from ..patches.sampling import fold_cases
 from ..predict.bundle import Bundle
-from ..predict.io import reader_writer
+from ..predict.io import case_files, reader_writer
 from ..predict.predictor import Predictor
 from ..runtime.ov import precision_unavailable
 from .metrics import dice_per_class as dice
@@ -36,24 +37,32 @@ DEFAULT_GATE = {"min_voxel_agreement": 0.9999, "min_dice": 0.999}
 PREPROCESS_ATOL = 1e-4
 
 
-def validation_cases(preprocessed_dir: Path, fold: str, raw_dir: Path, file_ending: str, channels: int,
+def validation_cases(preprocessed_dir: Path, fold: str, raw_dir: Path, file_ending: str, channels: int | None = None,
                      max_cases: int = 0) -> dict[str, dict[str, Any]]:
     """Case → {images, label} of a fold's validation split (nnU-Net's ``splits_final.json`` in
-    ``preprocessed_dir``), from nnU-Net's raw dataset folder."""
+    ``preprocessed_dir``), from nnU-Net's raw dataset folder. A case's images are found as nnU-Net
+    finds them (:func:`nnbridge.predict.io.case_files`): every ``<case>_XXXX<file_ending>``; how
+    many channels they hold is the reader's business (one RGB ``.png`` holds 3), checked when
+    they are read. ``channels`` is not used (kept for callers)."""
 
     if fold == "all":
         raise NNBridgeError("fold 'all' has no validation cases; whole-case parity needs a numbered fold")
     names = fold_cases(Path(preprocessed_dir), fold)[1]
     if max_cases:
         names = names[:max_cases]
+    images_dir = Path(raw_dir) / "imagesTr"
+    if not images_dir.is_dir():
+        raise NNBridgeError(f"{images_dir}: missing; `raw:` must be the dataset's nnUNet_raw folder")
+    found = case_files(images_dir, file_ending, names)
     cases = {}
     for name in names:
-        images = [Path(raw_dir) / "imagesTr" / f"{name}_{c:04d}{file_ending}" for c in range(channels)]
         label = Path(raw_dir) / "labelsTr" / f"{name}{file_ending}"
-        for path in [*images, label]:
-            if not path.is_file():
-                raise NNBridgeError(f"{path}: missing; `raw:` must be the dataset's nnUNet_raw folder")
-        cases[name] = {"images": images, "label": label}
+        if not found[name]:
+            raise NNBridgeError(f"{images_dir / f'{name}_0000{file_ending}'}: missing; `raw:` must be the dataset's "
+                                "nnUNet_raw folder")
+        if not label.is_file():
+            raise NNBridgeError(f"{label}: missing; `raw:` must be the dataset's nnUNet_raw folder")
+        cases[name] = {"images": found[name], "label": label}
     return cases
 
 
@@ -177,16 +186,24 @@ def compare_case(ref: dict[str, Any], ours: dict[str, Any], truth: np.ndarray | 
     if truth is not None:
         rec["dice_nnunet_vs_truth"] = dice_per_class(rseg, truth, classes)
         rec["dice_nnbridge_vs_truth"] = dice_per_class(oseg, truth, classes)
-    if not same_pre_shape or rec["preprocessed_max_abs_diff"] > PREPROCESS_ATOL:
+    non_finite = [f"{k} = {v}" for k, v in rec.items()
+                  if isinstance(v, float) and not math.isfinite(v)]
+    non_finite += [f"{k} of class {c} = {v}" for k in ("dice_vs_nnunet",) for c, v in rec[k].items()
+                   if not math.isfinite(v)]
+    if non_finite:  # NaN compares false with every bound: it must fail, not pass
+        rec["non_finite"] = non_finite
+    if not same_pre_shape or not _at_most(rec["preprocessed_max_abs_diff"], PREPROCESS_ATOL):
         rec["diverges_at"] = "preprocessed input"
-    elif not same_logit_shape or rec["logits_argmax_agreement"] < gate["min_voxel_agreement"]:
+    elif (not same_logit_shape or not math.isfinite(rec["logits_max_abs_diff"])
+          or not _at_least(rec["logits_argmax_agreement"], gate["min_voxel_agreement"])):
         rec["diverges_at"] = "aggregated logits"
-    elif rec["voxel_agreement"] < gate["min_voxel_agreement"] or rec["min_dice_vs_nnunet"] < gate["min_dice"]:
+    elif (not _at_least(rec["voxel_agreement"], gate["min_voxel_agreement"])
+          or not _at_least(rec["min_dice_vs_nnunet"], gate["min_dice"])):
         rec["diverges_at"] = "final labels"
     else:
         rec["diverges_at"] = None
-    rec["passed"] = (rec["voxel_agreement"] >= gate["min_voxel_agreement"]
-                     and rec["min_dice_vs_nnunet"] >= gate["min_dice"])
+    rec["passed"] = (not non_finite and _at_least(rec["voxel_agreement"], gate["min_voxel_agreement"])
+                     and _at_least(rec["min_dice_vs_nnunet"], gate["min_dice"]))
     return rec
 
 
@@ -200,6 +217,16 @@ def dice_distribution(per_case: dict[str, dict[str, Any]]) -> dict[str, dict[str
         out[c] = {"min": values[worst], "worst_case": worst, "median": float(np.median(list(values.values()))),
                   "max": max(values.values()), "n_cases": len(values)}
     return out
+
+
+def _at_least(value: float, bound: float) -> bool:
+    """``value >= bound`` for a finite value; NaN or Inf never passes."""
+    return math.isfinite(value) and value >= bound
+
+
+def _at_most(value: float, bound: float) -> bool:
+    """``value <= bound`` for a finite value; NaN or Inf never passes."""
+    return math.isfinite(value) and value <= bound
 
 
 def _sum_timings(records: list[dict[str, float]]) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,9 +101,24 @@ class Tolerance:
         return out
 
 
+GATED_METRICS = ("max_abs_err", "mean_abs_err", "max_rel_err", "ref_max_abs", "voxel_agreement", "min_dice")
+
+
+def non_finite_metrics(metrics: dict[str, Any], names: tuple[str, ...] = GATED_METRICS) -> list[str]:
+    """``name = value`` of the metrics (of ``names``, and every Dice) that are NaN or infinite: a
+    comparison with NaN is always false, so ``NaN > tol`` would pass a gate that must fail."""
+    values = [(n, metrics.get(n)) for n in names]
+    values += [(f"Dice of {k}", v) for k, v in (metrics.get("dice") or {}).items()]
+    return [f"{n} = {v}" for n, v in values if isinstance(v, (int, float)) and not math.isfinite(v)]
+
+
 def apply_gate(metrics: dict[str, Any], tol: Tolerance) -> list[str]:
-    """Reasons the metrics fail ``tol`` (empty when the variant passes)."""
+    """Reasons the metrics fail ``tol`` (empty when the variant passes). A non-finite metric
+    (NaN or Inf logits on either side) fails every gate, whatever bounds it sets."""
     failures = []
+    bad = non_finite_metrics(metrics)
+    if bad:
+        failures.append(f"non-finite {', '.join(bad)}: NaN or Inf in the logits")
     if tol.max_abs_err is not None and metrics["max_abs_err"] > tol.max_abs_err:
         failures.append(f"max abs error {metrics['max_abs_err']:.3g} > {tol.max_abs_err:g}")
     if tol.max_rel_err is not None and metrics["max_rel_err"] > tol.max_rel_err:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..core.cpu import cpu_kind
 from ..core.dice import case_dice, dice_of, label_classes, overlap_counts, to_labels
-from ..core.runlog import read_json, sha256_file, write_json
+from ..core.runlog import read_json, sha256_file, verify_variant_files, write_json
 from ..models.loader import load_model
 from ..predict.verify import read_selfcheck
 from ..runtime import make_runner, run_patches, run_variant
@@ -144,6 +144,7 @@ def validate_fold(
     code's version) reuses that run's result. An exact variant far inside its gate on the first
     patches is decided there (``decided_early``, ``n_patches``). Each ONNX variant's Dice on the
     self-check set is recorded under ``selfcheck``."""
+    verify_variant_files(variants)  # each file is what its stage wrote (sha256 in its record)
     ref = np.load(reference["logits"])
     if sha256_file(reference["logits"]) != reference["sha256"]:
         raise ValueError(f"{reference['logits']}: differs from the reference record's sha256; rerun the reference")
