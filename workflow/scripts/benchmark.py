@@ -1,5 +1,6 @@
 from nnbridge.bench.fold import benchmark_fold
-from nnbridge.core.runlog import logged, read_json, write_json
+from nnbridge.core.records import BenchmarkRecord, PeakRecord
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     record = benchmark_fold(
@@ -11,7 +12,7 @@ with logged(snakemake.log[0]):
         sweep_variants=snakemake.params.sweep,
         sweep_batch=snakemake.params.sweep_batch,
         tune=snakemake.params.tune,
-        peak=read_json(snakemake.input.peak),
+        peak=PeakRecord.read(snakemake.input.peak).to_dict(),
     )
-    write_json(snakemake.output.json, record)
+    BenchmarkRecord.of(record).write(snakemake.output.json)
     print(record)

@@ -1,11 +1,11 @@
-import json
 from pathlib import Path
 
 from nnbridge.validate.caseparity import run_case_parity, validation_cases
-from nnbridge.core.runlog import logged, write_json
+from nnbridge.core.records import CaseParityRecord
+from nnbridge.core.runlog import logged, read_json
 
 with logged(snakemake.log[0]):
-    dataset_json = json.loads(Path(snakemake.input.dataset).read_text())
+    dataset_json = read_json(snakemake.input.dataset)
     cases = validation_cases(
         Path(snakemake.input.splits).parent,
         snakemake.wildcards.fold,
@@ -26,7 +26,7 @@ with logged(snakemake.log[0]):
         mirroring=snakemake.params.mirroring,
         threads=snakemake.params.threads,
     )
-    write_json(snakemake.output.json, record)
+    CaseParityRecord.of(record).write(snakemake.output.json)
     for name, result in record["variants"].items():
         print(name, result["backend"], f"SKIPPED: {result['skipped']}" if result.get("skipped") else
               ("PASS" if result["passed"] else "FAIL"), "voxel agreement", result.get("min_voxel_agreement"),

@@ -1,5 +1,6 @@
 from nnbridge.patches.sampling import copy_patch_sets, write_patch_sets
-from nnbridge.core.runlog import logged, write_json
+from nnbridge.core.records import PatchesRecord
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     source = snakemake.params.source
@@ -26,4 +27,4 @@ with logged(snakemake.log[0]):
             n_calibration=snakemake.params.n_calibration,
             n_heldout=snakemake.params.n_heldout,
         )
-    write_json(snakemake.output.json, summary)
+    PatchesRecord.of(summary).write(snakemake.output.json)

@@ -1,5 +1,6 @@
 from nnbridge.patches.sampling import load_patches
-from nnbridge.core.runlog import logged, write_json
+from nnbridge.core.records import SimplifyRecord
+from nnbridge.core.runlog import logged
 from nnbridge.export.simplify import simplify_onnx
 
 with logged(snakemake.log[0]):
@@ -7,5 +8,5 @@ with logged(snakemake.log[0]):
     record = simplify_onnx(
         snakemake.input.onnx, snakemake.output.onnx, check, atol=snakemake.params.atol
     )
-    write_json(snakemake.output.json, record)
+    SimplifyRecord.of(record).write(snakemake.output.json)
     print(record)

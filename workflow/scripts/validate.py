@@ -1,6 +1,7 @@
 from nnbridge.validate.parity import validate_fold
 from nnbridge.patches.sampling import load_patches
-from nnbridge.core.runlog import logged, write_json
+from nnbridge.core.records import ParityRecord
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     record = validate_fold(
@@ -10,6 +11,6 @@ with logged(snakemake.log[0]):
         snakemake.params.tolerances,
         threads=snakemake.params.threads,
     )
-    write_json(snakemake.output.json, record)
+    ParityRecord.of(record).write(snakemake.output.json)
     for name, result in record["variants"].items():
         print(name, "PASS" if result["passed"] else "FAIL", result.get("failures"))

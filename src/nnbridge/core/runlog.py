@@ -50,5 +50,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | Path, missing: str = "") -> Any:
+    """A JSON file that is not a stage record (plans, dataset.json, splits; records are read through
+    :mod:`nnbridge.core.records`). A missing or broken file is one line naming it; ``missing`` says
+    what should be there."""
+    path = Path(path)
+    if not path.is_file():
+        raise NNBridgeError(f"{path}: missing" + (f"; {missing}" if missing else ""))
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NNBridgeError(f"{path}: not valid JSON ({exc})") from None

@@ -8,7 +8,6 @@ strictly, and every parameter and buffer is compared with the checkpoint afterwa
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import NNBridgeError
-from ..core.runlog import sha256_file
+from ..core.runlog import read_json, sha256_file
 from . import TRAINER_DIR
 from .checkpoint import load_strictly, read_torch_file, strip_prefixes, verified
 from .loaded import LoadedFold
@@ -58,12 +57,7 @@ def fold_dirname(fold: str | int) -> str:
     return f"fold_{fold}"
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise NNBridgeError(f"{path}: missing; an nnU-Net model folder holds plans.json and dataset.json")
-    with open(path) as handle:
-        return json.load(handle)
+MODEL_FOLDER_FILES = "an nnU-Net model folder holds plans.json and dataset.json"
 
 
 def total_stride(pool_op_kernel_sizes: list[list[int]] | tuple) -> tuple[int, ...]:
@@ -85,8 +79,8 @@ def load_nnunet_fold(
     model_folder = Path(model_folder)
     checkpoint_path = model_folder / fold_dirname(fold) / checkpoint_name
     checkpoint = load_checkpoint(checkpoint_path, trusted=trusted)
-    plans = read_json(model_folder / "plans.json")
-    dataset_json = read_json(model_folder / "dataset.json")
+    plans = read_json(model_folder / "plans.json", MODEL_FOLDER_FILES)
+    dataset_json = read_json(model_folder / "dataset.json", MODEL_FOLDER_FILES)
     configuration = checkpoint["init_args"]["configuration"]
     trainer_name = checkpoint["trainer_name"]
 
