@@ -8,10 +8,11 @@ rule report:
             category="Report",
             labels={"file": "report"},
         ),
-        plot=report(
-            f"{RESULTS}/report/latency.png",
+        charts=report(
+            directory(f"{RESULTS}/report/charts"),
+            patterns=["{chart}.png"],
             category="Report",
-            labels={"file": "latency plot"},
+            labels={"chart": "{chart}"},
         ),
         json=f"{RESULTS}/report/summary.json",
     params:
