@@ -14,9 +14,19 @@ from nnbridge.bench.fold import benchmark_fold
 from nnbridge.bench.peak import peak_mismatch
 from nnbridge.bench.sweep import MIN_GAIN, ORT_CANDIDATES
 from nnbridge.core.cpu import cpu_identity
-from nnbridge.models.nnunet import nnunet_source
-from nnbridge.report.build import build_report
+from nnbridge.core.records import (
+    BenchmarkRecord,
+    BundleManifest,
+    CaseParityRecord,
+    ExportRecord,
+    ParityRecord,
+    QuantizeRecord,
+    RealisticRecord,
+    SimplifyRecord,
+)
 from nnbridge.core.runlog import write_json
+from nnbridge.models.nnunet import nnunet_source
+from nnbridge.report.render import build_report
 
 
 def test_benchmark_fold_measures_each_backend(tiny_model, exported, tmp_path):
@@ -109,11 +119,11 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported, tmp_path):
 
 def _records(tmp_path: Path) -> list[dict]:
     base = tmp_path / "D/T__P__3d_fullres/fold_0"
-    write_json(base / "export.json", {"weights": {"summary": "weights verified: 10 tensors"},
-                                      "shape_checks": [{"shape": [1, 1, 8, 8, 8], "max_abs_err": 1e-6}]})
-    write_json(base / "simplify.json", {"kept_simplified": True, "nodes_before": 5, "nodes_after": 4,
-                                        "check_max_abs_err": 0.0})
-    write_json(base / "q.json", {
+    ExportRecord.of({"weights": {"summary": "weights verified: 10 tensors"},
+                     "shape_checks": [{"shape": [1, 1, 8, 8, 8], "max_abs_err": 1e-6}]}).write(base / "export.json")
+    SimplifyRecord.of({"kept_simplified": True, "nodes_before": 5, "nodes_after": 4,
+                       "check_max_abs_err": 0.0}).write(base / "simplify.json")
+    QuantizeRecord.of({
         "method": "static", "format": "QDQ", "per_channel": True, "calibrate_method": "MinMax",
         "n_calibration_patches": 4, "size_bytes": 1000,
         "coverage": {"n_compute_nodes": 4, "n_int8_compute_nodes": 3, "int8_flop_share": 0.9512,
@@ -124,14 +134,14 @@ def _records(tmp_path: Path) -> list[dict]:
         "accuracy_aware": {"fp32_latency_ms": 4.0, "verdict": "Dice 0.9950 >= 0.995 with 1 block(s) in fp32",
                            "steps": [{"step": 0, "fp32_modules": [], "dice": {"sphere": 0.97}, "latency_ms": 3.0},
                                      {"step": 1, "fp32_modules": ["decoder.seg_layers.2"],
-                                      "dice": {"sphere": 0.995}, "latency_ms": 3.5}]}})
-    write_json(base / "parity.json", {"labels": {"0": "background", "1": "sphere"}, "variants": {
+                                      "dice": {"sphere": 0.995}, "latency_ms": 3.5}]}}).write(base / "q.json")
+    ParityRecord.of({"labels": {"0": "background", "1": "sphere"}, "variants": {
         "onnx_fp32": {"passed": True, "max_abs_err": 1e-6, "mean_abs_err": 1e-7,
                       "dice": {"sphere": 1.0}, "voxel_agreement": 1.0, "failures": []},
         "int8_static": {"passed": False, "max_abs_err": 0.3, "mean_abs_err": 0.01,
                         "dice": {"sphere": 0.97}, "voxel_agreement": 0.99,
-                        "failures": ["Dice of sphere 0.9700 < 0.99"]}}})
-    write_json(base / "bench.json", {"shape": [1, 1, 8, 8, 8], "results": {
+                        "failures": ["Dice of sphere 0.9700 < 0.99"]}}}).write(base / "parity.json")
+    BenchmarkRecord.of({"shape": [1, 1, 8, 8, 8], "results": {
         "torch_eager": {"p50_ms": 10.0, "p90_ms": 11.0, "peak_rss_mb": 300.0,
                         "speedup_vs_torch_eager": 1.0},
         "onnx_fp32": {"p50_ms": 5.0, "p90_ms": 6.0, "peak_rss_mb": 100.0, "file_size_bytes": 2e6,
@@ -145,7 +155,7 @@ def _records(tmp_path: Path) -> list[dict]:
         "peak": {"gflops": 160.0, "threads": 2, "method": "fp32 matrix multiply 2048x2048x2048 (torch.mm), p50 of 10",
                  "source": "measured here: the run-wide peak used 1 thread(s), this job 2"},
         "machine": {"cpu": "Example CPU", "isa": ["avx2", "avx512f"], "cpus": 2, "host": "node7"},
-        "accelerators": {"onnxruntime CUDA": "skipped: no GPU"}})
+        "accelerators": {"onnxruntime CUDA": "skipped: no GPU"}}).write(base / "bench.json")
     write_json(base / "summary.json", {"mean": {"1": {"Dice": 0.91}}, "foreground_mean": {"Dice": 0.91}})
     return [{"dataset": "D", "model": "T__P__3d_fullres", "fold": "0",
              "export": str(base / "export.json"), "torchscript": None,
@@ -154,14 +164,23 @@ def _records(tmp_path: Path) -> list[dict]:
              "validation_summary": str(base / "summary.json")}]
 
 
+def _build(entries: list[dict], out: Path, **kwargs) -> tuple[str, str]:
+    build_report(entries, md_path=out / "report.md", html_path=out / "report.html", charts_dir=out / "report/charts",
+                 summary_path=out / "report/summary.json", **kwargs)
+    return (out / "report.md").read_text(), (out / "report.html").read_text()
+
+
 def test_report_shows_gates_numbers_and_plot(tmp_path):
     entries = _records(tmp_path)
     out = tmp_path / "out"
-    build_report(entries, md_path=out / "report.md", html_path=out / "report.html",
-                 plot_path=out / "report/latency.png", summary_path=out / "report/summary.json")
-    md = (out / "report.md").read_text()
-    html = (out / "report.html").read_text()
-    assert "1 variant(s) FAILED" in md and "Dice of sphere 0.9700 < 0.99" in md
+    md, html = _build(entries, out)
+    # the verdict: one line per failure, with its cause
+    assert "**1 variant(s) FAILED their gate:**\n- fold 0: int8_static — Dice of sphere 0.9700 < 0.99\n" in md
+    # the card: the fastest variant that passed its gate, its speed-up and Dice
+    assert "**Deploy onnx_fp32 on ONNX Runtime** (1 fold(s): 0)" in md
+    assert "| speed-up | **2.0× faster than PyTorch eager** — 5.0 ms vs 10.0 ms per 8×8×8 patch" in md
+    assert "| worst-class Dice vs PyTorch | **1.0000** — label maps on held-out patches; passed on 1/1" in md
+    assert "| file size | **2.00 MB** |" in md
     assert "weights verified: 10 tensors" in md
     assert "0.9100" in md  # the model's own validation Dice
     assert "| 3/4 | 95.1 % |" in md  # INT8 coverage: compute nodes and FLOP share
@@ -181,7 +200,11 @@ def test_report_shows_gates_numbers_and_plot(tmp_path):
     assert "| fold 0 | onnx_fp32 | 9.000 | 5.000 | 1.80× | 4.000 |" in md  # threads and batch
     assert "| 2.000 |" in md or "2.000" in md  # speed-up of onnx_fp32
     assert "data:image/png;base64," in html and 'class="fail"' in html
-    assert (out / "report/latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    charts = sorted(p.name for p in (out / "report/charts").iterdir())
+    assert charts == ["d-t-p-3d-fullres-dice.png", "d-t-p-3d-fullres-speed-accuracy.png"]
+    for chart in charts:
+        assert (out / "report/charts" / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](report/charts/{chart})" in md
     summary = json.loads((out / "report/summary.json").read_text())
     assert summary["folds"][0]["variants"]["int8_static"]["passed"] is False
     assert summary["folds"][0]["validation_dice"] == {"1": 0.91}
@@ -232,38 +255,38 @@ def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):
     bench = json.loads((base / "bench.json").read_text())
     bench["tuning"] = {"onnx_fp32": {"chosen": {"allow_spinning": False}, "gain_vs_default": 1.1, "candidates": [
         {"settings": {}, "p50_ms": 11.0}, {"settings": {"allow_spinning": False}, "p50_ms": 10.0}]}}
-    write_json(base / "bench.json", bench)
+    BenchmarkRecord.of(bench).write(base / "bench.json")
     case = {"preprocessed_max_abs_diff": 0.0, "logits_max_abs_diff": 0.03, "logits_argmax_agreement": 1.0,
             "voxel_agreement": 0.99, "dice_vs_nnunet": {"1": 0.98}, "min_dice_vs_nnunet": 0.98,
             "prob_max_abs_diff": 0.001, "dice_nnunet_vs_truth": {"1": 0.9}, "dice_nnbridge_vs_truth": {"1": 0.89},
             "diverges_at": "final labels", "passed": False}
     stages = {"read": 0.1, "preprocess": 0.2, "inference": 3.0, "resample_back": 0.1, "write": 0.1}
-    write_json(base / "case_parity.json", {
+    CaseParityRecord.of({
         "fold": "0", "cases": ["c1"], "classes": [1], "nnunet": {"timings_s": stages, "total_s": 3.5},
         "variants": {"onnx_simplified": {"backend": "openvino", "cases": {"c1": case}, "timings_s": stages,
                                          "total_s": 0.5, "speedup_vs_nnunet": 7.0, "min_voxel_agreement": 0.99,
                                          "min_dice_vs_nnunet": 0.98, "passed": False,
-                                         "first_divergence": "c1: final labels"}}, "all_passed": False})
-    write_json(base / "bundle.json", {"default_variant": "onnx_simplified", "folds": ["0"], "variants": {
+                                         "first_divergence": "c1: final labels"}}, "all_passed": False}).write(
+        base / "case_parity.json")
+    BundleManifest.of({"default_variant": "onnx_simplified", "folds": ["0"], "variants": {
         "onnx_simplified": {"backend": "openvino", "latency_ms": {"onnxruntime": 20.0, "openvino": 12.0},
                             "ort_settings": {"allow_spinning": False},
-                            "run_settings": {"openvino": {"threads": 2, "batch_size": 1}}}}})
+                            "run_settings": {"openvino": {"threads": 2, "batch_size": 1}}}}}).write(base / "bundle.json")
     entries[0].update(case_parity=str(base / "case_parity.json"), bundle=str(base / "bundle.json"))
     results = {"torch_eager": {"p50_ms": 1000.0, "p90_ms": 1050.0, "p99_ms": 1100.0, "speedup_vs_torch_eager": 1.0},
                "onnx_fp32@openvino": {"p50_ms": 400.0, "p90_ms": 410.0, "p99_ms": 420.0, "speedup_vs_torch_eager": 2.5,
                                       "op_profile": [{"op": "Convolution", "share": 0.9}]},
                "int8@openvino": {"p50_ms": 500.0, "p90_ms": 510.0, "p99_ms": 520.0, "speedup_vs_torch_eager": 2.0,
                                  "op_profile": [{"op": "Convolution [i8]", "share": 0.8}]}}
-    write_json(base / "realistic.json", {
+    RealisticRecord.of({
         "patch_size": [128, 128, 128], "architecture": {"features_per_stage": [32, 64]},
         "flops_per_patch": 9.5e11, "peak": {"gflops": 170.0}, "results": results,
-        "targets": compute_targets(results)})
+        "targets": compute_targets(results)}).write(base / "realistic.json")
+    md, _ = _build(entries, tmp_path / "out", realistic_path=base / "realistic.json")
     out = tmp_path / "out"
-    build_report(entries, md_path=out / "report.md", html_path=out / "report.html",
-                 plot_path=out / "report/latency.png", summary_path=out / "report/summary.json",
-                 realistic_path=base / "realistic.json")
-    md = (out / "report.md").read_text()
-    assert "onnx_simplified on whole cases" in md  # the failed whole-case gate is in the verdict
+    # the failed whole-case gate is in the verdict, one line with where it diverged
+    assert ("- fold 0: onnx_simplified on whole cases — first divergence: c1: final labels; min voxel agreement "
+            "99.0000 %\n") in md
     assert "| fold 0 | onnx_simplified (openvino) | 1 | 99.0000 % | 0.9800 |" in md
     assert "c1: final labels" in md and "| 3.50 / 0.50 | 7.00× | FAIL |" in md
     assert "| fold 0 | nnU-Net (torch) | 0.100 | 0.200 | 3.000 | 0.100 | 0.100 |" in md
@@ -280,17 +303,25 @@ def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):
     assert summary["folds"][0]["case_parity"]["onnx_simplified"]["passed"] is False
 
 
-def _fold(fold: str, eager: float, p50: dict[str, float], passed: dict[str, bool]) -> dict:
+def _fold(fold: str, eager: float, p50: dict[str, float], passed: dict[str, bool], *,
+          eager_gflops: float | None = None, peak: dict | None = None):
+    from nnbridge.report.collect import FoldResults
+
     profile = [{"op": "Conv", "share": 0.7}, {"op": "InstanceNormalization", "share": 0.2}]
-    results = {"torch_eager": {"p50_ms": eager}}
+    results = {"torch_eager": {"p50_ms": eager, **({"gflops_per_s": eager_gflops} if eager_gflops else {})}}
     results.update({n: {"p50_ms": v, "op_profile": profile} for n, v in p50.items()})
-    return {"dataset": "D", "model": "M", "fold": fold, "benchmark": {"shape": [1, 1, 16, 16, 16], "results": results},
-            "parity": {"variants": {n: {"passed": ok} for n, ok in passed.items()}},
-            "quantize": {"int8_a": {"method": "static"}, "int8_b": {"method": "dynamic"}, "half": {"method": "fp16"}}}
+    return FoldResults(
+        "D", "M", fold,
+        benchmark=BenchmarkRecord.of({"shape": [1, 1, 16, 16, 16], "results": results,
+                                      **({"peak": peak} if peak else {})}),
+        parity=ParityRecord.of({"variants": {n: {"passed": ok} for n, ok in passed.items()}}),
+        quantize={n: QuantizeRecord.of({"method": m}) for n, m in (("int8_a", "static"), ("int8_b", "dynamic"),
+                                                                   ("half", "fp16"))})
 
 
 def test_model_targets_count_only_gated_variants_over_all_folds():
-    from nnbridge.report.build import model_targets, variant_precision
+    from nnbridge.core.keys import Variant
+    from nnbridge.report.cards import model_targets, variant_precision
 
     folds = [
         _fold("0", 100.0, {"onnx_simplified": 40.0, "onnx_simplified@openvino": 30.0, "int8_a": 10.0,
@@ -302,8 +333,8 @@ def test_model_targets_count_only_gated_variants_over_all_folds():
               {"onnx_simplified": True, "onnx_simplified@openvino": False, "int8_a": False,
                "int8_b@openvino": True, "half": True}),
     ]
-    assert [variant_precision(folds[0], n) for n in ("onnx_fp32@openvino", "int8_a@openvino", "half", "x")] == \
-        ["fp32", "int8", "fp16", "other"]
+    assert [variant_precision(folds[0], Variant.parse(n)) for n in ("onnx_fp32@openvino", "int8_a@openvino",
+                                                                    "half", "x")] == ["fp32", "int8", "fp16", "other"]
     t = model_targets(folds)
     # OpenVINO failed its gate on fold 1 -> the best exact runtime is ORT (median of 2.5× and 2×)
     assert t["best_fp32_exact"]["name"] == "onnx_simplified" and t["best_fp32_exact"]["speedup"] == 2.25
@@ -311,23 +342,25 @@ def test_model_targets_count_only_gated_variants_over_all_folds():
     # int8_a is fastest but failed on fold 1; fp16 is not INT8 -> int8_b on OpenVINO (2.5×, 3.333×)
     assert t["best_int8"]["name"] == "int8_b@openvino" and t["best_int8"]["speedup"] == pytest.approx(2.917, abs=1e-3)
     assert not t["int8_target_met"]
-    assert t["dominant_ops"] == {"int8_b@openvino": folds[0]["benchmark"]["results"]["int8_b@openvino"]["op_profile"]}
+    assert t["dominant_ops"] == {"int8_b@openvino": [{"op": "Conv", "share": 0.7},
+                                                     {"op": "InstanceNormalization", "share": 0.2}]}
     assert t["torch_eager_p50_ms"] == 150.0 and t["patch"] == [16, 16, 16] and t["folds"] == 2
 
 
 def test_ceilings_say_when_a_target_is_beyond_the_machine():
     """torch eager at 60 % of the fp32 peak: no exact runtime can be 2× faster (ceiling 1.67×)."""
     from nnbridge.bench.targets import speed_ceilings
-    from nnbridge.report.build import model_targets, targets_table
+    from nnbridge.report.cards import model_targets
+    from nnbridge.report.collect import RunResults
+    from nnbridge.report.tables import targets_table
 
-    folds = [_fold("0", 100.0, {"onnx_simplified": 70.0, "int8_a": 30.0}, {"onnx_simplified": True, "int8_a": True})]
-    folds[0]["benchmark"]["results"]["torch_eager"]["gflops_per_s"] = 60.0
-    folds[0]["benchmark"]["peak"] = {"gflops": 100.0, "int8_gops": 400.0}
+    folds = [_fold("0", 100.0, {"onnx_simplified": 70.0, "int8_a": 30.0}, {"onnx_simplified": True, "int8_a": True},
+                   eager_gflops=60.0, peak={"gflops": 100.0, "int8_gops": 400.0})]
     assert speed_ceilings(60.0, {"gflops": 100.0, "int8_gops": 400.0}) == {"fp32_ceiling": 1.67, "int8_ceiling": 6.67}
     assert speed_ceilings(None, {"gflops": 100.0}) == {}
     t = model_targets(folds)
     assert t["fp32_ceiling"] == 1.67 and t["int8_ceiling"] == 6.67 and not t["fp32_target_met"]
-    row = targets_table(folds)[1][0]
+    row = targets_table(RunResults(folds)).rows[0]
     assert row[4] == "missed (< 2×); beyond this machine: the measured peak allows at most 1.67×"
     assert row[6] == "met (≥ 3×)"
 
@@ -358,23 +391,23 @@ def test_report_keeps_skipped_bf16_apart_from_failures(tmp_path):
     parity["variants"]["int8_static"].update(passed=True, failures=[])
     parity["variants"]["bf16@openvino"] = {"passed": False, "skipped": f"bf16.onnx: a bf16 variant, but {why}",
                                            "failures": [f"skipped: bf16.onnx: a bf16 variant, but {why}"]}
-    write_json(base / "parity.json", parity)
+    ParityRecord.of(parity).write(base / "parity.json")
     bench = json.loads((base / "bench.json").read_text())
     bench["results"]["bf16@openvino"] = {"backend": "openvino", "skipped": why}
-    write_json(base / "bench.json", bench)
-    write_json(base / "q_bf16.json", {"method": "bf16", "n_calibration_patches": 0, "size_bytes": 2e6,
-                                      "native_bf16_here": False, "bf16_unavailable": why, "coverage_openvino": None})
-    write_json(base / "case_parity.json", {
+    BenchmarkRecord.of(bench).write(base / "bench.json")
+    QuantizeRecord.of({"method": "bf16", "n_calibration_patches": 0, "size_bytes": 2e6, "native_bf16_here": False,
+                       "bf16_unavailable": why, "coverage_openvino": None}).write(base / "q_bf16.json")
+    CaseParityRecord.of({
         "fold": "0", "cases": ["c1"], "classes": [1], "nnunet": {"timings_s": {"read": 0.1}, "total_s": 0.1},
-        "variants": {"bf16": {"backend": "openvino", "skipped": why, "passed": False}}, "all_passed": True})
+        "variants": {"bf16": {"backend": "openvino", "skipped": why, "passed": False}}, "all_passed": True}).write(
+        base / "case_parity.json")
     entries[0]["quantize"]["bf16"] = str(base / "q_bf16.json")
     entries[0]["case_parity"] = str(base / "case_parity.json")
     out = tmp_path / "out"
-    build_report(entries, md_path=out / "report.md", html_path=out / "report.html",
-                 plot_path=out / "report/latency.png", summary_path=out / "report/summary.json")
-    md = (out / "report.md").read_text()
-    assert (f"**All variants passed their gates. 2 variant(s) SKIPPED, not runnable on this machine ({why}): "
-            "fold 0: bf16@openvino; fold 0: bf16 on whole cases**") in md
+    md, _ = _build(entries, out)
+    # skipped, grouped by reason: one line per reason naming every check it skipped
+    assert ("**All variants passed their gates.**\n\n**2 variant(s) SKIPPED, not runnable on this machine:**\n"
+            f"- {why}: fold 0: bf16@openvino; fold 0: bf16 on whole cases\n") in md
     assert "FAILED" not in md
     assert "| bf16@openvino | SKIPPED in 1/1 (not runnable here) | – |" in md  # overview: no Dice, no latency
     assert f"| SKIPPED: bf16.onnx: a bf16 variant, but {why} |" in md  # the patch gate

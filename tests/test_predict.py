@@ -245,7 +245,7 @@ def test_predict_cli_names_a_missing_channel(bundle_dir, tmp_path, capsys):
 
 
 def _sweep(ort_ms: dict[str, float], ort_batch: float, ov_ms: dict[str, float], ov_batch: float) -> dict:
-    """A benchmark's thread/batch sweep (batch 2) of the fp32 graph on both runtimes."""
+    """A benchmark's thread/batch sweep (batch 2) of the fp32 graph on both runtimes, as JSON."""
     return {"threads": [1, 2], "batch": 2, "results": {
         "torch_eager": {"p50_ms_by_threads": {"1": 1.0, "2": 1.0}, "p50_ms_per_patch_at_batch": 0.1},
         "onnx_fp32": {"p50_ms_by_threads": ort_ms, "p50_ms_per_patch_at_batch": ort_batch},
@@ -256,9 +256,11 @@ def test_run_settings_come_from_the_benchmark_sweep():
     """Threads: the lowest median p50 over folds on the same runtime; batch: the sweep's batch
     only when it is more than 3 % faster per patch than batch 1 at full threads."""
     from nnbridge.bundle.build import run_settings
+    from nnbridge.core.keys import Variant
+    from nnbridge.core.records import Sweep
 
-    sweeps = [_sweep({"1": 30.0, "2": 20.0}, 18.0, {"1": 10.0, "2": 12.0}, 11.9),
-              _sweep({"1": 30.0, "2": 35.0}, 30.0, {"1": 11.0, "2": 12.0}, 11.8)]
+    sweeps = [Sweep.from_dict(_sweep({"1": 30.0, "2": 20.0}, 18.0, {"1": 10.0, "2": 12.0}, 11.9)),
+              Sweep.from_dict(_sweep({"1": 30.0, "2": 35.0}, 30.0, {"1": 11.0, "2": 12.0}, 11.8))]
     got = run_settings(sweeps, "int8")  # not swept itself: the fp32 graph's sweep stands in
     # ONNX Runtime: medians 30 vs 27.5 ms -> 2 threads; batch 2: 24 ms per patch vs 27.5 -> kept
     assert (got["onnxruntime"]["threads"], got["onnxruntime"]["batch_size"]) == (2, 2)
@@ -269,7 +271,7 @@ def test_run_settings_come_from_the_benchmark_sweep():
     assert "not more than 3% faster" in got["openvino"]["from"]["batch_size"]
     assert "sweep of onnx_fp32@openvino" in got["openvino"]["from"]["batch_size"]
     # a variant swept itself uses its own sweep
-    sweeps[0]["results"]["int8"] = {"p50_ms_by_threads": {"1": 5.0, "2": 9.0}}
+    sweeps[0].results[Variant("int8")] = {"p50_ms_by_threads": {"1": 5.0, "2": 9.0}}
     own = run_settings(sweeps[:1], "int8")["onnxruntime"]
     assert own["threads"] == 1 and own["batch_size"] == 1 and own["from"]["threads"].startswith("sweep of int8:")
     # no sweep: the runtimes' defaults, said so
@@ -282,18 +284,18 @@ def test_run_settings_come_from_the_benchmark_sweep():
 def swept_bundle_dir(tiny_model, exported, tmp_path_factory) -> Path:
     """A bundle built by the pipeline's builder from two folds' parity and benchmark records."""
     from nnbridge.bundle.build import build_from_pipeline
-    from nnbridge.core.runlog import write_json
+    from nnbridge.core.records import BenchmarkRecord, ParityRecord
 
     out_dir, _, _ = exported
     root = tmp_path_factory.mktemp("swept")
     folds = {}
     for fold, sweep in (("0", _sweep({"1": 30.0, "2": 20.0}, 18.0, {"1": 10.0, "2": 12.0}, 11.9)),
                         ("1", _sweep({"1": 30.0, "2": 35.0}, 30.0, {"1": 11.0, "2": 12.0}, 11.8))):
-        write_json(root / fold / "parity.json", {"variants": {"onnx_fp32": {"passed": True},
-                                                              "onnx_fp32@openvino": {"passed": True}}})
-        write_json(root / fold / "benchmark.json", {
+        ParityRecord.of({"variants": {"onnx_fp32": {"passed": True}, "onnx_fp32@openvino": {"passed": True}}}).write(
+            root / fold / "parity.json")
+        BenchmarkRecord.of({
             "threads": 2, "results": {"onnx_fp32": {"p50_ms": 20.0}, "onnx_fp32@openvino": {"p50_ms": 30.0}},
-            "tuning": {"onnx_fp32": {"chosen": {"io_binding": True}}}, "sweep": sweep})
+            "tuning": {"onnx_fp32": {"chosen": {"io_binding": True}}}, "sweep": sweep}).write(root / fold / "benchmark.json")
         folds[fold] = {"files": {"onnx_fp32": out_dir / "model.onnx"}, "parity": root / fold / "parity.json",
                        "benchmark": root / fold / "benchmark.json"}
     build_from_pipeline(root / "bundle", plans_file=tiny_model.model_folder / "plans.json",

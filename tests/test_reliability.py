@@ -727,10 +727,10 @@ def test_one_failing_model_still_gets_a_report(pipeline_run):
     assert (good / "benchmark/benchmark.json").is_file()
     assert not (work / "results/Dataset960_Tiny/bad/fold_all/export").exists()
     md = (work / "results/report_incomplete.md").read_text()
-    assert "**INCOMPLETE: 2 stage(s) FAILED (see Failed stages); the tables cover the 1 fold(s) that finished." in md
-    assert ("| Dataset960_Tiny / bad | all | export_onnx | FAILED: inputs/bad.pth: not a torch checkpoint (corrupt or "
+    assert "**2 stage(s) FAILED** to run; what they would have produced is missing below:" in md
+    assert ("| Dataset960_Tiny / bad | all | export_onnx | inputs/bad.pth: not a torch checkpoint (corrupt or "
             "truncated file); re-copy it | logs/Dataset960_Tiny/bad/fold_all/export_onnx.log |") in md
-    assert ("| Dataset940_X / nnUNetTrainer__nnUNetPlans__3d_fullres | – | inputs (checked before the run) | FAILED: "
+    assert ("| Dataset940_X / nnUNetTrainer__nnUNetPlans__3d_fullres | – | inputs (checked before the run) | "
             "config models[2] (nnUNetTrainer__nnUNetPlans__3d_fullres): inputs/Dataset940_X/nnUNetTrainer__nnUNetPlans__"
             "3d_fullres/plans.json: missing") in md
     assert "| onnx_simplified | 1/1 PASS |" in md  # the good model's results are in the report

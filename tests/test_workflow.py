@@ -181,6 +181,18 @@ def test_report_covers_both_folds(workdir):
     summary = json.loads((workdir / "results/report/summary.json").read_text())
     for targets in summary["targets"].values():
         assert targets["best_fp32_exact"]["speedup"] > 0, targets  # an exact variant passed on every fold
+    # first a card per model (what to deploy, how fast), then one pair of charts per model, then the
+    # details; every contents link leads to a section of the page
+    assert md.index("## What to deploy") < md.index("## Speed and accuracy: ") < md.index("## Overview")
+    assert set(summary["deploy"]) == {f"Dataset900_NNBridgeDemo / {m}" for m in (MODEL.split("/")[1], *PLAIN)}
+    for model, deploy in summary["deploy"].items():
+        assert deploy["speedup_vs_torch_eager"] > 0 and 0.98 <= deploy["worst_dice_vs_torch"] <= 1, deploy
+        assert f"### {model}\n\n**Deploy {deploy['variant']} on " in md
+    charts = sorted(p.name for p in (workdir / "results/report/charts").glob("*.png"))
+    assert len(charts) == 2 * len(summary["deploy"]) and all(f"](report/charts/{c})" in md for c in charts)
+    ids = set(re.findall(r'id="([^"]+)"', html))
+    links = re.findall(r'<a href="#([^"]+)"', html)
+    assert links and set(links) <= ids and {"deployment", "details", "benchmark", "case-parity"} <= set(links)
 
 
 def test_plain_pytorch_models_run_through_the_pipeline(workdir):
@@ -249,17 +261,21 @@ def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
     assert planned_jobs(run_snakemake(workdir, "-n")) == {}
 
 
+def test_report_code_edit_reruns_only_report(workdir):
+    # the report's code: its modules, and the templates it renders (not imported, but run)
+    for edited in ("src/nnbridge/report/render.py", "src/nnbridge/report/templates/report.html.j2"):
+        path = workdir / edited
+        saved = path.read_text()
+        path.write_text(saved + "\n")
+        jobs = planned_jobs(run_snakemake(workdir, "-n"))
+        assert set(jobs) == {"report", "all"}, (edited, jobs)
+        path.write_text(saved)
+
+
 def test_code_edits_rerun_exactly_the_stages_that_import_them(workdir):
-    """A stage's cache key is its script's import closure: an edit of the report code reruns only
-    the report; an edit deep in core (ONNX graph facts: FLOPs, module names, signatures) reruns
-    quantize, the benchmarks and the peak (and what reads them), never export or patches."""
-    report = workdir / "src/nnbridge/report/build.py"
-    saved = report.read_text()
-    report.write_text(saved + "\n# edited\n")
-    try:
-        assert set(planned_jobs(run_snakemake(workdir, "-n"))) == {"report", "all"}
-    finally:
-        report.write_text(saved)
+    """A stage's cache key is its script's import closure: an edit deep in core (ONNX graph facts:
+    FLOPs, module names, signatures) reruns quantize, the benchmarks and the peak (and what reads
+    them), never export or patches."""
     graph = workdir / "src/nnbridge/core/onnxgraph.py"
     saved = graph.read_text()
     graph.write_text(saved + "\n# edited\n")

@@ -17,10 +17,11 @@ rule report:
             category="Report",
             labels={"file": "report"},
         ),
-        plot=report(
-            f"{RESULTS}/report/latency.png",
+        charts=report(
+            directory(f"{RESULTS}/report/charts"),
+            patterns=["{chart}.png"],
             category="Report",
-            labels={"file": "latency plot"},
+            labels={"chart": "{chart}"},
         ),
         json=f"{RESULTS}/report/summary.json",
     params:
@@ -65,7 +66,7 @@ onerror:
 
         write_partial_report(
             get_report_entries(), md_path=rules.report.output.md, html_path=rules.report.output.html,
-            plot_path=rules.report.output.plot, summary_path=rules.report.output.json,
+            charts_dir=rules.report.output.charts, summary_path=rules.report.output.json,
             realistic_path=REALISTIC, dag_failures=DAG_FAILURES, run_stages=get_run_stages(),
             # records of jobs that had to run and did not finish are outdated, failure records
             # older than this run are not this run's

@@ -1,5 +1,6 @@
 from nnbridge.bench.fold import benchmark_fold
-from nnbridge.core.runlog import logged, read_json, write_json
+from nnbridge.core.records import BenchmarkRecord, PeakRecord
+from nnbridge.core.runlog import logged, read_json
 
 with logged(snakemake.log[0]):
     record = benchmark_fold(
@@ -10,8 +11,8 @@ with logged(snakemake.log[0]):
         warmup=snakemake.params.warmup,
         repeats=snakemake.params.repeats,
         stop=snakemake.params.stop,
-        peak=read_json(snakemake.input.peak),
+        peak=PeakRecord.read(snakemake.input.peak).to_dict(),
     )
-    write_json(snakemake.output.json, record)
+    BenchmarkRecord.of(record).write(snakemake.output.json)
     for key, where in record["timed_on"].items():
         print(key, record["results"].get(key, {}).get("p50_ms"), "ms, timed on", where)

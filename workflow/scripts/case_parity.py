@@ -1,7 +1,8 @@
 from pathlib import Path
 
 from nnbridge.validate.caseparity import heldout_image_cases, run_case_parity, validation_cases
-from nnbridge.core.runlog import logged, read_json, write_json
+from nnbridge.core.records import CaseParityRecord
+from nnbridge.core.runlog import logged, read_json
 
 with logged(snakemake.log[0]):
     dataset_json = read_json(snakemake.input.dataset)
@@ -30,7 +31,7 @@ with logged(snakemake.log[0]):
         threads=snakemake.params.threads,
         trusted=snakemake.params.trusted,
     )
-    write_json(snakemake.output.json, record)
+    CaseParityRecord.of(record).write(snakemake.output.json)
     for name, result in record["variants"].items():
         print(name, result["backend"], f"SKIPPED: {result['skipped']}" if result.get("skipped") else
               ("PASS" if result["passed"] else "FAIL"), "voxel agreement", result.get("min_voxel_agreement"),

@@ -2,7 +2,8 @@ from pathlib import Path
 
 from nnbridge.demo.nets import train_demo_net
 from nnbridge.patches.sampling import fold_cases
-from nnbridge.core.runlog import logged, write_json
+from nnbridge.core.records import DemoNetRecord
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     entry = snakemake.params.entry
@@ -18,5 +19,5 @@ with logged(snakemake.log[0]):
         seed=snakemake.params.seed,
         threads=snakemake.threads,
     )
-    write_json(snakemake.output.json, summary)
+    DemoNetRecord.of(summary).write(snakemake.output.json)
     print(summary)

@@ -1,6 +1,7 @@
 from nnbridge.export.onnx_export import export_onnx
 from nnbridge.models.loader import load_model
-from nnbridge.core.runlog import logged, note, write_json
+from nnbridge.core.records import ExportRecord
+from nnbridge.core.runlog import logged, note
 
 with logged(snakemake.log[0]):
     fold = load_model(snakemake.params.source)
@@ -9,5 +10,5 @@ with logged(snakemake.log[0]):
     print(fold.weight_check.summary())
     record = export_onnx(fold, snakemake.output.onnx, opset=snakemake.params.opset)
     record["checkpoint_weights"] = fold.weight_check.to_dict()
-    write_json(snakemake.output.json, record)
+    ExportRecord.of(record).write(snakemake.output.json)
     print(record["weights"]["summary"], record["shape_checks"])

@@ -1,6 +1,7 @@
 from nnbridge.patches.images import write_image_patch_sets
 from nnbridge.patches.sampling import copy_patch_sets, write_patch_sets
-from nnbridge.core.runlog import logged, write_json
+from nnbridge.core.records import PatchesRecord
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     source = snakemake.params.source
@@ -42,4 +43,4 @@ with logged(snakemake.log[0]):
             multiple=source.get("spatial_multiple", 1),
             dynamic_spatial="spatial" in source.get("dynamic_axes", ["batch", "spatial"]),
         )
-    write_json(snakemake.output.json, summary)
+    PatchesRecord.of(summary).write(snakemake.output.json)

@@ -1,6 +1,7 @@
 from nnbridge.patches.sampling import load_patches
 from nnbridge.quantize import quantize_variant
-from nnbridge.core.runlog import logged, write_json
+from nnbridge.core.records import QuantizeRecord
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     record = quantize_variant(
@@ -13,5 +14,5 @@ with logged(snakemake.log[0]):
         cpu=snakemake.params.cpu,
         src_record=snakemake.input.record,
     )
-    write_json(snakemake.output.json, record)
+    QuantizeRecord.of(record).write(snakemake.output.json)
     print(record)

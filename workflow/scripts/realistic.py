@@ -1,7 +1,8 @@
 from pathlib import Path
 
 from nnbridge.bench.realistic import realistic_benchmark
-from nnbridge.core.runlog import logged, read_json, write_json
+from nnbridge.core.records import PeakRecord, RealisticRecord
+from nnbridge.core.runlog import logged
 
 with logged(snakemake.log[0]):
     record = realistic_benchmark(
@@ -14,7 +15,7 @@ with logged(snakemake.log[0]):
         int8=snakemake.params.int8,
         plans=snakemake.input.get("plans"),
         configuration=snakemake.params.configuration,
-        peak=read_json(snakemake.input.peak),
+        peak=PeakRecord.read(snakemake.input.peak).to_dict(),
     )
-    write_json(snakemake.output.json, record)
+    RealisticRecord.of(record).write(snakemake.output.json)
     print(record["targets"])

@@ -1,5 +1,6 @@
 from nnbridge.patches.sampling import load_patches
-from nnbridge.core.runlog import logged, write_json
+from nnbridge.core.records import SimplifyRecord
+from nnbridge.core.runlog import logged
 from nnbridge.export.simplify import simplify_onnx
 
 with logged(snakemake.log[0]):
@@ -8,5 +9,5 @@ with logged(snakemake.log[0]):
         snakemake.input.onnx, snakemake.output.onnx, check, atol=snakemake.params.atol,
         src_record=snakemake.input.record,
     )
-    write_json(snakemake.output.json, record)
+    SimplifyRecord.of(record).write(snakemake.output.json)
     print(record)

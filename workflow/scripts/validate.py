@@ -1,7 +1,8 @@
 from pathlib import Path
 
-from nnbridge.core.runlog import logged, read_json, write_json
+from nnbridge.core.runlog import logged, read_json
 from nnbridge.patches.sampling import load_patches
+from nnbridge.core.records import ParityRecord
 from nnbridge.validate.parity import validate_fold
 
 with logged(snakemake.log[0]):
@@ -14,6 +15,6 @@ with logged(snakemake.log[0]):
         cache_dir=Path(snakemake.output.json).parent / "cache",
         cache_salt=snakemake.params.code,
     )
-    write_json(snakemake.output.json, record)
+    ParityRecord.of(record).write(snakemake.output.json)
     for name, result in record["variants"].items():
         print(name, "PASS" if result["passed"] else "FAIL", result.get("failures"))

@@ -13,9 +13,11 @@ import numpy as np
 
 from ..bench.sweep import MIN_GAIN
 from ..core.errors import NNBridgeError
-from ..core.keys import fold_order
+from ..core.keys import Variant, fold_order
 from ..core.metadata import inference_precision, read_metadata
-from ..core.runlog import read_json, sha256_file, verify_recorded
+from ..core.records import BenchmarkRecord, BundleManifest, ParityRecord, Sweep
+from ..core.runlog import sha256_file, verify_recorded
+from ..core.stats import median
 from ..predict.bundle import FORMAT, MANIFEST, refuse_cascade
 from ..predict.verify import SELFCHECK_DIR
 from ..runtime import ONNX_BACKENDS
@@ -118,19 +120,12 @@ def write_bundle(
         manifest["selfcheck"] = {"files": files, "sha256": sums, "shape": shapes,
                                  "bytes": sum((out_dir / rel).stat().st_size for rel in files.values()),
                                  "reference": "PyTorch eager label maps on the stored float16 patches"}
+    record = BundleManifest.of(manifest)
     tmp = out_dir / f".{MANIFEST}.partial"  # the manifest last, whole: a bundle without it is no bundle
-    tmp.write_text(json.dumps(manifest, indent=2))
+    record.write(tmp)
     os.replace(tmp, out_dir / MANIFEST)
-    return manifest
+    return record.to_dict()
 
-
-def _sweep_key(name: str, backend: str) -> str:
-    """A variant's name in the benchmark on ``backend`` (``name`` on ONNX Runtime, else ``name@backend``)."""
-    return name if backend == "onnxruntime" else f"{name}@{backend}"
-
-
-def _median(values: list[float]) -> float:
-    return float(np.median(values))
 
 
 def _fastest_threads(rows: list[dict[str, Any]]) -> tuple[int | None, str]:
@@ -142,29 +137,29 @@ def _fastest_threads(rows: list[dict[str, Any]]) -> tuple[int | None, str]:
                 by_threads.setdefault(int(t), []).append(float(ms))
     if not by_threads:
         return None, "no timing succeeded"
-    medians = {t: _median(v) for t, v in sorted(by_threads.items())}
+    medians = {t: median(v) for t, v in sorted(by_threads.items())}
     best = min(medians, key=lambda t: medians[t])
     timings = ", ".join(f"{t}: {ms:.1f} ms" for t, ms in medians.items())
     return best, f"lowest median p50 at {best} of {', '.join(map(str, medians))} threads ({timings})"
 
 
-def _batch_choice(sweeps: list[dict[str, Any]], key: str, min_gain: float) -> tuple[int, str]:
+def _batch_choice(sweeps: list[Sweep], key: Variant, min_gain: float) -> tuple[int, str]:
     """The sweep's batch if its time per patch beats batch 1 at full threads by more than
     ``min_gain`` (medians over folds), else 1."""
-    batch = int(sweeps[0].get("batch", 1))
-    pairs = [(s["results"][key]["p50_ms_by_threads"].get(str(max(s["threads"]))),
-              s["results"][key].get("p50_ms_per_patch_at_batch")) for s in sweeps if int(s.get("batch", 1)) == batch]
+    batch = int(sweeps[0].batch)
+    pairs = [(s.results[key]["p50_ms_by_threads"].get(str(max(s.threads))),
+              s.results[key].get("p50_ms_per_patch_at_batch")) for s in sweeps if int(s.batch) == batch]
     pairs = [(one, per) for one, per in pairs if one is not None and per is not None]
     if batch <= 1 or not pairs:
         return 1, "batch 1 only (the sweep timed no larger batch)"
-    one, per = _median([p[0] for p in pairs]), _median([p[1] for p in pairs])
+    one, per = median(p[0] for p in pairs), median(p[1] for p in pairs)
     faster = per < one * (1 - min_gain)
     verdict = "more" if faster else "not more"
     return (batch if faster else 1), (f"{per:.1f} ms per window at batch {batch} vs {one:.1f} ms at batch 1, "
                                       f"{verdict} than {min_gain:.0%} faster")
 
 
-def run_settings(sweeps: list[dict[str, Any]], name: str) -> dict[str, dict[str, Any]]:
+def run_settings(sweeps: list[Sweep], name: str) -> dict[str, dict[str, Any]]:
     """Per runtime, the threads and batch size ``nnbridge predict`` uses for variant ``name``,
     from the benchmark's thread/batch sweeps (one per fold): the variant's own sweep on that
     runtime, else that of the fp32 graph (:data:`SWEPT_GRAPH`) on the same runtime. ``threads``
@@ -172,15 +167,15 @@ def run_settings(sweeps: list[dict[str, Any]], name: str) -> dict[str, dict[str,
 
     out = {}
     for backend in ONNX_BACKENDS:
-        keys = [_sweep_key(n, backend) for n in dict.fromkeys((name, SWEPT_GRAPH))]
-        key = next((k for k in keys if any(k in s.get("results", {}) for s in sweeps)), None)
+        keys = [Variant(n, backend) for n in dict.fromkeys((name, SWEPT_GRAPH))]
+        key = next((k for k in keys if any(k in s.results for s in sweeps)), None)
         if key is None:
-            why = f"default: the benchmark swept no {' or '.join(keys)}"
+            why = f"default: the benchmark swept no {' or '.join(map(str, keys))}"
             out[backend] = {"threads": None, "batch_size": 1, "from": {"threads": why, "batch_size": why}}
             continue
-        swept = [s for s in sweeps if key in s.get("results", {})]
+        swept = [s for s in sweeps if key in s.results]
         source = f"sweep of {key}" + ("" if key == keys[0] else ", the fp32 graph on this runtime")
-        threads, threads_why = _fastest_threads([s["results"][key] for s in swept])
+        threads, threads_why = _fastest_threads([s.results[key] for s in swept])
         batch, batch_why = _batch_choice(swept, key, MIN_GAIN)
         out[backend] = {"threads": threads, "batch_size": batch,
                         "from": {"threads": f"{source}: {threads_why}", "batch_size": f"{source}: {batch_why}"}}
@@ -209,39 +204,38 @@ def build_from_pipeline(
     first = next(iter(folds.values()))["files"][variant_names[0]]
     meta = read_metadata(Path(first))
     refuse_cascade(meta.get("configuration"), meta.get("previous_stage"), first)
-    parity = {f: read_json(spec["parity"]) for f, spec in folds.items()}
-    bench = {f: read_json(spec["benchmark"]) for f, spec in folds.items()}
+    parity = {f: ParityRecord.read(spec["parity"]) for f, spec in folds.items()}
+    bench = {f: BenchmarkRecord.read(spec["benchmark"]) for f, spec in folds.items()}
     variants: dict[str, dict[str, Any]] = {}
     for name in variant_names:
         gates: dict[str, dict[str, bool]] = {}
         recheck: dict[str, dict[str, Any]] = {}
         latencies: dict[str, list[float]] = {}
         # the ONNX Runtime settings the benchmark chose (first fold's; each fold searched alone)
-        tuned = [bench[f].get("tuning", {}).get(name, {}).get("chosen") for f in folds]
+        tuned = [bench[f].tuning[Variant(name)].chosen for f in folds if Variant(name) in bench[f].tuning]
         for fold in folds:
             gates[fold] = {}
-            for key, verdict in parity[fold]["variants"].items():
-                base, _, backend = key.partition("@")
-                if base == name:
-                    gates[fold][backend or "onnxruntime"] = bool(verdict["passed"])
-                    bounds = {k: v for k, v in (verdict.get("tolerance") or {}).items()
-                              if k in ("min_dice", "min_case_dice", "min_case_voxels") and v is not None}
-                    at_gate = ((parity[fold].get("selfcheck") or {}).get("variants") or {}).get(key)
-                    if bounds and at_gate:
-                        recheck.setdefault(fold, {})[backend or "onnxruntime"] = {
-                            "tolerance": bounds,
-                            "at_gate": {k: at_gate.get(k) for k in ("min_dice", "min_case_dice")}}
-            for key, res in bench[fold].get("results", {}).items():
-                base, _, backend = key.partition("@")
-                if base == name and "p50_ms" in res:
-                    latencies.setdefault(backend or "onnxruntime", []).append(float(res["p50_ms"]))
+            at_gate_all = (parity[fold].extra.get("selfcheck") or {}).get("variants") or {}
+            for v, gate in parity[fold].variants.items():
+                if v.name != name:
+                    continue
+                gates[fold][v.backend] = bool(gate.passed)
+                bounds = {k: x for k, x in (gate.tolerance or {}).items()
+                          if k in ("min_dice", "min_case_dice", "min_case_voxels") and x is not None}
+                at_gate = at_gate_all.get(v.key)
+                if bounds and at_gate:
+                    recheck.setdefault(fold, {})[v.backend] = {
+                        "tolerance": bounds, "at_gate": {k: at_gate.get(k) for k in ("min_dice", "min_case_dice")}}
+            for v, result in bench[fold].results.items():
+                if v.name == name and result.timed:
+                    latencies.setdefault(v.backend, []).append(float(result.p50_ms))
         variants[name] = {
             "files": {fold: spec["files"][name] for fold, spec in folds.items()},
             "records": {fold: spec["records"][name] for fold, spec in folds.items() if spec.get("records")},
             "gates": gates,
-            "latency_ms": {b: round(float(np.median(v)), 3) for b, v in latencies.items()},
+            "latency_ms": {b: round(median(v), 3) for b, v in latencies.items()},
             "ort_settings": next((t for t in tuned if t is not None), {}),
-            "run_settings": run_settings([bench[f]["sweep"] for f in folds if bench[f].get("sweep")], name),
+            "run_settings": run_settings([bench[f].sweep for f in folds if bench[f].sweep], name),
             "recheck": recheck,
         }
     info = {
@@ -258,8 +252,8 @@ def build_from_pipeline(
     if info["configuration"] is None:
         raise NNBridgeError(f"{first}: no nnbridge metadata; bundles are built from nnbridge exports")
     selfcheck = {f: Path(spec["selfcheck"]) for f, spec in folds.items()
-                 if spec.get("selfcheck") and parity[f].get("selfcheck")}
-    gated_on = {f: parity[f]["cpu_kind"] for f in folds if parity[f].get("cpu_kind")}
+                 if spec.get("selfcheck") and parity[f].extra.get("selfcheck")}
+    gated_on = {f: parity[f].extra["cpu_kind"] for f in folds if parity[f].extra.get("cpu_kind")}
     return write_bundle(out_dir, plans_file=plans_file, dataset_file=dataset_file, info=info,
                         variants=variants, default_variant=default_variant, selfcheck=selfcheck,
                         gated_on=gated_on)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import NNBridgeError
-from ..core.runlog import read_json as read_json_file, sha256_file
+from ..core.runlog import read_json, sha256_file
 from . import TRAINER_DIR
 from .checkpoint import load_strictly, read_torch_file, strip_prefixes, verified
 from .loaded import LoadedFold
@@ -77,11 +77,8 @@ def fold_dirname(fold: str | int) -> str:
     return f"fold_{fold}"
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """plans.json / dataset.json of a model folder, or one line naming the file (and the line of a
-    JSON syntax error)."""
-    return read_json_file(path, fix="an nnU-Net model folder holds plans.json and dataset.json: copy it again "
-                                      "from the model folder nnU-Net wrote")
+MODEL_FOLDER_FILES = ("an nnU-Net model folder holds plans.json and dataset.json: copy it again from the model "
+                      "folder nnU-Net wrote")
 
 
 def total_stride(pool_op_kernel_sizes: list[list[int]] | tuple) -> tuple[int, ...]:
@@ -103,8 +100,8 @@ def load_nnunet_fold(
     model_folder = Path(model_folder)
     checkpoint_path = model_folder / fold_dirname(fold) / checkpoint_name
     checkpoint = load_checkpoint(checkpoint_path, trusted=trusted)
-    plans = read_json(model_folder / "plans.json")
-    dataset_json = read_json(model_folder / "dataset.json")
+    plans = read_json(model_folder / "plans.json", fix=MODEL_FOLDER_FILES)
+    dataset_json = read_json(model_folder / "dataset.json", fix=MODEL_FOLDER_FILES)
     configuration = checkpoint["init_args"]["configuration"]
     trainer_name = checkpoint["trainer_name"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import NNBridgeError
-from ..core.keys import fold_order
+from ..core.keys import Variant, fold_order
 from ..core.plans import configuration_of, default_previous_stage_segs, previous_stage
 from ..core.runlog import read_json
 from ..intake.images import ImageSet, list_image_cases
@@ -495,7 +495,7 @@ def fold_variants(results: str, key: FoldKey, config: dict[str, Any],
             continue
         for name, variant in list(variants.items()):
             if variant["kind"] == "onnx" and variant["backend"] == "onnxruntime":
-                variants[f"{name}@{backend}"] = {**variant, "backend": backend}
+                variants[Variant(name, backend).key] = {**variant, "backend": backend}
     for name in openvino_only:
         variants.pop(name, None)
     return variants
@@ -515,7 +515,7 @@ def record_of(artifact: str) -> str:
 
 def base_variant(name: str) -> str:
     """The artifact behind a variant name: ``onnx_fp32@openvino`` → ``onnx_fp32``."""
-    return name.split("@", 1)[0]
+    return Variant.parse(name).name
 
 
 def artifact_paths(variants: dict[str, dict[str, str]]) -> dict[str, str]:

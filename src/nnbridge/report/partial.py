@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from ..core.runlog import one_line_cause
-from .build import build_report
+from .render import build_report
 from .failures import incomplete_path
 
-PATH_KEYS = ("md_path", "html_path", "plot_path", "summary_path")
+PATH_KEYS = ("md_path", "html_path", "charts_dir", "summary_path")
 
 
 def write_partial_report(entries: list[dict[str, Any]], **paths_and_failures: Any) -> list[dict[str, Any]] | None:
-    """:func:`~nnbridge.report.build.build_report` on what exists, to the report's paths with
+    """:func:`~nnbridge.report.render.build_report` on what exists, to the report's paths with
     ``_incomplete`` added (:func:`~nnbridge.report.failures.incomplete_path`); prints one line
     saying where it is and how many stages failed. It never raises (the run's own error is what
     the caller reports): a report that cannot be written is said in one line, and no half-written
@@ -30,7 +30,8 @@ def write_partial_report(entries: list[dict[str, Any]], **paths_and_failures: An
         failed = build_report(entries, **kwargs)
     except Exception as exc:  # noqa: BLE001 - a partial report must never hide the run's failure
         for key in PATH_KEYS:
-            Path(kwargs[key]).unlink(missing_ok=True)
+            if Path(kwargs[key]).is_file():
+                Path(kwargs[key]).unlink()
         print(f"nnbridge: could not write the report of the failed run ({one_line_cause(exc)})", file=sys.stderr)
         return None
     print(f"nnbridge: report of what finished written to {kwargs['html_path']} and {kwargs['md_path']} "
