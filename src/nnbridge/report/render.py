@@ -238,7 +238,8 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
     shown in the verdict, and only the folds that finished go into the tables. ``workdir``: where
     Snakemake's records give the pipeline's own run time per stage. Returns the failed stages."""
     rows = failed_stages(entries, dag_failures, run_stages, unfinished, since)
-    failures = [*failures, *(StageFailure(f"{r['dataset']} / {r['model']}", r["fold"], r["stage"], r["cause"],
+    given = list(failures)
+    failures = [*given, *(StageFailure(f"{r['dataset']} / {r['model']}", r["fold"], r["stage"], r["cause"],
                                           r["log"]) for r in rows)]
     finished = [e for e in entries if complete(e, unfinished)]
     run = collect(finished, realistic_path, failures, stage_times(workdir) if workdir is not None else None)
@@ -246,7 +247,7 @@ def build_report(entries: list[dict[str, Any]], *, md_path: str | Path, html_pat
     models = model_views(run, charts_dir, md_path.parent)
     sections = [s for s in detail_sections(run) if s.table is not None]
     summary = summarize(run, {m.name: m.card for m in models})
-    summary["failed_stages"] = rows
+    summary["failed_stages"] = [*(f._asdict() for f in given), *rows]
     if run.stage_times:
         summary["run_time"] = {k: v for k, v in run.stage_times.items() if k != "stages"}
     Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
