@@ -37,7 +37,7 @@ BAD_INPUTS = {
     "NaN logits (one voxel) against a min_dice-only gate": "gate FAILED: non-finite max_abs_err",
     "all-NaN logits": "gate FAILED: non-finite",
     "NaN logits on whole cases": "case FAILED: non_finite",
-    "NaN voxel in a plain model's held-out patches (validate_fold)": "every variant FAILED",
+    "NaN voxel in a plain model's held-out patches (validate_source)": "every variant FAILED",
     "one NaN voxel in user patches": "<file>: 1 NaN/Inf value(s) in 1 of 2 patches",
     "all-NaN user patches": "NaN/Inf value(s) in 2 of 2 patches",
     "Inf in user patches": "NaN/Inf value(s)",
@@ -156,7 +156,7 @@ def test_non_finite_metrics_fail_every_gate():
 def test_nan_in_held_out_patches_fails_every_variant(plain):
     """The issue's case: one NaN voxel in a plain model's held-out patches gave every variant
     "passed": true with max_abs_err NaN."""
-    from nnbridge.validate.parity import validate_fold
+    from nnbridge.validate.parity import validate_source
 
     root, source = plain
     patches = _patches()
@@ -165,7 +165,7 @@ def test_nan_in_held_out_patches_fails_every_variant(plain):
                               "record": str(root / "export/export.json")},
                 "onnx_fp32@openvino": {"kind": "onnx", "path": str(root / "export/model.onnx"),
                                        "backend": "openvino"}}
-    record = validate_fold(source, patches, variants, {n: {"min_dice": 0.99} for n in variants}, threads=1)
+    record = validate_source(source, patches, variants, {n: {"min_dice": 0.99} for n in variants}, threads=1)
     assert not record["all_passed"]
     for name, result in record["variants"].items():
         assert not result["passed"] and "non-finite" in result["failures"][0], (name, result)
@@ -217,13 +217,14 @@ def test_patches_stage_refuses_unusable_patches(tmp_path, array, kwargs, message
 def test_every_stage_checks_its_upstream_sha256(plain, tmp_path):
     """export → simplify → quantize → validate/benchmark → bundle: a file changed after its stage
     wrote it is refused in one line naming the file and the record, before anything is written."""
+    from nnbridge.bench.artifact import benchmark_artifact
     from nnbridge.bench.fold import benchmark_fold
     from nnbridge.bundle.build import write_bundle
     from nnbridge.core.runlog import write_json
     from nnbridge.export.simplify import simplify_onnx
     from nnbridge.patches.sampling import copy_patch_sets, load_patches
     from nnbridge.quantize import quantize_variant
-    from nnbridge.validate.parity import validate_fold
+    from nnbridge.validate.parity import validate_source
 
     root, source = plain
     work = tmp_path / "fold"
@@ -262,8 +263,10 @@ def test_every_stage_checks_its_upstream_sha256(plain, tmp_path):
     # validate and benchmark check every variant before running any
     variants = {"onnx_simplified": {"kind": "onnx", "path": str(work / "simplify/model.onnx"),
                                     "record": str(work / "simplify/simplify.json")}}
-    for run in (lambda: validate_fold(source, held, variants, {}),
-                lambda: benchmark_fold(source, variants, threads=1, warmup=0, repeats=1)):
+    for run in (lambda: validate_source(source, held, variants, {}),
+                lambda: benchmark_artifact("onnx_simplified", source, variants, work / "export/model.onnx",
+                                           threads=1, warmup=0, repeats=1),
+                lambda: benchmark_fold(source, variants, {}, threads=1, warmup=0, repeats=1)):
         with pytest.raises(NNBridgeError, match=r"simplify/model\.onnx: sha256 .*/simplify\.json states") as info:
             run()
         one_line(str(info.value))
@@ -775,8 +778,9 @@ def test_a_rerun_redoes_only_what_failed_and_refuses_without_keep_going(pipeline
     proc = _snakemake(work, "-n")
     text = proc.stdout + proc.stderr
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", text.split("Job stats:", 1)[1], re.M))
-    assert jobs == {"export_onnx": "1", "simplify": "1", "validate": "1", "benchmark": "1", "report": "1",
-                    "all": "1", "total": "6"}, text
+    # the bad model's stages (its three artifacts timed once each: torch eager, ONNX fp32, simplified)
+    assert jobs == {"export_onnx": "1", "simplify": "1", "reference": "1", "validate": "1", "benchmark_artifact": "3",
+                    "benchmark": "1", "report": "1", "all": "1", "total": "10"}, text
     outputs = re.findall(r"^\s+output: (.*)$", text, re.M)
     assert outputs and not [o for o in outputs if "/good/" in o]  # the good model's stages are done
     # without --keep-going (no workstation profile) the run refuses before any job starts
