@@ -1,6 +1,7 @@
 rule simplify:
     input:
         onnx=rules.export_onnx.output.onnx,
+        record=rules.export_onnx.output.json,
         heldout=rules.patches.output.heldout,
     output:
         onnx=f"{FOLD_DIR}/simplify/model.onnx",
