@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..bench.measure import benchmark_variants
 from ..export.onnx_export import export_onnx
 from ..export.simplify import simplify_onnx
 from ..export.torchscript_export import export_torchscript
@@ -221,9 +222,8 @@ ZOO_CONFIG: dict[str, Any] = {
         "int8_static": {"method": "static", "format": "QDQ", "per_channel": True,
                         "calibrate_method": "MinMax", "symmetric_activations": False},
         "int8_accurate": {"method": "static", "symmetric_activations": True,
-                          # 0.95: each round that misses it ranks every block (~0.5 s each)
-                          "accuracy_aware": {"min_dice": 0.95, "max_steps": 1, "exclude_per_step": 1,
-                                             "patches": 4}},
+                          "accuracy_aware": {"min_dice": 0.995, "max_steps": 1, "exclude_per_step": 1,
+                                             "max_trials": 3, "patches": 4}},
     },
     "backends": ["onnxruntime", "openvino"],
     "validate": {
@@ -364,3 +364,20 @@ def _stage_of(variant: str) -> str:
     base = variant.split("@", 1)[0]
     return {"torchscript": "export_torchscript", "onnx_fp32": "export_onnx",
             "onnx_simplified": "simplify"}.get(base, base)
+
+
+def measure_speed(entry: dict[str, Any], records: dict[str, Any], folder: Path, *, threads: int = 2,
+                  warmup: int = 3, repeats: int = 20) -> dict[str, Any]:
+    """Latency of torch eager and of every variant the run produced, each in its own process
+    (:func:`nnbridge.bench.measure.benchmark_variants`), batch 1 at the example size; speed-ups
+    against torch eager."""
+    folder = Path(folder)
+    source = next(iter(discover_models([entry]).values())).source("all")
+    specs: dict[str, dict[str, Any]] = {"torch_eager": {"backend": "torch", "source": source}}
+    for name, variant in records.get("validate", {}).get("variants", {}).items():
+        if variant.get("skipped") or "path" not in variant:
+            continue
+        backend = variant["backend"] if variant["kind"] == "onnx" else "torchscript"
+        specs[name] = {"backend": backend, "path": variant["path"], "profile": False}
+    shape = (1, int(entry["input_channels"]), *entry["example_size"])
+    return benchmark_variants(specs, shape, threads, warmup, repeats)

@@ -62,20 +62,25 @@ def worst_agreement(path: Path, check: np.ndarray, reference: np.ndarray, labels
 def block_sensitivity(src: Path, calibration: np.ndarray, check: np.ndarray, reference: np.ndarray,
                       labels: dict[int, str], region_based: bool, settings: dict[str, Any],
                       excluded: list[str], cache: Path, threads: int,
-                      backends: tuple[str, ...] = ("onnxruntime",)) -> list[dict[str, Any]]:
+                      backends: tuple[str, ...] = ("onnxruntime",),
+                      max_trials: int | None = None) -> list[dict[str, Any]]:
     """Quantize one block at a time the other way round: for every block (:func:`layer_blocks`)
     not yet excluded, keep it in fp32 on top of ``excluded`` and measure the label maps against
     fp32 on ``check`` (on every backend; the worst counts). Calibration runs once (``cache``);
     each trial only rewrites the graph.
 
-    Sorted best first: highest per-class Dice, then lowest mean logit error.
+    ``max_trials``: try only that many blocks, the ones nearest the output (the label maps
+    depend on the last layers most directly; a transformer has one block per matrix multiply,
+    each trial costs a quantization and a run). Sorted best first: highest per-class Dice, then
+    lowest mean logit error.
     """
     trials = []
+    blocks = [b for b in layer_blocks(onnx.load(str(src), load_external_data=False)) if b["node"] not in excluded]
+    if max_trials:
+        blocks = blocks[-int(max_trials):]
     with tempfile.TemporaryDirectory(prefix="nnbridge-trial-") as tmp:
         trial = Path(tmp) / "trial.onnx"
-        for block in layer_blocks(onnx.load(str(src), load_external_data=False)):
-            if block["node"] in excluded:
-                continue
+        for block in blocks:
             _quantize_static(src, trial, calibration, settings, [*excluded, *block["nodes"]], cache)
             metrics = worst_agreement(trial, check, reference, labels, region_based, threads, backends)
             trials.append({**{k: block[k] for k in ("node", "module", "op", "nodes")},
@@ -91,7 +96,8 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
 
     ``settings["accuracy_aware"]``: ``min_dice`` (per class, INT8 vs the fp32 ONNX model on the
     calibration patches), ``max_steps`` (exclusion rounds), ``exclude_per_step`` (blocks kept in
-    fp32 per round, chosen by :func:`block_sensitivity`), ``patches`` (how many calibration
+    fp32 per round, chosen by :func:`block_sensitivity`; ``max_trials``: among that many blocks
+    nearest the output, default all), ``patches`` (how many calibration
     patches the checks use). The Dice counted is the worst over ``backends`` (the same QDQ graph
     gives different label maps on ONNX Runtime and OpenVINO); each round ranks the blocks on the
     runtime that disagrees most. Every step is recorded with the
@@ -126,7 +132,8 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
             # the trials' cost that of a single-runtime loop)
             worst_backend = min(metrics["min_dice_by_backend"], key=metrics["min_dice_by_backend"].get)
             ranking = block_sensitivity(Path(src), calibration, check, reference, labels, region_based,
-                                        settings, excluded, cache, threads, (worst_backend,))
+                                        settings, excluded, cache, threads, (worst_backend,),
+                                        aa.get("max_trials"))
             steps[-1]["ranked_on"] = worst_backend
             if not ranking:
                 break
@@ -140,6 +147,7 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     passed = steps[-1]["min_dice"] >= target
     record["accuracy_aware"] = {
         "min_dice": target, "max_steps": max_steps, "exclude_per_step": per_step,
+        "max_trials": aa.get("max_trials"),
         "check_patches": int(len(check)), "reference": "fp32 ONNX on the calibration patches",
         "backends": list(backends),
         "fp32_latency_ms": fp32_ms, "steps": steps, "passed": passed,

@@ -1,0 +1,302 @@
+"""The networks people train with MONAI and segmentation_models_pytorch, by configuration alone.
+
+Each network of the zoo (nnbridge.demo.zoo: tiny, seeded, trained a dozen steps, saved in one of
+the usual wrappings) is listed as a user lists it — class, init kwargs, channels, example size,
+patches; no spatial multiple, no output index — and run through the pipeline's stages: load →
+ONNX and TorchScript export with weight proofs → simplify → INT8 static and accuracy-aware →
+parity of every variant on ONNX Runtime and OpenVINO against eager PyTorch. A stage that cannot
+work for a network is SKIPPED with its cause; here none does (the records say so per stage).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from nnbridge.core.errors import NNBridgeError
+from nnbridge.demo.zoo import STAGES, ZOO, prepare, run_entry
+from nnbridge.export.onnx_export import export_onnx
+from nnbridge.export.weights import verify_derived_graph, verify_onnx_weights
+from nnbridge.models.loader import load_model
+from nnbridge.pipeline.plan import discover_models
+
+BY_NAME = {net.name: net for net in ZOO}
+EXACT = ("torchscript", "onnx_fp32", "onnx_simplified", "onnx_fp32@openvino", "onnx_simplified@openvino")
+INT8 = ("int8_static", "int8_accurate", "int8_static@openvino", "int8_accurate@openvino")
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """name → (config entry, stage records, folder), each network run once, when first asked."""
+    root = tmp_path_factory.mktemp("zoo")
+    runs: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in runs:
+            folder = root / name
+            entry = prepare(BY_NAME[name], folder)
+            runs[name] = (entry, run_entry(entry, folder), folder)
+        return runs[name]
+
+    return get
+
+
+def _source(entry):
+    return next(iter(discover_models([entry]).values())).source("all")
+
+
+def _plant(model: onnx.ModelProto, name: str, index: int = 0, delta: float = 1e-3) -> onnx.ModelProto:
+    """A copy of ``model`` with one element of initializer ``name`` changed."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    init = next(i for i in model.graph.initializer if i.name == name)
+    array = numpy_helper.to_array(init).copy()
+    array.flat[index] += delta
+    init.CopyFrom(numpy_helper.from_array(array, name))
+    return model
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_network_runs_every_stage_by_configuration(zoo, name):
+    entry, records, _ = zoo(name)
+    assert not {"spatial_multiple", "output_index", "output_key", "dynamic_axes"} & set(entry)
+    assert set(records) == set(STAGES)
+    for stage, record in records.items():
+        assert record["status"] in ("ok", "SKIPPED"), (stage, record)
+        if record["status"] == "SKIPPED":  # a cause in one line, the other stages went on
+            assert record["cause"] and "\n" not in record["cause"], (stage, record)
+    for stage in ("load", "export_onnx", "simplify", "validate"):
+        assert records[stage]["status"] == "ok", (stage, records[stage])
+    assert records["load"]["weights"]["ok"]
+    proof = records["export_onnx"]["weights"]
+    assert proof["ok"] and proof["summary"].startswith("weights verified") and not proof["missing"]
+    assert sum(proof["matched"].values()) == proof["n_tensors"] == len(proof["tensors"])
+    simplified = records["simplify"]
+    assert simplified["kept_simplified"] and simplified["weights"]["ok"], simplified
+    if records["export_torchscript"]["status"] == "ok":
+        assert records["export_torchscript"]["weights"]["ok"]
+    variants = records["validate"]["variants"]
+    assert set(variants) == {*EXACT, *INT8}
+    for variant in EXACT:  # exact variants pass their tight gates on both runtimes
+        result = variants[variant]
+        assert result.get("skipped") or result["passed"], (variant, result)
+    for variant in INT8:  # the INT8 gate is evaluated on both runtimes (its verdict is the CPU's)
+        result = variants[variant]
+        assert result.get("skipped") or 0.0 <= result["min_dice"] <= 1.0, (variant, result)
+
+
+def test_done_when_monai_unet_from_dataparallel_with_prelu(zoo):
+    """The issue's first checkpoint: UNet(num_res_units=1) saved from nn.DataParallel."""
+    entry, records, _ = zoo("monai_unet")
+    assert "module." in records["load"]["weights_origin"]
+    proof = records["export_onnx"]["weights"]
+    slopes = [k for k in proof["tensors"] if k.endswith("adn.A.weight")]
+    assert len(slopes) == 6 and proof["summary"] == "weights verified: 26 tensors (name 20, reshaped 6)"
+    assert all(proof["tensors"][k]["how"] == "reshaped" for k in slopes)
+    assert records["export_onnx"]["spatial"]["spatial_multiple"] == [4, 4, 4]
+    assert records["export_onnx"]["dynamic_axes"] == ["batch", "spatial"]
+    assert records["export_torchscript"]["weights"]["summary"] == "weights verified: 26 tensors"
+    assert records["simplify"]["weights"]["ok"]
+
+
+def test_done_when_monai_basicunetplusplus_list_output_in_model_state_dict(zoo):
+    """The issue's second checkpoint: forward returns a one-element list, saved as
+    {"model_state_dict": ..., "epoch": 300}."""
+    entry, records, _ = zoo("monai_basicunetpp")
+    load = records["load"]
+    assert "model_state_dict" in load["weights_origin"]
+    assert load["output"]["returns"] == "list" and load["output"]["n"] == 1 and load["output"]["index"] == 0
+    assert records["export_onnx"]["weights"]["summary"].startswith("weights verified")
+    graph = onnx.load(records["export_onnx"]["path"]).graph
+    assert [o.name for o in graph.output] == ["logits"]
+    # MONAI pads odd sizes in Python: the trace holds at multiples of the total stride only
+    assert records["export_onnx"]["spatial"]["spatial_multiple"] == [16, 16]
+    assert "raised" in records["export_onnx"]["spatial"]
+
+
+def test_planted_wrong_prelu_slope_is_caught(zoo):
+    entry, records, folder = zoo("monai_unet")
+    fold = load_model(_source(entry))
+    export = onnx.load(str(folder / "export" / "model.onnx"))
+    key = "model.1.submodule.0.conv.unit0.adn.A.weight"
+    held = records["export_onnx"]["weights"]["tensors"][key]["initializers"][0]
+    planted = _plant(export, held)
+    proof = verify_onnx_weights(planted, fold.weights, prefix=fold.weights_prefix)
+    assert not proof["ok"] and proof["missing"] == [key]
+    assert proof["summary"] == f"weights NOT verified: first mismatching tensor {key}"
+    # and in the simplified graph
+    simplified = onnx.load(str(folder / "simplify" / "model.onnx"))
+    name = next(n for n in (i.name for i in simplified.graph.initializer)
+                if np.array_equal(numpy_helper.to_array(next(i for i in simplified.graph.initializer if i.name == n)).ravel(),
+                                  fold.weights[key].numpy().ravel()))
+    assert not verify_derived_graph(_plant(simplified, name), export)["ok"]
+
+
+def test_planted_wrong_batchnorm_mean_is_caught_kept_and_folded(zoo, tmp_path):
+    """BatchNorm kept (by name), folded by onnxsim, folded by the exporter: a wrong running mean
+    is caught in each form."""
+    entry, records, folder = zoo("monai_attentionunet")
+    fold = load_model(_source(entry))
+    key = "model.0.conv.0.adn.N.running_mean"
+    export = onnx.load(str(folder / "export" / "model.onnx"))
+    assert records["export_onnx"]["weights"]["tensors"][key]["how"] == "name"
+    proof = verify_onnx_weights(_plant(export, key), fold.weights)
+    assert not proof["ok"] and proof["missing"] == [key]
+
+    # onnxsim folded BatchNorm into the convolutions: the mean lives in the folded bias only
+    simplified = onnx.load(str(folder / "simplify" / "model.onnx"))
+    hit = records["simplify"]["weights"]["tensors"][key]
+    assert hit["how"] == "folded" and hit["into"] == "BatchNormalization into Conv" and hit["exact"]
+    derived = verify_derived_graph(_plant(simplified, hit["initializers"][0]), export)
+    assert not derived["ok"] and key in derived["missing"]
+
+    # folded by the exporter (export.fold_batchnorm): bit for bit with torch's arithmetic
+    record = export_onnx(fold, tmp_path / "folded.onnx", fold_batchnorm=True)
+    folded = record["weights"]["tensors"][key]
+    assert folded["how"] == "folded" and "torch" in folded["arithmetic"], folded
+    assert record["weights"]["ok"] and not any(n.op_type == "BatchNormalization"
+                                               for n in onnx.load(str(tmp_path / "folded.onnx")).graph.node)
+    proof = verify_onnx_weights(_plant(onnx.load(str(tmp_path / "folded.onnx")), folded["initializers"][0]),
+                                fold.weights, reference=onnx.load(str(folder / "export" / "model.onnx")))
+    assert not proof["ok"] and key in proof["missing"]
+
+    # a network whose BatchNorm mean is not the checkpoint's: its export is deleted
+    with torch.no_grad():
+        dict(fold.network.named_buffers())[key][0] += 0.25
+    with pytest.raises(NNBridgeError, match=rf"weights NOT verified: first mismatching tensor {key}; .*deleted"):
+        export_onnx(fold, tmp_path / "wrong.onnx")
+    assert not (tmp_path / "wrong.onnx").exists()
+
+
+def test_transposed_linear_weights_and_gathered_tables(zoo):
+    """UNETR's Linear weights are transposed under MatMul; SwinUNETR's relative position tables
+    are gathered and folded by onnxsim: found, and a planted value is caught."""
+    entry, records, folder = zoo("monai_unetr")
+    proof = records["export_onnx"]["weights"]
+    transposed = [k for k, hit in proof["tensors"].items() if hit["how"] == "transposed"]
+    assert transposed and all(proof["tensors"][k]["perm"] == [1, 0] for k in transposed)
+    fold = load_model(_source(entry))
+    export = onnx.load(str(folder / "export" / "model.onnx"))
+    planted = verify_onnx_weights(_plant(export, proof["tensors"][transposed[0]]["initializers"][0], 5),
+                                  fold.weights, prefix=fold.weights_prefix)
+    assert planted["missing"] == [transposed[0]]
+
+    _, records, folder = zoo("monai_swinunetr")
+    gathered = {k: hit for k, hit in records["simplify"]["weights"]["tensors"].items()
+                if k.endswith("relative_position_bias_table")}
+    assert gathered and all(h["how"] == "folded" and "Gather" in h["ops"] for h in gathered.values())
+    export = onnx.load(str(folder / "export" / "model.onnx"))
+    simplified = onnx.load(str(folder / "simplify" / "model.onnx"))
+    key, hit = next(iter(gathered.items()))
+    derived = verify_derived_graph(_plant(simplified, hit["initializers"][0]), export, input_shape=(1, 1, 64, 64))
+    assert key in derived["missing"]
+
+
+class _SplitConv(torch.nn.Module):
+    """Uses its weight as two halves: the exporter folds the split into two initializers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(4, 1, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.w.split(2)
+        return torch.cat([torch.nn.functional.conv2d(x, a, padding=1),
+                          torch.nn.functional.conv2d(x, b * 1.0, padding=1)], 1)
+
+
+def test_split_weight_is_found_and_a_planted_piece_caught(tmp_path):
+    torch.manual_seed(0)
+    torch.save(_SplitConv().state_dict(), tmp_path / "split.pth")
+    (tmp_path / "split.py").write_text("import torch\n\n" + __import__("inspect").getsource(_SplitConv)
+                                       .replace("_SplitConv", "SplitConv"))
+    source = {"kind": "pytorch", "name": "s", "checkpoint": str(tmp_path / "split.pth"),
+              "class": f"{tmp_path / 'split.py'}:SplitConv", "init_kwargs": {}, "input_channels": 1,
+              "example_size": [8, 8]}
+    fold = load_model(source)
+    record = export_onnx(fold, tmp_path / "split.onnx")
+    hit = record["weights"]["tensors"]["w"]
+    assert hit["how"] == "split" and hit["axis"] == 0 and [p["slice"] for p in hit["pieces"]] == [[0, 2], [2, 4]]
+    planted = _plant(onnx.load(str(tmp_path / "split.onnx")), hit["initializers"][1], 3)
+    assert verify_onnx_weights(planted, fold.weights)["missing"] == ["w"]
+
+
+def test_fixed_size_networks_are_exported_with_a_fixed_spatial_size(zoo):
+    _, records, _ = zoo("monai_unetr")
+    spatial = records["export_onnx"]["spatial"]
+    assert spatial["fixed_axes"] == [0, 1, 2] and "runs at example_size [32, 32, 32] only" in spatial["fixed"]
+    assert records["export_onnx"]["dynamic_axes"] == ["batch"]
+    dims = onnx.load(records["export_onnx"]["path"]).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[2:]] == [32, 32, 32]
+    # SwinUNETR runs at any multiple of 32 in PyTorch, but its trace holds the example size only
+    _, records, _ = zoo("monai_swinunetr")
+    assert records["load"]["spatial"]["spatial_multiple"] == [32, 32]
+    assert "the traced graph holds the example size" in records["export_onnx"]["spatial"]["fixed"]
+    assert records["export_onnx"]["dynamic_axes"] == ["batch"]
+
+
+def test_outputs_as_libraries_return_them(zoo, tmp_path):
+    entry, records, _ = zoo("monai_basicunetpp_ds")
+    output = records["load"]["output"]
+    assert output["n"] == 4 and output["index"] == 3 and "the last of 4 outputs" in output["how"]
+    # an explicit index, recorded as such
+    fold = load_model({**_source(entry), "output_index": 0})
+    assert fold.output["how"] == "output_index" and fold.output["index"] == 0
+    with pytest.raises(NNBridgeError, match=r"`output_index: 7` does not name a tensor of the 4 outputs"):
+        load_model({**_source(entry), "output_index": 7})
+
+    class Heads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return {"logits": y, "aux": torch.nn.functional.avg_pool2d(y, 2)}
+
+    (tmp_path / "heads.py").write_text("import torch\n\n" + __import__("inspect").getsource(Heads))
+    torch.save(Heads().state_dict(), tmp_path / "heads.pth")
+    source = {"kind": "pytorch", "name": "h", "checkpoint": str(tmp_path / "heads.pth"),
+              "class": f"{tmp_path / 'heads.py'}:Heads", "init_kwargs": {}, "input_channels": 1,
+              "example_size": [16, 16]}
+    fold = load_model(source)
+    assert fold.output["key"] == "logits" and fold.weights_prefix == "network."
+    record = export_onnx(fold, tmp_path / "heads.onnx")
+    assert record["weights"]["summary"] == "weights verified: 2 tensors"
+    assert [o.name for o in onnx.load(str(tmp_path / "heads.onnx")).graph.output] == ["logits"]
+    with pytest.raises(NNBridgeError, match=r"`output_key: aux2` is not a tensor entry"):
+        load_model({**source, "output_key": "aux2"})
+
+    class NoFullRes(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return [torch.nn.functional.avg_pool2d(x * self.scale, 2)]
+
+    (tmp_path / "nofull.py").write_text("import torch\n\n" + __import__("inspect").getsource(NoFullRes))
+    torch.save(NoFullRes().state_dict(), tmp_path / "nofull.pth")
+    with pytest.raises(NNBridgeError) as info:
+        load_model({**source, "checkpoint": str(tmp_path / "nofull.pth"), "class": f"{tmp_path / 'nofull.py'}:NoFullRes"})
+    message = str(info.value)
+    assert "list of 1 outputs [[1, 1, 8, 8]], none at the input's spatial size [16, 16]" in message
+    assert "set `output_index:`" in message and "deep supervision" not in message and "\n" not in message
+
+
+def test_lightning_and_monai_saver_wrappings(zoo):
+    _, records, _ = zoo("smp_unet")
+    assert "prefix 'model.' removed" in records["load"]["weights_origin"]
+    _, records, _ = zoo("monai_basicunet")
+    assert "key 'net'" in records["load"]["weights_origin"]
+
+
+def test_records_are_json_and_stage_times_recorded(zoo):
+    _, records, _ = zoo("monai_unet")
+    json.dumps(records)
+    assert all(math.isfinite(r["stage_seconds"]["wall"]) for r in records.values())
