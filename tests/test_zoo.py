@@ -10,8 +10,12 @@ work for a network is SKIPPED with its cause; here none does (the records say so
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import os
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -22,7 +26,8 @@ from onnx import numpy_helper
 from nnbridge.core.errors import NNBridgeError
 from nnbridge.demo.zoo import STAGES, ZOO, prepare, run_entry
 from nnbridge.export.onnx_export import export_onnx
-from nnbridge.export.weights import verify_derived_graph, verify_onnx_weights
+from nnbridge.export.simplify import simplify_onnx
+from nnbridge.export.weights import carriers, verify_derived_graph, verify_onnx_weights
 from nnbridge.models.loader import load_model
 from nnbridge.pipeline.plan import discover_models
 
@@ -31,20 +36,32 @@ EXACT = ("torchscript", "onnx_fp32", "onnx_simplified", "onnx_fp32@openvino", "o
 INT8 = ("int8_static", "int8_accurate", "int8_static@openvino", "int8_accurate@openvino")
 
 
+# the accuracy-aware loop (a quantization and two runtimes per trial) for the issue's two MONAI
+# checkpoints and one network per family; the others get static INT8 only (their entries'
+# `quantize: [int8_static]`, as a user lists a model's variants), so the matrix stays fast
+ACCURACY_AWARE = {"monai_unet", "monai_basicunetpp", "monai_segresnet", "monai_unetr", "smp_unet", "smp_segformer"}
+
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    """name → (config entry, stage records, folder), each network run once, when first asked."""
+    """name → (config entry, stage records, folder), each network run once, when first asked.
+    With NNBRIDGE_ZOO_RECORDS set, the records are written there at the end (the README's
+    coverage table is rendered from them: scripts/zoo_coverage.py --from-records)."""
     root = tmp_path_factory.mktemp("zoo")
     runs: dict[str, tuple] = {}
 
     def get(name: str):
         if name not in runs:
             folder = root / name
-            entry = prepare(BY_NAME[name], folder)
+            quantize = None if name in ACCURACY_AWARE else ["int8_static"]
+            entry = prepare(BY_NAME[name], folder, quantize=quantize)
             runs[name] = (entry, run_entry(entry, folder), folder)
         return runs[name]
 
-    return get
+    yield get
+    if os.environ.get("NNBRIDGE_ZOO_RECORDS"):
+        Path(os.environ["NNBRIDGE_ZOO_RECORDS"]).write_text(json.dumps(
+            {name: {"entry": e, "records": r, "folder": str(f)} for name, (e, r, f) in runs.items()}, default=str))
 
 
 def _source(entry):
@@ -65,7 +82,8 @@ def _plant(model: onnx.ModelProto, name: str, index: int = 0, delta: float = 1e-
 def test_network_runs_every_stage_by_configuration(zoo, name):
     entry, records, _ = zoo(name)
     assert not {"spatial_multiple", "output_index", "output_key", "dynamic_axes"} & set(entry)
-    assert set(records) == set(STAGES)
+    expected = set(STAGES) if name in ACCURACY_AWARE else set(STAGES) - {"int8_accurate"}
+    assert set(records) == expected
     for stage, record in records.items():
         assert record["status"] in ("ok", "SKIPPED"), (stage, record)
         if record["status"] == "SKIPPED":  # a cause in one line, the other stages went on
@@ -81,11 +99,12 @@ def test_network_runs_every_stage_by_configuration(zoo, name):
     if records["export_torchscript"]["status"] == "ok":
         assert records["export_torchscript"]["weights"]["ok"]
     variants = records["validate"]["variants"]
-    assert set(variants) == {*EXACT, *INT8}
+    int8 = INT8 if name in ACCURACY_AWARE else ("int8_static", "int8_static@openvino")
+    assert set(variants) == {*EXACT, *int8}
     for variant in EXACT:  # exact variants pass their tight gates on both runtimes
         result = variants[variant]
         assert result.get("skipped") or result["passed"], (variant, result)
-    for variant in INT8:  # the INT8 gate is evaluated on both runtimes (its verdict is the CPU's)
+    for variant in int8:  # the INT8 gate is evaluated on both runtimes (its verdict is the CPU's)
         result = variants[variant]
         assert result.get("skipped") or 0.0 <= result["min_dice"] <= 1.0, (variant, result)
 
@@ -134,7 +153,8 @@ def test_planted_wrong_prelu_slope_is_caught(zoo):
     name = next(n for n in (i.name for i in simplified.graph.initializer)
                 if np.array_equal(numpy_helper.to_array(next(i for i in simplified.graph.initializer if i.name == n)).ravel(),
                                   fold.weights[key].numpy().ravel()))
-    assert not verify_derived_graph(_plant(simplified, name), export)["ok"]
+    derived = verify_derived_graph(_plant(simplified, name), export, carriers(records["export_onnx"]["weights"]))
+    assert not derived["ok"] and derived["missing"] == [held]  # the export's initializer holding the slope
 
 
 def test_planted_wrong_batchnorm_mean_is_caught_kept_and_folded(zoo, tmp_path):
@@ -159,8 +179,11 @@ def test_planted_wrong_batchnorm_mean_is_caught_kept_and_folded(zoo, tmp_path):
     record = export_onnx(fold, tmp_path / "folded.onnx", fold_batchnorm=True)
     folded = record["weights"]["tensors"][key]
     assert folded["how"] == "folded" and "torch" in folded["arithmetic"], folded
-    assert record["weights"]["ok"] and not any(n.op_type == "BatchNormalization"
-                                               for n in onnx.load(str(tmp_path / "folded.onnx")).graph.node)
+    def n_batchnorms(path):
+        return sum(n.op_type == "BatchNormalization" for n in onnx.load(str(path)).graph.node)
+
+    # torch folds BatchNorm after a Conv (not after a ConvTranspose)
+    assert record["weights"]["ok"] and n_batchnorms(tmp_path / "folded.onnx") < n_batchnorms(folder / "export" / "model.onnx")
     proof = verify_onnx_weights(_plant(onnx.load(str(tmp_path / "folded.onnx")), folded["initializers"][0]),
                                 fold.weights, reference=onnx.load(str(folder / "export" / "model.onnx")))
     assert not proof["ok"] and key in proof["missing"]
@@ -183,7 +206,7 @@ def test_transposed_linear_weights_and_gathered_tables(zoo):
     fold = load_model(_source(entry))
     export = onnx.load(str(folder / "export" / "model.onnx"))
     planted = verify_onnx_weights(_plant(export, proof["tensors"][transposed[0]]["initializers"][0], 5),
-                                  fold.weights, prefix=fold.weights_prefix)
+                                  fold.weights, proof["unused_at_inference"], prefix=fold.weights_prefix)
     assert planted["missing"] == [transposed[0]]
 
     _, records, folder = zoo("monai_swinunetr")
@@ -198,7 +221,8 @@ def test_transposed_linear_weights_and_gathered_tables(zoo):
 
 
 class _SplitConv(torch.nn.Module):
-    """Uses its weight as two halves: the exporter folds the split into two initializers."""
+    """Uses its weight as two halves (a Split node the exporter keeps and onnxsim folds into two
+    initializers)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -207,7 +231,7 @@ class _SplitConv(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.w.split(2)
         return torch.cat([torch.nn.functional.conv2d(x, a, padding=1),
-                          torch.nn.functional.conv2d(x, b * 1.0, padding=1)], 1)
+                          torch.nn.functional.conv2d(torch.relu(x), b, padding=1)], 1)
 
 
 def test_split_weight_is_found_and_a_planted_piece_caught(tmp_path):
@@ -220,19 +244,23 @@ def test_split_weight_is_found_and_a_planted_piece_caught(tmp_path):
               "example_size": [8, 8]}
     fold = load_model(source)
     record = export_onnx(fold, tmp_path / "split.onnx")
-    hit = record["weights"]["tensors"]["w"]
+    assert record["weights"]["tensors"]["w"]["how"] == "name"
+    patches = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    simplified = simplify_onnx(tmp_path / "split.onnx", tmp_path / "sim.onnx", patches, export_record=record)
+    hit = simplified["weights"]["tensors"]["w"]
     assert hit["how"] == "split" and hit["axis"] == 0 and [p["slice"] for p in hit["pieces"]] == [[0, 2], [2, 4]]
-    planted = _plant(onnx.load(str(tmp_path / "split.onnx")), hit["initializers"][1], 3)
-    assert verify_onnx_weights(planted, fold.weights)["missing"] == ["w"]
+    planted = _plant(onnx.load(str(tmp_path / "sim.onnx")), hit["initializers"][1], 3)
+    derived = verify_derived_graph(planted, onnx.load(str(tmp_path / "split.onnx")), ["w"])
+    assert derived["missing"] == ["w"]
 
 
 def test_fixed_size_networks_are_exported_with_a_fixed_spatial_size(zoo):
     _, records, _ = zoo("monai_unetr")
     spatial = records["export_onnx"]["spatial"]
-    assert spatial["fixed_axes"] == [0, 1, 2] and "runs at example_size [32, 32, 32] only" in spatial["fixed"]
+    assert spatial["fixed_axes"] == [0, 1] and "runs at example_size [32, 32] only" in spatial["fixed"]
     assert records["export_onnx"]["dynamic_axes"] == ["batch"]
     dims = onnx.load(records["export_onnx"]["path"]).graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_param and [d.dim_value for d in dims[2:]] == [32, 32, 32]
+    assert dims[0].dim_param and [d.dim_value for d in dims[2:]] == [32, 32]
     # SwinUNETR runs at any multiple of 32 in PyTorch, but its trace holds the example size only
     _, records, _ = zoo("monai_swinunetr")
     assert records["load"]["spatial"]["spatial_multiple"] == [32, 32]
@@ -259,7 +287,7 @@ def test_outputs_as_libraries_return_them(zoo, tmp_path):
             y = self.conv(x)
             return {"logits": y, "aux": torch.nn.functional.avg_pool2d(y, 2)}
 
-    (tmp_path / "heads.py").write_text("import torch\n\n" + __import__("inspect").getsource(Heads))
+    (tmp_path / "heads.py").write_text("import torch\n\n" + textwrap.dedent(inspect.getsource(Heads)))
     torch.save(Heads().state_dict(), tmp_path / "heads.pth")
     source = {"kind": "pytorch", "name": "h", "checkpoint": str(tmp_path / "heads.pth"),
               "class": f"{tmp_path / 'heads.py'}:Heads", "init_kwargs": {}, "input_channels": 1,
@@ -280,7 +308,7 @@ def test_outputs_as_libraries_return_them(zoo, tmp_path):
         def forward(self, x):
             return [torch.nn.functional.avg_pool2d(x * self.scale, 2)]
 
-    (tmp_path / "nofull.py").write_text("import torch\n\n" + __import__("inspect").getsource(NoFullRes))
+    (tmp_path / "nofull.py").write_text("import torch\n\n" + textwrap.dedent(inspect.getsource(NoFullRes)))
     torch.save(NoFullRes().state_dict(), tmp_path / "nofull.pth")
     with pytest.raises(NNBridgeError) as info:
         load_model({**source, "checkpoint": str(tmp_path / "nofull.pth"), "class": f"{tmp_path / 'nofull.py'}:NoFullRes"})

@@ -83,9 +83,9 @@ ZOO: tuple[ZooNet, ...] = (
             "deep_supervision": True, "deep_supr_num": 1, "res_block": True},
            (16, 16, 16), "model", "deep supervision (heads unused in eval), residual blocks"),
     ZooNet("monai_unetr", MONAI + "UNETR",
-           {"in_channels": 1, "out_channels": 2, "img_size": [32, 32, 32], "feature_size": 4,
-            "hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "spatial_dims": 3},
-           (32, 32, 32), "bare", "ViT encoder with img_size: fixed spatial size; Linear weights transposed"),
+           {"in_channels": 1, "out_channels": 2, "img_size": [32, 32], "feature_size": 4,
+            "hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "spatial_dims": 2},
+           (32, 32), "bare", "ViT encoder with img_size: fixed spatial size; Linear weights transposed"),
     ZooNet("monai_swinunetr", MONAI + "SwinUNETR",
            {"in_channels": 1, "out_channels": 2, "feature_size": 12, "spatial_dims": 2,
             "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "window_size": 4},
@@ -241,7 +241,7 @@ N_CALIBRATION, N_HELDOUT = 4, 2
 STAGES = ("load", "export_onnx", "export_torchscript", "simplify", "int8_static", "int8_accurate", "validate")
 
 
-TRAIN_STEPS = 12
+TRAIN_STEPS = 8
 
 
 def train_briefly(network: torch.nn.Module, images: np.ndarray, steps: int = TRAIN_STEPS,
@@ -257,17 +257,20 @@ def train_briefly(network: torch.nn.Module, images: np.ndarray, steps: int = TRA
     loss = torch.zeros(())
     for _ in range(steps):
         out = network(x)
-        outs = [out] if isinstance(out, torch.Tensor) else list(out)
-        loss = sum(torch.nn.functional.cross_entropy(o, target) for o in outs
-                   if isinstance(o, torch.Tensor) and o.shape[2:] == x.shape[2:]) / len(outs)
+        if isinstance(out, torch.Tensor) and out.dim() == x.dim() + 1:
+            out = out.unbind(1)  # DynUNet in training: its heads stacked on axis 1
+        outs = [o for o in ([out] if isinstance(out, torch.Tensor) else list(out))
+                if isinstance(o, torch.Tensor) and o.shape[2:] == x.shape[2:]]
+        loss = sum(torch.nn.functional.cross_entropy(o, target) for o in outs) / len(outs)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return float(network.eval() and loss.detach())
 
 
-def prepare(net: ZooNet, folder: Path, seed: int = 0) -> dict[str, Any]:
-    """Build, seed, train briefly and save the network, write its patches; the config entry for it."""
+def prepare(net: ZooNet, folder: Path, seed: int = 0, quantize: list[str] | None = None) -> dict[str, Any]:
+    """Build, seed, train briefly and save the network, write its patches; the config entry for
+    it (``quantize``: its `quantize:` list, default every variant of the config)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     calibration, heldout = folder / "calibration.npy", folder / "heldout.npy"
@@ -278,7 +281,10 @@ def prepare(net: ZooNet, folder: Path, seed: int = 0) -> dict[str, Any]:
     train_briefly(network, cal, seed=seed)
     checkpoint = save_checkpoint(net, network.eval(),
                                  folder / ("model.ts" if net.saved_as == "torchscript" else "model.pth"))
-    return model_entry(net, checkpoint, calibration, heldout)
+    entry = model_entry(net, checkpoint, calibration, heldout)
+    if quantize is not None:
+        entry["quantize"] = list(quantize)
+    return entry
 
 
 def _cause(exc: BaseException) -> str:
@@ -336,6 +342,8 @@ def run_entry(entry: dict[str, Any], folder: Path, config: dict[str, Any] | None
                                 held[:2], atol=config["simplify"]["atol"],
                                 export_record=records["export_onnx"]))
     for name, settings in config["quantize"].items():
+        if model.quantize is not None and name not in model.quantize:
+            continue  # not this model's (its entry's `quantize:` list)
         stage(name, ("simplify",),
               lambda settings=settings, name=name: quantize_variant(
                   folder / "simplify" / "model.onnx", folder / "quantize" / f"{name}.onnx", cal, settings,
@@ -343,7 +351,7 @@ def run_entry(entry: dict[str, Any], folder: Path, config: dict[str, Any] | None
 
     def validate() -> dict[str, Any]:
         key = FoldKey(model.dataset, model.name, model.folds[0])
-        variants = fold_variants(str(folder.parent), key, config)
+        variants = fold_variants(str(folder.parent), key, config, model.quantize)
         base = key.dir(str(folder.parent))
         for variant in variants.values():  # the artifacts are in this folder
             variant["path"] = str(folder / Path(variant["path"]).relative_to(base))
