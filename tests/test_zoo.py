@@ -65,7 +65,7 @@ def zoo(tmp_path_factory):
 
 
 def _source(entry):
-    return next(iter(discover_models([entry]).values())).source("all")
+    return next(iter(discover_models([entry], quantize_names=["int8_static", "int8_accurate"]).values())).source("all")
 
 
 def _plant(model: onnx.ModelProto, name: str, index: int = 0, delta: float = 1e-3) -> onnx.ModelProto:
@@ -328,3 +328,22 @@ def test_records_are_json_and_stage_times_recorded(zoo):
     _, records, _ = zoo("monai_unet")
     json.dumps(records)
     assert all(math.isfinite(r["stage_seconds"]["wall"]) for r in records.values())
+
+
+def test_coverage_table_is_rendered_from_the_records(zoo):
+    from nnbridge.report.zoo import MARKER_BEGIN, MARKER_END, coverage_table, replace_section
+
+    _, records, _ = zoo("monai_unet")
+    validate = records["validate"]["variants"]
+    speed = {"results": {"torch_eager": {"p50_ms": 10.0}, "onnx_simplified@openvino": {"speedup_vs_torch_eager": 3.0},
+                         "onnx_fp32": {"speedup_vs_torch_eager": 2.0}, "int8_static": {"speedup_vs_torch_eager": 5.0}}}
+    table = coverage_table([{"name": "monai_unet", "library": "MONAI", "class": "UNet", "saved_as": "dataparallel",
+                             "records": records, "speed": speed}])
+    header, rule, row = table.splitlines()
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "MONAI `UNet` (monai_unet)" and cells[2] == "✓ 26 (name 20, reshaped 6)"
+    assert cells[5] == "× 4" and cells[8] == "3.00× `onnx_simplified@openvino`"
+    # the best INT8 counts only a variant that passed its gate
+    assert cells[9] == ("5.00× `int8_static`" if validate["int8_static"]["passed"] else "none passed")
+    text = replace_section(f"intro\n{MARKER_BEGIN}\nold\n{MARKER_END}\noutro\n", table)
+    assert "old" not in text and text.startswith("intro") and text.rstrip().endswith("outro")

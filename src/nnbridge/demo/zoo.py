@@ -380,7 +380,7 @@ def measure_speed(entry: dict[str, Any], records: dict[str, Any], folder: Path, 
     (:func:`nnbridge.bench.measure.benchmark_variants`), batch 1 at the example size; speed-ups
     against torch eager."""
     folder = Path(folder)
-    source = next(iter(discover_models([entry]).values())).source("all")
+    source = next(iter(discover_models([entry], quantize_names=list(ZOO_CONFIG["quantize"])).values())).source("all")
     specs: dict[str, dict[str, Any]] = {"torch_eager": {"backend": "torch", "source": source}}
     for name, variant in records.get("validate", {}).get("variants", {}).items():
         if variant.get("skipped") or "path" not in variant:

@@ -218,12 +218,13 @@ def fold_batchnorm(weight: np.ndarray, bias: np.ndarray | None, scale: np.ndarra
 
 def constant_values(model: onnx.ModelProto, truth: dict[str, np.ndarray],
                     input_shape: tuple[int, ...] | None = None
-                    ) -> tuple[list[tuple[str, np.ndarray, frozenset[str], tuple[str, ...]]], str | None]:
+                    ) -> tuple[list[tuple[str, np.ndarray, frozenset[str], tuple[str, ...], bool]], str | None]:
     """Every value of ``model`` that does not depend on its input's values (its constant
     subgraphs, and with ``input_shape`` also what depends on the input's shape only, as a
     simplifier with static shapes folds it), computed by ONNX Runtime without graph optimisation
     with the graph's tensors named in ``truth`` replaced by those values: ``(name, value, names of
-    the truth tensors it derives from, operators on the way)``, and an error text if that failed.
+    the truth tensors it derives from, operators on the way, whether a computing node takes it)``,
+    and an error text if that failed.
     """
     inputs = {i.name for i in model.graph.input} - {init.name for init in model.graph.initializer}
     provenance: dict[str, frozenset[str]] = {init.name: frozenset({init.name}) if init.name in truth else frozenset()
@@ -248,6 +249,9 @@ def constant_values(model: onnx.ModelProto, truth: dict[str, np.ndarray],
             chain[out] = (*ops, node.op_type) if node.op_type != "Constant" else ()
     wanted = [out for node in model.graph.node if node.op_type != "Constant" for out in node.output
               if out and out not in varying and provenance.get(out) and (input_shape or out not in shaped)]
+    # frontier: constant values a computing node (or the graph's output) takes; what a folder leaves
+    frontier = {i for node in model.graph.node if any(o in varying for o in node.output) for i in node.input}
+    frontier |= {o.name for o in model.graph.output}
     if not wanted:
         return [], None
     work = onnx.ModelProto.FromString(model.SerializeToString())
@@ -273,7 +277,7 @@ def constant_values(model: onnx.ModelProto, truth: dict[str, np.ndarray],
         values = session.run(wanted, feeds)
     except Exception as exc:  # noqa: BLE001 - an operator or graph ONNX Runtime cannot evaluate: say so
         return [], f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:200]
-    return [(n, np.asarray(v), provenance[n], chain[n]) for n, v in zip(wanted, values)], None
+    return [(n, np.asarray(v), provenance[n], chain[n], n in frontier) for n, v in zip(wanted, values)], None
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
@@ -353,33 +357,37 @@ def prove_tensors(target: onnx.ModelProto, truth: dict[str, np.ndarray], *,
             derived, error = constant_values(ref, values, input_shape)
             if error:
                 notes.append(f"constant subgraphs of the {reference_what or 'reference'} graph not evaluated ({error})")
-            near: list[tuple[np.ndarray, frozenset[str], tuple[str, ...]]] = []
-            for name, array, prov, ops in derived:
+            # a tensor is proven folded when every frontier value derived from it (what a folder
+            # leaves for the computing nodes: both halves of a split, ...) is in the graph
+            held_by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            unheld: set[str] = set()
+            for name, array, prov, ops, front in derived:
+                keys = [by_graph_name[g] for g in prov if by_graph_name.get(g) in missing]
+                if not keys or not front:
+                    continue
                 held = graph.holding(array) if _is_float(array) else []
-                if not held:
-                    near.append((array, prov, ops))
+                hit = ({"how": "folded", "into": "constant folding", "ops": list(ops),
+                        "initializers": held[:1], "exact": True} if held else None)
+                if hit is None:
+                    for candidate_name, candidate in graph.tensors.items():
+                        ulps = _close(array, candidate)
+                        if ulps is not None:  # not bit-identical: within a few ulps, recorded so
+                            hit = {"how": "folded", "into": "constant folding", "ops": list(ops),
+                                   "initializers": [candidate_name], "exact": False, "max_ulps": round(ulps, 2),
+                                   "why_not_exact": "the folder and ONNX Runtime compute these operators "
+                                                    "with different rounding"}
+                            break
+                for key in keys:
+                    if hit is None:
+                        unheld.add(key)
+                    else:
+                        held_by[key].append(hit)
+            for key, hits in held_by.items():
+                if key in unheld:
                     continue
-                for graph_name in prov:
-                    key = by_graph_name.get(graph_name)
-                    if key in missing:
-                        missing.remove(key)
-                        found[key] = {"how": "folded", "into": "constant folding", "ops": list(ops),
-                                      "initializers": held[:1], "exact": True}
-            for array, prov, ops in near:  # not bit-identical: within a few ulps, recorded so
-                keys = [by_graph_name.get(g) for g in prov if by_graph_name.get(g) in missing]
-                if not keys:
-                    continue
-                for name, candidate in graph.tensors.items():
-                    ulps = _close(array, candidate)
-                    if ulps is not None:
-                        for key in keys:
-                            missing.remove(key)
-                            found[key] = {"how": "folded", "into": "constant folding", "ops": list(ops),
-                                          "initializers": [name], "exact": False,
-                                          "max_ulps": round(ulps, 2),
-                                          "why_not_exact": "the folder and ONNX Runtime compute these "
-                                                           "operators with different rounding"}
-                        break
+                missing.remove(key)
+                found[key] = {**hits[0], "initializers": list(dict.fromkeys(n for h in hits for n in h["initializers"])),
+                              "exact": all(h["exact"] for h in hits)}
     return {"found": found, "missing": missing, "notes": notes,
             "untraced": _untraced(graph, found)}
 
