@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--no-speed", action="store_true", help="render the stages only (no timing)")
     args = parser.parse_args()
     done = json.loads(args.from_records.read_text()) if args.from_records else {}
     runs = []
@@ -41,11 +42,12 @@ def main() -> None:
             folder = args.out / net.name
             entry = prepare(net, folder)
             records = run_entry(entry, folder)
-        speed = measure_speed(entry, records, folder, threads=args.threads, warmup=2, repeats=args.repeats)
+        speed = None if args.no_speed else measure_speed(entry, records, folder, threads=args.threads,
+                                                         warmup=2, repeats=args.repeats)
         runs.append({"name": net.name, "library": net.library, "class": net.short_class,
                      "saved_as": net.saved_as, "what": net.what, "entry": entry,
                      "records": records, "speed": speed})
-        print(net.name, {n: r.get("speedup_vs_torch_eager") for n, r in speed["results"].items()}, flush=True)
+        print(net.name, speed and {n: r.get("speedup_vs_torch_eager") for n, r in speed["results"].items()}, flush=True)
     cpu = cpu_identity()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "records.json").write_text(json.dumps({"cpu": cpu, "runs": runs}, indent=1, default=str))
