@@ -15,8 +15,8 @@ echo "setting up .venv (first time takes ~3 min)..." >&2
 # -c constraints.txt pins every version; --no-warn keeps pip quiet about unused local indexes
 .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt \
     "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
-.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[pipeline,test]" \
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[pipeline,test,zoo]" \
     2>&1 | grep -v "is ignored: it is neither" >&2 || true
-.venv/bin/python -c "import torch, torchvision, nnunetv2, onnxruntime, onnxsim, snakemake, nnbridge" \
+.venv/bin/python -c "import torch, torchvision, nnunetv2, onnxruntime, onnxsim, snakemake, monai, segmentation_models_pytorch, nnbridge" \
     || { echo "setup failed: the venv does not import its packages; see pip output above" >&2; exit 1; }
 echo "$want" > "$stamp"

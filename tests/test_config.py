@@ -41,7 +41,7 @@ def test_minimal_config_gets_every_default():
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda c: c["export"].update(opsett=17), r"export: .*'opsett'.*allowed keys: opset, torchscript"),
+        (lambda c: c["export"].update(opsett=17), r"export: .*'opsett'.*allowed keys: fold_batchnorm, opset, torchscript"),
         (lambda c: c["benchmark"].update(repeats=0), r"benchmark\.repeats: 0 is less than"),
         (lambda c: c["models"][0].update(folds=["x"]), r"models\[0\]\.folds\[0\]"),
         (lambda c: c["quantize"]["int8_static"].update(format="QINT"), r"quantize\.int8_static\.format"),

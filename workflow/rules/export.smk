@@ -7,6 +7,7 @@ rule export_onnx:
     params:
         source=get_source,
         opset=lookup(dpath="export/opset", within=config),
+        fold_batchnorm=lookup(dpath="export/fold_batchnorm", within=config),
         code=code_version("export_onnx"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/export_onnx.log",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -92,3 +94,60 @@ def fold_metadata(fold: LoadedFold, opset: int) -> dict[str, str]:
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
+
+def run_shape_checks(fold: LoadedFold, run: Callable[[torch.Tensor], np.ndarray],
+                     generator: torch.Generator) -> list[dict[str, Any]]:
+    """Outputs of ``run`` against eager PyTorch at :func:`probe_shapes`; a shape it cannot run
+    is recorded with the error (one line), not raised."""
+    checks = []
+    for shape in probe_shapes(fold):
+        x = torch.randn(shape, generator=generator)
+        with torch.no_grad():
+            ref = fold.network(x).numpy()
+        try:
+            got = run(x)
+        except Exception as exc:  # noqa: BLE001 - recorded; the caller decides
+            checks.append({"shape": list(shape), "error": f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"})
+            continue
+        checks.append({"shape": list(shape), "max_abs_err": _max_abs(ref, got) if ref.shape == got.shape else float("inf"),
+                       "max_abs_ref": float(np.max(np.abs(ref)))})
+    return checks
+
+
+def traced_size_bound(checks: list[dict[str, Any]]) -> str | None:
+    """Why the graph does not hold at a grown spatial size (a size the trace baked in), or None:
+    it fails there, or its logits are off by more than 1e-3 of their range while the traced size's
+    are within."""
+    first, *grown = checks
+    for check in grown:
+        if "error" in check:
+            return f"at input shape {check['shape']} it fails ({check['error']})"
+        bound = 1e-3 * max(check["max_abs_ref"], 1e-6)
+        if check["max_abs_err"] > bound and first.get("max_abs_err", 0.0) <= bound:
+            return (f"at input shape {check['shape']} its logits differ from PyTorch's by "
+                    f"{check['max_abs_err']:.3g} (at the traced shape {first.get('max_abs_err', 0.0):.3g})")
+    return None
+
+
+def raise_multiple(fold: LoadedFold, run: Callable[[torch.Tensor], np.ndarray],
+                   generator: torch.Generator) -> tuple[int, ...] | None:
+    """The smallest spatial multiple above the fold's (doubling, dividing the patch size) at which
+    the exported graph (``run``) matches eager PyTorch (a network that pads odd sizes in Python, traced at
+    a size needing no padding, holds at multiples of its total stride), or None."""
+    multiple = list(fold.stride_multiple)
+    while True:
+        grown = [m * 2 if m * 2 <= p and p % (m * 2) == 0 else m for m, p in zip(multiple, fold.patch_size)]
+        if grown == multiple:
+            return None
+        multiple = grown
+        shape = (1, fold.num_input_channels, *(p + m for p, m in zip(fold.patch_size, multiple)))
+        x = torch.randn(shape, generator=generator)
+        try:
+            with torch.no_grad():
+                ref = fold.network(x).numpy()
+            got = run(x)
+        except Exception:  # noqa: BLE001 - not at this size; try the next
+            continue
+        if ref.shape == got.shape and float(abs(ref - got).max()) <= 1e-3 * max(float(abs(ref).max()), 1e-6):
+            return tuple(multiple)

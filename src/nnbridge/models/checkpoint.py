@@ -22,7 +22,8 @@ from ..core.errors import NNBridgeError
 COMPILED_PREFIX = "_orig_mod."
 
 
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "network_weights", "model")
+# Lightning / generic, plain training loops, nnU-Net, generic, MONAI CheckpointSaver ({"net": ..., "opt": ...})
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "network_weights", "model", "net", "network")
 
 
 PREFIXES = ("module.", "_orig_mod.")

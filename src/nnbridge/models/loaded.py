@@ -41,6 +41,13 @@ class LoadedFold:
     """How the model was loaded (the config entry), stored in the artifacts' metadata."""
     weights_origin: str = "nnU-Net checkpoint (network_weights)"
     """Where in the checkpoint the weights were found (after removing prefixes)."""
+    weights_prefix: str = ""
+    """Prefix of the checkpoint's keys in ``network``'s state dict (``network.`` when an
+    :class:`nnbridge.models.plain.OutputSelector` picks the logits from several outputs)."""
+    output: dict[str, Any] | None = None
+    """What the network's forward returns and which output is the logits (plain models)."""
+    spatial: dict[str, Any] | None = None
+    """How the spatial multiple was found (given or probed) and why sizes are fixed, if they are."""
     previous_stage: str | None = None
     """Cascade stage (e.g. ``3d_cascade_fullres``): the configuration whose segmentation it takes."""
     previous_stage_labels: tuple[int, ...] = ()

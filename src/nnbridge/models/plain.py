@@ -91,8 +91,27 @@ def build_plain_network(source: dict[str, Any], config_key: str) -> tuple[torch.
     except TypeError as exc:
         raise NNBridgeError(f"{config_key}: {source['class']}(**init_kwargs) failed ({exc}); fix `init_kwargs:`") from exc
 
+    weights, owner = strip_owner_prefix(network, weights)
+    if owner:
+        where += f", prefix {owner!r} removed (every key carried it)"
     load_strictly(network, weights, path, source["class"], f"check `class:` and `init_kwargs:` of {config_key}")
     return network, weights, f"state dict ({where})"
+
+
+def strip_owner_prefix(network: torch.nn.Module, weights: dict[str, torch.Tensor]
+                       ) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The weights without the attribute name of the module that owned the network in training
+    (a LightningModule's ``model.``), when every key carries the same first component and the
+    network's keys are exactly the rest; else unchanged."""
+    expected = set(network.state_dict())
+    if set(weights) == expected or not all("." in k for k in weights):
+        return weights, None
+    heads = {k.split(".", 1)[0] for k in weights}
+    if len(heads) != 1:
+        return weights, None
+    head = heads.pop() + "."
+    stripped = {k[len(head):]: v for k, v in weights.items()}
+    return (stripped, head) if set(stripped) == expected else (weights, None)
 
 
 def _per_axis(value: int | list[int], dims: int, what: str, where: str) -> tuple[int, ...]:
@@ -102,24 +121,154 @@ def _per_axis(value: int | list[int], dims: int, what: str, where: str) -> tuple
     return tuple(values)
 
 
+class OutputSelector(torch.nn.Module):
+    """The network with one logits output: element ``index`` of the list/tuple its forward
+    returns, or entry ``key`` of its dict. Its state dict holds the network's under
+    :attr:`PREFIX`."""
+
+    PREFIX = "network."
+
+    def __init__(self, network: torch.nn.Module, index: int | None = None, key: str | None = None) -> None:
+        super().__init__()
+        self.network = network
+        self.index = index
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.network(x)
+        return out[self.key] if self.key is not None else out[self.index]
+
+
+def _shapes(values: Any) -> list[Any]:
+    return [list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for v in values]
+
+
+def choose_output(out: Any, spatial: tuple[int, ...], source: dict[str, Any], where: str
+                  ) -> tuple[int | None, str | None, dict[str, Any]]:
+    """(list index, dict key, record) of the logits among what ``forward`` returns: a tensor as
+    is; a list/tuple at ``output_index`` (default: the output at the input's spatial size, the
+    last of several such, as UNet++'s deepest head); a dict at ``output_key`` (default: its only
+    entry at the input's spatial size)."""
+    index, key = source.get("output_index"), source.get("output_key")
+    if isinstance(out, torch.Tensor):
+        if index is not None or key is not None:
+            raise NNBridgeError(f"{where}: forward returns one tensor; remove `output_index:`/`output_key:`")
+        return None, None, {"returns": "tensor", "shape": list(out.shape)}
+    if isinstance(out, (list, tuple)):
+        kind = type(out).__name__
+        record: dict[str, Any] = {"returns": kind, "n": len(out), "shapes": _shapes(out)}
+        if key is not None:
+            raise NNBridgeError(f"{where}: forward returns a {kind}, not a dict; use `output_index:` instead of `output_key:`")
+        if index is not None:
+            if not -len(out) <= int(index) < len(out) or not isinstance(out[int(index)], torch.Tensor):
+                raise NNBridgeError(f"{where}: `output_index: {index}` does not name a tensor of the "
+                                    f"{len(out)} outputs {_shapes(out)}; use 0..{len(out) - 1}")
+            return int(index) % len(out), None, {**record, "index": int(index) % len(out), "how": "output_index"}
+        full = [i for i, v in enumerate(out) if isinstance(v, torch.Tensor) and tuple(v.shape[2:]) == spatial]
+        if not full:
+            raise NNBridgeError(f"{where}: forward returns a {kind} of {len(out)} outputs {_shapes(out)}, none at "
+                                f"the input's spatial size {list(spatial)}; set `output_index:` to the logits")
+        how = ("the only output" if len(out) == 1 else
+               f"the only one of {len(out)} outputs at the input's spatial size" if len(full) == 1 else
+               f"the last of {len(full)} outputs at the input's spatial size (the deepest head, as "
+               "UNet++ predicts without deep supervision); `output_index:` chooses another")
+        return full[-1], None, {**record, "index": full[-1], "how": f"default: {how}"}
+    if isinstance(out, dict):
+        record = {"returns": "dict", "keys": [str(k) for k in out], "shapes": _shapes(out.values())}
+        if index is not None:
+            raise NNBridgeError(f"{where}: forward returns a dict; use `output_key:` (one of {list(out)}) instead of `output_index:`")
+        if key is not None:
+            if key not in out or not isinstance(out[key], torch.Tensor):
+                raise NNBridgeError(f"{where}: `output_key: {key}` is not a tensor entry of forward's dict "
+                                    f"(keys {list(out)}); set it to the logits' key")
+            return None, key, {**record, "key": key, "how": "output_key"}
+        full = [k for k, v in out.items() if isinstance(v, torch.Tensor) and tuple(v.shape[2:]) == spatial]
+        if len(full) != 1:
+            raise NNBridgeError(f"{where}: forward returns a dict with keys {list(out)}; set `output_key:` to the logits' key")
+        return None, full[0], {**record, "key": full[0], "how": "default: the only entry at the input's spatial size"}
+    raise NNBridgeError(f"{where}: forward returns a {type(out).__name__}; nnbridge takes a tensor, a list/tuple "
+                        "(with `output_index:`) or a dict (with `output_key:`)")
+
+
+def _runs_at(network: torch.nn.Module, channels: int, size: tuple[int, ...]) -> str | None:
+    """None if ``network`` takes a batch of that spatial size and returns logits of that size,
+    else why not (one line)."""
+    try:
+        with torch.no_grad():
+            out = network(torch.zeros((1, channels, *size)))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not this size"
+        return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+    if tuple(out.shape[2:]) != tuple(size):
+        return f"output spatial size {list(out.shape[2:])} differs from the input's {list(size)}"
+    return None
+
+
+def probe_spatial(network: torch.nn.Module, channels: int, example: tuple[int, ...]
+                  ) -> tuple[tuple[int, ...], tuple[int, ...], dict[str, Any]]:
+    """(spatial multiple, fixed axes, record): per axis the smallest step m dividing the example
+    size such that the example grown by m on that axis runs and keeps its size; an axis where
+    no such m exists is fixed (the network runs at the example size only, as a ViT with a
+    position embedding per patch)."""
+    multiple, fixed, tried = [], [], {}
+    for axis, size in enumerate(example):
+        failures = []
+        for m in (d for d in range(1, size + 1) if size % d == 0):
+            grown = tuple(s + m if i == axis else s for i, s in enumerate(example))
+            why = _runs_at(network, channels, grown)
+            if why is None:
+                multiple.append(m)
+                break
+            failures.append({"step": m, "error": why})
+        else:
+            multiple.append(size)
+            fixed.append(axis)
+        tried[str(axis)] = failures[-3:]
+    record = {"spatial_multiple": multiple, "how": "probed: per axis the smallest step m dividing "
+              "example_size such that example_size + m runs and keeps its size", "fixed_axes": fixed,
+              "last_failures": tried}
+    return tuple(multiple), tuple(fixed), record
+
+
 def load_plain_model(source: dict[str, Any]) -> LoadedFold:
-    """A plain PyTorch model from its config entry: network, weights proven, shapes checked."""
+    """A plain PyTorch model from its config entry: network, weights proven, its logits output
+    chosen, spatial sizes probed (unless given), shapes checked."""
 
     where = f"model {source.get('name', source['checkpoint'])!r}"
     network, weights, found = build_plain_network(source, where)
     check = verified(network, weights, Path(source["checkpoint"]))
     example = tuple(int(s) for s in source["example_size"])
-    multiple = _per_axis(source.get("spatial_multiple", 1), len(example), "spatial_multiple", where)
     channels = int(source["input_channels"])
-    with torch.no_grad():
-        out = network(torch.zeros((1, channels, *example)))
-    if isinstance(out, (list, tuple)):
-        raise NNBridgeError(
-            f"{where}: forward returns {len(out)} outputs (deep supervision on?); build the model "
-            "with one output in `init_kwargs:`"
-        )
+    try:
+        with torch.no_grad():
+            out = network(torch.zeros((1, channels, *example)))
+    except Exception as exc:  # noqa: BLE001 - the user's network: say where it failed
+        raise NNBridgeError(f"{where}: forward at example_size {list(example)} with {channels} input channel(s) "
+                            f"failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); "
+                            "fix `example_size:`/`input_channels:`") from exc
+    index, key, output_record = choose_output(out, example, source, where)
+    prefix = ""
+    if index is not None or key is not None:
+        network, prefix = OutputSelector(network, index, key).eval(), OutputSelector.PREFIX
+        out = out[key] if key is not None else out[index]
     if tuple(out.shape[2:]) != example:
         raise NNBridgeError(f"{where}: output spatial size {tuple(out.shape[2:])} differs from the input's {example}")
+    dynamic = tuple(source.get("dynamic_axes", ("batch", "spatial")))
+    if source.get("spatial_multiple") is not None:
+        multiple = _per_axis(source["spatial_multiple"], len(example), "spatial_multiple", where)
+        spatial = {"spatial_multiple": list(multiple), "how": "given (spatial_multiple)", "fixed_axes": []}
+    else:
+        multiple, fixed, spatial = probe_spatial(network, channels, example)
+        if fixed:
+            reason = (f"fixed spatial size: the network runs at example_size {list(example)} only (axis "
+                      f"{fixed[0]}: example_size + m fails for every m dividing it, e.g. "
+                      f"{spatial['last_failures'][str(fixed[0])][-1]['error']})")
+            if "spatial" in source.get("dynamic_axes", ()):
+                raise NNBridgeError(f"{where}: {reason}; remove `spatial` from `dynamic_axes:`")
+            if "dynamic_axes" not in source:
+                dynamic = ("batch",)
+                reason += "; exported with dynamic_axes [batch]"
+            spatial["fixed"] = reason
+    spatial["dynamic_axes"] = list(dynamic)
     num_outputs = int(out.shape[1])
     region_based = source.get("output", "softmax") == "sigmoid"
     labels = source.get("labels") or (
@@ -146,8 +295,11 @@ def load_plain_model(source: dict[str, Any]) -> LoadedFold:
         weights=weights,
         weight_check=check,
         kind="pytorch",
-        dynamic_axes=tuple(source.get("dynamic_axes", ("batch", "spatial"))),
+        dynamic_axes=dynamic,
         labels=labels,
         source={k: v for k, v in source.items() if k not in ("fold",)},
         weights_origin=found,
+        weights_prefix=prefix,
+        output=output_record,
+        spatial=spatial,
     )

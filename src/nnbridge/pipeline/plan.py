@@ -95,7 +95,7 @@ class ModelEntry:
             return source
         keys = ("name", "checkpoint", "format", "class", "init_kwargs", "trusted", "input_channels",
                 "example_size", "spatial_multiple", "dynamic_axes", "labels", "output",
-                "mirror_axes", "data_identifier")
+                "output_index", "output_key", "mirror_axes", "data_identifier")
         return {"kind": "pytorch", "fold": str(fold),
                 **{k: self.entry[k] for k in keys if k in self.entry}}
 
