@@ -31,6 +31,7 @@ with logged(snakemake.log[0]):
         mirroring=snakemake.params.mirroring,
         threads=snakemake.params.threads,
         trusted=snakemake.params.trusted,
+        previous_stage=snakemake.params.previous_stage,
     )
     write_json(snakemake.output.json, record)
     for name, result in record["variants"].items():

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import __version__
 from ..bench.targets import speed_ceilings, speed_targets
+from ..predict.components import describe
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -621,6 +622,32 @@ def bundle_table(folds: list[dict[str, Any]]) -> Table | None:
              "ONNX Runtime settings", "threads / batch (from the sweep)"], rows)
 
 
+def deployment_table(folds: list[dict[str, Any]]) -> Table | None:
+    """Per bundled model: its previous stage (a cascade), the postprocessing nnU-Net chose for it
+    and for its ensembles, as the bundle records them."""
+    rows, seen = [], set()
+    for e in folds:
+        b = e.get("bundle")
+        if not b or (e["dataset"], e["model"]) in seen:
+            continue
+        seen.add((e["dataset"], e["model"]))
+        stage = b.get("previous_stage")
+        own = b.get("postprocessing")
+        ensembles = b.get("ensembles") or []
+        if not (stage or own or ensembles):
+            continue
+        rows.append([
+            f"{e['dataset']} / {e['model']}",
+            f"{stage['configuration']} ({stage['model']}), in the bundle" if stage else "–",
+            f"{describe(own['steps'])} ({own['source']})" if own else "none recorded",
+            "; ".join(f"with {' + '.join(m for m in r['members'] if m != e['model'])}: {describe(r['steps'])}"
+                      for r in ensembles) or "–",
+        ])
+    if not rows:
+        return None
+    return (["model", "previous stage", "postprocessing (nnU-Net's choice)", "ensembles (-m A B)"], rows)
+
+
 def _settings(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in settings.items()) or "ORT defaults"
 
@@ -745,6 +772,10 @@ def sections(folds: list[dict[str, Any]],
          "thread count for both predictors.", case_stage_table(folds)),
         ("Deployable bundle", "`nnbridge predict -m results/<dataset>/<model>/bundle` runs each "
          "variant on the fastest runtime that passed its parity gate on every fold.", bundle_table(folds)),
+        ("Cascades and postprocessing in the bundle", "A cascade stage's bundle holds its previous stage "
+         "and `nnbridge predict` runs both; the postprocessing `nnUNetv2_find_best_configuration` chose "
+         "(for the model, and for ensembles `nnbridge predict -m A B`) is applied unless "
+         "`--no-postprocessing`.", deployment_table(folds)),
         ("Benchmark", "Batch-1 latency on one patch, each backend in its own process, all in one "
          "run; compare the ratios." + peak_note(folds) + accelerator_note(folds), benchmark_table(folds)),
         ("ONNX Runtime session search", "Each candidate in its own process, fewer repetitions than "
