@@ -578,23 +578,24 @@ def case_parity_table(folds: list[dict[str, Any]]) -> Table | None:
 
 
 def case_stage_table(folds: list[dict[str, Any]]) -> Table | None:
-    """Seconds per stage, summed over the validation cases of each fold."""
+    """Seconds per stage, summed over the validation cases of each fold (a cascade also has its
+    previous stage)."""
     rows = []
-    for e in folds:
-        cp = e.get("case_parity")
-        if not cp:
-            continue
-        stages = list(cp["nnunet"]["timings_s"])
-        rows.append([_fold_label(e), "nnU-Net (torch)", *[f"{cp['nnunet']['timings_s'][k]:.3f}" for k in stages]])
+    parities = [(e, e["case_parity"]) for e in folds if e.get("case_parity")]
+    stages = list(dict.fromkeys(k for _, cp in parities for k in cp["nnunet"]["timings_s"]))
+
+    def cells(timings: dict[str, float]) -> list[str]:
+        return [f"{timings[k]:.3f}" if k in timings else "–" for k in stages]
+
+    for e, cp in parities:
+        rows.append([_fold_label(e), "nnU-Net (torch)", *cells(cp["nnunet"]["timings_s"])])
         for name, v in cp["variants"].items():
             if v.get("skipped"):
                 continue
-            rows.append([_fold_label(e), f"nnbridge {name} ({v['backend']})",
-                         *[f"{v['timings_s'].get(k, 0.0):.3f}" for k in stages]])
+            rows.append([_fold_label(e), f"nnbridge {name} ({v['backend']})", *cells(v["timings_s"])])
     if not rows:
         return None
-    first = next(e["case_parity"] for e in folds if e.get("case_parity"))
-    return (["fold", "predictor", *list(first["nnunet"]["timings_s"])], rows)
+    return (["fold", "predictor", *stages], rows)
 
 
 def bundle_table(folds: list[dict[str, Any]]) -> Table | None:
