@@ -11,6 +11,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import yaml
 
@@ -74,6 +77,65 @@ def exported(loaded_fold, tmp_path_factory: pytest.TempPathFactory):
     onnx_record = export_onnx(loaded_fold, out / "model.onnx")
     ts_record = export_torchscript(loaded_fold, out / "model.ts")
     return out, onnx_record, ts_record
+
+
+# --------------------------------------------------------------------------------------------
+# nnU-Net's cascade, trained for real by nnU-Net (briefly): a 3d_lowres fold 0 and the
+# 3d_cascade_fullres fold 0 that takes its segmentations as one-hot input channels
+# (tests/test_model_kinds.py takes both through the pipeline's stages, tests/test_cascade_ensemble.py
+# deploys them)
+
+CASCADE_DATASET_ID = 920
+
+
+def _fill_previous_stage(segs: Path, fullres_data: Path) -> list[str]:
+    """Ground truth as the previous stage's segmentation of the cases no lowres fold predicted.
+
+    nnU-Net trains a cascade on the predictions of all five lowres folds (each predicts its own
+    validation cases); this fixture trains lowres fold 0 only, which predicts cascade fold 0's
+    validation cases (the held-out ones). Its training cases get their reference segmentation,
+    written with nnU-Net's own writer. Returns the filled cases.
+    """
+    import blosc2
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    filled = []
+    for seg_file in sorted(fullres_data.glob("*_seg.b2nd")):
+        case = seg_file.name[: -len("_seg.b2nd")]
+        if not (segs / f"{case}.b2nd").is_file():
+            seg = np.maximum(blosc2.open(urlpath=str(seg_file), mode="r")[:][0], 0).astype(np.uint8)
+            nnUNetDatasetBlosc2.save_seg(seg, str(segs / case))
+            filled.append(case)
+    return filled
+
+
+@pytest.fixture(scope="session")
+def tiny_cascade(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """One dataset, preprocessed for 3d_fullres and 3d_lowres; lowres fold 0, then cascade fold 0
+    (about 1.5 min on two cores)."""
+    import json
+
+    from nnbridge.demo import dataset, nnunet as demo
+
+    lowres_name, cascade_name = "3d_lowres", "3d_cascade_fullres"
+    root = tmp_path_factory.mktemp("cascade")
+    raw, pre, res = root / "raw", root / "preprocessed", root / "results"
+    raw_ds = dataset.make_dataset(raw, n_cases=6, shape=(32, 32, 32), seed=1, dataset_id=CASCADE_DATASET_ID)
+    pre_ds = demo.plan_and_preprocess(raw, pre, dataset_id=CASCADE_DATASET_ID, log=root / "plan.log")
+    demo.derive_small_plans(pre_ds, features=(8, 16, 32))
+    demo.add_lowres_cascade(pre_ds)
+    demo.preprocess(raw, pre, dataset_id=CASCADE_DATASET_ID, configuration=lowres_name, log=root / "plan.log")
+    demo.write_splits(pre_ds)
+    train = {"raw": raw, "preprocessed": pre, "results": res, "dataset_id": CASCADE_DATASET_ID,
+             "epochs": 1, "iterations": 3, "log": root / "train.log"}
+    lowres = demo.train_fold(0, configuration=lowres_name, **train).parent
+    segs = lowres / "predicted_next_stage" / cascade_name
+    predicted = sorted(p.name[: -len(".b2nd")] for p in segs.glob("*.b2nd"))
+    plans = json.loads((pre_ds / f"{demo.DEMO_PLANS}.json").read_text())
+    filled = _fill_previous_stage(segs, pre_ds / plans["configurations"]["3d_fullres"]["data_identifier"])
+    cascade_folder = demo.train_fold(0, configuration=cascade_name, **train).parent
+    return SimpleNamespace(lowres=lowres, cascade=cascade_folder, pre_ds=pre_ds, segs=segs, raw=raw_ds,
+                           predicted=predicted, filled=filled)
 
 
 # --------------------------------------------------------------------------------------------

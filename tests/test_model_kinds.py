@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -119,52 +118,13 @@ def int8_and_parity(folder: Path, out: Path, calibration: np.ndarray, heldout: n
 # the same stages by configuration alone; the cascade's patches carry the previous stage's
 # segmentations from the lowres model's predicted_next_stage folder.
 
-CASCADE_DATASET_ID = 920
 LOWRES, CASCADE = "3d_lowres", "3d_cascade_fullres"
 
 
-def _fill_previous_stage(segs: Path, fullres_data: Path) -> list[str]:
-    """Ground truth as the previous stage's segmentation of the cases no lowres fold predicted.
-
-    nnU-Net trains a cascade on the predictions of all five lowres folds (each predicts its own
-    validation cases); this test trains lowres fold 0 only, which predicts cascade fold 0's
-    validation cases (the held-out ones). Its training cases get their reference segmentation,
-    written with nnU-Net's own writer. Returns the filled cases.
-    """
-    import blosc2
-    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
-
-    filled = []
-    for seg_file in sorted(fullres_data.glob("*_seg.b2nd")):
-        case = seg_file.name[: -len("_seg.b2nd")]
-        if not (segs / f"{case}.b2nd").is_file():
-            seg = np.maximum(blosc2.open(urlpath=str(seg_file), mode="r")[:][0], 0).astype(np.uint8)
-            nnUNetDatasetBlosc2.save_seg(seg, str(segs / case))
-            filled.append(case)
-    return filled
-
-
 @pytest.fixture(scope="module")
-def cascade(tmp_path_factory):
-    """One dataset, preprocessed for 3d_fullres and 3d_lowres; lowres fold 0, then cascade fold 0."""
-    root = tmp_path_factory.mktemp("cascade")
-    raw, pre, res = root / "raw", root / "preprocessed", root / "results"
-    dataset.make_dataset(raw, n_cases=6, shape=(32, 32, 32), seed=1, dataset_id=CASCADE_DATASET_ID)
-    pre_ds = demo.plan_and_preprocess(raw, pre, dataset_id=CASCADE_DATASET_ID, log=root / "plan.log")
-    demo.derive_small_plans(pre_ds, features=(8, 16, 32))
-    demo.add_lowres_cascade(pre_ds)
-    demo.preprocess(raw, pre, dataset_id=CASCADE_DATASET_ID, configuration=LOWRES, log=root / "plan.log")
-    demo.write_splits(pre_ds)
-    train = {"raw": raw, "preprocessed": pre, "results": res, "dataset_id": CASCADE_DATASET_ID,
-             "epochs": 1, "iterations": 3, "log": root / "train.log"}
-    lowres = demo.train_fold(0, configuration=LOWRES, **train).parent
-    segs = lowres / "predicted_next_stage" / CASCADE
-    predicted = sorted(p.name[: -len(".b2nd")] for p in segs.glob("*.b2nd"))
-    plans = json.loads((pre_ds / f"{demo.DEMO_PLANS}.json").read_text())
-    filled = _fill_previous_stage(segs, pre_ds / plans["configurations"]["3d_fullres"]["data_identifier"])
-    cascade_folder = demo.train_fold(0, configuration=CASCADE, **train).parent
-    return SimpleNamespace(lowres=lowres, cascade=cascade_folder, pre_ds=pre_ds, segs=segs,
-                           predicted=predicted, filled=filled)
+def cascade(tiny_cascade):
+    """The session's cascade (tests/conftest.py: lowres fold 0, then cascade fold 0)."""
+    return tiny_cascade
 
 
 def test_cascade_previous_stage_is_where_nnunet_writes_it(cascade):
@@ -266,7 +226,9 @@ def test_cascade_in_the_workflow_config(cascade, tmp_path):
         assert expected in str(error.value) and "\n" not in str(error.value)
 
 
-def test_cascade_refused_by_bundle_and_predict(cascade, tmp_path):
+def test_cascade_without_its_previous_stage_refused_by_bundle_and_predict(cascade, tmp_path):
+    """A cascade stage deploys with its previous stage (tests/test_cascade_ensemble.py); alone it is
+    refused, naming the missing stage."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -281,7 +243,7 @@ def test_cascade_refused_by_bundle_and_predict(cascade, tmp_path):
     helper.set_model_props(model, {"nnbridge.configuration": CASCADE, "nnbridge.previous_stage": LOWRES})
     onnx.save(model, tmp_path / "model.onnx")
     files = {"plans_file": cascade.cascade / "plans.json", "dataset_file": cascade.cascade / "dataset.json"}
-    with pytest.raises(NNBridgeError, match="nnbridge predict does not run cascades"):
+    with pytest.raises(NNBridgeError, match="holds no 3d_lowres stage; configure the 3d_lowres model folder too"):
         build_from_pipeline(tmp_path / "b1", **files, folds={"0": {"files": {"onnx_fp32": tmp_path / "model.onnx"}}},
                             variant_names=["onnx_fp32"], default_variant="onnx_fp32", model="m", dataset="d")
     write_bundle(tmp_path / "b2", **files, info={"configuration": CASCADE},

@@ -9,6 +9,8 @@ import sys
 from .core.errors import NNBridgeError
 from .core.metadata import read_metadata
 from .predict.bundle import Bundle
+from .predict.components import read_steps
+from .predict.ensemble import EnsemblePredictor
 from .predict.predictor import Predictor
 from .predict.verify import save, summary_lines, verify_bundle
 
@@ -30,39 +32,59 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """nnUNetv2_predict on a bundle, with ONNX Runtime or OpenVINO and no torch."""
+    """nnUNetv2_predict (and nnUNetv2_ensemble, nnUNetv2_apply_postprocessing) on bundles, with
+    ONNX Runtime or OpenVINO and no torch."""
 
-    predictor = Predictor(
-        Bundle.load(args.model, verify=not args.no_verify),
-        variant=args.variant,
-        folds=args.folds,
-        backend=args.backend,
-        threads=args.threads,
-        step=args.step_size,
-        mirroring=not args.disable_tta,
-        batch_size=args.batch_size,
-        accumulate="float32" if args.fp32_accumulate else "float16",
-        allow_ungated=args.allow_ungated,
-        selfcheck=not args.no_selfcheck,
-    )
+    steps = read_steps(args.postprocessing) if args.postprocessing else None
+    members = [
+        Predictor(
+            Bundle.load(model, verify=not args.no_verify),
+            variant=args.variant,
+            folds=args.folds,
+            backend=args.backend,
+            threads=args.threads,
+            step=args.step_size,
+            mirroring=not args.disable_tta,
+            batch_size=args.batch_size,
+            accumulate="float32" if args.fp32_accumulate else "float16",
+            allow_ungated=args.allow_ungated,
+            selfcheck=not args.no_selfcheck,
+            postprocessing=not args.no_postprocessing and len(args.model) == 1,
+            postprocessing_steps=steps if len(args.model) == 1 and not args.no_postprocessing else None,
+        )
+        for model in args.model
+    ]
+    predictor: Predictor | EnsemblePredictor = members[0]
+    if len(members) > 1:
+        predictor = EnsemblePredictor(members, postprocessing=not args.no_postprocessing,
+                                      postprocessing_steps=None if args.no_postprocessing else steps)
     records = predictor.predict_folder(args.input, args.output, save_probabilities=args.save_probabilities,
                                        overwrite=not args.continue_prediction, verbose=not args.quiet)
     if not args.quiet:
-        print(f"nnbridge: {len(records)} case(s) -> {args.output} "
-              f"(variant {predictor.variant}, {predictor.backend}, folds {', '.join(map(str, predictor.files))})",
-              file=sys.stderr)
+        used = "; ".join(f"{m.bundle.model or m.bundle.root}: variant {m.variant}, {m.backend}, folds "
+                         f"{', '.join(map(str, m.files))}" for m in members)
+        print(f"nnbridge: {len(records)} case(s) -> {args.output} ({used})", file=sys.stderr)
     return 0
 
 
 def add_predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="nnUNetv2_predict with an exported bundle, without torch",
+    p = sub.add_parser("predict", help="nnUNetv2_predict with exported bundles (cascades, ensembles, "
+                       "postprocessing), without torch",
                        description="Segment every case of INPUT (<case>_0000.nii.gz, ... one file per "
                        "channel) into OUTPUT (<case>.nii.gz) like nnUNetv2_predict, with the ONNX models "
-                       "of a bundle the pipeline wrote.")
+                       "of a bundle the pipeline wrote. A cascade's bundle (3d_cascade_fullres) holds its "
+                       "3d_lowres stage and runs both, like nnUNetv2_predict with -prev_stage_predictions. "
+                       "Several bundles (-m A B) are ensembled like nnUNetv2_ensemble (probabilities "
+                       "averaged). Then the postprocessing nnUNetv2_find_best_configuration chose for the "
+                       "model (or for the ensemble of exactly these models), as recorded in the bundle, is "
+                       "applied like nnUNetv2_apply_postprocessing.")
     p.add_argument("-i", "--input", required=True, help="folder of <case>_<XXXX><file_ending> images")
     p.add_argument("-o", "--output", required=True, help="folder for <case><file_ending> segmentations")
-    p.add_argument("-m", "--model", required=True, help="bundle folder (results/<dataset>/<model>/bundle)")
-    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all in the bundle)")
+    p.add_argument("-m", "--model", required=True, nargs="+",
+                   help="bundle folder (results/<dataset>/<model>/bundle); two or more: an ensemble of "
+                   "configurations (e.g. the 2d and the 3d_fullres bundle)")
+    p.add_argument("-f", "--folds", nargs="+", default=None,
+                   help="folds to ensemble (default: all in the bundle); the same for every bundle and stage")
     p.add_argument("--variant", default=None,
                    help="bundle variant (default: the manifest's default); a bf16 variant runs on OpenVINO in "
                    "bf16 where the CPU has it natively, else in fp32")
@@ -73,9 +95,16 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
                    help="no test-time mirroring (faster, slightly different result)")
     p.add_argument("--save_probabilities", "--save-probabilities", dest="save_probabilities",
-                   action="store_true", help="also write <case>.npz (probabilities) and <case>.pkl")
+                   action="store_true", help="also write <case>.npz (probabilities; of an ensemble: the "
+                   "average) and <case>.pkl")
     p.add_argument("--continue_prediction", "--continue-prediction", dest="continue_prediction",
                    action="store_true", help="skip cases whose output exists")
+    p.add_argument("--no-postprocessing", action="store_true",
+                   help="write the segmentation without nnU-Net's postprocessing (the raw prediction, as "
+                   "nnUNetv2_predict/nnUNetv2_ensemble write it)")
+    p.add_argument("--postprocessing", default=None, metavar="FILE",
+                   help="apply this postprocessing.pkl (read safely: nnU-Net's function and labels only) or "
+                   "steps JSON instead of the one recorded in the bundle")
     p.add_argument("--threads", type=int, default=None,
                    help="runtime threads (default: the fastest count in the pipeline's benchmark sweep, "
                    "recorded in the bundle, at most this machine's CPUs; 0 = the runtime's choice)")
@@ -93,18 +122,27 @@ def add_predict_parser(sub) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Re-check each variant's gate on this machine with the bundle's self-check set."""
+    """Re-check each variant's gate on this machine with the bundle's self-check set (a cascade:
+    each stage's)."""
 
-    bundle = Bundle.load(args.model, verify=not args.no_verify)
-    record = verify_bundle(bundle, args.variant, backends=args.backend, threads=args.threads)
-    record["cached_in"] = str(save(bundle, record))
+    outer = Bundle.load(args.model, verify=not args.no_verify)
+    stages = [b for b in (outer.previous_stage, outer) if b is not None]
+    records, failed = [], []
+    for bundle in stages:
+        record = verify_bundle(bundle, args.variant, backends=args.backend, threads=args.threads)
+        record["cached_in"] = str(save(bundle, record))
+        records.append(record)
+        failed += [(n, b, f) for n, per in record["variants"].items() for b, folds in per.items()
+                   for f, r in folds.items() if not r.get("passed", True)]
     if args.json:
-        print(json.dumps(record, indent=2))
+        print(json.dumps(records[0] if len(records) == 1 else
+                         {b.configuration: r for b, r in zip(stages, records)}, indent=2))
     else:
-        print("\n".join(summary_lines(record)))
-        print(f"nnbridge verify: result cached in {record['cached_in']} (nnbridge predict reads it)")
-    failed = [(n, b, f) for n, per in record["variants"].items() for b, folds in per.items()
-              for f, r in folds.items() if not r.get("passed", True)]
+        for bundle, record in zip(stages, records):
+            if len(stages) > 1:
+                print(f"{bundle.configuration} stage ({bundle.root}):")
+            print("\n".join(summary_lines(record)))
+            print(f"nnbridge verify: result cached in {record['cached_in']} (nnbridge predict reads it)")
     return 1 if failed else 0
 
 
@@ -112,8 +150,8 @@ def add_verify_parser(sub) -> None:
     p = sub.add_parser("verify", help="re-check a bundle's variants on this machine, without torch",
                        description="Run each variant of a bundle that passed its gate on the self-check set the "
                        "bundle ships (held-out patches with PyTorch's label maps) and check its Dice here against "
-                       "its gate. Exit status 1 when a variant fails on this CPU; nnbridge predict then refuses it. "
-                       "The result is cached beside the bundle (or in the user cache directory).")
+                       "its gate (a cascade's bundle: both stages). Exit status 1 when a variant fails on this "
+                       "CPU; nnbridge predict then refuses it. The result is cached beside the bundle (or in the user cache directory).")
     p.add_argument("-m", "--model", required=True, help="bundle folder (results/<dataset>/<model>/bundle)")
     p.add_argument("--variant", nargs="+", default=None, help="variants to check (default all)")
     p.add_argument("--backend", nargs="+", choices=("onnxruntime", "openvino"), default=None,

@@ -1,6 +1,6 @@
 # Whole-case parity: nnU-Net's own predictor (torch, CPU) and `nnbridge predict` (the bundle) on
 # the fold's validation cases (or, from an image folder, its held-out images), stage by stage,
-# with per-stage timings of both.
+# with per-stage timings of both; a cascade stage with its previous stage on both sides.
 rule case_parity:
     input:
         unpack(get_case_parity_inputs),
@@ -16,6 +16,7 @@ rule case_parity:
         raw=lambda wildcards: get_model(wildcards).raw,
         images=get_images_param,
         trusted=lambda wildcards: bool(get_model(wildcards).entry.get("trusted", False)),
+        previous_stage=get_previous_stage_reference,
         bundle=lambda wildcards, input: str(Path(input.bundle).parent),
         variants=get_case_parity_variants,
         step=lookup(dpath="case_parity/step", within=config),

@@ -23,6 +23,8 @@ from nnbridge.pipeline.plan import (
     plan_models,
     fold_variants,
     record_of,
+    postprocessing_sources,
+    previous_stage_model,
     variant_tolerance,
 )
 
@@ -272,9 +274,35 @@ def get_validation_summaries():
 
 
 def bundled(model):
-    """Models that get a bundle (nnbridge predict reproduces nnUNetv2_predict: nnU-Net models,
-    cascade stages excepted: it does not run their previous stage)."""
-    return model.kind == "nnunet" and model.previous_stage is None
+    """Models that get a bundle (nnbridge predict reproduces nnUNetv2_predict): nnU-Net models;
+    a cascade stage when its previous stage's model is configured too (its bundle holds that
+    model's bundle)."""
+    if model.kind != "nnunet":
+        return False
+    return model.previous_stage is None or previous_stage_model(model, MODELS) is not None
+
+
+def get_previous_stage_bundle(wildcards):
+    """The bundle of a cascade stage's previous stage ({} for other models)."""
+    previous = previous_stage_model(get_model(wildcards), MODELS)
+    if previous is None:
+        return {}
+    return {"previous_stage": f"{RESULTS}/{previous.dataset}/{previous.name}/bundle/bundle.json"}
+
+
+def get_previous_stage_reference(wildcards):
+    """A cascade stage's previous stage for whole-case parity: its model folder and checkpoint
+    (nnU-Net's predictor of that stage runs first), else None."""
+    previous = previous_stage_model(get_model(wildcards), MODELS)
+    if previous is None:
+        return None
+    return {"folder": previous.folder, "checkpoint": previous.checkpoint,
+            "trusted": bool(previous.entry.get("trusted", False))}
+
+
+def get_postprocessing(wildcards):
+    """nnU-Net's postprocessing.pkl files for the model's bundle (pipeline.plan.postprocessing_sources)."""
+    return postprocessing_sources(get_model(wildcards))
 
 
 def get_bundle_folds(wildcards):
@@ -294,10 +322,12 @@ def get_bundle_folds(wildcards):
 
 
 def get_bundle_inputs(wildcards):
-    files = [*get_fold_inputs_of_model(wildcards).values()]
+    files = [*get_fold_inputs_of_model(wildcards).values(), *get_previous_stage_bundle(wildcards).values()]
     for fold in get_bundle_folds(wildcards).values():
         files += [*fold["files"].values(), *fold["records"].values(), fold["parity"], fold["benchmark"],
                   fold["selfcheck"]]
+    sources = get_postprocessing(wildcards)
+    files += [spec["pkl"] for spec in [sources["own"], *sources["ensembles"]] if spec]
     return files
 
 
@@ -330,6 +360,11 @@ def get_case_parity_inputs(wildcards):
         **get_fold_inputs(wildcards),
         "bundle": f"{RESULTS}/{wildcards.dataset}/{wildcards.model}/bundle/bundle.json",
     }
+    previous = previous_stage_model(model, MODELS)
+    if previous is not None:  # a cascade: nnU-Net's predictor of its previous stage runs first
+        inputs["previous_checkpoint"] = previous.checkpoint_of(wildcards.fold)
+        inputs["previous_plans"] = f"{previous.folder}/plans.json"
+        inputs["previous_dataset"] = f"{previous.folder}/dataset.json"
     if model.images is not None:  # the fold's held-out images, as its patches split them
         inputs["patches"] = f"{FoldKey(wildcards.dataset, wildcards.model, wildcards.fold).dir(RESULTS)}/patches/patches.json"
         return inputs

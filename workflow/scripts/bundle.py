@@ -13,6 +13,14 @@ with logged(snakemake.log[0]):
         default_variant=snakemake.params.default_variant,
         model=snakemake.wildcards.model,
         dataset=snakemake.wildcards.dataset,
+        previous_stage=snakemake.params.previous_stage.get("previous_stage"),
+        postprocessing=snakemake.params.postprocessing["own"],
+        ensembles=snakemake.params.postprocessing["ensembles"],
     )
     for name, variant in manifest["variants"].items():
         print(name, "backend:", variant["backend"], "passed:", variant["passed"])
+    if manifest.get("previous_stage"):
+        print("previous stage:", manifest["previous_stage"]["configuration"], manifest["previous_stage"]["model"])
+    for record in [manifest.get("postprocessing") or {}, *manifest.get("ensembles", [])]:
+        if record:
+            print("postprocessing:", record["source"], len(record["steps"]), "step(s)")

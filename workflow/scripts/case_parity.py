@@ -30,6 +30,7 @@ with logged(snakemake.log[0]):
         mirroring=snakemake.params.mirroring,
         threads=snakemake.params.threads,
         trusted=snakemake.params.trusted,
+        previous_stage=snakemake.params.previous_stage,
     )
     CaseParityRecord.of(record).write(snakemake.output.json)
     for name, result in record["variants"].items():

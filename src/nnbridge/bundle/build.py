@@ -18,7 +18,8 @@ from ..core.metadata import inference_precision, read_metadata
 from ..core.records import BenchmarkRecord, BundleManifest, ParityRecord, Sweep
 from ..core.runlog import sha256_file, verify_recorded
 from ..core.stats import median
-from ..predict.bundle import FORMAT, MANIFEST, refuse_cascade
+from ..predict.bundle import FORMAT, MANIFEST, Bundle, require_previous_stage
+from ..predict.components import read_postprocessing_pkl
 from ..predict.verify import SELFCHECK_DIR
 from ..runtime import ONNX_BACKENDS
 
@@ -42,6 +43,30 @@ def _copy(src: Path, dst: Path, expected: str | None = None) -> str:
     return digest
 
 
+PREVIOUS_STAGE_DIR = "previous_stage"
+POSTPROCESSING_DIR = "postprocessing"
+
+
+def _copy_bundle(src: Path, dst: Path) -> None:
+    """A bundle folder copied into ``dst`` (never linked, as every bundle file), without nnbridge
+    verify's per-machine results (not part of a bundle)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, copy_function=shutil.copyfile, ignore=shutil.ignore_patterns("verified-*.json"))
+
+
+def _postprocessing_record(out_dir: Path, spec: dict[str, Any], name: str) -> dict[str, Any]:
+    """nnU-Net's postprocessing.pkl ``spec["pkl"]`` copied into the bundle, with its steps read
+    safely (:func:`nnbridge.predict.components.read_postprocessing_pkl`) for ``nnbridge predict``."""
+    steps = read_postprocessing_pkl(spec["pkl"])
+    rel = f"{POSTPROCESSING_DIR}/{name}"
+    record = {"steps": steps, "file": rel, "sha256": _copy(Path(spec["pkl"]), out_dir / rel), "source": spec["source"],
+              "folds": [str(f) for f in spec.get("folds") or []]}
+    if spec.get("members"):
+        record["members"] = list(spec["members"])
+    return record
+
+
 def choose_backend(gates: dict[str, dict[str, bool]], latency_ms: dict[str, float]) -> str | None:
     """The fastest backend whose gate passed on every fold (``gates``: fold → backend → passed;
     ``latency_ms``: backend → median latency). None when no backend passed everywhere."""
@@ -61,6 +86,9 @@ def write_bundle(
     default_variant: str,
     selfcheck: dict[str, Path] | None = None,
     gated_on: dict[str, dict[str, Any]] | None = None,
+    previous_stage: Path | None = None,
+    postprocessing: dict[str, Any] | None = None,
+    ensembles: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Assemble a bundle. ``variants``: name → {"files": {fold: onnx path}, "records": {fold: the stage
     record stating its sha256, checked before and after copying (optional)}, "gates": {fold: {backend:
@@ -69,9 +97,15 @@ def write_bundle(
     {fold: {backend: {"tolerance", "at_gate"}}} for ``nnbridge verify``}. ``info``:
     configuration, patch size, mirror axes… ``selfcheck``: fold → the validate stage's
     self-check set (shipped as ``selfcheck/fold_<k>.npz``); ``gated_on``: fold → the CPU kind
-    its gates were measured on."""
+    its gates were measured on. ``previous_stage``: a cascade stage's previous stage, a bundle
+    folder copied in as ``previous_stage/``. ``postprocessing``: nnU-Net's postprocessing of the
+    model ({"pkl", "source": its path in the model folder, "folds"}); ``ensembles``: those of its
+    ensembles with other configurations (the same, plus "members": the model identifiers)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (PREVIOUS_STAGE_DIR, POSTPROCESSING_DIR):
+        if (out_dir / stale).exists():
+            shutil.rmtree(out_dir / stale)
     shutil.copyfile(plans_file, out_dir / "plans.json")
     shutil.copyfile(dataset_file, out_dir / "dataset.json")
     entries: dict[str, Any] = {}
@@ -110,6 +144,18 @@ def write_bundle(
         "dataset_json_sha256": sha256_file(out_dir / "dataset.json"),
         "gated_on": dict(gated_on or {}),
     }
+    if previous_stage is not None:
+        _copy_bundle(Path(previous_stage), out_dir / PREVIOUS_STAGE_DIR)
+        stage = Bundle.load(out_dir / PREVIOUS_STAGE_DIR)  # checks what was copied
+        manifest["previous_stage"] = {"configuration": stage.configuration, "model": stage.model,
+                                      "bundle": PREVIOUS_STAGE_DIR,
+                                      "manifest_sha256": sha256_file(out_dir / PREVIOUS_STAGE_DIR / MANIFEST)}
+    if postprocessing:
+        manifest["postprocessing"] = _postprocessing_record(out_dir, postprocessing, "postprocessing.pkl")
+    if ensembles:
+        manifest["ensembles"] = [
+            _postprocessing_record(out_dir, spec, f"{Path(spec['source']).parent.name}.pkl") for spec in ensembles
+        ]
     if selfcheck:
         files, sums, shapes = {}, {}, {}
         for fold, src in sorted(selfcheck.items()):
@@ -192,6 +238,9 @@ def build_from_pipeline(
     default_variant: str,
     model: str,
     dataset: str,
+    previous_stage: Path | None = None,
+    postprocessing: dict[str, Any] | None = None,
+    ensembles: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A bundle from the pipeline's per-fold results. ``folds``: fold → {"files": {variant: onnx
     path}, "records": {variant: the record stating its sha256}, "parity": parity.json, "benchmark": benchmark.json, "selfcheck": the validate stage's
@@ -200,10 +249,19 @@ def build_from_pipeline(
     parity record names (``gated_on``); its Dice bounds and its Dice on the self-check set go
     into ``recheck`` for ``nnbridge verify``; its latency is the median over folds of the
     benchmark's p50; its threads and batch size per runtime come from the benchmark's sweeps
-    (:func:`run_settings`)."""
+    (:func:`run_settings`). A cascade stage needs ``previous_stage`` (the bundle of its previous
+    stage's model); ``postprocessing`` and ``ensembles`` as :func:`write_bundle` takes them."""
     first = next(iter(folds.values()))["files"][variant_names[0]]
     meta = read_metadata(Path(first))
-    refuse_cascade(meta.get("configuration"), meta.get("previous_stage"), first)
+    require_previous_stage(meta.get("configuration"), meta.get("previous_stage"), previous_stage is not None, first)
+    if previous_stage is not None and not meta.get("previous_stage"):
+        raise NNBridgeError(f"{first}: {meta.get('configuration')} is no cascade stage; it takes no previous stage "
+                            f"bundle ({previous_stage})")
+    if previous_stage is not None:
+        stage = Bundle.load(Path(previous_stage))
+        if stage.configuration != meta.get("previous_stage"):
+            raise NNBridgeError(f"{previous_stage}: a bundle of {stage.configuration}, but {meta.get('configuration')} "
+                                f"takes the {meta.get('previous_stage')} segmentation")
     parity = {f: ParityRecord.read(spec["parity"]) for f, spec in folds.items()}
     bench = {f: BenchmarkRecord.read(spec["benchmark"]) for f, spec in folds.items()}
     variants: dict[str, dict[str, Any]] = {}
@@ -256,4 +314,5 @@ def build_from_pipeline(
     gated_on = {f: parity[f].extra["cpu_kind"] for f in folds if parity[f].extra.get("cpu_kind")}
     return write_bundle(out_dir, plans_file=plans_file, dataset_file=dataset_file, info=info,
                         variants=variants, default_variant=default_variant, selfcheck=selfcheck,
-                        gated_on=gated_on)
+                        gated_on=gated_on, previous_stage=previous_stage, postprocessing=postprocessing,
+                        ensembles=ensembles)

@@ -67,6 +67,9 @@ class ModelZip:
     path: Path
     sha256: str
     folders: tuple[ZipModelFolder, ...]
+    ensembles: tuple[str, ...] = ()
+    """The ``<Dataset>/ensembles/ensemble___*/postprocessing.pkl`` members (nnU-Net's choice of
+    postprocessing for ensembles of configurations)."""
 
     @property
     def key(self) -> str:
@@ -151,7 +154,10 @@ def read_model_zip(path: str | Path, sha_cache: Path | None = None) -> ModelZip:
         ZipModelFolder(root, frozenset(n[len(root) + 1:] for n in files if n.startswith(f"{root}/")))
         for root in roots
     )
-    return ModelZip(path, zip_sha256(path, sha_cache), folders)
+    ensembles = tuple(sorted(n for n in files if PurePosixPath(n).name == "postprocessing.pkl"
+                             and PurePosixPath(n).parent.name.startswith("ensemble___")
+                             and PurePosixPath(n).parent.parent.name == "ensembles"))
+    return ModelZip(path, zip_sha256(path, sha_cache), folders, ensembles)
 
 
 def extract_member(zip_path: str | Path, member: str, out: str | Path) -> dict[str, Any]:

@@ -606,3 +606,61 @@ def check_config_names(config: dict[str, Any]) -> None:
         if name not in benchmarked:
             raise NNBridgeError(f"config benchmark.sweep: {name!r} is not a variant of this config, so it would "
                                 f"never be swept; use some of {benchmarked}")
+
+
+def previous_stage_model(model: ModelEntry, models: dict[str, ModelEntry]) -> ModelEntry | None:
+    """The configured model a cascade stage's bundle takes its previous stage from: the same
+    dataset, trainer and plans, the previous stage's configuration (``None`` when it is not
+    configured, or ``model`` is no cascade stage)."""
+    if model.kind != "nnunet" or model.previous_stage is None:
+        return None
+    trainer, plans, _ = configuration_of(model.folder)
+    return models.get(f"{model.dataset}/{trainer}__{plans}__{model.previous_stage}")
+
+
+def _folds_of(folder_name: str, prefix: str) -> list[str]:
+    """``crossval_results_folds_0_1_2`` → ["0", "1", "2"] (nnU-Net's ``folds_tuple_to_string``)."""
+    return folder_name[len(prefix):].split("_") if folder_name.startswith(prefix) else []
+
+
+CROSSVAL_PREFIX = "crossval_results_folds_"
+
+
+def postprocessing_sources(model: ModelEntry) -> dict[str, Any]:
+    """nnU-Net's postprocessing files for a model's bundle, found when the DAG is built:
+    ``own``, what ``nnUNetv2_find_best_configuration`` chose for the model alone
+    (``<folder>/crossval_results_folds_<folds>/postprocessing.pkl``: the one over the model's
+    folds, else the only one, else the one over most folds), and ``ensembles``, what it chose for
+    ensembles of this model with another configuration
+    (``<folder>/../ensembles/ensemble___<A>___<B>___<folds>/postprocessing.pkl``). Each is
+    {pkl, source (relative to the dataset's results folder), folds[, members]}; for a model zip
+    the files are where its members unpack to."""
+    if model.kind != "nnunet":
+        return {"own": None, "ensembles": []}
+    folder = Path(model.folder)
+    if model.zip is not None:
+        zipped = next(f for f in model.zip.folders if f.path == model.zip_folder)
+        own_found = sorted(f.split("/")[0] for f in zipped.files
+                           if f.startswith(CROSSVAL_PREFIX) and f.endswith("/postprocessing.pkl") and f.count("/") == 1)
+        dataset_in_zip = str(Path(model.zip_folder or "").parent)
+        ensemble_names = sorted(Path(m).parent.name for m in model.zip.ensembles
+                                if str(Path(m).parent.parent.parent) == dataset_in_zip)
+    else:
+        own_found = sorted(p.parent.name for p in folder.glob(f"{CROSSVAL_PREFIX}*/postprocessing.pkl"))
+        ensemble_names = sorted(p.parent.name for p in (folder.parent / "ensembles").glob("ensemble___*/postprocessing.pkl"))
+    own = None
+    if own_found:
+        wanted = sorted(model.folds, key=fold_order)
+        by_folds = {name: _folds_of(name, CROSSVAL_PREFIX) for name in own_found}
+        name = next((n for n, f in by_folds.items() if sorted(f, key=fold_order) == wanted),
+                    max(own_found, key=lambda n: (len(by_folds[n]), n)))
+        own = {"pkl": str(folder / name / "postprocessing.pkl"),
+               "source": f"{folder.name}/{name}/postprocessing.pkl", "folds": by_folds[name]}
+    ensembles = []
+    for name in ensemble_names:
+        _prefix, *members, folds = name.split("___")
+        if folder.name in members and len(members) >= 2:
+            ensembles.append({"pkl": str(folder.parent / "ensembles" / name / "postprocessing.pkl"),
+                              "source": f"ensembles/{name}/postprocessing.pkl", "members": members,
+                              "folds": folds.split("_")})
+    return {"own": own, "ensembles": ensembles}

@@ -8,10 +8,25 @@ Layout::
       plans.json dataset.json
       <variant>/fold_<k>.onnx
       selfcheck/fold_<k>.npz   held-out patches and PyTorch's label maps (nnbridge verify)
+      postprocessing/        nnU-Net's postprocessing.pkl files, copied (the manifest holds their steps)
+      previous_stage/        a cascade stage's previous stage (3d_lowres): a complete bundle of its own
       verified-<cpu>.json    nnbridge verify's result on another CPU kind (not in the manifest)
 
 Reading a bundle checks every file against the manifest's sha256, so a swapped or truncated model
-is refused before it predicts anything."""
+is refused before it predicts anything; a previous stage's bundle is checked the same way (its
+``bundle.json`` against the outer manifest, its files against its own).
+
+Cascades: the bundle of ``3d_cascade_fullres`` holds the bundle of its ``3d_lowres`` model in
+``previous_stage/`` (manifest key ``previous_stage``: configuration, model, folder and the sha256
+of its manifest), so one folder deploys the whole cascade and each stage keeps its own variants,
+gates, run settings and self-check set.
+
+Postprocessing: ``postprocessing`` records what ``nnUNetv2_find_best_configuration`` chose for the
+model itself (``crossval_results_folds_<folds>/postprocessing.pkl``) and ``ensembles`` what it
+chose for the ensembles of this model with another configuration
+(``<Dataset>/ensembles/ensemble___<model A>___<model B>___<folds>/postprocessing.pkl``): the
+file's steps as JSON (:mod:`.components`; ``nnbridge predict`` applies those and never unpickles),
+the copied pkl, its sha256 and where it came from."""
 
 from __future__ import annotations
 
@@ -22,6 +37,7 @@ from typing import Any
 
 from ..core.errors import NNBridgeError
 from ..core.runlog import sha256_file
+from .components import Step, check_steps
 
 
 MANIFEST = "bundle.json"
@@ -38,6 +54,7 @@ class Bundle:
     manifest: dict[str, Any]
     plans: dict[str, Any]
     dataset_json: dict[str, Any]
+    previous_stage: Bundle | None = None
 
     @classmethod
     def load(cls, root: Path, verify: bool = True) -> Bundle:
@@ -59,6 +76,12 @@ class Bundle:
                 checks += [(variant["files"][f], variant["sha256"][f]) for f in variant["files"]]
             selfcheck = manifest.get("selfcheck") or {}
             checks += [(rel, selfcheck["sha256"][f]) for f, rel in (selfcheck.get("files") or {}).items()]
+            for record in [manifest.get("postprocessing") or {}, *(manifest.get("ensembles") or [])]:
+                if record.get("file"):
+                    checks.append((record["file"], record["sha256"]))
+            if manifest.get("previous_stage"):
+                stage = manifest["previous_stage"]
+                checks.append((f"{stage['bundle']}/{MANIFEST}", stage["manifest_sha256"]))
             for rel, expected in checks:
                 path = root / rel
                 if not path.is_file():
@@ -68,7 +91,34 @@ class Bundle:
                                         "truncated, copy the bundle again")
         plans = json.loads((root / manifest["plans"]).read_text())
         dataset_json = json.loads((root / manifest["dataset_json"]).read_text())
-        return cls(root, manifest, plans, dataset_json)
+        previous = None
+        if manifest.get("previous_stage"):
+            previous = cls.load(root / manifest["previous_stage"]["bundle"], verify=verify)
+        return cls(root, manifest, plans, dataset_json, previous)
+
+    @property
+    def model(self) -> str:
+        """The model folder's name, ``<Trainer>__<Plans>__<configuration>`` (nnU-Net's identifier)."""
+        return str(self.manifest.get("model") or "")
+
+    def postprocessing(self) -> tuple[list[Step], str] | None:
+        """The steps nnU-Net chose for this model alone and where they come from (``None``:
+        the bundle records none)."""
+        record = self.manifest.get("postprocessing")
+        if not record:
+            return None
+        return check_steps(record["steps"], f"{self.root / MANIFEST} postprocessing"), record["source"]
+
+    def ensemble_postprocessing(self, models: list[str], folds: list[str] | None = None
+                                ) -> tuple[list[Step], str] | None:
+        """The steps nnU-Net chose for the ensemble of ``models`` (model identifiers, this one
+        among them), preferring the record over ``folds``; ``None`` when the bundle has none."""
+        wanted = sorted(models)
+        found = [r for r in self.manifest.get("ensembles") or [] if sorted(r["members"]) == wanted]
+        if not found:
+            return None
+        chosen = next((r for r in found if folds and sorted(r["folds"]) == sorted(folds)), found[0])
+        return check_steps(chosen["steps"], f"{self.root / MANIFEST} ensembles"), chosen["source"]
 
     @property
     def configuration(self) -> str:
@@ -93,12 +143,13 @@ class Bundle:
         return [self.root / entry["files"][f] for f in folds]
 
 
-def refuse_cascade(configuration: str | None, previous_stage: str | None, where: Path | str) -> None:
-    """``nnbridge predict`` runs one stage: a cascade stage would need its previous stage's
-    segmentation of each case as extra input channels, which it does not produce."""
-    if previous_stage:
+def require_previous_stage(configuration: str | None, previous_stage: str | None, has_it: bool,
+                           where: Path | str) -> None:
+    """A cascade stage predicts only with its previous stage: its input includes that stage's
+    segmentation of each case."""
+    if previous_stage and not has_it:
         raise NNBridgeError(
             f"{where}: {configuration} is a cascade stage (its input includes the {previous_stage} "
-            f"segmentation); nnbridge predict does not run cascades: use nnUNetv2_predict with "
-            f"-prev_stage_predictions, or bundle a single-stage configuration"
+            f"segmentation) but the bundle holds no {previous_stage} stage; configure the {previous_stage} "
+            f"model folder too, so the bundle of {configuration} takes the {previous_stage} bundle in"
         )

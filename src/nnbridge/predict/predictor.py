@@ -1,18 +1,25 @@
 """``nnbridge predict``: nnU-Net's inference on a bundle, with ONNX Runtime or OpenVINO, no torch.
 
 read → preprocess (transpose, crop, normalize, resample) → sliding window over every fold with
-mirroring → average logits → resample back, argmax/regions, un-crop, transpose back → write.
-Each stage is timed per case.
+mirroring → average logits → resample back, argmax/regions, un-crop, transpose back →
+postprocessing → write. Each stage is timed per case.
+
+A cascade stage's bundle holds its previous stage: that stage predicts the case first (all of the
+above but postprocessing, as ``nnUNetv2_predict`` of ``3d_lowres`` writes it), and its segmentation
+enters the cascade stage's preprocessing as nnU-Net's ``-prev_stage_predictions`` does
+(:func:`.preprocess.preprocess_case`). Postprocessing is the one nnU-Net chose for the model
+(``nnUNetv2_apply_postprocessing`` with the bundle's recorded ``postprocessing.pkl``); several
+bundles are ensembled by :mod:`.ensemble`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import sys
-import tempfile
 import time
+import contextlib
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +31,8 @@ import numpy as np
 from ..core.errors import NNBridgeError
 from ..core.runlog import one_line_cause
 from ..runtime import ONNX_BACKENDS, make_runner
-from .bundle import Bundle, refuse_cascade
+from .bundle import Bundle, require_previous_stage
+from .components import Step, apply_postprocessing, describe
 from .io import check_channels, check_complete, check_finite, find_cases, num_channels, reader_writer
 from .postprocess import Labels, logits_to_segmentation
 from .preprocess import configuration, preprocess_case
@@ -97,13 +105,32 @@ class Predictor:
     accumulate: str = "float16"
     allow_ungated: bool = False
     selfcheck: bool = True  # re-check the variant on a CPU kind the bundle has not seen (nnbridge verify)
+    postprocessing: bool = True  # nnU-Net's postprocessing recorded in the bundle (or postprocessing_steps)
+    postprocessing_steps: list[Step] | None = None  # explicit steps (--postprocessing FILE) instead
     networks: list[Network] = field(default_factory=list, init=False)
     precision: str = field(default="f32", init=False)  # what the loaded networks compute in
     run_choice: dict[str, Any] = field(default_factory=dict, init=False)  # threads, batch size and why
     verification: dict[str, Any] | None = field(default=None, init=False)  # nnbridge verify's record here
     verification_path: Path | None = field(default=None, init=False)  # where it is cached
+    previous: Predictor | None = field(default=None, init=False)  # a cascade's previous stage
+    steps: list[Step] = field(default_factory=list, init=False)  # the postprocessing applied
+    postprocessing_source: str = field(default="", init=False)  # where the steps come from
 
     def __post_init__(self) -> None:
+        self.config = configuration(self.bundle.plans, self.bundle.configuration)
+        previous_stage = self.config.get("previous_stage")
+        require_previous_stage(self.bundle.configuration, previous_stage, self.bundle.previous_stage is not None,
+                               self.bundle.root)
+        if previous_stage:  # the same choices for both stages; its segmentation is not postprocessed
+            stage = self.bundle.previous_stage
+            if self.variant and self.variant not in stage.manifest["variants"]:
+                raise NNBridgeError(f"{stage.root}: the {previous_stage} stage has no variant {self.variant!r} "
+                                    f"(it has {sorted(stage.manifest['variants'])}); choose one both stages have")
+            self.previous = Predictor(stage, variant=self.variant, folds=self.folds, backend=self.backend,
+                                      threads=self.threads, step=self.step, mirroring=self.mirroring,
+                                      batch_size=self.batch_size, accumulate=self.accumulate,
+                                      allow_ungated=self.allow_ungated, selfcheck=self.selfcheck,
+                                      postprocessing=False)
         name, entry = self.bundle.variant(self.variant)
         self.variant = name
         gates = entry.get("gates", {})
@@ -137,15 +164,31 @@ class Predictor:
         self.run_choice = choose_run_settings(entry, self.backend, self.threads, self.batch_size)
         self.threads, self.batch_size = self.run_choice["threads"], self.run_choice["batch_size"]
         self.files = self.bundle.model_files(name, list(self.folds) if self.folds else None)
-        self.config = configuration(self.bundle.plans, self.bundle.configuration)
-        refuse_cascade(self.bundle.configuration, self.config.get("previous_stage"), self.bundle.root)
         self.labels = Labels.from_dataset_json(self.bundle.dataset_json)
         self.patch_size = [int(p) for p in self.config["patch_size"]]
         axes = self.bundle.manifest.get("mirror_axes")
         self.mirror_axes = [int(a) for a in axes] if (self.mirroring and axes) else None
         self.rw = reader_writer(self.bundle.plans.get("image_reader_writer", "SimpleITKIO"))
+        if self.postprocessing_steps is not None:
+            self.steps, self.postprocessing_source = list(self.postprocessing_steps), "--postprocessing"
+        elif self.postprocessing:
+            recorded = self.bundle.postprocessing()
+            if recorded:
+                self.steps, self.postprocessing_source = recorded
+            else:
+                self.postprocessing_source = "none recorded in the bundle"
+        else:
+            self.postprocessing_source = "off"
+
+    def describe_postprocessing(self) -> str:
+        """One line: the postprocessing applied and where it comes from."""
+        if not self.steps:
+            return f"postprocessing: none ({self.postprocessing_source})"
+        return f"postprocessing: {describe(self.steps)} (from {self.postprocessing_source})"
 
     def load(self) -> None:
+        if self.previous is not None:
+            self.previous.load()
         if not self.networks:
             _, entry = self.bundle.variant(self.variant)
             settings = entry.get("ort_settings") if self.backend == "onnxruntime" else None
@@ -164,10 +207,15 @@ class Predictor:
             settings = self.bundle.variant(self.variant)[1].get("ort_settings") or {}
             line += ", ONNX Runtime " + (", ".join(f"{k}={v}" for k, v in settings.items())
                                          + " (the benchmark's search)" if settings else "defaults")
-        return f"{line} [threads: {why['threads']}; batch: {why['batch_size']}]"
+        line = f"{line} [threads: {why['threads']}; batch: {why['batch_size']}]"
+        if self.previous is not None:
+            line = f"{self.previous.describe_run()}, then {self.bundle.configuration}: {line}"
+        return line
 
-    def preprocess(self, data: np.ndarray, properties: dict, where: str = "the case") -> tuple[np.ndarray, dict]:
-        return preprocess_case(data, properties, self.bundle.plans, self.bundle.configuration, where)
+    def preprocess(self, data: np.ndarray, properties: dict, previous_stage: np.ndarray | None = None,
+                   where: str = "the case") -> tuple[np.ndarray, dict]:
+        return preprocess_case(data, properties, self.bundle.plans, self.bundle.configuration, previous_stage,
+                               self.labels.foreground_labels if previous_stage is not None else None, where)
 
     def read(self, files: Sequence[Path]) -> tuple[np.ndarray, dict]:
         """A case's files through the plans' reader, refused in one line naming the file when they
@@ -198,12 +246,29 @@ class Predictor:
     def predict_case(self, case: str, files: Sequence[Path], *, save_probabilities: bool = False,
                      keep_intermediates: bool = False,
                      progress: Callable[[int, int], None] | None = None) -> CaseResult:
-        timings: dict[str, float] = {}
         t = time.perf_counter()
         data, properties = self.read(files)
-        timings["read"] = time.perf_counter() - t
+        read = time.perf_counter() - t
+        result = self.predict_arrays(case, data, properties, save_probabilities=save_probabilities,
+                                     keep_intermediates=keep_intermediates, progress=progress,
+                                     where=", ".join(Path(f).name for f in files))
+        result.timings_s = {"read": read, **result.timings_s}
+        return result
+
+    def predict_arrays(self, case: str, data: np.ndarray, properties: dict, *, save_probabilities: bool = False,
+                       keep_intermediates: bool = False, postprocess: bool = True,
+                       progress: Callable[[int, int], None] | None = None, where: str = "the case") -> CaseResult:
+        """A case already read (``data``, ``properties`` as the reader returns them): the previous
+        stage (a cascade), preprocessing, inference, resampling back and postprocessing."""
+        timings: dict[str, float] = {}
+        previous = None
+        if self.previous is not None:
+            t = time.perf_counter()
+            previous = self.previous.predict_arrays(case, data, properties, postprocess=False,
+                                                    progress=progress, where=where).segmentation
+            timings["previous_stage"] = time.perf_counter() - t
         t = time.perf_counter()
-        pre, properties = self.preprocess(data, properties, ", ".join(Path(f).name for f in files))
+        pre, properties = self.preprocess(data, properties, previous, where)
         timings["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
         logits = self.logits(pre, progress)
@@ -213,13 +278,16 @@ class Predictor:
                                      self.bundle.dataset_json, return_probabilities=save_probabilities)
         seg, probs = out if save_probabilities else (out, None)
         timings["resample_back"] = time.perf_counter() - t
+        if postprocess and self.steps:
+            t = time.perf_counter()
+            seg = apply_postprocessing(seg, self.steps)
+            timings["postprocess"] = time.perf_counter() - t
         return CaseResult(case, seg, properties, timings, probs,
                           pre if keep_intermediates else None, logits if keep_intermediates else None)
 
     def output_files(self, case: str, output_dir: Path, save_probabilities: bool) -> list[Path]:
         """A case's output files: the segmentation, and with probabilities ``.npz`` and ``.pkl``."""
-        ending = self.bundle.dataset_json["file_ending"]
-        names = [f"{case}{ending}"] + ([f"{case}.npz", f"{case}.pkl"] if save_probabilities else [])
+        names = [f"{case}{self.file_ending}"] + ([f"{case}.npz", f"{case}.pkl"] if save_probabilities else [])
         return [Path(output_dir) / n for n in names]
 
     def write_case(self, result: CaseResult, output_dir: Path) -> Path:
@@ -254,41 +322,69 @@ class Predictor:
                 return False
         return True
 
+    @property
+    def file_ending(self) -> str:
+        return self.bundle.dataset_json["file_ending"]
+
     def cases(self, input_dir: Path) -> dict[str, list[Path]]:
-        return find_cases(Path(input_dir), self.bundle.dataset_json["file_ending"],
-                          num_channels(self.bundle.dataset_json))
+        return find_cases(Path(input_dir), self.file_ending, num_channels(self.bundle.dataset_json))
+
+    def announce(self) -> list[str]:
+        """What ``nnbridge predict`` says before the first case: runtime and settings (each
+        stage of a cascade), the re-check on this CPU kind where one ran, the postprocessing."""
+        self.load()  # so the line can say the precision the runtime really uses
+        lines = [self.describe_run()]
+        for stage in (self.previous, self):
+            if stage is not None and stage.verification is not None:
+                here = failures_here(stage.verification, stage.variant, stage.backend or "")
+                which = f"{stage.bundle.configuration}: " if self.previous is not None else ""
+                lines.append(f"{which}{stage.variant} on {stage.backend} re-checked on this "
+                             f"CPU kind (not the one it was gated on): "
+                             f"{'FAILS, used anyway (--allow-ungated)' if here else 'passes'}; result in "
+                             f"{stage.verification_path}")
+        return [*lines, self.describe_postprocessing()]
 
     def predict_folder(self, input_dir: Path, output_dir: Path, *, save_probabilities: bool = False,
                        overwrite: bool = True, verbose: bool = True) -> list[dict[str, Any]]:
-        """Predict every case of ``input_dir`` into ``output_dir``; per-case timings. The output
-        folder is checked to be writable before the first case; without ``overwrite`` a case whose
-        files are all complete (:meth:`case_done`) is skipped."""
-        cases = self.cases(input_dir)
-        output_dir = Path(output_dir)
-        writable_folder(output_dir)
-        for leftover in output_dir.glob(f"*{PARTIAL}*"):  # what a killed run was writing
-            leftover.unlink()
+        """Predict every case of ``input_dir`` into ``output_dir``; per-case timings."""
+        return predict_folder(self, input_dir, output_dir, save_probabilities=save_probabilities,
+                              overwrite=overwrite, verbose=verbose)
+
+
+def predict_folder(predictor: Any, input_dir: Path, output_dir: Path, *, save_probabilities: bool = False,
+                   overwrite: bool = True, verbose: bool = True) -> list[dict[str, Any]]:
+    """Every case of ``input_dir`` through ``predictor`` (a :class:`Predictor` or an ensemble:
+    ``cases``, ``announce``, ``predict_case``, ``write_case``, ``case_done``, ``file_ending``) into
+    ``output_dir``. The output folder is checked to be writable before the first case; without
+    ``overwrite`` a case whose files are all complete (``case_done``) is skipped."""
+    cases = predictor.cases(input_dir)
+    output_dir = Path(output_dir)
+    writable_folder(output_dir)
+    for leftover in output_dir.glob(f"*{PARTIAL}*"):  # what a killed run was writing
+        leftover.unlink()
+    if verbose:
+        for line in predictor.announce():
+            print(f"nnbridge: {line}", file=sys.stderr)
+    records = []
+    for i, (case, files) in enumerate(cases.items(), 1):
+        if not overwrite and predictor.case_done(case, output_dir, save_probabilities):
+            continue
+        progress = _progress_printer(case, i, len(cases)) if verbose else None
+        result = predictor.predict_case(case, files, save_probabilities=save_probabilities, progress=progress)
+        predictor.write_case(result, output_dir)
         if verbose:
-            self.load()  # so the line can say the precision the runtime really uses
-            print(f"nnbridge: {self.describe_run()}", file=sys.stderr)
-            if self.verification is not None:
-                here = failures_here(self.verification, self.variant, self.backend or "")
-                print(f"nnbridge: {self.variant} on {self.backend} re-checked on this CPU kind (not the one it "
-                      f"was gated on): {'FAILS, used anyway (--allow-ungated)' if here else 'passes'}; result "
-                      f"in {self.verification_path}", file=sys.stderr)
-        records = []
-        for i, (case, files) in enumerate(cases.items(), 1):
-            if not overwrite and self.case_done(case, output_dir, save_probabilities):
-                continue
-            progress = _progress_printer(case, i, len(cases)) if verbose else None
-            result = self.predict_case(case, files, save_probabilities=save_probabilities, progress=progress)
-            self.write_case(result, output_dir)
-            if verbose:
-                total = sum(result.timings_s.values())
-                print(f"\r[{i}/{len(cases)}] {case}: {total:.2f} s "
-                      + " ".join(f"{k} {v:.2f}" for k, v in result.timings_s.items()), file=sys.stderr)
-            records.append({"case": case, "timings_s": result.timings_s})
-        return records
+            total = sum(result.timings_s.values())
+            print(f"\r[{i}/{len(cases)}] {case}: {total:.2f} s "
+                  + " ".join(f"{k} {v:.2f}" for k, v in result.timings_s.items()), file=sys.stderr)
+        records.append({"case": case, "timings_s": result.timings_s})
+    return records
+
+
+def _progress_printer(case: str, index: int, total: int) -> Callable[[int, int], None]:
+    def show(done: int, windows: int) -> None:
+        print(f"\r[{index}/{total}] {case}: window {done}/{windows}", end="", file=sys.stderr, flush=True)
+
+    return show
 
 
 PARTIAL = ".nnbridge-partial"

@@ -546,16 +546,31 @@ def _size(n_bytes: float) -> str:
 
 
 def preprocess_case(
-    data: np.ndarray, properties: dict, plans: dict, configuration_name: str, where: str = "the case"
+    data: np.ndarray,
+    properties: dict,
+    plans: dict,
+    configuration_name: str,
+    previous_stage: np.ndarray | None = None,
+    onehot_labels: Sequence[int] | None = None,
+    where: str = "the case",
 ) -> tuple[np.ndarray, dict]:
-    """``DefaultPreprocessor.run_case_npy`` without a segmentation: transpose, crop, normalize, resample.
+    """``DefaultPreprocessor.run_case_npy``: transpose, crop, normalize, resample.
 
     ``data`` is (C, X, Y, Z) as nnU-Net's image readers return it, ``properties`` their properties (with
     ``spacing``). Returns the float32 (C, *spatial) network input and a copy of ``properties`` with
     ``shape_before_cropping``, ``bbox_used_for_cropping`` and
-    ``shape_after_cropping_and_before_resampling`` added. Neither input is modified. Spacings that
-    cannot be resampled here are refused first (:func:`check_resampled_size`; ``where`` names the
-    case in the message).
+    ``shape_after_cropping_and_before_resampling`` added. Neither input is modified.
+
+    A cascade stage (``3d_cascade_fullres``) also takes ``previous_stage``: the previous stage's
+    segmentation of the case in the input's geometry (what ``nnUNetv2_predict
+    -prev_stage_predictions`` reads back from the file the previous stage wrote). It goes through
+    ``run_case_npy`` as nnU-Net's ``seg``: read as float32, transposed, cropped with -1 outside the
+    nonzero mask (which ``use_mask_for_norm`` then uses), resampled with ``resampling_fn_seg``,
+    cast to int8/int16; its one-hot encoding over ``onehot_labels`` (the foreground labels,
+    ``convert_labelmap_to_one_hot``) is appended to the image channels, in float32.
+
+    Spacings that cannot be resampled here are refused first (:func:`check_resampled_size`;
+    ``where`` names the case in the message).
     """
     config = configuration(plans, configuration_name)
     forward = transpose_forward(plans)
@@ -565,14 +580,26 @@ def preprocess_case(
         )
     if "spacing" not in properties or len(properties["spacing"]) != len(forward):
         raise NNBridgeError(f"properties need a 'spacing' with {len(forward)} entries")
+    seg = None
+    if previous_stage is not None:
+        if onehot_labels is None:
+            raise NNBridgeError("a previous stage's segmentation needs the labels to one-hot encode")
+        seg = np.asarray(previous_stage).astype(np.float32)  # as nnU-Net's reader returns it (a copy)
+        if seg.ndim == data.ndim - 1:
+            seg = seg[None]
+        if seg.shape[1:] != data.shape[1:]:
+            raise NNBridgeError(f"the previous stage's segmentation has shape {seg.shape[1:]}, the image "
+                                f"{data.shape[1:]}; they must be the same grid")
     properties = dict(properties)
 
     data = data.astype(np.float32)  # a copy, as in nnU-Net
     data = data.transpose([0, *[i + 1 for i in forward]])
+    if seg is not None:
+        seg = seg.transpose([0, *[i + 1 for i in forward]])
     original_spacing = [properties["spacing"][i] for i in forward]
 
     properties["shape_before_cropping"] = data.shape[1:]
-    data, seg, bbox = crop_to_nonzero(data)
+    data, seg, bbox = crop_to_nonzero(data, seg)
     properties["bbox_used_for_cropping"] = bbox
     properties["shape_after_cropping_and_before_resampling"] = data.shape[1:]
 
@@ -583,4 +610,12 @@ def preprocess_case(
     # normalize before resampling, on the cropped view, exactly like nnU-Net
     data = _normalize_in_place(data, seg, config, plans)
     data = resampling_function(config, "data")(data, new_shape, original_spacing, new_spacing)
-    return np.ascontiguousarray(data, dtype=np.float32), properties
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if previous_stage is None:
+        return data, properties
+    seg = resampling_function(config, "seg")(seg, new_shape, original_spacing, new_spacing)
+    seg = seg.astype(np.int16 if np.max(seg) > 127 else np.int8)
+    onehot = np.zeros((len(onehot_labels), *seg.shape[1:]), dtype=data.dtype)
+    for i, label in enumerate(onehot_labels):
+        onehot[i] = seg[0] == label
+    return np.ascontiguousarray(np.vstack((data, onehot)), dtype=np.float32), properties

@@ -11,6 +11,7 @@ from ..core.keys import Variant
 from ..core.records import BenchResult, Coverage, Peak, RealisticRecord
 from ..core.stats import median
 from .cards import TORCH_EAGER, model_points, model_targets
+from ..predict.components import describe
 from .collect import RunResults
 
 
@@ -471,21 +472,47 @@ def case_parity_table(run: RunResults) -> Table | None:
 
 
 def case_stage_table(run: RunResults) -> Table | None:
-    """Seconds per stage, summed over the validation cases of each fold."""
-    rows, stages = [], None
-    for f in run.folds:
-        cp = f.case_parity
-        if not cp or not cp.nnunet:
-            continue
-        stages = stages or list(cp.nnunet.timings_s)
-        rows.append([f.label, "nnU-Net (torch)", *[f"{cp.nnunet.timings_s.get(k, 0.0):.3f}" for k in stages]])
+    """Seconds per stage, summed over the validation cases of each fold (a cascade also has its
+    previous stage)."""
+    parities = [(f, f.case_parity) for f in run.folds if f.case_parity and f.case_parity.nnunet]
+    stages = list(dict.fromkeys(k for _, cp in parities for k in cp.nnunet.timings_s))
+
+    def cells(timings: dict[str, float]) -> list[str]:
+        return [f"{timings[k]:.3f}" if k in timings else "–" for k in stages]
+
+    rows = []
+    for f, cp in parities:
+        rows.append([f.label, "nnU-Net (torch)", *cells(cp.nnunet.timings_s)])
         for name, v in cp.variants.items():
             if not v.skipped:
-                rows.append([f.label, f"nnbridge {name} ({v.backend})",
-                             *[f"{v.timings_s.get(k, 0.0):.3f}" for k in stages]])
-    if not rows or stages is None:
+                rows.append([f.label, f"nnbridge {name} ({v.backend})", *cells(v.timings_s)])
+    if not rows:
         return None
     return Table(["fold", "predictor", *stages], rows)
+
+
+def deployment_table(run: RunResults) -> Table | None:
+    """Per bundled model: its previous stage (a cascade), the postprocessing nnU-Net chose for it
+    and for its ensembles, as the bundle records them."""
+    rows, seen = [], set()
+    for f in run.folds:
+        if not f.bundle or f.model_name in seen:
+            continue
+        seen.add(f.model_name)
+        b = f.bundle.extra
+        stage, own, ensembles = b.get("previous_stage"), b.get("postprocessing"), b.get("ensembles") or []
+        if not (stage or own or ensembles):
+            continue
+        rows.append([
+            f.model_name,
+            f"{stage['configuration']} ({stage['model']}), in the bundle" if stage else "–",
+            f"{describe(own['steps'])} ({own['source']})" if own else "none recorded",
+            "; ".join(f"with {' + '.join(m for m in r['members'] if m != f.model)}: {describe(r['steps'])}"
+                      for r in ensembles) or "–",
+        ])
+    if not rows:
+        return None
+    return Table(["model", "previous stage", "postprocessing (nnU-Net's choice)", "ensembles (-m A B)"], rows)
 
 
 def bundle_table(run: RunResults) -> Table | None:
@@ -603,6 +630,10 @@ def detail_sections(run: RunResults) -> list[Section]:
                 "thread count for both predictors.", case_stage_table(run)),
         Section("bundle", "Deployable bundle", "`nnbridge predict -m results/<dataset>/<model>/bundle` runs each "
                 "variant on the fastest runtime that passed its parity gate on every fold.", bundle_table(run)),
+        Section("cascades-postprocessing", "Cascades and postprocessing in the bundle", "A cascade stage's bundle "
+                "holds its previous stage and `nnbridge predict` runs both; the postprocessing "
+                "`nnUNetv2_find_best_configuration` chose (for the model, and for ensembles `nnbridge predict -m A B`) "
+                "is applied unless `--no-postprocessing`.", deployment_table(run)),
         Section("benchmark", "Benchmark", "Batch-1 latency on one patch, each backend in its own process, all in one "
                 "run; compare the ratios." + peak_note(run) + accelerator_note(run), benchmark_table(run)),
         Section("ort-search", "ONNX Runtime session search", "Each candidate in its own process, fewer repetitions "

@@ -8,6 +8,11 @@ preprocessed input, aggregated logits, final labels. Every number in the report'
 section comes from here. The gate takes each class's Dice on each case (the worst case decides;
 classes smaller than ``min_case_voxels`` in a case are listed, not gated); the record gives the
 per-class distribution over cases and the CPU kind it was measured on.
+
+A cascade stage is compared as nnU-Net runs it: its previous stage's nnU-Net predictor segments
+the case and writes it, the cascade's preprocessor reads that file back as the segmentation
+(``-prev_stage_predictions``) and its one-hot channels join the image; ``nnbridge predict`` runs the
+bundle's own previous stage. Postprocessing is not part of the comparison (both sides without).
 """
 
 from __future__ import annotations
@@ -96,13 +101,14 @@ class NNUNetReference:
     ``note`` says so."""
 
     def __init__(self, model_folder: Path, fold: str, checkpoint: str, *, step: float, mirroring: bool,
-                 threads: int, trusted: bool = False):
+                 threads: int, trusted: bool = False, previous_stage: NNUNetReference | None = None):
         import torch  # noqa: PLC0415
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: PLC0415
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: PLC0415
 
         # also makes nnbridge's trainers findable
         _trainer, self.note = trainer_or_default(Path(model_folder).name.split("__")[0])
+        self.previous_stage = previous_stage
         torch.set_num_threads(max(1, threads))
         self.torch = torch
         self.predictor = nnUNetPredictor(
@@ -126,6 +132,7 @@ class NNUNetReference:
         from nnunetv2.inference.export_prediction import (  # noqa: PLC0415
             convert_predicted_logits_to_segmentation_with_correct_shape,
         )
+        from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot  # noqa: PLC0415
 
         p = self.predictor
         timings: dict[str, float] = {}
@@ -133,10 +140,20 @@ class NNUNetReference:
         rw = p.plans_manager.image_reader_writer_class()
         data, properties = rw.read_images([str(f) for f in files])
         timings["read"] = time.perf_counter() - t
+        previous = None
+        if self.previous_stage is not None:  # nnUNetv2_predict of the previous stage, then -prev_stage_predictions
+            t = time.perf_counter()
+            previous_file = Path(out_file).parent / "previous_stage" / Path(out_file).name
+            previous_file.parent.mkdir(parents=True, exist_ok=True)
+            self.previous_stage.predict_case(files, previous_file)
+            previous, _ = rw.read_seg(str(previous_file))
+            timings["previous_stage"] = time.perf_counter() - t
         t = time.perf_counter()
         preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
-        data, _, properties = preprocessor.run_case_npy(data, None, properties, p.plans_manager,
-                                                        p.configuration_manager, p.dataset_json)
+        data, seg, properties = preprocessor.run_case_npy(data, previous, properties, p.plans_manager,
+                                                          p.configuration_manager, p.dataset_json)
+        if previous is not None:
+            data = np.vstack((data, convert_labelmap_to_one_hot(seg[0], p.label_manager.foreground_labels, data.dtype)))
         timings["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
         logits = p.predict_logits_from_preprocessed_data(self.torch.from_numpy(data)).cpu()
@@ -247,15 +264,26 @@ def run_case_parity(
     mirroring: bool = True,
     threads: int = 1,
     trusted: bool = False,
+    previous_stage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Predict ``cases`` with nnU-Net and with each bundle variant (name → {"backend", "gate"});
     per-case agreement, stage timings, gates and the end-to-end speed ratio. A case without a
-    ``label`` file gets no Dice against the truth (the gate compares the two predictors)."""
+    ``label`` file gets no Dice against the truth (the gate compares the two predictors). A
+    cascade stage needs ``previous_stage``: {"folder", "checkpoint"[, "trusted"]} of its previous
+    stage's model (the same fold predicts)."""
 
     out_dir = Path(out_dir)
     bundle = Bundle.load(bundle_dir)
+    earlier = None
+    if bundle.previous_stage is not None:
+        if not previous_stage:
+            raise NNBridgeError(f"{bundle_dir}: a cascade stage; whole-case parity needs the model folder of its "
+                                f"{bundle.previous_stage.configuration} stage (previous_stage)")
+        earlier = NNUNetReference(Path(previous_stage["folder"]), fold, previous_stage["checkpoint"], step=step,
+                                  mirroring=mirroring, threads=threads,
+                                  trusted=bool(previous_stage.get("trusted", trusted)))
     reference = NNUNetReference(model_folder, fold, checkpoint, step=step, mirroring=mirroring, threads=threads,
-                                trusted=trusted)
+                                trusted=trusted, previous_stage=earlier)
     labels = reference.predictor.label_manager
     classes = [int(c) for c in (labels.regions_class_order if labels.has_regions else labels.foreground_labels)]
     ending = bundle.dataset_json["file_ending"]
@@ -270,6 +298,9 @@ def run_case_parity(
     result: dict[str, Any] = {
         "fold": fold, "step": step, "mirroring": mirroring, "threads": threads, "cpu_kind": cpu_kind(),
         "cases": list(cases), "classes": classes, "reference_note": reference.note,
+        "previous_stage": (None if earlier is None else
+                           {"configuration": bundle.previous_stage.configuration,
+                            "model_folder": str(previous_stage["folder"]), "reference_note": earlier.note}),
         "nnunet": {"timings_s": _sum_timings([r["timings_s"] for r in ref_results.values()])},
         "variants": {},
     }
@@ -282,7 +313,8 @@ def run_case_parity(
             continue
         predictor = Predictor(bundle, variant=name, folds=[fold], backend=spec.get("backend"), threads=threads,
                               step=step, mirroring=mirroring, allow_ungated=True,
-                              selfcheck=False)  # measured here against nnU-Net itself
+                              selfcheck=False,  # measured here against nnU-Net itself
+                              postprocessing=False)  # nnU-Net's predictor does not postprocess
         predictor.load()
         (out_dir / name).mkdir(parents=True, exist_ok=True)
         per_case, timings = {}, []
