@@ -14,6 +14,7 @@ import pytest
 from onnx import numpy_helper
 
 from nnbridge.core.cpu import INT8_DOT_FLAGS, NO_VNNI_ENV, cpu_identity, cpu_kind, int8_dot
+from nnbridge.core.records import BenchmarkRecord, ParityRecord
 from nnbridge.quantize import quantize_variant
 from nnbridge.quantize.cpudefaults import decision_features, quantize_cpu_params, resolve
 
@@ -204,9 +205,10 @@ def gated_bundle(tiny_model, exported, patch_sets, tmp_path_factory):
     parity = validate_source(nnunet_source(tiny_model.model_folder, "0"), heldout, variants, tolerances, threads=2,
                            groups=groups, selfcheck_out=root / "selfcheck.npz",
                            selfcheck={"patches": 3, "max_kb": 96})
-    write_json(root / "parity.json", parity)
-    write_json(root / "benchmark.json", {"results": {"onnx_fp32": {"p50_ms": 10.0},
-                                                     "onnx_fp32@openvino": {"p50_ms": 20.0}, "int8": {"p50_ms": 5.0}}})
+    ParityRecord.of(parity).write(root / "parity.json")
+    BenchmarkRecord.of({"results": {"onnx_fp32": {"backend": "onnxruntime", "p50_ms": 10.0},
+                                    "onnx_fp32@openvino": {"backend": "openvino", "p50_ms": 20.0},
+                                    "int8": {"backend": "onnxruntime", "p50_ms": 5.0}}}).write(root / "benchmark.json")
     bundle = root / "bundle"
     build_from_pipeline(bundle, plans_file=tiny_model.model_folder / "plans.json",
                         dataset_file=tiny_model.model_folder / "dataset.json",

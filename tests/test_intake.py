@@ -339,6 +339,8 @@ def _set_models(work: Path, models: list[dict]) -> None:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["models"] = models
     config["quantize"] = {"int8_static": config["quantize"]["int8_static"]}
+    config["validate"]["tolerances"] = {k: v for k, v in config["validate"]["tolerances"].items()
+                                        if k in ("torchscript", "onnx_fp32", "onnx_simplified", *config["quantize"])}
     config["backends"] = ["onnxruntime"]
     config["export"]["torchscript"] = False
     config["patches"].update(calibration=4, heldout=2, foreground_fraction=0.5)

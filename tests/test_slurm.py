@@ -95,6 +95,8 @@ def reduce_config(workdir: Path) -> None:
     config["benchmark"].update(threads=1, warmup=0, repeats=2, sweep=[])
     config["backends"] = ["onnxruntime"]  # OpenVINO runs are covered by the local workflow test
     config["quantize"] = {"int8_static": config["quantize"]["int8_static"]}  # one is enough here
+    config["validate"]["tolerances"] = {k: v for k, v in config["validate"]["tolerances"].items()
+                                        if k in ("torchscript", "onnx_fp32", "onnx_simplified", *config["quantize"])}
     config["benchmark"]["tune"] = []
     config["benchmark"]["realistic"] = {"enabled": False}
     config["bundle"] = {"variants": ["onnx_simplified"]}

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from ..bench.measure import benchmark_variants
+from ..core.runlog import write_json
 from ..export.onnx_export import export_onnx
 from ..export.simplify import simplify_onnx
 from ..export.torchscript_export import export_torchscript
 from ..models.loader import load_model
 from ..pipeline.plan import FoldKey, discover_models, fold_variants, variant_tolerance
 from ..quantize import quantize_variant
-from ..validate.parity import validate_fold
+from ..validate.parity import validate_source
 
 MONAI = "monai.networks.nets."
 SMP = "segmentation_models_pytorch."
@@ -311,13 +312,19 @@ def run_entry(entry: dict[str, Any], folder: Path, config: dict[str, Any] | None
             return
         wall, cpu = time.perf_counter(), time.process_time()
         try:
-            records[name] = {"status": "ok", **run()}
+            result = run()
+            if name in record_files:  # where the pipeline writes it: later stages check sha256s against it
+                write_json(folder / record_files[name], result)
+            records[name] = {"status": "ok", **result}
         except Exception as exc:  # noqa: BLE001 - a stage that cannot work for this network: say why, go on
             failed = "weights NOT verified" in str(exc)
             records[name] = {"status": "FAILED" if failed else "SKIPPED", "cause": _cause(exc)}
         records[name]["stage_seconds"] = {"wall": round(time.perf_counter() - wall, 2),
                                           "cpu": round(time.process_time() - cpu, 2)}
 
+    record_files = {"export_onnx": "export/export.json", "export_torchscript": "export/torchscript.json",
+                    "simplify": "simplify/simplify.json",
+                    **{name: f"quantize/{name}.json" for name in config["quantize"]}}
     model = next(iter(discover_models([entry], quantize_names=list(config["quantize"])).values()))
     source = model.source(model.folds[0])
     cal, held = np.load(entry["patches"]["calibration"]), np.load(entry["patches"]["heldout"])
@@ -353,12 +360,13 @@ def run_entry(entry: dict[str, Any], folder: Path, config: dict[str, Any] | None
         key = FoldKey(model.dataset, model.name, model.folds[0])
         variants = fold_variants(str(folder.parent), key, config, model.quantize)
         base = key.dir(str(folder.parent))
-        for variant in variants.values():  # the artifacts are in this folder
+        for variant in variants.values():  # the artifacts and their records are in this folder
             variant["path"] = str(folder / Path(variant["path"]).relative_to(base))
+            variant["record"] = str(folder / Path(variant["record"]).relative_to(base))
         ready = {n: v for n, v in variants.items() if records.get(_stage_of(n), {}).get("status") == "ok"}
         not_run = {n: records[_stage_of(n)] for n in variants if n not in ready}
         tolerances = {n: variant_tolerance(n, config["validate"]) for n in ready}
-        record = validate_fold(source, held, ready, tolerances, threads=2)
+        record = validate_source(source, held, ready, tolerances, threads=2)
         for name, why in not_run.items():
             record["variants"][name] = {"passed": False, "skipped": f"{_stage_of(name)} {why['status']}: {why.get('cause')}"}
         return record
