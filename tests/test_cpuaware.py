@@ -185,7 +185,7 @@ def gated_bundle(tiny_model, exported, patch_sets, tmp_path_factory):
     import shutil
 
     from nnbridge.bundle.build import build_from_pipeline
-    from nnbridge.core.runlog import sha256_file, write_json
+    from nnbridge.core.runlog import sha256_file
     from nnbridge.models.nnunet import nnunet_source
     from nnbridge.patches.sampling import fold_cases
     from nnbridge.quantize.static import quantize_static_int8
