@@ -7,8 +7,9 @@ venv:
 demo: venv
 	.venv/bin/snakemake --profile profiles/default
 
+# two workers (xdist): the demo pipeline's tests on one, the library tests beside them
 test: venv
-	.venv/bin/python -m pytest -ra
+	.venv/bin/python -m pytest -n 2 --dist loadgroup -ra
 
 # speed at a realistic nnU-Net size (128^3, random weights): not part of `make demo`
 bench: venv

@@ -3,6 +3,8 @@ the real pipeline on the demo for the workflow and Slurm tests."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -30,21 +32,46 @@ class TinyModel:
     checkpoint: str = "checkpoint_final.pth"
 
 
+@contextlib.contextmanager
+def built_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str):
+    """A folder for a session fixture's expensive build, and whether it still has to be built.
+    With pytest-xdist the workers share it (the first builds it under a file lock, the others
+    wait and reuse it); without, it is this session's own."""
+    if worker_id == "master":
+        yield tmp_path_factory.mktemp(name), None
+        return
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / f"shared_{name}"
+    with FileLock(str(root) + ".lock"):
+        done = root / "built.json"
+        record = json.loads(done.read_text()) if done.is_file() else None
+        root.mkdir(exist_ok=True)
+        state = {"record": record}
+        yield root, state
+        if record is None and state.get("built") is not None:
+            done.write_text(json.dumps(state["built"]))
+
+
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> TinyModel:
     """Dataset → nnU-Net planning/preprocessing → small plans → 1 fold trained briefly (~30 s)."""
     from nnbridge.demo import dataset, nnunet as demo
     from nnbridge.models import TRAINER_DIR
 
-    root = tmp_path_factory.mktemp("tiny_nnunet")
-    raw, pre, res = root / "raw", root / "preprocessed", root / "results"
-    dataset.make_dataset(raw, n_cases=10, seed=3)
-    pre_ds = demo.plan_and_preprocess(raw, pre, log=root / "plan.log")
-    demo.derive_small_plans(pre_ds)
-    fold_dir = demo.train_fold(0, raw=raw, preprocessed=pre, results=res, epochs=2, iterations=4,
-                               log=root / "train.log")
     os.environ.setdefault("nnUNet_extTrainer", str(TRAINER_DIR))
-    return TinyModel(model_folder=fold_dir.parent, preprocessed=pre_ds)
+    with built_once(tmp_path_factory, worker_id, "tiny_nnunet") as (root, state):
+        if state and state["record"]:
+            return TinyModel(Path(state["record"]["model_folder"]), Path(state["record"]["preprocessed"]))
+        raw, pre, res = root / "raw", root / "preprocessed", root / "results"
+        dataset.make_dataset(raw, n_cases=10, seed=3)
+        pre_ds = demo.plan_and_preprocess(raw, pre, log=root / "plan.log")
+        demo.derive_small_plans(pre_ds)
+        fold_dir = demo.train_fold(0, raw=raw, preprocessed=pre, results=res, epochs=2, iterations=4,
+                                   log=root / "train.log")
+        if state is not None:
+            state["built"] = {"model_folder": str(fold_dir.parent), "preprocessed": str(pre_ds)}
+        return TinyModel(model_folder=fold_dir.parent, preprocessed=pre_ds)
 
 
 @pytest.fixture(scope="session")
@@ -110,15 +137,24 @@ def _fill_previous_stage(segs: Path, fullres_data: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_cascade(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+def tiny_cascade(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> SimpleNamespace:
     """One dataset, preprocessed for 3d_fullres and 3d_lowres; lowres fold 0, then cascade fold 0
     (about 1.5 min on two cores)."""
-    import json
+    with built_once(tmp_path_factory, worker_id, "cascade") as (root, state):
+        if state and state["record"]:
+            r = state["record"]
+            return SimpleNamespace(**{k: Path(v) for k, v in r.items() if k not in ("predicted", "filled")},
+                                   predicted=r["predicted"], filled=r["filled"])
+        made = _build_tiny_cascade(root)
+        if state is not None:
+            state["built"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(made).items()}
+        return made
 
+
+def _build_tiny_cascade(root: Path) -> SimpleNamespace:
     from nnbridge.demo import dataset, nnunet as demo
 
     lowres_name, cascade_name = "3d_lowres", "3d_cascade_fullres"
-    root = tmp_path_factory.mktemp("cascade")
     raw, pre, res = root / "raw", root / "preprocessed", root / "results"
     raw_ds = dataset.make_dataset(raw, n_cases=6, shape=(32, 32, 32), seed=1, dataset_id=CASCADE_DATASET_ID)
     pre_ds = demo.plan_and_preprocess(raw, pre, dataset_id=CASCADE_DATASET_ID, log=root / "plan.log")
@@ -208,3 +244,12 @@ def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     set_config(work, shorten)
     run_snakemake(work)
     return work
+
+
+def pytest_collection_modifyitems(config, items):
+    """With ``-n 2 --dist loadgroup``: each test module runs on one worker (its module-scoped
+    fixtures, such as the trained model kinds, are built once), the demo pipeline's modules
+    together (their ``xdist_group("pipeline")`` mark)."""
+    for item in items:
+        if not any(mark.name == "xdist_group" for mark in item.iter_markers()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -71,14 +71,15 @@ def _write_cases(raw: Path, out: Path, n: int = 3) -> list[str]:
 def _export_and_bundle(folder: Path, out: Path, **extra) -> Path:
     """Fold 0 exported to ONNX and bundled by the pipeline's builder (its gates passed)."""
     from nnbridge.bundle.build import build_from_pipeline
-    from nnbridge.core.runlog import write_json
+    from nnbridge.core.keys import Variant
+    from nnbridge.core.records import BenchmarkRecord, BenchResult, Gate, ParityRecord
     from nnbridge.export.onnx_export import export_onnx
     from nnbridge.models.nnunet import load_nnunet_fold
 
     out.mkdir(parents=True, exist_ok=True)
     export_onnx(load_nnunet_fold(folder, "0"), out / "model.onnx")
-    write_json(out / "parity.json", {"variants": {"onnx_fp32": {"passed": True}}})
-    write_json(out / "benchmark.json", {"results": {"onnx_fp32": {"p50_ms": 1.0}}})
+    ParityRecord(variants={Variant("onnx_fp32"): Gate(passed=True)}, fold="0").write(out / "parity.json")
+    BenchmarkRecord(results={Variant("onnx_fp32"): BenchResult(p50_ms=1.0)}).write(out / "benchmark.json")
     build_from_pipeline(out / "bundle", plans_file=folder / "plans.json", dataset_file=folder / "dataset.json",
                         folds={"0": {"files": {"onnx_fp32": out / "model.onnx"}, "parity": out / "parity.json",
                                      "benchmark": out / "benchmark.json"}},
@@ -236,13 +237,15 @@ def test_cascade_bundle_holds_its_lowres_stage_and_nnunets_postprocessing(deploy
 
 
 def test_the_report_shows_the_cascade_and_its_postprocessing(deployed):
-    from nnbridge.report.build import deployment_table
+    from nnbridge.core.records import BundleManifest
+    from nnbridge.report.collect import FoldResults, RunResults
+    from nnbridge.report.tables import deployment_table
 
-    entries = [{"dataset": "d", "model": b.model, "bundle": b.manifest}
-               for b in (Bundle.load(deployed.cascade_bundle), Bundle.load(deployed.lowres_bundle))]
-    header, rows = deployment_table(entries)
-    assert header[1] == "previous stage" and len(rows) == 2
-    cascade, lowres = rows
+    folds = [FoldResults(dataset="d", model=folder.name, fold="0", bundle=BundleManifest.read(b / "bundle.json"))
+             for b, folder in ((deployed.cascade_bundle, deployed.cascade), (deployed.lowres_bundle, deployed.lowres))]
+    table = deployment_table(RunResults(folds=folds))
+    assert table.header[1] == "previous stage" and len(table.rows) == 2
+    cascade, lowres = table.rows
     assert cascade[1] == f"{LOWRES} ({deployed.lowres.name}), in the bundle"
     assert cascade[2].startswith("largest component of {1}; then largest component of {2} (")
     assert lowres[1] == "–" and lowres[2] == "none recorded"
@@ -250,18 +253,21 @@ def test_the_report_shows_the_cascade_and_its_postprocessing(deployed):
 
 
 def test_the_reports_stage_times_line_up_for_a_cascade_beside_a_single_stage():
-    from nnbridge.report.build import case_stage_table
+    from nnbridge.core.records import CaseParityRecord, CaseVariant, StageTimes
+    from nnbridge.report.collect import FoldResults, RunResults
+    from nnbridge.report.tables import case_stage_table
 
     def parity(stages):
         timings = {k: 1.0 for k in stages}
-        return {"nnunet": {"timings_s": timings},
-                "variants": {"onnx_fp32": {"backend": "onnxruntime", "timings_s": dict(timings)}}}
+        return CaseParityRecord(nnunet=StageTimes(timings_s=timings, total_s=len(stages)),
+                                variants={"onnx_fp32": CaseVariant(backend="onnxruntime", timings_s=dict(timings))})
 
     single, cascade = ("read", "preprocess", "inference"), ("read", "previous_stage", "preprocess", "inference")
-    header, rows = case_stage_table([{"dataset": "d", "model": "fullres", "fold": "0", "case_parity": parity(single)},
-                                     {"dataset": "d", "model": "cascade", "fold": "0", "case_parity": parity(cascade)}])
-    assert header == ["fold", "predictor", "read", "preprocess", "inference", "previous_stage"]
-    assert [r[2:] for r in rows] == [["1.000", "1.000", "1.000", "–"]] * 2 + [["1.000"] * 4] * 2
+    folds = [FoldResults(dataset="d", model="fullres", fold="0", case_parity=parity(single)),
+             FoldResults(dataset="d", model="cascade", fold="0", case_parity=parity(cascade))]
+    table = case_stage_table(RunResults(folds=folds))
+    assert table.header == ["fold", "predictor", "read", "preprocess", "inference", "previous_stage"]
+    assert [r[2:] for r in table.rows] == [["1.000", "1.000", "1.000", "–"]] * 2 + [["1.000"] * 4] * 2
 
 
 def test_a_changed_file_of_the_lowres_stage_is_refused(deployed, tmp_path):

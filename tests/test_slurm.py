@@ -50,7 +50,8 @@ REFERENCE_TARGETS = (  # the deterministic part of the demo: data, planning, pre
     "resources/demo/nnUNet_preprocessed/Dataset900_NNBridgeDemo/splits_final.json",
 )
 
-pytestmark = pytest.mark.slurm
+# with the workflow tests: they share the demo pipeline run (tests/conftest.py demo_workdir)
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("pipeline")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,6 +222,7 @@ def slurm_run(cluster, demo_workdir, tmp_path_factory: pytest.TempPathFactory):
     copy_trained_model(demo_workdir, work)
     reduce_config(work)
     reference = copy_slurm_project(tmp_path_factory.mktemp("local_reference"))
+    copy_trained_model(demo_workdir, reference)  # the config names it; the reference builds none of its stages
     reduce_config(reference)
     with open(reference / "reference.log", "w") as log:
         local = subprocess.Popen([SNAKEMAKE, "--cores", "1", "--workflow-profile", "none", *REFERENCE_TARGETS],

@@ -32,7 +32,8 @@ BF16 = "bf16"  # the fp32 graph on OpenVINO in bf16: runs where the CPU has it, 
 NATIVE_BF16 = bf16_unavailable() is None
 PLAIN = {"demo_unet": "key 'model_state_dict', module. prefixes removed"}
 
-pytestmark = pytest.mark.workflow
+# one xdist worker runs the demo pipeline and every test that uses it, in order
+pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("pipeline")]
 
 
 @pytest.fixture(scope="module")
