@@ -7,9 +7,9 @@ venv:
 demo: venv
 	.venv/bin/snakemake --profile profiles/default
 
-# two workers (xdist): the demo pipeline's tests on one, the library tests beside them
+# two workers (pytest-xdist; tests/conftest.py hands out one module at a time, longest first)
 test: venv
-	.venv/bin/python -m pytest -n 2 --dist loadgroup -ra
+	.venv/bin/python -m pytest -n 2 -ra
 
 # speed at a realistic nnU-Net size (128^3, random weights): not part of `make demo`
 bench: venv

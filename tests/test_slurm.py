@@ -51,7 +51,7 @@ REFERENCE_TARGETS = (  # the deterministic part of the demo: data, planning, pre
 )
 
 # with the workflow tests: they share the demo pipeline run (tests/conftest.py demo_workdir)
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("pipeline")]
+pytestmark = [pytest.mark.slurm]
 
 
 # --------------------------------------------------------------------------------------------

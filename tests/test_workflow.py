@@ -33,7 +33,7 @@ NATIVE_BF16 = bf16_unavailable() is None
 PLAIN = {"demo_unet": "key 'model_state_dict', module. prefixes removed"}
 
 # one xdist worker runs the demo pipeline and every test that uses it, in order
-pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("pipeline")]
+pytestmark = [pytest.mark.workflow]
 
 
 @pytest.fixture(scope="module")

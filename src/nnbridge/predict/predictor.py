@@ -421,10 +421,3 @@ def writable_folder(folder: Path) -> None:
             pass
     except OSError as exc:
         raise NNBridgeError(f"{folder}: cannot write there ({exc.strerror or exc}); give -o a writable folder") from None
-
-
-def _progress_printer(case: str, index: int, total: int) -> Callable[[int, int], None]:
-    def show(done: int, windows: int) -> None:
-        print(f"\r[{index}/{total}] {case}: window {done}/{windows}", end="", file=sys.stderr, flush=True)
-
-    return show
