@@ -5,7 +5,7 @@ from nnbridge.core.runlog import logged, write_json
 with logged(snakemake.log[0]):
     record = quantize_variant(
         snakemake.input.onnx,
-        snakemake.output.onnx,
+        snakemake.output.artifact,
         load_patches(snakemake.input.calibration),
         snakemake.params.settings,
         threads=snakemake.threads,

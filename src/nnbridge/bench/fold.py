@@ -13,7 +13,8 @@ from typing import Any
 import onnx
 
 from ..core.cpu import cpu_identity
-from ..core.onnxgraph import compute_node_flops, graph_signature
+from ..core.artifacts import graph_signature
+from ..core.onnxgraph import compute_node_flops
 from ..core.keys import Variant
 from .accelerators import accelerator_status
 from .artifact import TORCH_EAGER, artifact_specs, input_shape_of

@@ -1,4 +1,5 @@
-"""nnbridge's provenance metadata in ONNX files, and nnU-Net label names; imports no torch."""
+"""nnbridge's provenance metadata in ONNX files and OpenVINO IRs, and nnU-Net label names; imports
+no torch and no runtime."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import onnx
 
+from . import irgraph
 from .errors import NNBridgeError
 
 
@@ -20,7 +22,11 @@ PRECISION_KEY = "inference_precision"
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    """nnbridge metadata of an ONNX file, keys without the prefix."""
+    """nnbridge metadata of an ONNX file (its metadata_props) or an OpenVINO IR ``.xml`` (its
+    rt_info, where OpenVINO keeps an ONNX file's metadata and nnbridge writes it), keys without the
+    prefix."""
+    if Path(path).suffix.lower() == ".xml":
+        return {k[len(META_PREFIX):]: v for k, v in irgraph.rt_info(path).items() if k.startswith(META_PREFIX)}
     model = onnx.load(str(path), load_external_data=False)
     return {
         p.key[len(META_PREFIX):]: p.value
@@ -30,8 +36,8 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def inference_precision(path: Path) -> str:
-    """The inference precision an nnbridge ONNX file asks for: ``bf16`` for a bf16 variant, else
-    ``f32``."""
+    """The inference precision an nnbridge ONNX file or IR asks for: ``bf16`` for a bf16 variant,
+    else ``f32``."""
     return read_metadata(path).get(PRECISION_KEY, "f32")
 
 
@@ -63,8 +69,12 @@ def output_labels(path: Path) -> tuple[dict[int, str], bool]:
         labels = dataset.get("labels", {})
         region_based = is_region_based(labels)
         return label_names(labels, region_based), region_based
-    dims = onnx.load(str(path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
-    channels = dims[1].dim_value if len(dims) > 1 else 0
+    if Path(path).suffix.lower() == ".xml":
+        dims = irgraph.output_dims(path)
+        channels = max(dims[1], 0) if len(dims) > 1 else 0
+    else:
+        dims = onnx.load(str(path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
+        channels = dims[1].dim_value if len(dims) > 1 else 0
     if not channels:
         raise NNBridgeError(f"{path}: no labels in its metadata and no fixed number of output channels; "
                             "export it with nnbridge")

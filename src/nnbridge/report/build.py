@@ -128,11 +128,13 @@ EXACT_VARIANTS = ("torchscript", "onnx_fp32", "onnx_simplified")  # the checkpoi
 
 
 def variant_precision(fold: dict[str, Any], name: str) -> str:
-    """``fp32`` (exact export), ``int8``, ``fp16`` or ``bf16`` (from the variant's quantize record), or
-    ``other``; ``name`` may carry a runtime (``int8_accurate@openvino``)."""
+    """``fp32`` (exact export, or its OpenVINO IR), ``int8``, ``fp16`` or ``bf16`` (from the
+    variant's quantize record), or ``other``; ``name`` may carry a runtime (``int8_accurate@openvino``)."""
     base = name.partition("@")[0]
     record = (fold.get("quantize") or {}).get(base)
     if record:
+        if record.get("precision"):  # the OpenVINO IR methods say it
+            return record["precision"]
         return record["method"] if record.get("method") in ("fp16", "bf16") else "int8"
     return "fp32" if base in EXACT_VARIANTS else "other"
 
@@ -438,10 +440,13 @@ def quantize_table(folds: list[dict[str, Any]]) -> Table:
             if method == "static":
                 how = (f"static {q['format']}, {'per channel' if q['per_channel'] else 'per tensor'}, "
                        f"{q['calibrate_method']}")
-            elif method == "nncf":
-                how = f"NNCF post-training, preset {q['preset']}"
+            elif method in ("nncf", "openvino_int8"):
+                how = (f"NNCF post-training, preset {q['preset']}" if method == "nncf" else
+                       f"NNCF post-training on the OpenVINO model, preset {q['preset']}, OpenVINO IR")
                 if q.get("ignored_types"):
                     how += f", {', '.join(q['ignored_types'])} unquantized"
+            elif method == "openvino_fp32":
+                how = "fp32 graph as OpenVINO IR (.xml + .bin)"
             elif method == "bf16":
                 how = ("fp32 graph, OpenVINO bf16 inference" if q.get("native_bf16_here", True)
                        else f"fp32 graph, OpenVINO bf16 inference; not runnable here: {q.get('bf16_unavailable')}")
