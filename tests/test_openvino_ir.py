@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 import pytest
 
-from nnbridge.core.artifacts import artifact_files, graph_signature, is_int8, method_kind
+from nnbridge.core.artifacts import artifact_files, method_kind
+from nnbridge.core.graphs import graph_signature, is_int8
 from nnbridge.core.errors import NNBridgeError
 from nnbridge.core.metadata import inference_precision, output_labels, read_metadata
 from nnbridge.pipeline.plan import FoldKey, artifact_paths, bundle_plan, fold_variants

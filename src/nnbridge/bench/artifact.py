@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.cpu import cpu_identity
-from ..core.artifacts import graph_signature
+from ..core.graphs import graph_signature
 from ..core.metadata import read_metadata
 from .measure import benchmark_variants
 from .peak import peak_for_this_machine

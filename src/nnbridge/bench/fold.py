@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 
 from ..core.cpu import cpu_identity
-from ..core.artifacts import graph_signature
+from ..core.graphs import graph_signature
 from ..core.onnxgraph import compute_node_flops
 from ..core.keys import Variant
 from .accelerators import accelerator_status

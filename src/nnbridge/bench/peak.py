@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..core.cpu import cpu_identity, same_cpu
-from ..core.artifacts import is_int8
+from ..core.graphs import is_int8
 from ..runtime.ov import precision_unavailable
 from .measure import PEAK_N, benchmark_in_subprocess, spec_precision
 

@@ -1,19 +1,17 @@
 """The artifacts of a fold, whatever their kind: an ONNX file, an OpenVINO IR (``.xml`` with its
 weights in a ``.bin`` of the same name beside it) or a TorchScript archive — the files each is
-made of, the kind a quantize method writes, and what can be read off one without running it
-(operator counts, whether it computes in INT8, a signature of what decides its speed).
+made of, the runtimes it runs on and the kind a quantize method writes (what can be read off
+its graph: :mod:`.graphs`).
 
 The pipeline, the benchmark, validate and the bundle name an artifact by its main file (the
-``.xml`` of an IR) and ask this module for the rest. Imports no torch and no runtime.
+``.xml`` of an IR) and ask this module for the rest. Imports no torch, no runtime, no ONNX.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import irgraph, onnxgraph
 from .errors import NNBridgeError
-from .metadata import META_PREFIX, PRECISION_KEY
 from .runlog import sha256_file
 
 
@@ -69,21 +67,3 @@ def artifact_size(path: str | Path) -> int:
 def artifact_sha256(path: str | Path) -> str:
     """sha256 of the artifact's main file, joined by its other files' (``<xml>+<bin>`` for an IR)."""
     return "+".join(sha256_file(f) for f in artifact_files(path))
-
-
-def graph_signature(path: str | Path) -> str:
-    """A hash of what decides an artifact's speed, not its weights' values
-    (:func:`nnbridge.core.onnxgraph.graph_signature`, :func:`nnbridge.core.irgraph.ir_signature`)."""
-    if artifact_kind(path) == "ir":
-        return irgraph.ir_signature(path, keep_rt=(META_PREFIX + PRECISION_KEY,))
-    return onnxgraph.graph_signature(path)
-
-
-def op_histogram(path: str | Path) -> dict[str, int]:
-    """Operator counts of an ONNX graph or an IR's layers."""
-    return irgraph.layer_types(path) if artifact_kind(path) == "ir" else onnxgraph.op_histogram(Path(path))
-
-
-def is_int8(path: str | Path) -> bool:
-    """Whether an ONNX file or IR holds quantized operators or weights."""
-    return irgraph.holds_int8(path) if artifact_kind(path) == "ir" else onnxgraph.is_int8_model(path)

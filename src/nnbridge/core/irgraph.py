@@ -1,7 +1,7 @@
-"""Facts read off an OpenVINO IR (``.xml`` + ``.bin``) without OpenVINO: its rt_info, operator
-counts, whether it holds INT8, the output shape, and a signature of what decides its speed. Only
-the ``.xml`` is read (the ``.bin`` holds the weights' values). Imports no nnbridge module, no
-runtime and no torch."""
+"""Facts read off an OpenVINO IR (``.xml`` + ``.bin``) without OpenVINO, as :mod:`.onnxgraph` reads
+them off an ONNX file: operator counts, whether it holds INT8, and a signature of what decides its
+speed. Only the ``.xml`` is read (the ``.bin`` holds the weights' values; its rt_info:
+:func:`nnbridge.core.metadata.ir_rt_info`). Imports no runtime and no torch."""
 
 from __future__ import annotations
 
@@ -10,33 +10,11 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-from .errors import NNBridgeError
-
-
-# OpenVINO keeps an ONNX file's metadata_props under the model's rt_info section "framework";
-# nnbridge writes its provenance into an IR there too, so one reader serves both
-RT_SECTION = "framework"
+from .metadata import RT_SECTION, read_ir
 
 
 # element types of constants that hold quantized weights
 LOW_BIT_TYPES = frozenset({"i8", "u8", "i4", "u4"})
-
-
-def read_ir(path: str | Path) -> ET.Element:
-    """The ``<net>`` element of an IR ``.xml``; one-line refusal of a file that is not one."""
-    try:
-        root = ET.parse(str(path)).getroot()
-    except (ET.ParseError, OSError) as exc:
-        raise NNBridgeError(f"{path}: not a readable OpenVINO IR .xml ({exc}); write it again") from None
-    if root.tag != "net" or root.find("layers") is None:
-        raise NNBridgeError(f"{path}: not an OpenVINO IR (no <net><layers>); write it again")
-    return root
-
-
-def rt_info(path: str | Path, section: str = RT_SECTION) -> dict[str, str]:
-    """The model-level rt_info entries of an IR under ``section`` (name → value)."""
-    node = read_ir(path).find(f"rt_info/{section}")
-    return {} if node is None else {child.tag: child.get("value", "") for child in node}
 
 
 def layer_types(path: str | Path) -> dict[str, int]:
@@ -53,15 +31,6 @@ def holds_int8(path: str | Path) -> bool:
         if layer.get("type") == "Const" and data is not None and data.get("element_type") in LOW_BIT_TYPES:
             return True
     return False
-
-
-def output_dims(path: str | Path) -> list[int]:
-    """The dimensions of an IR's first output (-1 for a dynamic one)."""
-    for layer in read_ir(path).iter("layer"):
-        if layer.get("type") == "Result":
-            port = layer.find("input/port")
-            return [int(d.text or -1) for d in port.findall("dim")] if port is not None else []
-    return []
 
 
 def ir_signature(path: str | Path, keep_rt: tuple[str, ...] = ()) -> str:

@@ -9,7 +9,8 @@ from typing import Any
 
 import onnx
 
-from . import irgraph
+import xml.etree.ElementTree as ET
+
 from .errors import NNBridgeError
 
 
@@ -21,12 +22,44 @@ META_PREFIX = "nnbridge."
 PRECISION_KEY = "inference_precision"
 
 
+# OpenVINO keeps an ONNX file's metadata_props under the model's rt_info section "framework";
+# nnbridge writes its provenance into an IR there too, so one reader serves both
+RT_SECTION = "framework"
+
+
+def read_ir(path: str | Path) -> ET.Element:
+    """The ``<net>`` element of an OpenVINO IR ``.xml`` (read without OpenVINO); one-line refusal
+    of a file that is not one."""
+    try:
+        root = ET.parse(str(path)).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise NNBridgeError(f"{path}: not a readable OpenVINO IR .xml ({exc}); write it again") from None
+    if root.tag != "net" or root.find("layers") is None:
+        raise NNBridgeError(f"{path}: not an OpenVINO IR (no <net><layers>); write it again")
+    return root
+
+
+def ir_rt_info(path: str | Path, section: str = RT_SECTION) -> dict[str, str]:
+    """The model-level rt_info entries of an IR under ``section`` (name → value)."""
+    node = read_ir(path).find(f"rt_info/{section}")
+    return {} if node is None else {child.tag: child.get("value", "") for child in node}
+
+
+def _ir_output_channels(path: str | Path) -> int:
+    """The second dimension of an IR's first output (0 when dynamic or absent)."""
+    for layer in read_ir(path).iter("layer"):
+        if layer.get("type") == "Result":
+            dims = [int(d.text or -1) for d in layer.findall("input/port/dim")]
+            return max(dims[1], 0) if len(dims) > 1 else 0
+    return 0
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """nnbridge metadata of an ONNX file (its metadata_props) or an OpenVINO IR ``.xml`` (its
     rt_info, where OpenVINO keeps an ONNX file's metadata and nnbridge writes it), keys without the
     prefix."""
     if Path(path).suffix.lower() == ".xml":
-        return {k[len(META_PREFIX):]: v for k, v in irgraph.rt_info(path).items() if k.startswith(META_PREFIX)}
+        return {k[len(META_PREFIX):]: v for k, v in ir_rt_info(path).items() if k.startswith(META_PREFIX)}
     model = onnx.load(str(path), load_external_data=False)
     return {
         p.key[len(META_PREFIX):]: p.value
@@ -70,8 +103,7 @@ def output_labels(path: Path) -> tuple[dict[int, str], bool]:
         region_based = is_region_based(labels)
         return label_names(labels, region_based), region_based
     if Path(path).suffix.lower() == ".xml":
-        dims = irgraph.output_dims(path)
-        channels = max(dims[1], 0) if len(dims) > 1 else 0
+        channels = _ir_output_channels(path)
     else:
         dims = onnx.load(str(path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
         channels = dims[1].dim_value if len(dims) > 1 else 0

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..core.artifacts import artifact_sha256, artifact_size, op_histogram
+from ..core.artifacts import artifact_sha256, artifact_size
+from ..core.graphs import op_histogram
 from ..core.errors import NNBridgeError
 
 

@@ -27,8 +27,7 @@ import numpy as np
 import onnx
 
 from ..core.errors import NNBridgeError
-from ..core.irgraph import RT_SECTION
-from ..core.metadata import META_PREFIX, read_metadata
+from ..core.metadata import META_PREFIX, RT_SECTION, read_metadata
 from ..core.onnxgraph import COMPUTE_OPS, module_name
 from .common import _file_record, _paths
 from .nncf_ptq import DiceControl, _import_nncf, nncf_parameters, run_nncf

@@ -326,15 +326,15 @@ def benchmark_table(folds: list[dict[str, Any]]) -> Table:
         for name, r in bench.get("results", {}).items():
             if "error" in r or "skipped" in r:
                 why = f"error: {r['error']}" if "error" in r else f"skipped: {r['skipped']}"
-                rows.append([_fold_label(e), name, shape, why, "", "", "", "", "", "", "", ""])
+                rows.append([_fold_label(e), name, shape, why, "", "", "", "", "", "", "", "", ""])
                 continue
             size = r.get("file_size_bytes")
             rows.append([_fold_label(e), name, shape, _fmt(r["p50_ms"], 3), _fmt(r["p90_ms"], 3),
-                         _fmt(r.get("p99_ms"), 3),
+                         _fmt(r.get("p99_ms"), 3), _fmt(r.get("load_ms"), 1),
                          _fmt(r["peak_rss_mb"], 1), _fmt(size / 1e6 if size else None, 3),
                          _fmt(r.get("gflops_per_s"), 1), _pct(r),
                          _fmt(r.get("speedup_vs_torch_eager"), 3), runtime_settings(r)])
-    return ["fold", "backend / variant", "input", "p50 ms", "p90 ms", "p99 ms", "peak RSS MB", "file MB",
+    return ["fold", "backend / variant", "input", "p50 ms", "p90 ms", "p99 ms", "load ms", "peak RSS MB", "file MB",
             "GFLOP/s", "% of peak", "speed-up vs torch eager", "runtime settings"], rows
 
 
@@ -795,13 +795,13 @@ def realistic_table(record: dict[str, Any] | None) -> Table | None:
     for name, r in record["results"].items():
         if "p50_ms" not in r:
             why = f"skipped: {r['skipped']}" if r.get("skipped") else f"error: {r.get('error')}"
-            rows.append([name, why, "", "", "", "", "", "", ""])
+            rows.append([name, why, "", "", "", "", "", "", "", ""])
             continue
         pct = (f"{r['pct_of_peak']:.0f} % of {r.get('peak_kind', 'fp32')}" if r.get("pct_of_peak") is not None else "–")
-        rows.append([name, f"{r['p50_ms']:.0f}", f"{r['p90_ms']:.0f}", f"{r['p99_ms']:.0f}",
+        rows.append([name, f"{r['p50_ms']:.0f}", f"{r['p90_ms']:.0f}", f"{r['p99_ms']:.0f}", _fmt(r.get("load_ms"), 0),
                      f"{r.get('speedup_vs_torch_eager', 0):.2f}×", f"{r.get('gflops_per_s') or 0:.0f}", pct,
                      f"{r.get('peak_rss_mb') or 0:.0f}", _settings(r["ort_settings"]) if "ort_settings" in r else "–"])
-    return (["runtime", "p50 ms", "p90 ms", "p99 ms", "speed-up vs torch eager", "GFLOP/s", "% of peak",
+    return (["runtime", "p50 ms", "p90 ms", "p99 ms", "load ms", "speed-up vs torch eager", "GFLOP/s", "% of peak",
              "peak RSS MB", "ONNX Runtime settings"], rows)
 
 
@@ -811,7 +811,8 @@ def realistic_text(record: dict[str, Any] | None) -> str:
     tuned = (record.get("tuning") or {}).get("chosen")
     return (f"Speed at a typical nnU-Net 3d_fullres size: a random-weight PlainConvUNet, patch "
             f"{'x'.join(map(str, record['patch_size']))}, features {record['architecture'].get('features_per_stage')}; "
-            f"{record['flops_per_patch'] / 1e9:.0f} GFLOP per patch. INT8 is calibrated on random patches and "
+            f"{record['flops_per_patch'] / 1e9:.0f} GFLOP per patch. INT8 (the QDQ file on each runtime; "
+            f"int8_ir@openvino: the OpenVINO IR by NNCF's OpenVINO backend) is calibrated on random patches and "
             f"bf16@openvino is the fp32 file run in bf16: their speed is real, their accuracy cannot be judged "
             f"with random weights (the demo's bf16 variant is gated). ONNX Runtime settings chosen by the search: "
             f"{_settings(tuned) if tuned is not None else 'not searched'}. " + peak_text(record.get("peak") or {}))

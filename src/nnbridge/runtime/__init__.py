@@ -23,16 +23,18 @@ from .torchrun import torchscript_runner
 ONNX_BACKENDS = ("onnxruntime", "openvino")
 RUNNER_BACKENDS = (*ONNX_BACKENDS, "torchscript")
 
-KIND_BACKENDS = KIND_RUNTIMES  # the runtimes each kind of artifact (nnbridge.core.artifacts) runs on
-
 
 def refuse_backend(path: Path | str, backend: str) -> None:
-    """One-line refusal of a runtime that cannot run this kind of artifact (an IR on ONNX Runtime)."""
-    kind = artifact_kind(path)
-    if backend not in KIND_BACKENDS[kind]:
+    """One-line refusal of a runtime that cannot run this kind of artifact (an IR on ONNX Runtime);
+    a file of no known kind is left to the runtime to judge."""
+    try:
+        kind = artifact_kind(path)
+    except NNBridgeError:
+        return
+    if backend not in KIND_RUNTIMES[kind]:
         what = {"ir": "an OpenVINO IR", "onnx": "an ONNX file", "torchscript": "a TorchScript archive"}[kind]
-        raise NNBridgeError(f"{path}: {what} runs on {' or '.join(KIND_BACKENDS[kind])}, not {backend}; "
-                            f"choose {KIND_BACKENDS[kind][0]}")
+        raise NNBridgeError(f"{path}: {what} runs on {' or '.join(KIND_RUNTIMES[kind])}, not {backend}; "
+                            f"choose {KIND_RUNTIMES[kind][0]}")
 
 
 def compiled_runner(compiled: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -74,12 +76,12 @@ def run_patches(run: Callable[[np.ndarray], np.ndarray], patches: np.ndarray) ->
 
 def run_variant(kind: str, path: Path, patches: np.ndarray, threads: int = 0,
                 backend: str = "onnxruntime") -> np.ndarray:
-    """Logits of an artifact per patch (``kind``: ``onnx`` on ``backend``, ``ir`` on ``openvino``,
-    or ``torchscript``, whatever ``backend`` says)."""
+    """Logits of an artifact per patch (``kind``: ``onnx`` on ``backend``, ``ir`` on ``backend``
+    ``openvino``, or ``torchscript`` whatever ``backend`` says)."""
     if kind == "torchscript":
         return run_patches(make_runner({"backend": "torchscript", "path": path}), patches)
-    if kind not in KIND_BACKENDS:
-        raise ValueError(f"unknown artifact kind {kind!r}; use one of {tuple(KIND_BACKENDS)}")
+    if kind not in KIND_RUNTIMES:
+        raise ValueError(f"unknown artifact kind {kind!r}; use one of {tuple(KIND_RUNTIMES)}")
     if backend not in ONNX_BACKENDS:
-        raise ValueError(f"unknown backend {backend!r} for {kind}; use one of {KIND_BACKENDS[kind]}")
+        raise ValueError(f"unknown backend {backend!r} for {kind}; use one of {KIND_RUNTIMES[kind]}")
     return run_patches(make_runner({"backend": backend, "path": path}, threads), patches)
