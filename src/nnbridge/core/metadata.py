@@ -4,12 +4,11 @@ no torch and no runtime."""
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import onnx
-
-import xml.etree.ElementTree as ET
 
 from .errors import NNBridgeError
 

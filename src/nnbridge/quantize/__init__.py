@@ -67,15 +67,16 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
     _choice("quantize method", method, METHODS)
     kind = method_kind(method)
     if artifact_kind(dst) != kind:
-        raise NNBridgeError(f"{dst}: method {method!r} writes {'an OpenVINO IR (.xml + .bin)' if kind == 'ir' else 'ONNX'}; "
-                            f"name the output {Path(dst).with_suffix('.xml' if kind == 'ir' else '.onnx').name}")
+        what, suffix = ("an OpenVINO IR (.xml + .bin)", ".xml") if kind == "ir" else ("ONNX", ".onnx")
+        raise NNBridgeError(f"{dst}: method {method!r} writes {what}; name the output {Path(dst).with_suffix(suffix).name}")
     excluded = settings.get("nodes_to_exclude") or []
     if settings.get("accuracy_aware") and method != "static":
         raise NNBridgeError(f"accuracy_aware works with method 'static' only, not {method!r}; "
                             "remove it from this quantize entry")
     if method in NNCF_METHODS:
         misplaced = [k for k, v in STATIC_DEFAULTS.items() if settings.get(k) not in (None, v)]
-        where, hint = "with methods other than 'nncf' and 'openvino_int8'", " (nncf's preset chooses the activations' symmetry)"
+        where = "with methods other than 'nncf' and 'openvino_int8'"
+        hint = " (NNCF's preset chooses the activations' symmetry)"
     elif method in ("bf16", "openvino_fp32"):
         misplaced = ([k for k, v in STATIC_DEFAULTS.items() if settings.get(k) not in (None, v)]
                      + [key for key in NNCF_KEYS if key in settings])

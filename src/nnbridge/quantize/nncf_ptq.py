@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..core.errors import NNBridgeError
 from ..core.artifacts import artifact_kind
+from ..core.errors import NNBridgeError
 from ..core.metadata import output_labels
 from ..core.onnxgraph import COMPUTE_OPS, module_name
 from ..runtime import ONNX_BACKENDS, compiled_runner, run_patches, run_variant
@@ -39,7 +39,7 @@ def _import_nncf():
     try:
         import nncf  # noqa: PLC0415
     except ImportError as exc:
-        raise NNBridgeError("quantize method 'nncf' needs NNCF: pip install 'nnbridge[openvino]' "
+        raise NNBridgeError("quantize methods 'nncf' and 'openvino_int8' need NNCF: pip install 'nnbridge[openvino]' "
                             f"(or nncf; import failed: {exc})") from exc
     return nncf
 
