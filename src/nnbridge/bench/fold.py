@@ -13,7 +13,8 @@ from typing import Any
 import onnx
 
 from ..core.cpu import cpu_identity
-from ..core.onnxgraph import compute_node_flops, graph_signature
+from ..core.graphs import graph_signature
+from ..core.onnxgraph import compute_node_flops
 from ..core.keys import Variant
 from ..core.runlog import verify_variant_files
 from .accelerators import accelerator_status

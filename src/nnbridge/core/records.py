@@ -243,8 +243,12 @@ class BenchResult(Part):
     p50_ms: float | None = None
     p90_ms: float | None = None
     p99_ms: float | None = None
+    load_ms: float | None = None
+    """Reading and compiling the artifact (an ONNX import, an IR read, a checkpoint load), the runtime's
+    import excluded: what ``nnbridge predict`` pays per fold before its first window."""
     peak_rss_mb: float | None = None
     file_size_bytes: int | None = None
+    """Bytes of all the artifact's files (an OpenVINO IR: its .xml and .bin)."""
     gflops_per_s: float | None = None
     pct_of_peak: float | None = None
     peak_kind: str | None = None
@@ -387,7 +391,10 @@ class QuantizeRecord(Record):
 
     @property
     def precision(self) -> str:
-        """``fp16``, ``bf16`` or ``int8`` (every other method quantizes to INT8)."""
+        """``fp16``, ``bf16``, ``fp32`` (the fp32 graph as OpenVINO IR) or ``int8`` (every other
+        method quantizes to INT8)."""
+        if self.method == "openvino_fp32":
+            return "fp32"
         return self.method if self.method in ("fp16", "bf16") else "int8"
 
     @property
