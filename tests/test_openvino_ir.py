@@ -91,6 +91,29 @@ def test_signature_follows_the_graph_not_the_weights(ir_files):
     assert len({graph_signature(plain), graph_signature(controlled), graph_signature(fp32)}) == 3
 
 
+def test_recorded_sha256_of_an_ir_covers_its_xml_and_bin(ir_files, tmp_path):
+    """A later stage checks an IR against its quantize record: the .xml and the .bin (a swapped or
+    truncated weights file is refused, naming it), as it checks an ONNX file."""
+    from nnbridge.core.artifacts import verify_recorded
+    from nnbridge.core.records import QuantizeRecord
+    from nnbridge.core.runlog import sha256_file
+
+    path, record = ir_files["int8"]
+    for f in artifact_files(path):
+        shutil.copyfile(f, tmp_path / f.name)
+    copy = tmp_path / path.name
+    QuantizeRecord.of({**record, "path": str(copy)}).write(tmp_path / "int8.json")
+    assert record["sha256"] == f"{sha256_file(copy)}+{sha256_file(copy.with_suffix('.bin'))}"
+    assert verify_recorded(copy, tmp_path / "int8.json") == record["sha256"]
+    weights = copy.with_suffix(".bin")
+    weights.write_bytes(weights.read_bytes()[:-4])
+    with pytest.raises(NNBridgeError, match=r"int8\.bin: sha256 .* differs from .* that .*int8\.json states"):
+        verify_recorded(copy, tmp_path / "int8.json")
+    weights.unlink()
+    with pytest.raises(NNBridgeError, match=r"int8\.bin: missing, but .*int8\.json records it"):
+        verify_recorded(copy, tmp_path / "int8.json")
+
+
 def test_accuracy_control_on_openvino_puts_layers_back_in_fp32(ir_files, exported):
     _, record = ir_files["int8_ac"]
     control = record["accuracy_control"]

@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..core.artifacts import verify_variant_files
 from ..core.cpu import cpu_identity
 from ..core.graphs import graph_signature
 from ..core.metadata import read_metadata
-from ..core.runlog import verify_variant_files
 from .measure import benchmark_variants
 from .peak import peak_for_this_machine
 from .sweep import sweep, tune_onnxruntime

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from ..bench.sweep import MIN_GAIN
-from ..core.artifacts import ARTIFACT_SUFFIXES, artifact_files, artifact_kind
+from ..core.artifacts import ARTIFACT_SUFFIXES, artifact_files, artifact_kind, verify_recorded
 from ..core.errors import NNBridgeError
 from ..core.keys import Variant, fold_order
 from ..core.metadata import inference_precision, read_metadata
 from ..core.records import BenchmarkRecord, BundleManifest, ParityRecord, Sweep
-from ..core.runlog import sha256_file, verify_recorded
+from ..core.runlog import sha256_file
 from ..core.stats import median
 from ..predict.bundle import FORMAT, MANIFEST, Bundle, require_previous_stage
 from ..predict.components import read_postprocessing_pkl

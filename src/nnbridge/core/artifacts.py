@@ -10,9 +10,10 @@ The pipeline, the benchmark, validate and the bundle name an artifact by its mai
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .errors import NNBridgeError
-from .runlog import sha256_file
+from .runlog import read_json, sha256_file
 
 
 # kind → its files' suffixes, the main file first
@@ -67,3 +68,40 @@ def artifact_size(path: str | Path) -> int:
 def artifact_sha256(path: str | Path) -> str:
     """sha256 of the artifact's main file, joined by its other files' (``<xml>+<bin>`` for an IR)."""
     return "+".join(sha256_file(f) for f in artifact_files(path))
+
+
+def verify_variant_files(variants: dict[str, dict[str, Any]]) -> None:
+    """Each variant's ``path`` against the sha256 its ``record`` states (variants as the workflow
+    passes them; those without a record are not checked), before any of them is used."""
+    for path, record in sorted({(v["path"], v["record"]) for v in variants.values() if v.get("record")}):
+        verify_recorded(path, record)
+
+
+def verify_recorded(path: str | Path, record_path: str | Path) -> str:
+    """Check ``path`` against the sha256 the stage record ``record_path`` states for it (the
+    record's ``path`` and ``sha256``; an IR's: of its ``.xml`` and ``.bin``, :func:`artifact_sha256`);
+    its sha256, or a one-line :class:`NNBridgeError` naming both files. A later stage calls this
+    before it uses an upstream artifact, so a file changed after its stage wrote it (edited,
+    truncated, swapped) is never used as if it were that stage's output."""
+    path, record_path = Path(path), Path(record_path)
+    record = read_json(record_path, fix="rerun the stage that writes it")
+    expected = record.get("sha256") if isinstance(record, dict) else None
+    named = Path(str(record.get("path", ""))).name if isinstance(record, dict) else ""
+    if not expected or named != path.name:
+        raise NNBridgeError(f"{record_path}: states no sha256 of {path.name}; rerun the stage that writes both "
+                            f"(delete {path} and {record_path})")
+    known = path.suffix.lower() in {suffixes[0] for suffixes in ARTIFACT_SUFFIXES.values()}
+    files = artifact_files(path) if known else [path]
+    for file in files:
+        if not file.is_file():
+            raise NNBridgeError(f"{file}: missing, but {record_path} records it; rerun the stage that writes both")
+    actual = [sha256_file(f) for f in files]
+    if "+".join(actual) != expected:
+        stated = str(expected).split("+")
+        stated += [""] * (len(files) - len(stated))
+        file, digest, want = next((f, d, w) for f, d, w in zip(files, actual, stated) if d != w) \
+            if len(stated) == len(files) else (path, "+".join(actual), str(expected))
+        raise NNBridgeError(f"{file}: sha256 {digest[:12]}… differs from {want[:12] or 'none'}… that "
+                            f"{record_path} states; the file changed after it was written: delete both files "
+                            "and rerun")
+    return "+".join(actual)

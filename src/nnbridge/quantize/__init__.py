@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.artifacts import artifact_kind, method_kind, method_runtimes
+from ..core.artifacts import artifact_kind, method_kind, method_runtimes, verify_recorded
 from ..core.errors import NNBridgeError
-from ..core.runlog import verify_recorded
 from .accuracy import accuracy_aware_int8
 from .bf16 import make_bf16
 from .common import _choice

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..core.artifacts import artifact_sha256
+from ..core.artifacts import artifact_sha256, verify_variant_files
 from ..core.cpu import cpu_kind
 from ..core.dice import case_dice, dice_of, label_classes, overlap_counts, to_labels
-from ..core.runlog import read_json, sha256_file, verify_variant_files, write_json
+from ..core.runlog import read_json, sha256_file, write_json
 from ..models.loader import load_model
 from ..predict.verify import read_selfcheck
 from ..runtime import make_runner, run_patches, run_variant
