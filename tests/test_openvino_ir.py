@@ -103,8 +103,11 @@ def test_recorded_sha256_of_an_ir_covers_its_xml_and_bin(ir_files, tmp_path):
         shutil.copyfile(f, tmp_path / f.name)
     copy = tmp_path / path.name
     QuantizeRecord.of({**record, "path": str(copy)}).write(tmp_path / "int8.json")
-    assert record["sha256"] == f"{sha256_file(copy)}+{sha256_file(copy.with_suffix('.bin'))}"
-    assert verify_recorded(copy, tmp_path / "int8.json") == record["sha256"]
+    typed = QuantizeRecord.read(tmp_path / "int8.json")
+    assert (typed.kind, typed.precision, typed.size_bytes) == ("ir", "int8", record["size_bytes"])
+    assert QuantizeRecord.of(ir_files["fp32"][1]).precision == "fp32"
+    assert typed.sha256 == f"{sha256_file(copy)}+{sha256_file(copy.with_suffix('.bin'))}"
+    assert verify_recorded(copy, tmp_path / "int8.json") == typed.sha256
     weights = copy.with_suffix(".bin")
     weights.write_bytes(weights.read_bytes()[:-4])
     with pytest.raises(NNBridgeError, match=r"int8\.bin: sha256 .* differs from .* that .*int8\.json states"):

@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from .artifacts import method_kind
 from .errors import NNBridgeError
 from .keys import Variant
 from .runlog import write_json
@@ -375,7 +376,11 @@ class QuantizeRecord(Record):
 
     method: str
     path: str | None = None
+    """The artifact's main file: an ONNX file, or an OpenVINO IR's .xml (its .bin beside it)."""
+    sha256: str | None = None
+    """The main file's sha256; an IR's is ``<xml sha256>+<bin sha256>`` (:func:`nnbridge.core.artifacts.artifact_sha256`)."""
     size_bytes: int | None = None
+    """Bytes of all the artifact's files."""
     n_calibration_patches: int = 0
     format: str | None = None
     per_channel: bool | None = None
@@ -396,6 +401,11 @@ class QuantizeRecord(Record):
         if self.method == "openvino_fp32":
             return "fp32"
         return self.method if self.method in ("fp16", "bf16") else "int8"
+
+    @property
+    def kind(self) -> str:
+        """The kind of artifact it wrote: ``ir`` (an OpenVINO IR) or ``onnx``."""
+        return method_kind(self.method)
 
     @property
     def accuracy_verdict(self) -> str | None:
@@ -520,7 +530,14 @@ class BundleVariant(Part):
     ort_settings: dict[str, Any] = field(default_factory=dict)
     run_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     inference_precision: str | None = None
+    kind: str = "onnx"
+    """``onnx``, or ``ir``: an OpenVINO IR (runs on OpenVINO only)."""
     files: dict[str, str] = field(default_factory=dict)
+    """Fold → the main file (``<variant>/fold_<k>.onnx``, an IR's ``.xml``), relative to the bundle."""
+    sha256: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)
+    """Fold → an IR's weights file (``<variant>/fold_<k>.bin``, beside its ``.xml``); none for ONNX."""
+    weights_sha256: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

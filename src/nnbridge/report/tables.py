@@ -533,7 +533,8 @@ def bundle_table(run: RunResults) -> Table | None:
             bf16 = v.inference_precision == "bf16"
             backend = (Mark(v.backend + (" (bf16)" if bf16 else ""), "pass") if v.backend
                        else Mark("none passed", "fail"))
-            rows.append([model, name + (" (default)" if name == b.default_variant else ""), ", ".join(b.folds),
+            shipped = name + (" (OpenVINO IR)" if v.kind == "ir" else "") + (" (default)" if name == b.default_variant else "")
+            rows.append([model, shipped, ", ".join(b.folds),
                          backend, lat, "–" if bf16 else settings_text(v.ort_settings), run_text])
     if not rows:
         return None
