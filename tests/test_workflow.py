@@ -27,7 +27,7 @@ from nnbridge.runtime.ov import bf16_unavailable
 ROOT = Path(__file__).resolve().parents[1]
 FOLDS = ("0", "1")
 MODEL = "Dataset900_NNBridgeDemo/nnBridgeDemoTrainer__nnBridgeDemoPlans__3d_fullres"
-QUANTIZED = ("int8_static", "int8_accurate", "int8_nncf")  # int8_dynamic, fp16: library tests
+QUANTIZED = ("int8_static", "int8_accurate")  # int8_dynamic, fp16, int8_nncf: library tests (conftest.shorten)
 BF16 = "bf16"  # the fp32 graph on OpenVINO in bf16: runs where the CPU has it, skipped elsewhere
 IR = "int8_ir"  # INT8 by NNCF's OpenVINO backend, an OpenVINO IR (.xml + .bin): OpenVINO only
 NATIVE_BF16 = bf16_unavailable() is None
@@ -75,22 +75,18 @@ def test_every_fold_has_all_artifacts_and_gates(workdir):
         for name in QUANTIZED:  # gated either way, with numbers
             assert "passed" in variants[name] and variants[name]["dice"], (fold, name)
             record = json.loads((base / f"quantize/{name}.json").read_text())
-            if name == "int8_nncf":  # NNCF quantizes for OpenVINO: ONNX Runtime fuses none of it
-                assert record["coverage"]["n_int8_compute_nodes"] == 0, (fold, name)
-                coverage, control = record["coverage_openvino"], record["accuracy_control"]
-                # on every CPU: INT8 runs, and what the accuracy control left in fp32 runs in fp32
-                assert coverage["n_int8_compute_nodes"] > 0 and 0 < coverage["int8_flop_share"] <= 1
-                assert set(control["fp32_modules"]) <= set(coverage["float_compute_nodes"]), (fold, control)
-                assert control["passed"] == (control["min_dice"] >= 1 - control["max_drop"])
-                # how much it keeps in fp32 is the control's per-run decision (seen: 0 or 3 of 18
-                # convolutions on VNNI CPUs, more on AVX2), so no share is asserted
-            else:
-                assert record["coverage"]["n_int8_compute_nodes"] > 0, (fold, name)
-                assert record["coverage_openvino"]["n_compute_nodes"] > 0, (fold, name)
+            assert record["coverage"]["n_int8_compute_nodes"] > 0, (fold, name)
+            assert record["coverage_openvino"]["n_compute_nodes"] > 0, (fold, name)
+        # NNCF's OpenVINO backend: an IR (no ONNX Runtime coverage), gated on OpenVINO with numbers
         ir, ir_record = variants[f"{IR}@openvino"], json.loads((base / f"quantize/{IR}.json").read_text())
         assert (ir["kind"], ir["backend"]) == ("ir", "openvino") and ir["dice"], (fold, ir)
-        assert "coverage" not in ir_record and ir_record["coverage_openvino"]["n_int8_compute_nodes"] > 0
-        assert set(ir_record["accuracy_control"]["fp32_modules"]) <= set(ir_record["coverage_openvino"]["float_compute_nodes"])
+        coverage, control = ir_record["coverage_openvino"], ir_record["accuracy_control"]
+        assert "coverage" not in ir_record and coverage["n_int8_compute_nodes"] > 0
+        # on every CPU: INT8 runs, and what the accuracy control left in fp32 runs in fp32
+        assert 0 < coverage["int8_flop_share"] <= 1
+        assert set(control["fp32_modules"]) <= set(coverage["float_compute_nodes"]), (fold, control)
+        assert control["passed"] == (control["min_dice"] >= 1 - control["max_drop"])
+        # how much it keeps in fp32 is the control's per-run decision, so no share is asserted
         accurate = json.loads((base / "quantize/int8_accurate.json").read_text())["accuracy_aware"]
         assert accurate["steps"] and accurate["steps"][0]["fp32_modules"] == []
         bench = json.loads((base / "benchmark/benchmark.json").read_text())["results"]
