@@ -99,11 +99,11 @@ def quantize_names(kind):
 
 
 def quantize_outputs(kind):
-    """The named outputs of the rule writing quantized artifacts of ``kind``: ``artifact`` (its
+    """The named outputs of the quantize job for artifacts of ``kind``, i.e. ``artifact`` (its
     main file), each further file by its suffix (an IR's ``bin``), and the ``json`` record."""
     stem = f"{FOLD_DIR}/quantize/{{qvariant}}"
     main, *others = ARTIFACT_SUFFIXES[kind]
-    return {"artifact": stem + main, **{suffix[1:]: stem + suffix for suffix in others}, "json": stem + ".json"}
+    return {"artifact": f"{stem}{main}", **{suffix[1:]: f"{stem}{suffix}" for suffix in others}, "json": f"{stem}.json"}
 
 
 def files_of(paths):
