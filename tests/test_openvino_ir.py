@@ -117,6 +117,25 @@ def test_recorded_sha256_of_an_ir_covers_its_xml_and_bin(ir_files, tmp_path):
         verify_recorded(copy, tmp_path / "int8.json")
 
 
+def test_inspect_reads_an_ir_and_refuses_a_bad_one_in_one_line(ir_files, tmp_path, capsys):
+    from nnbridge.cli import main
+
+    good = ir_files["int8"][0]
+    (tmp_path / "empty.xml").write_bytes(b"")
+    (tmp_path / "cut.xml").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "other.xml").write_text("<config><a/></config>\n")
+    cases = {"missing.xml": "no such file; give the path of an OpenVINO IR .xml file",
+             "empty.xml": "empty file (0 bytes), not an OpenVINO IR; copy or write it again",
+             "cut.xml": "not a readable OpenVINO IR .xml",
+             "other.xml": "not an OpenVINO IR (no <net><layers>); write it again"}
+    for name, message in cases.items():
+        assert main(["inspect", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith(f"nnbridge: error: {tmp_path / name}") and message in err, err
+    assert main(["inspect", "--json", str(good)]) == 0
+    assert json.loads(capsys.readouterr().out)["fold"] == "0"  # the provenance from the IR's rt_info
+
+
 def test_accuracy_control_on_openvino_puts_layers_back_in_fp32(ir_files, exported):
     _, record = ir_files["int8_ac"]
     control = record["accuracy_control"]
@@ -253,7 +272,7 @@ def test_bundle_ships_both_files_and_predict_runs_the_ir(tiny_model, ir_bundle, 
     with pytest.raises(NNBridgeError, match=r"variant 'int8_ir' is an OpenVINO IR, it runs on OpenVINO only"):
         Predictor(bundle, variant="int8_ir", backend="onnxruntime", selfcheck=False)
     raw = next((tiny_model.model_folder.parents[2] / "raw").glob("Dataset*"))
-    case = sorted((raw / "imagesTr").glob("*_0000.nii.gz"))[0]
+    case = min((raw / "imagesTr").glob("*_0000.nii.gz"))
     name = case.name[: -len("_0000.nii.gz")]
     segs = {}
     for variant in ("onnx_fp32", "fp32_ir", "int8_ir"):
