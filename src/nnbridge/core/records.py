@@ -374,6 +374,11 @@ class QuantizeRecord(Record):
     KIND: ClassVar[str] = "quantize"
     RULE: ClassVar[str] = "quantize"
 
+    @classmethod
+    def fix(cls) -> str:
+        # an OpenVINO IR variant's record is written by quantize_ir (workflow/rules/quantize.smk)
+        return f"{super().fix()} quantize_ir"
+
     method: str
     path: str | None = None
     """The artifact's main file: an ONNX file, or an OpenVINO IR's .xml (its .bin beside it)."""
