@@ -486,6 +486,8 @@ class RealisticRecord(Record):
     machine: Machine | None = None
     targets: dict[str, Any] | None = None
     tuning: Tuning | None = None
+    load_ms: dict[Variant, float | None] | None = None
+    """OpenVINO's read + compile time of the fp32 graph from the ONNX file and from its IR (with ``ir``)."""
 
 
 @dataclass

@@ -586,7 +586,17 @@ def realistic_text(record: RealisticRecord | None) -> str:
             f"int8_ir@openvino: the OpenVINO IR by NNCF's OpenVINO backend) is calibrated on random patches and "
             f"bf16@openvino is the fp32 file run in bf16: their speed is real, their accuracy cannot be judged "
             f"with random weights (the demo's bf16 variant is gated). ONNX Runtime settings chosen by the search: "
-            f"{settings_text(tuned) if tuned is not None else 'not searched'}. " + peak_text(record.peak))
+            f"{settings_text(tuned) if tuned is not None else 'not searched'}. " + _load_text(record)
+            + peak_text(record.peak))
+
+
+def _load_text(record: RealisticRecord) -> str:
+    """What OpenVINO pays to read and compile the fp32 graph from the ONNX file and from its IR."""
+    loads = {v.key: ms for v, ms in (record.load_ms or {}).items() if ms is not None}
+    if len(loads) < 2:
+        return ""
+    return "OpenVINO reads and compiles the fp32 graph in " + " and ".join(
+        f"{ms:.0f} ms ({key})" for key, ms in loads.items()) + ". "
 
 
 def detail_sections(run: RunResults) -> list[Section]:
