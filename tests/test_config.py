@@ -91,8 +91,11 @@ def test_fold_variants_follow_config():
     key = FoldKey("D", "T__P__3d_fullres", "0")
     variants = fold_variants("results", key, config)
     onnx_names = ["onnx_fp32", "onnx_simplified", *config["quantize"]]
-    ort_names = [n for n in onnx_names if n != "bf16"]  # bf16 runs on OpenVINO only
+    ort_names = [n for n in onnx_names if n not in ("bf16", "int8_ir")]  # bf16 and the IR: OpenVINO only
     assert list(variants) == ["torchscript", *ort_names, *(f"{n}@openvino" for n in onnx_names)]
+    assert variants["int8_ir@openvino"] == {"kind": "ir", "backend": "openvino",
+                                            "path": "results/D/T__P__3d_fullres/fold_0/quantize/int8_ir.xml",
+                                            "record": "results/D/T__P__3d_fullres/fold_0/quantize/int8_ir.json"}
     assert variants["int8_static"]["path"] == "results/D/T__P__3d_fullres/fold_0/quantize/int8_static.onnx"
     assert variants["int8_static"]["backend"] == "onnxruntime"
     assert variants["int8_static@openvino"] == {**variants["int8_static"], "backend": "openvino"}
@@ -103,6 +106,9 @@ def test_fold_variants_follow_config():
     with pytest.raises(NNBridgeError, match=r"quantize.bf16: method bf16 runs on OpenVINO; add openvino to backends"):
         fold_variants("results", key, config)
     del config["quantize"]["bf16"]
+    with pytest.raises(NNBridgeError, match=r"quantize.int8_ir: method openvino_int8 runs on OpenVINO; add openvino"):
+        fold_variants("results", key, config)
+    del config["quantize"]["int8_ir"]
     assert list(fold_variants("results", key, config)) == ort_names
 
 
@@ -133,8 +139,8 @@ def test_bundle_and_case_parity_variants_are_checked(mutate, expected):
     from nnbridge.pipeline.plan import bundle_plan
 
     config = validate_config(shipped_config(), SCHEMA)
-    assert bundle_plan(config) == (["onnx_simplified", "int8_accurate", "bf16"], "onnx_simplified",
-                                   ["onnx_simplified", "int8_accurate", "bf16"])
+    assert bundle_plan(config) == (["onnx_simplified", "int8_accurate", "bf16", "int8_ir"], "onnx_simplified",
+                                   ["onnx_simplified", "int8_accurate", "bf16", "int8_ir"])
     mutate(config)
     with pytest.raises(NNBridgeError, match=expected):
         bundle_plan(config)

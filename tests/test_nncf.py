@@ -77,10 +77,10 @@ def test_nncf_options_and_refusals(exported, patch_sets, tmp_path):
     with pytest.raises(NNBridgeError, match="nncf quantization of .* refused"):
         quantize_variant(out / "model.onnx", tmp_path / "x.onnx", calibration,
                          {"method": "nncf", "ignored_types": ["NoSuchOp"]})
-    with pytest.raises(NNBridgeError, match="preset work.* with method 'nncf' only, not 'static'"):
+    with pytest.raises(NNBridgeError, match="preset work.* with methods 'nncf' and 'openvino_int8' only, not 'static'"):
         quantize_variant(out / "model.onnx", tmp_path / "x.onnx", calibration,
                          {"method": "static", "preset": "mixed"})
-    with pytest.raises(NNBridgeError, match="symmetric_activations work.* other than 'nncf', not 'nncf'"):
+    with pytest.raises(NNBridgeError, match="symmetric_activations work.* other than 'nncf' and 'openvino_int8', not 'nncf'"):
         quantize_variant(out / "model.onnx", tmp_path / "x.onnx", calibration,
                          {"method": "nncf", "symmetric_activations": True, "format": "QDQ"})
 

@@ -17,7 +17,8 @@ from nnbridge.bench.realistic import FP32_RESULTS, INT8_RESULTS, compute_targets
 
 PATCH = (32, 32, 32)
 FEATURES = (8, 16, 32)
-NAMES = ("torch_eager", "onnx_fp32", "onnx_fp32@openvino", "int8", "int8@openvino")
+NAMES = ("torch_eager", "onnx_fp32", "onnx_fp32@openvino", "int8", "int8@openvino", "fp32_ir@openvino",
+         "int8_ir@openvino")
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,12 @@ def test_every_result_is_timed_and_consistent(tiny_run):
     assert results["torch_eager"]["backend"] == "torch_arch"
     assert results["onnx_fp32"]["ort_settings"] == record["tuning"]["chosen"]
     assert results["int8@openvino"]["backend"] == "openvino" and results["int8"]["op_profile"]
+    # the OpenVINO IR path: INT8 by NNCF's OpenVINO backend, and the fp32 graph whose load time is compared
+    assert (out / "model_int8.xml").is_file() and (out / "model_int8.bin").is_file()
+    ir = record["ir_variants"]
+    assert ir["int8"]["method"] == "openvino_int8" and ir["int8"]["coverage_openvino"]["n_int8_compute_nodes"] > 0
+    assert ir["fp32"]["method"] == "openvino_fp32"
+    assert set(record["load_ms"]) == {"onnx_fp32@openvino", "fp32_ir@openvino"} and all(record["load_ms"].values())
 
 
 def test_flops_match_an_independent_count(tiny_run):

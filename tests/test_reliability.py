@@ -288,7 +288,8 @@ def test_every_stage_checks_its_upstream_sha256(plain, tmp_path):
 def test_bundle_is_a_copy(plain, tmp_path):
     """Editing a bundle file must not edit the pipeline's artifact (they were hard links)."""
     from nnbridge.bundle.build import write_bundle
-    from nnbridge.core.runlog import sha256_file, verify_recorded
+    from nnbridge.core.artifacts import verify_recorded
+    from nnbridge.core.runlog import sha256_file
 
     root, _ = plain
     artifact, record = root / "export/model.onnx", root / "export/export.json"

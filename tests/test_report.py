@@ -48,9 +48,9 @@ def demo_entries(root: Path = DATA) -> list[dict]:
 
 
 def _build(entries: list[dict], out: Path, **kwargs) -> tuple[str, str]:
+    kwargs.setdefault("realistic_path", DATA / "results/realistic/realistic.json")
     build_report(entries, md_path=out / "report.md", html_path=out / "report.html", charts_dir=out / "report/charts",
-                 summary_path=out / "report/summary.json",
-                 realistic_path=DATA / "results/realistic/realistic.json", **kwargs)
+                 summary_path=out / "report/summary.json", **kwargs)
     return (out / "report.md").read_text(), (out / "report.html").read_text()
 
 
@@ -238,6 +238,47 @@ def test_partial_run_and_failed_stages(tmp_path):
     assert "4 case(s) in 1 fold(s)" in md  # whole cases from fold 0 only
     summary = json.loads((tmp_path / "out/report/summary.json").read_text())
     assert summary["failed_stages"][0]["stage"] == "benchmark"
+
+
+def test_an_openvino_ir_variant_in_the_report(tmp_path):
+    """The demo run with an OpenVINO IR variant added as the default run now makes it (int8_ir:
+    NNCF on OpenVINO's graph, .xml + .bin, OpenVINO only): the quantization table names its method,
+    the benchmark table every result's load time, the bundle table marks it as an IR."""
+    root = tmp_path / "run"
+    shutil.copytree(DATA, root)
+    results = root / "results" / DATASET / NNUNET
+    for fold in ("0", "1"):
+        base = results / f"fold_{fold}"
+        record = json.loads((base / "quantize/int8_nncf.json").read_text())
+        del record["coverage"]  # ONNX Runtime does not run an IR
+        record.update(method="openvino_int8", path=str(base / "quantize/int8_ir.xml"), sha256="a" * 64 + "+" + "b" * 64)
+        (base / "quantize/int8_ir.json").write_text(json.dumps(record))
+        parity = json.loads((base / "validate/parity.json").read_text())
+        parity["variants"]["int8_ir@openvino"] = {**parity["variants"]["int8_nncf@openvino"], "kind": "ir",
+                                                  "path": record["path"]}
+        (base / "validate/parity.json").write_text(json.dumps(parity))
+        bench = json.loads((base / "benchmark/benchmark.json").read_text())
+        bench["results"]["int8_ir@openvino"] = {**bench["results"]["int8_nncf@openvino"], "load_ms": 12.34}
+        (base / "benchmark/benchmark.json").write_text(json.dumps(bench))
+    bundle = json.loads((results / "bundle/bundle.json").read_text())
+    bundle["variants"]["int8_ir"] = {**bundle["variants"]["int8_accurate"], "kind": "ir",
+                                     "files": {f: f"int8_ir/fold_{f}.xml" for f in ("0", "1")},
+                                     "weights": {f: f"int8_ir/fold_{f}.bin" for f in ("0", "1")},
+                                     "gates": {f: {"openvino": True} for f in ("0", "1")}}
+    (results / "bundle/bundle.json").write_text(json.dumps(bundle))
+    realistic = json.loads((DATA / "results/realistic/realistic.json").read_text())
+    realistic["load_ms"] = {"onnx_fp32@openvino": 271.4, "fp32_ir@openvino": 139.6}
+    (root / "results/realistic/realistic.json").write_text(json.dumps(realistic))
+    md, _ = _build(demo_entries(root), tmp_path / "out", realistic_path=root / "results/realistic/realistic.json")
+    quantization = md.split("## Quantization")[1].split("\n## ")[0]
+    assert quantization.count("| int8_ir | NNCF post-training on the OpenVINO model, preset performance, OpenVINO IR |") == 2
+    benchmark = md.split("## Benchmark")[1].split("\n## ")[0]
+    assert "| p99 ms | load ms | peak RSS MB |" in benchmark
+    assert benchmark.count("| int8_ir@openvino | 1x1x40x40x40 |") == 2
+    assert all("| 12.3 |" in row for row in benchmark.splitlines() if "| int8_ir@openvino |" in row)
+    assert "| int8_ir (OpenVINO IR) | 0, 1 |" in md
+    assert "| p99 ms | load ms | speed-up vs torch eager |" in md  # the realistic table too
+    assert "reads and compiles the fp32 graph in 271 ms (onnx_fp32@openvino) and 140 ms (fp32_ir@openvino)" in md
 
 
 # ---- in a browser -----------------------------------------------------------------------------

@@ -27,8 +27,9 @@ from nnbridge.runtime.ov import bf16_unavailable
 ROOT = Path(__file__).resolve().parents[1]
 FOLDS = ("0", "1")
 MODEL = "Dataset900_NNBridgeDemo/nnBridgeDemoTrainer__nnBridgeDemoPlans__3d_fullres"
-QUANTIZED = ("int8_static", "int8_accurate", "int8_nncf")  # int8_dynamic, fp16: library tests
+QUANTIZED = ("int8_static", "int8_accurate")  # int8_dynamic, fp16, int8_nncf: library tests (conftest.shorten)
 BF16 = "bf16"  # the fp32 graph on OpenVINO in bf16: runs where the CPU has it, skipped elsewhere
+IR = "int8_ir"  # INT8 by NNCF's OpenVINO backend, an OpenVINO IR (.xml + .bin): OpenVINO only
 NATIVE_BF16 = bf16_unavailable() is None
 PLAIN = {"demo_unet": "key 'model_state_dict', module. prefixes removed"}
 
@@ -59,32 +60,33 @@ def test_every_fold_has_all_artifacts_and_gates(workdir):
     for fold in FOLDS:
         base = fold_dir(workdir, fold)
         for artifact in ("export/model.onnx", "export/model.ts", "simplify/model.onnx",
-                         *(f"quantize/{name}.onnx" for name in (*QUANTIZED, BF16))):
+                         *(f"quantize/{name}.onnx" for name in (*QUANTIZED, BF16)), f"quantize/{IR}.xml",
+                         f"quantize/{IR}.bin"):
             assert (base / artifact).stat().st_size > 1000, artifact
         export = json.loads((base / "export/export.json").read_text())
         assert export["weights"]["ok"] and export["checkpoint_weights"]["ok"]
         parity = json.loads((base / "validate/parity.json").read_text())
         variants = parity["variants"]
         onnx_variants = ("onnx_fp32", "onnx_simplified", *QUANTIZED)
-        assert set(variants) == {"torchscript", *onnx_variants, *(f"{n}@openvino" for n in (*onnx_variants, BF16))}
+        assert set(variants) == {"torchscript", *onnx_variants, *(f"{n}@openvino" for n in (*onnx_variants, BF16, IR))}
         for exact in ("torchscript", "onnx_fp32", "onnx_simplified", "onnx_fp32@openvino",
                       "onnx_simplified@openvino"):
             assert variants[exact]["passed"], (fold, exact, variants[exact])
         for name in QUANTIZED:  # gated either way, with numbers
             assert "passed" in variants[name] and variants[name]["dice"], (fold, name)
             record = json.loads((base / f"quantize/{name}.json").read_text())
-            if name == "int8_nncf":  # NNCF quantizes for OpenVINO: ONNX Runtime fuses none of it
-                assert record["coverage"]["n_int8_compute_nodes"] == 0, (fold, name)
-                coverage, control = record["coverage_openvino"], record["accuracy_control"]
-                # on every CPU: INT8 runs, and what the accuracy control left in fp32 runs in fp32
-                assert coverage["n_int8_compute_nodes"] > 0 and 0 < coverage["int8_flop_share"] <= 1
-                assert set(control["fp32_modules"]) <= set(coverage["float_compute_nodes"]), (fold, control)
-                assert control["passed"] == (control["min_dice"] >= 1 - control["max_drop"])
-                # how much it keeps in fp32 is the control's per-run decision (seen: 0 or 3 of 18
-                # convolutions on VNNI CPUs, more on AVX2), so no share is asserted
-            else:
-                assert record["coverage"]["n_int8_compute_nodes"] > 0, (fold, name)
-                assert record["coverage_openvino"]["n_compute_nodes"] > 0, (fold, name)
+            assert record["coverage"]["n_int8_compute_nodes"] > 0, (fold, name)
+            assert record["coverage_openvino"]["n_compute_nodes"] > 0, (fold, name)
+        # NNCF's OpenVINO backend: an IR (no ONNX Runtime coverage), gated on OpenVINO with numbers
+        ir, ir_record = variants[f"{IR}@openvino"], json.loads((base / f"quantize/{IR}.json").read_text())
+        assert (ir["kind"], ir["backend"]) == ("ir", "openvino") and ir["dice"], (fold, ir)
+        coverage, control = ir_record["coverage_openvino"], ir_record["accuracy_control"]
+        assert "coverage" not in ir_record and coverage["n_int8_compute_nodes"] > 0
+        # on every CPU: INT8 runs, and what the accuracy control left in fp32 runs in fp32
+        assert 0 < coverage["int8_flop_share"] <= 1
+        assert set(control["fp32_modules"]) <= set(coverage["float_compute_nodes"]), (fold, control)
+        assert control["passed"] == (control["min_dice"] >= 1 - control["max_drop"])
+        # how much it keeps in fp32 is the control's per-run decision, so no share is asserted
         accurate = json.loads((base / "quantize/int8_accurate.json").read_text())["accuracy_aware"]
         assert accurate["steps"] and accurate["steps"][0]["fp32_modules"] == []
         bench = json.loads((base / "benchmark/benchmark.json").read_text())["results"]
@@ -114,7 +116,10 @@ def test_bundle_and_whole_case_parity(workdir, tmp_path):
     bundle_dir = workdir / "results" / MODEL / "bundle"
     bundle = Bundle.load(bundle_dir)
     assert bundle.folds == list(FOLDS)
-    assert set(bundle.manifest["variants"]) == {"onnx_simplified", "int8_accurate", BF16}
+    assert set(bundle.manifest["variants"]) == {"onnx_simplified", "int8_accurate", BF16, IR}
+    ir = bundle.manifest["variants"][IR]  # shipped as .xml + .bin, gated and run on OpenVINO only
+    assert ir["kind"] == "ir" and set(ir["weights"]) == set(FOLDS) and set(ir["gates"]["0"]) == {"openvino"}
+    assert all((bundle_dir / ir["files"][f]).with_suffix(".bin") == bundle_dir / ir["weights"][f] for f in FOLDS)
     bf16 = bundle.manifest["variants"][BF16]
     assert bf16["inference_precision"] == "bf16" and set(bf16["gates"]["0"]) == {"openvino"}
     assert bf16["backend"] == ("openvino" if NATIVE_BF16 else None)
@@ -133,6 +138,7 @@ def test_bundle_and_whole_case_parity(workdir, tmp_path):
             assert case["preprocessed_max_abs_diff"] == 0.0
             assert min(case["dice_nnbridge_vs_truth"].values()) > 0.5
         assert "int8_accurate" in record["variants"]
+        assert record["variants"][IR]["backend"] == "openvino" and "passed" in record["variants"][IR]
         whole = record["variants"][BF16]
         if NATIVE_BF16:
             assert whole["passed"] and whole["inference_precision"] == "bf16", whole
@@ -237,12 +243,15 @@ def test_a_cpu_without_int8_dot_products_requantizes_only_what_it_decides(workdi
     if not int8_dot():  # a CPU without them already: forcing it changes nothing
         assert jobs == {}, jobs
         return
-    int8 = {n for n, q in config["quantize"].items() if q.get("method", "static") in ("static", "dynamic", "nncf")}
-    expected = sum(len(m.get("folds", [0])) * len(int8 & set(m.get("quantize") or config["quantize"]))
+    def expected(methods):
+        names = {n for n, q in config["quantize"].items() if q.get("method", "static") in methods}
+        return sum(len(m.get("folds", [0])) * len(names & set(m.get("quantize") or config["quantize"]))
                    for m in config["models"])
-    assert jobs.get("quantize") == expected, jobs
-    assert set(jobs) <= {"quantize", "validate", "benchmark_artifact", "benchmark", "bundle", "case_parity",
-                         "report", "all"}, jobs
+
+    assert jobs.get("quantize") == expected(("static", "dynamic", "nncf")), jobs
+    assert jobs.get("quantize_ir") == expected(("openvino_int8",)), jobs  # NNCF's overflow_fix, on OpenVINO
+    assert set(jobs) <= {"quantize", "quantize_ir", "validate", "benchmark_artifact", "benchmark", "bundle",
+                         "case_parity", "report", "all"}, jobs
 
 
 def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
@@ -285,7 +294,7 @@ def test_code_edits_rerun_exactly_the_stages_that_import_them(workdir):
         jobs = set(planned_jobs(run_snakemake(workdir, "-n")))
     finally:
         graph.write_text(saved)
-    assert {"quantize", "benchmark_artifact", "benchmark", "machine_peak", "realistic_benchmark"} <= jobs, jobs
+    assert {"quantize", "quantize_ir", "benchmark_artifact", "benchmark", "machine_peak", "realistic_benchmark"} <= jobs, jobs
     assert not jobs & {"export_onnx", "export_torchscript", "patches", "simplify", "reference", "demo_train"}, jobs
     assert planned_jobs(run_snakemake(workdir, "-n")) == {}
 

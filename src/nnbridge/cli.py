@@ -16,7 +16,7 @@ from .predict.verify import save, summary_lines, verify_bundle
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Print the provenance metadata nnbridge stored in an ONNX file."""
+    """Print the provenance metadata nnbridge stored in an ONNX file or OpenVINO IR (.xml)."""
 
     meta = read_metadata(args.model)
     if not meta:
@@ -165,8 +165,8 @@ def add_verify_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnbridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    inspect = sub.add_parser("inspect", help="show the provenance stored in an exported ONNX model")
-    inspect.add_argument("model", help="ONNX file written by nnbridge")
+    inspect = sub.add_parser("inspect", help="show the provenance stored in an exported ONNX model or OpenVINO IR")
+    inspect.add_argument("model", help="ONNX file or OpenVINO IR .xml written by nnbridge")
     inspect.add_argument("--json", action="store_true", help="print as JSON")
     inspect.add_argument("--full", action="store_true", help="include plans and dataset.json")
     inspect.set_defaults(func=cmd_inspect)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from nnbridge.core.artifacts import ARTIFACT_SUFFIXES, artifact_files, method_kind
 from nnbridge.core.config import validate_config
 from nnbridge.core.errors import NNBridgeError
 from nnbridge.demo.dataset import DEMO_DATASET_NAME
@@ -88,6 +89,26 @@ wildcard_constraints:
     qvariant="|".join(config["quantize"]) or "__none__",
     artifact="|".join(re.escape(a) for a in ARTIFACTS),
     sha="|".join(ZIPS) or "__none__",
+
+
+def quantize_names(kind):
+    """The quantize entries whose method writes an artifact of ``kind`` (``onnx``, ``ir``), as a
+    wildcard constraint of the rule that writes them."""
+    names = [re.escape(n) for n, q in config["quantize"].items() if method_kind((q or {}).get("method")) == kind]
+    return "|".join(names) or "__none__"
+
+
+def quantize_outputs(kind):
+    """The named outputs of the quantize job for artifacts of ``kind``, i.e. ``artifact`` (its
+    main file), each further file by its suffix (an IR's ``bin``), and the ``json`` record."""
+    stem = f"{FOLD_DIR}/quantize/{{qvariant}}"
+    main, *others = ARTIFACT_SUFFIXES[kind]
+    return {"artifact": f"{stem}{main}", **{suffix[1:]: f"{stem}{suffix}" for suffix in others}, "json": f"{stem}.json"}
+
+
+def files_of(paths):
+    """Every file of the artifacts whose main files are ``paths`` (an IR: .xml and .bin)."""
+    return sorted({str(f) for path in paths for f in artifact_files(path)})
 
 
 def code_version(script):
@@ -192,8 +213,8 @@ def get_variants(wildcards):
 
 
 def get_variant_files(wildcards):
-    """The artifact files behind a fold's variants (one per artifact, whatever the backends)."""
-    return sorted({v["path"] for v in get_variants(wildcards).values()})
+    """The files of the artifacts behind a fold's variants (each once, whatever the backends)."""
+    return files_of(v["path"] for v in get_variants(wildcards).values())
 
 
 def reference_key(wildcards):
@@ -222,7 +243,7 @@ def get_artifact_inputs(wildcards):
     if wildcards.artifact == "torch_eager":
         files["checkpoint"] = model.checkpoint_of(key.fold)
     else:
-        files["artifact"] = sorted({v["path"] for v in get_artifact_variants(wildcards).values()})
+        files["artifact"] = files_of(v["path"] for v in get_artifact_variants(wildcards).values())
     return files
 
 
@@ -306,7 +327,8 @@ def get_postprocessing(wildcards):
 
 
 def get_bundle_folds(wildcards):
-    """Per fold of a model: the shipped variants' ONNX files, its parity and benchmark JSON."""
+    """Per fold of a model: the shipped variants' main files (ONNX, or an IR's .xml), its parity
+    and benchmark JSON, its self-check set."""
     model = get_model(wildcards)
     folds = {}
     for key in model.fold_keys():
@@ -324,7 +346,7 @@ def get_bundle_folds(wildcards):
 def get_bundle_inputs(wildcards):
     files = [*get_fold_inputs_of_model(wildcards).values(), *get_previous_stage_bundle(wildcards).values()]
     for fold in get_bundle_folds(wildcards).values():
-        files += [*fold["files"].values(), *fold["records"].values(), fold["parity"], fold["benchmark"],
+        files += [*files_of(fold["files"].values()), *fold["records"].values(), fold["parity"], fold["benchmark"],
                   fold["selfcheck"]]
     sources = get_postprocessing(wildcards)
     files += [spec["pkl"] for spec in [sources["own"], *sources["ensembles"]] if spec]

@@ -1,3 +1,6 @@
+# One rule per kind of file a quantize method writes (nnbridge.core.artifacts.method_kind): an ONNX
+# file (quantize), or an OpenVINO IR, <name>.xml with its weights in <name>.bin (quantize_ir).
+# The same job otherwise; the script writes output.artifact (and the files beside it).
 rule quantize:
     input:
         onnx=rules.simplify.output.onnx,
@@ -5,8 +8,9 @@ rule quantize:
         calibration=rules.patches.output.calibration,
         patches_record=rules.patches.output.json,
     output:
-        onnx=f"{FOLD_DIR}/quantize/{{qvariant}}.onnx",
-        json=f"{FOLD_DIR}/quantize/{{qvariant}}.json",
+        **quantize_outputs("onnx"),
+    wildcard_constraints:
+        qvariant=quantize_names("onnx"),
     params:
         settings=lambda wildcards: config["quantize"][wildcards.qvariant],
         backends=lookup(dpath="backends", within=config),
@@ -26,3 +30,10 @@ rule quantize:
         "../../envs/onnx.yaml"
     script:
         "../scripts/quantize.py"
+
+
+use rule quantize as quantize_ir with:
+    output:
+        **quantize_outputs("ir"),
+    wildcard_constraints:
+        qvariant=quantize_names("ir"),

@@ -16,6 +16,7 @@ rule realistic_benchmark:
         warmup=lookup(dpath="benchmark/realistic/warmup", within=config),
         repeats=lookup(dpath="benchmark/realistic/repeats", within=config),
         int8=lookup(dpath="benchmark/realistic/int8", within=config),
+        ir=lookup(dpath="benchmark/realistic/ir", within=config),
         configuration=lookup(dpath="benchmark/realistic/configuration", within=config),
         threads=lookup(dpath="benchmark/threads", within=config),
         code=code_version("realistic"),

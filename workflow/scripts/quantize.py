@@ -6,7 +6,7 @@ from nnbridge.core.runlog import logged
 with logged(snakemake.log[0]):
     record = quantize_variant(
         snakemake.input.onnx,
-        snakemake.output.onnx,
+        snakemake.output.artifact,
         load_patches(snakemake.input.calibration, record=snakemake.input.patches_record),
         snakemake.params.settings,
         threads=snakemake.threads,

@@ -13,6 +13,7 @@ with logged(snakemake.log[0]):
         warmup=snakemake.params.warmup,
         repeats=snakemake.params.repeats,
         int8=snakemake.params.int8,
+        ir=snakemake.params.ir,
         plans=snakemake.input.get("plans"),
         configuration=snakemake.params.configuration,
         peak=PeakRecord.read(snakemake.input.peak).to_dict(),

@@ -3,7 +3,8 @@ runtime — measured once, on the model's reference fold (its first).
 
 The folds of a model share their architecture, so an artifact's speed is the same for every fold
 whose graph is the same (:func:`nnbridge.core.onnxgraph.graph_signature`): the per-fold benchmark
-(:mod:`nnbridge.bench.fold`) reuses these numbers and times only what differs in its own fold.
+(:mod:`nnbridge.bench.fold`) reuses these numbers and times only what differs in its own fold
+(an OpenVINO IR's signature is read off its ``.xml``: :func:`nnbridge.core.irgraph.ir_signature`).
 ONNX Runtime's session settings are searched here (``tune``) and the thread and batch sweep runs
 here (``sweep``): once per machine and architecture, not once per fold.
 """
@@ -14,10 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..core.artifacts import verify_variant_files
 from ..core.cpu import cpu_identity
+from ..core.graphs import graph_signature
 from ..core.metadata import read_metadata
-from ..core.onnxgraph import graph_signature
-from ..core.runlog import verify_variant_files
 from .measure import benchmark_variants
 from .peak import peak_for_this_machine
 from .sweep import sweep, tune_onnxruntime
@@ -73,9 +74,9 @@ def benchmark_artifact(artifact: str, source: dict[str, Any], variants: dict[str
     for key, result in tuning.items():
         record["results"][key]["ort_settings"] = result["chosen"]
     signature = None
-    onnx_files = [v["path"] for v in variants.values() if v.get("kind") == "onnx" and Path(v["path"]).is_file()]
-    if onnx_files:
-        signature = graph_signature(onnx_files[0])
+    files = [v["path"] for v in variants.values() if v.get("kind") in ("onnx", "ir") and Path(v["path"]).is_file()]
+    if files:
+        signature = graph_signature(files[0])
     record.update({
         "artifact": artifact, "fold": str(source.get("fold")), "signature": signature,
         "architecture": graph_signature(shape_from), "tuning": tuning, "stop": stop,

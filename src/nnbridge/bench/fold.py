@@ -12,10 +12,11 @@ from typing import Any
 
 import onnx
 
+from ..core.artifacts import verify_variant_files
 from ..core.cpu import cpu_identity
-from ..core.onnxgraph import compute_node_flops, graph_signature
+from ..core.graphs import graph_signature
+from ..core.onnxgraph import compute_node_flops
 from ..core.keys import Variant
-from ..core.runlog import verify_variant_files
 from .accelerators import accelerator_status
 from .artifact import TORCH_EAGER, artifact_specs, input_shape_of
 from .measure import benchmark_variants

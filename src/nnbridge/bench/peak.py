@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..core.cpu import cpu_identity, same_cpu
-from ..core.onnxgraph import is_int8_model
+from ..core.graphs import is_int8
 from ..runtime.ov import precision_unavailable
 from .measure import PEAK_N, benchmark_in_subprocess, spec_precision
 
@@ -139,13 +139,13 @@ def measure_peak_gflops(threads: int, repeats: int = 5, n: int = PEAK_N) -> dict
 
 
 def peak_kinds(specs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Result name → ``int8`` (a quantized file on either runtime) or ``bf16`` (an OpenVINO run in
+    """Result name → ``int8`` (a quantized ONNX file on either runtime, or INT8 IR) or ``bf16`` (an OpenVINO run in
     bf16), the peak its "% of peak" refers to; fp32 results are left out."""
     kinds = {}
     for name, spec in specs.items():
         if spec["backend"] not in ("onnxruntime", "openvino") or not Path(spec["path"]).is_file():
             continue
-        if is_int8_model(spec["path"]):
+        if is_int8(spec["path"]):
             kinds[name] = "int8"
         elif spec_precision(spec) == "bf16":
             kinds[name] = "bf16"

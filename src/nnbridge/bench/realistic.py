@@ -5,8 +5,10 @@ a typical ``3d_fullres`` plan (``PlainConvUNet``, 6 stages, 32→320 features, p
 input channel, 3 classes, InstanceNorm, LeakyReLU, deep supervision off) with seeded random
 weights, exports it to ONNX like :mod:`nnbridge.export` (legacy exporter, opset 17, dynamic
 axes), makes a static INT8 QDQ variant (calibrated on random normal patches: INT8 here is for
-speed only, its accuracy cannot be judged with random weights) and times torch eager, ONNX
-Runtime and OpenVINO, each in its own process (:mod:`nnbridge.bench.measure`).
+speed only, its accuracy cannot be judged with random weights) and, with ``ir``, the OpenVINO IR
+variants (INT8 by NNCF's OpenVINO backend on the same patches, and the fp32 graph as IR, whose load
+time the records hold beside the ONNX file's), and times torch eager, ONNX Runtime and OpenVINO,
+each in its own process (:mod:`nnbridge.bench.measure`).
 
 The architecture travels as a JSON description (:func:`plain_unet_arch`); the benchmark child
 process rebuilds the same network from it with :func:`build_network` (``torch_arch`` backend).
@@ -31,6 +33,7 @@ from ..core.onnxgraph import compute_node_flops
 from ..export.common import INPUT_NAME
 from ..export.onnx_export import write_onnx
 from ..quantize.coverage import int8_coverage, openvino_int8_coverage
+from ..quantize.openvino_ir import convert_openvino_fp32, quantize_openvino_int8
 from ..quantize.static import quantize_static_int8
 from ..runtime.ort import onnx_session
 from .measure import benchmark_variants
@@ -40,10 +43,10 @@ from .sweep import tune_onnxruntime
 from .targets import speed_ceilings, speed_targets
 
 
-FP32_RESULTS = ("onnx_fp32", "onnx_fp32@openvino")
+FP32_RESULTS = ("onnx_fp32", "onnx_fp32@openvino", "fp32_ir@openvino")
 
 
-INT8_RESULTS = ("int8", "int8@openvino")
+INT8_RESULTS = ("int8", "int8@openvino", "int8_ir@openvino")  # the QDQ file on each runtime; the INT8 IR
 
 
 BF16_RESULTS = ("bf16@openvino",)  # the fp32 file run by OpenVINO in bf16 (skipped without native bf16)
@@ -100,6 +103,26 @@ def make_int8(src: Path, dst: Path, arch: dict[str, Any], patch_size: tuple[int,
     return record
 
 
+def make_ir_variants(src: Path, out_dir: Path, arch: dict[str, Any], patch_size: tuple[int, ...], *,
+                     int8: bool, n_patches: int = 4, max_size: int = 64, seed: int = 0) -> dict[str, Any]:
+    """The OpenVINO IR variants of ``src``: ``model_fp32.xml`` (the fp32 graph) and, with ``int8``,
+    ``model_int8.xml``: INT8 by NNCF's OpenVINO backend (performance preset: symmetric
+    activations, like the QDQ variant's), calibrated on the QDQ variant's random normal patches
+    (same seed, cut to ``max_size`` per axis)."""
+    record: dict[str, Any] = {"fp32": convert_openvino_fp32(src, out_dir / "model_fp32.xml")}
+    if int8:
+        spatial = _smaller_shape(arch, patch_size, max_size)
+        rng = np.random.default_rng(seed + 1)
+        calibration = rng.standard_normal((n_patches, arch["input_channels"], *spatial)).astype(np.float32)
+        quantized = quantize_openvino_int8(src, out_dir / "model_int8.xml", calibration, preset="performance")
+        quantized["calibration"] = {"n_patches": n_patches, "shape": [1, arch["input_channels"], *spatial],
+                                    "data": "random normal", "note": INT8_NOTE}
+        shape = (1, arch["input_channels"], *patch_size)
+        quantized["coverage_openvino"] = _coverage_summary(openvino_int8_coverage(out_dir / "model_int8.xml", src, shape))
+        record["int8"] = quantized
+    return record
+
+
 def compute_targets(results: dict[str, Any], peak: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`nnbridge.bench.speed_targets` on the realistic results: exact fp32 = ONNX fp32 on
     each runtime, INT8 = the QDQ variant on each runtime (speed only: no Dice gate here); with
@@ -112,7 +135,7 @@ def compute_targets(results: dict[str, Any], peak: dict[str, Any] | None = None)
 
 
 def _specs(out_dir: Path, arch: dict[str, Any], seed: int, backends: tuple[str, ...],
-           int8: bool) -> dict[str, dict[str, Any]]:
+           int8: bool, ir: bool = False) -> dict[str, dict[str, Any]]:
     """The benchmark specs by result name, torch eager (the baseline) first."""
     fp32, quant = str(out_dir / "model.onnx"), str(out_dir / "model_int8.onnx")
     specs: dict[str, dict[str, Any]] = {}
@@ -127,6 +150,10 @@ def _specs(out_dir: Path, arch: dict[str, Any], seed: int, backends: tuple[str, 
         specs["int8"] = {"backend": "onnxruntime", "path": quant}
     if int8 and "openvino" in backends:
         specs["int8@openvino"] = {"backend": "openvino", "path": quant}
+    if ir and "openvino" in backends:
+        specs["fp32_ir@openvino"] = {"backend": "openvino", "path": str(out_dir / "model_fp32.xml")}
+        if int8:
+            specs["int8_ir@openvino"] = {"backend": "openvino", "path": str(out_dir / "model_int8.xml")}
     return specs
 
 
@@ -146,19 +173,21 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
                         warmup: int = 1, repeats: int = 3, int8: bool = True,
                         backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino"),
                         seed: int = 0, plans: Path | None = None, configuration: str = "3d_fullres",
-                        peak: dict[str, Any] | None = None) -> dict[str, Any]:
+                        peak: dict[str, Any] | None = None, ir: bool = True) -> dict[str, Any]:
     """Build, export, quantize and time a random-weight nnU-Net ``PlainConvUNet`` at ``patch_size``
     — or, with ``plans``, the network of that plans file's ``configuration`` at its own patch size
     (``patch_size`` and ``features`` then do not apply). ``peak``: the machine's measured peaks
     (:func:`nnbridge.bench.measure_peak_gflops`), used when measured on this kind of CPU, else
     measured here (:func:`nnbridge.bench.peak_for_this_machine`).
 
-    Writes ``out_dir/model.onnx`` (and ``out_dir/model_int8.onnx`` when ``int8``). Returns a
+    Writes ``out_dir/model.onnx`` (and ``out_dir/model_int8.onnx`` when ``int8``; with ``ir`` and
+    openvino among the ``backends`` the IRs ``model_fp32.xml``, ``model_int8.xml``). Returns a
     JSON-serializable record: the architecture, input shape, FLOPs per patch (from the graph, and
     counted from the description as a check), the machine's measured fp32 peak, per result
     (``torch_eager``, ``onnx_fp32`` with tuned ONNX Runtime settings, ``onnx_fp32@openvino``,
     ``bf16@openvino`` (the fp32 file in bf16; ``skipped`` on CPUs without native bf16), ``int8``,
-    ``int8@openvino``) latency percentiles, peak memory, speed-up against torch eager,
+    ``int8@openvino``, with ``ir`` ``fp32_ir@openvino`` and ``int8_ir@openvino``) latency
+    percentiles, load time, peak memory, speed-up against torch eager,
     GFLOP/s and % of peak, and the ``targets`` block (:func:`compute_targets`).
     """
 
@@ -180,8 +209,11 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
     export = export_network(network, arch, out_dir / "model.onnx", export_shape, seed=seed)
     quantized = (make_int8(out_dir / "model.onnx", out_dir / "model_int8.onnx", arch, tuple(patch_size),
                            seed=seed, openvino="openvino" in backends) if int8 else None)
+    ir = ir and "openvino" in backends
+    ir_variants = (make_ir_variants(out_dir / "model.onnx", out_dir, arch, tuple(patch_size), int8=int8, seed=seed)
+                   if ir else None)
 
-    specs = _specs(out_dir, arch, seed, tuple(backends), int8)
+    specs = _specs(out_dir, arch, seed, tuple(backends), int8, ir)
     tuning = None
     if "onnx_fp32" in specs:
         tuning = tune_onnxruntime(specs["onnx_fp32"], shape, threads, min(warmup, 2), max(3, repeats // 2))
@@ -195,12 +227,16 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
     flops = sum(node["flops"] for node in compute_node_flops(graph, shape).values())
     add_throughput(record, flops, record["peak"], {**dict.fromkeys(INT8_RESULTS, "int8"),
                                                    **dict.fromkeys(BF16_RESULTS, "bf16")})
+    if ir_variants:  # what OpenVINO pays to read and compile each kind of fp32 file
+        record["load_ms"] = {k: record["results"][k].get("load_ms") for k in ("onnx_fp32@openvino", "fp32_ir@openvino")
+                             if k in record["results"]}
     record.update({
         "kind": "realistic nnU-Net benchmark (random weights)",
         "architecture": arch, "seed": seed, "patch_size": list(patch_size),
         "stride_multiple": list(stride_multiple(arch)),
         "flops_analytic": analytic_flops(arch, tuple(patch_size)),
-        "export": export, "int8_variant": quantized, "int8_note": INT8_NOTE if int8 else None,
+        "export": export, "int8_variant": quantized, "ir_variants": ir_variants,
+        "int8_note": INT8_NOTE if int8 else None,
         "tuning": tuning, "targets": compute_targets(record["results"], record["peak"]), "versions": _versions(),
         "seconds": round(time.perf_counter() - started, 1),
     })
@@ -218,10 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--no-ir", action="store_true", help="no OpenVINO IR variants")
     args = parser.parse_args(argv)
     record = realistic_benchmark(args.out_dir, patch_size=tuple(args.patch), features=tuple(args.features),
                                  threads=args.threads, warmup=args.warmup, repeats=args.repeats,
-                                 int8=not args.no_int8)
+                                 int8=not args.no_int8, ir=not args.no_ir)
     (args.out_dir / "realistic.json").write_text(json.dumps(record, indent=2))
     print(json.dumps({k: record[k] for k in ("flops_per_patch", "peak", "targets")}, indent=2))
 

@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 from ..bench.sweep import MIN_GAIN
+from ..core.artifacts import ARTIFACT_SUFFIXES, artifact_files, artifact_kind, verify_recorded
 from ..core.errors import NNBridgeError
 from ..core.keys import Variant, fold_order
 from ..core.metadata import inference_precision, read_metadata
 from ..core.records import BenchmarkRecord, BundleManifest, ParityRecord, Sweep
-from ..core.runlog import sha256_file, verify_recorded
+from ..core.runlog import sha256_file
 from ..core.stats import median
 from ..predict.bundle import FORMAT, MANIFEST, Bundle, require_previous_stage
 from ..predict.components import read_postprocessing_pkl
@@ -90,17 +91,19 @@ def write_bundle(
     postprocessing: dict[str, Any] | None = None,
     ensembles: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Assemble a bundle. ``variants``: name → {"files": {fold: onnx path}, "records": {fold: the stage
-    record stating its sha256, checked before and after copying (optional)}, "gates": {fold: {backend:
+    """Assemble a bundle. ``variants``: name → {"files": {fold: ONNX file or IR .xml}, "records": {fold: the
+    stage record stating its sha256, checked before and after copying (optional)}, "gates": {fold: {backend:
     passed}}, "latency_ms": {backend: p50}, "ort_settings": tuned ONNX Runtime settings,
     "run_settings": {backend: threads and batch size, see :func:`run_settings`}, "recheck":
     {fold: {backend: {"tolerance", "at_gate"}}} for ``nnbridge verify``}. ``info``:
     configuration, patch size, mirror axes… ``selfcheck``: fold → the validate stage's
     self-check set (shipped as ``selfcheck/fold_<k>.npz``); ``gated_on``: fold → the CPU kind
-    its gates were measured on. ``previous_stage``: a cascade stage's previous stage, a bundle
-    folder copied in as ``previous_stage/``. ``postprocessing``: nnU-Net's postprocessing of the
-    model ({"pkl", "source": its path in the model folder, "folds"}); ``ensembles``: those of its
-    ensembles with other configurations (the same, plus "members": the model identifiers)."""
+    its gates were measured on. An OpenVINO IR is shipped as ``<variant>/fold_<k>.xml`` with its
+    ``.bin`` beside it (``weights``), each with its sha256; ``kind`` says which a variant is.
+    ``previous_stage``: a cascade stage's previous stage, a bundle folder copied in as
+    ``previous_stage/``. ``postprocessing``: nnU-Net's postprocessing of the model ({"pkl", "source":
+    its path in the model folder, "folds"}); ``ensembles``: those of its ensembles with other
+    configurations (the same, plus "members": the model identifiers)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (PREVIOUS_STAGE_DIR, POSTPROCESSING_DIR):
@@ -110,18 +113,31 @@ def write_bundle(
     shutil.copyfile(dataset_file, out_dir / "dataset.json")
     entries: dict[str, Any] = {}
     for name, variant in variants.items():
-        files, sums = {}, {}
+        files, sums, weights, weight_sums = {}, {}, {}, {}
         records = variant.get("records") or {}
+        kinds = {artifact_kind(src) for src in variant["files"].values()}
+        if len(kinds) != 1:
+            raise NNBridgeError(f"bundle variant {name!r}: its folds are files of different kinds {sorted(kinds)}; "
+                                "build every fold with the same quantize method")
+        kind = kinds.pop()
         for fold, src in sorted(variant["files"].items()):
-            rel = f"{name}/fold_{fold}.onnx"
-            expected = verify_recorded(src, records[fold]) if records.get(fold) else None
+            main, *parts = artifact_files(src)
+            rel = f"{name}/fold_{fold}{ARTIFACT_SUFFIXES[kind][0]}"
+            # the record's sha256: the main file's, joined by its other files' for an IR (artifact_sha256)
+            expected = verify_recorded(src, records[fold]).split("+") if records.get(fold) else [None] * (1 + len(parts))
             files[str(fold)] = rel
-            sums[str(fold)] = _copy(Path(src), out_dir / rel, expected)
+            sums[str(fold)] = _copy(main, out_dir / rel, expected[0])
+            for part, part_expected in zip(parts, expected[1:], strict=True):
+                # an IR's .bin, named like its .xml (OpenVINO reads it from there)
+                part_rel = str(Path(rel).with_suffix(part.suffix))
+                weights[str(fold)], weight_sums[str(fold)] = part_rel, _copy(part, out_dir / part_rel, part_expected)
         backend = choose_backend(variant["gates"], variant.get("latency_ms", {}))
         entries[name] = {
+            "kind": kind,
             "inference_precision": inference_precision(out_dir / next(iter(files.values()))),
             "files": files,
             "sha256": sums,
+            **({"weights": weights, "weights_sha256": weight_sums} if weights else {}),
             "gates": variant["gates"],
             "latency_ms": variant.get("latency_ms", {}),
             "backend": backend,
@@ -242,8 +258,9 @@ def build_from_pipeline(
     postprocessing: dict[str, Any] | None = None,
     ensembles: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A bundle from the pipeline's per-fold results. ``folds``: fold → {"files": {variant: onnx
-    path}, "records": {variant: the record stating its sha256}, "parity": parity.json, "benchmark": benchmark.json, "selfcheck": the validate stage's
+    """A bundle from the pipeline's per-fold results. ``folds``: fold → {"files": {variant: ONNX
+    file or IR .xml}, "records": {variant: the record stating its sha256}, "parity": parity.json,
+    "benchmark": benchmark.json, "selfcheck": the validate stage's
     self-check set (optional)}. A variant's gate on a backend is its parity verdict there
     (``name`` on ONNX Runtime, ``name@openvino`` on OpenVINO), measured on the CPU kind the
     parity record names (``gated_on``); its Dice bounds and its Dice on the self-check set go

@@ -1,8 +1,10 @@
-"""nnbridge's provenance metadata in ONNX files, and nnU-Net label names; imports no torch."""
+"""nnbridge's provenance metadata in ONNX files and OpenVINO IRs, and nnU-Net label names; imports
+no torch and no runtime."""
 
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,21 @@ META_PREFIX = "nnbridge."
 PRECISION_KEY = "inference_precision"
 
 
+def _check_file(path: Path, what: str, fix: str) -> None:
+    """One-line refusal of a missing path, a folder or an empty file where ``what`` is expected."""
+    if not path.exists():
+        raise NNBridgeError(f"{path}: no such file; give the path of {what}")
+    if path.is_dir():
+        raise NNBridgeError(f"{path}: is a folder; give the path of {what} in it")
+    if path.stat().st_size == 0:
+        raise NNBridgeError(f"{path}: empty file (0 bytes), not {fix}")
+
+
 def load_onnx_model(path: Path | str) -> onnx.ModelProto:
     """An ONNX file's model (without external data), or a one-line :class:`NNBridgeError` for a
     missing path, a folder, an empty file or one that is not ONNX (or truncated)."""
     path = Path(path)
-    if not path.exists():
-        raise NNBridgeError(f"{path}: no such file; give the path of an .onnx file")
-    if path.is_dir():
-        raise NNBridgeError(f"{path}: is a folder; give the path of an .onnx file in it")
-    if path.stat().st_size == 0:
-        raise NNBridgeError(f"{path}: empty file (0 bytes), not an ONNX model; copy or export it again")
+    _check_file(path, "an .onnx file", "an ONNX model; copy or export it again")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others on junk
@@ -40,8 +47,46 @@ def load_onnx_model(path: Path | str) -> onnx.ModelProto:
     return model
 
 
+# OpenVINO keeps an ONNX file's metadata_props under the model's rt_info section "framework";
+# nnbridge writes its provenance into an IR there too, so one reader serves both
+RT_SECTION = "framework"
+
+
+def read_ir(path: str | Path) -> ET.Element:
+    """The ``<net>`` element of an OpenVINO IR ``.xml`` (read without OpenVINO); one-line refusal
+    of a missing path, a folder, an empty file or a file that is not one (or truncated)."""
+    path = Path(path)
+    _check_file(path, "an OpenVINO IR .xml file", "an OpenVINO IR; copy or write it again")
+    try:
+        root = ET.parse(str(path)).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise NNBridgeError(f"{path}: not a readable OpenVINO IR .xml ({exc}); write it again") from None
+    if root.tag != "net" or root.find("layers") is None:
+        raise NNBridgeError(f"{path}: not an OpenVINO IR (no <net><layers>); write it again")
+    return root
+
+
+def ir_rt_info(path: str | Path, section: str = RT_SECTION) -> dict[str, str]:
+    """The model-level rt_info entries of an IR under ``section`` (name → value)."""
+    node = read_ir(path).find(f"rt_info/{section}")
+    return {} if node is None else {child.tag: child.get("value", "") for child in node}
+
+
+def _ir_output_channels(path: str | Path) -> int:
+    """The second dimension of an IR's first output (0 when dynamic or absent)."""
+    for layer in read_ir(path).iter("layer"):
+        if layer.get("type") == "Result":
+            dims = [int(d.text or -1) for d in layer.findall("input/port/dim")]
+            return max(dims[1], 0) if len(dims) > 1 else 0
+    return 0
+
+
 def read_metadata(path: Path) -> dict[str, str]:
-    """nnbridge metadata of an ONNX file, keys without the prefix."""
+    """nnbridge metadata of an ONNX file (its metadata_props) or an OpenVINO IR ``.xml`` (its
+    rt_info, where OpenVINO keeps an ONNX file's metadata and nnbridge writes it), keys without the
+    prefix."""
+    if Path(path).suffix.lower() == ".xml":
+        return {k[len(META_PREFIX):]: v for k, v in ir_rt_info(path).items() if k.startswith(META_PREFIX)}
     model = load_onnx_model(path)
     return {
         p.key[len(META_PREFIX):]: p.value
@@ -51,8 +96,8 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def inference_precision(path: Path) -> str:
-    """The inference precision an nnbridge ONNX file asks for: ``bf16`` for a bf16 variant, else
-    ``f32``."""
+    """The inference precision an nnbridge ONNX file or IR asks for: ``bf16`` for a bf16 variant,
+    else ``f32``."""
     return read_metadata(path).get(PRECISION_KEY, "f32")
 
 
@@ -84,8 +129,11 @@ def output_labels(path: Path) -> tuple[dict[int, str], bool]:
         labels = dataset.get("labels", {})
         region_based = is_region_based(labels)
         return label_names(labels, region_based), region_based
-    dims = onnx.load(str(path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
-    channels = dims[1].dim_value if len(dims) > 1 else 0
+    if Path(path).suffix.lower() == ".xml":
+        channels = _ir_output_channels(path)
+    else:
+        dims = onnx.load(str(path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
+        channels = dims[1].dim_value if len(dims) > 1 else 0
     if not channels:
         raise NNBridgeError(f"{path}: no labels in its metadata and no fixed number of output channels; "
                             "export it with nnbridge")

@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from .artifacts import method_kind
 from .errors import NNBridgeError
 from .keys import Variant
 from .runlog import write_json
@@ -243,8 +244,12 @@ class BenchResult(Part):
     p50_ms: float | None = None
     p90_ms: float | None = None
     p99_ms: float | None = None
+    load_ms: float | None = None
+    """Reading and compiling the artifact (an ONNX import, an IR read, a checkpoint load), the runtime's
+    import excluded: what ``nnbridge predict`` pays per fold before its first window."""
     peak_rss_mb: float | None = None
     file_size_bytes: int | None = None
+    """Bytes of all the artifact's files (an OpenVINO IR: its .xml and .bin)."""
     gflops_per_s: float | None = None
     pct_of_peak: float | None = None
     peak_kind: str | None = None
@@ -369,9 +374,18 @@ class QuantizeRecord(Record):
     KIND: ClassVar[str] = "quantize"
     RULE: ClassVar[str] = "quantize"
 
+    @classmethod
+    def fix(cls) -> str:
+        # an OpenVINO IR variant's record is written by quantize_ir (workflow/rules/quantize.smk)
+        return f"{super().fix()} quantize_ir"
+
     method: str
     path: str | None = None
+    """The artifact's main file: an ONNX file, or an OpenVINO IR's .xml (its .bin beside it)."""
+    sha256: str | None = None
+    """The main file's sha256; an IR's is ``<xml sha256>+<bin sha256>`` (:func:`nnbridge.core.artifacts.artifact_sha256`)."""
     size_bytes: int | None = None
+    """Bytes of all the artifact's files."""
     n_calibration_patches: int = 0
     format: str | None = None
     per_channel: bool | None = None
@@ -387,8 +401,16 @@ class QuantizeRecord(Record):
 
     @property
     def precision(self) -> str:
-        """``fp16``, ``bf16`` or ``int8`` (every other method quantizes to INT8)."""
+        """``fp16``, ``bf16``, ``fp32`` (the fp32 graph as OpenVINO IR) or ``int8`` (every other
+        method quantizes to INT8)."""
+        if self.method == "openvino_fp32":
+            return "fp32"
         return self.method if self.method in ("fp16", "bf16") else "int8"
+
+    @property
+    def kind(self) -> str:
+        """The kind of artifact it wrote: ``ir`` (an OpenVINO IR) or ``onnx``."""
+        return method_kind(self.method)
 
     @property
     def accuracy_verdict(self) -> str | None:
@@ -464,6 +486,8 @@ class RealisticRecord(Record):
     machine: Machine | None = None
     targets: dict[str, Any] | None = None
     tuning: Tuning | None = None
+    load_ms: dict[Variant, float | None] | None = None
+    """OpenVINO's read + compile time of the fp32 graph from the ONNX file and from its IR (with ``ir``)."""
 
 
 @dataclass
@@ -513,7 +537,14 @@ class BundleVariant(Part):
     ort_settings: dict[str, Any] = field(default_factory=dict)
     run_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     inference_precision: str | None = None
+    kind: str = "onnx"
+    """``onnx``, or ``ir``: an OpenVINO IR (runs on OpenVINO only)."""
     files: dict[str, str] = field(default_factory=dict)
+    """Fold → the main file (``<variant>/fold_<k>.onnx``, an IR's ``.xml``), relative to the bundle."""
+    sha256: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)
+    """Fold → an IR's weights file (``<variant>/fold_<k>.bin``, beside its ``.xml``); none for ONNX."""
+    weights_sha256: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -99,31 +99,3 @@ def read_json(path: str | Path, fix: str = "fix it, or copy it again from where 
     except json.JSONDecodeError as exc:
         where = "it is empty" if not text.strip() else f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
         raise NNBridgeError(f"{path}: not valid JSON ({where}); {fix}") from None
-
-
-def verify_variant_files(variants: dict[str, dict[str, Any]]) -> None:
-    """Each variant's ``path`` against the sha256 its ``record`` states (variants as the workflow
-    passes them; those without a record are not checked), before any of them is used."""
-    for path, record in sorted({(v["path"], v["record"]) for v in variants.values() if v.get("record")}):
-        verify_recorded(path, record)
-
-
-def verify_recorded(path: str | Path, record_path: str | Path) -> str:
-    """Check ``path`` against the sha256 the stage record ``record_path`` states for it (the
-    record's ``path`` and ``sha256``); its sha256, or a one-line :class:`NNBridgeError` naming both
-    files. A later stage calls this before it uses an upstream artifact, so a file changed after
-    its stage wrote it (edited, truncated, swapped) is never used as if it were that stage's output."""
-    path, record_path = Path(path), Path(record_path)
-    record = read_json(record_path, fix="rerun the stage that writes it")
-    expected = record.get("sha256") if isinstance(record, dict) else None
-    named = Path(str(record.get("path", ""))).name if isinstance(record, dict) else ""
-    if not expected or named != path.name:
-        raise NNBridgeError(f"{record_path}: states no sha256 of {path.name}; rerun the stage that writes both "
-                            f"(delete {path} and {record_path})")
-    if not path.is_file():
-        raise NNBridgeError(f"{path}: missing, but {record_path} records it; rerun the stage that writes both")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise NNBridgeError(f"{path}: sha256 {actual[:12]}… differs from {expected[:12]}… that {record_path} "
-                            f"states; the file changed after it was written: delete both files and rerun")
-    return actual

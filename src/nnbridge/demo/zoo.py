@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..bench.measure import benchmark_variants
+from ..core.artifacts import artifact_path, method_kind
 from ..core.runlog import write_json
 from ..export.onnx_export import export_onnx
 from ..export.simplify import simplify_onnx
@@ -351,9 +352,11 @@ def run_entry(entry: dict[str, Any], folder: Path, config: dict[str, Any] | None
     for name, settings in config["quantize"].items():
         if model.quantize is not None and name not in model.quantize:
             continue  # not this model's (its entry's `quantize:` list)
+        # an OpenVINO IR method writes quantize/<name>.xml (+ .bin), every other one <name>.onnx
+        dst = Path(artifact_path(str(folder / "quantize" / name), method_kind((settings or {}).get("method"))))
         stage(name, ("simplify",),
-              lambda settings=settings, name=name: quantize_variant(
-                  folder / "simplify" / "model.onnx", folder / "quantize" / f"{name}.onnx", cal, settings,
+              lambda settings=settings, dst=dst: quantize_variant(
+                  folder / "simplify" / "model.onnx", dst, cal, settings,
                   threads=2, backends=tuple(config["backends"])))
 
     def validate() -> dict[str, Any]:

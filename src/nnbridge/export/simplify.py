@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..core.runlog import read_json, sha256_file, verify_recorded
+from ..core.artifacts import verify_recorded
+from ..core.runlog import read_json, sha256_file
 from ..runtime.ort import run_onnx
 from .weights import carriers, verify_derived_graph
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..core.artifacts import KIND_RUNTIMES, artifact_path, method_kind, method_runtimes
 from ..core.errors import NNBridgeError
 from ..core.keys import Variant, fold_order
 from ..core.plans import configuration_of, default_previous_stage_segs, previous_stage
@@ -460,51 +461,55 @@ def _plain_entry(entry: dict[str, Any], i: int) -> ModelEntry:
 
 
 def openvino_only_variants(config: dict[str, Any]) -> list[str]:
-    """The quantize entries that run on OpenVINO only (method ``bf16``: ONNX Runtime would run
-    the same fp32 graph as ``onnx_simplified``); refused in one line when the config's
-    ``backends`` lack openvino."""
-    names = [n for n, q in (config.get("quantize") or {}).items() if (q or {}).get("method") == "bf16"]
+    """The quantize entries that run on OpenVINO only (:func:`nnbridge.core.artifacts.method_runtimes`:
+    method ``bf16``, whose fp32 graph ONNX Runtime would run as ``onnx_simplified``, and the
+    OpenVINO IR methods); refused in one line when the config's ``backends`` lack openvino."""
+    names = [n for n, q in (config.get("quantize") or {}).items()
+             if method_runtimes((q or {}).get("method")) == ("openvino",)]
     if names and "openvino" not in config.get("backends", ["onnxruntime"]):
-        raise NNBridgeError(f"config quantize.{names[0]}: method bf16 runs on OpenVINO; add openvino to "
+        method = config["quantize"][names[0]].get("method")
+        raise NNBridgeError(f"config quantize.{names[0]}: method {method} runs on OpenVINO; add openvino to "
                             f"backends (now {config.get('backends', ['onnxruntime'])}) or remove the entry")
     return names
 
 
 def fold_variants(results: str, key: FoldKey, config: dict[str, Any],
                   quantize: tuple[str, ...] | None = None) -> dict[str, dict[str, str]]:
-    """Name → {kind, path, backend, record} of every (artifact, backend) of a fold that is validated and
+    """Name → {kind, path, backend, record} of every (artifact, runtime) of a fold that is validated and
     benchmarked (``quantize``: the model's own subset of the quantized variants, default all).
-    ONNX artifacts run on ONNX Runtime under their own name and on every other configured
-    backend as ``<name>@<backend>`` (e.g. ``onnx_fp32@openvino``); a bf16 variant only as
-    ``<name>@openvino`` (:func:`openvino_only_variants`)."""
+    An artifact's ``kind`` (``torchscript``, ``onnx``, ``ir``: an OpenVINO IR, ``path`` its
+    ``.xml``) and file suffix come from its method (:func:`nnbridge.core.artifacts.method_kind`);
+    it runs on every configured backend its kind runs on, under its own name on ONNX Runtime and
+    as ``<name>@<backend>`` elsewhere (e.g. ``onnx_fp32@openvino``); a bf16 variant and an IR
+    only as ``<name>@openvino`` (:func:`openvino_only_variants`). ``record``: the stage record
+    stating the artifact's sha256 (:func:`record_of`)."""
     base = key.dir(results)
-    openvino_only = openvino_only_variants(config)
-    variants: dict[str, dict[str, str]] = {}
+    openvino_only_variants(config)  # refuses OpenVINO-only entries without openvino
+    artifacts: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {}
     if config["export"]["torchscript"]:
-        variants["torchscript"] = {"kind": "torchscript", "path": f"{base}/export/model.ts"}
-    variants["onnx_fp32"] = {"kind": "onnx", "path": f"{base}/export/model.onnx"}
-    variants["onnx_simplified"] = {"kind": "onnx", "path": f"{base}/simplify/model.onnx"}
-    for name in config["quantize"]:
+        artifacts["torchscript"] = ({"kind": "torchscript", "path": f"{base}/export/model.ts"},
+                                    KIND_RUNTIMES["torchscript"])
+    artifacts["onnx_fp32"] = ({"kind": "onnx", "path": f"{base}/export/model.onnx"}, KIND_RUNTIMES["onnx"])
+    artifacts["onnx_simplified"] = ({"kind": "onnx", "path": f"{base}/simplify/model.onnx"}, KIND_RUNTIMES["onnx"])
+    for name, settings in config["quantize"].items():
         if quantize is None or name in quantize:
-            variants[name] = {"kind": "onnx", "path": f"{base}/quantize/{name}.onnx"}
-    for variant in variants.values():
-        variant["backend"] = "torchscript" if variant["kind"] == "torchscript" else "onnxruntime"
-        variant["record"] = record_of(variant["path"])
-    for backend in config.get("backends", ["onnxruntime"]):
-        if backend == "onnxruntime":
-            continue
-        for name, variant in list(variants.items()):
-            if variant["kind"] == "onnx" and variant["backend"] == "onnxruntime":
-                variants[Variant(name, backend).key] = {**variant, "backend": backend}
-    for name in openvino_only:
-        variants.pop(name, None)
+            method = (settings or {}).get("method")
+            kind = method_kind(method)
+            artifacts[name] = ({"kind": kind, "path": artifact_path(f"{base}/quantize/{name}", kind)},
+                               method_runtimes(method))
+    variants: dict[str, dict[str, str]] = {}
+    for backend in ("torchscript", *config.get("backends", ["onnxruntime"])):
+        for name, (artifact, runtimes) in artifacts.items():
+            if backend in runtimes:
+                key_name = name if backend == "torchscript" else Variant(name, backend).key
+                variants[key_name] = {**artifact, "backend": backend, "record": record_of(artifact["path"])}
     return variants
 
 
 def record_of(artifact: str) -> str:
     """The stage record that states an artifact's sha256: ``export/model.onnx`` → ``export/export.json``,
     ``export/model.ts`` → ``export/torchscript.json``, ``simplify/model.onnx`` → ``simplify/simplify.json``,
-    ``quantize/<name>.onnx`` → ``quantize/<name>.json``."""
+    ``quantize/<name>.onnx`` (or an IR's ``quantize/<name>.xml``) → ``quantize/<name>.json``."""
     path = Path(artifact)
     if path.parent.name == "export":
         return str(path.with_name("torchscript.json" if path.suffix == ".ts" else "export.json"))
@@ -534,15 +539,16 @@ def variant_tolerance(name: str, validate: dict[str, Any]) -> dict[str, Any]:
 
 def bundle_plan(config: dict[str, Any]) -> tuple[list[str], str, list[str]]:
     """(bundle variants, default variant, case-parity variants), checked against the variants
-    the config produces: only ONNX artifacts (no ``@backend`` suffix) can be shipped, and only
-    shipped variants can be compared on whole cases."""
-    openvino_only_variants(config)  # refuses a bf16 entry without openvino, before any job runs
-    onnx_names = ["onnx_fp32", "onnx_simplified", *config.get("quantize", {})]
+    the config produces: only ONNX files and OpenVINO IRs (named without ``@backend``) can be
+    shipped, and only shipped variants can be compared on whole cases."""
+    openvino_only_variants(config)  # refuses an OpenVINO-only entry without openvino, before any job runs
+    deployable = ["onnx_fp32", "onnx_simplified", *config.get("quantize", {})]
     shipped = list(config["bundle"]["variants"])
     for name in shipped:
-        if name not in onnx_names:
+        if name not in deployable:
             raise NNBridgeError(
-                f"config bundle.variants: {name!r} is not an ONNX variant of this config; use some of {onnx_names}"
+                f"config bundle.variants: {name!r} is not an ONNX or OpenVINO IR variant of this config; use some "
+                f"of {deployable}"
             )
     default = config["bundle"].get("default_variant") or shipped[0]
     if default not in shipped:

@@ -1,12 +1,13 @@
-"""The deployable bundle as ``nnbridge predict`` reads it: every fold's ONNX model per variant, plans,
-dataset.json and a manifest (built by :mod:`nnbridge.bundle.build`).
+"""The deployable bundle as ``nnbridge predict`` reads it: every fold's model per variant (an ONNX
+file, or an OpenVINO IR: ``.xml`` and its weights ``.bin``), plans, dataset.json and a manifest
+(built by :mod:`nnbridge.bundle.build`).
 
 Layout::
 
     bundle/
       bundle.json            manifest (folds, variants, gates, chosen backend, checksums)
       plans.json dataset.json
-      <variant>/fold_<k>.onnx
+      <variant>/fold_<k>.onnx  (an OpenVINO IR variant: fold_<k>.xml + fold_<k>.bin)
       selfcheck/fold_<k>.npz   held-out patches and PyTorch's label maps (nnbridge verify)
       postprocessing/        nnU-Net's postprocessing.pkl files, copied (the manifest holds their steps)
       previous_stage/        a cascade stage's previous stage (3d_lowres): a complete bundle of its own
@@ -74,6 +75,7 @@ class Bundle:
                       (manifest["dataset_json"], manifest["dataset_json_sha256"])]
             for variant in manifest["variants"].values():
                 checks += [(variant["files"][f], variant["sha256"][f]) for f in variant["files"]]
+                checks += [(rel, variant["weights_sha256"][f]) for f, rel in (variant.get("weights") or {}).items()]
             selfcheck = manifest.get("selfcheck") or {}
             checks += [(rel, selfcheck["sha256"][f]) for f, rel in (selfcheck.get("files") or {}).items()]
             for record in [manifest.get("postprocessing") or {}, *(manifest.get("ensembles") or [])]:
@@ -135,6 +137,7 @@ class Bundle:
         return name, self.manifest["variants"][name]
 
     def model_files(self, variant: str | None, folds: list[str] | None) -> list[Path]:
+        """The main file of each fold's model (an ONNX file, or an IR's .xml with its .bin beside it)."""
         name, entry = self.variant(variant)
         folds = [str(f) for f in folds] if folds else self.folds
         missing = [f for f in folds if f not in entry["files"]]

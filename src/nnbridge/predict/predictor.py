@@ -42,10 +42,16 @@ from .verify import ensure_verified, failures_here, refusal
 BACKENDS = ONNX_BACKENDS
 
 
+def openvino_only(entry: dict[str, Any]) -> bool:
+    """Whether a bundle variant runs on OpenVINO only: an OpenVINO IR, or a bf16 variant."""
+    return entry.get("kind") == "ir" or entry.get("inference_precision") == "bf16"
+
+
 def onnx_network(path: Path, backend: str, threads: int = 0, settings: dict | None = None) -> Network:
-    """A batch → logits callable on ONNX Runtime (with the tuned ``settings``: session options
-    and IO binding) or OpenVINO (CPU, fp32 kept exact; a bf16 variant in bf16, or in fp32 with a
-    note on a CPU without native bf16). Its ``precision`` attribute is what it computes in."""
+    """A batch → logits callable of an ONNX file on ONNX Runtime (with the tuned ``settings``:
+    session options and IO binding), or of an ONNX file or OpenVINO IR on OpenVINO (CPU, fp32 kept
+    exact; a bf16 variant in bf16, or in fp32 with a note on a CPU without native bf16). Its
+    ``precision`` attribute is what it computes in."""
     if backend not in BACKENDS:
         raise NNBridgeError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     return make_runner({"backend": backend, "path": path, "settings": settings, "fallback": True}, threads)
@@ -138,8 +144,7 @@ class Predictor:
         if self.selfcheck:  # on a CPU kind the bundle has not seen: its gates re-checked here, once
             self.verification, self.verification_path = ensure_verified(self.bundle, name, threads=self.threads or 0)
         if self.backend is None:
-            self.backend = entry.get("backend") or ("openvino" if entry.get("inference_precision") == "bf16"
-                                                    else "onnxruntime")
+            self.backend = entry.get("backend") or ("openvino" if openvino_only(entry) else "onnxruntime")
             if failures_here(self.verification, name, self.backend, sorted(chosen)):
                 # the bundle's choice fails on this CPU: the fastest runtime that passes here and where gated
                 latency = entry.get("latency_ms") or {}
@@ -148,6 +153,9 @@ class Predictor:
                                  and not failures_here(self.verification, name, b, sorted(chosen))),
                                 key=lambda b: latency.get(b, float("inf")))
                 self.backend = others[0] if others else self.backend
+        if entry.get("kind") == "ir" and self.backend != "openvino":
+            raise NNBridgeError(f"{self.bundle.root}: variant {name!r} is an OpenVINO IR, it runs on OpenVINO only; "
+                                "use --backend openvino or another --variant")
         if entry.get("inference_precision") == "bf16" and self.backend != "openvino":
             raise NNBridgeError(f"{self.bundle.root}: variant {name!r} runs in bf16, on OpenVINO only; use "
                                 "--backend openvino or another --variant")

@@ -1,6 +1,8 @@
 """Quantized variants of exported ONNX models: INT8 static/dynamic and fp16 with onnxruntime,
 INT8 by NNCF's post-training quantization (OpenVINO's quantizer, ONNX backend: still a QDQ file),
-and bf16 (the fp32 graph, marked to run on OpenVINO in bf16 on CPUs that have it).
+bf16 (the fp32 graph, marked to run on OpenVINO in bf16 on CPUs that have it), and OpenVINO IR
+variants (``.xml`` + ``.bin``, OpenVINO only): INT8 by NNCF's OpenVINO backend, and the fp32 graph
+(:mod:`.openvino_ir`). The kind of file a method writes: :func:`nnbridge.core.artifacts.method_kind`.
 
 Static INT8 is calibrated on real patches of the fold's training cases. When a static variant
 asks for it (``accuracy_aware``), the blocks whose fp32 version helps the label maps most
@@ -17,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.artifacts import artifact_kind, method_kind, method_runtimes, verify_recorded
 from ..core.errors import NNBridgeError
-from ..core.runlog import verify_recorded
 from .accuracy import accuracy_aware_int8
 from .bf16 import make_bf16
 from .common import _choice
@@ -27,13 +29,18 @@ from .coverage import int8_coverage, openvino_int8_coverage
 from .dynamic import quantize_dynamic_int8
 from .fp16 import convert_fp16
 from .nncf_ptq import NNCF_KEYS, quantize_nncf_int8
+from .openvino_ir import convert_openvino_fp32, quantize_openvino_int8
 from .static import STATIC_DEFAULTS, _quantize_static, quantize_static_int8
 
 __all__ = ["METHODS", "quantize_variant", "quantize_static_int8", "quantize_dynamic_int8", "convert_fp16",
-           "make_bf16", "quantize_nncf_int8", "accuracy_aware_int8"]
+           "make_bf16", "quantize_nncf_int8", "quantize_openvino_int8", "convert_openvino_fp32",
+           "accuracy_aware_int8"]
 
 
-METHODS = ("static", "dynamic", "fp16", "nncf", "bf16")
+METHODS = ("static", "dynamic", "fp16", "nncf", "bf16", "openvino_int8", "openvino_fp32")
+
+
+NNCF_METHODS = ("nncf", "openvino_int8")  # the methods NNCF's settings (NNCF_KEYS) go with
 
 
 def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
@@ -43,10 +50,12 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
 
     ``settings["method"]``: ``static`` (calibrated INT8; with ``accuracy_aware`` the layer
     exclusion loop), ``dynamic`` (INT8 weights, run-time activation ranges), ``fp16``, or
-    ``nncf`` (calibrated INT8 by NNCF, :func:`quantize_nncf_int8`), or ``bf16`` (the fp32 graph,
-    run by OpenVINO in bf16, :func:`make_bf16`).
-    INT8 coverage is recorded for ONNX Runtime (``coverage``) and, when ``backends`` names it,
-    OpenVINO (``coverage_openvino``).
+    ``nncf`` (calibrated INT8 by NNCF, :func:`quantize_nncf_int8`), ``bf16`` (the fp32 graph,
+    run by OpenVINO in bf16, :func:`make_bf16`), ``openvino_int8`` (INT8 by NNCF's OpenVINO
+    backend, an IR: :func:`quantize_openvino_int8`) or ``openvino_fp32`` (the fp32 graph as IR:
+    :func:`convert_openvino_fp32`). ``dst`` has the suffix of the method's kind (``.xml`` for an
+    IR, else ``.onnx``). INT8 coverage is recorded for ONNX Runtime (``coverage``; not for an IR,
+    which it does not run) and, when ``backends`` names it, OpenVINO (``coverage_openvino``).
 
     Settings the entry leaves out (None) that the CPU decides (``reduce_range``, the activation
     type, NNCF's ``overflow_fix``: :mod:`.cpudefaults`) are chosen for ``cpu`` (the features of
@@ -59,39 +68,48 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
 
     method = settings.get("method", "static")
     _choice("quantize method", method, METHODS)
+    kind = method_kind(method)
+    if artifact_kind(dst) != kind:
+        what, suffix = ("an OpenVINO IR (.xml + .bin)", ".xml") if kind == "ir" else ("ONNX", ".onnx")
+        raise NNBridgeError(f"{dst}: method {method!r} writes {what}; name the output {Path(dst).with_suffix(suffix).name}")
     excluded = settings.get("nodes_to_exclude") or []
     if settings.get("accuracy_aware") and method != "static":
         raise NNBridgeError(f"accuracy_aware works with method 'static' only, not {method!r}; "
                             "remove it from this quantize entry")
-    if method == "nncf":
+    if method in NNCF_METHODS:
         misplaced = [k for k, v in STATIC_DEFAULTS.items() if settings.get(k) not in (None, v)]
-        where, hint = "with methods other than 'nncf'", " (nncf's preset chooses the activations' symmetry)"
-    elif method == "bf16":
+        where = "with methods other than 'nncf' and 'openvino_int8'"
+        hint = " (NNCF's preset chooses the activations' symmetry)"
+    elif method in ("bf16", "openvino_fp32"):
         misplaced = ([k for k, v in STATIC_DEFAULTS.items() if settings.get(k) not in (None, v)]
                      + [key for key in NNCF_KEYS if key in settings])
-        where, hint = "with the INT8 methods only", " (bf16 has no settings)"
+        where, hint = "with the INT8 methods only", f" ({method} has no settings)"
     else:
         misplaced = [key for key in NNCF_KEYS if key in settings]
-        where, hint = "with method 'nncf' only", ""
+        where, hint = "with methods 'nncf' and 'openvino_int8' only", ""
     if misplaced:
         raise NNBridgeError(f"{', '.join(misplaced)} work(s) {where}, not {method!r}; remove them "
                             f"from this quantize entry{hint}")
+    if "openvino" not in backends and method_runtimes(method) == ("openvino",):
+        raise NNBridgeError(f"method {method!r} runs on OpenVINO; add openvino to the config's backends")
     if method == "fp16":
         return convert_fp16(src, dst, nodes_to_exclude=excluded)
-    if method == "bf16":
+    if method in ("bf16", "openvino_fp32"):
         if excluded:
-            raise NNBridgeError("nodes_to_exclude does not work with method 'bf16' (OpenVINO chooses per layer "
-                                "what runs in bf16); remove it from this quantize entry")
-        if "openvino" not in backends:
-            raise NNBridgeError("method 'bf16' runs on OpenVINO; add openvino to the config's backends")
+            raise NNBridgeError(f"nodes_to_exclude does not work with method {method!r} (nothing is quantized"
+                                f"{': OpenVINO chooses per layer what runs in bf16' if method == 'bf16' else ''}); "
+                                "remove it from this quantize entry")
+        if method == "openvino_fp32":
+            return convert_openvino_fp32(src, dst)
         return make_bf16(src, dst, tuple(calibration[:1].shape) if len(calibration) else None)
     features = cpu or decision_features()  # {} from the pipeline: nothing here depends on the CPU
     settings, choices = resolve(settings, features)
     if method == "dynamic":
         record = quantize_dynamic_int8(src, dst, per_channel=settings.get("per_channel", True),
                                        reduce_range=bool(settings["reduce_range"]), nodes_to_exclude=excluded)
-    elif method == "nncf":
-        record = quantize_nncf_int8(
+    elif method in NNCF_METHODS:
+        quantizer = quantize_nncf_int8 if method == "nncf" else quantize_openvino_int8
+        record = quantizer(
             src, dst, calibration, preset=settings.get("preset", "performance"),
             subset_size=settings.get("subset_size"),
             fast_bias_correction=settings.get("fast_bias_correction", True),
@@ -106,7 +124,8 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
     record["cpu"] = cpu_record(features, choices, from_pipeline=bool(cpu))
     if len(calibration):
         shape = tuple(calibration[:1].shape)
-        record["coverage"] = int8_coverage(Path(dst), Path(src), shape)
+        if kind == "onnx":  # ONNX Runtime does not run an IR
+            record["coverage"] = int8_coverage(Path(dst), Path(src), shape)
         if "openvino" in backends:
             record["coverage_openvino"] = openvino_int8_coverage(Path(dst), Path(src), shape)
     return record

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..core.artifacts import artifact_sha256, artifact_size
 from ..core.errors import NNBridgeError
-from ..core.onnxgraph import op_histogram
-from ..core.runlog import sha256_file
+from ..core.graphs import op_histogram
 
 
 class PatchReader:
@@ -43,8 +43,9 @@ def _copy_metadata(src: Path, dst: Path) -> None:
 
 
 def _file_record(dst: Path) -> dict[str, Any]:
-    return {"ops": op_histogram(dst), "path": str(dst), "sha256": sha256_file(dst),
-            "size_bytes": dst.stat().st_size}
+    """Operators, path, sha256 and size of an artifact (an IR: of its .xml and .bin together)."""
+    return {"ops": op_histogram(dst), "path": str(dst), "sha256": artifact_sha256(dst),
+            "size_bytes": artifact_size(dst)}
 
 
 def _choice(what: str, value: Any, allowed: tuple[Any, ...]) -> None:

@@ -126,15 +126,23 @@ OPENVINO_LOW = {"int8": ("u8", "i8"), "bf16": ("bf16",)}
 
 def openvino_coverage(model_path: Path, float_model: Path, input_shape: tuple[int, ...], *,
                       low: str = "int8") -> dict[str, Any]:
-    """Which compute layers of ``model_path`` OpenVINO's CPU plugin runs in ``low`` precision
-    (``int8`` for a quantized file, ``bf16`` for a bf16 variant, compiled as
-    :func:`nnbridge.onnxrun.openvino_model` compiles it), in the record of
-    :func:`int8_coverage`: each runtime layer's ``runtimePrecision``, matched to the fp32
-    graph's compute nodes through the ``originalLayersNames`` OpenVINO keeps."""
+    """Which compute layers of ``model_path`` (an ONNX file or an OpenVINO IR ``.xml``) OpenVINO's
+    CPU plugin runs in ``low`` precision (``int8`` for a quantized file, ``bf16`` for a bf16
+    variant), compiled as :func:`nnbridge.runtime.ov.openvino_model` compiles it
+    (:func:`compiled_coverage`)."""
+    return compiled_coverage(openvino_model(Path(model_path), 1), float_model, input_shape, low=low)
+
+
+def compiled_coverage(compiled: Any, float_model: Path, input_shape: tuple[int, ...], *,
+                      low: str = "int8") -> dict[str, Any]:
+    """Which compute layers an OpenVINO compiled model runs in ``low`` precision, in the record of
+    :func:`int8_coverage`: each runtime layer's ``runtimePrecision``, matched to the compute nodes
+    of the fp32 ONNX graph ``float_model`` through the ``originalLayersNames`` OpenVINO keeps
+    (an IR converted from that graph keeps its names too)."""
 
     lows = OPENVINO_LOW[low]
     reference = compute_node_flops(onnx.load(str(float_model), load_external_data=False), input_shape)
-    runtime = openvino_model(Path(model_path), 1).get_runtime_model()
+    runtime = compiled.get_runtime_model()
     compute: list[tuple[list[str], str, str]] = []
     histogram: Counter[tuple[str, str]] = Counter()
     for op in runtime.get_ordered_ops():
@@ -164,5 +172,6 @@ def openvino_coverage(model_path: Path, float_model: Path, input_shape: tuple[in
 
 
 def openvino_int8_coverage(quantized: Path, float_model: Path, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """INT8 coverage of ``quantized`` as OpenVINO's CPU plugin compiles it (:func:`openvino_coverage`)."""
+    """INT8 coverage of ``quantized`` (a QDQ ONNX file or an INT8 IR) as OpenVINO's CPU plugin
+    compiles it (:func:`openvino_coverage`)."""
     return openvino_coverage(quantized, float_model, input_shape, low="int8")

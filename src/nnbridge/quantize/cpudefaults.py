@@ -13,7 +13,7 @@ sum u8×s8 products without saturation (VNNI, AMX-INT8; :data:`nnbridge.core.cpu
 * activation type (static: ``symmetric_activations``): u8 with a zero point on x86 (its INT8
   kernels take u8 activations; ONNX Runtime shifts s8 ones to u8 there), s8 symmetric on ARM.
 * weight type: s8 on every CPU (ONNX Runtime's advice with either activation type); recorded.
-* ``overflow_fix`` (nncf): NNCF's counterpart of ``reduce_range`` for OpenVINO: ``disable`` with
+* ``overflow_fix`` (nncf, openvino_int8): NNCF's counterpart of ``reduce_range`` for OpenVINO: ``disable`` with
   INT8 dot products, else ``first_layer_only`` (NNCF's advice for AVX2/AVX-512 without VNNI).
 * whether an ONNX Runtime INT8 variant is worth building: not on x86 without AVX2 (only SSE4.1
   INT8 kernels there); recorded as advice: the file is still written, gated and benchmarked.
@@ -33,7 +33,7 @@ X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 # settings the CPU decides when the quantize entry leaves them out, per method
 CPU_DECIDED = {"static": ("reduce_range", "symmetric_activations"), "dynamic": ("reduce_range",),
-               "nncf": ("overflow_fix",)}
+               "nncf": ("overflow_fix",), "openvino_int8": ("overflow_fix",)}
 
 
 def decision_features(identity: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def resolve(settings: dict[str, Any], features: dict[str, Any]) -> tuple[dict[st
                                  "handled by reduce_range)") if worth else
                                 "x86 without AVX2: ONNX Runtime has only SSE4.1 INT8 kernels here; built and "
                                 "gated anyway, the benchmark shows whether it pays")})
-    elif method == "nncf":
+    elif method in ("nncf", "openvino_int8"):
         if dot or not x86:
             choose("overflow_fix", "disable", f"{_dot_text(features) if x86 else features.get('arch')}: no "
                    "int16 saturation, so every layer keeps the full 8-bit weight range")

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..core.artifacts import artifact_kind
 from ..core.errors import NNBridgeError
 from ..core.metadata import output_labels
 from ..core.onnxgraph import COMPUTE_OPS, module_name
-from ..runtime import ONNX_BACKENDS, run_variant
+from ..runtime import ONNX_BACKENDS, compiled_runner, run_patches, run_variant
 from ..runtime.ort import run_onnx
 from ..validate.metrics import compare_logits
 from .common import _choice, _copy_metadata, _file_record, _paths
@@ -38,7 +39,7 @@ def _import_nncf():
     try:
         import nncf  # noqa: PLC0415
     except ImportError as exc:
-        raise NNBridgeError("quantize method 'nncf' needs NNCF: pip install 'nnbridge[openvino]' "
+        raise NNBridgeError("quantize methods 'nncf' and 'openvino_int8' need NNCF: pip install 'nnbridge[openvino]' "
                             f"(or nncf; import failed: {exc})") from exc
     return nncf
 
@@ -71,40 +72,24 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
     the costliest back in fp32 until the Dice drop is at most ``max_drop``.
     """
     nncf = _import_nncf()
-    _choice("nncf preset", preset, NNCF_PRESETS)
-    _choice("nncf model_type", model_type, NNCF_MODEL_TYPES)
-    _choice("nncf overflow_fix", overflow_fix, (None, *OVERFLOW_FIXES))
     src, dst = _paths(src, dst, calibration)
     model = onnx.load(str(src))
     input_name = model.graph.input[0].name
     patches = calibration.astype(np.float32)
-    subset = min(int(subset_size or len(patches)), len(patches))
     names, types = list(nodes_to_exclude or []), list(ignored_types or [])
-    options = {"preset": nncf.QuantizationPreset(preset), "subset_size": subset,
-               "fast_bias_correction": fast_bias_correction,
-               "model_type": nncf.ModelType(model_type) if model_type else None,
-               "ignored_scope": nncf.IgnoredScope(names=names, types=types) if names or types else None}
-    advanced = (nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(overflow_fix))
-                if overflow_fix is not None else None)
+    options, advanced = nncf_parameters(nncf, len(patches), preset=preset, subset_size=subset_size,
+                                        fast_bias_correction=fast_bias_correction, model_type=model_type,
+                                        ignored_scope=nncf.IgnoredScope(names=names, types=types)
+                                        if names or types else None, overflow_fix=overflow_fix)
     dataset = nncf.Dataset(list(patches), lambda patch: {input_name: patch[None]})
-    control = _DiceControl(src, patches, accuracy_control, threads) if accuracy_control else None
+    control = DiceControl(src, patches, accuracy_control, threads) if accuracy_control else None
     started = time.perf_counter()
-    try:
-        if control is None:
-            quantized = nncf.quantize(model, dataset, **options, advanced_parameters=advanced)
-        else:
-            quantized = nncf.quantize_with_accuracy_control(
-                model, dataset, nncf.Dataset(list(range(len(control.check)))), control.metric,
-                max_drop=control.max_drop, **options, advanced_quantization_parameters=advanced,
-                advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
-                    max_num_iterations=control.max_iterations))
-    except nncf.ValidationError as exc:  # e.g. an ignored name or type the graph does not have
-        raise NNBridgeError(f"nncf quantization of {src} refused: {exc}") from exc
+    quantized = run_nncf(nncf, src, model, dataset, options, advanced, control)
     onnx.save(quantized, str(dst))
     _copy_metadata(src, dst)
     record = {"method": "nncf", "backend": "onnx", "nncf_version": nncf.__version__, "preset": preset,
               "fast_bias_correction": fast_bias_correction, "model_type": model_type,
-              "nodes_to_exclude": names, "ignored_types": types, "subset_size": subset,
+              "nodes_to_exclude": names, "ignored_types": types, "subset_size": options["subset_size"],
               "overflow_fix": overflow_fix or "first_layer_only",
               "n_calibration_patches": int(len(patches)),
               "seconds": round(time.perf_counter() - started, 3), **_file_record(dst)}
@@ -113,17 +98,50 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
     return record
 
 
-class _DiceControl:
+def nncf_parameters(nncf, n_patches: int, *, preset: str, subset_size: int | None, fast_bias_correction: bool,
+                    model_type: str | None, ignored_scope: Any, overflow_fix: str | None) -> tuple[dict[str, Any], Any]:
+    """The keyword arguments of ``nncf.quantize`` (and of its accuracy-controlled form) for these
+    settings, checked in one line each, and NNCF's advanced quantization parameters (None when
+    its defaults apply)."""
+    _choice("nncf preset", preset, NNCF_PRESETS)
+    _choice("nncf model_type", model_type, NNCF_MODEL_TYPES)
+    _choice("nncf overflow_fix", overflow_fix, (None, *OVERFLOW_FIXES))
+    options = {"preset": nncf.QuantizationPreset(preset), "subset_size": min(int(subset_size or n_patches), n_patches),
+               "fast_bias_correction": fast_bias_correction,
+               "model_type": nncf.ModelType(model_type) if model_type else None, "ignored_scope": ignored_scope}
+    advanced = (nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(overflow_fix))
+                if overflow_fix is not None else None)
+    return options, advanced
+
+
+def run_nncf(nncf, src: Path, model: Any, dataset: Any, options: dict[str, Any], advanced: Any,
+             control: DiceControl | None) -> Any:
+    """``nncf.quantize`` of ``model`` (an ONNX model or an OpenVINO one: NNCF picks its backend by
+    the model's type), or with ``control`` ``nncf.quantize_with_accuracy_control`` driven by it."""
+    try:
+        if control is None:
+            return nncf.quantize(model, dataset, **options, advanced_parameters=advanced)
+        return nncf.quantize_with_accuracy_control(
+            model, dataset, nncf.Dataset(list(range(len(control.check)))), control.metric,
+            max_drop=control.max_drop, **options, advanced_quantization_parameters=advanced,
+            advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
+                max_num_iterations=control.max_iterations))
+    except nncf.ValidationError as exc:  # e.g. an ignored name or type the graph does not have
+        raise NNBridgeError(f"nncf quantization of {src} refused: {exc}") from exc
+
+
+class DiceControl:
     """The metric of NNCF's accuracy control: worst per-class Dice of a candidate's label maps
     against the fp32 model's (ONNX Runtime) on the first ``patches`` calibration patches, with the
-    candidate run on ``runtime``."""
+    candidate run on ``runtime`` (``runtimes``: those the candidates can run on)."""
 
-    def __init__(self, src: Path, calibration: np.ndarray, settings: dict[str, Any], threads: int) -> None:
+    def __init__(self, src: Path, calibration: np.ndarray, settings: dict[str, Any], threads: int,
+                 runtimes: tuple[str, ...] = ONNX_BACKENDS) -> None:
 
         self.max_drop = float(settings.get("max_drop", 0.005))
         self.max_iterations = int(settings.get("max_iterations", 5))
         self.runtime = settings.get("runtime", "openvino")
-        _choice("nncf accuracy_control runtime", self.runtime, ONNX_BACKENDS)
+        _choice("nncf accuracy_control runtime", self.runtime, runtimes)
         self.check = calibration[: int(settings.get("patches", 8))]
         self.labels, self.region_based = output_labels(src)
         self.reference = run_onnx(src, self.check, threads)
@@ -132,32 +150,47 @@ class _DiceControl:
 
     def compare(self, path: Path, items: list[int]) -> dict[str, Any]:
 
-        logits = run_variant("onnx", path, self.check[items], self.threads, self.runtime)
+        logits = run_variant(artifact_kind(path), path, self.check[items], self.threads, self.runtime)
+        return self._compare(logits, items)
+
+    def _compare(self, logits: np.ndarray, items: list[int]) -> dict[str, Any]:
         return compare_logits(self.reference[items], logits, self.labels, self.region_based)
 
-    def metric(self, model: onnx.ModelProto, items) -> tuple[float, None]:
-        """``validation_fn`` of ``nncf.quantize_with_accuracy_control`` (items: patch indices)."""
+    def metric(self, model: Any, items) -> tuple[float, None]:
+        """``validation_fn`` of ``nncf.quantize_with_accuracy_control`` (items: patch indices):
+        ``model`` is an ONNX model (NNCF's ONNX backend), or the OpenVINO backend's candidate
+        compiled by NNCF (fp32 inference precision, as nnbridge compiles), run as it is."""
         self.evaluations += 1
+        items = list(items)
+        if not isinstance(model, onnx.ModelProto):
+            return self._compare(run_patches(compiled_runner(model), self.check[items]), items)["min_dice"], None
         with tempfile.TemporaryDirectory(prefix="nnbridge-nncf-") as tmp:
             path = Path(tmp) / "candidate.onnx"
             onnx.save(model, str(path))
-            return self.compare(path, list(items))["min_dice"], None
+            return self.compare(path, items)["min_dice"], None
 
-    def summary(self, quantized: Path) -> dict[str, Any]:
-        """What the control did: the Dice of the file written and its compute nodes left in fp32."""
+    def summary(self, quantized: Path, fp32: list[str] | None = None,
+                fp32_inputs: list[str] | None = None) -> dict[str, Any]:
+        """What the control did: the Dice of the file written and its compute nodes left in fp32
+        (``fp32``: the PyTorch modules of those, when the caller read them; else read off the
+        QDQ file: compute nodes whose weights are not dequantized); ``fp32_inputs``: other
+        modules whose inputs it left unquantized (an IR's MVN), when the caller read them."""
 
         metrics = self.compare(quantized, list(range(len(self.check))))
-        graph = onnx.load(str(quantized), load_external_data=False).graph
-        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        # a quantized compute node takes dequantized weights (its input may come through a Concat)
-        fp32 = [module_name(n.name, n.input[1]) for n in graph.node
-                if n.op_type in COMPUTE_OPS and len(n.input) > 1 and n.input[1] not in dequantized]
+        if fp32 is None:
+            graph = onnx.load(str(quantized), load_external_data=False).graph
+            dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+            # a quantized compute node takes dequantized weights (its input may come through a Concat)
+            fp32 = [module_name(n.name, n.input[1]) for n in graph.node
+                    if n.op_type in COMPUTE_OPS and len(n.input) > 1 and n.input[1] not in dequantized]
         target = 1.0 - self.max_drop
         passed = metrics["min_dice"] >= target
         return {"max_drop": self.max_drop, "patches": int(len(self.check)), "runtime": self.runtime,
                 "max_iterations": self.max_iterations, "evaluations": self.evaluations,
                 "reference": "fp32 ONNX (ONNX Runtime) on the calibration patches",
                 "dice": metrics["dice"], "min_dice": metrics["min_dice"], "fp32_modules": fp32,
+                **({"fp32_inputs": fp32_inputs} if fp32_inputs is not None else {}),
                 "passed": passed,
                 "verdict": (f"Dice {metrics['min_dice']:.4f} {'>=' if passed else '<'} {target:g} on "
-                            f"{self.runtime} with {len(fp32)} compute node(s) in fp32")}
+                            f"{self.runtime} with {len(fp32)} compute node(s) in fp32"
+                            + (f", {len(fp32_inputs)} other operation(s) on fp32 inputs" if fp32_inputs else ""))}

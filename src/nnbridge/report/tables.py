@@ -288,16 +288,16 @@ def benchmark_table(run: RunResults) -> Table | None:
             if not r.timed:
                 why = f"error: {r.error}" if r.error else f"skipped: {r.skipped}"
                 rows.append([f.label, v.key, shape, Mark(why, "fail" if r.error else "skip"),
-                             "", "", "", "", "", "", "", ""])
+                             "", "", "", "", "", "", "", "", ""])
                 continue
             size = r.file_size_bytes
             rows.append([f.label, v.key, shape, fmt(r.p50_ms, 3), fmt(r.p90_ms, 3), fmt(r.p99_ms, 3),
-                         fmt(r.peak_rss_mb, 1), fmt(size / 1e6 if size else None, 3), fmt(r.gflops_per_s, 1),
+                         fmt(r.load_ms, 1), fmt(r.peak_rss_mb, 1), fmt(size / 1e6 if size else None, 3), fmt(r.gflops_per_s, 1),
                          _pct(r), fmt(r.speedup_vs_torch_eager, 3), runtime_settings(r)])
     if not rows:
         return None
-    return Table(["fold", "backend / variant", "input", "p50 ms", "p90 ms", "p99 ms", "peak RSS MB", "file MB",
-                  "GFLOP/s", "% of peak", "speed-up vs torch eager", "runtime settings"], rows)
+    return Table(["fold", "backend / variant", "input", "p50 ms", "p90 ms", "p99 ms", "load ms", "peak RSS MB",
+                  "file MB", "GFLOP/s", "% of peak", "speed-up vs torch eager", "runtime settings"], rows)
 
 
 def profile_table(run: RunResults) -> Table | None:
@@ -378,10 +378,13 @@ def quantize_table(run: RunResults) -> Table | None:
             if q.method == "static":
                 how = (f"static {q.format}, {'per channel' if q.per_channel else 'per tensor'}, "
                        f"{q.calibrate_method}")
-            elif q.method == "nncf":
-                how = f"NNCF post-training, preset {q.preset}"
+            elif q.method in ("nncf", "openvino_int8"):
+                how = (f"NNCF post-training, preset {q.preset}" if q.method == "nncf" else
+                       f"NNCF post-training on the OpenVINO model, preset {q.preset}, OpenVINO IR")
                 if q.ignored_types:
                     how += f", {', '.join(q.ignored_types)} unquantized"
+            elif q.method == "openvino_fp32":
+                how = "fp32 graph as OpenVINO IR (.xml + .bin)"
             elif q.method == "bf16":
                 how = ("fp32 graph, OpenVINO bf16 inference" if q.native_bf16_here is not False
                        else f"fp32 graph, OpenVINO bf16 inference; not runnable here: {q.bf16_unavailable}")
@@ -530,7 +533,8 @@ def bundle_table(run: RunResults) -> Table | None:
             bf16 = v.inference_precision == "bf16"
             backend = (Mark(v.backend + (" (bf16)" if bf16 else ""), "pass") if v.backend
                        else Mark("none passed", "fail"))
-            rows.append([model, name + (" (default)" if name == b.default_variant else ""), ", ".join(b.folds),
+            shipped = name + (" (OpenVINO IR)" if v.kind == "ir" else "") + (" (default)" if name == b.default_variant else "")
+            rows.append([model, shipped, ", ".join(b.folds),
                          backend, lat, "–" if bf16 else settings_text(v.ort_settings), run_text])
     if not rows:
         return None
@@ -562,14 +566,14 @@ def realistic_table(record: RealisticRecord | None) -> Table | None:
     for v, r in record.results.items():
         if not r.timed:
             why = Mark(f"skipped: {r.skipped}", "skip") if r.skipped else Mark(f"error: {r.error}", "fail")
-            rows.append([v.key, why, *[""] * 7])
+            rows.append([v.key, why, *[""] * 8])
             continue
         pct = f"{r.pct_of_peak:.0f} % of {r.peak_kind or 'fp32'}" if r.pct_of_peak is not None else "–"
-        rows.append([v.key, f"{r.p50_ms:.0f}", _ms(r.p90_ms), _ms(r.p99_ms),
+        rows.append([v.key, f"{r.p50_ms:.0f}", _ms(r.p90_ms), _ms(r.p99_ms), _ms(r.load_ms),
                      f"{r.speedup_vs_torch_eager or 0:.2f}×", f"{r.gflops_per_s or 0:.0f}", pct,
                      f"{r.peak_rss_mb or 0:.0f}", settings_text(r.ort_settings) if r.ort_settings is not None else "–"])
-    return Table(["runtime", "p50 ms", "p90 ms", "p99 ms", "speed-up vs torch eager", "GFLOP/s", "% of peak",
-                  "peak RSS MB", "ONNX Runtime settings"], rows)
+    return Table(["runtime", "p50 ms", "p90 ms", "p99 ms", "load ms", "speed-up vs torch eager", "GFLOP/s",
+                  "% of peak", "peak RSS MB", "ONNX Runtime settings"], rows)
 
 
 def realistic_text(record: RealisticRecord | None) -> str:
@@ -578,10 +582,21 @@ def realistic_text(record: RealisticRecord | None) -> str:
     tuned = record.tuning.chosen if record.tuning else None
     return (f"Speed at a typical nnU-Net 3d_fullres size: a random-weight PlainConvUNet, patch "
             f"{'x'.join(map(str, record.patch_size))}, features {record.architecture.get('features_per_stage')}; "
-            f"{(record.flops_per_patch or 0) / 1e9:.0f} GFLOP per patch. INT8 is calibrated on random patches and "
+            f"{(record.flops_per_patch or 0) / 1e9:.0f} GFLOP per patch. INT8 (the QDQ file on each runtime; "
+            f"int8_ir@openvino: the OpenVINO IR by NNCF's OpenVINO backend) is calibrated on random patches and "
             f"bf16@openvino is the fp32 file run in bf16: their speed is real, their accuracy cannot be judged "
             f"with random weights (the demo's bf16 variant is gated). ONNX Runtime settings chosen by the search: "
-            f"{settings_text(tuned) if tuned is not None else 'not searched'}. " + peak_text(record.peak))
+            f"{settings_text(tuned) if tuned is not None else 'not searched'}. " + _load_text(record)
+            + peak_text(record.peak))
+
+
+def _load_text(record: RealisticRecord) -> str:
+    """What OpenVINO pays to read and compile the fp32 graph from the ONNX file and from its IR."""
+    loads = {v.key: ms for v, ms in (record.load_ms or {}).items() if ms is not None}
+    if len(loads) < 2:
+        return ""
+    return "OpenVINO reads and compiles the fp32 graph in " + " and ".join(
+        f"{ms:.0f} ms ({key})" for key, ms in loads.items()) + ". "
 
 
 def detail_sections(run: RunResults) -> list[Section]:

@@ -1,4 +1,6 @@
 """The runtimes an artifact runs on — ONNX Runtime, OpenVINO, TorchScript — behind one factory.
+An ONNX file runs on ONNX Runtime or OpenVINO, an OpenVINO IR (``.xml`` + ``.bin``) on OpenVINO
+only, a TorchScript archive on TorchScript.
 
 Imports neither torch nor openvino until a runner needs them: ``nnbridge predict`` stays
 torch-free, and a benchmark child process carries only its own runtime.
@@ -12,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.artifacts import KIND_RUNTIMES, artifact_kind
+from ..core.errors import NNBridgeError
 from .ort import onnx_session, ort_runner
 from .ov import compiled_precision, openvino_model
 from .torchrun import torchscript_runner
@@ -20,24 +24,45 @@ ONNX_BACKENDS = ("onnxruntime", "openvino")
 RUNNER_BACKENDS = (*ONNX_BACKENDS, "torchscript")
 
 
+def refuse_backend(path: Path | str, backend: str) -> None:
+    """One-line refusal of a runtime that cannot run this kind of artifact (an IR on ONNX Runtime);
+    a file of no known kind is left to the runtime to judge."""
+    try:
+        kind = artifact_kind(path)
+    except NNBridgeError:
+        return
+    if backend not in KIND_RUNTIMES[kind]:
+        what = {"ir": "an OpenVINO IR", "onnx": "an ONNX file", "torchscript": "a TorchScript archive"}[kind]
+        raise NNBridgeError(f"{path}: {what} runs on {' or '.join(KIND_RUNTIMES[kind])}, not {backend}; "
+                            f"choose {KIND_RUNTIMES[kind][0]}")
+
+
+def compiled_runner(compiled: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A batch → logits callable over an OpenVINO compiled model; its ``precision`` attribute says
+    what the compiled model computes in."""
+    request = compiled.create_infer_request()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: batch})[0])
+
+    run.precision = compiled_precision(compiled)  # type: ignore[attr-defined]
+    return run
+
+
 def make_runner(spec: dict[str, Any], threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """A batch → logits callable for ``spec`` (``backend``: ``onnxruntime``, ``openvino`` or
-    ``torchscript``; ``path``; ONNX Runtime ``settings``; OpenVINO ``precision``, default the
-    file's own). An OpenVINO runner's ``precision`` attribute says what it computes in."""
+    ``torchscript``; ``path``: an ONNX file, an OpenVINO IR's ``.xml`` (OpenVINO only) or a
+    TorchScript archive; ONNX Runtime ``settings``; OpenVINO ``precision``, default the file's
+    own). An OpenVINO runner's ``precision`` attribute says what it computes in."""
     backend, path = spec["backend"], Path(spec["path"])
+    if backend in ONNX_BACKENDS:
+        refuse_backend(path, backend)
     if backend == "onnxruntime":
         settings = spec.get("settings")
         return ort_runner(onnx_session(path, threads, settings=settings), settings)
     if backend == "openvino":
-        compiled = openvino_model(path, threads, precision=spec.get("precision"),
-                                  fallback=bool(spec.get("fallback", False)))
-        request = compiled.create_infer_request()
-
-        def run(batch: np.ndarray) -> np.ndarray:
-            return np.array(request.infer({0: batch})[0])
-
-        run.precision = compiled_precision(compiled)  # type: ignore[attr-defined]
-        return run
+        return compiled_runner(openvino_model(path, threads, precision=spec.get("precision"),
+                                              fallback=bool(spec.get("fallback", False))))
     if backend == "torchscript":
         return torchscript_runner(path, threads)
     raise ValueError(f"unknown backend {backend!r}; use one of {RUNNER_BACKENDS}")
@@ -51,11 +76,12 @@ def run_patches(run: Callable[[np.ndarray], np.ndarray], patches: np.ndarray) ->
 
 def run_variant(kind: str, path: Path, patches: np.ndarray, threads: int = 0,
                 backend: str = "onnxruntime") -> np.ndarray:
-    """Logits of an artifact (``kind``: ``onnx`` on ``backend``, or ``torchscript``) per patch."""
-    if kind == "onnx":
-        if backend not in ONNX_BACKENDS:
-            raise ValueError(f"unknown ONNX backend {backend!r}; use one of {ONNX_BACKENDS}")
-        return run_patches(make_runner({"backend": backend, "path": path}, threads), patches)
+    """Logits of an artifact per patch (``kind``: ``onnx`` on ``backend``, ``ir`` on ``backend``
+    ``openvino``, or ``torchscript`` whatever ``backend`` says)."""
     if kind == "torchscript":
         return run_patches(make_runner({"backend": "torchscript", "path": path}), patches)
-    raise ValueError(f"unknown artifact kind {kind!r}")
+    if kind not in KIND_RUNTIMES:
+        raise ValueError(f"unknown artifact kind {kind!r}; use one of {tuple(KIND_RUNTIMES)}")
+    if backend not in ONNX_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} for {kind}; use one of {KIND_RUNTIMES[kind]}")
+    return run_patches(make_runner({"backend": backend, "path": path}, threads), patches)

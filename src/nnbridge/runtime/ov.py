@@ -1,5 +1,6 @@
-"""OpenVINO on the CPU: compiled models kept exact (fp32) unless a file asks for bf16, and whether
-this CPU runs bf16 natively.
+"""OpenVINO on the CPU: models read from an ONNX file or an OpenVINO IR (``.xml`` with its ``.bin``
+beside it), compiled exact (fp32) unless a file asks for bf16, and whether this CPU runs bf16
+natively.
 
 Imports openvino (an optional extra) only when it is used."""
 
@@ -47,9 +48,9 @@ def precision_unavailable(precision: str | None) -> str | None:
 
 
 def file_precision(model: Any) -> str:
-    """The inference precision an OpenVINO model read from an nnbridge ONNX file asks for (its
-    ``nnbridge.inference_precision`` metadata, which OpenVINO keeps under rt_info
-    ``framework``); ``f32`` when it asks for none."""
+    """The inference precision an OpenVINO model read from an nnbridge ONNX file or IR asks for
+    (its ``nnbridge.inference_precision`` metadata, which OpenVINO keeps under rt_info
+    ``framework``, where nnbridge writes an IR's); ``f32`` when it asks for none."""
     key = ["framework", META_PREFIX + PRECISION_KEY]
     precision = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else "f32"
     if precision not in PRECISIONS:
@@ -60,7 +61,8 @@ def file_precision(model: Any) -> str:
 
 def openvino_model(path: Path, threads: int = 0, *, perf_count: bool = False, precision: str | None = None,
                    fallback: bool = False):
-    """An OpenVINO CPU model compiled from the ONNX file, in latency mode with ``threads``. Kept
+    """An OpenVINO CPU model compiled from the ONNX file or IR ``.xml`` (its weights in the ``.bin``
+    beside it), in latency mode with ``threads``. Kept
     exact — fp32 inference precision, which OpenVINO would otherwise lower to bf16 on CPUs that
     have it — unless ``precision`` (default: the file's own, :func:`file_precision`) asks for
     bf16. bf16 on a CPU without native bf16 raises :class:`PrecisionUnavailable`, or with
@@ -70,6 +72,10 @@ def openvino_model(path: Path, threads: int = 0, *, perf_count: bool = False, pr
     import openvino as ov  # noqa: PLC0415
 
     core = ov.Core()
+    path = Path(path)
+    if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
+        raise NNBridgeError(f"{path}: its weights {path.with_suffix('.bin').name} are missing beside it; "
+                            "copy the .xml and .bin of the IR together")
     model = core.read_model(str(path))
     precision = precision or file_precision(model)
     why = precision_unavailable(precision)
@@ -95,7 +101,7 @@ def compiled_precision(compiled: Any) -> str:
 
 
 def run_openvino(path: Path, patches: np.ndarray, threads: int = 0) -> np.ndarray:
-    """Logits of an ONNX model run by OpenVINO for each patch (batch 1 at a time)."""
+    """Logits of an ONNX model or IR run by OpenVINO for each patch (batch 1 at a time)."""
     request = openvino_model(path, threads).create_infer_request()
     outs = [np.array(request.infer({0: patches[i : i + 1].astype(np.float32)})[0]) for i in range(len(patches))]
     return np.concatenate(outs).astype(np.float32)

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ..core.artifacts import artifact_sha256, verify_variant_files
 from ..core.cpu import cpu_kind
 from ..core.dice import case_dice, dice_of, label_classes, overlap_counts, to_labels
-from ..core.runlog import read_json, sha256_file, verify_variant_files, write_json
+from ..core.runlog import read_json, sha256_file, write_json
 from ..models.loader import load_model
 from ..predict.verify import read_selfcheck
 from ..runtime import make_runner, run_patches, run_variant
@@ -72,7 +73,7 @@ def _cache_key(name: str, variant: dict[str, Any], tol: Tolerance, reference: di
                salt: str) -> str:
     """Everything a variant's parity result depends on."""
     parts = {"name": name, "path": str(variant["path"]),
-             "file": sha256_file(variant["path"]) if Path(variant["path"]).is_file() else None,
+             "file": artifact_sha256(variant["path"]) if Path(variant["path"]).is_file() else None,
              "kind": variant["kind"], "backend": variant.get("backend", "onnxruntime"), "gate": tol.to_dict(),
              "reference": reference["sha256"], "selfcheck": (reference.get("selfcheck") or {}).get("sha256"),
              "threads": threads, "code": salt, "machine": cpu_kind()}
@@ -85,7 +86,7 @@ def _on_selfcheck(reference: dict[str, Any], variant: dict[str, Any], tol: Toler
     labels_by_class = {int(k): v for k, v in reference["labels"].items()}
     region_based = reference["region_based"]
     values, labels, cases = read_selfcheck(Path(reference["selfcheck"]["file"]))
-    logits = run_variant("onnx", Path(variant["path"]), values, threads, variant.get("backend", "onnxruntime"))
+    logits = run_variant(variant["kind"], Path(variant["path"]), values, threads, variant.get("backend", "onnxruntime"))
     classes = label_classes(labels_by_class, region_based, logits.shape[1])
     names = [labels_by_class.get(c, str(c)) for c in classes]
     counts = overlap_counts(labels, to_labels(logits, region_based), classes, region_based)
@@ -113,8 +114,8 @@ def _gate_variant(variant: dict[str, Any], heldout: np.ndarray, ref: np.ndarray,
                   tol: Tolerance, region_based: bool, groups: list[str], threads: int) -> dict[str, Any]:
     """Run a variant on as many held-out patches as its gate needs: the first
     :data:`EARLY_PATCHES`, and the rest only when those do not decide it (:func:`_decided_early`)."""
-    run = make_runner({"backend": variant.get("backend", "onnxruntime") if variant["kind"] == "onnx" else "torchscript",
-                       "path": Path(variant["path"])}, threads)
+    backend = "torchscript" if variant["kind"] == "torchscript" else variant.get("backend", "onnxruntime")
+    run = make_runner({"backend": backend, "path": Path(variant["path"])}, threads)  # an IR: on OpenVINO
     n = len(heldout)
     if n > EARLY_PATCHES:
         first = validate_variant(ref[:EARLY_PATCHES], run_patches(run, heldout[:EARLY_PATCHES]), labels, tol,
@@ -137,13 +138,13 @@ def validate_fold(
     cache_dir: Path | None = None,
     cache_salt: str = "",
 ) -> dict[str, Any]:
-    """Gate every variant (``{name: {"kind": "onnx"|"torchscript", "path": ..., "backend": ...}}``)
+    """Gate every variant (``{name: {"kind": "onnx"|"ir"|"torchscript", "path": ..., "backend": ...}}``)
     against the reference (:func:`reference_logits`) on the held-out patches, per held-out case
     too (the reference's ``groups``). A failing variant is recorded, never raised. With
     ``cache_dir``, a variant whose inputs are unchanged since an earlier run (``cache_salt``: the
     code's version) reuses that run's result. An exact variant far inside its gate on the first
-    patches is decided there (``decided_early``, ``n_patches``). Each ONNX variant's Dice on the
-    self-check set is recorded under ``selfcheck``."""
+    patches is decided there (``decided_early``, ``n_patches``). Each deployable variant's (ONNX
+    file or OpenVINO IR) Dice on the self-check set is recorded under ``selfcheck``."""
     verify_variant_files(variants)  # each file is what its stage wrote (sha256 in its record)
     ref = np.load(reference["logits"])
     if sha256_file(reference["logits"]) != reference["sha256"]:
@@ -162,7 +163,7 @@ def validate_fold(
         try:
             results[name] = _gate_variant(variant, heldout_patches, ref, labels, tol, reference["region_based"],
                                           list(groups), threads)
-            if variant["kind"] == "onnx" and reference.get("selfcheck"):
+            if variant["kind"] != "torchscript" and reference.get("selfcheck"):
                 results[name]["selfcheck"] = _on_selfcheck(reference, variant, tol, threads)
         except PrecisionUnavailable as exc:  # a bf16 variant on a CPU without bf16: not run, not passed
             results[name] = {"passed": False, "skipped": str(exc), "tolerance": tol.to_dict(),
