@@ -526,3 +526,12 @@ def get_report_inputs(wildcards):
 
 def get_final_outputs():
     return [f"{RESULTS}/report.html", f"{RESULTS}/report.md"]
+
+
+def get_run_stages():
+    """Stages every fold depends on: the machine's peak and the realistic-size benchmark."""
+    stages = [{"stage": "machine_peak", "record": f"{RESULTS}/machine/peak.json", "log": stage_log("machine_peak")}]
+    if get_realistic():
+        stages.append({"stage": "realistic_benchmark", "record": get_realistic(),
+                       "log": stage_log("realistic_benchmark"), "optional": True})
+    return stages

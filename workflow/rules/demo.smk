@@ -172,7 +172,7 @@ rule realsize_model:
         splits=f"{REALSIZE_ROOT}/nnUNet_preprocessed/{REALSIZE_DATASET_NAME}/splits_final.json",
         raw_dataset_json=f"{REALSIZE_ROOT}/nnUNet_raw/{REALSIZE_DATASET_NAME}/dataset.json",
     params:
-        root=REALSIZE_ROOT,
+        root=lambda wildcards, output: Path(output.json).parent,
         n_cases=lookup(dpath="realsize/n_cases", within=config),
         folds=lookup(dpath="realsize/folds", within=config),
         code=code_version("realsize_model"),

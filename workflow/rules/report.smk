@@ -1,12 +1,3 @@
-def get_run_stages():
-    """Stages every fold depends on: the machine's peak and the realistic-size benchmark."""
-    stages = [{"stage": "machine_peak", "record": f"{RESULTS}/machine/peak.json", "log": stage_log("machine_peak")}]
-    if get_realistic():
-        stages.append({"stage": "realistic_benchmark", "record": get_realistic(),
-                       "log": stage_log("realistic_benchmark"), "optional": True})
-    return stages
-
-
 rule report:
     input:
         get_report_inputs,
