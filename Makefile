@@ -7,9 +7,11 @@ venv:
 demo: venv
 	.venv/bin/snakemake --profile profiles/default
 
-# two workers (pytest-xdist; tests/conftest.py hands out one module at a time, longest first)
+# one process: on 2 cores two pytest-xdist workers were slower (24.5 vs ~21 min; the pipeline's
+# jobs use both cores already). On more cores `pytest -n N` hands out a module at a time
+# (tests/conftest.py), the demo pipeline's two modules together, longest first.
 test: venv
-	.venv/bin/python -m pytest -n 2 -ra
+	.venv/bin/python -m pytest -ra
 
 # speed at a realistic nnU-Net size (128^3, random weights): not part of `make demo`
 bench: venv
