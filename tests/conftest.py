@@ -269,7 +269,10 @@ def work_unit(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest units first (see :data:`LONGEST_FIRST`); the order within a module is kept."""
+    """Under pytest-xdist, longest units first (see :data:`LONGEST_FIRST`); the order within a
+    module is kept. In one process (``make test``) the collection order stays."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     rank = {m: i for i, m in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
