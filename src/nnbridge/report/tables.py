@@ -241,7 +241,7 @@ def run_time_table(run: RunResults) -> Table | None:
     if not stages:
         return None
     return Table(["stage", "jobs", "wall time (s, summed over jobs)", "longest job (s)"],
-                 [[s["rule"], str(s["jobs"]), fmt(float(s["total_s"]), 4), fmt(float(s["max_s"]), 4)]
+                 [[s["rule"], str(s["jobs"]), fmt(float(s["total_s"]), 1), fmt(float(s["max_s"]), 1)]
                   for s in stages])
 
 
