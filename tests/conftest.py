@@ -182,6 +182,26 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 PROJECT_ITEMS = ("Snakefile", "workflow", "config", "profiles", "envs", "src", "constraints.txt")
 
 
+def predict_without(argv: list[str], blocked: tuple[str, ...] = ("torch",), timeout: float = 600):
+    """``nnbridge`` with ``argv`` (e.g. ``["predict", ...]``) in a fresh process where the
+    ``blocked`` packages cannot be imported (an import fails as if they were not installed);
+    the process also fails if any of them got loaded. Returns the completed process."""
+    code = ("import sys\n"
+            f"BLOCKED = {tuple(blocked)!r}\n"
+            "class Blocker:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in BLOCKED:\n"
+            "            raise ImportError(f'{name} is blocked in this test')\n"
+            "sys.meta_path.insert(0, Blocker())\n"
+            "from nnbridge.cli import main\n"
+            "rc = main(sys.argv[1:])\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] in BLOCKED]\n"
+            "sys.exit(rc)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
 def copy_project(dest: Path) -> Path:
     """The project's workflow, config and sources in ``dest`` (a run there uses its own src/)."""
     dest.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ import pytest
 
 from nnbridge.core.errors import NNBridgeError
 from nnbridge.predict.bundle import Bundle
+from conftest import predict_without
 
 LOWRES, CASCADE = "3d_lowres", "3d_cascade_fullres"
 ROOT = Path(__file__).resolve().parents[1]
@@ -406,18 +407,8 @@ def test_ensemble_with_postprocessing_matches_nnunet_ensemble_without_torch(depl
     from nnbridge.predict.predictor import Predictor
 
     assert _changed(deployed.nnunet / "ensemble", deployed.nnunet / "ensemble_pp", deployed.cases) > 0
-    code = ("import sys\n"
-            "class NoTorch:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name == 'torch' or name.startswith('torch.') or name.startswith('nnunetv2'):\n"
-            "            raise ImportError(f'{name} is blocked in this test')\n"
-            "sys.meta_path.insert(0, NoTorch())\n"
-            "from nnbridge.cli import main\n"
-            f"rc = main(['predict', '-i', {str(deployed.inputs)!r}, '-o', {str(tmp_path / 'pp')!r}, '-m', "
-            f"{str(deployed.lowres_bundle)!r}, {str(deployed.cascade_bundle)!r}, '--threads', '2'])\n"
-            "assert not [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'nnunetv2'))]\n"
-            "sys.exit(rc)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    proc = predict_without(["predict", "-i", deployed.inputs, "-o", tmp_path / "pp", "-m", deployed.lowres_bundle,
+                            deployed.cascade_bundle, "--threads", "2"], blocked=("torch", "nnunetv2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (f"ensemble of 2 configurations, probabilities averaged; postprocessing: largest component of {{1}}; "
             f"then largest component of {{2}} (from ensembles/{deployed.ensemble_name}/postprocessing.pkl)") in proc.stderr

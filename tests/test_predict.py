@@ -6,8 +6,6 @@ bundle that refuses tampered or ungated models.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from nnbridge.bundle.build import write_bundle
 from nnbridge.predict.bundle import Bundle
 from nnbridge.predict.postprocess import logits_to_segmentation
 from nnbridge.predict.sliding import sliding_window_logits
+from conftest import predict_without
 
 
 def _nnunet_predictor(tiny_model, *, mirroring: bool = True, step: float = 0.5):
@@ -209,18 +208,8 @@ def test_predict_cli_runs_without_torch(tiny_model, bundle_dir, tmp_path):
     cases = _write_cases(tiny_model, tmp_path / "in", n=1)
     for spec in cases.values():
         spec["label"].unlink()  # only <case>_0000.nii.gz in the input folder
-    code = ("import sys\n"
-            "class NoTorch:  # torch cannot be imported: an import fails as if it were not installed\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name == 'torch' or name.startswith('torch.'):\n"
-            "            raise ImportError('torch is blocked in this test')\n"
-            "sys.meta_path.insert(0, NoTorch())\n"
-            "from nnbridge.cli import main\n"
-            f"rc = main(['predict', '-i', {str(tmp_path / 'in')!r}, '-o', {str(tmp_path / 'out')!r}, "
-            f"'-m', {str(bundle_dir)!r}, '--save-probabilities', '--threads', '2', '-q'])\n"
-            "assert not [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
-            "sys.exit(rc)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    proc = predict_without(["predict", "-i", tmp_path / "in", "-o", tmp_path / "out", "-m", bundle_dir,
+                            "--save-probabilities", "--threads", "2", "-q"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     case = next(iter(cases))
     out = sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz"))

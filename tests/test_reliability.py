@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from nnbridge.core.errors import NNBridgeError
+from conftest import predict_without
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -875,17 +876,8 @@ def test_rgb_2d_whole_cases_match_nnunet_and_predict_without_torch(rgb, tmp_path
         "is truncated); the file is truncated, corrupt or not an image: copy it again")
     (tmp_path / "in").mkdir()
     shutil.copy(cases[case]["images"][0], tmp_path / "in")
-    code = ("import sys\n"
-            "class NoTorch:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] == 'torch':\n"
-            "            raise ImportError('torch is blocked in this test')\n"
-            "sys.meta_path.insert(0, NoTorch())\n"
-            "from nnbridge.cli import main\n"
-            f"sys.exit(main(['predict', '-i', sys.argv[1], '-o', sys.argv[2], '-m', {str(root / 'bundle')!r}, '-q']))\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in"), str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = predict_without(["predict", "-i", tmp_path / "in", "-o", tmp_path / "out", "-m", root / "bundle", "-q"],
+                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     ours, theirs = io.imread(tmp_path / "out" / f"{case}.png"), io.imread(tmp_path / "parity/nnunet" / f"{case}.png")
     assert ours.shape == theirs.shape == (32, 32) and (ours == theirs).mean() >= 0.9999
