@@ -32,6 +32,13 @@ class TinyModel:
     checkpoint: str = "checkpoint_final.pth"
 
 
+@pytest.fixture(scope="session")
+def worker_id() -> str:
+    """pytest-xdist's worker name (``gw0``…), ``master`` outside a worker: also under
+    ``-p no:xdist``, where xdist's own fixture of this name does not exist."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "master")
+
+
 @contextlib.contextmanager
 def built_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str):
     """A folder for a session fixture's expensive build, and whether it still has to be built.
@@ -297,6 +304,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist runs without it
 def pytest_xdist_make_scheduler(config, log):
     """Units of :func:`work_unit`, handed out in collection order (not re-sorted by size)."""
     from xdist.scheduler import LoadScopeScheduling

@@ -134,6 +134,29 @@ def benchmark_in_subprocess(spec: dict[str, Any], shape: tuple[int, ...], thread
     return result
 
 
+def benchmark_points_in_subprocess(points: list[dict[str, Any]], warmup: int, repeats: int,
+                                   timeout: float = 1800) -> list[dict[str, Any]]:
+    """Several measurements (``{"spec", "shape", "threads"}`` each) one after another in ONE fresh
+    interpreter: the settings search and the thread/batch sweep, whose points differ in session
+    settings, threads or batch but not in what is loaded, and whose numbers are compared with each
+    other only. Each point still builds its own session (a runtime's thread pool belongs to its
+    session; torch's thread count is set per point) and the interpreter's start and the runtime's
+    import are paid once, not per point: on the 2-core machines that start is 1-3 s, more than a
+    demo model's whole timing. Peak memory is not reported here (it would be the group's): the
+    main measurement of each artifact keeps its own process (:func:`benchmark_in_subprocess`).
+    A failure is returned per point; a crash of the interpreter marks every point not measured."""
+    cmd = [sys.executable, "-m", "nnbridge.bench.measure", "--points", json.dumps(points),
+           "--warmup", str(warmup), "--repeats", str(repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    results = [json.loads(ln) for ln in lines]
+    if proc.returncode != 0 or len(results) < len(points):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        results += [{"backend": p["spec"]["backend"], "error": f"exit {proc.returncode}: {tail}"}
+                    for p in points[len(results):]]
+    return results
+
+
 def spec_precision(spec: dict[str, Any]) -> str:
     """The inference precision an OpenVINO spec runs in: its own ``precision``, else its file's
     (``bf16`` for a bf16 variant), else fp32; every other backend: ``f32`` (its file decides)."""
@@ -171,12 +194,24 @@ def benchmark_variants(specs: dict[str, dict[str, Any]], shape: tuple[int, ...],
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="benchmark one backend (internal)")
-    parser.add_argument("--spec", required=True)
-    parser.add_argument("--shape", required=True)
+    parser.add_argument("--spec", help="one measurement: what to run")
+    parser.add_argument("--shape")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--points", help="several measurements ([{spec, shape, threads}]), one JSON line each")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
+    if args.points:
+        for point in json.loads(args.points):
+            try:
+                result = measure(point["spec"], tuple(point["shape"]), int(point["threads"]), args.warmup,
+                                 args.repeats)
+            except Exception as exc:  # noqa: BLE001 - one failing point is reported, the others still run
+                result = {"backend": point["spec"]["backend"], "error": f"{type(exc).__name__}: {exc}"}
+            print(json.dumps(result), flush=True)
+        return
+    if not (args.spec and args.shape):
+        parser.error("--spec and --shape, or --points")
     result = measure(json.loads(args.spec), tuple(json.loads(args.shape)), args.threads,
                      args.warmup, args.repeats)
     print(json.dumps(result), flush=True)

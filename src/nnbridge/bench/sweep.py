@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .measure import benchmark_in_subprocess, skip_reason
+from .measure import benchmark_points_in_subprocess, skip_reason
 
 
 def sweep(specs: dict[str, dict[str, Any]], names: list[str] | tuple[str, ...], shape: tuple[int, ...],
           threads: int, batch: int, warmup: int, repeats: int) -> dict[str, Any]:
     """p50 of each named spec at 1..``threads`` threads (batch 1), and per patch at ``batch``
-    patches per run with ``threads`` threads; each point in its own process."""
+    patches per run with ``threads`` threads; a spec's points in one process of their own
+    (:func:`benchmark_points_in_subprocess`)."""
     out: dict[str, Any] = {"threads": list(range(1, threads + 1)), "batch": batch, "results": {}}
     for name in names:
         spec = specs.get(name)
@@ -21,12 +22,14 @@ def sweep(specs: dict[str, dict[str, Any]], names: list[str] | tuple[str, ...], 
         if why:  # left out of the results, whose readers expect timings
             out.setdefault("skipped", {})[name] = why
             continue
-        row: dict[str, Any] = {"p50_ms_by_threads": {}}
-        for t in range(1, threads + 1):
-            r = benchmark_in_subprocess(spec, shape, t, warmup, repeats)
-            row["p50_ms_by_threads"][str(t)] = r.get("p50_ms")
+        points = [{"spec": spec, "shape": list(shape), "threads": t} for t in range(1, threads + 1)]
         if batch > 1:
-            r = benchmark_in_subprocess(spec, (batch, *shape[1:]), threads, warmup, repeats)
+            points.append({"spec": spec, "shape": [batch, *shape[1:]], "threads": threads})
+        measured = benchmark_points_in_subprocess(points, warmup, repeats)
+        row: dict[str, Any] = {"p50_ms_by_threads": {str(p["threads"]): r.get("p50_ms")
+                                                     for p, r in zip(points[:threads], measured)}}
+        if batch > 1:
+            r = measured[-1]
             row["p50_ms_per_patch_at_batch"] = r["p50_ms"] / batch if "p50_ms" in r else None
         out["results"][name] = row
     return out
@@ -50,12 +53,12 @@ MIN_GAIN = 0.03  # a candidate must beat the default p50 by this share, else noi
 
 def tune_onnxruntime(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: int,
                      repeats: int) -> dict[str, Any]:
-    """Time each of :data:`ORT_CANDIDATES` in its own process; choose the fastest if it beats
-    ORT's default by more than :data:`MIN_GAIN`."""
+    """Time each of :data:`ORT_CANDIDATES` (one session each, all in one process of their own);
+    choose the fastest if it beats ORT's default by more than :data:`MIN_GAIN`."""
+    points = [{"spec": {**spec, "settings": settings, "profile": False}, "shape": list(shape), "threads": threads}
+              for settings in ORT_CANDIDATES]
     tried = []
-    for settings in ORT_CANDIDATES:
-        r = benchmark_in_subprocess({**spec, "settings": settings, "profile": False}, shape, threads, warmup,
-                                    repeats)
+    for settings, r in zip(ORT_CANDIDATES, benchmark_points_in_subprocess(points, warmup, repeats)):
         tried.append({"settings": settings, "p50_ms": r.get("p50_ms"), **({"error": r["error"]} if "error" in r
                                                                            else {})})
     default = tried[0]["p50_ms"]
