@@ -83,7 +83,8 @@ rule demo_train:
         "logs/demo/train_fold_{fold}.log",
     benchmark:
         "benchmarks/demo/train_fold_{fold}.tsv"
-    threads: 2
+    # one thread each: on 2 cores the folds (and the plain nets) train side by side
+    threads: 1
     resources:
         mem_mb=6000,
         runtime=60,
@@ -147,7 +148,7 @@ rule demo_train_pytorch:
         "logs/demo/train_pytorch_{net}.log",
     benchmark:
         "benchmarks/demo/train_pytorch_{net}.tsv"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,

@@ -9,6 +9,7 @@ with logged(snakemake.log[0]):
         results=snakemake.params.results,
         epochs=snakemake.params.epochs,
         iterations=snakemake.params.iterations,
+        threads=snakemake.threads,
         log=snakemake.log[0],
     )
     print("trained", fold_dir)

@@ -5,8 +5,8 @@ Everything here drives nnU-Net's own command line tools (``nnUNetv2_plan_and_pre
 nnU-Net; only the data is synthetic, and the plans (:func:`derive_small_plans`) and the trainer
 (``nnbridge/models/nnunet_trainers/nnBridgeDemoTrainer.py``) are shrunk: on two CPU cores planning takes about
 20 s and a fold about 75 s, final validation included (Dice about 0.9 or more for both labels).
-Run trainings one after another: two torch processes with two threads each on two cores slow
-each other down several times over.
+Two trainings side by side need one torch thread each (``threads``): two processes with two
+threads each on two cores slow each other down several times over.
 
 The synthetic dataset is a 3D single-channel "MRI": white noise plus a smooth bias field, a
 bright sphere (label 1) and a dark box (label 2) of random sizes at random, non-touching
@@ -357,13 +357,15 @@ def train_fold(
     trainer: str = DEMO_TRAINER,
     epochs: int | None = None,
     iterations: int | None = None,
+    threads: int | None = None,
     log: Path | None = None,
 ) -> Path:
     """Run ``nnUNetv2_train ID CONFIG FOLD -tr TRAINER -p PLANS -device cpu``.
 
     That is nnU-Net's training including its final validation of the fold (``validation/``
     with ``summary.json``). ``epochs`` / ``iterations`` (per epoch) override the demo
-    trainer's defaults via ``NNBRIDGE_DEMO_EPOCHS`` / ``NNBRIDGE_DEMO_ITERS``. Output is
+    trainer's defaults via ``NNBRIDGE_DEMO_EPOCHS`` / ``NNBRIDGE_DEMO_ITERS``; ``threads``
+    its torch threads (``NNBRIDGE_DEMO_THREADS``; else nnU-Net's one per core). Output is
     appended to ``log``; a failure raises :class:`RuntimeError` naming it. Returns the fold
     folder ``results/<dataset>/<trainer>__<plans>__<configuration>/fold_<fold>``.
     """
@@ -373,6 +375,8 @@ def train_fold(
         env["NNBRIDGE_DEMO_EPOCHS"] = str(int(epochs))
     if iterations is not None:
         env["NNBRIDGE_DEMO_ITERS"] = str(int(iterations))
+    if threads is not None:
+        env["NNBRIDGE_DEMO_THREADS"] = str(int(threads))
     Path(results).mkdir(parents=True, exist_ok=True)
     cmd = _nnunet_command("nnUNetv2_train") + [
         str(dataset_id), configuration, str(fold), "-tr", trainer, "-p", plans, "-device", "cpu",
