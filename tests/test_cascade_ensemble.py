@@ -241,9 +241,13 @@ def deployed(tiny_cascade, tmp_path_factory):
     _nnunet_predict(cascade, inputs, nnunet / CASCADE, previous=nnunet / LOWRES)
     _nnunet_command(entry_point_ensemble_folders, "-i", str(nnunet / LOWRES), str(nnunet / CASCADE),
                     "-o", str(nnunet / "ensemble"), "-np", "1")
+    # the recommended inference: nnUNetv2_apply_postprocessing -pp_pkl_file <postprocessing_file> on the
+    # winner's prediction (for the cascade or the ensemble the same command as their own below)
+    recommended = {"ensemble": "ensemble_pp", CASCADE: "cascade_pp", LOWRES: "lowres_pp"}[winner]
     for folder, out, pkl in (("ensemble", "ensemble_pp", ensemble_pkl), (CASCADE, "cascade_pp", own),
                              ("ensemble", "ensemble_planted", planted), (CASCADE, "cascade_planted", planted),
-                             (winner, "recommended", Path(info["best_model_or_ensemble"]["postprocessing_file"]))):
+                             *([(LOWRES, "lowres_pp", Path(info["best_model_or_ensemble"]["postprocessing_file"]))]
+                               if winner == LOWRES else [])):
         _nnunet_command(entry_point_apply_postprocessing, "-i", str(nnunet / folder), "-o", str(nnunet / out),
                         "-pp_pkl_file", str(pkl), "-np", "1",
                         "-plans_json", str(info["best_model_or_ensemble"]["some_plans_file"]))
@@ -252,7 +256,7 @@ def deployed(tiny_cascade, tmp_path_factory):
                            ensemble_pkl=ensemble_pkl, planted=planted, ensemble_name=ensemble_name, sources=sources,
                            lowres_bundle=lowres_bundle, cascade_bundle=cascade_bundle,
                            bundles={LOWRES: lowres_bundle, CASCADE: cascade_bundle}, inputs=inputs, cases=cases,
-                           nnunet=nnunet, plans=plans, dataset_json=dataset_json)
+                           nnunet=nnunet, recommended=nnunet / recommended, plans=plans, dataset_json=dataset_json)
 
 
 def _agreement(ours: Path, theirs: Path, cases: list[str]) -> dict[str, float]:
@@ -285,7 +289,8 @@ def test_find_best_configuration_ran_on_both_configurations_and_their_ensemble(d
     assert selected == ([LOWRES, CASCADE] if deployed.winner == "ensemble" else [deployed.winner])
     assert Path(best["postprocessing_file"]).is_file()
     cases = {p.name for p in (deployed.cascade / "fold_0" / "validation").glob("*.nii.gz")}
-    assert cases and {p.name for p in (deployed.dataset_dir / "ensembles" / deployed.ensemble_name).glob("*.nii.gz")} == cases
+    ensembled = deployed.dataset_dir / "ensembles" / deployed.ensemble_name
+    assert cases and {p.name for p in ensembled.glob("*.nii.gz")} == cases
     instructions = (deployed.dataset_dir / "inference_instructions.txt").read_text()
     assert f"-pp_pkl_file {best['postprocessing_file']}" in instructions
     assert ("nnUNetv2_ensemble" in instructions) == (deployed.winner == "ensemble")
@@ -330,7 +335,8 @@ def test_the_report_shows_the_cascade_and_its_postprocessing(deployed):
     assert table.header[1] == "previous stage" and len(table.rows) == 2
     cascade, lowres = table.rows
     assert cascade[1] == f"{LOWRES} ({deployed.lowres.name}), in the bundle"
-    assert cascade[2] == f"{_chosen(deployed.own)[0]} ({deployed.cascade.name}/crossval_results_folds_0/postprocessing.pkl)"
+    source = f"{deployed.cascade.name}/crossval_results_folds_0/postprocessing.pkl"
+    assert cascade[2] == f"{_chosen(deployed.own)[0]} ({source})"
     assert lowres[1] == "–"
     if deployed.winner != LOWRES:
         assert lowres[2] == "none recorded"
@@ -470,7 +476,10 @@ def test_find_best_configurations_choice_matches_its_inference_instructions(depl
     """What nnUNetv2_find_best_configuration chose, deployed: nnbridge predict -m <the bundle of
     each configuration inference_information.json selects> = the commands of its
     inference_instructions.txt (nnUNetv2_predict of each, nnUNetv2_ensemble if an ensemble won,
-    nnUNetv2_apply_postprocessing with the postprocessing_file it names)."""
+    nnUNetv2_apply_postprocessing with the postprocessing_file and plans it names). For the cascade
+    those instructions leave out the 3d_lowres run and -prev_stage_predictions (nnU-Net's
+    generate_inference_command looks for a configuration named 'previous_stage'), without which
+    nnUNetv2_predict refuses a cascade; the reference runs them."""
     from nnbridge.cli import main
 
     best = deployed.info["best_model_or_ensemble"]
@@ -480,7 +489,7 @@ def test_find_best_configurations_choice_matches_its_inference_instructions(depl
     assert rc == 0
     source = Path(best["postprocessing_file"]).relative_to(deployed.dataset_dir).as_posix()
     assert _console(Path(best["postprocessing_file"]), source) in capsys.readouterr().err
-    agreement = _agreement(tmp_path / "out", deployed.nnunet / "recommended", deployed.cases)
+    agreement = _agreement(tmp_path / "out", deployed.recommended, deployed.cases)
     assert min(agreement.values()) >= GATE, agreement
 
 
