@@ -369,8 +369,8 @@ def train_fold(
     That is nnU-Net's training including its final validation of the fold (``validation/``
     with ``summary.json``; with ``npz`` also the probabilities, ``validation/<case>.npz``, that
     ``nnUNetv2_find_best_configuration`` needs to ensemble configurations). ``epochs`` /
-    ``iterations`` (per epoch) override the demo
-    trainer's defaults via ``NNBRIDGE_DEMO_EPOCHS`` / ``NNBRIDGE_DEMO_ITERS``. Output is
+    ``iterations`` (per epoch) override the demo trainer's defaults via ``NNBRIDGE_DEMO_EPOCHS``
+    / ``NNBRIDGE_DEMO_ITERS``. Output is
     appended to ``log``; a failure raises :class:`RuntimeError` naming it. Returns the fold
     folder ``results/<dataset>/<trainer>__<plans>__<configuration>/fold_<fold>``.
     """
