@@ -169,8 +169,10 @@ def _build_tiny_cascade(root: Path) -> SimpleNamespace:
     demo.add_lowres_cascade(pre_ds)
     demo.preprocess(raw, pre, dataset_id=CASCADE_DATASET_ID, configuration=lowres_name, log=root / "plan.log")
     demo.write_splits(pre_ds)
+    # npz: the final validation also saves probabilities, which nnUNetv2_find_best_configuration
+    # ensembles (tests/test_cascade_ensemble.py runs it)
     train = {"raw": raw, "preprocessed": pre, "results": res, "dataset_id": CASCADE_DATASET_ID,
-             "epochs": 1, "iterations": 3, "log": root / "train.log"}
+             "epochs": 1, "iterations": 3, "npz": True, "log": root / "train.log"}
     lowres = demo.train_fold(0, configuration=lowres_name, **train).parent
     segs = lowres / "predicted_next_stage" / cascade_name
     predicted = sorted(p.name[: -len(".b2nd")] for p in segs.glob("*.b2nd"))

@@ -82,6 +82,10 @@ _ENTRY_POINTS = {
     "nnUNetv2_preprocess": ("nnunetv2.experiment_planning.plan_and_preprocess_entrypoints", "preprocess_entry"),
     "nnUNetv2_train": ("nnunetv2.run.run_training", "run_training_entry"),
     "nnUNetv2_export_model_to_zip": ("nnunetv2.model_sharing.entry_points", "export_pretrained_model_entry"),
+    "nnUNetv2_find_best_configuration": (
+        "nnunetv2.evaluation.find_best_configuration",
+        "find_best_configuration_entry_point",
+    ),
 }
 
 
@@ -358,14 +362,17 @@ def train_fold(
     epochs: int | None = None,
     iterations: int | None = None,
     threads: int | None = None,
+    npz: bool = False,
     log: Path | None = None,
 ) -> Path:
-    """Run ``nnUNetv2_train ID CONFIG FOLD -tr TRAINER -p PLANS -device cpu``.
+    """Run ``nnUNetv2_train ID CONFIG FOLD -tr TRAINER -p PLANS -device cpu [--npz]``.
 
     That is nnU-Net's training including its final validation of the fold (``validation/``
-    with ``summary.json``). ``epochs`` / ``iterations`` (per epoch) override the demo
-    trainer's defaults via ``NNBRIDGE_DEMO_EPOCHS`` / ``NNBRIDGE_DEMO_ITERS``; ``threads``
-    its torch threads (``NNBRIDGE_DEMO_THREADS``; else nnU-Net's one per core). Output is
+    with ``summary.json``; with ``npz`` also the probabilities, ``validation/<case>.npz``, that
+    ``nnUNetv2_find_best_configuration`` needs to ensemble configurations). ``epochs`` /
+    ``iterations`` (per epoch) override the demo trainer's defaults via ``NNBRIDGE_DEMO_EPOCHS``
+    / ``NNBRIDGE_DEMO_ITERS``; ``threads`` its torch threads (``NNBRIDGE_DEMO_THREADS``; else
+    nnU-Net's one per core). Output is
     appended to ``log``; a failure raises :class:`RuntimeError` naming it. Returns the fold
     folder ``results/<dataset>/<trainer>__<plans>__<configuration>/fold_<fold>``.
     """
@@ -380,7 +387,7 @@ def train_fold(
     Path(results).mkdir(parents=True, exist_ok=True)
     cmd = _nnunet_command("nnUNetv2_train") + [
         str(dataset_id), configuration, str(fold), "-tr", trainer, "-p", plans, "-device", "cpu",
-    ]  # fmt: skip
+    ] + (["--npz"] if npz else [])  # fmt: skip
     _run_logged(cmd, env, log, f"nnUNetv2_train of fold {fold} of dataset {dataset_id}")
     fold_dir = Path(results) / name / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
     for needed in ("checkpoint_final.pth", "validation/summary.json"):
@@ -432,3 +439,37 @@ def export_model_zip(
     if not Path(out).is_file():
         raise RuntimeError(f"{out}: no zip after nnUNetv2_export_model_to_zip{_see(log)}")
     return Path(out)
+
+
+def find_best_configuration(
+    raw: Path,
+    preprocessed: Path,
+    results: Path,
+    *,
+    dataset_id: int = DEMO_DATASET_ID,
+    configurations: tuple[str, ...] = ("3d_fullres",),
+    folds: tuple[str | int, ...] = (0,),
+    plans: str = DEMO_PLANS,
+    trainer: str = DEMO_TRAINER,
+    log: Path | None = None,
+) -> dict[str, Any]:
+    """Run ``nnUNetv2_find_best_configuration ID -c CONFIGS -f FOLDS -p PLANS -tr TRAINER -np 1``.
+
+    nnU-Net collects each configuration's validation predictions of ``folds``
+    (``<model>/crossval_results_folds_<folds>/``), ensembles every pair from the folds'
+    ``validation/*.npz`` (train with ``npz=True``; ``<results>/<dataset>/ensembles/``), evaluates
+    all against the reference labels, and runs ``determine_postprocessing`` on the best one only
+    (its ``postprocessing.pkl``). Returns the ``inference_information.json`` it writes beside
+    ``inference_instructions.txt`` in ``<results>/<dataset>/``.
+    """
+    name = _dataset_name(dataset_id, preprocessed, raw)
+    env = nnunet_env(raw, preprocessed, results, for_training=False)
+    cmd = _nnunet_command("nnUNetv2_find_best_configuration") + [
+        str(dataset_id), "-c", *configurations, "-f", *[str(f) for f in folds], "-p", plans, "-tr", trainer,
+        "-np", "1",
+    ]  # fmt: skip
+    _run_logged(cmd, env, log, f"nnUNetv2_find_best_configuration of dataset {dataset_id}")
+    info = Path(results) / name / "inference_information.json"
+    if not info.is_file():
+        raise RuntimeError(f"{info}: missing after nnUNetv2_find_best_configuration{_see(log)}")
+    return json.loads(info.read_text())
