@@ -279,7 +279,9 @@ def load_plain_model(source: dict[str, Any]) -> LoadedFold:
         network, prefix = OutputSelector(network, index, key).eval(), OutputSelector.PREFIX
         out = out[key] if key is not None else out[index]
     if tuple(out.shape[2:]) != example:
-        raise NNBridgeError(f"{where}: output spatial size {tuple(out.shape[2:])} differs from the input's {example}")
+        raise NNBridgeError(f"{where}: output spatial size {tuple(out.shape[2:])} differs from the input's {example}; "
+                            "nnbridge takes networks whose logits keep the input's size (segmentation, like nnU-Net's): "
+                            "pad the convolutions, or pick the full-size output with `output_index:`/`output_key:`")
     dynamic = tuple(source.get("dynamic_axes", ("batch", "spatial")))
     if source.get("spatial_multiple") is not None:
         multiple = _per_axis(source["spatial_multiple"], len(example), "spatial_multiple", where)
