@@ -35,6 +35,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """nnUNetv2_predict (and nnUNetv2_ensemble, nnUNetv2_apply_postprocessing) on bundles, with
     ONNX Runtime or OpenVINO and no torch."""
 
+    if not 0 < args.step_size <= 1:  # checked before anything is read or written
+        raise NNBridgeError(f"--step-size {args.step_size}: the sliding window's step must be in (0, 1] (a fraction "
+                            "of the patch size; nnU-Net's default 0.5)")
     steps = read_steps(args.postprocessing) if args.postprocessing else None
     members = [
         Predictor(
