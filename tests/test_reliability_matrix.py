@@ -171,10 +171,6 @@ CONFIG_NAMES = [
     ("a bf16 variant without openvino in backends", lambda c: c.update(backends=["onnxruntime"]),
      r"^config quantize\.bf16: method bf16 runs on OpenVINO; add openvino to backends \(now \['onnxruntime'\]\) or "
      r"remove the entry$"),
-    ("a tolerance for a backend not configured (onnx_fp32@tensorrt)",
-     lambda c: c["validate"]["tolerances"].update({"onnx_fp32@tensorrt": {"min_dice": 0.9}}),
-     r"^config validate\.tolerances\.onnx_fp32@tensorrt: no variant 'onnx_fp32@tensorrt' in this config, so the "
-     r"tolerance would never apply; use one of "),
 ]
 
 
@@ -318,8 +314,6 @@ MODEL_ENTRIES = [
     ("preprocessed: a folder without splits_final.json", lambda n, p: [{**n, "preprocessed": "empty"}], {},
      W + r".*\): empty/splits_final\.json: missing; it is written when nnU-Net trains a fold: copy it from the "
      r"training machine's nnUNet_preprocessed folder, or fix `preprocessed:`$"),
-    ("folds: [all] without a fold_all", lambda n, p: [{**n, "folds": ["all"]}], {},
-     W + r".*\): .*/fold_all/checkpoint_final\.pth: missing, so fold all cannot be exported; remove all from `folds:`"),
     ("a model's quantize: list naming no configured variant", lambda n, p: [{**n, "quantize": ["int9"]}], {},
      W + r".*\): quantize variant 'int9' is not in the config's quantize section \['int8'\]$"),
     ("zip: and folder: together", lambda n, p: [{"zip": "not_a.zip", "folder": FOLDER}], {},
