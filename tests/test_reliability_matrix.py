@@ -62,6 +62,10 @@ CONFIG_FORM = [
      r"^config: invalid value at models\[0\]\.folds\[0\]: 'x' is not valid under any of the given schemas"),
     ("a negative fold (folds: [-1])", lambda c: c["models"][0].update(folds=[-1]),
      r"^config: invalid value at models\[0\]\.folds\[0\]: -1 is less than the minimum of 0"),
+    ("a fold listed twice (folds: [0, 0])", lambda c: c["models"][0].update(folds=[0, 0]),
+     r"^config: invalid value at models\[0\]\.folds: \[0, 0\] has non-unique elements" + SEE),
+    ("a variant listed twice in bundle.variants", lambda c: c["bundle"].update(variants=["onnx_simplified"] * 2),
+     r"^config: invalid value at bundle\.variants: \['onnx_simplified', 'onnx_simplified'\] has non-unique elements"),
     ("validate.threads: -1", lambda c: c["validate"].update(threads=-1),
      r"^config: invalid value at validate\.threads: -1 is less than the minimum of 1"),
     ("patches.heldout: 0", lambda c: c["patches"].update(heldout=0),
@@ -522,6 +526,9 @@ PLAIN_MODELS = [
     ("labels: of a sigmoid model naming fewer regions than outputs", {"output": "sigmoid", "labels": {"a": [1]}},
      r"^model 'tiny': `labels:` names 1 region\(s\) \['a'\], the network has 2 sigmoid output channel\(s\); name one "
      r"region per channel, in order$"),
+    ("mirror_axes: an axis a 3D network does not have", {"mirror_axes": [0, 3]},
+     r"^model 'tiny': `mirror_axes:` \[3\] beyond the spatial axes of example_size \[16, 16, 16\] \(0\.\.2, as nnU-Net "
+     r"counts them\); fix `mirror_axes:`$"),
 ]
 
 
@@ -534,6 +541,72 @@ def test_plain_models(plain_files, changes, message):
         load_model(_plain(plain_files, **changes))
     one_line(str(info.value))
     assert files_under(plain_files) == before
+
+
+# ------------------------------------------------------------------- patch arrays (kind: pytorch)
+
+
+def _save(name: str, array=None, **arrays):
+    def plant(folder: Path) -> Path:
+        path = folder / name
+        if arrays or name.endswith(".npz"):
+            np.savez(path, **arrays)
+        else:
+            np.save(path, array)
+        return path
+    return plant
+
+
+def _raw(name: str, data: bytes):
+    def plant(folder: Path) -> Path:
+        (folder / name).write_bytes(data)
+        return folder / name
+    return plant
+
+
+def _cut_npy(folder: Path) -> Path:
+    np.save(folder / "cut.npy", _good_patches())
+    (folder / "cut.npy").write_bytes((folder / "cut.npy").read_bytes()[:3000])
+    return folder / "cut.npy"
+
+
+def _good_patches() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((2, 1, 16, 16, 16)).astype(np.float32)
+
+
+#: (bad input, the held-out file planted, the message): the patches stage reading a plain model's
+#: `patches:` files (tests/test_reliability.py has the issue's: NaN, complex, none, sizes)
+PATCH_FILES = [
+    ("an .npz of two arrays, none named patches", _save("two.npz", a=_good_patches(), b=_good_patches()),
+     r"two\.npz: holds 2 arrays \['a', 'b'\], none named 'patches'; save one array per file \(np\.save\), or name "
+     r"it 'patches' \(np\.savez\(path, patches=\.\.\.\)\)$"),
+    ("an .npz with no array", _save("none.npz"), r"none\.npz: holds 0 arrays \[\], none named 'patches'"),
+    ("an .npy cut short", _cut_npy,
+     r"cut\.npy: not a readable \.npy/\.npz array \(Failed to read all data for array\. Expected \(2, 1, 16, 16, 16\)"),
+    ("a 0-byte .npy", _raw("empty.npy", b""), r"empty\.npy: not a readable \.npy/\.npz array \(No data left in file\)$"),
+    ("an .npy of Python objects (pickled)", _save("objects.npy", np.array([{"a": 1}], dtype=object)),
+     r"objects\.npy: not a readable \.npy/\.npz array \(Object arrays cannot be loaded when allow_pickle=False\)$"),
+    ("patches without the channel axis", _save("nochannel.npy", _good_patches()[:, 0]),
+     r"nochannel\.npy: patches of shape \(2, 16, 16, 16\); expected \(N, 1, 16, 16, 16\)"),
+    ("patches with 2 channels for a 1-channel model", _save("two_ch.npy", np.concatenate([_good_patches()] * 2, 1)),
+     r"two_ch\.npy: patches of shape \(2, 2, 16, 16, 16\); expected \(N, 1, 16, 16, 16\)"),
+    ("a patch file that does not exist", lambda folder: folder / "gone.npy",
+     r"gone\.npy: patch file not found; fix `patches:` of the model in the config$"),
+]
+
+
+@pytest.mark.parametrize(("plant", "message"), [pytest.param(p, r, id=n) for n, p, r in PATCH_FILES])
+def test_patch_files(tmp_path, plant, message):
+    from nnbridge.patches.sampling import copy_patch_sets
+
+    np.save(tmp_path / "cal.npy", _good_patches())
+    held = plant(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(NNBridgeError, match=message) as info:
+        copy_patch_sets(tmp_path / "cal.npy", held, out / "cal.npz", out / "held.npz", channels=1,
+                        spatial=(16, 16, 16), n_calibration=2, n_heldout=2, multiple=2)
+    one_line(str(info.value))
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------ the command line
@@ -725,11 +798,11 @@ def test_command_line(bundle, tmp_path, plant, message):
 
 #: every bad input of this file → what its one-line message says (tests/test_reliability.py adds
 #: them to BAD_INPUTS, which the README counts)
-MATRIX = {name: message for table in (CONFIG_FORM, CONFIG_YAML, CONFIG_NAMES, MODEL_ENTRIES, PLAIN_MODELS, CLI)
+MATRIX = {name: message for table in (CONFIG_FORM, CONFIG_YAML, CONFIG_NAMES, MODEL_ENTRIES, PLAIN_MODELS, PATCH_FILES, CLI)
           for name, *_, message in table}
 
 
 def test_every_row_is_its_own_bad_input():
-    rows = [row[0] for table in (CONFIG_FORM, CONFIG_YAML, CONFIG_NAMES, MODEL_ENTRIES, PLAIN_MODELS, CLI)
+    rows = [row[0] for table in (CONFIG_FORM, CONFIG_YAML, CONFIG_NAMES, MODEL_ENTRIES, PLAIN_MODELS, PATCH_FILES, CLI)
             for row in table]
     assert len(rows) == len(set(rows)) == len(MATRIX)

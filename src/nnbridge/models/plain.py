@@ -303,6 +303,10 @@ def load_plain_model(source: dict[str, Any]) -> LoadedFold:
     region_based = source.get("output", "softmax") == "sigmoid"
     if source.get("labels"):
         check_labels(source["labels"], num_outputs, region_based, where)
+    beyond = [a for a in source.get("mirror_axes") or () if not 0 <= int(a) < len(example)]
+    if beyond:
+        raise NNBridgeError(f"{where}: `mirror_axes:` {beyond} beyond the spatial axes of example_size {list(example)} "
+                            f"(0..{len(example) - 1}, as nnU-Net counts them); fix `mirror_axes:`")
     labels = source.get("labels") or (
         {f"channel_{i}": [i] for i in range(num_outputs)} if region_based
         else {"background": 0, **{f"class_{i}": i for i in range(1, num_outputs)}}
