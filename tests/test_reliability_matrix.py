@@ -466,7 +466,8 @@ PLAIN_MODELS = [
      r"^model 'tiny': cannot import 'no_such_pkg' \(No module named 'no_such_pkg'\); put its folder on PYTHONPATH or "
      r"use `class: path/to/file\.py:ClassName`$"),
     ("class: a name its module does not have", {"class": "nnbridge.demo.nets.UNett"},
-     r"^model 'tiny': 'nnbridge\.demo\.nets\.UNett' is not a torch\.nn\.Module class$"),
+     r"^model 'tiny': 'nnbridge\.demo\.nets\.UNett': its module has no 'UNett'; fix `class:` \(its torch\.nn\.Module "
+     r"classes: .*NestedUNet, .*UNet\)$"),
     ("class: a class that is not an nn.Module", {"class": "ROOT/nets.py:NotANet", "init_kwargs": {}},
      r"^model 'tiny': '.*nets\.py:NotANet' is not a torch\.nn\.Module class$"),
     ("class: a bare name without its module", {"class": "UNet"},

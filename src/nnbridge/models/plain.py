@@ -50,6 +50,11 @@ def import_class(spec: str, where: str) -> type:
                 "`class: path/to/file.py:ClassName`"
             ) from exc
     cls = getattr(module, name, None)
+    if cls is None:
+        found = sorted(n for n, v in vars(module).items()
+                       if isinstance(v, type) and issubclass(v, torch.nn.Module) and v.__module__ == module.__name__)
+        raise NNBridgeError(f"{where}: {spec!r}: its module has no {name!r}; fix `class:`"
+                            + (f" (its torch.nn.Module classes: {', '.join(found[:8])})" if found else ""))
     if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
         raise NNBridgeError(f"{where}: {spec!r} is not a torch.nn.Module class")
     return cls
