@@ -1,5 +1,5 @@
 """The rest of issue 18's matrix: bad inputs a hostile new user tries on the config, the model
-entries, plain PyTorch models and the ``nnbridge`` command line, beyond the cases of the issue
+entries, plain PyTorch models, their patch files and the ``nnbridge`` command line, beyond the cases of the issue
 (tests/test_reliability.py). Each case plants one bad input and asserts the one-line message
 (naming the file or key and the fix), the exception or exit code, and that nothing was written a
 later run could take for done.
@@ -16,7 +16,6 @@ import contextlib
 import copy
 import io
 import json
-import os
 import re
 import shutil
 import zipfile
@@ -649,8 +648,6 @@ def _manifest(edit):
     return change
 
 
-#: (bad input, how to plant it: (bundle, a good case, scratch folder) → argv, the last stderr line's
-#: message (after "nnbridge: error: " or argparse's "nnbridge <command>: error: "), exit code)
 def _predict(b, i, o, *extra):
     return ["predict", "-i", str(i), "-o", str(o), "-m", str(b), "--threads", "1", "--disable_tta", *extra]
 
@@ -661,6 +658,8 @@ def _with_case(case: Path, folder: Path, name: str = "case_0000.nii.gz") -> Path
     return folder
 
 
+#: (bad input, how to plant it: (bundle, a good case, scratch folder) → argv, the last stderr line:
+#: "nnbridge: error: <cause>", or argparse's "nnbridge <command>: error: <usage error>"); exit code 2
 CLI = [
     ("nnbridge without a command", lambda b, c, t: [],
      r"^nnbridge: error: the following arguments are required: command; see nnbridge --help$"),
