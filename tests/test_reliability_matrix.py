@@ -1,8 +1,8 @@
 """The rest of issue 18's matrix: bad inputs a hostile new user tries on the config, the model
-entries, plain PyTorch models, their patch files and the ``nnbridge`` command line, beyond the cases of the issue
-(tests/test_reliability.py). Each case plants one bad input and asserts the one-line message
-(naming the file or key and the fix), the exception or exit code, and that nothing was written a
-later run could take for done.
+entries, plain PyTorch models, their patch files and the ``nnbridge`` command line, beyond the
+cases of the issue (tests/test_reliability.py). Each case plants one bad input and asserts the
+one-line message (naming the file or key and the fix), the exception or exit code, and that nothing
+was written a later run could take for done.
 
 Every case is a row of a table below; :data:`MATRIX` is made of the rows (name → what the message
 says), so each entry is one parametrized test. tests/test_reliability.py adds it to ``BAD_INPUTS``,
