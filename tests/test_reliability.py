@@ -7,7 +7,8 @@ library calls or ``snakemake -n``; one real snakemake run (two tiny plain U-Nets
 corrupt checkpoint, and an nnU-Net folder without plans.json) shows the report written anyway.
 RGB 2D datasets (NaturalImage2DIO) run through a real, briefly trained nnU-Net model.
 
-:data:`BAD_INPUTS` lists every bad input tried here; README "When things go wrong" counts it.
+:data:`BAD_INPUTS` lists every bad input tried here and in tests/test_reliability_matrix.py (the
+config, model entries, plain models and the command line); README "When things go wrong" counts it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import yaml
 
 from nnbridge.core.errors import NNBridgeError
 from conftest import predict_without
+from test_reliability_matrix import MATRIX
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -33,7 +35,7 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 #: one-line error naming the file or key, or (gates) a FAILED verdict with the reason; none is silent.
 #: (RGB 2D cases, which nnbridge refused although nnU-Net takes them, are not bad inputs: they are
 #: predicted now, test_rgb_2d_...)
-BAD_INPUTS = {
+ISSUE_CASES = {
     # silent failures of the issue, closed
     "NaN logits (one voxel) against a min_dice-only gate": "gate FAILED: non-finite max_abs_err",
     "all-NaN logits": "gate FAILED: non-finite",
@@ -94,6 +96,9 @@ BAD_INPUTS = {
     "a case with a channel file too many": "has 2 files",
     "a case with a gap in its channel numbers": "lacks channel(s)",
 }
+#: ... and the rest of the matrix (the config, model entries, plain models, the command line), one
+#: table row and one test each: tests/test_reliability_matrix.py
+BAD_INPUTS = {**ISSUE_CASES, **MATRIX}
 
 
 def one_line(message: str) -> str:
@@ -902,6 +907,7 @@ def test_case_files_are_found_as_nnunet_finds_them(tmp_path):
 
 def test_readme_counts_this_matrix_and_the_profile_reruns_what_a_kill_left():
     readme = (ROOT / "README.md").read_text()
+    assert len(BAD_INPUTS) == len(ISSUE_CASES) + len(MATRIX)  # no name counted twice
     assert f"**{len(BAD_INPUTS)} bad inputs, {len(BAD_INPUTS)} clear one-line errors" in readme and "0 silent" in readme
     assert ".venv/bin/snakemake --unlock\n.venv/bin/snakemake " in readme
     for profile in ("profiles/default", "profiles/slurm"):

@@ -35,6 +35,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """nnUNetv2_predict (and nnUNetv2_ensemble, nnUNetv2_apply_postprocessing) on bundles, with
     ONNX Runtime or OpenVINO and no torch."""
 
+    if not 0 < args.step_size <= 1:  # checked before anything is read or written
+        raise NNBridgeError(f"--step-size {args.step_size}: the sliding window's step must be in (0, 1] (a fraction "
+                            "of the patch size; nnU-Net's default 0.5)")
     steps = read_steps(args.postprocessing) if args.postprocessing else None
     members = [
         Predictor(
@@ -162,8 +165,17 @@ def add_verify_parser(sub) -> None:
     p.set_defaults(func=cmd_verify)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, except that a usage error is one line naming the fix (argparse prints
+    the whole usage block first); exit status 2 as before. Sub-commands' parsers are of this class
+    too (argparse makes them of the parent's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnbridge", description=__doc__)
+    parser = OneLineParser(prog="nnbridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     inspect = sub.add_parser("inspect", help="show the provenance stored in an exported ONNX model or OpenVINO IR")
     inspect.add_argument("model", help="ONNX file or OpenVINO IR .xml written by nnbridge")

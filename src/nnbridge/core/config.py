@@ -33,12 +33,40 @@ def _where(error: jsonschema.ValidationError) -> str:
     return "".join(parts) or "(top level)"
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping raises (PyYAML keeps the
+    last one, so the first is dropped without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def check_yaml(path: str | Path) -> None:
     """A YAML file that does not parse, refused in one line naming the line and column (snakemake's
-    own message names neither)."""
+    own message names neither); so is a key given twice in one mapping (YAML parsers keep the last
+    one and drop the first without a word)."""
     path = Path(path)
     try:
-        yaml.safe_load(path.read_text())
+        yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as dup:
+        raise NNBridgeError(f"{path}: key {dup.key!r} given twice (lines {dup.first} and {dup.again}); the second "
+                            "would silently replace the first: merge them into one") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"

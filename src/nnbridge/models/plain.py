@@ -50,6 +50,11 @@ def import_class(spec: str, where: str) -> type:
                 "`class: path/to/file.py:ClassName`"
             ) from exc
     cls = getattr(module, name, None)
+    if cls is None:
+        found = sorted(n for n, v in vars(module).items()
+                       if isinstance(v, type) and issubclass(v, torch.nn.Module) and v.__module__ == module.__name__)
+        raise NNBridgeError(f"{where}: {spec!r}: its module has no {name!r}; fix `class:`"
+                            + (f" (its torch.nn.Module classes: {', '.join(found[:8])})" if found else ""))
     if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
         raise NNBridgeError(f"{where}: {spec!r} is not a torch.nn.Module class")
     return cls
@@ -229,6 +234,34 @@ def probe_spatial(network: torch.nn.Module, channels: int, example: tuple[int, .
     return tuple(multiple), tuple(fixed), record
 
 
+def check_labels(labels: Any, num_outputs: int, region_based: bool, where: str) -> None:
+    """``labels:`` of a plain model against its output channels: softmax, every class 0..C-1 named
+    once with ``background: 0`` (argmax class 0, never scored, as in nnU-Net's dataset.json);
+    sigmoid, one region per output channel. A class the network cannot output would pass every
+    Dice gate without a voxel, an unnamed one would never be scored."""
+    if not isinstance(labels, dict):
+        raise NNBridgeError(f"{where}: `labels:` maps label names to class indices, e.g. {{background: 0, liver: 1}}")
+    if region_based:
+        regions = [k for k, v in labels.items() if k != "background" and v != 0]
+        if len(regions) != num_outputs:
+            raise NNBridgeError(f"{where}: `labels:` names {len(regions)} region(s) {regions}, the network has "
+                                f"{num_outputs} sigmoid output channel(s); name one region per channel, in order")
+        return
+    if labels.get("background") != 0 or isinstance(labels.get("background"), bool):
+        raise NNBridgeError(f"{where}: `labels:` needs `background: 0` (argmax class 0, never scored; nnU-Net's "
+                            f"dataset.json has it too), got {labels}; add it, or use `output: sigmoid` if channel 0 "
+                            "is a structure")
+    bad = [(k, v) for k, v in labels.items() if isinstance(v, bool) or not isinstance(v, int)]
+    if bad:
+        raise NNBridgeError(f"{where}: `labels:` {bad[0][0]}: {bad[0][1]!r} is not a class index; softmax labels map "
+                            "names to integers (lists of classes are regions: `output: sigmoid`)")
+    named = sorted(labels.values())
+    if named != list(range(num_outputs)):
+        raise NNBridgeError(f"{where}: `labels:` names classes {named}, the network has {num_outputs} output "
+                            f"channel(s), classes {list(range(num_outputs))}; name each class once (a class it "
+                            "cannot output would pass every gate without a voxel)")
+
+
 def load_plain_model(source: dict[str, Any]) -> LoadedFold:
     """A plain PyTorch model from its config entry: network, weights proven, its logits output
     chosen, spatial sizes probed (unless given), shapes checked."""
@@ -251,7 +284,9 @@ def load_plain_model(source: dict[str, Any]) -> LoadedFold:
         network, prefix = OutputSelector(network, index, key).eval(), OutputSelector.PREFIX
         out = out[key] if key is not None else out[index]
     if tuple(out.shape[2:]) != example:
-        raise NNBridgeError(f"{where}: output spatial size {tuple(out.shape[2:])} differs from the input's {example}")
+        raise NNBridgeError(f"{where}: output spatial size {tuple(out.shape[2:])} differs from the input's {example}; "
+                            "nnbridge takes networks whose logits keep the input's size (segmentation, like nnU-Net's): "
+                            "pad the convolutions, or pick the full-size output with `output_index:`/`output_key:`")
     dynamic = tuple(source.get("dynamic_axes", ("batch", "spatial")))
     if source.get("spatial_multiple") is not None:
         multiple = _per_axis(source["spatial_multiple"], len(example), "spatial_multiple", where)
@@ -271,6 +306,12 @@ def load_plain_model(source: dict[str, Any]) -> LoadedFold:
     spatial["dynamic_axes"] = list(dynamic)
     num_outputs = int(out.shape[1])
     region_based = source.get("output", "softmax") == "sigmoid"
+    if source.get("labels"):
+        check_labels(source["labels"], num_outputs, region_based, where)
+    beyond = [a for a in source.get("mirror_axes") or () if not 0 <= int(a) < len(example)]
+    if beyond:
+        raise NNBridgeError(f"{where}: `mirror_axes:` {beyond} beyond the spatial axes of example_size {list(example)} "
+                            f"(0..{len(example) - 1}, as nnU-Net counts them); fix `mirror_axes:`")
     labels = source.get("labels") or (
         {f"channel_{i}": [i] for i in range(num_outputs)} if region_based
         else {"background": 0, **{f"class_{i}": i for i in range(1, num_outputs)}}

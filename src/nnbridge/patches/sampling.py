@@ -285,11 +285,18 @@ def read_patch_file(path: Path, channels: int, spatial: tuple[int, ...]) -> np.n
     try:
         if path.suffix == ".npz":
             with np.load(path) as archive:
-                array = archive["patches"] if "patches" in archive else archive[archive.files[0]]
+                names = list(archive.files)
+                if "patches" in names or len(names) == 1:
+                    array = archive["patches" if "patches" in names else names[0]]
         else:
             array = np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - numpy's errors vary by corruption
         raise NNBridgeError(f"{path}: not a readable .npy/.npz array ({exc})") from exc
+    if path.suffix == ".npz" and "patches" not in names and len(names) != 1:
+        # which of several arrays holds the patches would be a guess (the first: the same for both
+        # `calibration:` and `heldout:` when they name one file)
+        raise NNBridgeError(f"{path}: holds {len(names)} arrays {names[:5]}, none named 'patches'; save one array "
+                            "per file (np.save), or name it 'patches' (np.savez(path, patches=...))")
     want = (channels, *spatial)
     if array.ndim != len(want) + 1 or tuple(array.shape[1:2]) != (channels,):
         raise NNBridgeError(f"{path}: patches of shape {array.shape}; expected (N, {', '.join(map(str, want))})")

@@ -166,6 +166,7 @@ def plan_models(entries: list[dict[str, Any]], *, demo_folder: str | None = None
 
     for i, entry in enumerate(entries):
         kind = entry.get("kind", "nnunet")
+        _refuse_other_kind_keys(entry, i)
         try:
             found = (_nnunet_entries(entry, i, demo_folder, zip_cache) if kind == "nnunet"
                      else [_plain_entry(entry, i)])
@@ -264,6 +265,45 @@ MODEL_FOLDER_FIX = ("an nnU-Net model folder holds it: copy it from the training
                     "nnUNet_results/<Dataset>/<Trainer>__<Plans>__<configuration>")
 
 
+def check_plans(plans: Any, plans_file: str | Path, configuration: str, where: str) -> None:
+    """A model folder's plans.json holds nnU-Net's plans with the folder's ``configuration`` (its
+    name's last part), else a one-line :class:`MissingInput` naming the file."""
+    configurations = plans.get("configurations") if isinstance(plans, dict) else None
+    if not isinstance(configurations, dict):
+        raise MissingInput(f"{where}: {plans_file}: not nnU-Net's plans (no 'configurations' object); "
+                           f"{MODEL_FOLDER_FIX}")
+    if configuration not in configurations:
+        raise MissingInput(f"{where}: {plans_file}: has no configuration {configuration!r} (the folder name's last "
+                           f"part); it has {sorted(configurations)}: fix the folder name or copy the model's own "
+                           "plans.json")
+
+
+#: keys of a ``models:`` entry that only one kind of model takes (the other kind would ignore them)
+NNUNET_ONLY_KEYS = ("folder", "zip", "configurations", "images", "splits", "folds", "raw", "previous_stage_segs")
+PLAIN_ONLY_KEYS = ("name", "dataset", "format", "class", "init_kwargs", "input_channels", "example_size",
+                   "spatial_multiple", "dynamic_axes", "output", "output_index", "output_key", "mirror_axes",
+                   "data_identifier", "fold", "patches")
+
+
+def _refuse_other_kind_keys(entry: dict[str, Any], i: int) -> None:
+    """A key the entry's kind ignores (``folds:`` on a plain model, ``class:`` on an nnU-Net
+    folder) is refused in one line rather than dropped without a word."""
+    kind = entry.get("kind", "nnunet")
+    foreign = PLAIN_ONLY_KEYS if kind == "nnunet" else NNUNET_ONLY_KEYS
+    found = [k for k in foreign if k in entry]
+    if not found:
+        return
+    if kind == "nnunet":
+        name = entry.get("folder") or entry.get("zip") or ""
+        raise NNBridgeError(
+            f"config models[{i}] ({name}): `{found[0]}:` is for plain PyTorch models (`kind: pytorch`); an nnU-Net "
+            "model folder takes its network, labels and folds from the folder: remove it, or add `kind: pytorch`")
+    hint = (" (a plain model is one checkpoint; `fold:` names the split whose held-out cases it is checked on)"
+            if found[0] == "folds" else "")
+    raise NNBridgeError(f"config models[{i}] ({entry.get('name', 'kind: pytorch')}): `{found[0]}:` is for nnU-Net "
+                        f"model folders, a plain PyTorch model ignores it{hint}; remove it")
+
+
 def _checkpoint_name(entry: dict[str, Any], where: str) -> str:
     checkpoint = entry.get("checkpoint", "checkpoint_final.pth")
     if checkpoint not in ("checkpoint_final.pth", "checkpoint_best.pth"):
@@ -304,6 +344,8 @@ def _nnunet_entries(entry: dict[str, Any], i: int, demo_folder: str | None,
         plans = read_json(plans_file, fix=MODEL_FOLDER_FIX) if plans_file.is_file() else None
     except NNBridgeError as exc:
         raise MissingInput(f"{where}: {exc}") from None
+    if plans is not None:
+        check_plans(plans, plans_file, configuration_of(folder)[2], where)
 
     def dataset_json() -> dict[str, Any]:
         if not dataset_file.is_file():
@@ -347,6 +389,7 @@ def _zip_entries(entry: dict[str, Any], i: int, zip_cache: str | Path | None) ->
             )
         folder = f"{str(zip_cache).rstrip('/')}/{archive.key}/{zipped.path}"
         plans = archive.read_json(f"{zipped.path}/plans.json")
+        check_plans(plans, f"{entry['zip']}: {zipped.path}/plans.json", zipped.configuration, model_where)
         model = _nnunet_model(entry, model_where, folder, folds, checkpoint, plans,
                               lambda z=zipped: archive.read_json(f"{z.path}/dataset.json"))
         models.append(replace(model, zip=archive, zip_folder=zipped.path))

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import NNBridgeError
-from ..core.runlog import sha256_file
+from ..core.runlog import read_json, sha256_file
 from .components import Step, check_steps
 
 
@@ -45,6 +45,9 @@ MANIFEST = "bundle.json"
 
 
 FORMAT = "nnbridge-bundle/1"
+
+#: what every manifest holds (bundle.build writes them)
+REQUIRED = ("folds", "variants", "default_variant", "plans", "dataset_json")
 
 
 @dataclass
@@ -68,8 +71,14 @@ class Bundle:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as exc:
             raise NNBridgeError(f"{manifest_path}: not valid JSON ({exc}); rebuild the bundle") from None
-        if manifest.get("format") != FORMAT:
-            raise NNBridgeError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise NNBridgeError(f"{manifest_path}: format {found!r}, expected {FORMAT!r}")
+        required = (*REQUIRED, *(("plans_sha256", "dataset_json_sha256") if verify else ()))
+        lacking = [key for key in required if key not in manifest]
+        if lacking:
+            raise NNBridgeError(f"{manifest_path}: no {lacking[0]!r} entry; the manifest is incomplete: rebuild the "
+                                "bundle or copy it again")
         if verify:
             checks = [(manifest["plans"], manifest["plans_sha256"]),
                       (manifest["dataset_json"], manifest["dataset_json_sha256"])]
@@ -91,8 +100,9 @@ class Bundle:
                 if sha256_file(path) != expected:
                     raise NNBridgeError(f"{path}: sha256 differs from {MANIFEST}; the file was changed or "
                                         "truncated, copy the bundle again")
-        plans = json.loads((root / manifest["plans"]).read_text())
-        dataset_json = json.loads((root / manifest["dataset_json"]).read_text())
+        fix = "rebuild the bundle, or copy the whole bundle folder again"
+        plans = read_json(root / manifest["plans"], fix=fix)
+        dataset_json = read_json(root / manifest["dataset_json"], fix=fix)
         previous = None
         if manifest.get("previous_stage"):
             previous = cls.load(root / manifest["previous_stage"]["bundle"], verify=verify)
