@@ -81,7 +81,7 @@ def test_blocks_group_each_conv_with_its_norm_and_nonlinearity(exported):
 def test_accuracy_aware_loop_keeps_blocks_in_fp32_until_the_target(exported, patch_sets, tmp_path):
     out, _, _ = exported
     _, calibration, _ = patch_sets
-    settings = {"method": "static", "accuracy_aware": {"min_dice": 1.0, "max_steps": 2,
+    settings = {"method": "static", "accuracy_aware": {"min_dice": 1.0, "max_steps": 2, "min_gain": 0,
                                                         "exclude_per_step": 1, "patches": 4}}
     record = quantize_variant(out / "model.onnx", tmp_path / "aa.onnx", calibration, settings)
     aa = record["accuracy_aware"]
@@ -95,6 +95,19 @@ def test_accuracy_aware_loop_keeps_blocks_in_fp32_until_the_target(exported, pat
     assert set(aa["fp32_modules"]) <= float_modules
     assert aa["passed"] == (steps[-1]["min_dice"] >= 1.0)
     assert ("budget of 2 step(s) spent" in aa["verdict"]) != aa["passed"]
+
+
+def test_accuracy_aware_loop_stops_when_no_block_helps(exported, patch_sets, tmp_path):
+    """A round whose best block gains less than ``min_gain`` ends the loop: nothing is kept in
+    fp32 for nothing (here no block can gain a whole Dice point), and the verdict says why."""
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    settings = {"method": "static", "accuracy_aware": {"min_dice": 1.0, "max_steps": 3, "min_gain": 1.0,
+                                                        "patches": 4, "candidates": 2}}
+    aa = quantize_variant(out / "model.onnx", tmp_path / "aa.onnx", calibration, settings)["accuracy_aware"]
+    assert len(aa["steps"]) == 1 and len(aa["steps"][0]["trials"]) == 2, aa["steps"]
+    assert aa["fp32_modules"] == [] and not aa["passed"]
+    assert "no block kept in fp32 raises the worst-class Dice on onnxruntime by >= 1" in aa["verdict"], aa["verdict"]
 
 
 def test_labels_come_from_the_onnx_metadata(exported, loaded_fold):

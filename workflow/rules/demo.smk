@@ -83,8 +83,10 @@ rule demo_train:
         "logs/demo/train_fold_{fold}.log",
     benchmark:
         "benchmarks/demo/train_fold_{fold}.tsv"
-    # one thread each: on 2 cores the folds (and the plain nets) train side by side
+    # one thread each: on 2 cores the folds train side by side, first (everything of the nnU-Net
+    # model waits for them; the plain nets train while its folds are exported)
     threads: 1
+    priority: 10
     resources:
         mem_mb=6000,
         runtime=60,

@@ -22,7 +22,9 @@ rule quantize:
         "logs/{dataset}/{model}/fold_{fold}/quantize_{qvariant}.log",
     benchmark:
         "benchmarks/{dataset}/{model}/fold_{fold}/quantize_{qvariant}.tsv"
-    threads: 2
+    # one thread: on the 2-core machines two quantizations (or one beside a validation) run side
+    # by side; a profile raises it where cores outnumber parallel jobs (set-threads: quantize=4)
+    threads: 1
     resources:
         mem_mb=6000,
         runtime=60,

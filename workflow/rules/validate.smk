@@ -18,7 +18,7 @@ rule reference:
         "logs/{dataset}/{model}/fold_{fold}/reference.log",
     benchmark:
         "benchmarks/{dataset}/{model}/fold_{fold}/reference.tsv"
-    threads: 2
+    threads: lookup(dpath="validate/threads", within=config)
     resources:
         mem_mb=6000,
         runtime=30,
@@ -53,7 +53,7 @@ rule validate:
         "logs/{dataset}/{model}/fold_{fold}/validate.log",
     benchmark:
         "benchmarks/{dataset}/{model}/fold_{fold}/validate.tsv"
-    threads: 2
+    threads: lookup(dpath="validate/threads", within=config)
     resources:
         mem_mb=6000,
         runtime=30,

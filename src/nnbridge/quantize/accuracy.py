@@ -145,9 +145,12 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     fp32 per round, chosen by :func:`block_sensitivity`), ``patches`` (how many calibration
     patches the checks use), ``candidates`` (per round, only this many blocks are tried: those
     across which the INT8 model's error against fp32 grows most, :func:`error_growth`; ``null``
-    tries every block). The Dice counted is the worst over ``backends`` (the same QDQ graph
-    gives different label maps on ONNX Runtime and OpenVINO); each round ranks the blocks on the
-    runtime that disagrees most. Every step is recorded with the
+    tries every block), ``min_gain`` (a round's best block must raise the worst-class Dice on the
+    runtime that disagrees most by at least this much, else the loop stops: what costs the label
+    maps is not one block in INT8 — e.g. the activation ranges on this CPU's kernels — and keeping
+    blocks in fp32 would only cost speed). The Dice counted is the worst over ``backends`` (the
+    same QDQ graph gives different label maps on ONNX Runtime and OpenVINO); each round ranks the
+    blocks on the runtime that disagrees most. Every step is recorded with the
     blocks it keeps in fp32 (ONNX nodes and PyTorch modules), its Dice and its latency.
     """
 
@@ -156,6 +159,8 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     max_steps = int(aa.get("max_steps", 3))
     per_step = int(aa.get("exclude_per_step", 1))
     candidates = aa.get("candidates", 6)
+    min_gain = float(aa.get("min_gain", 0.001))
+    stalled = None
     check = calibration[: int(aa.get("patches", 8))].astype(np.float32)
     labels, region_based = output_labels(Path(src))
     reference = run_onnx(Path(src), check, threads)
@@ -192,6 +197,14 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
             steps[-1]["ranked_on"] = worst_backend
             if not ranking:
                 break
+            gain = ranking[0]["min_dice"] - metrics["min_dice_by_backend"][worst_backend]
+            if gain < min_gain:  # no block's fp32 version helps: stop here, keep the file as it is
+                steps[-1]["trials"] = [{k: t[k] for k in ("module", "op", "min_dice", "mean_abs_err")}
+                                       for t in ranking]
+                steps[-1]["seconds"] = round(time.perf_counter() - started, 2)
+                stalled = (f"no block kept in fp32 raises the worst-class Dice on {worst_backend} by "
+                           f">= {min_gain:g} (best {gain:+.4f}, {ranking[0]['module']})")
+                break
             for block in ranking[:per_step]:
                 excluded.extend(n for n in block["nodes"] if n not in excluded)
                 modules.append(block["module"])
@@ -202,12 +215,15 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     passed = steps[-1]["min_dice"] >= target
     record["accuracy_aware"] = {
         "min_dice": target, "max_steps": max_steps, "exclude_per_step": per_step, "candidates": candidates,
+        "min_gain": min_gain,
         "check_patches": int(len(check)), "reference": "fp32 ONNX on the calibration patches",
         "backends": list(backends),
         "fp32_latency_ms": fp32_ms, "steps": steps, "passed": passed,
         "fp32_modules": list(modules),
         "verdict": (f"Dice {steps[-1]['min_dice']:.4f} >= {target:g} with {len(modules)} block(s) "
                     f"in fp32" if passed else
+                    f"stopped at Dice {steps[-1]['min_dice']:.4f} < {target:g} with {len(modules)} block(s) "
+                    f"in fp32: {stalled}" if stalled else
                     f"budget of {max_steps} step(s) spent at Dice {steps[-1]['min_dice']:.4f} < {target:g}"),
     }
     return record
