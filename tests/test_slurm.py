@@ -5,9 +5,9 @@
 with the script's one-line reason when it cannot, and always with ``NNBRIDGE_SKIP_SLURM=1``.
 A cluster this module started is stopped again at the end.
 
-The pipeline, reduced to a short run on one fold of the demo model that the local workflow test
-trained (tests/conftest.py ``demo_workdir``; configured like a user's model folder, so nothing is
-trained again), runs in a temporary copy of the project with ``--profile tests/slurm/profile``,
+The pipeline, reduced to a short run on the session's tiny trained nnU-Net fold (tests/conftest.py
+``tiny_model``, the demo's dataset, plans and trainer at a smaller size; configured like a user's
+model folder, so nothing is trained again), runs in a temporary copy of the project with ``--profile tests/slurm/profile``,
 together with the demo's deterministic first stages (synthetic data, nnU-Net planning and
 preprocessing, splits). Checked: every non-local job went through sbatch and completed in Slurm
 with the resources snakemake computed for it (CPUs = threads, --mem = mem_mb, --time = runtime,
@@ -50,7 +50,6 @@ REFERENCE_TARGETS = (  # the deterministic part of the demo: data, planning, pre
     "resources/demo/nnUNet_preprocessed/Dataset900_NNBridgeDemo/splits_final.json",
 )
 
-# with the workflow tests: they share the demo pipeline run (tests/conftest.py demo_workdir)
 pytestmark = [pytest.mark.slurm]
 
 
@@ -64,18 +63,20 @@ def copy_slurm_project(dest: Path) -> Path:
     return dest
 
 
-def copy_trained_model(demo: Path, work: Path) -> None:
-    """Fold 0 of the demo model the workflow test trained, with its preprocessed and raw data,
-    under resources/user: a trained model folder as a user brings it."""
+def copy_trained_model(tiny, work: Path) -> None:
+    """Fold 0 of the session's tiny nnU-Net model (tests/conftest.py ``tiny_model``: dataset 900,
+    the demo's plans and trainer), with its preprocessed and raw data, under resources/user: a
+    trained model folder as a user brings it."""
     name = MODEL.split("/")[0]
-    folder = demo / "resources/demo/nnUNet_results" / MODEL
+    folder = tiny.model_folder
+    assert folder.parts[-2:] == tuple(MODEL.split("/")), folder
     target = work / USER / "nnUNet_results" / MODEL
     target.mkdir(parents=True)
     for item in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         shutil.copy2(folder / item, target / item)
     shutil.copytree(folder / "fold_0", target / "fold_0")
-    for sub in ("nnUNet_preprocessed", "nnUNet_raw"):
-        shutil.copytree(demo / "resources/demo" / sub / name, work / USER / sub / name)
+    shutil.copytree(tiny.preprocessed, work / USER / "nnUNet_preprocessed" / name)
+    shutil.copytree(tiny.preprocessed.parents[1] / "raw" / name, work / USER / "nnUNet_raw" / name)
 
 
 def reduce_config(workdir: Path) -> None:
@@ -93,6 +94,7 @@ def reduce_config(workdir: Path) -> None:
     config["models"] = [{"folder": f"{USER}/nnUNet_results/{MODEL}", "folds": [0],
                          "preprocessed": f"{USER}/nnUNet_preprocessed/{name}", "raw": f"{USER}/nnUNet_raw/{name}"}]
     config["patches"].update(calibration=4, heldout=2)
+    config["validate"]["threads"] = 2  # not the shipped 1: Slurm must get what the config says
     config["benchmark"].update(threads=1, warmup=0, repeats=2, sweep=[])
     config["backends"] = ["onnxruntime"]  # OpenVINO runs are covered by the local workflow test
     config["quantize"] = {"int8_static": config["quantize"]["int8_static"]}  # one is enough here
@@ -210,7 +212,7 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def slurm_run(cluster, demo_workdir, tmp_path_factory: pytest.TempPathFactory):
+def slurm_run(cluster, tiny_model, tmp_path_factory: pytest.TempPathFactory):
     """The reduced pipeline run through Slurm, and beside it a local reference run.
 
     The reference (a second copy, plain local snakemake, one core) only builds the deterministic
@@ -219,10 +221,10 @@ def slurm_run(cluster, demo_workdir, tmp_path_factory: pytest.TempPathFactory):
     Returns (slurm workdir, snakemake output, seconds, reference workdir).
     """
     work = copy_slurm_project(tmp_path_factory.mktemp("slurm_pipeline"))
-    copy_trained_model(demo_workdir, work)
+    copy_trained_model(tiny_model, work)
     reduce_config(work)
     reference = copy_slurm_project(tmp_path_factory.mktemp("local_reference"))
-    copy_trained_model(demo_workdir, reference)  # the config names it; the reference builds none of its stages
+    copy_trained_model(tiny_model, reference)  # the config names it; the reference builds none of its stages
     reduce_config(reference)
     with open(reference / "reference.log", "w") as log:
         local = subprocess.Popen([SNAKEMAKE, "--cores", "1", "--workflow-profile", "none", *REFERENCE_TARGETS],
@@ -286,7 +288,8 @@ def test_every_job_ran_in_slurm_with_the_rules_resources(slurm_run, slurm_jobs):
         assert int(record["ProcCnt"]) == job["threads"], what
         assert tres_mem_mb(record["Tres"]) == int(job["resources"]["mem_mb"]), what
         assert record["TimeLimit"] == job["resources"]["runtime"], what
-    # ... and those come from the rules: reference and validate declare 2 threads and 6000 MB
+    # ... and those come from the rules and the config: reference and validate take
+    # validate.threads (2 in this run, the shipped config says 1) and declare 6000 MB
     for rule in ("reference", "validate"):
         allocated = {(int(r["ProcCnt"]), tres_mem_mb(r["Tres"])) for name, _, _, r in slurm_jobs if name == rule}
         assert allocated == {(2, 6000)}, (rule, allocated)
