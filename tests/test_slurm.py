@@ -94,7 +94,7 @@ def reduce_config(workdir: Path) -> None:
     config["models"] = [{"folder": f"{USER}/nnUNet_results/{MODEL}", "folds": [0],
                          "preprocessed": f"{USER}/nnUNet_preprocessed/{name}", "raw": f"{USER}/nnUNet_raw/{name}"}]
     config["patches"].update(calibration=4, heldout=2)
-    config["validate"]["threads"] = 2  # not the shipped 1: Slurm must get what the config says
+    config["validate"]["threads"] = 2  # Slurm must get what the config says
     config["benchmark"].update(threads=1, warmup=0, repeats=2, sweep=[])
     config["backends"] = ["onnxruntime"]  # OpenVINO runs are covered by the local workflow test
     config["quantize"] = {"int8_static": config["quantize"]["int8_static"]}  # one is enough here
@@ -289,7 +289,7 @@ def test_every_job_ran_in_slurm_with_the_rules_resources(slurm_run, slurm_jobs):
         assert tres_mem_mb(record["Tres"]) == int(job["resources"]["mem_mb"]), what
         assert record["TimeLimit"] == job["resources"]["runtime"], what
     # ... and those come from the rules and the config: reference and validate take
-    # validate.threads (2 in this run, the shipped config says 1) and declare 6000 MB
+    # validate.threads (2) and declare 6000 MB
     for rule in ("reference", "validate"):
         allocated = {(int(r["ProcCnt"]), tres_mem_mb(r["Tres"])) for name, _, _, r in slurm_jobs if name == rule}
         assert allocated == {(2, 6000)}, (rule, allocated)
