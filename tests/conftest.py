@@ -113,6 +113,26 @@ def exported(loaded_fold, tmp_path_factory: pytest.TempPathFactory):
     return out, onnx_record, ts_record
 
 
+@pytest.fixture(scope="session")
+def nifti_bundle(tiny_model, exported, tmp_path_factory):
+    """A bundle of the tiny nnU-Net fold (SimpleITKIO, .nii.gz; onnx_fp32, gated on ONNX Runtime)
+    and one of its raw cases: the bad-input tests' deployed model (never changed by them)."""
+    from nnbridge.bundle.build import write_bundle
+    from nnbridge.core.metadata import read_metadata
+
+    out_dir, _, _ = exported
+    model = tiny_model.model_folder
+    root = tmp_path_factory.mktemp("rel_bundle")
+    write_bundle(root / "bundle", plans_file=model / "plans.json", dataset_file=model / "dataset.json",
+                 info={"configuration": "3d_fullres",
+                       "mirror_axes": json.loads(read_metadata(out_dir / "model.onnx")["mirror_axes"])},
+                 variants={"onnx_fp32": {"files": {"0": out_dir / "model.onnx"},
+                                         "gates": {"0": {"onnxruntime": True}}}},
+                 default_variant="onnx_fp32")
+    raw = next((model.parents[2] / "raw").glob("Dataset*"))
+    return root / "bundle", sorted((raw / "imagesTr").glob("*_0000.nii.gz"))[0]
+
+
 # --------------------------------------------------------------------------------------------
 # nnU-Net's cascade, trained for real by nnU-Net (briefly): a 3d_lowres fold 0 and the
 # 3d_cascade_fullres fold 0 that takes its segmentations as one-hot input channels

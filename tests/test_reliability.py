@@ -314,25 +314,6 @@ def test_bundle_is_a_copy(plain, tmp_path):
 # -------------------------------------------------- 2, 3, 4 and tracebacks: nnbridge predict and inspect
 
 
-@pytest.fixture(scope="module")
-def nifti_bundle(tiny_model, exported, tmp_path_factory):
-    """A bundle of the tiny nnU-Net fold (SimpleITKIO, .nii.gz), and one of its raw cases."""
-    from nnbridge.bundle.build import write_bundle
-    from nnbridge.core.metadata import read_metadata
-
-    out_dir, _, _ = exported
-    model = tiny_model.model_folder
-    root = tmp_path_factory.mktemp("rel_bundle")
-    write_bundle(root / "bundle", plans_file=model / "plans.json", dataset_file=model / "dataset.json",
-                 info={"configuration": "3d_fullres",
-                       "mirror_axes": json.loads(read_metadata(out_dir / "model.onnx")["mirror_axes"])},
-                 variants={"onnx_fp32": {"files": {"0": out_dir / "model.onnx"},
-                                         "gates": {"0": {"onnxruntime": True}}}},
-                 default_variant="onnx_fp32")
-    raw = next((model.parents[2] / "raw").glob("Dataset*"))
-    return root / "bundle", sorted((raw / "imagesTr").glob("*_0000.nii.gz"))[0]
-
-
 def predict(bundle: Path, inp: Path, out: Path, *extra: str) -> tuple[int, str]:
     """`nnbridge predict` in-process (the CLI's own entry point): (exit code, stderr)."""
     import contextlib

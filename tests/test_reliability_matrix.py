@@ -612,25 +612,6 @@ def test_patch_files(tmp_path, plant, message):
 # ------------------------------------------------------------------------------ the command line
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_model, exported, tmp_path_factory):
-    """A bundle of the session's tiny nnU-Net fold (.nii.gz, one channel) and one raw case."""
-    from nnbridge.bundle.build import write_bundle
-    from nnbridge.core.metadata import read_metadata
-
-    out_dir, _, _ = exported
-    model = tiny_model.model_folder
-    root = tmp_path_factory.mktemp("matrix_bundle")
-    write_bundle(root / "bundle", plans_file=model / "plans.json", dataset_file=model / "dataset.json",
-                 info={"configuration": "3d_fullres",
-                       "mirror_axes": json.loads(read_metadata(out_dir / "model.onnx")["mirror_axes"])},
-                 variants={"onnx_fp32": {"files": {"0": out_dir / "model.onnx"},
-                                         "gates": {"0": {"onnxruntime": True}}}},
-                 default_variant="onnx_fp32")
-    raw = next((model.parents[2] / "raw").glob("Dataset*"))
-    return root / "bundle", sorted((raw / "imagesTr").glob("*_0000.nii.gz"))[0], out_dir / "model.onnx"
-
-
 def _bundle_copy(bundle: Path, where: Path, edit=None) -> Path:
     copy_ = where / "bundle"
     shutil.copytree(bundle, copy_)
@@ -772,13 +753,13 @@ def _bare_onnx(where: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(("plant", "message"), [pytest.param(p, r, id=n) for n, p, r in CLI])
-def test_command_line(bundle, tmp_path, plant, message):
+def test_command_line(nifti_bundle, tmp_path, plant, message):
     """``nnbridge`` in-process (its own entry point): exit status 2 and one line on stderr naming
     the file, option or key and the fix; no segmentation written, the shared bundle unchanged."""
     from nnbridge.cli import main
     from nnbridge.core.runlog import sha256_file
 
-    bundle_dir, case, _ = bundle
+    bundle_dir, case = nifti_bundle
     shipped = {p.name: sha256_file(p) for p in bundle_dir.rglob("*") if p.is_file()}
     argv = plant(bundle_dir, case, tmp_path)
     err = io.StringIO()
