@@ -270,7 +270,7 @@ def set_config(workdir: Path, update) -> None:
 
 
 def shorten(config) -> None:
-    """The shipped demo with fewer benchmark repetitions, no thread/batch sweep, a tiny
+    """The shipped demo with shorter nnU-Net training, fewer benchmark repetitions, no thread/batch sweep, a tiny
     realistic-size benchmark in the run (without its IR variants), one plain PyTorch model (the
     DataParallel-style U-Net; UNet++, the sweep and the ONNX Runtime settings search are covered
     by library tests) trained for fewer steps, and the default INT8 variants (int8_dynamic, fp16
@@ -284,7 +284,9 @@ def shorten(config) -> None:
     config["benchmark"]["realistic"] = {"enabled": True, "patch_size": [32, 32, 32], "features": [8, 16, 32],
                                         "warmup": 0, "repeats": 1, "ir": False}
     config["models"] = [m for m in config["models"] if m.get("name") != "demo_unetpp"]
-    config["demo"]["pytorch_steps"] = 60
+    # nnU-Net's training of the demo folds, 4 of its 10 epochs: pseudo Dice is ~0.9 from epoch 2
+    # on, and the test asserts what the training gives (validation Dice >= 0.8), not the demo's quality
+    config["demo"].update(epochs=4, pytorch_steps=60)
     for name in ("int8_dynamic", "fp16", "int8_nncf"):
         config["quantize"].pop(name, None)
         config["validate"]["tolerances"].pop(name, None)

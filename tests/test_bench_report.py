@@ -11,7 +11,7 @@ import pytest
 
 from nnbridge.bench.artifact import benchmark_artifact
 from nnbridge.bench.fold import benchmark_fold
-from nnbridge.bench.peak import peak_mismatch
+from nnbridge.bench.peak import measure_peak_gflops, peak_mismatch
 from nnbridge.bench.sweep import MIN_GAIN, ORT_CANDIDATES
 from nnbridge.core.cpu import cpu_identity
 from nnbridge.core.records import (
@@ -40,7 +40,10 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported, tmp_path):
                 "torchscript": {"kind": "torchscript", "path": str(out / "model.ts"), "backend": "torchscript"},
                 "onnx_fp32@openvino": {"kind": "onnx", "path": fp32, "backend": "openvino"}}
     stop = {"min_repeats": 3, "budget_s": 5, "rel_ci": 0.05}
-    timing = dict(threads=2, warmup=1, repeats=3, stop=stop)
+    # the run's peak, measured once as rule machine_peak does (each measurement takes seconds);
+    # a record that does not fit this job (fold 1 below) makes the job measure its own
+    peak = measure_peak_gflops(2)
+    timing = dict(threads=2, warmup=1, repeats=3, stop=stop, peak=peak)
     artifacts = {
         "torch_eager": benchmark_artifact("torch_eager", source, {}, fp32, **timing),
         "torchscript": benchmark_artifact("torchscript", source, {"torchscript": variants["torchscript"]}, fp32,
@@ -62,7 +65,7 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported, tmp_path):
     default = tuning["candidates"][0]["p50_ms"]
     assert tuning["chosen"] in ORT_CANDIDATES and (tuning["chosen"] == {} or best < default * (1 - MIN_GAIN))
 
-    record = benchmark_fold(source, variants, artifacts, peak=None, **timing)
+    record = benchmark_fold(source, variants, artifacts, **timing)
     results = record["results"]
     assert set(record["timed_on"].values()) == {"this fold"}  # the reference fold itself
     assert results["onnx_fp32"]["ort_settings"] == tuning["chosen"]
@@ -88,7 +91,8 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported, tmp_path):
     assert results["torch_eager"]["speedup_vs_torch_eager"] == 1.0
     assert results["onnx_fp32"]["file_size_bytes"] > 0
     # throughput: FLOPs of the patch from the graph, the machine's peak measured alongside
-    assert record["flops_per_patch"] > 0 and record["peak"]["gflops"] > 1, record["peak"]
+    assert record["flops_per_patch"] > 0 and record["peak"]["gflops"] == peak["gflops"] > 1, record["peak"]
+    assert record["peak"]["source"] == "the run's peak measurement (machine_peak), same CPU"
     for name in ("torch_eager", "onnx_fp32"):
         r = results[name]
         assert r["gflops_per_s"] == pytest.approx(record["flops_per_patch"] / r["p50_ms"] / 1e6, rel=0.01)
@@ -109,7 +113,8 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported, tmp_path):
     other.graph.output[0].name = last + "_id"
     onnx.save(other, str(tmp_path / "other.onnx"))
     fold1 = {**variants, "onnx_fp32@openvino": {**variants["onnx_fp32@openvino"], "path": str(tmp_path / "other.onnx")}}
-    record1 = benchmark_fold({**source, "fold": "1"}, fold1, artifacts, peak=None, **timing)
+    record1 = benchmark_fold({**source, "fold": "1"}, fold1, artifacts, **{**timing, "peak": {**peak, "threads": 1}})
+    assert record1["peak"]["source"] == "measured here: the run-wide peak used 1 thread(s), this job 2"
     assert record1["timed_on"]["onnx_fp32"] == record1["timed_on"]["torch_eager"] == "fold 0 (the same graph)"
     assert record1["timed_on"]["onnx_fp32@openvino"] == "this fold (its graph differs from fold 0's)"
     assert record1["results"]["onnx_fp32"]["p50_ms"] == results["onnx_fp32"]["p50_ms"]
