@@ -82,6 +82,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Tiny
 
 
 @pytest.fixture(scope="session")
+def machine_peak() -> dict:
+    """This machine's peaks at 2 threads, measured once per session as rule machine_peak does
+    (a measurement takes seconds; each benchmark given none measures its own)."""
+    from nnbridge.bench.peak import measure_peak_gflops
+
+    return measure_peak_gflops(2)
+
+
+@pytest.fixture(scope="session")
 def loaded_fold(tiny_model: TinyModel):
     from nnbridge.models.nnunet import load_nnunet_fold
 

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from nnbridge.bench.artifact import benchmark_artifact
+from nnbridge.bench.artifact import benchmark_artifact, reuse_same_graph
 from nnbridge.bench.fold import benchmark_fold
-from nnbridge.bench.peak import measure_peak_gflops, peak_mismatch
+from nnbridge.bench.peak import peak_mismatch
 from nnbridge.bench.sweep import MIN_GAIN, ORT_CANDIDATES
 from nnbridge.core.cpu import cpu_identity
 from nnbridge.core.records import (
@@ -29,7 +29,7 @@ from nnbridge.models.nnunet import nnunet_source
 from nnbridge.report.render import build_report
 
 
-def test_benchmark_fold_measures_each_backend(tiny_model, exported, tmp_path):
+def test_benchmark_fold_measures_each_backend(tiny_model, exported, machine_peak, tmp_path):
     """Each artifact timed once on the reference fold (its own processes, ORT settings searched,
     the sweep), then a fold's record assembled from them: a fold with the same graphs reuses the
     numbers, one whose graph differs is timed itself."""
@@ -40,9 +40,9 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported, tmp_path):
                 "torchscript": {"kind": "torchscript", "path": str(out / "model.ts"), "backend": "torchscript"},
                 "onnx_fp32@openvino": {"kind": "onnx", "path": fp32, "backend": "openvino"}}
     stop = {"min_repeats": 3, "budget_s": 5, "rel_ci": 0.05}
-    # the run's peak, measured once as rule machine_peak does (each measurement takes seconds);
-    # a record that does not fit this job (fold 1 below) makes the job measure its own
-    peak = measure_peak_gflops(2)
+    # the run's peak (rule machine_peak's); a record that does not fit this job (fold 1 below)
+    # makes the job measure its own
+    peak = machine_peak
     timing = dict(threads=2, warmup=1, repeats=3, stop=stop, peak=peak)
     artifacts = {
         "torch_eager": benchmark_artifact("torch_eager", source, {}, fp32, **timing),
@@ -120,6 +120,35 @@ def test_benchmark_fold_measures_each_backend(tiny_model, exported, tmp_path):
     assert record1["results"]["onnx_fp32"]["p50_ms"] == results["onnx_fp32"]["p50_ms"]
     assert record1["results"]["onnx_fp32@openvino"]["p50_ms"] != results["onnx_fp32@openvino"]["p50_ms"]
     assert record1["results"]["onnx_fp32@openvino"]["speedup_vs_torch_eager"] > 0
+
+    # an artifact whose graph is another's takes its numbers, not timed again: here a copy of
+    # the fp32 file with other weight values (onnx_fp32 when simplifying changed nothing)
+    copy = onnx.load(fp32)
+    weight = max(copy.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 0.5, weight.name))
+    onnx.save(copy, str(tmp_path / "copy.onnx"))
+    same = {"onnx_copy": {"kind": "onnx", "path": str(tmp_path / "copy.onnx"), "backend": "onnxruntime"},
+            "onnx_copy@openvino": {"kind": "onnx", "path": str(tmp_path / "copy.onnx"), "backend": "openvino"}}
+    fp32_record = artifacts["onnx_fp32"]
+    reused = benchmark_artifact("onnx_copy", source, same, fp32, tune=("onnx_copy",), sweep_keys=("onnx_copy",),
+                                same_graph=fp32_record, **timing)
+    assert reused["reused"].startswith("the same graph as onnx_fp32 (signature ")
+    for key, theirs in (("onnx_copy", "onnx_fp32"), ("onnx_copy@openvino", "onnx_fp32@openvino")):
+        assert reused["results"][key]["p50_ms"] == fp32_record["results"][theirs]["p50_ms"]
+        assert reused["results"][key]["timed_as"] == theirs
+    assert reused["tuning"]["onnx_copy"] == fp32_record["tuning"]["onnx_fp32"]
+    assert list(reused["sweep"]["results"]) == ["onnx_copy"]
+    fold_record = benchmark_fold(source, {**variants, **same}, {**artifacts, "onnx_copy": reused}, **timing)
+    assert fold_record["timed_on"]["onnx_copy@openvino"] == "this fold, as onnx_fp32@openvino (the same graph)"
+    # ... and is timed itself where the other artifact's numbers would not be its own
+    other_graph = {k: {**v, "path": str(tmp_path / "other.onnx")} for k, v in same.items()}
+    assert reuse_same_graph("onnx_copy", other_graph, fp32_record, threads=2) == "its graph differs from onnx_fp32's"
+    assert reuse_same_graph("onnx_copy", same, fp32_record, threads=1) == (
+        "onnx_fp32 has no timing of onnx_fp32 at 1 thread(s)")
+    assert reuse_same_graph("onnx_copy", same, fp32_record, threads=2, sweep_keys=("onnx_copy@openvino",)) == (
+        "onnx_fp32 had no thread/batch sweep of onnx_fp32@openvino")
+    assert reuse_same_graph("onnx_copy", same, artifacts["torchscript"], threads=2, tune=("onnx_copy",)).startswith(
+        "its graph differs")
 
 
 def _records(tmp_path: Path) -> list[dict]:

@@ -263,10 +263,16 @@ def test_run_settings_come_from_the_benchmark_sweep():
     sweeps[0].results[Variant("int8")] = {"p50_ms_by_threads": {"1": 5.0, "2": 9.0}}
     own = run_settings(sweeps[:1], "int8")["onnxruntime"]
     assert own["threads"] == 1 and own["batch_size"] == 1 and own["from"]["threads"].startswith("sweep of int8:")
+    # the deployed fp32 graph's sweep (the default benchmark.sweep) before the export's
+    both = Sweep.from_dict(_sweep({"1": 30.0, "2": 20.0}, 18.0, {"1": 10.0, "2": 12.0}, 11.9))
+    both.results[Variant("onnx_simplified")] = {"p50_ms_by_threads": {"1": 5.0, "2": 9.0}}
+    simplified = run_settings([both], "int8")["onnxruntime"]
+    assert simplified["threads"] == 1
+    assert simplified["from"]["threads"].startswith("sweep of onnx_simplified, the fp32 graph on this runtime: ")
     # no sweep: the runtimes' defaults, said so
     assert run_settings([], "int8")["openvino"] == {"threads": None, "batch_size": 1, "from": {
-        "threads": "default: the benchmark swept no int8@openvino or onnx_fp32@openvino",
-        "batch_size": "default: the benchmark swept no int8@openvino or onnx_fp32@openvino"}}
+        "threads": "default: the benchmark swept no int8@openvino or onnx_simplified@openvino or onnx_fp32@openvino",
+        "batch_size": "default: the benchmark swept no int8@openvino or onnx_simplified@openvino or onnx_fp32@openvino"}}
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,10 @@ NAMES = ("torch_eager", "onnx_fp32", "onnx_fp32@openvino", "int8", "int8@openvin
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, machine_peak) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("realistic")
-    record = realistic_benchmark(out, patch_size=PATCH, features=FEATURES, threads=2, warmup=0, repeats=1)
+    record = realistic_benchmark(out, patch_size=PATCH, features=FEATURES, threads=2, warmup=0, repeats=1,
+                                 peak=machine_peak)
     return out, record
 
 
@@ -164,14 +165,14 @@ def _resenc_plans(path: Path) -> Path:
     return path / "plans.json"
 
 
-def test_architecture_from_a_plans_file(tmp_path):
+def test_architecture_from_a_plans_file(tmp_path, machine_peak):
     """Any network class nnU-Net builds: a ResEnc plan at its own patch size, channels and
     classes from the dataset.json beside it; the ONNX equals the network the child rebuilds."""
     from nnbridge.runtime.ort import onnx_session
 
     plans = _resenc_plans(tmp_path)
     record = realistic_benchmark(tmp_path / "out", plans=plans, configuration="3d_big", threads=2, warmup=0,
-                                 repeats=1, int8=False, backends=("torch", "onnxruntime"))
+                                 repeats=1, int8=False, backends=("torch", "onnxruntime"), peak=machine_peak)
     arch = record["architecture"]
     assert arch["arch_class_name"].endswith("ResidualEncoderUNet") and record["patch_size"] == [32, 32, 32]
     assert record["shape"] == [1, 2, 32, 32, 32] and arch["num_classes"] == 2

@@ -621,9 +621,9 @@ def test_default_sweep_follows_the_backends():
     from nnbridge.pipeline.plan import check_config_names
 
     config = {"quantize": {}, "backends": ["onnxruntime"], "export": {"torchscript": True},
-              "benchmark": {"sweep": ["onnx_fp32", "onnx_fp32@openvino"]}}
+              "benchmark": {"sweep": ["onnx_simplified", "onnx_simplified@openvino"]}}
     check_config_names(config)  # the default the user did not write: its OpenVINO entry is dropped
-    assert config["benchmark"]["sweep"] == ["onnx_fp32"]
+    assert config["benchmark"]["sweep"] == ["onnx_simplified"]
     config["benchmark"]["sweep"] = ["torch_eager", "onnx_fp32@openvino"]  # written by the user: refused
     with pytest.raises(NNBridgeError, match="benchmark.sweep: 'onnx_fp32@openvino' is not a variant"):
         check_config_names(config)

@@ -629,6 +629,15 @@ def _manifest(edit):
     return change
 
 
+def _json_edit(name: str, edit):
+    def change(folder: Path) -> None:
+        path = folder / name
+        content = json.loads(path.read_text())
+        edit(content)
+        path.write_text(json.dumps(content))
+    return change
+
+
 def _predict(b, i, o, *extra):
     return ["predict", "-i", str(i), "-o", str(o), "-m", str(b), "--threads", "1", "--disable_tta", *extra]
 
@@ -682,6 +691,16 @@ CLI = [
      lambda b, c, t: _predict(_bundle_copy(b, t, lambda f: (f / "plans.json").unlink()), _with_case(c, t / "in"), t / "out",
                               "--no-verify"),
      r"^nnbridge: error: .*bundle/plans\.json: missing; rebuild the bundle, or copy the whole bundle folder again$"),
+    ("a bundle whose dataset.json lost its channel_names, --no-verify",
+     lambda b, c, t: _predict(_bundle_copy(b, t, _json_edit("dataset.json", lambda d: d.pop("channel_names"))),
+                              _with_case(c, t / "in"), t / "out", "--no-verify"),
+     r"^nnbridge: error: .*bundle/dataset\.json: no 'channel_names'; nnU-Net needs them to find the input channels: "
+     r"rebuild the bundle, or copy the whole bundle folder again$"),
+    ("a bundle whose plans.json lacks its configuration, --no-verify",
+     lambda b, c, t: _predict(_bundle_copy(b, t, _json_edit("plans.json", lambda p: p["configurations"].pop("3d_fullres"))),
+                              _with_case(c, t / "in"), t / "out", "--no-verify"),
+     r"^nnbridge: error: .*bundle/plans\.json: no configuration '3d_fullres' \(it has \[.*\]\); rebuild the bundle, "
+     r"or copy the whole bundle folder again$"),
     ("a bundle with its model file cut short",
      lambda b, c, t: _predict(_bundle_copy(b, t, lambda f: (f / "onnx_fp32/fold_0.onnx").write_bytes(
          (f / "onnx_fp32/fold_0.onnx").read_bytes()[:1000])), _with_case(c, t / "in"), t / "out"),

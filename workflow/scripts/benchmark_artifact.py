@@ -15,5 +15,6 @@ with logged(snakemake.log[0]):
         sweep_keys=snakemake.params.sweep,
         sweep_batch=snakemake.params.sweep_batch,
         peak=read_json(snakemake.input.peak),
+        same_graph=read_json(snakemake.input.same_graph) if "same_graph" in snakemake.input.keys() else None,
     )
     write_json(snakemake.output.json, record)

@@ -7,6 +7,10 @@ whose graph is the same (:func:`nnbridge.core.onnxgraph.graph_signature`): the p
 (an OpenVINO IR's signature is read off its ``.xml``: :func:`nnbridge.core.irgraph.ir_signature`).
 ONNX Runtime's session settings are searched here (``tune``) and the thread and batch sweep runs
 here (``sweep``): once per machine and architecture, not once per fold.
+
+An artifact whose graph is another's (``onnx_fp32`` when simplifying changed nothing in it, as
+for most nnU-Net exports) takes that artifact's numbers instead of being timed again
+(``same_graph``): the same operators on the same shapes run at the same speed.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..core.artifacts import verify_variant_files
+from ..core.artifacts import artifact_size, verify_variant_files
 from ..core.cpu import cpu_identity
 from ..core.graphs import graph_signature
 from ..core.metadata import read_metadata
@@ -50,12 +54,22 @@ def benchmark_artifact(artifact: str, source: dict[str, Any], variants: dict[str
                        shape_from: str | Path, *, threads: int, warmup: int, repeats: int,
                        stop: dict[str, Any] | None = None, tune: list[str] | tuple[str, ...] = (),
                        sweep_keys: list[str] | tuple[str, ...] = (), sweep_batch: int = 2,
-                       peak: dict[str, Any] | None = None) -> dict[str, Any]:
+                       peak: dict[str, Any] | None = None,
+                       same_graph: dict[str, Any] | None = None) -> dict[str, Any]:
     """Time ``artifact`` of the reference fold on each of its runtimes, each in its own process
     (``stop``: when timing stops, :class:`nnbridge.runtime.timing.StopRule` fields; ``repeats``
     is its maximum). The ONNX Runtime keys in ``tune`` first get their session settings searched;
-    the keys in ``sweep_keys`` are then timed at 1..``threads`` threads and at ``sweep_batch``."""
+    the keys in ``sweep_keys`` are then timed at 1..``threads`` threads and at ``sweep_batch``.
+    ``same_graph``: another artifact's record (``onnx_simplified``'s for ``onnx_fp32``), whose
+    numbers this artifact takes when its graph is that one (:func:`reuse_same_graph`)."""
     verify_variant_files(variants)  # each file is what its stage wrote (sha256 in its record)
+    if same_graph is not None:
+        reused = reuse_same_graph(artifact, variants, same_graph, threads=threads, tune=tune,
+                                  sweep_keys=sweep_keys)
+        if isinstance(reused, dict):
+            print(f"nnbridge: {artifact}: {reused['reused']}", flush=True)
+            return reused
+        print(f"nnbridge: {artifact}: timed itself: {reused}", flush=True)
     shape, dynamic_axes = input_shape_of(shape_from)
     if "batch" not in dynamic_axes:
         sweep_batch = 1  # a fixed-batch export runs batch 1 only
@@ -87,4 +101,58 @@ def benchmark_artifact(artifact: str, source: dict[str, Any], variants: dict[str
     if keys:
         print(f"nnbridge: {artifact}: thread/batch sweep of {', '.join(keys)}", flush=True)
         record["sweep"] = sweep(specs, keys, tuple(shape), threads, sweep_batch, min(warmup, 1), max(3, repeats // 4))
+    return record
+
+
+def reuse_same_graph(artifact: str, variants: dict[str, dict[str, str]], other: dict[str, Any], *,
+                     threads: int, tune: list[str] | tuple[str, ...] = (),
+                     sweep_keys: list[str] | tuple[str, ...] = ()) -> dict[str, Any] | str:
+    """``other`` (a :func:`benchmark_artifact` record) as this artifact's record, its result keys
+    renamed (``onnx_simplified@openvino`` → ``onnx_fp32@openvino``), when this artifact's graph
+    has ``other``'s signature and ``other`` timed, on this CPU at these threads, every runtime,
+    settings search and sweep asked for here; else why not (then this artifact is timed itself).
+    Each result says where it comes from (``timed_as``)."""
+    name = other.get("artifact")
+    if not name or name == artifact:
+        return "no other artifact's record"
+
+    def theirs(key: str) -> str:
+        return name + key[len(artifact):]
+
+    files = [v["path"] for v in variants.values() if v.get("kind") in ("onnx", "ir")]
+    if not files or len({graph_signature(f) for f in files}) != 1:
+        return "not one graph file"
+    signature = graph_signature(files[0])
+    if signature != other.get("signature"):
+        return f"its graph differs from {name}'s"
+    if other.get("machine") != cpu_identity():
+        return f"{name} was timed on another CPU"
+    results = other.get("results") or {}
+    for key in variants:
+        got = results.get(theirs(key)) or {}
+        if "p50_ms" not in got or got.get("threads") != threads:
+            return f"{name} has no timing of {theirs(key)} at {threads} thread(s)"
+    for key in tune:
+        if key in variants and theirs(key) not in (other.get("tuning") or {}):
+            return f"{name} had no settings search for {theirs(key)}"
+    swept = (other.get("sweep") or {}).get("results") or {}
+    for key in sweep_keys:
+        if key in variants and theirs(key) not in swept:
+            return f"{name} had no thread/batch sweep of {theirs(key)}"
+    note = f"the same graph as {name} (signature {signature}): its timing"
+    record = dict(other)
+    record.update({
+        "artifact": artifact, "reused": note,
+        "results": {key: {**results[theirs(key)], "timed_as": theirs(key),
+                          "file_size_bytes": artifact_size(variants[key]["path"])} for key in variants},
+        # the settings search and sweep asked for here (the results keep the settings they ran with)
+        "tuning": {key: other["tuning"][theirs(key)] for key in tune if key in variants},
+        "specs": {key: {**(other.get("specs") or {}).get(theirs(key), {}), "path": variants[key]["path"]}
+                  for key in variants},
+    })
+    record.pop("sweep", None)
+    keys = [key for key in sweep_keys if key in variants]
+    if keys:
+        record["sweep"] = {**other["sweep"], "results": {key: swept[theirs(key)] for key in keys}}
+        record["sweep"].pop("skipped", None)
     return record

@@ -53,6 +53,8 @@ def benchmark_fold(source: dict[str, Any], variants: dict[str, dict[str, str]],
             results[key] = dict(record["results"][key])
             timed_on[key] = ("this fold" if ref_fold == str(source.get("fold")) else
                              f"fold {ref_fold} (the same graph)")
+            if results[key].get("timed_as"):  # an artifact whose graph is another's took its timing
+                timed_on[key] += f", as {results[key]['timed_as']} (the same graph)"
         else:
             spec = artifact_specs(_artifact_of(key), source, {key: variants[key]} if key in variants else {})[key]
             settings = (record.get("specs", {}).get(key) or {}).get("settings")

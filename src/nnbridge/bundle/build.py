@@ -25,7 +25,8 @@ from ..predict.verify import SELFCHECK_DIR
 from ..runtime import ONNX_BACKENDS
 
 
-SWEPT_GRAPH = "onnx_fp32"  # whose thread/batch sweep stands in for variants not swept themselves
+# whose thread/batch sweep stands in for variants not swept themselves (the first swept one)
+SWEPT_GRAPHS = ("onnx_simplified", "onnx_fp32")
 
 
 def _copy(src: Path, dst: Path, expected: str | None = None) -> str:
@@ -224,12 +225,12 @@ def _batch_choice(sweeps: list[Sweep], key: Variant, min_gain: float) -> tuple[i
 def run_settings(sweeps: list[Sweep], name: str) -> dict[str, dict[str, Any]]:
     """Per runtime, the threads and batch size ``nnbridge predict`` uses for variant ``name``,
     from the benchmark's thread/batch sweeps (one per fold): the variant's own sweep on that
-    runtime, else that of the fp32 graph (:data:`SWEPT_GRAPH`) on the same runtime. ``threads``
+    runtime, else that of the fp32 graph (:data:`SWEPT_GRAPHS`) on the same runtime. ``threads``
     None and batch 1 (the runtime's defaults) when neither was swept. ``from`` says why."""
 
     out = {}
     for backend in ONNX_BACKENDS:
-        keys = [Variant(n, backend) for n in dict.fromkeys((name, SWEPT_GRAPH))]
+        keys = [Variant(n, backend) for n in dict.fromkeys((name, *SWEPT_GRAPHS))]
         key = next((k for k in keys if any(k in s.results for s in sweeps)), None)
         if key is None:
             why = f"default: the benchmark swept no {' or '.join(map(str, keys))}"

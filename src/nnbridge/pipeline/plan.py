@@ -605,7 +605,7 @@ def bundle_plan(config: dict[str, Any]) -> tuple[list[str], str, list[str]]:
 
 #: the schema's default ``benchmark.sweep`` (workflow/schemas/config.schema.yaml): its OpenVINO entry
 #: is dropped, not refused, when the config's backends lack openvino (the user did not write it)
-DEFAULT_SWEEP = ("onnx_fp32", "onnx_fp32@openvino")
+DEFAULT_SWEEP = ("onnx_simplified", "onnx_simplified@openvino")
 
 
 def config_variant_names(config: dict[str, Any]) -> list[str]:

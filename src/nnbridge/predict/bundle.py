@@ -103,6 +103,8 @@ class Bundle:
         fix = "rebuild the bundle, or copy the whole bundle folder again"
         plans = read_json(root / manifest["plans"], fix=fix)
         dataset_json = read_json(root / manifest["dataset_json"], fix=fix)
+        check_model_files(plans, dataset_json, manifest.get("configuration"), root / manifest["plans"],
+                          root / manifest["dataset_json"], fix)
         previous = None
         if manifest.get("previous_stage"):
             previous = cls.load(root / manifest["previous_stage"]["bundle"], verify=verify)
@@ -154,6 +156,26 @@ class Bundle:
         if missing:
             raise NNBridgeError(f"{self.root}: variant {name!r} has no fold(s) {missing}; it has {sorted(entry['files'])}")
         return [self.root / entry["files"][f] for f in folds]
+
+
+def check_model_files(plans: Any, dataset_json: Any, configuration: str | None, plans_path: Path,
+                      dataset_path: Path, fix: str) -> None:
+    """Refuse, naming the file, a bundle's plans.json or dataset.json that lacks what prediction
+    reads from it (with ``--no-verify`` no sha256 caught the edit): nnU-Net's dataset.json keys
+    and the bundle's configuration in the plans."""
+    if not isinstance(dataset_json, dict):
+        raise NNBridgeError(f"{dataset_path}: not a dataset.json (a JSON object expected); {fix}")
+    if not (dataset_json.get("channel_names") or dataset_json.get("modality")):
+        raise NNBridgeError(f"{dataset_path}: no 'channel_names'; nnU-Net needs them to find the input channels: {fix}")
+    for key in ("labels", "file_ending"):
+        if not dataset_json.get(key):
+            raise NNBridgeError(f"{dataset_path}: no {key!r}; nnU-Net's dataset.json has it: {fix}")
+    configurations = plans.get("configurations") if isinstance(plans, dict) else None
+    if not isinstance(configurations, dict):
+        raise NNBridgeError(f"{plans_path}: not nnU-Net plans (no 'configurations'); {fix}")
+    if configuration and configuration not in configurations:
+        raise NNBridgeError(f"{plans_path}: no configuration {configuration!r} (it has {sorted(configurations)}); "
+                            f"{fix}")
 
 
 def require_previous_stage(configuration: str | None, previous_stage: str | None, has_it: bool,
