@@ -351,3 +351,28 @@ def pytest_xdist_make_scheduler(config, log):
 
     config.option.loadscopereorder = False
     return ModuleScheduling(config, log)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With NNBRIDGE_TEST_CPU=<file>: one JSON line per test with its wall time and the CPU
+    seconds it used, its own and its child processes' (snakemake jobs, nnU-Net runs, benchmark
+    children; not Slurm's jobs): where the suite's cost is, for planning its budget."""
+    out = os.environ.get("NNBRIDGE_TEST_CPU")
+    if not out:
+        yield
+        return
+    import resource
+    import time
+
+    def cpu() -> tuple[float, float]:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+    wall, (own, kids) = time.monotonic(), cpu()
+    yield
+    own2, kids2 = cpu()
+    with open(out, "a") as f:
+        f.write(json.dumps({"test": item.nodeid, "worker": os.environ.get("PYTEST_XDIST_WORKER", "master"),
+                            "wall": round(time.monotonic() - wall, 2), "cpu_self": round(own2 - own, 2),
+                            "cpu_children": round(kids2 - kids, 2)}) + "\n")
