@@ -152,3 +152,23 @@ def test_planning_failure_names_the_log(tmp_path: Path) -> None:
     log = tmp_path / "plan.log"
     with pytest.raises(RuntimeError, match=re.escape(str(log))):
         demo.plan_and_preprocess(raw, tmp_path / "pre", dataset_id=901, log=log)
+
+
+def test_bench_pipeline_plans_the_real_size_model_and_every_stage(tmp_path: Path) -> None:
+    """`make bench-pipeline` on a fresh machine: the real-size model folder does not exist yet,
+    rule realsize_model makes it, and every stage of its 5 folds is planned behind it (it was left
+    out as a missing model before)."""
+    from conftest import copy_project, planned_jobs, run_snakemake
+
+    work = copy_project(tmp_path / "project")
+    proc = run_snakemake(work, "--configfile", "config/realsize.yaml", "-n")
+    jobs = planned_jobs(proc)
+    assert "left out" not in proc.stderr, proc.stderr[-2000:]
+    assert jobs["realsize_model"] == 1, jobs
+    for rule in ("export_onnx", "export_torchscript", "patches", "simplify", "reference", "validate", "benchmark",
+                 "quantize_ir"):
+        assert jobs[rule] == 5, (rule, jobs)
+    assert jobs["quantize"] == 15 and jobs["bundle"] == jobs["case_parity"] == 1, jobs
+    # each artifact timed once for the 5 folds (torch eager, TorchScript, 2 fp32 graphs, 4 variants)
+    assert jobs["benchmark_artifact"] == 8, jobs
+    assert not {"demo_train", "demo_preprocess"} & set(jobs), jobs

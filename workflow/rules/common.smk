@@ -58,7 +58,7 @@ try:
     check_config_names(config)
     MODELS, DAG_FAILURES = plan_models(
         config["models"], demo_folder=DEMO_MODEL_FOLDER, quantize_names=list(config["quantize"]),
-        demo_root=DEMO_ROOT, zip_cache=ZIP_CACHE, keep_going=True,
+        demo_root=DEMO_ROOT, zip_cache=ZIP_CACHE, produced_folders=(REALSIZE_FOLDER,), keep_going=True,
     )
 except NNBridgeError as error:
     raise WorkflowError(str(error)) from None

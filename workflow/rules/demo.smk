@@ -37,7 +37,8 @@ rule demo_preprocess:
         "logs/demo/plan_and_preprocess.log",
     benchmark:
         "benchmarks/demo/plan_and_preprocess.tsv"
-    threads: 1
+    # nnU-Net's fingerprint and preprocessing workers (-npfp, -np): one case per core
+    threads: 2
     resources:
         mem_mb=4000,
         runtime=30,

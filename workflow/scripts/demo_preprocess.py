@@ -7,5 +7,6 @@ with logged(snakemake.log[0]):
         snakemake.params.preprocessed,
         configuration=snakemake.params.configuration,
         log=snakemake.log[0],
+        processes=snakemake.threads,
     )
     write_preprocessed_flag(dataset_dir, snakemake.params.configuration, snakemake.output.done)

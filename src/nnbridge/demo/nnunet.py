@@ -146,8 +146,10 @@ def plan_and_preprocess(
     configuration: str = "3d_fullres",
     planner: str | None = None,
     log: Path | None = None,
+    processes: int = 1,
 ) -> Path:
-    """Run ``nnUNetv2_plan_and_preprocess -d ID -c CONFIG -np 1 -npfp 1 --verify_dataset_integrity``.
+    """Run ``nnUNetv2_plan_and_preprocess -d ID -c CONFIG -np N -npfp N --verify_dataset_integrity``
+    with N = ``processes`` (nnU-Net's workers, one case each at a time).
 
     (``-npfp``: fingerprint extraction has its own worker count, 8 by default.) ``planner``
     (``-pl``), e.g. ``nnUNetPlannerResEncM`` for the residual-encoder plans
@@ -159,7 +161,7 @@ def plan_and_preprocess(
     del env["nnUNet_results"]  # planning writes no results
     Path(preprocessed).mkdir(parents=True, exist_ok=True)
     cmd = _nnunet_command("nnUNetv2_plan_and_preprocess") + [
-        "-d", str(dataset_id), "-c", configuration, "-np", "1", "-npfp", "1",
+        "-d", str(dataset_id), "-c", configuration, "-np", str(int(processes)), "-npfp", str(int(processes)),
         "--verify_dataset_integrity", "--no_pbar",
     ]  # fmt: skip
     if planner:

@@ -140,13 +140,14 @@ def discover_models(entries: list[dict[str, Any]], demo_folder: str | None = Non
 
 def plan_models(entries: list[dict[str, Any]], *, demo_folder: str | None = None,
                 quantize_names: list[str] | tuple[str, ...] = (), demo_root: str | None = None,
-                zip_cache: str | Path | None = None,
+                zip_cache: str | Path | None = None, produced_folders: tuple[str, ...] = (),
                 keep_going: bool = False) -> tuple[dict[str, ModelEntry], list[dict[str, Any]]]:
     """(validated ``models:`` entries keyed by ``<dataset>/<model>``, failure rows).
 
     nnU-Net folds listed in the config are used as given, each checked for its checkpoint (the
     demo's, under ``demo_root``, are produced by the pipeline); otherwise every ``fold_*`` folder
-    holding the checkpoint is used. A ``zip:`` entry gives one model per configuration in the zip
+    holding the checkpoint is used. ``produced_folders``: other model folders a rule writes
+    (the real-size model of ``make bench-pipeline``), taken like the demo's. A ``zip:`` entry gives one model per configuration in the zip
     (``configurations:`` narrows them), unpacked into ``zip_cache/<sha256 prefix>/`` by the
     pipeline. Plain PyTorch entries (``kind: pytorch``) are one branch each.
     Every input no rule produces is checked here, before any job runs (plans.json, dataset.json,
@@ -182,7 +183,7 @@ def plan_models(entries: list[dict[str, Any]], *, demo_folder: str | None = None
             if key in models:
                 raise NNBridgeError(f"{where}: {key} is listed twice; merge the two entries or rename one")
             produced = (lambda p: _under(p, demo_root)) if demo_root else (lambda p: False)
-            if model.folder == demo_folder or model.zip is not None:
+            if model.folder == demo_folder or model.folder in produced_folders or model.zip is not None:
                 produced = lambda p: True  # noqa: E731 - the demo model, a zip's: every input comes from a rule
             problem = _missing_model_input(model, where, produced)
             if problem is not None:
