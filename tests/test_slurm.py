@@ -288,11 +288,11 @@ def test_every_job_ran_in_slurm_with_the_rules_resources(slurm_run, slurm_jobs):
         assert int(record["ProcCnt"]) == job["threads"], what
         assert tres_mem_mb(record["Tres"]) == int(job["resources"]["mem_mb"]), what
         assert record["TimeLimit"] == job["resources"]["runtime"], what
-    # ... and those come from the rules and the config: reference and validate take
-    # validate.threads (2) and declare 6000 MB
-    for rule in ("reference", "validate"):
+    # ... and those come from the rules and the config: validate takes validate.threads (2),
+    # reference one thread; both declare 6000 MB
+    for rule, cpus in (("reference", 1), ("validate", 2)):
         allocated = {(int(r["ProcCnt"]), tres_mem_mb(r["Tres"])) for name, _, _, r in slurm_jobs if name == rule}
-        assert allocated == {(2, 6000)}, (rule, allocated)
+        assert allocated == {(cpus, 6000)}, (rule, allocated)
 
 
 def test_benchmarks_never_overlapped(slurm_jobs):

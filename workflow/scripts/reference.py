@@ -10,5 +10,6 @@ with logged(snakemake.log[0]):
         groups=load_patch_cases(snakemake.input.heldout),
         selfcheck_out=snakemake.output.selfcheck,
         selfcheck=snakemake.params.selfcheck,
+        threads=snakemake.threads,
     )
     write_json(snakemake.output.json, record)

@@ -29,7 +29,7 @@ from ..models.loader import load_model
 from ..predict.verify import read_selfcheck
 from ..runtime import make_runner, run_patches, run_variant
 from ..runtime.ov import PrecisionUnavailable
-from ..runtime.torchrun import run_torch
+from ..runtime.torchrun import run_torch, set_torch_threads
 from .metrics import Tolerance, validate_variant
 from .selfcheck import build_selfcheck
 
@@ -38,12 +38,15 @@ SELFCHECK_DEFAULTS = {"patches": 4, "max_kb": 128}
 
 def reference_logits(source: dict[str, Any], heldout_patches: np.ndarray, logits_path: Path, *,
                      groups: Sequence[str] | None = None, selfcheck_out: Path | None = None,
-                     selfcheck: dict[str, Any] | None = None) -> dict[str, Any]:
+                     selfcheck: dict[str, Any] | None = None, threads: int = 0) -> dict[str, Any]:
     """Eager PyTorch's logits of the model ``source`` describes (:func:`nnbridge.models.loader.load_model`)
     on the held-out patches, written to ``logits_path`` (``.npy``, float32), and with
     ``selfcheck_out`` the fold's self-check set (``selfcheck``: ``patches``, ``max_kb``;
     :func:`.selfcheck.build_selfcheck`); returns the record the variants are compared against.
-    ``groups``: the held-out case of each patch (default: each patch its own)."""
+    ``groups``: the held-out case of each patch (default: each patch its own). ``threads``:
+    torch's intra-op threads (0: its default); the logits differ between thread counts only in
+    the order of fp32 sums."""
+    set_torch_threads(threads)
     loaded = load_model(source)
     groups = [str(g) for g in groups] if groups is not None else [f"patch_{i}" for i in range(len(heldout_patches))]
     print(f"nnbridge: reference: torch eager on {len(heldout_patches)} held-out patches", flush=True)
