@@ -144,3 +144,27 @@ def test_bundle_and_case_parity_variants_are_checked(mutate, expected):
     mutate(config)
     with pytest.raises(NNBridgeError, match=expected):
         bundle_plan(config)
+
+
+def test_quantize_jobs_declare_memory_by_patch_size(tmp_path: Path) -> None:
+    """A quantize job's mem_mb (Slurm's --mem) follows its graph's patch size: the demo's 40^3
+    keeps the 6 GB minimum, nnU-Net's default 128^3 patch asks for more than the 11.5 GB its
+    calibration was measured to take; a graph without nnbridge metadata gets the minimum."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from nnbridge.pipeline.plan import quantize_mem_mb
+
+    def graph(path: Path, patch: list[int] | None) -> Path:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, *(patch or [8, 8, 8])])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, *(patch or [8, 8, 8])])
+        model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
+        if patch:
+            model.metadata_props.add(key="nnbridge.patch_size", value=json.dumps(patch))
+        onnx.save(model, str(path))
+        return path
+
+    assert quantize_mem_mb(graph(tmp_path / "demo.onnx", [40, 40, 40])) == 6000
+    assert quantize_mem_mb(graph(tmp_path / "real.onnx", [128, 128, 128])) > 11_500
+    assert quantize_mem_mb(graph(tmp_path / "plain.onnx", None)) == 6000
+    assert quantize_mem_mb(tmp_path / "missing.onnx") == 6000

@@ -26,6 +26,7 @@ from nnbridge.pipeline.plan import (
     record_of,
     postprocessing_sources,
     previous_stage_model,
+    quantize_mem_mb,
     variant_tolerance,
 )
 

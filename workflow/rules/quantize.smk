@@ -26,7 +26,9 @@ rule quantize:
     # by side; a profile raises it where cores outnumber parallel jobs (set-threads: quantize=4)
     threads: 1
     resources:
-        mem_mb=6000,
+        # from the graph's patch size once it exists (6 GB for the demo, ~13.5 GB at a 128^3 patch;
+        # nnbridge.pipeline.plan.quantize_mem_mb)
+        mem_mb=lambda wildcards, input: quantize_mem_mb(input.onnx),
         runtime=60,
     conda:
         "../../envs/onnx.yaml"

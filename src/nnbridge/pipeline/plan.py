@@ -6,6 +6,7 @@ Pure functions over the validated config (no snakemake import), used by the work
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from typing import Any
 from ..core.artifacts import KIND_RUNTIMES, artifact_path, method_kind, method_runtimes
 from ..core.errors import NNBridgeError
 from ..core.keys import Variant, fold_order
+from ..core.metadata import read_metadata
 from ..core.plans import configuration_of, default_previous_stage_segs, previous_stage
 from ..core.runlog import read_json
 from ..intake.images import ImageSet, list_image_cases
@@ -714,3 +716,27 @@ def postprocessing_sources(model: ModelEntry) -> dict[str, Any]:
                               "source": f"ensembles/{name}/postprocessing.pkl", "members": members,
                               "folds": folds.split("_")})
     return {"own": own, "ensembles": ensembles}
+
+
+#: memory of a quantize job: ONNX Runtime's static calibration runs a graph that keeps every
+#: activation of a patch alive (measured: 11.5 GB peak at nnU-Net's default 3d_fullres plan, a
+#: 128^3 patch with 32->320 features, AMD Zen 4, 2026-12-02, i.e. ~4.5 kB per voxel above a 2 GB
+#: base); with a 20 % margin, and never below what the demo's models get
+QUANTIZE_MEM_BASE_MB, QUANTIZE_MEM_PER_VOXEL_MB, QUANTIZE_MEM_MIN_MB = 2000, 5.5e-3, 6000
+
+
+def quantize_mem_mb(onnx_file: str | Path) -> int:
+    """The ``mem_mb`` a quantize job of the graph ``onnx_file`` declares (Slurm's ``--mem``), from
+    the patch size in its nnbridge metadata; the minimum when the file has none."""
+    try:
+        text = read_metadata(Path(onnx_file)).get("patch_size")
+        patch = list(json.loads(text)) if text else None
+    except (OSError, ValueError, NNBridgeError):  # unreadable: the job itself says why
+        patch = None
+    voxels = 1
+    for size in patch or ():
+        voxels *= int(size)
+    if not patch:
+        return QUANTIZE_MEM_MIN_MB
+    return max(QUANTIZE_MEM_MIN_MB, int(QUANTIZE_MEM_BASE_MB + QUANTIZE_MEM_PER_VOXEL_MB * voxels))
+
