@@ -119,10 +119,10 @@ def reuse_same_graph(artifact: str, variants: dict[str, dict[str, str]], other: 
     def theirs(key: str) -> str:
         return name + key[len(artifact):]
 
-    files = [v["path"] for v in variants.values() if v.get("kind") in ("onnx", "ir")]
-    if not files or len({graph_signature(f) for f in files}) != 1:
+    signatures = {graph_signature(v["path"]) for v in variants.values() if v.get("kind") in ("onnx", "ir")}
+    if len(signatures) != 1:
         return "not one graph file"
-    signature = graph_signature(files[0])
+    signature = signatures.pop()
     if signature != other.get("signature"):
         return f"its graph differs from {name}'s"
     if other.get("machine") != cpu_identity():

@@ -7,6 +7,7 @@ Pure functions over the validated config (no snakemake import), used by the work
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -733,10 +734,7 @@ def quantize_mem_mb(onnx_file: str | Path) -> int:
         patch = list(json.loads(text)) if text else None
     except (OSError, ValueError, NNBridgeError):  # unreadable: the job itself says why
         patch = None
-    voxels = 1
-    for size in patch or ():
-        voxels *= int(size)
     if not patch:
         return QUANTIZE_MEM_MIN_MB
+    voxels = math.prod(int(size) for size in patch)
     return max(QUANTIZE_MEM_MIN_MB, int(QUANTIZE_MEM_BASE_MB + QUANTIZE_MEM_PER_VOXEL_MB * voxels))
-
