@@ -62,7 +62,11 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: s
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> TinyModel:
-    """Dataset → nnU-Net planning/preprocessing → small plans → 1 fold trained briefly (~30 s)."""
+    """Dataset → nnU-Net planning/preprocessing → small plans → 1 fold trained briefly (~30 s).
+
+    Its raw and preprocessed folders are what the demo's data stages make with ``demo: {n_cases:
+    10, seed: 3}`` (tests/test_slurm.py compares a Slurm run's against them; test_demo checks the
+    planning): keep the calls the same as the rules' (workflow/scripts/demo_*.py)."""
     from nnbridge.demo import dataset, nnunet as demo
     from nnbridge.models import TRAINER_DIR
 
@@ -293,9 +297,9 @@ def shorten(config) -> None:
     config["benchmark"]["realistic"] = {"enabled": True, "patch_size": [32, 32, 32], "features": [8, 16, 32],
                                         "warmup": 0, "repeats": 1, "ir": False}
     config["models"] = [m for m in config["models"] if m.get("name") != "demo_unetpp"]
-    # nnU-Net's training of the demo folds, 4 of its 10 epochs: pseudo Dice is ~0.9 from epoch 2
+    # nnU-Net's training of the demo folds, 3 of its 10 epochs: pseudo Dice is ~0.9 from epoch 2
     # on, and the test asserts what the training gives (validation Dice >= 0.8), not the demo's quality
-    config["demo"].update(epochs=4, pytorch_steps=60)
+    config["demo"].update(epochs=3, pytorch_steps=60)
     for name in ("int8_dynamic", "fp16", "int8_nncf"):
         config["quantize"].pop(name, None)
         config["validate"]["tolerances"].pop(name, None)

@@ -89,14 +89,25 @@ def test_nnunet_env(tmp_path: Path) -> None:
     assert "nnUNet_def_n_proc" not in plan and "nnUNet_n_proc_DA" not in plan
 
 
-def test_real_planning_then_small_plans(tiny_raw: Path, tmp_path: Path) -> None:
-    pre = demo.plan_and_preprocess(tiny_raw.parent, tmp_path / "pre", log=tmp_path / "plan.log")
-    assert pre == tmp_path / "pre" / dataset.DEMO_DATASET_NAME
+def test_real_planning_then_small_plans(tiny_model, tmp_path: Path) -> None:
+    """nnU-Net's planning as the session's tiny model ran it (tests/conftest.py: plan_and_preprocess,
+    then derive_small_plans, on 10 demo cases of the default shape); the small plans derived again
+    here, next to a copy of nnU-Net's plans."""
+    built = tiny_model.preprocessed
+    assert built.name == dataset.DEMO_DATASET_NAME
+    assert {p.name for p in built.glob("*.json")} >= {"dataset.json", "dataset_fingerprint.json", "nnUNetPlans.json"}
+    pre = tmp_path / dataset.DEMO_DATASET_NAME
+    pre.mkdir()
+    for name in ("dataset.json", "dataset_fingerprint.json", "nnUNetPlans.json"):
+        (pre / name).write_bytes((built / name).read_bytes())
     source = json.loads((pre / "nnUNetPlans.json").read_text())
     source_cfg = source["configurations"]["3d_fullres"]
+    (pre / source_cfg["data_identifier"]).symlink_to(built / source_cfg["data_identifier"])
+    assert len(list((pre / source_cfg["data_identifier"]).glob("*.pkl"))) == 10  # every case preprocessed
 
     target = demo.derive_small_plans(pre)
     assert target == pre / f"{demo.DEMO_PLANS}.json"
+    assert target.read_bytes() == (built / target.name).read_bytes()  # what the fixture derived
     plans = json.loads(target.read_text())
     assert plans["plans_name"] == demo.DEMO_PLANS
     assert list(plans["configurations"]) == ["3d_fullres"]
@@ -108,12 +119,13 @@ def test_real_planning_then_small_plans(tiny_raw: Path, tmp_path: Path) -> None:
     assert arch["n_stages"] == len(arch["strides"]) == len(arch["kernel_sizes"]) == len(demo.DEFAULT_FEATURES)
     stride = np.prod(np.array(arch["strides"]), axis=0)
     assert all(p % s == 0 for p, s in zip(cfg["patch_size"], stride))
-    assert cfg["patch_size"] == list(SHAPE)
+    assert cfg["patch_size"] == list(dataset.DEFAULT_SHAPE)
     assert cfg["batch_size"] == demo.DEFAULT_BATCH
 
-    # nnU-Net's default 5-fold split, written before training
+    # nnU-Net's default 5-fold split, written before training (the same nnU-Net's training wrote)
     splits = json.loads(demo.write_splits(pre).read_text())
-    cases = [f"case_{i:03d}" for i in range(5)]
+    assert splits == json.loads((built / "splits_final.json").read_text())
+    cases = [f"case_{i:03d}" for i in range(10)]
     assert len(splits) == 5
     assert sorted(c for s in splits for c in s["val"]) == cases
     assert all(sorted(s["train"] + s["val"]) == cases for s in splits)
@@ -142,7 +154,7 @@ def test_real_planning_then_small_plans(tiny_raw: Path, tmp_path: Path) -> None:
 
     with torch.no_grad():
         out = network(torch.zeros(1, 1, *config_manager.patch_size))
-    assert tuple(out.shape) == (1, 3, *SHAPE)
+    assert tuple(out.shape) == (1, 3, *dataset.DEFAULT_SHAPE)
 
 
 def test_planning_failure_names_the_log(tmp_path: Path) -> None:
