@@ -110,6 +110,39 @@ def test_accuracy_aware_loop_stops_when_no_block_helps(exported, patch_sets, tmp
     assert "no block kept in fp32 raises the worst-class Dice on onnxruntime by >= 1" in aa["verdict"], aa["verdict"]
 
 
+def test_accuracy_aware_loop_tries_asymmetric_activations_last(exported, patch_sets, tmp_path):
+    """Symmetric activations that end short of the target (here no round allowed and an unreachable
+    Dice) get one try with asymmetric ones, same ranges and blocks; the file on disk is the better
+    of the two and the record says which. Which one agrees better depends on the CPU's kernels,
+    so both outcomes are checked for consistency, not one of them expected."""
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    aa_settings = {"min_dice": 1.0, "max_steps": 0, "patches": 4}
+    settings = {"method": "static", "symmetric_activations": True, "accuracy_aware": aa_settings}
+    record = quantize_variant(out / "model.onnx", tmp_path / "aa.onnx", calibration, settings)
+    aa = record["accuracy_aware"]
+    symmetric, asymmetric = aa["steps"]
+    assert symmetric["symmetric_activations"] and not asymmetric["symmetric_activations"]
+    assert asymmetric["fp32_modules"] == symmetric["fp32_modules"] == []
+    better = asymmetric["min_dice"] > symmetric["min_dice"]
+    assert aa["kept_step"] == (1 if better else 0) and record["symmetric_activations"] == (not better)
+    assert ("asymmetric activations did worse" in aa["verdict"]) == (not better), aa["verdict"]
+
+    def activation_zero_point_types(path):
+        graph = onnx.load(str(path)).graph
+        types = {init.name: init.data_type for init in graph.initializer}
+        return {types[n.input[2]] for n in graph.node
+                if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in types}
+
+    # the file on disk is the kept one: asymmetric activations have uint8 zero points
+    assert activation_zero_point_types(tmp_path / "aa.onnx") == {
+        onnx.TensorProto.UINT8 if better else onnx.TensorProto.INT8}
+    off = quantize_variant(out / "model.onnx", tmp_path / "off.onnx", calibration,
+                           {**settings, "accuracy_aware": {**aa_settings, "asymmetric_fallback": False}})
+    assert len(off["accuracy_aware"]["steps"]) == 1 and off["symmetric_activations"]
+    assert activation_zero_point_types(tmp_path / "off.onnx") == {onnx.TensorProto.INT8}
+
+
 def test_labels_come_from_the_onnx_metadata(exported, loaded_fold):
     out, _, _ = exported
     names, region_based = output_labels(out / "model.onnx")
