@@ -436,7 +436,12 @@ def accuracy_aware_table(run: RunResults) -> Table | None:
             rows.append([f.label, name, "fp32 reference", "–", "–", fmt(aa["fp32_latency_ms"], 3)])
             for step in aa["steps"]:
                 dice = ", ".join(f"{k} {fmt(v)}" for k, v in step["dice"].items())
-                rows.append([f.label, name, f"step {step['step']}", ", ".join(step["fp32_modules"]) or "none (all INT8)",
+                label = f"step {step['step']}"
+                if step.get("symmetric_activations") is False and aa.get("asymmetric_fallback"):
+                    label += " (asymmetric activations)"
+                if "kept_step" in aa and len(aa["steps"]) > 1:
+                    label += ", kept" if step["step"] == aa["kept_step"] else ""
+                rows.append([f.label, name, label, ", ".join(step["fp32_modules"]) or "none (all INT8)",
                              dice, fmt(step["latency_ms"], 3)])
     if not rows:
         return None
