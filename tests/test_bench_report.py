@@ -262,6 +262,26 @@ def test_onnx_session_applies_tuned_settings(exported):
         onnx_session(out / "model.onnx", 2, settings={"execution_mode": "PARALLEL"})
 
 
+def test_spinning_follows_the_environment_unless_the_settings_choose(exported, monkeypatch):
+    from nnbridge.runtime.ort import SPINNING_ENV, onnx_session
+
+    model = exported[0] / "model.onnx"
+
+    def spinning(**settings):
+        options = onnx_session(model, 2, settings=settings).get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning")
+        except Exception:  # noqa: BLE001 - ONNX Runtime raises for an entry never set
+            return None
+
+    monkeypatch.setenv(SPINNING_ENV, "0")  # as tests/conftest.py sets it
+    assert spinning() == "0" and spinning(allow_spinning=True) == "1"
+    monkeypatch.setenv(SPINNING_ENV, "1")
+    assert spinning() == "1" and spinning(allow_spinning=False) == "0"
+    monkeypatch.delenv(SPINNING_ENV)
+    assert spinning() is None  # ONNX Runtime's default
+
+
 def test_io_binding_gives_the_numbers_of_plain_runs(exported, loaded_fold):
     """The IO-binding runner (a tuning candidate, used by the benchmark and nnbridge predict)
     returns exactly what session.run does, also when the batch shrinks between calls (the last

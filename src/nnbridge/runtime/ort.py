@@ -4,6 +4,7 @@ Imports onnxruntime only when a session is made."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,11 @@ import numpy as np
 # ONNX Runtime settings the benchmark's search may choose (recorded, reused by predict): session
 # options, and ``io_binding``, a way of running a session (see :func:`ort_runner`)
 ORT_SETTINGS = ("optimization", "allow_spinning", "mem_pattern", "cpu_arena", "execution_mode", "io_binding")
+# ``NNBRIDGE_ORT_SPINNING=0`` (or ``1``): whether the intra-op threads spin-wait for work in every
+# session whose settings do not say (ONNX Runtime's default: they spin). Spinning threads take CPU
+# time from whatever else runs on the cores: tests/conftest.py turns it off for its two workers
+# on two cores (with OMP_WAIT_POLICY=PASSIVE for torch's OpenMP threads, ~15-30 % less CPU time).
+SPINNING_ENV = "NNBRIDGE_ORT_SPINNING"
 
 
 def onnx_session(path: Path, threads: int = 0, *, optimization: str | None = None,
@@ -47,8 +53,11 @@ def onnx_session(path: Path, threads: int = 0, *, optimization: str | None = Non
         options.execution_mode = _ort_enum(ort.ExecutionMode, settings["execution_mode"], "execution_mode")
         if threads and options.execution_mode == ort.ExecutionMode.ORT_PARALLEL:
             options.inter_op_num_threads = threads  # independent nodes run side by side
-    if "allow_spinning" in settings:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings["allow_spinning"] else "0")
+    spinning = settings.get("allow_spinning")
+    if spinning is None and os.environ.get(SPINNING_ENV, "") in ("0", "1"):
+        spinning = os.environ[SPINNING_ENV] == "1"
+    if spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if "mem_pattern" in settings:
         options.enable_mem_pattern = bool(settings["mem_pattern"])
     if "cpu_arena" in settings:
