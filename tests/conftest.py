@@ -296,7 +296,7 @@ def shorten(config) -> None:
     DataParallel-style U-Net; UNet++, the sweep and the ONNX Runtime settings search are covered
     by library tests) trained for fewer steps, and the default INT8 variants (int8_dynamic, fp16
     and int8_nncf are opt-in and covered by library tests; int8_ir is bundled and compared on
-    whole cases): the suite stays within its time budget."""
+    whole cases, on 2 of the fold's validation cases): the suite stays within its time budget."""
     # timing: as few runs as give a median (the stop rule and the settings search are library
     # tests: test_bench_report.py)
     config["benchmark"].update(repeats=5, warmup=1, sweep=[], tune=[], min_repeats=3, budget_s=2)
@@ -308,6 +308,9 @@ def shorten(config) -> None:
     # nnU-Net's training of the demo folds, 3 of its 10 epochs: pseudo Dice is ~0.9 from epoch 2
     # on, and the test asserts what the training gives (validation Dice >= 0.8), not the demo's quality
     config["demo"].update(epochs=3, pytorch_steps=60)
+    # whole cases: the first 2 of fold 0's 4 validation cases (each runs nnU-Net's predictor and
+    # every bundled variant with mirroring)
+    config["case_parity"]["max_cases"] = 2
     for name in ("int8_dynamic", "fp16", "int8_nncf"):
         config["quantize"].pop(name, None)
         config["validate"]["tolerances"].pop(name, None)
