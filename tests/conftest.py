@@ -305,9 +305,10 @@ def shorten(config) -> None:
     config["benchmark"]["realistic"] = {"enabled": True, "patch_size": [32, 32, 32], "features": [8, 16, 32],
                                         "warmup": 0, "repeats": 1, "ir": False}
     config["models"] = [m for m in config["models"] if m.get("name") != "demo_unetpp"]
-    # nnU-Net's training of the demo folds, 3 of its 10 epochs: pseudo Dice is ~0.9 from epoch 2
-    # on, and the test asserts what the training gives (validation Dice >= 0.8), not the demo's quality
-    config["demo"].update(epochs=3, pytorch_steps=60)
+    # nnU-Net's training of the demo folds, 2 of its 10 epochs: pseudo Dice is ~0.9 after the
+    # second (0.93 / 0.88 on the AMD Zen 4), and the test asserts what the training gives
+    # (validation Dice >= 0.8), not the demo's quality
+    config["demo"].update(epochs=2, pytorch_steps=60)
     # whole cases: the first 2 of fold 0's 4 validation cases (each runs nnU-Net's predictor and
     # every bundled variant with mirroring)
     config["case_parity"]["max_cases"] = 2
