@@ -329,10 +329,10 @@ def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # With ``make test`` (``-n 2``, pytest-xdist) tests are handed out a module at a time, so a
 # module's fixtures (the trained model kinds, the zoo, the intake pipeline) are built on one
 # worker only (the session's tiny models once for both, under a file lock). Units go out longest
-# first (measured on the AMD Zen 4, 2026-12-02: the demo pipeline's module ~9 min, the Slurm
-# module ~6 min, then the modules below in this order), the rest in collection order after them.
+# first (measured on the AMD Zen 4, 2026-12-02: the demo pipeline's module ~7-8 min, the Slurm
+# module ~4-5 min, then the modules below in this order), the rest in collection order after them.
 PIPELINE_MODULES = ("tests/test_workflow.py",)
-# the Slurm run second: one fold's 18 jobs one after another (1-2 CPUs each) with the executor
+# the Slurm run second: one fold's 15 jobs one after another (1-2 CPUs each) with the executor
 # plugin's polling between them, beside the pipeline's worker
 LONGEST_FIRST = PIPELINE_MODULES + ("tests/test_slurm.py",) + (
     "tests/test_zoo.py", "tests/test_intake.py", "tests/test_reliability.py", "tests/test_model_kinds.py",
