@@ -1,5 +1,5 @@
 """nnU-Net model folders of other kinds than the demo's, trained for real by nnU-Net (briefly):
-2d, residual-encoder plans (ResEnc M), two input channels with region-based labels (sigmoid), and the
+2d; residual-encoder plans (ResEnc M) with two input channels and region-based labels (sigmoid); and the
 cascade (3d_lowres, then 3d_cascade_fullres on its segmentations).
 
 Each goes through what the pipeline does by configuration alone: strict loading, ONNX export with
@@ -30,13 +30,13 @@ from nnbridge.quantize import quantize_variant
 KINDS = {
     # name: (dataset options, configuration, planner, source plans, shape)
     "2d": ({}, "2d", None, "nnUNetPlans", (24, 32, 32)),
-    "resenc": ({}, "3d_fullres", "nnUNetPlannerResEncM", "nnUNetResEncUNetMPlans", (32, 32, 32)),
-    # two input channels and region-based labels (sigmoid outputs) in one model: each is asserted
-    # on its own, and one nnU-Net planning + training less (~40 s of the suite)
-    "regions_two_channels": ({"n_channels": 2, "region_based": True}, "3d_fullres", None, "nnUNetPlans",
-                             (32, 32, 32)),
+    # residual-encoder plans (ResEnc M), two input channels and region-based labels (sigmoid
+    # outputs) in one model, as models trained elsewhere often combine them: each is asserted on
+    # its own, and two nnU-Net plannings + trainings less (~80 s of the suite)
+    "resenc_regions_two_channels": ({"n_channels": 2, "region_based": True}, "3d_fullres", "nnUNetPlannerResEncM",
+                                    "nnUNetResEncUNetMPlans", (32, 32, 32)),
 }
-TWO_CHANNELS = REGIONS = "regions_two_channels"
+TWO_CHANNELS = REGIONS = RESENC = "resenc_regions_two_channels"
 
 
 @pytest.fixture(scope="module", params=list(KINDS))
@@ -69,7 +69,7 @@ def test_loads_strictly_with_the_right_interface(trained):
         assert fold.label_names == {0: "object", 1: "box"} and fold.num_outputs == 2
     else:
         assert fold.num_outputs == 3
-    if kind == "resenc":
+    if kind == RESENC:
         assert type(fold.network).__name__ == "ResidualEncoderUNet"
 
 
