@@ -333,10 +333,12 @@ def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # module ~4-5 min, then the modules below in this order), the rest in collection order after them.
 PIPELINE_MODULES = ("tests/test_workflow.py",)
 # the Slurm run second: one fold's 15 jobs one after another (1-2 CPUs each) with the executor
-# plugin's polling between them, beside the pipeline's worker
-LONGEST_FIRST = PIPELINE_MODULES + ("tests/test_slurm.py",) + (
+# plugin's polling between them, beside the pipeline's worker. The cascade module third: it builds
+# the session's cascade (tiny_cascade) that test_model_kinds uses too; handed out later, the two
+# reached it together and one worker waited ~40 s for the other's build.
+LONGEST_FIRST = PIPELINE_MODULES + ("tests/test_slurm.py", "tests/test_cascade_ensemble.py") + (
     "tests/test_zoo.py", "tests/test_intake.py", "tests/test_reliability.py", "tests/test_model_kinds.py",
-    "tests/test_cascade_ensemble.py", "tests/test_bench_report.py", "tests/test_predict.py",
+    "tests/test_bench_report.py", "tests/test_predict.py",
     "tests/test_nncf.py", "tests/test_plain_models.py", "tests/test_bf16.py", "tests/test_report.py",
 )
 
