@@ -179,17 +179,25 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     steps: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="nnbridge-calib-") as tmp:
         cache = Path(tmp) / "calibration.json"
+
+        def quantize_and_check(step_settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            """``dst`` quantized with ``step_settings`` and the blocks excluded so far, checked
+            against fp32: (quantize record, the step's record)."""
+            quantized = _quantize_static(src, dst, calibration, step_settings, excluded, cache)
+            metrics = worst_agreement(Path(dst), check, reference, labels, region_based, threads, backends)
+            return quantized, {
+                "step": len(steps), "fp32_modules": list(modules), "n_fp32_nodes": len(excluded),
+                "symmetric_activations": bool(step_settings.get("symmetric_activations")),
+                "dice": metrics["dice"], "min_dice": metrics["min_dice"],
+                "min_dice_by_backend": metrics["min_dice_by_backend"], "mean_abs_err": metrics["mean_abs_err"],
+                "latency_ms": quick_latency_ms(make_runner({"backend": "onnxruntime", "path": dst}, threads),
+                                               check[:1].shape)}
+
         for step in range(max_steps + 1):
             print(f"nnbridge: accuracy-aware INT8: step {step}/{max_steps}, {len(modules)} block(s) in fp32", flush=True)
             started = time.perf_counter()
-            record = _quantize_static(src, dst, calibration, settings, excluded, cache)
-            metrics = worst_agreement(Path(dst), check, reference, labels, region_based, threads, backends)
-            steps.append({"step": step, "fp32_modules": list(modules), "n_fp32_nodes": len(excluded),
-                          "symmetric_activations": bool(settings.get("symmetric_activations")),
-                          "dice": metrics["dice"], "min_dice": metrics["min_dice"],
-                          "min_dice_by_backend": metrics["min_dice_by_backend"],
-                          "mean_abs_err": metrics["mean_abs_err"],
-                          "latency_ms": quick_latency_ms(make_runner({"backend": "onnxruntime", "path": dst}, threads), check[:1].shape)})
+            record, metrics = quantize_and_check(settings)
+            steps.append(metrics)
             if metrics["min_dice"] >= target or step == max_steps:
                 break
             # rank the blocks on the runtime that disagrees most (one runtime per round keeps
@@ -222,9 +230,18 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
                                    for t in ranking]
             steps[-1]["seconds"] = round(time.perf_counter() - started, 2)
         kept = steps[-1]
-        if fallback and kept["min_dice"] < target:
-            record, kept = _asymmetric_step(Path(src), Path(dst), calibration, settings, excluded, cache, record,
-                                            steps, modules, check, reference, labels, region_based, threads, backends)
+        if fallback and kept["min_dice"] < target:  # last try: asymmetric activations, the better file stays
+            print("nnbridge: accuracy-aware INT8: asymmetric activations "
+                  f"(symmetric ones stopped at Dice {kept['min_dice']:.4f})", flush=True)
+            started = time.perf_counter()
+            symmetric = Path(tmp) / "symmetric.onnx"
+            shutil.copyfile(dst, symmetric)
+            asym_record, asym = quantize_and_check({**settings, "symmetric_activations": False})
+            steps.append({**asym, "seconds": round(time.perf_counter() - started, 2)})
+            if asym["min_dice"] > kept["min_dice"]:
+                record, kept = asym_record, steps[-1]
+            else:
+                shutil.copyfile(symmetric, dst)
     # the file on disk is the kept step's (the last one, or the one before an asymmetric step that
     # did worse); its record names every node kept in fp32
     passed = kept["min_dice"] >= target
@@ -249,33 +266,3 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
                                                 f"{steps[-1]['min_dice']:.4f}), not kept")
     return record
 
-
-def _asymmetric_step(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
-                     excluded: list[str], cache: Path, record: dict[str, Any], steps: list[dict[str, Any]],
-                     modules: list[str], check: np.ndarray, reference: np.ndarray, labels: dict[int, str],
-                     region_based: bool, threads: int,
-                     backends: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The loop's last try (see :func:`accuracy_aware_int8`): ``dst`` quantized again with
-    asymmetric activations (same calibration ``cache``, same ``excluded`` nodes), appended to
-    ``steps``. Keeps the better file at ``dst``; returns its (quantize record, step)."""
-    print("nnbridge: accuracy-aware INT8: asymmetric activations "
-          f"(symmetric ones stopped at Dice {steps[-1]['min_dice']:.4f})", flush=True)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="nnbridge-asym-") as tmp:
-        symmetric = Path(tmp) / "symmetric.onnx"
-        shutil.copyfile(dst, symmetric)
-        asym_record = _quantize_static(src, dst, calibration, {**settings, "symmetric_activations": False},
-                                       excluded, cache)
-        metrics = worst_agreement(dst, check, reference, labels, region_based, threads, backends)
-        step = {"step": len(steps), "fp32_modules": list(modules), "n_fp32_nodes": len(excluded),
-                "symmetric_activations": False, "dice": metrics["dice"], "min_dice": metrics["min_dice"],
-                "min_dice_by_backend": metrics["min_dice_by_backend"], "mean_abs_err": metrics["mean_abs_err"],
-                "latency_ms": quick_latency_ms(make_runner({"backend": "onnxruntime", "path": dst}, threads),
-                                               check[:1].shape),
-                "seconds": round(time.perf_counter() - started, 2)}
-        better = metrics["min_dice"] > steps[-1]["min_dice"]
-        if not better:  # the symmetric file goes back
-            shutil.copyfile(symmetric, dst)
-        kept = step if better else steps[-1]
-        steps.append(step)
-    return (asym_record if better else record), kept

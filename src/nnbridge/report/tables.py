@@ -439,8 +439,8 @@ def accuracy_aware_table(run: RunResults) -> Table | None:
                 label = f"step {step['step']}"
                 if step.get("symmetric_activations") is False and aa.get("asymmetric_fallback"):
                     label += " (asymmetric activations)"
-                if "kept_step" in aa and len(aa["steps"]) > 1:
-                    label += ", kept" if step["step"] == aa["kept_step"] else ""
+                if len(aa["steps"]) > 1 and step["step"] == aa.get("kept_step"):
+                    label += ", kept"
                 rows.append([f.label, name, label, ", ".join(step["fp32_modules"]) or "none (all INT8)",
                              dice, fmt(step["latency_ms"], 3)])
     if not rows:
