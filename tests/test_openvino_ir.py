@@ -153,6 +153,24 @@ def test_accuracy_control_on_openvino_puts_layers_back_in_fp32(ir_files, exporte
                          {"method": "openvino_int8", "accuracy_control": {"runtime": "onnxruntime"}}, backends=BACKENDS)
 
 
+def test_accuracy_control_decided_on_another_fold_runs_no_search(exported, patch_sets, tmp_path):
+    """The compute nodes another fold's control left in fp32 join the ignored scope: NNCF quantizes
+    once (no candidate evaluated), the IR keeps them in fp32, and the record says whose choice it was."""
+    out, _, _ = exported
+    conv = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "Conv"][1]
+    settings = {"method": "openvino_int8", "accuracy_control": {"max_drop": 0.0, "patches": 2}}
+    decided = {"fold": "0", "record": {"accuracy_control": {"fp32_nodes": [conv.name]}}}
+    record = quantize_variant(out / "model.onnx", tmp_path / "d.xml", patch_sets[1], settings,
+                              backends=BACKENDS, decided=decided)
+    control = record["accuracy_control"]
+    assert control["evaluations"] == 0 and control["decided_on_fold"] == "0", control
+    assert conv.name in record["nodes_to_exclude"] and conv.name in control["fp32_nodes"]
+    assert control["verdict"].endswith("as decided on fold 0")
+    with pytest.raises(NNBridgeError, match=r"fold 1 quantize record names no nodes .* accuracy_control\.per_fold: true"):
+        quantize_variant(out / "model.onnx", tmp_path / "e.xml", patch_sets[1], settings, backends=BACKENDS,
+                         decided={"fold": "1", "record": {"accuracy_control": {}}})
+
+
 def test_ir_methods_refuse_what_does_not_apply(exported, patch_sets, tmp_path):
     src, calibration = exported[0] / "model.onnx", patch_sets[1]
     with pytest.raises(NNBridgeError, match=r"x\.onnx: method 'openvino_int8' writes an OpenVINO IR .*name the output x\.xml"):

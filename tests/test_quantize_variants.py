@@ -143,6 +143,33 @@ def test_accuracy_aware_loop_tries_asymmetric_activations_last(exported, patch_s
     assert activation_zero_point_types(tmp_path / "off.onnx") == {onnx.TensorProto.INT8}
 
 
+def test_accuracy_aware_fold_starts_where_the_reference_fold_ended(exported, patch_sets, tmp_path):
+    """Another fold's decision (its blocks in fp32, its activations) is applied without a search:
+    one quantization and one check; a decision naming a node this graph lacks is refused."""
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    block = layer_blocks(onnx.load(str(out / "model.onnx")))[1]
+    decided = {"fold": "0", "record": {
+        "nodes_to_exclude": block["nodes"],
+        "accuracy_aware": {"kept_step": 1, "fp32_modules": [block["module"]], "steps": [
+            {"step": 0, "symmetric_activations": True}, {"step": 1, "symmetric_activations": False}]}}}
+    settings = {"method": "static", "symmetric_activations": True,
+                "accuracy_aware": {"min_dice": 0.0, "max_steps": 3, "patches": 2}}
+    record = quantize_variant(out / "model.onnx", tmp_path / "aa.onnx", calibration, settings, decided=decided)
+    aa = record["accuracy_aware"]
+    assert aa["decided_on_fold"] == "0" and aa["max_steps"] == 0 and aa["fp32_modules"] == [block["module"]]
+    assert len(aa["steps"]) == 1 and "trials" not in aa["steps"][0], aa["steps"]
+    assert not record["symmetric_activations"] and not aa["steps"][0]["symmetric_activations"]
+    assert set(block["nodes"]) <= set(record["nodes_to_exclude"])
+    assert block["module"] in record["coverage"]["float_compute_nodes"]  # the file keeps it in fp32
+    assert aa["verdict"].startswith("Dice ") and "asymmetric activations, 1 block(s) in fp32 as decided on fold 0" in aa["verdict"]
+
+    decided["record"]["nodes_to_exclude"] = ["/no/such/Conv"]
+    with pytest.raises(NNBridgeError, match=r"fold 0 kept node '/no/such/Conv' in fp32, which .*model\.onnx "
+                                            r"does not have .* accuracy_aware\.per_fold: true"):
+        quantize_variant(out / "model.onnx", tmp_path / "bad.onnx", calibration, settings, decided=decided)
+
+
 def test_labels_come_from_the_onnx_metadata(exported, loaded_fold):
     out, _, _ = exported
     names, region_based = output_labels(out / "model.onnx")

@@ -87,8 +87,18 @@ def test_every_fold_has_all_artifacts_and_gates(workdir):
         assert set(control["fp32_modules"]) <= set(coverage["float_compute_nodes"]), (fold, control)
         assert control["passed"] == (control["min_dice"] >= 1 - control["max_drop"])
         # how much it keeps in fp32 is the control's per-run decision, so no share is asserted
-        accurate = json.loads((base / "quantize/int8_accurate.json").read_text())["accuracy_aware"]
-        assert accurate["steps"] and accurate["steps"][0]["fp32_modules"] == []
+        accurate = json.loads((base / "quantize/int8_accurate.json").read_text())
+        loop = accurate["accuracy_aware"]
+        if fold == FOLDS[0]:  # the reference fold searches
+            assert loop["steps"] and loop["steps"][0]["fp32_modules"] == [] and "decided_on_fold" not in loop
+            reference = accurate, ir_record
+        else:  # the others start where its search ended, with no search of their own
+            assert loop["decided_on_fold"] == str(FOLDS[0]) and loop["max_steps"] == 0, loop
+            assert loop["fp32_modules"] == reference[0]["accuracy_aware"]["fp32_modules"]
+            assert set(reference[0]["nodes_to_exclude"]) <= set(accurate["nodes_to_exclude"])
+            assert all("trials" not in step for step in loop["steps"])
+            assert control["decided_on_fold"] == str(FOLDS[0]) and control["evaluations"] == 0, control
+            assert set(reference[1]["accuracy_control"]["fp32_nodes"]) <= set(ir_record["nodes_to_exclude"])
         bench = json.loads((base / "benchmark/benchmark.json").read_text())["results"]
         assert set(bench) == {"torch_eager", *variants}
         bf16, bf16_bench = variants[f"{BF16}@openvino"], bench.pop(f"{BF16}@openvino")

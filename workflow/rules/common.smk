@@ -223,6 +223,19 @@ def reference_key(wildcards):
     return sorted(get_model(wildcards).fold_keys(), key=lambda k: fold_order(k.fold))[0]
 
 
+def get_quantize_decision(wildcards):
+    """For a fold other than the model's reference fold: the reference fold's record of an
+    accuracy-controlled quantize entry (accuracy_aware, accuracy_control), whose search it reuses
+    (the folds share the graph; the search is what costs at real size), unless the entry sets
+    per_fold: true."""
+    settings = config["quantize"][wildcards.qvariant] or {}
+    search = settings.get("accuracy_aware") or settings.get("accuracy_control")
+    key = reference_key(wildcards)
+    if not search or search.get("per_fold") or str(key.fold) == str(wildcards.fold):
+        return {}
+    return {"decision": f"{key.dir(RESULTS)}/quantize/{wildcards.qvariant}.json"}
+
+
 def get_reference_source(wildcards):
     model = get_model(wildcards)
     return model.source(reference_key(wildcards).fold)

@@ -3,6 +3,9 @@
 # The same job otherwise; the script writes output.artifact (and the files beside it).
 rule quantize:
     input:
+        # an accuracy-controlled entry's search runs on the model's reference fold; its other
+        # folds quantize with what it chose (unless the entry sets per_fold: true)
+        unpack(get_quantize_decision),
         onnx=rules.simplify.output.onnx,
         record=rules.simplify.output.json,
         calibration=rules.patches.output.calibration,
@@ -17,6 +20,7 @@ rule quantize:
         # the CPU features this entry's left-out settings are decided by ({} when it gives them
         # all): a CPU of another kind in these reruns the variant, any other change does not
         cpu=lambda wildcards: quantize_cpu_params(config["quantize"][wildcards.qvariant]),
+        decided_fold=lambda wildcards: reference_key(wildcards).fold,
         code=code_version("quantize"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/quantize_{qvariant}.log",

@@ -1,5 +1,5 @@
 from nnbridge.patches.sampling import load_patches
-from nnbridge.quantize import quantize_variant
+from nnbridge.quantize import quantize_variant, read_decision
 from nnbridge.core.records import QuantizeRecord
 from nnbridge.core.runlog import logged
 
@@ -13,6 +13,7 @@ with logged(snakemake.log[0]):
         backends=snakemake.params.backends,
         cpu=snakemake.params.cpu,
         src_record=snakemake.input.record,
+        decided=read_decision(snakemake.input.get("decision"), snakemake.params.decided_fold),
     )
     QuantizeRecord.of(record).write(snakemake.output.json)
     print(record)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..core.artifacts import artifact_kind, method_kind, method_runtimes, verify_recorded
 from ..core.errors import NNBridgeError
+from ..core.records import QuantizeRecord
 from .accuracy import accuracy_aware_int8
 from .bf16 import make_bf16
 from .common import _choice
@@ -32,7 +33,7 @@ from .nncf_ptq import NNCF_KEYS, quantize_nncf_int8
 from .openvino_ir import convert_openvino_fp32, quantize_openvino_int8
 from .static import STATIC_DEFAULTS, _quantize_static, quantize_static_int8
 
-__all__ = ["METHODS", "quantize_variant", "quantize_static_int8", "quantize_dynamic_int8", "convert_fp16",
+__all__ = ["METHODS", "quantize_variant", "read_decision", "quantize_static_int8", "quantize_dynamic_int8", "convert_fp16",
            "make_bf16", "quantize_nncf_int8", "quantize_openvino_int8", "convert_openvino_fp32",
            "accuracy_aware_int8"]
 
@@ -43,9 +44,18 @@ METHODS = ("static", "dynamic", "fp16", "nncf", "bf16", "openvino_int8", "openvi
 NNCF_METHODS = ("nncf", "openvino_int8")  # the methods NNCF's settings (NNCF_KEYS) go with
 
 
+def read_decision(path: str | Path | None, fold: str) -> dict[str, Any] | None:
+    """``decided`` for :func:`quantize_variant`: fold ``fold``'s quantize record of the same entry
+    (``path``), or None without one."""
+    if not path:
+        return None
+    return {"fold": str(fold), "record": QuantizeRecord.read(path).to_dict()}
+
+
 def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
                      *, threads: int = 1, backends: tuple[str, ...] | list[str] = ("onnxruntime",),
-                     cpu: dict[str, Any] | None = None, src_record: Path | None = None) -> dict[str, Any]:
+                     cpu: dict[str, Any] | None = None, src_record: Path | None = None,
+                     decided: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build one configured variant (the config's ``quantize.<name>`` entry) and its INT8 coverage.
 
     ``settings["method"]``: ``static`` (calibrated INT8; with ``accuracy_aware`` the layer
@@ -62,6 +72,11 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
     :func:`.cpudefaults.decision_features`, as the pipeline passes them; default this machine's);
     the INT8 methods' record says what was chosen and why under ``cpu``. With ``src_record``
     (simplify.json), ``src`` is first checked against the sha256 it states.
+
+    ``decided`` (``{"fold": ..., "record": that fold's record of this entry}``): for an entry
+    with ``accuracy_aware`` or ``accuracy_control``, another fold of the model searched which
+    parts stay in fp32; this fold quantizes with its choice and checks it, without a search of its
+    own (the pipeline does this unless the entry sets ``per_fold: true``). Ignored otherwise.
     """
     if src_record is not None:
         verify_recorded(src, src_record)
@@ -115,10 +130,10 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
             fast_bias_correction=settings.get("fast_bias_correction", True),
             model_type=settings.get("model_type"), nodes_to_exclude=list(excluded),
             ignored_types=settings.get("ignored_types"), accuracy_control=settings.get("accuracy_control"),
-            threads=threads, overflow_fix=settings["overflow_fix"])
+            threads=threads, overflow_fix=settings["overflow_fix"], decided=decided)
     elif settings.get("accuracy_aware"):
         record = accuracy_aware_int8(src, dst, calibration, settings, threads=threads,
-                                     backends=tuple(backends))
+                                     backends=tuple(backends), decided=decided)
     else:
         record = _quantize_static(src, dst, calibration, settings, list(excluded))
     record["cpu"] = cpu_record(features, choices, from_pipeline=bool(cpu))

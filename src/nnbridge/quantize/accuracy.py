@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..core.errors import NNBridgeError
 from ..core.metadata import output_labels, read_metadata
 from ..core.onnxgraph import COMPUTE_OPS, module_name
 from ..runtime import make_runner, run_variant
@@ -138,7 +139,8 @@ def block_sensitivity(src: Path, calibration: np.ndarray, check: np.ndarray, ref
 
 def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
                         *, threads: int = 1,
-                        backends: tuple[str, ...] | list[str] = ("onnxruntime",)) -> dict[str, Any]:
+                        backends: tuple[str, ...] | list[str] = ("onnxruntime",),
+                        decided: dict[str, Any] | None = None) -> dict[str, Any]:
     """Static INT8, then keep the costliest blocks in fp32 until the label maps match fp32's.
 
     ``settings["accuracy_aware"]``: ``min_dice`` (per class, INT8 vs the fp32 ONNX model on the
@@ -160,6 +162,12 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     Symmetric activations are faster on OpenVINO, but on some CPUs' INT8 kernels they cost the
     label maps more than any single block does (AMD Zen 4: the demo's nnU-Net fold 0 stalled at
     Dice 0.986 on OpenVINO where asymmetric static INT8 reaches 0.992).
+
+    ``decided``: what another fold of the same network decided (``{"fold": ..., "record": its
+    quantize record}``): this fold starts where that loop ended (its blocks in fp32, its
+    activations) and runs no rounds of its own: one quantization and one check (and the asymmetric
+    try when that check misses with symmetric activations). The folds of a model share their graph
+    (the same node names), so the search, the costly part at real size, runs once per model.
     """
 
     aa = settings["accuracy_aware"]
@@ -176,6 +184,10 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     fp32_ms = quick_latency_ms(make_runner({"backend": "onnxruntime", "path": src}, threads), check[:1].shape)
     excluded = list(settings.get("nodes_to_exclude") or [])
     modules: list[str] = []
+    asked_symmetric = bool(settings.get("symmetric_activations"))
+    if decided is not None:
+        excluded, modules, settings, max_steps = _start_from(decided, excluded, settings, src)
+        fallback = bool(aa.get("asymmetric_fallback", True)) and bool(settings.get("symmetric_activations"))
     steps: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="nnbridge-calib-") as tmp:
         cache = Path(tmp) / "calibration.json"
@@ -245,7 +257,9 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     # the file on disk is the kept step's (the last one, or the one before an asymmetric step that
     # did worse); its record names every node kept in fp32
     passed = kept["min_dice"] >= target
-    activations = "asymmetric activations, " if not record["symmetric_activations"] and fallback else ""
+    # named where the entry asked for symmetric ones (the fallback, here or on the deciding fold)
+    activations = ("asymmetric activations, " if not record["symmetric_activations"] and asked_symmetric
+                   else "")
     record["accuracy_aware"] = {
         "min_dice": target, "max_steps": max_steps, "exclude_per_step": per_step, "candidates": candidates,
         "min_gain": min_gain,
@@ -261,8 +275,37 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
                     f"budget of {max_steps} step(s) spent at Dice {kept['min_dice']:.4f} < {target:g}"
                     + (f" ({activations.rstrip(', ')})" if activations else "")),
     }
+    if decided is not None:
+        fold = str(decided["fold"])
+        record["accuracy_aware"]["decided_on_fold"] = fold
+        record["accuracy_aware"]["verdict"] = (
+            f"Dice {kept['min_dice']:.4f} {'>=' if passed else '<'} {target:g} with {activations}"
+            f"{len(modules)} block(s) in fp32 as decided on fold {fold}"
+            + ("" if passed else " (a search on this fold's own patches: accuracy_aware.per_fold: true)"))
     if fallback and kept is not steps[-1]:
         record["accuracy_aware"]["verdict"] += (f"; asymmetric activations did worse (Dice "
                                                 f"{steps[-1]['min_dice']:.4f}), not kept")
     return record
+
+
+def _start_from(decided: dict[str, Any], excluded: list[str], settings: dict[str, Any],
+                src: Path) -> tuple[list[str], list[str], dict[str, Any], int]:
+    """(blocks' nodes in fp32, their modules, settings, rounds left) where another fold's loop
+    ended (``decided``, see :func:`accuracy_aware_int8`); a record that is no accuracy-aware
+    one, or names nodes ``src`` does not have, is refused in one line."""
+    record, fold = decided["record"], decided["fold"]
+    loop = record.get("accuracy_aware") or {}
+    steps = loop.get("steps") or []
+    if not steps or "kept_step" not in loop:
+        raise NNBridgeError(f"the fold {fold} quantize record has no accuracy-aware steps to start from; "
+                            "rerun it (snakemake --forcerun quantize), or set accuracy_aware.per_fold: true")
+    nodes = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}
+    chosen = [n for n in record.get("nodes_to_exclude") or [] if n not in excluded]
+    missing = [n for n in chosen if n not in nodes]
+    if missing:
+        raise NNBridgeError(f"fold {fold} kept node {missing[0]!r} in fp32, which {src} does not have "
+                            "(the folds' graphs differ); set accuracy_aware.per_fold: true for this model")
+    kept = next(s for s in steps if s["step"] == loop["kept_step"])
+    return ([*excluded, *chosen], list(loop.get("fp32_modules") or []),
+            {**settings, "symmetric_activations": bool(kept["symmetric_activations"])}, 0)
 

@@ -49,7 +49,7 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
                        model_type: str | None = None, nodes_to_exclude: list[str] | None = None,
                        ignored_types: list[str] | None = None,
                        accuracy_control: dict[str, Any] | None = None, threads: int = 1,
-                       overflow_fix: str | None = None) -> dict[str, Any]:
+                       overflow_fix: str | None = None, decided: dict[str, Any] | None = None) -> dict[str, Any]:
     """INT8 of ``src`` by NNCF's post-training quantization (``nncf.quantize``, ONNX backend),
     calibrated on the same patches as the static variants; ``dst`` is a QDQ ONNX file.
 
@@ -69,7 +69,10 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
     ``quantize_with_accuracy_control``, whose metric here is the worst per-class Dice of the label
     maps against the fp32 model's on the first ``patches`` calibration patches, run on ``runtime``
     (OpenVINO by default: where NNCF's INT8 runs): NNCF ranks the quantized operations and puts
-    the costliest back in fp32 until the Dice drop is at most ``max_drop``.
+    the costliest back in fp32 until the Dice drop is at most ``max_drop``. ``decided``
+    (``{"fold", "record"}``: another fold's quantize record with accuracy control): the compute
+    nodes that control left in fp32 there join the ignored scope and NNCF quantizes once, without
+    a search of its own (:func:`decided_nodes`); the Dice check is still this fold's.
     """
     nncf = _import_nncf()
     src, dst = _paths(src, dst, calibration)
@@ -77,6 +80,8 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
     input_name = model.graph.input[0].name
     patches = calibration.astype(np.float32)
     names, types = list(nodes_to_exclude or []), list(ignored_types or [])
+    if decided is not None and accuracy_control:
+        names += [n for n in decided_nodes(decided) if n not in names]
     options, advanced = nncf_parameters(nncf, len(patches), preset=preset, subset_size=subset_size,
                                         fast_bias_correction=fast_bias_correction, model_type=model_type,
                                         ignored_scope=nncf.IgnoredScope(names=names, types=types)
@@ -84,7 +89,7 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
     dataset = nncf.Dataset(list(patches), lambda patch: {input_name: patch[None]})
     control = DiceControl(src, patches, accuracy_control, threads) if accuracy_control else None
     started = time.perf_counter()
-    quantized = run_nncf(nncf, src, model, dataset, options, advanced, control)
+    quantized = run_nncf(nncf, src, model, dataset, options, advanced, None if decided else control)
     onnx.save(quantized, str(dst))
     _copy_metadata(src, dst)
     record = {"method": "nncf", "backend": "onnx", "nncf_version": nncf.__version__, "preset": preset,
@@ -94,8 +99,20 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
               "n_calibration_patches": int(len(patches)),
               "seconds": round(time.perf_counter() - started, 3), **_file_record(dst)}
     if control is not None:
-        record["accuracy_control"] = control.summary(dst)
+        record["accuracy_control"] = control.summary(dst, decided_on=decided and str(decided["fold"]))
     return record
+
+
+def decided_nodes(decided: dict[str, Any]) -> list[str]:
+    """The ONNX nodes another fold's accuracy control left in fp32 (``decided``: ``{"fold": ...,
+    "record": its quantize record}``). The folds of a model share their graph, so the search —
+    the costly part at real size — runs once per model (``accuracy_control.per_fold: false``)."""
+    control = decided["record"].get("accuracy_control") or {}
+    if "fp32_nodes" not in control:
+        raise NNBridgeError(f"the fold {decided['fold']} quantize record names no nodes its accuracy control left "
+                            "in fp32 (another method, or an older nnbridge); rerun it (snakemake --forcerun "
+                            "quantize quantize_ir), or set accuracy_control.per_fold: true")
+    return list(control["fp32_nodes"])
 
 
 def nncf_parameters(nncf, n_patches: int, *, preset: str, subset_size: int | None, fast_bias_correction: bool,
@@ -170,27 +187,33 @@ class DiceControl:
             return self.compare(path, items)["min_dice"], None
 
     def summary(self, quantized: Path, fp32: list[str] | None = None,
-                fp32_inputs: list[str] | None = None) -> dict[str, Any]:
+                fp32_inputs: list[str] | None = None, fp32_nodes: list[str] | None = None,
+                decided_on: str | None = None) -> dict[str, Any]:
         """What the control did: the Dice of the file written and its compute nodes left in fp32
-        (``fp32``: the PyTorch modules of those, when the caller read them; else read off the
-        QDQ file: compute nodes whose weights are not dequantized); ``fp32_inputs``: other
-        modules whose inputs it left unquantized (an IR's MVN), when the caller read them."""
+        (``fp32``: the PyTorch modules of those, ``fp32_nodes`` their ONNX nodes, when the caller
+        read them; else read off the QDQ file: compute nodes whose weights are not dequantized);
+        ``fp32_inputs``: other modules whose inputs it left unquantized (an IR's MVN), when the
+        caller read them; ``decided_on``: the fold whose control chose them (none ran here)."""
 
         metrics = self.compare(quantized, list(range(len(self.check))))
         if fp32 is None:
             graph = onnx.load(str(quantized), load_external_data=False).graph
             dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
             # a quantized compute node takes dequantized weights (its input may come through a Concat)
-            fp32 = [module_name(n.name, n.input[1]) for n in graph.node
-                    if n.op_type in COMPUTE_OPS and len(n.input) > 1 and n.input[1] not in dequantized]
+            nodes = [n for n in graph.node
+                     if n.op_type in COMPUTE_OPS and len(n.input) > 1 and n.input[1] not in dequantized]
+            fp32, fp32_nodes = [module_name(n.name, n.input[1]) for n in nodes], [n.name for n in nodes]
         target = 1.0 - self.max_drop
         passed = metrics["min_dice"] >= target
         return {"max_drop": self.max_drop, "patches": int(len(self.check)), "runtime": self.runtime,
                 "max_iterations": self.max_iterations, "evaluations": self.evaluations,
                 "reference": "fp32 ONNX (ONNX Runtime) on the calibration patches",
                 "dice": metrics["dice"], "min_dice": metrics["min_dice"], "fp32_modules": fp32,
+                "fp32_nodes": list(fp32_nodes or []),
                 **({"fp32_inputs": fp32_inputs} if fp32_inputs is not None else {}),
+                **({"decided_on_fold": decided_on} if decided_on else {}),
                 "passed": passed,
                 "verdict": (f"Dice {metrics['min_dice']:.4f} {'>=' if passed else '<'} {target:g} on "
                             f"{self.runtime} with {len(fp32)} compute node(s) in fp32"
-                            + (f", {len(fp32_inputs)} other operation(s) on fp32 inputs" if fp32_inputs else ""))}
+                            + (f", {len(fp32_inputs)} other operation(s) on fp32 inputs" if fp32_inputs else "")
+                            + (f" as decided on fold {decided_on}" if decided_on else ""))}

@@ -30,7 +30,7 @@ from ..core.errors import NNBridgeError
 from ..core.metadata import META_PREFIX, RT_SECTION, read_metadata
 from ..core.onnxgraph import module_name
 from .common import _file_record, _paths
-from .nncf_ptq import DiceControl, _import_nncf, nncf_parameters, run_nncf
+from .nncf_ptq import DiceControl, _import_nncf, decided_nodes, nncf_parameters, run_nncf
 
 
 # OpenVINO operations that hold a layer's weights (input 1)
@@ -148,21 +148,23 @@ def _onnx_node_of(op: Any, nodes: set[str]) -> str | None:
     return None
 
 
-def fp32_operations(model: Any, src: Path) -> tuple[list[str], list[str]]:
+def fp32_operations(model: Any, src: Path) -> tuple[list[str], list[str], list[str]]:
     """What of ``model`` (an INT8 OpenVINO model of ``src``) computes in fp32, by PyTorch module:
     (compute nodes whose weights or inputs are not quantized — what NNCF's accuracy control put
     back, or its ignored scope kept; other operations NNCF quantizes the inputs of, MVN, left
-    with fp32 inputs)."""
+    with fp32 inputs; the ONNX nodes of the first, as an ignored scope names them)."""
     graph = onnx.load(str(src), load_external_data=False).graph
     modules = {n.name: module_name(n.name, n.input[1] if len(n.input) > 1 else "") for n in graph.node}
-    compute, inputs = [], []
+    compute, inputs, nodes = [], [], []
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
         weighted = kind in WEIGHTED_OPS and not (_quantized_weights(op) and _quantized_input(op))
         if weighted or (kind in INPUT_QUANTIZED_OPS and not _quantized_input(op)):
             node = _onnx_node_of(op, set(modules))
             (compute if weighted else inputs).append(modules[node] if node else op.get_friendly_name())
-    return list(dict.fromkeys(compute)), list(dict.fromkeys(inputs))
+            if weighted and node:
+                nodes.append(node)
+    return list(dict.fromkeys(compute)), list(dict.fromkeys(inputs)), list(dict.fromkeys(nodes))
 
 
 def quantize_openvino_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset: str = "performance",
@@ -170,17 +172,20 @@ def quantize_openvino_int8(src: Path, dst: Path, calibration: np.ndarray, *, pre
                            model_type: str | None = None, nodes_to_exclude: list[str] | None = None,
                            ignored_types: list[str] | None = None,
                            accuracy_control: dict[str, Any] | None = None, threads: int = 1,
-                           overflow_fix: str | None = None) -> dict[str, Any]:
+                           overflow_fix: str | None = None, decided: dict[str, Any] | None = None) -> dict[str, Any]:
     """INT8 of ``src`` (an ONNX file) by NNCF's OpenVINO backend, written as IR ``dst`` (``.xml``,
     weights in the ``.bin`` beside it). The settings are those of
     :func:`.nncf_ptq.quantize_nncf_int8`, except that ``ignored_types`` are OpenVINO operation
     types (``Concat``, ``MVN``, ``ConvolutionBackpropData``…); ``nodes_to_exclude`` are ONNX node
     names (each excludes the operations OpenVINO made of it); ``accuracy_control`` runs the
-    candidates on OpenVINO (its ``runtime`` can only be ``openvino``)."""
+    candidates on OpenVINO (its ``runtime`` can only be ``openvino``); ``decided``: another
+    fold's accuracy control chose the compute nodes left in fp32 (:func:`.nncf_ptq.decided_nodes`)."""
     nncf = _import_nncf()
     ov = _import_openvino()
     src, dst = _ir_paths(src, dst, calibration)
     names, types = list(nodes_to_exclude or []), list(ignored_types or [])
+    if decided is not None and accuracy_control:
+        names += [n for n in decided_nodes(decided) if n not in names]
     patches = calibration.astype(np.float32)
     scope = (nncf.IgnoredScope(patterns=_onnx_patterns(src, names), types=types) if names or types else None)
     options, advanced = nncf_parameters(nncf, len(patches), preset=preset, subset_size=subset_size,
@@ -193,7 +198,7 @@ def quantize_openvino_int8(src: Path, dst: Path, calibration: np.ndarray, *, pre
     started = time.perf_counter()
     model = read_onnx(src)
     quantized = run_nncf(nncf, src, model, nncf.Dataset(list(patches), lambda patch: patch[None]),
-                         options, advanced, control)
+                         options, advanced, None if decided else control)
     save_ir(quantized, src, dst)
     record = {"method": "openvino_int8", "backend": "openvino", "precision": "int8", "runtime": "openvino",
               "nncf_version": nncf.__version__, "openvino_version": ov.__version__, "preset": preset,
@@ -202,6 +207,7 @@ def quantize_openvino_int8(src: Path, dst: Path, calibration: np.ndarray, *, pre
               "overflow_fix": overflow_fix or "first_layer_only", "n_calibration_patches": len(patches),
               "converted_from": str(src), "seconds": round(time.perf_counter() - started, 3), **_file_record(dst)}
     if control is not None:
-        compute, inputs = fp32_operations(quantized, src)
-        record["accuracy_control"] = control.summary(dst, fp32=compute, fp32_inputs=inputs)
+        compute, inputs, nodes = fp32_operations(quantized, src)
+        record["accuracy_control"] = control.summary(dst, fp32=compute, fp32_inputs=inputs, fp32_nodes=nodes,
+                                                     decided_on=decided and str(decided["fold"]))
     return record
