@@ -170,6 +170,27 @@ def test_accuracy_aware_fold_starts_where_the_reference_fold_ended(exported, pat
         quantize_variant(out / "model.onnx", tmp_path / "bad.onnx", calibration, settings, decided=decided)
 
 
+def test_static_variants_share_calibration_ranges(exported, patch_sets, tmp_path):
+    """Static INT8 calibrated once per graph and patches: another variant (other weight and
+    activation settings) and a rerun reuse the ranges and write the file a calibration of their
+    own writes; other patches calibrate anew."""
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    cache = tmp_path / "calibration"
+    first = quantize_variant(out / "model.onnx", tmp_path / "a.onnx", calibration,
+                             {"method": "static"}, calibration_cache_dir=cache)
+    other = {"method": "static", "per_channel": False, "symmetric_activations": True}
+    second = quantize_variant(out / "model.onnx", tmp_path / "b.onnx", calibration, other,
+                              calibration_cache_dir=cache)
+    alone = quantize_variant(out / "model.onnx", tmp_path / "c.onnx", calibration, other)
+    assert not first["calibration"]["reused"] and second["calibration"] == {**first["calibration"], "reused": True}
+    assert len(list(cache.glob("*.json"))) == 1 and alone["calibration"] == {"reused": False}
+    assert second["sha256"] == alone["sha256"] != first["sha256"]
+    fewer = quantize_variant(out / "model.onnx", tmp_path / "d.onnx", calibration[:2], {"method": "static"},
+                             calibration_cache_dir=cache)
+    assert not fewer["calibration"]["reused"] and len(list(cache.glob("*.json"))) == 2
+
+
 def test_labels_come_from_the_onnx_metadata(exported, loaded_fold):
     out, _, _ = exported
     names, region_based = output_labels(out / "model.onnx")

@@ -31,7 +31,7 @@ from .dynamic import quantize_dynamic_int8
 from .fp16 import convert_fp16
 from .nncf_ptq import NNCF_KEYS, quantize_nncf_int8
 from .openvino_ir import convert_openvino_fp32, quantize_openvino_int8
-from .static import STATIC_DEFAULTS, _quantize_static, quantize_static_int8
+from .static import STATIC_DEFAULTS, _quantize_static, quantize_static_int8, shared_calibration
 
 __all__ = ["METHODS", "quantize_variant", "read_decision", "quantize_static_int8", "quantize_dynamic_int8", "convert_fp16",
            "make_bf16", "quantize_nncf_int8", "quantize_openvino_int8", "convert_openvino_fp32",
@@ -55,7 +55,8 @@ def read_decision(path: str | Path | None, fold: str) -> dict[str, Any] | None:
 def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
                      *, threads: int = 1, backends: tuple[str, ...] | list[str] = ("onnxruntime",),
                      cpu: dict[str, Any] | None = None, src_record: Path | None = None,
-                     decided: dict[str, Any] | None = None) -> dict[str, Any]:
+                     decided: dict[str, Any] | None = None,
+                     calibration_cache_dir: Path | None = None) -> dict[str, Any]:
     """Build one configured variant (the config's ``quantize.<name>`` entry) and its INT8 coverage.
 
     ``settings["method"]``: ``static`` (calibrated INT8; with ``accuracy_aware`` the layer
@@ -77,6 +78,10 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
     with ``accuracy_aware`` or ``accuracy_control``, another fold of the model searched which
     parts stay in fp32; this fold quantizes with its choice and checks it, without a search of its
     own (the pipeline does this unless the entry sets ``per_fold: true``). Ignored otherwise.
+
+    ``calibration_cache_dir``: ONNX Runtime's calibration ranges of static INT8, shared by the
+    fold's static variants and reruns (:func:`.static.shared_calibration`); the record's
+    ``calibration`` says whether they were reused.
     """
     if src_record is not None:
         verify_recorded(src, src_record)
@@ -131,11 +136,14 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
             model_type=settings.get("model_type"), nodes_to_exclude=list(excluded),
             ignored_types=settings.get("ignored_types"), accuracy_control=settings.get("accuracy_control"),
             threads=threads, overflow_fix=settings["overflow_fix"], decided=decided)
-    elif settings.get("accuracy_aware"):
-        record = accuracy_aware_int8(src, dst, calibration, settings, threads=threads,
-                                     backends=tuple(backends), decided=decided)
     else:
-        record = _quantize_static(src, dst, calibration, settings, list(excluded))
+        with shared_calibration(src, calibration, settings, calibration_cache_dir) as (cache, reuse):
+            if settings.get("accuracy_aware"):
+                record = accuracy_aware_int8(src, dst, calibration, settings, threads=threads,
+                                             backends=tuple(backends), decided=decided, calibration_cache=cache)
+            else:
+                record = _quantize_static(src, dst, calibration, settings, list(excluded), cache)
+        record["calibration"] = reuse
     record["cpu"] = cpu_record(features, choices, from_pipeline=bool(cpu))
     if len(calibration):
         shape = tuple(calibration[:1].shape)

@@ -140,7 +140,8 @@ def block_sensitivity(src: Path, calibration: np.ndarray, check: np.ndarray, ref
 def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings: dict[str, Any],
                         *, threads: int = 1,
                         backends: tuple[str, ...] | list[str] = ("onnxruntime",),
-                        decided: dict[str, Any] | None = None) -> dict[str, Any]:
+                        decided: dict[str, Any] | None = None,
+                        calibration_cache: Path | None = None) -> dict[str, Any]:
     """Static INT8, then keep the costliest blocks in fp32 until the label maps match fp32's.
 
     ``settings["accuracy_aware"]``: ``min_dice`` (per class, INT8 vs the fp32 ONNX model on the
@@ -168,6 +169,8 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     activations) and runs no rounds of its own: one quantization and one check (and the asymmetric
     try when that check misses with symmetric activations). The folds of a model share their graph
     (the same node names), so the search, the costly part at real size, runs once per model.
+    ``calibration_cache``: the calibration ranges' file (ONNX Runtime's cache; calibrated into it
+    when it does not exist), else one of this call's own.
     """
 
     aa = settings["accuracy_aware"]
@@ -190,7 +193,7 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
         fallback = bool(aa.get("asymmetric_fallback", True)) and bool(settings.get("symmetric_activations"))
     steps: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="nnbridge-calib-") as tmp:
-        cache = Path(tmp) / "calibration.json"
+        cache = Path(calibration_cache) if calibration_cache else Path(tmp) / "calibration.json"
 
         def quantize_and_check(step_settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             """``dst`` quantized with ``step_settings`` and the blocks excluded so far, checked
