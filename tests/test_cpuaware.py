@@ -17,6 +17,7 @@ from nnbridge.core.cpu import INT8_DOT_FLAGS, NO_VNNI_ENV, cpu_identity, cpu_kin
 from nnbridge.core.records import BenchmarkRecord, ParityRecord
 from nnbridge.quantize import quantize_variant
 from nnbridge.quantize.cpudefaults import decision_features, quantize_cpu_params, resolve
+from nnbridge.validate.selfcheck import fit_budget
 
 X86_NO_DOT = {"arch": "x86", "avx2": True, "int8_dot": []}
 X86_VNNI = {"arch": "x86", "avx2": True, "int8_dot": True}  # as the pipeline passes it
@@ -223,6 +224,15 @@ def gated_bundle(tiny_model, exported, patch_sets, tmp_path_factory):
     manifest["variants"]["int8"]["sha256"]["0"] = sha256_file(planted)
     (bundle / "bundle.json").write_text(json.dumps(manifest, indent=2))
     return {"bundle": bundle, "parity": parity, "root": root}
+
+
+def test_selfcheck_budget_never_cuts_below_what_the_network_takes():
+    """A real-size fold's share of the bundle's budget (256 kB over 5 folds) holds no 128^3 patch
+    of a stride-32 network: one patch of 64^3 (a 2-voxel bottleneck; at 32^3 nnU-Net's
+    InstanceNorm over one voxel cannot run), over budget; a demo-size share still cuts."""
+    assert fit_budget((1, 128, 128, 128), 4, 256 * 1024 // 5, (32, 32, 32), True) == (1, (64, 64, 64))
+    assert fit_budget((1, 40, 40, 40), 4, 128 * 1024, (8, 8, 8), True) == (4, (24, 24, 24))  # 4 x 27.6 kB
+    assert fit_budget((1, 40, 40, 40), 4, 1 << 20, (8, 8, 8), True) == (4, (40, 40, 40))
 
 
 def test_gates_name_their_cpu_kind_and_the_bundle_ships_a_small_selfcheck(gated_bundle, loaded_fold):

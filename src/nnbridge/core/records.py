@@ -396,6 +396,9 @@ class QuantizeRecord(Record):
     coverage_openvino: Coverage | None = None
     accuracy_aware: dict[str, Any] | None = None
     accuracy_control: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+    """Static INT8: whether ONNX Runtime's calibration ranges were ``reused`` (the fold's
+    calibration cache, by ``key``) or calibrated by this job."""
     native_bf16_here: bool | None = None
     bf16_unavailable: str | None = None
 

@@ -393,7 +393,8 @@ def quantize_table(run: RunResults) -> Table | None:
             cov = q.coverage  # ONNX Runtime's INT8 coverage (bf16 runs on OpenVINO only)
             nodes = f"{cov.n_low_precision_nodes}/{cov.n_compute_nodes}" if cov else "–"
             share = f"{100 * cov.flop_share:.1f} %" if cov and cov.flop_share is not None else "–"
-            rows.append([f.label, name, how, str(q.n_calibration_patches),
+            patches = str(q.n_calibration_patches) + (" (ranges reused)" if (q.calibration or {}).get("reused") else "")
+            rows.append([f.label, name, how, patches,
                          fmt(q.size_bytes / 1e6 if q.size_bytes else None, 3), nodes, share,
                          q.accuracy_verdict or "–"])
     if not rows:
@@ -437,7 +438,8 @@ def accuracy_aware_table(run: RunResults) -> Table | None:
             for step in aa["steps"]:
                 dice = ", ".join(f"{k} {fmt(v)}" for k, v in step["dice"].items())
                 label = f"step {step['step']}"
-                if step.get("symmetric_activations") is False and aa.get("asymmetric_fallback"):
+                if step.get("symmetric_activations") is False and (aa.get("asymmetric_fallback")
+                                                                   or aa.get("decided_on_fold")):
                     label += " (asymmetric activations)"
                 if len(aa["steps"]) > 1 and step["step"] == aa.get("kept_step"):
                     label += ", kept"

@@ -8,7 +8,8 @@ per held-out case before any case gets a second, so the set covers every class a
 cases as the budget allows. Size: ``patches`` patches of ``max_kb`` kB in all (float16 before
 compression); when they do not fit whole, each is cut around its foreground to the largest size
 the network takes (a multiple of its total stride, at least half the patch per axis) that fits,
-and only if even that does not fit are there fewer patches.
+and only if even that does not fit are there fewer patches (at a real-size patch, one patch of
+twice the total stride per axis, over budget if it must: the record says ``over_budget``).
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ def fit_budget(shape: tuple[int, ...], n: int, max_bytes: int, multiple: tuple[i
                dynamic: bool) -> tuple[int, tuple[int, ...]]:
     """(number of patches, spatial size) that fit ``max_bytes`` as float16: ``n`` whole patches
     if they fit, else ``n`` patches cut to the largest size (multiples of ``multiple``, at least
-    half the patch per axis) that fits, else fewer; one patch cut as small as the network takes
-    if nothing else fits. A network without dynamic spatial axes takes whole patches only (at
-    least one, even over budget)."""
+    half the patch per axis) that fits, else fewer; if nothing else fits, one patch of twice the
+    total stride per axis (a bottleneck of 2 voxels per axis: a norm over a single voxel, as
+    nnU-Net's InstanceNorm, cannot run), even over budget. A network without dynamic spatial axes
+    takes whole patches only (at least one, even over budget)."""
     channels, spatial = shape[0], tuple(int(s) for s in shape[1:])
     per_voxel = 2 * channels
     if per_voxel * math.prod(spatial) * n <= max_bytes:
@@ -67,7 +69,8 @@ def fit_budget(shape: tuple[int, ...], n: int, max_bytes: int, multiple: tuple[i
         side = shrink(count, half)
         if per_voxel * math.prod(side) * count <= max_bytes:
             return count, tuple(side)
-    return 1, tuple(shrink(1, list(multiple)))
+    smallest = [min(s - s % m, 2 * m) if s >= 2 * m else s - s % m for s, m in zip(spatial, multiple)]
+    return 1, tuple(shrink(1, smallest))
 
 
 def cut(patches: np.ndarray, reference: np.ndarray, size: tuple[int, ...], classes: list[int],
@@ -103,4 +106,5 @@ def build_selfcheck(reference_run, heldout: np.ndarray, reference_logits: np.nda
     return values, cases, {"file": str(out), "n_patches": len(chosen), "patch_indices": chosen, "cases": cases,
                            "shape": list(values.shape[1:]), "cut": tuple(size) != tuple(heldout.shape[2:]),
                            "bytes": Path(out).stat().st_size, "budget_bytes": int(max_kb * 1024),
+                           "over_budget": Path(out).stat().st_size > int(max_kb * 1024),
                            "reference": "PyTorch eager label maps on the float16-rounded patches"}
