@@ -12,7 +12,7 @@ from nnbridge.core.metadata import read_metadata
 from nnbridge.runtime.ort import run_onnx
 from nnbridge.validate.metrics import compare_logits
 from nnbridge.core.metadata import output_labels
-from nnbridge.quantize import quantize_variant
+from nnbridge.quantize import calibrate_ranges, quantize_variant
 from nnbridge.quantize.accuracy import layer_blocks
 
 
@@ -170,25 +170,26 @@ def test_accuracy_aware_fold_starts_where_the_reference_fold_ended(exported, pat
         quantize_variant(out / "model.onnx", tmp_path / "bad.onnx", calibration, settings, decided=decided)
 
 
-def test_static_variants_share_calibration_ranges(exported, patch_sets, tmp_path):
-    """Static INT8 calibrated once per graph and patches: another variant (other weight and
-    activation settings) and a rerun reuse the ranges and write the file a calibration of their
-    own writes; other patches calibrate anew."""
+def test_static_variants_quantize_from_one_calibration(exported, patch_sets, tmp_path):
+    """The calibrate stage's ranges serve every static variant of the graph (other weight and
+    activation settings, the accuracy-aware loop): each writes the file a calibration of its own
+    writes, without calibrating."""
     out, _, _ = exported
     _, calibration, _ = patch_sets
-    cache = tmp_path / "calibration"
-    first = quantize_variant(out / "model.onnx", tmp_path / "a.onnx", calibration,
-                             {"method": "static"}, calibration_cache_dir=cache)
+    ranges = tmp_path / "calibration" / "MinMax.json"
+    done = calibrate_ranges(out / "model.onnx", calibration, ranges)
+    assert ranges.is_file() and done["n_calibration_patches"] == len(calibration)
     other = {"method": "static", "per_channel": False, "symmetric_activations": True}
-    second = quantize_variant(out / "model.onnx", tmp_path / "b.onnx", calibration, other,
-                              calibration_cache_dir=cache)
+    shared = quantize_variant(out / "model.onnx", tmp_path / "b.onnx", calibration, other, calibration_ranges=ranges)
     alone = quantize_variant(out / "model.onnx", tmp_path / "c.onnx", calibration, other)
-    assert not first["calibration"]["reused"] and second["calibration"] == {**first["calibration"], "reused": True}
-    assert len(list(cache.glob("*.json"))) == 1 and alone["calibration"] == {"reused": False}
-    assert second["sha256"] == alone["sha256"] != first["sha256"]
-    fewer = quantize_variant(out / "model.onnx", tmp_path / "d.onnx", calibration[:2], {"method": "static"},
-                             calibration_cache_dir=cache)
-    assert not fewer["calibration"]["reused"] and len(list(cache.glob("*.json"))) == 2
+    assert shared["calibration"] == {"ranges": str(ranges)} and alone["calibration"] == {"ranges": None}
+    assert shared["sha256"] == alone["sha256"]
+    loop = {"method": "static", "accuracy_aware": {"min_dice": 0.0, "max_steps": 0, "patches": 2}}
+    assert (quantize_variant(out / "model.onnx", tmp_path / "d.onnx", calibration, loop, calibration_ranges=ranges)["sha256"]
+            == quantize_variant(out / "model.onnx", tmp_path / "e.onnx", calibration, loop)["sha256"])
+    with pytest.raises(NNBridgeError, match=r"missing\.json: no calibration ranges; rerun the calibrate stage"):
+        quantize_variant(out / "model.onnx", tmp_path / "f.onnx", calibration, other,
+                         calibration_ranges=tmp_path / "missing.json")
 
 
 def test_labels_come_from_the_onnx_metadata(exported, loaded_fold):

@@ -268,6 +268,7 @@ def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
     set_config(workdir, lambda c: c["quantize"]["int8_static"].update(per_channel=False))
     jobs = planned_jobs(run_snakemake(workdir, "-n"))
     assert jobs.get("quantize") == 2 and jobs.get("benchmark_artifact") == 1, jobs  # timed once per model
+    assert "calibrate" not in jobs, jobs  # the activation ranges do not depend on per_channel
     # no export, patches, reference logits or other artifact's timing; the bundle and the
     # whole-case parity read every fold's parity and benchmark verdicts
     assert set(jobs) <= {"quantize", "validate", "benchmark_artifact", "benchmark", "bundle", "case_parity",
@@ -275,6 +276,8 @@ def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
     run_snakemake(workdir)
     record = json.loads((fold_dir(workdir, "0") / "quantize/int8_static.json").read_text())
     assert record["per_channel"] is False
+    # from the first run's calibration ranges (rule calibrate did not run again)
+    assert record["calibration"]["ranges"].endswith("quantize/calibration/MinMax.json"), record["calibration"]
     # validation ran only the changed variant again: the others' results were reused
     parity = json.loads((fold_dir(workdir, "0") / "validate/parity.json").read_text())["variants"]
     rerun = {name for name, result in parity.items() if not result.get("from_cache")}

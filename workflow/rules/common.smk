@@ -236,6 +236,23 @@ def get_quantize_decision(wildcards):
     return {"decision": f"{key.dir(RESULTS)}/quantize/{wildcards.qvariant}.json"}
 
 
+def get_calibration_ranges(wildcards):
+    """A static quantize entry's calibration ranges (rule calibrate, by its calibrate_method)."""
+    settings = config["quantize"][wildcards.qvariant] or {}
+    if settings.get("method", "static") != "static":
+        return {}
+    method = settings.get("calibrate_method", "MinMax")
+    folder = f"{RESULTS}/{wildcards.dataset}/{wildcards.model}/fold_{wildcards.fold}"
+    return {"ranges": f"{folder}/quantize/calibration/{method}.json"}
+
+
+def quantize_calibrates(wildcards):
+    """Whether a quantize job calibrates itself (NNCF's methods gather their own statistics; a
+    static entry's ranges come from rule calibrate), which decides the memory it declares."""
+    method = (config["quantize"][wildcards.qvariant] or {}).get("method", "static")
+    return method in ("nncf", "openvino_int8")
+
+
 def get_reference_source(wildcards):
     model = get_model(wildcards)
     return model.source(reference_key(wildcards).fold)

@@ -1,3 +1,35 @@
+# ONNX Runtime's calibration ranges of a fold's simplified graph, once per calibration method:
+# every static INT8 entry of the fold quantizes from them, and reruns after a quantization
+# setting change do not calibrate again. At a 128^3 patch this is the memory-hungry part
+# (ONNX Runtime runs a graph that outputs every activation); the quantize jobs then need little.
+rule calibrate:
+    input:
+        onnx=rules.simplify.output.onnx,
+        record=rules.simplify.output.json,
+        calibration=rules.patches.output.calibration,
+        patches_record=rules.patches.output.json,
+    output:
+        ranges=f"{FOLD_DIR}/quantize/calibration/{{method}}.json",
+    wildcard_constraints:
+        method="MinMax|Entropy|Percentile",
+    params:
+        code=code_version("calibrate"),
+    log:
+        "logs/{dataset}/{model}/fold_{fold}/calibrate_{method}.log",
+    benchmark:
+        "benchmarks/{dataset}/{model}/fold_{fold}/calibrate_{method}.tsv"
+    threads: 1
+    resources:
+        # from the graph's patch size once it exists (6 GB for the demo, ~13.5 GB at a 128^3 patch;
+        # nnbridge.pipeline.plan.quantize_mem_mb)
+        mem_mb=lambda wildcards, input: quantize_mem_mb(input.onnx),
+        runtime=60,
+    conda:
+        "../../envs/onnx.yaml"
+    script:
+        "../scripts/calibrate.py"
+
+
 # One rule per kind of file a quantize method writes (nnbridge.core.artifacts.method_kind): an ONNX
 # file (quantize), or an OpenVINO IR, <name>.xml with its weights in <name>.bin (quantize_ir).
 # The same job otherwise; the script writes output.artifact (and the files beside it).
@@ -6,6 +38,8 @@ rule quantize:
         # an accuracy-controlled entry's search runs on the model's reference fold; its other
         # folds quantize with what it chose (unless the entry sets per_fold: true)
         unpack(get_quantize_decision),
+        # a static entry's calibration ranges (rule calibrate)
+        unpack(get_calibration_ranges),
         onnx=rules.simplify.output.onnx,
         record=rules.simplify.output.json,
         calibration=rules.patches.output.calibration,
@@ -30,9 +64,10 @@ rule quantize:
     # by side; a profile raises it where cores outnumber parallel jobs (set-threads: quantize=4)
     threads: 1
     resources:
-        # from the graph's patch size once it exists (6 GB for the demo, ~13.5 GB at a 128^3 patch;
-        # nnbridge.pipeline.plan.quantize_mem_mb)
-        mem_mb=lambda wildcards, input: quantize_mem_mb(input.onnx),
+        # from the graph's patch size once it exists: what calibrating in the job needs (NNCF's
+        # statistics; ~13.5 GB at a 128^3 patch), else what running the graph needs (a static entry
+        # gets its ranges from rule calibrate; 6 GB); nnbridge.pipeline.plan.quantize_mem_mb
+        mem_mb=lambda wildcards, input: quantize_mem_mb(input.onnx, calibrates=quantize_calibrates(wildcards)),
         runtime=60,
     conda:
         "../../envs/onnx.yaml"

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 from nnbridge.patches.sampling import load_patches
 from nnbridge.quantize import quantize_variant, read_decision
 from nnbridge.core.records import QuantizeRecord
@@ -16,8 +14,7 @@ with logged(snakemake.log[0]):
         cpu=snakemake.params.cpu,
         src_record=snakemake.input.record,
         decided=read_decision(snakemake.input.get("decision"), snakemake.params.decided_fold),
-        # calibration ranges shared by the fold's static variants and their reruns
-        calibration_cache_dir=Path(snakemake.output.json).parent / "calibration",
+        calibration_ranges=snakemake.input.get("ranges"),
     )
     QuantizeRecord.of(record).write(snakemake.output.json)
     print(record)

@@ -31,9 +31,9 @@ from .dynamic import quantize_dynamic_int8
 from .fp16 import convert_fp16
 from .nncf_ptq import NNCF_KEYS, quantize_nncf_int8
 from .openvino_ir import convert_openvino_fp32, quantize_openvino_int8
-from .static import STATIC_DEFAULTS, _quantize_static, quantize_static_int8, shared_calibration
+from .static import STATIC_DEFAULTS, _quantize_static, calibrate_ranges, calibration_file, quantize_static_int8
 
-__all__ = ["METHODS", "quantize_variant", "read_decision", "quantize_static_int8", "quantize_dynamic_int8", "convert_fp16",
+__all__ = ["METHODS", "quantize_variant", "read_decision", "calibrate_ranges", "quantize_static_int8", "quantize_dynamic_int8", "convert_fp16",
            "make_bf16", "quantize_nncf_int8", "quantize_openvino_int8", "convert_openvino_fp32",
            "accuracy_aware_int8"]
 
@@ -56,7 +56,7 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
                      *, threads: int = 1, backends: tuple[str, ...] | list[str] = ("onnxruntime",),
                      cpu: dict[str, Any] | None = None, src_record: Path | None = None,
                      decided: dict[str, Any] | None = None,
-                     calibration_cache_dir: Path | None = None) -> dict[str, Any]:
+                     calibration_ranges: Path | None = None) -> dict[str, Any]:
     """Build one configured variant (the config's ``quantize.<name>`` entry) and its INT8 coverage.
 
     ``settings["method"]``: ``static`` (calibrated INT8; with ``accuracy_aware`` the layer
@@ -79,9 +79,10 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
     parts stay in fp32; this fold quantizes with its choice and checks it, without a search of its
     own (the pipeline does this unless the entry sets ``per_fold: true``). Ignored otherwise.
 
-    ``calibration_cache_dir``: ONNX Runtime's calibration ranges of static INT8, shared by the
-    fold's static variants and reruns (:func:`.static.shared_calibration`); the record's
-    ``calibration`` says whether they were reused.
+    ``calibration_ranges``: ONNX Runtime's calibration ranges of ``src`` on these patches
+    (:func:`.static.calibrate_ranges`, the pipeline's calibrate stage: once per fold and method),
+    which a static variant then quantizes from instead of calibrating itself; the record's
+    ``calibration`` names them.
     """
     if src_record is not None:
         verify_recorded(src, src_record)
@@ -137,7 +138,7 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
             ignored_types=settings.get("ignored_types"), accuracy_control=settings.get("accuracy_control"),
             threads=threads, overflow_fix=settings["overflow_fix"], decided=decided)
     else:
-        with shared_calibration(src, calibration, settings, calibration_cache_dir) as (cache, reuse):
+        with calibration_file(calibration_ranges) as (cache, reuse):
             if settings.get("accuracy_aware"):
                 record = accuracy_aware_int8(src, dst, calibration, settings, threads=threads,
                                              backends=tuple(backends), decided=decided, calibration_cache=cache)

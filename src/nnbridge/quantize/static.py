@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -15,7 +14,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..core.runlog import sha256_file
+from ..core.artifacts import verify_recorded
+from ..core.errors import NNBridgeError
 from .common import PatchReader, _choice, _copy_metadata, _file_record, _paths
 
 
@@ -103,46 +103,49 @@ def _quantize_static(src: Path, dst: Path, calibration: np.ndarray, settings: di
         nodes_to_exclude=excluded, calibration_cache=cache)
 
 
-def calibration_key(src: Path, calibration: np.ndarray, calibrate_method: str) -> str:
-    """What ONNX Runtime's calibration ranges depend on: the graph, the patches, the method and
-    ONNX Runtime's version (not the activations' symmetry, the weights' settings or the nodes kept
-    in fp32: those are applied to the same ranges when the graph is rewritten)."""
-    import onnxruntime  # noqa: PLC0415 - imported where quantization runs, as quantize_static does
 
-    digest = hashlib.sha256()
-    for part in (sha256_file(src), calibrate_method, onnxruntime.__version__, str(calibration.shape),
-                 str(calibration.dtype)):
-        digest.update(part.encode() + b"\0")
-    digest.update(np.ascontiguousarray(calibration).tobytes())
-    return digest.hexdigest()[:32]
+def calibrate_ranges(src: Path, calibration: np.ndarray, out: Path, *, calibrate_method: str = "MinMax",
+                     src_record: Path | None = None) -> dict[str, Any]:
+    """ONNX Runtime's calibration of ``src`` on ``calibration``: the activation ranges every static
+    INT8 variant of it quantizes from, written to ``out`` (ONNX Runtime's calibration cache, JSON)
+    whole or not at all. Returns what was done.
+
+    The ranges do not depend on the activations' symmetry, the weights' settings or the nodes
+    kept in fp32 (those are applied to the same ranges when the graph is rewritten), so one
+    calibration per graph, patches and method serves every static variant and their reruns
+    after a setting change. At a 128³ patch it is most of a static quantization: 16 patches
+    through a graph that outputs every activation, ~2.5 min and ~11.5 GB on the 2-core machines.
+    With ``src_record`` (simplify.json), ``src`` is first checked against the sha256 it states.
+    """
+    if src_record is not None:
+        verify_recorded(src, src_record)
+    _choice("calibrate_method", calibrate_method, CALIBRATION_METHODS)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="nnbridge-calib-") as tmp:
+        ranges = Path(tmp) / "ranges.json"
+        # ONNX Runtime writes the ranges as it quantizes; the quantized graph is not kept
+        quantize_static_int8(src, Path(tmp) / "probe.onnx", calibration, calibrate_method=calibrate_method,
+                             calibration_cache=ranges)
+        partial = out.with_name(f".{out.name}.part")
+        shutil.copyfile(ranges, partial)
+        os.replace(partial, out)
+    return {"calibrate_method": calibrate_method, "n_calibration_patches": int(len(calibration)),
+            "patch_shape": list(calibration.shape[1:]), "source": str(src), "ranges": str(out),
+            "seconds": round(time.perf_counter() - started, 3)}
 
 
 @contextmanager
-def shared_calibration(src: Path, calibration: np.ndarray, settings: dict[str, Any],
-                       cache_dir: Path | None) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """A calibration cache file private to this job (see ``calibration_cache`` of
-    :func:`quantize_static_int8`), seeded from ``cache_dir``'s ranges for the same graph, patches
-    and method when an earlier job calibrated them; ranges calibrated here are published there
-    afterwards (whole files only: written beside, then renamed). Yields (the private file, what
-    the record says: ``reused`` and the ``key``). Without ``cache_dir`` nothing is shared.
-
-    At a 128³ patch ONNX Runtime's calibration is most of a static quantization (16 patches
-    through a graph that outputs every activation: ~3 min and ~11.5 GB on the 2-core machines):
-    the fold's other static variants and a rerun after a quantization setting change skip it."""
-    method = settings.get("calibrate_method", "MinMax")
+def calibration_file(ranges: Path | None) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The calibration cache a static quantization uses: ``ranges`` (:func:`calibrate_ranges`,
+    read only), else a file of this call's own that its first quantization calibrates into (the
+    accuracy-aware loop's later steps reuse it). Yields (the file, what the record says)."""
+    if ranges is not None:
+        if not Path(ranges).is_file():
+            raise NNBridgeError(f"{ranges}: no calibration ranges; rerun the calibrate stage "
+                                "(snakemake --forcerun calibrate)")
+        yield Path(ranges), {"ranges": str(ranges)}
+        return
     with tempfile.TemporaryDirectory(prefix="nnbridge-calib-") as tmp:
-        private = Path(tmp) / "calibration.json"
-        if cache_dir is None:
-            yield private, {"reused": False}
-            return
-        key = calibration_key(Path(src), calibration, method)
-        shared = Path(cache_dir) / f"{key}.json"
-        reused = shared.is_file()
-        if reused:
-            shutil.copyfile(shared, private)
-        yield private, {"reused": reused, "key": key}
-        if not reused and private.is_file():
-            shared.parent.mkdir(parents=True, exist_ok=True)
-            partial = shared.with_name(f".{key}.{os.getpid()}.part")
-            shutil.copyfile(private, partial)
-            os.replace(partial, shared)
+        yield Path(tmp) / "calibration.json", {"ranges": None}
