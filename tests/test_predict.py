@@ -183,10 +183,25 @@ def test_whole_cases_match_nnunet_predictor(tiny_model, bundle_dir, tmp_path):
     from nnbridge.validate.caseparity import run_case_parity
 
     cases = _write_cases(tiny_model, tmp_path / "in")
-    record = run_case_parity(model_folder=tiny_model.model_folder, fold="0", checkpoint=tiny_model.checkpoint,
-                             bundle_dir=bundle_dir, cases=cases, variants={"onnx_fp32": {}},
-                             out_dir=tmp_path / "out", step=0.5, mirroring=True, threads=2)
+
+    def parity(variants, salt="code-1"):
+        return run_case_parity(model_folder=tiny_model.model_folder, fold="0", checkpoint=tiny_model.checkpoint,
+                               bundle_dir=bundle_dir, cases=cases, variants=variants, out_dir=tmp_path / "out",
+                               step=0.5, mirroring=True, threads=2, cache_salt=salt)
+
+    record = parity({"onnx_fp32": {}})
     result = record["variants"]["onnx_fp32"]
+    assert "from_cache" not in record["nnunet"] and "from_cache" not in result
+    # a rerun with nothing changed predicts nothing; a changed gate reruns that variant only, on
+    # nnU-Net's kept arrays; another code version predicts both sides again
+    again = parity({"onnx_fp32": {}})
+    assert again["nnunet"]["from_cache"] and again["variants"]["onnx_fp32"] == {**result, "from_cache": True}
+    stricter = parity({"onnx_fp32": {"gate": {"min_dice": 0.9999}}})
+    assert stricter["nnunet"]["from_cache"] and "from_cache" not in stricter["variants"]["onnx_fp32"]
+    assert stricter["variants"]["onnx_fp32"]["gate"]["min_dice"] == 0.9999
+    assert stricter["variants"]["onnx_fp32"]["min_voxel_agreement"] == result["min_voxel_agreement"]
+    fresh = parity({"onnx_fp32": {}}, salt="code-2")
+    assert "from_cache" not in fresh["nnunet"] and "from_cache" not in fresh["variants"]["onnx_fp32"]
     for case, rec in result["cases"].items():
         assert rec["preprocessed_max_abs_diff"] <= 1e-4, case
         assert rec["logits_argmax_agreement"] > 0.999, case

@@ -282,6 +282,10 @@ def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
     parity = json.loads((fold_dir(workdir, "0") / "validate/parity.json").read_text())["variants"]
     rerun = {name for name, result in parity.items() if not result.get("from_cache")}
     assert rerun == {"int8_static", "int8_static@openvino"}, rerun
+    # whole cases: int8_static is not bundled, so neither nnU-Net nor a bundled variant predicted again
+    cases = json.loads((fold_dir(workdir, "0") / "case_parity/case_parity.json").read_text())
+    assert cases["nnunet"].get("from_cache") and all(v.get("from_cache") or v.get("skipped")
+                                                     for v in cases["variants"].values()), cases["variants"]
     assert planned_jobs(run_snakemake(workdir, "-n")) == {}
 
 

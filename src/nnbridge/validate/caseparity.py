@@ -17,6 +17,8 @@ bundle's own previous stage. Postprocessing is not part of the comparison (both 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import replace
@@ -28,7 +30,7 @@ import numpy as np
 
 from ..core.cpu import cpu_kind
 from ..core.errors import NNBridgeError
-from ..core.runlog import read_json
+from ..core.runlog import read_json, sha256_file, write_json
 from ..intake.images import list_image_cases
 from ..models.nnunet import load_nnunet_fold, trainer_or_default
 from ..patches.sampling import fold_cases
@@ -251,6 +253,44 @@ def _sum_timings(records: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(sum(r[k] for r in records), 4) for k in keys}
 
 
+ARRAYS = ("preprocessed", "logits", "segmentation", "probabilities")  # what compare_case reads of nnU-Net's side
+
+
+def _digest(parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _reference_key(model_folder: Path, fold: str, checkpoint: str, cases: dict[str, dict[str, Any]], *,
+                   step: float, mirroring: bool, threads: int, trusted: bool,
+                   previous_stage: dict[str, Any] | None, salt: str) -> str:
+    """Everything nnU-Net's side of the comparison depends on: its model files, the cases' files,
+    the predictor's settings, the CPU kind and the code."""
+    def files_of(folder: Path, ckpt: str) -> dict[str, str | None]:
+        folder = Path(folder)
+        paths = [folder / "plans.json", folder / "dataset.json", folder / f"fold_{fold}" / ckpt]
+        return {p.name: sha256_file(p) if p.is_file() else None for p in paths}
+
+    return _digest({
+        "model": files_of(model_folder, checkpoint), "fold": fold, "trusted": trusted,
+        "previous_stage": previous_stage and {**previous_stage, "files": files_of(Path(previous_stage["folder"]),
+                                                                                   previous_stage["checkpoint"])},
+        "cases": {case: {"images": [sha256_file(f) for f in files["images"]],
+                         "label": sha256_file(files["label"]) if files.get("label") else None}
+                  for case, files in cases.items()},
+        "step": step, "mirroring": mirroring, "threads": threads, "machine": cpu_kind(), "code": salt})
+
+
+def _variant_key(reference_key: str, bundle: Bundle, name: str, fold: str, gate: dict[str, float]) -> str:
+    """Everything a bundle variant's comparison depends on beyond nnU-Net's side: its fold's file,
+    how nnbridge predict runs it (runtime, precision, settings) and the bundle's plans."""
+    entry = bundle.variant(name)[1]
+    return _digest({"reference": reference_key, "name": name, "gate": gate,
+                    "file": (entry.get("sha256") or {}).get(str(fold)),
+                    **{k: entry.get(k) for k in ("kind", "inference_precision", "backend", "ort_settings",
+                                                 "run_settings")},
+                    "plans": bundle.manifest.get("plans_sha256"), "dataset": bundle.manifest.get("dataset_json_sha256")})
+
+
 def run_case_parity(
     *,
     model_folder: Path,
@@ -265,51 +305,91 @@ def run_case_parity(
     threads: int = 1,
     trusted: bool = False,
     previous_stage: dict[str, Any] | None = None,
+    cache_salt: str | None = None,
 ) -> dict[str, Any]:
     """Predict ``cases`` with nnU-Net and with each bundle variant (name → {"backend", "gate"});
     per-case agreement, stage timings, gates and the end-to-end speed ratio. A case without a
     ``label`` file gets no Dice against the truth (the gate compares the two predictors). A
     cascade stage needs ``previous_stage``: {"folder", "checkpoint"[, "trusted"]} of its previous
-    stage's model (the same fold predicts)."""
+    stage's model (the same fold predicts).
+
+    With ``cache_salt`` (the code's version), results are kept in ``out_dir/cache``: a variant
+    whose comparison depends on nothing that changed since an earlier run (its file and run
+    settings in the bundle, nnU-Net's model files, the cases, the settings, the CPU kind, the
+    code) reuses that run's result (``from_cache``), and nnU-Net's predictor runs only when a
+    variant needs it (its arrays are kept for the next run). At a 128³ patch nnU-Net's side is
+    ~8 min per case on the 2-core machines: a quantization change of a variant that is not
+    bundled reran all of it before."""
 
     out_dir = Path(out_dir)
     bundle = Bundle.load(bundle_dir)
-    earlier = None
-    if bundle.previous_stage is not None:
-        if not previous_stage:
-            raise NNBridgeError(f"{bundle_dir}: a cascade stage; whole-case parity needs the model folder of its "
-                                f"{bundle.previous_stage.configuration} stage (previous_stage)")
-        earlier = NNUNetReference(Path(previous_stage["folder"]), fold, previous_stage["checkpoint"], step=step,
-                                  mirroring=mirroring, threads=threads,
-                                  trusted=bool(previous_stage.get("trusted", trusted)))
-    reference = NNUNetReference(model_folder, fold, checkpoint, step=step, mirroring=mirroring, threads=threads,
-                                trusted=trusted, previous_stage=earlier)
-    labels = reference.predictor.label_manager
-    classes = [int(c) for c in (labels.regions_class_order if labels.has_regions else labels.foreground_labels)]
+    cache = out_dir / "cache" if cache_salt is not None else None
+    ref_key = _reference_key(model_folder, fold, checkpoint, cases, step=step, mirroring=mirroring, threads=threads,
+                             trusted=trusted, previous_stage=previous_stage, salt=cache_salt or "")
+    ref_dir = cache / "nnunet" / ref_key if cache else None
+    gates = {name: {**DEFAULT_GATE, **(spec.get("gate") or {})} for name, spec in variants.items()}
+    keys = {name: _variant_key(ref_key, bundle, name, fold, gates[name]) for name in variants}
+    hits = {name: read_json(cache / f"{keys[name]}.json") for name in variants
+            if cache and (cache / f"{keys[name]}.json").is_file()}
+    summary = read_json(ref_dir / "summary.json") if ref_dir and (ref_dir / "summary.json").is_file() else None
     ending = bundle.dataset_json["file_ending"]
-    (out_dir / "nnunet").mkdir(parents=True, exist_ok=True)
-    ref_results = {}
-    for index, (case, files) in enumerate(cases.items(), 1):
-        print(f"nnbridge: case parity: nnU-Net predicts case {index}/{len(cases)} ({case})", flush=True)
-        ref_results[case] = reference.predict_case(files["images"], out_dir / "nnunet" / f"{case}{ending}")
+    ref_results: dict[str, dict[str, Any]] = {}
+    predicted = summary is None  # nnU-Net's predictor runs in this call
+    if summary is None:
+        earlier = None
+        if bundle.previous_stage is not None:
+            if not previous_stage:
+                raise NNBridgeError(f"{bundle_dir}: a cascade stage; whole-case parity needs the model folder of its "
+                                    f"{bundle.previous_stage.configuration} stage (previous_stage)")
+            earlier = NNUNetReference(Path(previous_stage["folder"]), fold, previous_stage["checkpoint"], step=step,
+                                      mirroring=mirroring, threads=threads,
+                                      trusted=bool(previous_stage.get("trusted", trusted)))
+        reference = NNUNetReference(model_folder, fold, checkpoint, step=step, mirroring=mirroring, threads=threads,
+                                    trusted=trusted, previous_stage=earlier)
+        labels = reference.predictor.label_manager
+        (out_dir / "nnunet").mkdir(parents=True, exist_ok=True)
+        for index, (case, files) in enumerate(cases.items(), 1):
+            print(f"nnbridge: case parity: nnU-Net predicts case {index}/{len(cases)} ({case})", flush=True)
+            ref_results[case] = reference.predict_case(files["images"], out_dir / "nnunet" / f"{case}{ending}")
+        summary = {
+            "classes": [int(c) for c in (labels.regions_class_order if labels.has_regions else labels.foreground_labels)],
+            "reference_note": reference.note,
+            "previous_stage": (None if earlier is None else
+                               {"configuration": bundle.previous_stage.configuration,
+                                "model_folder": str(previous_stage["folder"]), "reference_note": earlier.note}),
+            "timings_s": _sum_timings([r["timings_s"] for r in ref_results.values()]),
+        }
+        if ref_dir is not None:
+            ref_dir.mkdir(parents=True, exist_ok=True)
+            for case, r in ref_results.items():
+                np.savez(ref_dir / f"{case}.npz", **{k: r[k] for k in ARRAYS})
+            write_json(ref_dir / "summary.json", summary)
+    elif len(hits) < len(variants):  # nnU-Net's arrays of the earlier run, for the variants that changed
+        print("nnbridge: case parity: nnU-Net's predictions unchanged, reused", flush=True)
+        for case in cases:
+            with np.load(ref_dir / f"{case}.npz") as arrays:
+                ref_results[case] = {k: arrays[k] for k in ARRAYS}
+    classes = summary["classes"]
     rw = reader_writer(bundle.plans.get("image_reader_writer", "SimpleITKIO"))
     truths = {case: rw.read_seg(str(files["label"]))[0][0] if files.get("label") else None
               for case, files in cases.items()}
     result: dict[str, Any] = {
         "fold": fold, "step": step, "mirroring": mirroring, "threads": threads, "cpu_kind": cpu_kind(),
-        "cases": list(cases), "classes": classes, "reference_note": reference.note,
-        "previous_stage": (None if earlier is None else
-                           {"configuration": bundle.previous_stage.configuration,
-                            "model_folder": str(previous_stage["folder"]), "reference_note": earlier.note}),
-        "nnunet": {"timings_s": _sum_timings([r["timings_s"] for r in ref_results.values()])},
+        "cases": list(cases), "classes": classes, "reference_note": summary["reference_note"],
+        "previous_stage": summary["previous_stage"],
+        "nnunet": {"timings_s": summary["timings_s"], **({} if predicted else {"from_cache": True})},
         "variants": {},
     }
     result["nnunet"]["total_s"] = round(sum(result["nnunet"]["timings_s"].values()), 4)
     for name, spec in variants.items():
-        gate = {**DEFAULT_GATE, **(spec.get("gate") or {})}
+        gate = gates[name]
         why = precision_unavailable(bundle.variant(name)[1].get("inference_precision"))
         if why:  # nnbridge predict would run it in fp32 here: that is not the variant
             result["variants"][name] = {"backend": "openvino", "gate": gate, "skipped": why, "passed": False}
+            continue
+        if name in hits:
+            print(f"nnbridge: case parity: {name}: unchanged, result reused", flush=True)
+            result["variants"][name] = {**hits[name], "from_cache": True}
             continue
         predictor = Predictor(bundle, variant=name, folds=[fold], backend=spec.get("backend"), threads=threads,
                               step=step, mirroring=mirroring, allow_ungated=True,
@@ -343,5 +423,7 @@ def run_case_parity(
             "first_divergence": next((f"{k}: {c['diverges_at']}" for k, c in per_case.items() if c["diverges_at"]),
                                      None),
         }
+        if cache is not None:
+            write_json(cache / f"{keys[name]}.json", result["variants"][name])
     result["all_passed"] = all(v["passed"] for v in result["variants"].values() if not v.get("skipped"))
     return result
