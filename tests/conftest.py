@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # pipelines the tests run, inherit it. (Speed is not asserted by any test.)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("NNBRIDGE_ORT_SPINNING", "0")
+# nnU-Net's planning of the tests' tiny datasets (a dozen per session, the pipelines' included)
+# samples 10^6 foreground intensities per channel for its fingerprint, not 10^8: drawing and
+# sorting 10^8 values is ~10 s per channel whatever the size (nnbridge.demo.nnunet.INTENSITY_SAMPLES_ENV)
+os.environ.setdefault("NNBRIDGE_NNUNET_INTENSITY_SAMPLES", "1e6")
 
 
 @dataclass(frozen=True)

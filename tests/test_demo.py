@@ -157,6 +157,30 @@ def test_real_planning_then_small_plans(tiny_model, tmp_path: Path) -> None:
     assert tuple(out.shape) == (1, 3, *dataset.DEFAULT_SHAPE)
 
 
+def test_fingerprint_intensity_samples_follow_the_setting(tiny_model, monkeypatch) -> None:
+    """The suite's smaller intensity sample (tests/conftest.py) reaches nnU-Net's own fingerprint
+    extractor, which has no option for it; unset, nnU-Net keeps its 10^8."""
+    import subprocess
+
+    from nnbridge.demo import nnunet as demo
+
+    root = tiny_model.preprocessed.parent.parent
+    env = demo.nnunet_env(root / "raw", root / "preprocessed", root / "results", for_training=False)
+    probe = ("from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import "
+             "DatasetFingerprintExtractor as F; print(F(900).num_foreground_voxels_for_intensitystats)")
+
+    def samples() -> float:
+        proc = subprocess.run([sys.executable, "-c", demo._intensity_samples_setup() + probe], env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return float(proc.stdout.split()[-1])
+
+    monkeypatch.setenv(demo.INTENSITY_SAMPLES_ENV, "1234")
+    assert samples() == 1234
+    monkeypatch.delenv(demo.INTENSITY_SAMPLES_ENV)
+    assert samples() == 1e8
+
+
 def test_planning_failure_names_the_log(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     broken = dataset.make_dataset(raw, n_cases=1, shape=SHAPE, dataset_id=901)
