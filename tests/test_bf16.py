@@ -21,7 +21,7 @@ from nnbridge.models.nnunet import nnunet_source
 from nnbridge.core.metadata import read_metadata
 from nnbridge.runtime.ov import NO_BF16_ENV, PrecisionUnavailable, bf16_unavailable, compiled_precision, openvino_model, run_openvino
 from nnbridge.validate.metrics import compare_logits
-from nnbridge.validate.parity import validate_source
+from nnbridge.validate.reference import validate_source
 from nnbridge.quantize import quantize_variant
 from nnbridge.pipeline.plan import FoldKey, artifact_paths, bundle_plan, fold_variants
 

@@ -190,7 +190,7 @@ def gated_bundle(tiny_model, exported, patch_sets, tmp_path_factory):
     from nnbridge.models.nnunet import nnunet_source
     from nnbridge.patches.sampling import fold_cases
     from nnbridge.quantize.static import quantize_static_int8
-    from nnbridge.validate.parity import validate_source
+    from nnbridge.validate.reference import validate_source
 
     out, _, _ = exported
     _, calibration, heldout = patch_sets

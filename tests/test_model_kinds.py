@@ -21,7 +21,7 @@ from nnbridge.core.errors import NNBridgeError
 from nnbridge.core.metadata import read_metadata
 from nnbridge.export.onnx_export import export_onnx
 from nnbridge.models.nnunet import load_nnunet_fold, nnunet_source
-from nnbridge.validate.parity import validate_source
+from nnbridge.validate.reference import validate_source
 from nnbridge.patches.sampling import load_patches, patch_source, with_previous_stage, write_patch_sets
 from nnbridge.core.plans import default_previous_stage_segs
 from nnbridge.core.metadata import output_labels

@@ -240,7 +240,7 @@ def ir_bundle(tiny_model, exported, patch_sets, ir_files, tmp_path_factory) -> P
     from nnbridge.bundle.build import build_from_pipeline
     from nnbridge.core.records import BenchmarkRecord, ParityRecord
     from nnbridge.models.nnunet import nnunet_source
-    from nnbridge.validate.parity import validate_source
+    from nnbridge.validate.reference import validate_source
 
     out, _, _ = exported
     root = tmp_path_factory.mktemp("ir_bundle")

@@ -20,7 +20,7 @@ from nnbridge.export.torchscript_export import export_torchscript
 from nnbridge.export.weights import verify_onnx_weights
 from nnbridge.models.loader import load_model
 from nnbridge.core.metadata import output_labels
-from nnbridge.validate.parity import validate_source
+from nnbridge.validate.reference import validate_source
 from nnbridge.patches.sampling import copy_patch_sets, load_patches
 from nnbridge.quantize import quantize_variant
 from nnbridge.pipeline.plan import discover_models

@@ -13,7 +13,8 @@ from nnbridge.models.nnunet import nnunet_source
 from nnbridge.runtime.ort import run_onnx
 from nnbridge.runtime.torchrun import run_torch
 from nnbridge.validate.metrics import Tolerance, apply_gate, compare_logits, dice_per_class
-from nnbridge.validate.parity import reference_logits, validate_fold, validate_source
+from nnbridge.validate.parity import validate_fold
+from nnbridge.validate.reference import reference_logits, validate_source
 from nnbridge.quantize import quantize_variant
 from nnbridge.export.simplify import simplify_onnx
 

@@ -162,7 +162,7 @@ def test_non_finite_metrics_fail_every_gate():
 def test_nan_in_held_out_patches_fails_every_variant(plain):
     """The issue's case: one NaN voxel in a plain model's held-out patches gave every variant
     "passed": true with max_abs_err NaN."""
-    from nnbridge.validate.parity import validate_source
+    from nnbridge.validate.reference import validate_source
 
     root, source = plain
     patches = _patches()
@@ -230,7 +230,7 @@ def test_every_stage_checks_its_upstream_sha256(plain, tmp_path):
     from nnbridge.export.simplify import simplify_onnx
     from nnbridge.patches.sampling import copy_patch_sets, load_patches
     from nnbridge.quantize import quantize_variant
-    from nnbridge.validate.parity import validate_source
+    from nnbridge.validate.reference import validate_source
 
     root, source = plain
     work = tmp_path / "fold"

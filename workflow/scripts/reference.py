@@ -1,6 +1,6 @@
 from nnbridge.core.runlog import logged, write_json
 from nnbridge.patches.sampling import load_patch_cases, load_patches
-from nnbridge.validate.parity import reference_logits
+from nnbridge.validate.reference import reference_logits
 
 with logged(snakemake.log[0]):
     record = reference_logits(

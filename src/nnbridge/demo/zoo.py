@@ -25,7 +25,7 @@ from ..export.torchscript_export import export_torchscript
 from ..models.loader import load_model
 from ..pipeline.plan import FoldKey, discover_models, fold_variants, variant_tolerance
 from ..quantize import quantize_variant
-from ..validate.parity import validate_source
+from ..validate.reference import validate_source
 
 MONAI = "monai.networks.nets."
 SMP = "segmentation_models_pytorch."

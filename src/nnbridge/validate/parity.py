@@ -4,7 +4,7 @@ held-out case (the worst case counts); recorded with the CPU kind it was measure
 
 The reference — eager PyTorch's logits on the held-out patches, and the self-check set the
 bundle ships for ``nnbridge verify`` (:mod:`.selfcheck`) — is computed once per fold
-(:func:`reference_logits`, its own stage) and kept; each variant is then run and compared with it
+(:func:`.reference.reference_logits`, its own stage) and kept; each variant is then run and compared with it
 (:func:`validate_fold`). A variant's result is kept in a cache keyed by everything it depends on
 (the file's sha256, runtime, gate, the reference, threads, the code and the CPU kind), so that
 when one variant changes (a quantization setting) the others are not run again.
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,52 +23,10 @@ from ..core.artifacts import artifact_sha256, verify_variant_files
 from ..core.cpu import cpu_kind
 from ..core.dice import case_dice, dice_of, label_classes, overlap_counts, to_labels
 from ..core.runlog import read_json, sha256_file, write_json
-from ..models.loader import load_model
 from ..predict.verify import read_selfcheck
 from ..runtime import make_runner, run_patches, run_variant
 from ..runtime.ov import PrecisionUnavailable
-from ..runtime.torchrun import run_torch, set_torch_threads
 from .metrics import Tolerance, validate_variant
-from .selfcheck import build_selfcheck
-
-SELFCHECK_DEFAULTS = {"patches": 4, "max_kb": 128}
-
-
-def reference_logits(source: dict[str, Any], heldout_patches: np.ndarray, logits_path: Path, *,
-                     groups: Sequence[str] | None = None, selfcheck_out: Path | None = None,
-                     selfcheck: dict[str, Any] | None = None, threads: int = 0) -> dict[str, Any]:
-    """Eager PyTorch's logits of the model ``source`` describes (:func:`nnbridge.models.loader.load_model`)
-    on the held-out patches, written to ``logits_path`` (``.npy``, float32), and with
-    ``selfcheck_out`` the fold's self-check set (``selfcheck``: ``patches``, ``max_kb``;
-    :func:`.selfcheck.build_selfcheck`); returns the record the variants are compared against.
-    ``groups``: the held-out case of each patch (default: each patch its own). ``threads``:
-    torch's intra-op threads (0: its default); the logits differ between thread counts only in
-    the order of fp32 sums."""
-    set_torch_threads(threads)
-    loaded = load_model(source)
-    groups = [str(g) for g in groups] if groups is not None else [f"patch_{i}" for i in range(len(heldout_patches))]
-    print(f"nnbridge: reference: torch eager on {len(heldout_patches)} held-out patches", flush=True)
-    logits = run_torch(loaded.network, heldout_patches)
-    logits_path = Path(logits_path)
-    logits_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(logits_path, logits.astype(np.float32))
-    record: dict[str, Any] = {
-        "model_folder": str(loaded.model_folder), "fold": loaded.fold,
-        "reference": "torch eager (checkpoint loaded strictly)", "logits": str(logits_path),
-        "sha256": sha256_file(logits_path), "n_patches": int(len(heldout_patches)), "groups": groups,
-        "patch_shape": list(heldout_patches.shape[1:]),
-        "labels": {str(k): v for k, v in loaded.label_names.items()}, "region_based": bool(loaded.region_based),
-    }
-    if selfcheck_out is not None:
-        settings = {**SELFCHECK_DEFAULTS, **(selfcheck or {})}
-        classes = label_classes(loaded.label_names, loaded.region_based, logits.shape[1])
-        _, _, built = build_selfcheck(
-            lambda x: run_torch(loaded.network, x), heldout_patches, logits, groups, classes, loaded.region_based,
-            Path(selfcheck_out), patches=int(settings["patches"]), max_kb=float(settings["max_kb"]),
-            multiple=tuple(loaded.stride_multiple), dynamic="spatial" in loaded.dynamic_axes)
-        record["selfcheck"] = {**built, "sha256": sha256_file(selfcheck_out)}
-    return record
-
 
 def _cache_key(name: str, variant: dict[str, Any], tol: Tolerance, reference: dict[str, Any], threads: int,
                salt: str) -> str:
@@ -142,7 +98,7 @@ def validate_fold(
     cache_salt: str = "",
 ) -> dict[str, Any]:
     """Gate every variant (``{name: {"kind": "onnx"|"ir"|"torchscript", "path": ..., "backend": ...}}``)
-    against the reference (:func:`reference_logits`) on the held-out patches, per held-out case
+    against the reference (:func:`.reference.reference_logits`) on the held-out patches, per held-out case
     too (the reference's ``groups``). A failing variant is recorded, never raised. With
     ``cache_dir``, a variant whose inputs are unchanged since an earlier run (``cache_salt``: the
     code's version) reuses that run's result. An exact variant far inside its gate on the first
@@ -196,14 +152,3 @@ def validate_fold(
         record["selfcheck"] = {**check, "variants": {n: r["selfcheck"] for n, r in results.items() if "selfcheck" in r}}
     return record
 
-
-def validate_source(source: dict[str, Any], heldout_patches: np.ndarray, variants: dict[str, dict[str, str]],
-                    tolerances: dict[str, dict[str, Any]], threads: int = 0, *,
-                    groups: Sequence[str] | None = None, selfcheck_out: Path | None = None,
-                    selfcheck: dict[str, Any] | None = None) -> dict[str, Any]:
-    """:func:`reference_logits` then :func:`validate_fold`, in one call without a cache (for
-    library use; the workflow keeps the reference as its own stage)."""
-    with tempfile.TemporaryDirectory(prefix="nnbridge-reference-") as tmp:
-        reference = reference_logits(source, heldout_patches, Path(tmp) / "reference.npy", groups=groups,
-                                     selfcheck_out=selfcheck_out, selfcheck=selfcheck)
-        return validate_fold(reference, heldout_patches, variants, tolerances, threads)
