@@ -118,7 +118,7 @@ def test_schema_takes_nncf_entries():
                                "accuracy_control": {"max_drop": 0.01, "runtime": "onnxruntime"}}
     validate_config(config, ROOT / "workflow/schemas/config.schema.yaml")
     assert config["quantize"]["q"]["accuracy_control"] == {"max_drop": 0.01, "runtime": "onnxruntime",
-                                                           "patches": 8, "max_iterations": 5}
+                                                           "patches": 8, "max_iterations": 5, "per_fold": False}
     config["quantize"]["q"]["preset"] = "fast"
     with pytest.raises(NNBridgeError, match=r"quantize\.q\.preset"):
         validate_config(config, ROOT / "workflow/schemas/config.schema.yaml")
