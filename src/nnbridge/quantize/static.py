@@ -103,7 +103,6 @@ def _quantize_static(src: Path, dst: Path, calibration: np.ndarray, settings: di
         nodes_to_exclude=excluded, calibration_cache=cache)
 
 
-
 def calibrate_ranges(src: Path, calibration: np.ndarray, out: Path, *, calibrate_method: str = "MinMax",
                      src_record: Path | None = None) -> dict[str, Any]:
     """ONNX Runtime's calibration of ``src`` on ``calibration``: the activation ranges every static
