@@ -246,11 +246,9 @@ def get_calibration_ranges(wildcards):
     return {"ranges": f"{folder}/quantize/calibration/{method}.json"}
 
 
-def quantize_calibrates(wildcards):
-    """Whether a quantize job calibrates itself (NNCF's methods gather their own statistics; a
-    static entry's ranges come from rule calibrate), which decides the memory it declares."""
-    method = (config["quantize"][wildcards.qvariant] or {}).get("method", "static")
-    return method in ("nncf", "openvino_int8")
+def quantize_method(wildcards):
+    """A quantize entry's method: it decides the memory the job declares (quantize_mem_mb)."""
+    return (config["quantize"][wildcards.qvariant] or {}).get("method", "static")
 
 
 def get_reference_source(wildcards):

@@ -64,10 +64,10 @@ rule quantize:
     # by side; a profile raises it where cores outnumber parallel jobs (set-threads: quantize=4)
     threads: 1
     resources:
-        # from the graph's patch size once it exists: what calibrating in the job needs (NNCF's
-        # statistics; ~13.5 GB at a 128^3 patch), else what running the graph needs (a static entry
-        # gets its ranges from rule calibrate; 6 GB); nnbridge.pipeline.plan.quantize_mem_mb
-        mem_mb=lambda wildcards, input: quantize_mem_mb(input.onnx, calibrates=quantize_calibrates(wildcards)),
+        # from the graph's patch size once it exists, by method: NNCF's statistics (openvino_int8
+        # ~6.2 GB at a 128^3 patch), else what running the graph needs (a static entry gets its
+        # ranges from rule calibrate; 6 GB); nnbridge.pipeline.plan.quantize_mem_mb
+        mem_mb=lambda wildcards, input: quantize_mem_mb(input.onnx, quantize_method(wildcards)),
         runtime=60,
     conda:
         "../../envs/onnx.yaml"

@@ -719,24 +719,29 @@ def postprocessing_sources(model: ModelEntry) -> dict[str, Any]:
     return {"own": own, "ensembles": ensembles}
 
 
-#: memory of a quantize job: ONNX Runtime's static calibration runs a graph that keeps every
-#: activation of a patch alive (measured: 11.5 GB peak at nnU-Net's default 3d_fullres plan, a
-#: 128^3 patch with 32->320 features, AMD Zen 4, 2026-12-02, i.e. ~4.5 kB per voxel above a 2 GB
-#: base); with a 20 % margin, and never below what the demo's models get
-QUANTIZE_MEM_BASE_MB, QUANTIZE_MEM_PER_VOXEL_MB, QUANTIZE_MEM_MIN_MB = 2000, 5.5e-3, 6000
+#: memory of a calibrate or quantize job above a 2 GB base, per voxel of the patch, by what it
+#: does (measured at nnU-Net's default 3d_fullres plan, a 128^3 patch with 32->320 features, AMD
+#: Zen 4, 2026-12-02, with a 20 % margin): ONNX Runtime's static calibration (rule calibrate;
+#: NNCF's ONNX backend gathers its statistics the same way, not measured) runs a graph that keeps
+#: every activation of a patch alive, 11.5 GB peak; NNCF's OpenVINO backend (openvino_int8) 5.1 GB
+#: with accuracy control, 4.3 GB without. Every other job only runs the graph, patch by patch (the
+#: validate stage held 3.2 GB there): the minimum, which is also what the demo's models get.
+QUANTIZE_MEM_BASE_MB, QUANTIZE_MEM_MIN_MB = 2000, 6000
+QUANTIZE_MEM_PER_VOXEL_MB = {"calibrate": 5.5e-3, "nncf": 5.5e-3, "openvino_int8": 2e-3}
 
 
-def quantize_mem_mb(onnx_file: str | Path, calibrates: bool = True) -> int:
-    """The ``mem_mb`` a quantize or calibrate job of the graph ``onnx_file`` declares (Slurm's
-    ``--mem``), from the patch size in its nnbridge metadata; the minimum when the file has none
-    or the job does not calibrate (it only runs the graph, patch by patch: the validate stage
-    held 3.2 GB at a 128^3 patch on the AMD Zen 4 of README "Measured")."""
+def quantize_mem_mb(onnx_file: str | Path, method: str = "calibrate") -> int:
+    """The ``mem_mb`` a calibrate job (``method`` ``calibrate``) or a quantize job of ``method`` on
+    the graph ``onnx_file`` declares (Slurm's ``--mem``), from the patch size in its nnbridge
+    metadata (:data:`QUANTIZE_MEM_PER_VOXEL_MB`); the minimum when the file has none or the
+    method only runs the graph (static INT8 from the calibrate stage's ranges, bf16, ...)."""
     try:
         text = read_metadata(Path(onnx_file)).get("patch_size")
         patch = list(json.loads(text)) if text else None
     except (OSError, ValueError, NNBridgeError):  # unreadable: the job itself says why
         patch = None
-    if not patch or not calibrates:
+    per_voxel = QUANTIZE_MEM_PER_VOXEL_MB.get(method, 0.0)
+    if not patch or not per_voxel:
         return QUANTIZE_MEM_MIN_MB
     voxels = math.prod(int(size) for size in patch)
-    return max(QUANTIZE_MEM_MIN_MB, int(QUANTIZE_MEM_BASE_MB + QUANTIZE_MEM_PER_VOXEL_MB * voxels))
+    return max(QUANTIZE_MEM_MIN_MB, int(QUANTIZE_MEM_BASE_MB + per_voxel * voxels))
