@@ -7,7 +7,7 @@ venv:
 demo: venv
 	.venv/bin/snakemake --profile profiles/default
 
-# two pytest-xdist workers (measured on 2 cores: 11.5 min for 488 tests); tests/conftest.py
+# two pytest-xdist workers (measured on 2 cores: 11.5-13 min for 488 tests); tests/conftest.py
 # hands out a module at a time, longest first (AMD EPYC Zen 4, 2026-12-02)
 test: venv
 	.venv/bin/python -m pytest -n 2 -ra
