@@ -238,11 +238,10 @@ def get_quantize_decision(wildcards):
 
 def get_calibration_ranges(wildcards):
     """A static quantize entry's calibration ranges (rule calibrate, by its calibrate_method)."""
-    settings = config["quantize"][wildcards.qvariant] or {}
-    if settings.get("method", "static") != "static":
+    if quantize_method(wildcards) != "static":
         return {}
-    method = settings.get("calibrate_method", "MinMax")
-    folder = f"{RESULTS}/{wildcards.dataset}/{wildcards.model}/fold_{wildcards.fold}"
+    method = (config["quantize"][wildcards.qvariant] or {}).get("calibrate_method", "MinMax")
+    folder = FoldKey(wildcards.dataset, wildcards.model, wildcards.fold).dir(RESULTS)
     return {"ranges": f"{folder}/quantize/calibration/{method}.json"}
 
 

@@ -82,6 +82,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def json_digest(parts: Any) -> str:
+    """A short hash of a JSON-able description (a cache key: everything a result depends on)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
 def read_json(path: str | Path, fix: str = "fix it, or copy it again from where it was written") -> Any:
     """A JSON file, or a one-line :class:`NNBridgeError` naming the file (and the line of a syntax
     error) and ``fix``."""

@@ -17,8 +17,6 @@ bundle's own previous stage. Postprocessing is not part of the comparison (both 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import replace
@@ -30,7 +28,7 @@ import numpy as np
 
 from ..core.cpu import cpu_kind
 from ..core.errors import NNBridgeError
-from ..core.runlog import read_json, sha256_file, write_json
+from ..core.runlog import json_digest, read_json, sha256_file, write_json
 from ..intake.images import list_image_cases
 from ..models.nnunet import load_nnunet_fold, trainer_or_default
 from ..patches.sampling import fold_cases
@@ -256,10 +254,6 @@ def _sum_timings(records: list[dict[str, float]]) -> dict[str, float]:
 ARRAYS = ("preprocessed", "logits", "segmentation", "probabilities")  # what compare_case reads of nnU-Net's side
 
 
-def _digest(parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def _reference_key(model_folder: Path, fold: str, checkpoint: str, cases: dict[str, dict[str, Any]], *,
                    step: float, mirroring: bool, threads: int, trusted: bool,
                    previous_stage: dict[str, Any] | None, salt: str) -> str:
@@ -270,7 +264,7 @@ def _reference_key(model_folder: Path, fold: str, checkpoint: str, cases: dict[s
         paths = [folder / "plans.json", folder / "dataset.json", folder / f"fold_{fold}" / ckpt]
         return {p.name: sha256_file(p) if p.is_file() else None for p in paths}
 
-    return _digest({
+    return json_digest({
         "model": files_of(model_folder, checkpoint), "fold": fold, "trusted": trusted,
         "previous_stage": previous_stage and {**previous_stage, "files": files_of(Path(previous_stage["folder"]),
                                                                                    previous_stage["checkpoint"])},
@@ -284,11 +278,60 @@ def _variant_key(reference_key: str, bundle: Bundle, name: str, fold: str, gate:
     """Everything a bundle variant's comparison depends on beyond nnU-Net's side: its fold's file,
     how nnbridge predict runs it (runtime, precision, settings) and the bundle's plans."""
     entry = bundle.variant(name)[1]
-    return _digest({"reference": reference_key, "name": name, "gate": gate,
+    return json_digest({"reference": reference_key, "name": name, "gate": gate,
                     "file": (entry.get("sha256") or {}).get(str(fold)),
                     **{k: entry.get(k) for k in ("kind", "inference_precision", "backend", "ort_settings",
                                                  "run_settings")},
                     "plans": bundle.manifest.get("plans_sha256"), "dataset": bundle.manifest.get("dataset_json_sha256")})
+
+
+def _nnunet_side(model_folder: Path, fold: str, checkpoint: str, bundle: Bundle, cases: dict[str, dict[str, Any]],
+                 out_dir: Path, ref_dir: Path | None, *, need_arrays: bool, step: float, mirroring: bool,
+                 threads: int, trusted: bool, previous_stage: dict[str, Any] | None,
+                 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], bool]:
+    """nnU-Net's predictor on ``cases``: (summary — classes, notes, timings —, per case the
+    arrays :func:`compare_case` reads, whether it ran here). With ``ref_dir`` holding an earlier
+    run's summary (:func:`run_case_parity`'s cache) it does not run: the arrays are read back
+    when ``need_arrays`` (a variant is compared again), else none are. A run fills ``ref_dir``."""
+    if ref_dir is not None and (ref_dir / "summary.json").is_file():
+        arrays: dict[str, dict[str, Any]] = {}
+        if need_arrays:
+            print("nnbridge: case parity: nnU-Net's predictions unchanged, reused", flush=True)
+            for case in cases:
+                with np.load(ref_dir / f"{case}.npz") as kept:
+                    arrays[case] = {k: kept[k] for k in ARRAYS}
+        return read_json(ref_dir / "summary.json"), arrays, False
+    earlier = None
+    if bundle.previous_stage is not None:
+        if not previous_stage:
+            raise NNBridgeError(f"{bundle.root}: a cascade stage; whole-case parity needs the model folder of its "
+                                f"{bundle.previous_stage.configuration} stage (previous_stage)")
+        earlier = NNUNetReference(Path(previous_stage["folder"]), fold, previous_stage["checkpoint"], step=step,
+                                  mirroring=mirroring, threads=threads,
+                                  trusted=bool(previous_stage.get("trusted", trusted)))
+    reference = NNUNetReference(model_folder, fold, checkpoint, step=step, mirroring=mirroring, threads=threads,
+                                trusted=trusted, previous_stage=earlier)
+    labels = reference.predictor.label_manager
+    ending = bundle.dataset_json["file_ending"]
+    (out_dir / "nnunet").mkdir(parents=True, exist_ok=True)
+    results = {}
+    for index, (case, files) in enumerate(cases.items(), 1):
+        print(f"nnbridge: case parity: nnU-Net predicts case {index}/{len(cases)} ({case})", flush=True)
+        results[case] = reference.predict_case(files["images"], out_dir / "nnunet" / f"{case}{ending}")
+    summary = {
+        "classes": [int(c) for c in (labels.regions_class_order if labels.has_regions else labels.foreground_labels)],
+        "reference_note": reference.note,
+        "previous_stage": (None if earlier is None else
+                           {"configuration": bundle.previous_stage.configuration,
+                            "model_folder": str(previous_stage["folder"]), "reference_note": earlier.note}),
+        "timings_s": _sum_timings([r["timings_s"] for r in results.values()]),
+    }
+    if ref_dir is not None:
+        ref_dir.mkdir(parents=True, exist_ok=True)
+        for case, r in results.items():
+            np.savez(ref_dir / f"{case}.npz", **{k: r[k] for k in ARRAYS})
+        write_json(ref_dir / "summary.json", summary)
+    return summary, results, True
 
 
 def run_case_parity(
@@ -331,44 +374,9 @@ def run_case_parity(
     keys = {name: _variant_key(ref_key, bundle, name, fold, gates[name]) for name in variants}
     hits = {name: read_json(cache / f"{keys[name]}.json") for name in variants
             if cache and (cache / f"{keys[name]}.json").is_file()}
-    summary = read_json(ref_dir / "summary.json") if ref_dir and (ref_dir / "summary.json").is_file() else None
-    ending = bundle.dataset_json["file_ending"]
-    ref_results: dict[str, dict[str, Any]] = {}
-    predicted = summary is None  # nnU-Net's predictor runs in this call
-    if summary is None:
-        earlier = None
-        if bundle.previous_stage is not None:
-            if not previous_stage:
-                raise NNBridgeError(f"{bundle_dir}: a cascade stage; whole-case parity needs the model folder of its "
-                                    f"{bundle.previous_stage.configuration} stage (previous_stage)")
-            earlier = NNUNetReference(Path(previous_stage["folder"]), fold, previous_stage["checkpoint"], step=step,
-                                      mirroring=mirroring, threads=threads,
-                                      trusted=bool(previous_stage.get("trusted", trusted)))
-        reference = NNUNetReference(model_folder, fold, checkpoint, step=step, mirroring=mirroring, threads=threads,
-                                    trusted=trusted, previous_stage=earlier)
-        labels = reference.predictor.label_manager
-        (out_dir / "nnunet").mkdir(parents=True, exist_ok=True)
-        for index, (case, files) in enumerate(cases.items(), 1):
-            print(f"nnbridge: case parity: nnU-Net predicts case {index}/{len(cases)} ({case})", flush=True)
-            ref_results[case] = reference.predict_case(files["images"], out_dir / "nnunet" / f"{case}{ending}")
-        summary = {
-            "classes": [int(c) for c in (labels.regions_class_order if labels.has_regions else labels.foreground_labels)],
-            "reference_note": reference.note,
-            "previous_stage": (None if earlier is None else
-                               {"configuration": bundle.previous_stage.configuration,
-                                "model_folder": str(previous_stage["folder"]), "reference_note": earlier.note}),
-            "timings_s": _sum_timings([r["timings_s"] for r in ref_results.values()]),
-        }
-        if ref_dir is not None:
-            ref_dir.mkdir(parents=True, exist_ok=True)
-            for case, r in ref_results.items():
-                np.savez(ref_dir / f"{case}.npz", **{k: r[k] for k in ARRAYS})
-            write_json(ref_dir / "summary.json", summary)
-    elif len(hits) < len(variants):  # nnU-Net's arrays of the earlier run, for the variants that changed
-        print("nnbridge: case parity: nnU-Net's predictions unchanged, reused", flush=True)
-        for case in cases:
-            with np.load(ref_dir / f"{case}.npz") as arrays:
-                ref_results[case] = {k: arrays[k] for k in ARRAYS}
+    summary, ref_results, predicted = _nnunet_side(
+        model_folder, fold, checkpoint, bundle, cases, out_dir, ref_dir, need_arrays=len(hits) < len(variants),
+        step=step, mirroring=mirroring, threads=threads, trusted=trusted, previous_stage=previous_stage)
     classes = summary["classes"]
     rw = reader_writer(bundle.plans.get("image_reader_writer", "SimpleITKIO"))
     truths = {case: rw.read_seg(str(files["label"]))[0][0] if files.get("label") else None

@@ -12,8 +12,6 @@ when one variant changes (a quantization setting) the others are not run again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ import numpy as np
 from ..core.artifacts import artifact_sha256, verify_variant_files
 from ..core.cpu import cpu_kind
 from ..core.dice import case_dice, dice_of, label_classes, overlap_counts, to_labels
-from ..core.runlog import read_json, sha256_file, write_json
+from ..core.runlog import json_digest, read_json, sha256_file, write_json
 from ..predict.verify import read_selfcheck
 from ..runtime import make_runner, run_patches, run_variant
 from ..runtime.ov import PrecisionUnavailable
@@ -36,7 +34,7 @@ def _cache_key(name: str, variant: dict[str, Any], tol: Tolerance, reference: di
              "kind": variant["kind"], "backend": variant.get("backend", "onnxruntime"), "gate": tol.to_dict(),
              "reference": reference["sha256"], "selfcheck": (reference.get("selfcheck") or {}).get("sha256"),
              "threads": threads, "code": salt, "machine": cpu_kind()}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+    return json_digest(parts)
 
 
 def _on_selfcheck(reference: dict[str, Any], variant: dict[str, Any], tol: Tolerance, threads: int) -> dict[str, Any]:
