@@ -118,7 +118,8 @@ def test_schema_takes_nncf_entries():
                                "accuracy_control": {"max_drop": 0.01, "runtime": "onnxruntime"}}
     validate_config(config, ROOT / "workflow/schemas/config.schema.yaml")
     assert config["quantize"]["q"]["accuracy_control"] == {"max_drop": 0.01, "runtime": "onnxruntime",
-                                                           "patches": 8, "max_iterations": 5, "per_fold": False}
+                                                           "patches": 8, "ranking_patches": None, "max_iterations": 5,
+                                                           "per_fold": False}
     config["quantize"]["q"]["preset"] = "fast"
     with pytest.raises(NNBridgeError, match=r"quantize\.q\.preset"):
         validate_config(config, ROOT / "workflow/schemas/config.schema.yaml")
@@ -127,12 +128,17 @@ def test_schema_takes_nncf_entries():
 def test_accuracy_control_puts_operations_back_in_fp32_by_dice(exported, patch_sets, tmp_path):
     out, _, _ = exported
     _, calibration, _ = patch_sets
-    settings = {"method": "nncf", "accuracy_control": {"max_drop": 0.0, "patches": 2, "max_iterations": 1}}
+    settings = {"method": "nncf", "accuracy_control": {"max_drop": 0.0, "patches": 2, "max_iterations": 1,
+                                                       "ranking_patches": 1}}
     record = quantize_variant(out / "model.onnx", tmp_path / "ac.onnx", calibration, settings,
                               backends=("onnxruntime", "openvino"))
     control = record["accuracy_control"]
     assert (control["runtime"], control["patches"], control["max_drop"]) == ("openvino", 2, 0.0)
     assert control["evaluations"] > 2 and set(control["dice"]) and 0 < control["min_dice"] <= 1
+    # the operations were ranked on one patch: the evaluations on both patches are only NNCF's
+    # checks (fp32 model, INT8 model, the one iteration's candidate), every ranking one took one
+    assert control["ranking_patches"] == 1
+    assert control["evaluations_by_patches"].get("2", 0) <= 3 < control["evaluations_by_patches"]["1"]
     # no INT8 model matches fp32 exactly: the control reverted operations, OpenVINO runs them in fp32
     assert control["fp32_modules"]
     assert set(control["fp32_modules"]) <= set(record["coverage_openvino"]["float_compute_nodes"])

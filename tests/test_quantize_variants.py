@@ -3,6 +3,7 @@ real tiny nnU-Net fold."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 
@@ -14,6 +15,7 @@ from nnbridge.validate.metrics import compare_logits
 from nnbridge.core.metadata import output_labels
 from nnbridge.quantize import calibrate_ranges, quantize_variant
 from nnbridge.quantize.accuracy import layer_blocks
+from nnbridge.quantize.common import ranking_patches
 
 
 def test_fp16_variant_keeps_fp32_interface_and_labels(exported, patch_sets, loaded_fold, tmp_path):
@@ -82,10 +84,12 @@ def test_accuracy_aware_loop_keeps_blocks_in_fp32_until_the_target(exported, pat
     out, _, _ = exported
     _, calibration, _ = patch_sets
     settings = {"method": "static", "accuracy_aware": {"min_dice": 1.0, "max_steps": 2, "min_gain": 0,
-                                                        "exclude_per_step": 1, "patches": 4}}
+                                                        "exclude_per_step": 1, "patches": 4, "ranking_patches": 1}}
     record = quantize_variant(out / "model.onnx", tmp_path / "aa.onnx", calibration, settings)
     aa = record["accuracy_aware"]
     steps = aa["steps"]
+    # the trials ranked on one patch, every kept step checked on all four
+    assert (aa["check_patches"], aa["ranking_patches"], steps[0]["ranking_patches"]) == (4, 1, 1)
     assert steps[0]["fp32_modules"] == [] and steps[0]["min_dice"] < 1.0  # INT8 changes labels
     assert [len(s["fp32_modules"]) for s in steps] == list(range(len(steps)))
     assert steps[-1]["min_dice"] >= steps[0]["min_dice"]
@@ -236,3 +240,16 @@ def test_qoperator_per_tensor_entropy_symmetric(exported, patch_sets, tmp_path):
     assert len(w_scale.dims) == 0 or list(w_scale.dims) == [1]  # per tensor: one weight scale
     assert x_zero_point.data_type == onnx.TensorProto.INT8  # symmetric activations: int8, zero point 0
     assert record["coverage"]["n_int8_compute_nodes"] > 0
+
+
+def test_accuracy_searches_rank_on_two_real_size_patches_and_every_small_one():
+    """What the searches rank on when the entry does not say: a voxel budget of two 128^3 patches."""
+    def patches(*shape):  # the shape of a patch array, without its memory
+        return np.broadcast_to(np.float32(0), shape)
+
+    demo = patches(8, 1, 40, 40, 40)
+    assert ranking_patches(demo, None) == 8
+    real = patches(8, 2, 128, 128, 128)  # channels do not count as voxels
+    assert ranking_patches(real, None) == 2
+    assert ranking_patches(patches(8, 1, 160, 160, 160), None) == 1
+    assert ranking_patches(real, 5) == 5 and ranking_patches(real, 50) == 8 and ranking_patches(demo[:3], None) == 3

@@ -100,7 +100,8 @@ def benchmark_artifact(artifact: str, source: dict[str, Any], variants: dict[str
     keys = [k for k in sweep_keys if k in specs]
     if keys:
         print(f"nnbridge: {artifact}: thread/batch sweep of {', '.join(keys)}", flush=True)
-        record["sweep"] = sweep(specs, keys, tuple(shape), threads, sweep_batch, min(warmup, 1), max(3, repeats // 4))
+        record["sweep"] = sweep(specs, keys, tuple(shape), threads, sweep_batch, min(warmup, 1), max(3, repeats // 4),
+                                measured={k: record["results"].get(k, {}).get("p50_ms") for k in keys})
     return record
 
 

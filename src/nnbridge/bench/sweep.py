@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..runtime.timing import StopRule
 from .measure import benchmark_points_in_subprocess, skip_reason
 
 
 def sweep(specs: dict[str, dict[str, Any]], names: list[str] | tuple[str, ...], shape: tuple[int, ...],
-          threads: int, batch: int, warmup: int, repeats: int) -> dict[str, Any]:
+          threads: int, batch: int, warmup: int, repeats: int,
+          measured: dict[str, float | None] | None = None) -> dict[str, Any]:
     """p50 of each named spec at 1..``threads`` threads (batch 1), and per patch at ``batch``
     patches per run with ``threads`` threads; a spec's points in one process of their own
-    (:func:`benchmark_points_in_subprocess`)."""
+    (:func:`benchmark_points_in_subprocess`). ``measured``: p50s the caller already has of these
+    specs at ``threads`` threads and batch 1 (the artifact's main timing), not timed again
+    (``p50_from`` says so): at a 128³ patch each point is ~20-40 s."""
     out: dict[str, Any] = {"threads": list(range(1, threads + 1)), "batch": batch, "results": {}}
     for name in names:
         spec = specs.get(name)
@@ -22,14 +26,19 @@ def sweep(specs: dict[str, dict[str, Any]], names: list[str] | tuple[str, ...], 
         if why:  # left out of the results, whose readers expect timings
             out.setdefault("skipped", {})[name] = why
             continue
-        points = [{"spec": spec, "shape": list(shape), "threads": t} for t in range(1, threads + 1)]
+        known = (measured or {}).get(name)
+        counts = range(1, threads + (known is None))  # thread counts timed here
+        points = [{"spec": spec, "shape": list(shape), "threads": t} for t in counts]
         if batch > 1:
             points.append({"spec": spec, "shape": [batch, *shape[1:]], "threads": threads})
-        measured = benchmark_points_in_subprocess(points, warmup, repeats)
-        row: dict[str, Any] = {"p50_ms_by_threads": {str(p["threads"]): r.get("p50_ms")
-                                                     for p, r in zip(points[:threads], measured)}}
+        timed = benchmark_points_in_subprocess(points, warmup, repeats)
+        by_threads = {str(t): r.get("p50_ms") for t, r in zip(counts, timed)}
+        row: dict[str, Any] = {"p50_ms_by_threads": by_threads}
+        if known is not None:
+            by_threads[str(threads)] = known
+            row["p50_from"] = {str(threads): "the artifact's timing at batch 1"}
         if batch > 1:
-            r = measured[-1]
+            r = timed[-1]
             row["p50_ms_per_patch_at_batch"] = r["p50_ms"] / batch if "p50_ms" in r else None
         out["results"][name] = row
     return out
@@ -54,8 +63,15 @@ MIN_GAIN = 0.03  # a candidate must beat the default p50 by this share, else noi
 def tune_onnxruntime(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: int,
                      repeats: int) -> dict[str, Any]:
     """Time each of :data:`ORT_CANDIDATES` (one session each, all in one process of their own);
-    choose the fastest if it beats ORT's default by more than :data:`MIN_GAIN`."""
-    points = [{"spec": {**spec, "settings": settings, "profile": False}, "shape": list(shape), "threads": threads}
+    choose the fastest if it beats ORT's default by more than :data:`MIN_GAIN`. With a ``stop``
+    rule in ``spec``, each candidate gets half its time budget and 3 runs at least: six
+    candidates at a 128³ patch (4-8 s per run) otherwise took ~3 min of an exclusive job."""
+    stop = spec.get("stop")
+    if stop is not None:
+        stop = {**stop, "budget_s": float(stop.get("budget_s", StopRule.budget_s)) / 2,
+                "min_repeats": min(3, int(stop.get("min_repeats", StopRule.min_repeats)))}
+    points = [{"spec": {**spec, "settings": settings, "profile": False, **({"stop": stop} if stop else {})},
+               "shape": list(shape), "threads": threads}
               for settings in ORT_CANDIDATES]
     tried = []
     for settings, r in zip(ORT_CANDIDATES, benchmark_points_in_subprocess(points, warmup, repeats)):

@@ -22,6 +22,7 @@ from ..runtime import make_runner, run_variant
 from ..runtime.ort import onnx_session, run_onnx
 from ..runtime.timing import quick_latency_ms
 from ..validate.metrics import compare_logits
+from .common import ranking_patches
 from .static import _quantize_static
 
 
@@ -147,7 +148,9 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     ``settings["accuracy_aware"]``: ``min_dice`` (per class, INT8 vs the fp32 ONNX model on the
     calibration patches), ``max_steps`` (exclusion rounds), ``exclude_per_step`` (blocks kept in
     fp32 per round, chosen by :func:`block_sensitivity`), ``patches`` (how many calibration
-    patches the checks use), ``candidates`` (per round, only this many blocks are tried: those
+    patches the checks use), ``ranking_patches`` (how many of those each round's trials run on;
+    default as many as hold two 128³ patches, :func:`.common.ranking_patches`: all of small
+    patches, 2 at a real-size nnU-Net's 128³), ``candidates`` (per round, only this many blocks are tried: those
     across which the INT8 model's error against fp32 grows most, :func:`error_growth`; ``null``
     tries every block), ``min_gain`` (a round's best block must raise the worst-class Dice on the
     runtime that disagrees most by at least this much, else the loop stops: what costs the label
@@ -182,6 +185,7 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     fallback = bool(aa.get("asymmetric_fallback", True)) and bool(settings.get("symmetric_activations"))
     stalled = None
     check = calibration[: int(aa.get("patches", 8))].astype(np.float32)
+    ranked_on = ranking_patches(check, aa.get("ranking_patches"))  # the trials' patches: check[:ranked_on]
     labels, region_based = output_labels(Path(src))
     reference = run_onnx(Path(src), check, threads)
     fp32_ms = quick_latency_ms(make_runner({"backend": "onnxruntime", "path": src}, threads), check[:1].shape)
@@ -225,12 +229,17 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
                 only = set(sorted(growth, key=lambda n: -growth[n])[: int(candidates)]) or None
                 steps[-1]["candidates"] = {"by": "error growth across the block (INT8 vs fp32, ONNX Runtime, 1 patch)",
                                            "tried": sorted(only or [b["node"] for b in blocks]), "of": len(blocks)}
-            ranking = block_sensitivity(Path(src), calibration, check, reference, labels, region_based,
-                                        settings, excluded, cache, threads, (worst_backend,), only)
+            ranking = block_sensitivity(Path(src), calibration, check[:ranked_on], reference[:ranked_on], labels,
+                                        region_based, settings, excluded, cache, threads, (worst_backend,), only)
             steps[-1]["ranked_on"] = worst_backend
+            steps[-1]["ranking_patches"] = ranked_on
             if not ranking:
                 break
-            gain = ranking[0]["min_dice"] - metrics["min_dice_by_backend"][worst_backend]
+            # the gain against this step on the trials' own patches
+            base = (metrics["min_dice_by_backend"][worst_backend] if ranked_on == len(check) else
+                    worst_agreement(Path(dst), check[:ranked_on], reference[:ranked_on], labels, region_based,
+                                    threads, (worst_backend,))["min_dice"])
+            gain = ranking[0]["min_dice"] - base
             if gain < min_gain:  # no block's fp32 version helps: stop here, keep the file as it is
                 steps[-1]["trials"] = [{k: t[k] for k in ("module", "op", "min_dice", "mean_abs_err")}
                                        for t in ranking]
@@ -266,7 +275,8 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     record["accuracy_aware"] = {
         "min_dice": target, "max_steps": max_steps, "exclude_per_step": per_step, "candidates": candidates,
         "min_gain": min_gain,
-        "check_patches": int(len(check)), "reference": "fp32 ONNX on the calibration patches",
+        "check_patches": int(len(check)), "ranking_patches": ranked_on,
+        "reference": "fp32 ONNX on the calibration patches",
         "backends": list(backends),
         "fp32_latency_ms": fp32_ms, "steps": steps, "passed": passed,
         "fp32_modules": list(modules), "asymmetric_fallback": fallback,

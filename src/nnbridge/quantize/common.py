@@ -48,6 +48,23 @@ def _file_record(dst: Path) -> dict[str, Any]:
             "size_bytes": artifact_size(dst)}
 
 
+# voxels the accuracy searches rank their candidates on when the entry does not say: two patches
+# of 128^3 (a real-size nnU-Net's 3d_fullres), every patch of small ones (the demo's 8 of 40^3)
+RANKING_VOXELS = 2 * 128**3
+
+
+def ranking_patches(check: np.ndarray, asked: int | None) -> int:
+    """How many of the ``check`` patches (batch 1 each) an accuracy search ranks its candidates
+    on: ``asked`` (the entry's ``ranking_patches``), else as many as hold :data:`RANKING_VOXELS`
+    (at least one). Ranking only orders the candidates (which block or operation goes back to fp32
+    first); every step the search keeps is still checked on all of ``check``."""
+    n = len(check)
+    if asked is not None:
+        return max(1, min(int(asked), n))
+    per_patch = int(np.prod(check.shape[1:])) // max(int(check.shape[1]), 1) if n else 1
+    return max(1, min(n, RANKING_VOXELS // max(per_patch, 1)))
+
+
 def _choice(what: str, value: Any, allowed: tuple[Any, ...]) -> None:
     """Refuse a setting outside ``allowed`` in one line that names the choices."""
     if value not in allowed:

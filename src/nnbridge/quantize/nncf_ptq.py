@@ -18,7 +18,7 @@ from ..core.onnxgraph import COMPUTE_OPS, module_name
 from ..runtime import ONNX_BACKENDS, compiled_runner, run_patches, run_variant
 from ..runtime.ort import run_onnx
 from ..validate.metrics import compare_logits
-from .common import _choice, _copy_metadata, _file_record, _paths
+from .common import _choice, _copy_metadata, _file_record, _paths, ranking_patches
 
 
 NNCF_PRESETS = ("performance", "mixed")
@@ -69,7 +69,9 @@ def quantize_nncf_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset:
     ``quantize_with_accuracy_control``, whose metric here is the worst per-class Dice of the label
     maps against the fp32 model's on the first ``patches`` calibration patches, run on ``runtime``
     (OpenVINO by default: where NNCF's INT8 runs): NNCF ranks the quantized operations and puts
-    the costliest back in fp32 until the Dice drop is at most ``max_drop``. ``decided``
+    the costliest back in fp32 until the Dice drop is at most ``max_drop``; it ranks them on
+    ``ranking_patches`` of those patches (default: as many as hold two 128³ patches,
+    :func:`.common.ranking_patches`), each candidate it keeps is checked on all. ``decided``
     (``{"fold", "record"}``: another fold's quantize record with accuracy control): the compute
     nodes that control left in fp32 there join the ignored scope and NNCF quantizes once, without
     a search of its own (:func:`decided_nodes`); the Dice check is still this fold's.
@@ -142,7 +144,7 @@ def run_nncf(nncf, src: Path, model: Any, dataset: Any, options: dict[str, Any],
             model, dataset, nncf.Dataset(list(range(len(control.check)))), control.metric,
             max_drop=control.max_drop, **options, advanced_quantization_parameters=advanced,
             advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
-                max_num_iterations=control.max_iterations))
+                max_num_iterations=control.max_iterations, ranking_subset_size=control.ranking))
     except nncf.ValidationError as exc:  # e.g. an ignored name or type the graph does not have
         raise NNBridgeError(f"nncf quantization of {src} refused: {exc}") from exc
 
@@ -160,10 +162,13 @@ class DiceControl:
         self.runtime = settings.get("runtime", "openvino")
         _choice("nncf accuracy_control runtime", self.runtime, runtimes)
         self.check = calibration[: int(settings.get("patches", 8))]
+        # NNCF ranks the quantized operations on this many (those whose Dice dropped most)
+        self.ranking = ranking_patches(self.check, settings.get("ranking_patches"))
         self.labels, self.region_based = output_labels(src)
         self.reference = run_onnx(src, self.check, threads)
         self.threads = threads
         self.evaluations = 0
+        self.evaluated_patches: dict[int, int] = {}  # patches per evaluation -> evaluations
 
     def compare(self, path: Path, items: list[int]) -> dict[str, Any]:
 
@@ -179,6 +184,7 @@ class DiceControl:
         compiled by NNCF (fp32 inference precision, as nnbridge compiles), run as it is."""
         self.evaluations += 1
         items = list(items)
+        self.evaluated_patches[len(items)] = self.evaluated_patches.get(len(items), 0) + 1
         if not isinstance(model, onnx.ModelProto):
             return self._compare(run_patches(compiled_runner(model), self.check[items]), items)["min_dice"], None
         with tempfile.TemporaryDirectory(prefix="nnbridge-nncf-") as tmp:
@@ -205,8 +211,10 @@ class DiceControl:
             fp32, fp32_nodes = [module_name(n.name, n.input[1]) for n in nodes], [n.name for n in nodes]
         target = 1.0 - self.max_drop
         passed = metrics["min_dice"] >= target
-        return {"max_drop": self.max_drop, "patches": int(len(self.check)), "runtime": self.runtime,
+        return {"max_drop": self.max_drop, "patches": int(len(self.check)), "ranking_patches": self.ranking,
+                "runtime": self.runtime,
                 "max_iterations": self.max_iterations, "evaluations": self.evaluations,
+                "evaluations_by_patches": {str(k): v for k, v in sorted(self.evaluated_patches.items())},
                 "reference": "fp32 ONNX (ONNX Runtime) on the calibration patches",
                 "dice": metrics["dice"], "min_dice": metrics["min_dice"], "fp32_modules": fp32,
                 "fp32_nodes": list(fp32_nodes or []),

@@ -102,8 +102,14 @@ def time_until_stable(run: Callable[[np.ndarray], object], x: np.ndarray, warmup
             return np.array(times), f"time budget of {rule.budget_s:g} s spent after {n} runs"
 
 
-def quick_latency_ms(run: Callable[[np.ndarray], object], shape: tuple[int, ...], seed: int = 0) -> float:
-    """Median of 5 runs on one random input after one warm-up: a rough number (e.g. per step of a
-    quantization loop), not a benchmark."""
+def quick_latency_ms(run: Callable[[np.ndarray], object], shape: tuple[int, ...], seed: int = 0,
+                     budget_s: float = 2.0) -> float:
+    """Median of up to 5 runs on one random input after one warm-up, fewer once ``budget_s`` of
+    timed runs is spent (at least one: a 128³ patch on one thread takes seconds per run): a rough
+    number (e.g. per step of a quantization loop), not a benchmark."""
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    return round(float(np.percentile(time_runner(run, x, 1, 5), 50)), 3)
+    run(x)
+    times: list[float] = []
+    while len(times) < 5 and sum(times) < budget_s * 1000.0:
+        times.extend(time_runner(run, x, 0, 1))
+    return round(float(np.percentile(times, 50)), 3)
