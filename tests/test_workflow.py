@@ -242,6 +242,29 @@ def test_finished_run_has_nothing_to_do(workdir):
     assert planned_jobs(run_snakemake(workdir, "-n")) == {}
 
 
+def test_the_reference_folds_way_to_its_searches_is_scheduled_first(workdir):
+    """Every other fold waits for the reference fold's accuracy searches (the longest jobs at real
+    size): the jobs on their way carry a scheduling priority, the same jobs of fold 1 and the
+    reference fold's entries that search nothing do not."""
+    proc = run_snakemake(workdir, "-n", "--forcerun", "export_onnx")
+    priorities = {}
+    for block in (proc.stdout + proc.stderr).split("\n\n"):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        wildcards = re.search(r"wildcards: (.*)", block)
+        if not rule or not wildcards or MODEL.split("/")[0] not in wildcards.group(1):
+            continue
+        fields = dict(item.split("=", 1) for item in wildcards.group(1).split(", "))
+        priority = re.search(r"priority: (\d+)", block)
+        key = (rule.group(1), fields["fold"], fields.get("qvariant") or fields.get("method"))
+        priorities[key] = int(priority.group(1)) if priority else 0
+    first = {k: v for k, v in priorities.items() if k[1] == "0"}
+    assert first[("export_onnx", "0", None)] == first[("simplify", "0", None)] == 2, priorities
+    assert first[("calibrate", "0", "MinMax")] == first[("quantize", "0", "int8_accurate")] == 2, priorities
+    assert first[("quantize_ir", "0", IR)] == 2, priorities
+    assert first[("quantize", "0", "int8_static")] == first[("validate", "0", None)] == 0, priorities
+    assert {v for k, v in priorities.items() if k[1] == "1"} == {0}, priorities
+
+
 def test_a_cpu_without_int8_dot_products_requantizes_only_what_it_decides(workdir):
     """The quantize jobs' params hold the CPU features their left-out settings depend on: on a
     CPU that differs in them (NNBRIDGE_NO_VNNI where this one has VNNI/AMX-INT8) exactly the INT8

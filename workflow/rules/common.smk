@@ -223,6 +223,28 @@ def reference_key(wildcards):
     return sorted(get_model(wildcards).fold_keys(), key=lambda k: fold_order(k.fold))[0]
 
 
+SEARCH_PRIORITY = 2  # below the demo's trainings (demo.smk: 10, 5), above everything else
+
+
+def searched_entries():
+    """The quantize entries whose accuracy search runs on each model's reference fold only."""
+    return [name for name, settings in (config.get("quantize") or {}).items()
+            if (search := (settings or {}).get("accuracy_aware") or (settings or {}).get("accuracy_control"))
+            and not search.get("per_fold")]
+
+
+def search_priority(wildcards):
+    """Scheduling priority of a job on the way to the reference fold's accuracy searches (patches,
+    export, simplify, calibrate and the searches themselves): every other fold waits for them
+    (get_quantize_decision), and at a 128^3 patch they are the longest jobs of a run, so they
+    start first rather than after every fold's exports and references."""
+    entries = searched_entries()
+    if not entries or str(reference_key(wildcards).fold) != str(wildcards.fold):
+        return 0
+    qvariant = getattr(wildcards, "qvariant", None)
+    return SEARCH_PRIORITY if qvariant is None or qvariant in entries else 0
+
+
 def get_quantize_decision(wildcards):
     """For a fold other than the model's reference fold: the reference fold's record of an
     accuracy-controlled quantize entry (accuracy_aware, accuracy_control), whose search it reuses

@@ -13,6 +13,8 @@ rule export_onnx:
         "logs/{dataset}/{model}/fold_{fold}/export_onnx.log",
     benchmark:
         "benchmarks/{dataset}/{model}/fold_{fold}/export_onnx.tsv"
+    # the reference fold's way to the accuracy searches first (common.smk)
+    priority: search_priority
     threads: 1
     resources:
         mem_mb=4000,

@@ -16,6 +16,8 @@ rule patches:
         code=code_version("patches"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/patches.log",
+    # the reference fold's way to the accuracy searches first (common.smk)
+    priority: search_priority
     threads: 1
     resources:
         mem_mb=4000,

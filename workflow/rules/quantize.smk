@@ -18,6 +18,8 @@ rule calibrate:
         "logs/{dataset}/{model}/fold_{fold}/calibrate_{method}.log",
     benchmark:
         "benchmarks/{dataset}/{model}/fold_{fold}/calibrate_{method}.tsv"
+    # the reference fold's way to the accuracy searches first (common.smk)
+    priority: search_priority
     threads: 1
     resources:
         # from the graph's patch size once it exists (6 GB for the demo, ~13.5 GB at a 128^3 patch;
@@ -60,6 +62,8 @@ rule quantize:
         "logs/{dataset}/{model}/fold_{fold}/quantize_{qvariant}.log",
     benchmark:
         "benchmarks/{dataset}/{model}/fold_{fold}/quantize_{qvariant}.tsv"
+    # the reference fold's way to the accuracy searches first (common.smk)
+    priority: search_priority
     # one thread: on the 2-core machines two quantizations (or one beside a validation) run side
     # by side; a profile raises it where cores outnumber parallel jobs (set-threads: quantize=4)
     threads: 1

@@ -12,6 +12,8 @@ rule simplify:
         code=code_version("simplify"),
     log:
         "logs/{dataset}/{model}/fold_{fold}/simplify.log",
+    # the reference fold's way to the accuracy searches first (common.smk)
+    priority: search_priority
     threads: 1
     resources:
         mem_mb=4000,
