@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from nnbridge.models.nnunet import nnunet_source
 from nnbridge.runtime.ort import run_onnx
 from nnbridge.runtime.torchrun import run_torch
-from nnbridge.validate.metrics import Tolerance, apply_gate, compare_logits, dice_per_class
+from nnbridge.validate.metrics import Tolerance, apply_gate, certain_failures, compare_logits, dice_per_class
 from nnbridge.validate.parity import validate_fold
 from nnbridge.validate.reference import reference_logits, validate_source
 from nnbridge.quantize import quantize_variant
@@ -132,10 +132,10 @@ def test_validate_fold_passes_exact_and_fails_broken_variant(tiny_model, exporte
     assert "could not run" in results["unreadable"]["failures"][0]
     assert record["all_passed"] is False
     # as many patches as the gate needs: an exact variant far inside its bounds is decided on the
-    # first two; a failing one is run on all of them
+    # first two, so is one whose error there already exceeds its bound (the max only grows)
     assert len(heldout) > 2
     assert results["onnx_fp32"]["n_patches"] == 2 and results["onnx_fp32"]["decided_early"]
-    assert results["broken"]["n_patches"] == len(heldout) and "decided_early" not in results["broken"]
+    assert results["broken"]["n_patches"] == 2 and "fails whatever" in results["broken"]["decided_early"]
 
 
 def test_validate_reuses_unchanged_variants_only(tiny_model, exported, patch_sets, tmp_path):
@@ -162,3 +162,29 @@ def test_validate_reuses_unchanged_variants_only(tiny_model, exported, patch_set
     np.save(tmp_path / "reference.npy", np.zeros(1))  # a reference changed behind its record's back
     with pytest.raises(ValueError, match="differs from the reference record"):
         validate_fold(reference, heldout, variants, gates)
+
+
+def test_a_gate_fails_early_only_when_no_remaining_patch_can_save_it():
+    """Four patches of 64 voxels, class 1 on half of each; the variant's first two patches lose 8
+    voxels of class 1 (logit +1 -> -1). Worked by hand: Dice on those two 2*56/(64+56) = 0.933; if
+    the other two agreed exactly, at most 2*(56+64)/(64+56+128) = 0.9677; the mean abs error is at
+    least 8*2 / 512 = 0.03125 over all four; the max abs error is 2 already."""
+    ref = np.zeros((4, 2, 4, 4, 4), np.float32)
+    ref[:, 1] = -1.0
+    ref[:, 1, :2] = 1.0  # class 1 on half of every patch
+    first = ref[:2].copy()
+    first[0, 1, 0, 0, :] = -1.0
+    first[0, 1, 0, 1, :] = -1.0  # 8 voxels of class 1 lost
+    labels = {0: "background", 1: "organ"}
+
+    def failures(**gate):
+        return certain_failures(ref, first, labels, Tolerance.from_config(gate))
+
+    assert failures(min_dice=0.97) == ["Dice of organ at most 0.9677 < 0.97"]
+    assert failures(min_dice=0.96) == []  # 0.933 so far, but the other patches could lift it to 0.9677
+    assert failures(mean_abs_err=0.03) == ["mean abs error at least 0.0312 > 0.03"]
+    assert failures(mean_abs_err=0.04) == []
+    assert failures(max_abs_err=1.5) == ["max abs error 2 > 1.5"] and failures(max_abs_err=2.5) == []
+    assert failures(max_rel_err=1.9) == ["max relative error 2 > 1.9"]
+    first[1, 0, 0, 0, 0] = np.nan
+    assert failures(min_dice=0.0)[0].startswith("non-finite logits")

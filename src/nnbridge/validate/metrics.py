@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ..core.dice import case_dice, label_classes, min_voxels_for, overlap_counts, to_labels
+from ..core.dice import case_dice, dice_of, label_classes, min_voxels_for, overlap_counts, to_labels
 
 __all__ = ["to_labels", "dice_per_class", "compare_logits", "Tolerance", "apply_gate", "validate_variant",
-           "label_classes"]
+           "label_classes", "certain_failures"]
 
 
 def dice_per_class(ref: np.ndarray, test: np.ndarray, classes: list[int],
@@ -149,3 +149,37 @@ def validate_variant(ref: np.ndarray, test: np.ndarray, label_names: dict[int, s
     metrics = compare_logits(ref, test, label_names, region_based, groups, tol.case_gate)
     failures = apply_gate(metrics, tol)
     return {**metrics, "tolerance": tol.to_dict(), "passed": not failures, "failures": failures}
+
+
+def certain_failures(ref: np.ndarray, first: np.ndarray, label_names: dict[int, str], tol: Tolerance,
+                     region_based: bool = False) -> list[str]:
+    """Reasons ``tol`` fails whatever the variant gives on the patches it has not run yet:
+    ``first`` is its logits on the first ``len(first)`` patches of ``ref`` (the reference on all).
+
+    Bounds that hold for any remaining logits: the max abs error only grows; the max relative
+    error's denominator is the largest reference logit over all patches (known); the mean abs
+    error is at least what the first patches add over all elements; a class's pooled Dice is at
+    most what it would be if every remaining patch agreed with the reference exactly. Non-finite
+    logits fail every gate. Empty when the remaining patches could still make it pass."""
+    k = len(first)
+    if not np.all(np.isfinite(first)):
+        return [f"non-finite logits on the first {k} patch(es): NaN or Inf fails every gate"]
+    diff = np.abs(ref[:k].astype(np.float64) - first.astype(np.float64))
+    reasons = []
+    largest = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(ref).max())
+    if tol.max_abs_err is not None and largest > tol.max_abs_err:
+        reasons.append(f"max abs error {largest:.3g} > {tol.max_abs_err:g}")
+    if tol.max_rel_err is not None and (largest / scale if scale > 0 else largest) > tol.max_rel_err:
+        reasons.append(f"max relative error {largest / scale if scale > 0 else largest:.3g} > {tol.max_rel_err:g}")
+    if tol.mean_abs_err is not None and float(diff.sum()) / ref.size > tol.mean_abs_err:
+        reasons.append(f"mean abs error at least {float(diff.sum()) / ref.size:.3g} > {tol.mean_abs_err:g}")
+    if tol.min_dice is not None:
+        classes = label_classes(label_names, region_based, ref.shape[1])
+        ref_labels = to_labels(ref, region_based)
+        seen = overlap_counts(ref_labels[:k], to_labels(first, region_based), classes, region_based).sum(axis=0)
+        agreeing = overlap_counts(ref_labels[k:], ref_labels[k:], classes, region_based).sum(axis=0)
+        for c, best in zip(classes, dice_of(seen + agreeing)):
+            if best < tol.min_dice:
+                reasons.append(f"Dice of {label_names.get(c, str(c))} at most {best:.4f} < {tol.min_dice:g}")
+    return reasons

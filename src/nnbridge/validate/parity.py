@@ -24,7 +24,7 @@ from ..core.runlog import json_digest, read_json, sha256_file, write_json
 from ..predict.verify import read_selfcheck
 from ..runtime import make_runner, run_patches, run_variant
 from ..runtime.ov import PrecisionUnavailable
-from .metrics import Tolerance, validate_variant
+from .metrics import Tolerance, certain_failures, validate_variant
 
 def _cache_key(name: str, variant: dict[str, Any], tol: Tolerance, reference: dict[str, Any], threads: int,
                salt: str) -> str:
@@ -70,19 +70,28 @@ def _decided_early(metrics: dict[str, Any], tol: Tolerance) -> bool:
 def _gate_variant(variant: dict[str, Any], heldout: np.ndarray, ref: np.ndarray, labels: dict[int, str],
                   tol: Tolerance, region_based: bool, groups: list[str], threads: int) -> dict[str, Any]:
     """Run a variant on as many held-out patches as its gate needs: the first
-    :data:`EARLY_PATCHES`, and the rest only when those do not decide it (:func:`_decided_early`)."""
+    :data:`EARLY_PATCHES`, and the rest only when those do not decide it: an exact variant far
+    inside its gate passes there (:func:`_decided_early`), a variant that fails whatever the other
+    patches give fails there (:func:`.metrics.certain_failures`, e.g. a class whose Dice stays
+    under the bound even if every other patch agreed exactly)."""
     backend = "torchscript" if variant["kind"] == "torchscript" else variant.get("backend", "onnxruntime")
     run = make_runner({"backend": backend, "path": Path(variant["path"])}, threads)  # an IR: on OpenVINO
     n = len(heldout)
-    if n > EARLY_PATCHES:
-        first = validate_variant(ref[:EARLY_PATCHES], run_patches(run, heldout[:EARLY_PATCHES]), labels, tol,
-                                 region_based, groups[:EARLY_PATCHES])
-        if _decided_early(first, tol):
-            return {**first, "n_patches": EARLY_PATCHES,
-                    "decided_early": (f"{EARLY_PATCHES} of {n} patches: errors within {EARLY_MARGIN:g} of the "
-                                      "gate's bounds and label maps identical to PyTorch's")}
-    result = validate_variant(ref, run_patches(run, heldout), labels, tol, region_based, groups)
-    return {**result, "n_patches": n}
+    if n <= EARLY_PATCHES:
+        return {**validate_variant(ref, run_patches(run, heldout), labels, tol, region_based, groups), "n_patches": n}
+    head = run_patches(run, heldout[:EARLY_PATCHES])
+    first = validate_variant(ref[:EARLY_PATCHES], head, labels, tol, region_based, groups[:EARLY_PATCHES])
+    if _decided_early(first, tol):
+        return {**first, "n_patches": EARLY_PATCHES,
+                "decided_early": (f"{EARLY_PATCHES} of {n} patches: errors within {EARLY_MARGIN:g} of the "
+                                  "gate's bounds and label maps identical to PyTorch's")}
+    certain = certain_failures(ref, head, labels, tol, region_based)
+    if certain:
+        return {**first, "passed": False, "failures": certain, "n_patches": EARLY_PATCHES,
+                "decided_early": (f"{EARLY_PATCHES} of {n} patches: fails whatever the other {n - EARLY_PATCHES} "
+                                  f"give ({certain[0]})")}
+    logits = np.concatenate([head, run_patches(run, heldout[EARLY_PATCHES:])])  # the first ones are not run again
+    return {**validate_variant(ref, logits, labels, tol, region_based, groups), "n_patches": n}
 
 
 def validate_fold(
