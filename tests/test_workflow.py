@@ -255,7 +255,7 @@ def test_the_reference_folds_way_to_its_searches_is_scheduled_first(workdir):
             continue
         fields = dict(item.split("=", 1) for item in wildcards.group(1).split(", "))
         priority = re.search(r"priority: (\d+)", block)
-        key = (rule.group(1), fields["fold"], fields.get("qvariant") or fields.get("method"))
+        key = (rule.group(1), fields.get("fold"), fields.get("qvariant") or fields.get("method"))
         priorities[key] = int(priority.group(1)) if priority else 0
     first = {k: v for k, v in priorities.items() if k[1] == "0"}
     assert first[("export_onnx", "0", None)] == first[("simplify", "0", None)] == 2, priorities

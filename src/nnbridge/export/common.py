@@ -33,31 +33,37 @@ def check_spatial_shape(spatial: tuple[int, ...], multiple: tuple[int, ...]) -> 
         )
 
 
+def grown_shape(fold: LoadedFold) -> tuple[int, ...]:
+    """The patch grown by one total stride on its first spatial axis."""
+    grown = list(fold.input_shape)
+    grown[2] += fold.stride_multiple[0]
+    return tuple(grown)
+
+
 def probe_shapes(fold: LoadedFold) -> list[tuple[int, ...]]:
     """Two valid input shapes: the patch, and one whose spatial size differs from it (or batch 2
     when only the batch axis is dynamic; just the patch when nothing is).
 
     The other size, per axis, is the smallest odd multiple (≥ 3) of the total stride that is at
     least half the patch and below it (the patch where there is none): odd, so that a stride the
-    network understates shows; no one-voxel bottleneck (where InstanceNorm cannot run); smaller
-    than the patch, since the exports' PyTorch forward passes are most of their time at real size
-    (a 128³ patch with stride 32 is probed at 96³: 42 % of a forward pass at the patch, where the
-    patch grown by one stride cost 125 %). Where no axis can shrink, the first grows by one stride."""
+    network understates shows; smaller than the patch, since the exports' PyTorch forward passes
+    are most of their time at real size (a 128³ patch with stride 32 is probed at 96³: 42 % of a
+    forward pass at the patch, where the patch grown by one stride cost 125 %). Where no axis can
+    shrink, the patch grown by one stride (:func:`grown_shape`), which :func:`run_shape_checks`
+    also takes when PyTorch itself cannot run the smaller size (a network whose stride is
+    understated reaches a one-voxel bottleneck there)."""
     first = fold.input_shape
-    other = list(first)
     if "spatial" in fold.dynamic_axes:
+        other = list(first)
         for axis, (p, m) in enumerate(zip(fold.patch_size, fold.stride_multiple), start=2):
             k = max(3, -(-p // (2 * m)))  # multiples of m: at least 3, at least half the patch
             k += 1 - k % 2  # odd
             if k * m < p:
                 other[axis] = k * m
-        if other == list(first):
-            other[2] += fold.stride_multiple[0]
-    elif "batch" in fold.dynamic_axes:
-        other[0] = 2
-    else:
-        return [first]
-    return [first, tuple(other)]
+        return [first, tuple(other) if other != list(first) else grown_shape(fold)]
+    if "batch" in fold.dynamic_axes:
+        return [first, (2, *first[1:])]
+    return [first]
 
 
 def software_versions() -> dict[str, str]:
@@ -114,10 +120,18 @@ def run_shape_checks(fold: LoadedFold, run: Callable[[torch.Tensor], np.ndarray]
     """Outputs of ``run`` against eager PyTorch at :func:`probe_shapes`; a shape it cannot run
     is recorded with the error (one line), not raised."""
     checks = []
-    for shape in probe_shapes(fold):
+    for index, shape in enumerate(probe_shapes(fold)):
         x = torch.randn(shape, generator=generator)
-        with torch.no_grad():
-            ref = fold.network(x).numpy()
+        try:
+            with torch.no_grad():
+                ref = fold.network(x).numpy()
+        except Exception:  # noqa: BLE001 - PyTorch itself cannot run the smaller size: probe the grown one
+            if index == 0 or tuple(shape) == grown_shape(fold):
+                raise
+            shape = grown_shape(fold)
+            x = torch.randn(shape, generator=generator)
+            with torch.no_grad():
+                ref = fold.network(x).numpy()
         try:
             got = run(x)
         except Exception as exc:  # noqa: BLE001 - recorded; the caller decides
