@@ -226,11 +226,12 @@ def reference_key(wildcards):
 SEARCH_PRIORITY = 2  # below the demo's trainings (demo.smk: 10, 5), above everything else
 
 
-def searched_entries():
-    """The quantize entries whose accuracy search runs on each model's reference fold only."""
-    return [name for name, settings in (config.get("quantize") or {}).items()
-            if (search := (settings or {}).get("accuracy_aware") or (settings or {}).get("accuracy_control"))
-            and not search.get("per_fold")]
+def searched_once(qvariant):
+    """Whether a quantize entry's accuracy search (accuracy_aware, accuracy_control) runs on each
+    model's reference fold only (not per_fold: true)."""
+    settings = config["quantize"][qvariant] or {}
+    search = settings.get("accuracy_aware") or settings.get("accuracy_control")
+    return bool(search) and not search.get("per_fold")
 
 
 def search_priority(wildcards):
@@ -238,11 +239,11 @@ def search_priority(wildcards):
     export, simplify, calibrate and the searches themselves): every other fold waits for them
     (get_quantize_decision), and at a 128^3 patch they are the longest jobs of a run, so they
     start first rather than after every fold's exports and references."""
-    entries = searched_entries()
-    if not entries or str(reference_key(wildcards).fold) != str(wildcards.fold):
+    if str(reference_key(wildcards).fold) != str(wildcards.fold):
         return 0
     qvariant = getattr(wildcards, "qvariant", None)
-    return SEARCH_PRIORITY if qvariant is None or qvariant in entries else 0
+    searched = searched_once(qvariant) if qvariant else any(map(searched_once, config.get("quantize") or {}))
+    return SEARCH_PRIORITY if searched else 0
 
 
 def get_quantize_decision(wildcards):
@@ -250,10 +251,8 @@ def get_quantize_decision(wildcards):
     accuracy-controlled quantize entry (accuracy_aware, accuracy_control), whose search it reuses
     (the folds share the graph; the search is what costs at real size), unless the entry sets
     per_fold: true."""
-    settings = config["quantize"][wildcards.qvariant] or {}
-    search = settings.get("accuracy_aware") or settings.get("accuracy_control")
     key = reference_key(wildcards)
-    if not search or search.get("per_fold") or str(key.fold) == str(wildcards.fold):
+    if not searched_once(wildcards.qvariant) or str(key.fold) == str(wildcards.fold):
         return {}
     return {"decision": f"{key.dir(RESULTS)}/quantize/{wildcards.qvariant}.json"}
 

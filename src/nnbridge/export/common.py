@@ -119,19 +119,20 @@ def run_shape_checks(fold: LoadedFold, run: Callable[[torch.Tensor], np.ndarray]
                      generator: torch.Generator) -> list[dict[str, Any]]:
     """Outputs of ``run`` against eager PyTorch at :func:`probe_shapes`; a shape it cannot run
     is recorded with the error (one line), not raised."""
+    def eager(shape: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
+        x = torch.randn(shape, generator=generator)
+        with torch.no_grad():
+            return x, fold.network(x).numpy()
+
     checks = []
     for index, shape in enumerate(probe_shapes(fold)):
-        x = torch.randn(shape, generator=generator)
         try:
-            with torch.no_grad():
-                ref = fold.network(x).numpy()
+            x, ref = eager(shape)
         except Exception:  # noqa: BLE001 - PyTorch itself cannot run the smaller size: probe the grown one
             if index == 0 or tuple(shape) == grown_shape(fold):
                 raise
             shape = grown_shape(fold)
-            x = torch.randn(shape, generator=generator)
-            with torch.no_grad():
-                ref = fold.network(x).numpy()
+            x, ref = eager(shape)
         try:
             got = run(x)
         except Exception as exc:  # noqa: BLE001 - recorded; the caller decides

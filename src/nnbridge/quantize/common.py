@@ -61,8 +61,8 @@ def ranking_patches(check: np.ndarray, asked: int | None) -> int:
     n = len(check)
     if asked is not None:
         return max(1, min(int(asked), n))
-    per_patch = int(np.prod(check.shape[1:])) // max(int(check.shape[1]), 1) if n else 1
-    return max(1, min(n, RANKING_VOXELS // max(per_patch, 1)))
+    voxels = int(np.prod(check.shape[2:]))  # per patch: channels do not count
+    return max(1, min(n, RANKING_VOXELS // max(voxels, 1)))
 
 
 def _choice(what: str, value: Any, allowed: tuple[Any, ...]) -> None:
