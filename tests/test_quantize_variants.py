@@ -149,7 +149,9 @@ def test_accuracy_aware_loop_tries_asymmetric_activations_last(exported, patch_s
 
 def test_accuracy_aware_fold_starts_where_the_reference_fold_ended(exported, patch_sets, tmp_path):
     """Another fold's decision (its blocks in fp32, its activations) is applied without a search:
-    one quantization and one check; a decision naming a node this graph lacks is refused."""
+    one quantization, checked on the calibration patches only where something is left to decide
+    (symmetric activations with the asymmetric fallback); a decision naming a node this graph
+    lacks is refused."""
     out, _, _ = exported
     _, calibration, _ = patch_sets
     block = layer_blocks(onnx.load(str(out / "model.onnx")))[1]
@@ -166,7 +168,18 @@ def test_accuracy_aware_fold_starts_where_the_reference_fold_ended(exported, pat
     assert not record["symmetric_activations"] and not aa["steps"][0]["symmetric_activations"]
     assert set(block["nodes"]) <= set(record["nodes_to_exclude"])
     assert block["module"] in record["coverage"]["float_compute_nodes"]  # the file keeps it in fp32
-    assert aa["verdict"].startswith("Dice ") and "asymmetric activations, 1 block(s) in fp32 as decided on fold 0" in aa["verdict"]
+    # asymmetric activations: nothing left to decide, so no check here (validate gates the file)
+    assert aa["passed"] is None and aa["check_patches"] == 0 and aa["fp32_latency_ms"] is None
+    assert aa["steps"][0]["min_dice"] is None and aa["steps"][0]["dice"] == {}
+    assert aa["verdict"].startswith("asymmetric activations, 1 block(s) in fp32 as decided on fold 0; not checked")
+
+    # symmetric activations kept there: the fallback may still decide here, so this fold checks
+    decided["record"]["accuracy_aware"]["kept_step"] = 0
+    checked = quantize_variant(out / "model.onnx", tmp_path / "sym.onnx", calibration, settings,
+                               decided=decided)["accuracy_aware"]
+    assert checked["check_patches"] == 2 and checked["passed"] is True, checked  # min_dice 0: passes
+    assert checked["steps"][0]["symmetric_activations"] and 0 <= checked["steps"][0]["min_dice"] <= 1
+    assert checked["verdict"].startswith("Dice ") and "1 block(s) in fp32 as decided on fold 0" in checked["verdict"]
 
     decided["record"]["nodes_to_exclude"] = ["/no/such/Conv"]
     with pytest.raises(NNBridgeError, match=r"fold 0 kept node '/no/such/Conv' in fp32, which .*model\.onnx "

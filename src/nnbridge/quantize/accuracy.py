@@ -169,9 +169,13 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
 
     ``decided``: what another fold of the same network decided (``{"fold": ..., "record": its
     quantize record}``): this fold starts where that loop ended (its blocks in fp32, its
-    activations) and runs no rounds of its own: one quantization and one check (and the asymmetric
-    try when that check misses with symmetric activations). The folds of a model share their graph
-    (the same node names), so the search, the costly part at real size, runs once per model.
+    activations) and runs no rounds of its own. With symmetric activations it quantizes once and
+    checks (and tries asymmetric ones when that check misses); when nothing is left to decide here
+    (asymmetric activations, or no fallback) it quantizes once and does not check on the
+    calibration patches: ``validate`` gates every fold's file on its held-out patches anyway (at a
+    real-size 128³ network the check cost ~150 s per fold, for nothing it decided). The folds of a
+    model share their graph (the same node names), so the search, the costly part at real size,
+    runs once per model.
     ``calibration_cache``: the calibration ranges' file (ONNX Runtime's cache; calibrated into it
     when it does not exist), else one of this call's own.
     """
@@ -187,14 +191,18 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     check = calibration[: int(aa.get("patches", 8))].astype(np.float32)
     ranked_on = ranking_patches(check, aa.get("ranking_patches"))  # the trials' patches: check[:ranked_on]
     labels, region_based = output_labels(Path(src))
-    reference = run_onnx(Path(src), check, threads)
-    fp32_ms = quick_latency_ms(make_runner({"backend": "onnxruntime", "path": src}, threads), check[:1].shape)
     excluded = list(settings.get("nodes_to_exclude") or [])
     modules: list[str] = []
     asked_symmetric = bool(settings.get("symmetric_activations"))
     if decided is not None:
         excluded, modules, settings, max_steps = _start_from(decided, excluded, settings, src)
         fallback = bool(aa.get("asymmetric_fallback", True)) and bool(settings.get("symmetric_activations"))
+    checked = decided is None or fallback  # a decided fold with nothing left to decide is not checked here
+    if checked:
+        reference = run_onnx(Path(src), check, threads)
+        fp32_ms = quick_latency_ms(make_runner({"backend": "onnxruntime", "path": src}, threads), check[:1].shape)
+    else:
+        check, ranked_on, fp32_ms = check[:0], 0, None
     steps: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="nnbridge-calib-") as tmp:
         cache = Path(calibration_cache) if calibration_cache else Path(tmp) / "calibration.json"
@@ -203,11 +211,14 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
             """``dst`` quantized with ``step_settings`` and the blocks excluded so far, checked
             against fp32: (quantize record, the step's record)."""
             quantized = _quantize_static(src, dst, calibration, step_settings, excluded, cache)
+            step = {"step": len(steps), "fp32_modules": list(modules), "n_fp32_nodes": len(excluded),
+                    "symmetric_activations": bool(step_settings.get("symmetric_activations"))}
+            if not checked:
+                return quantized, {**step, "dice": {}, "min_dice": None, "min_dice_by_backend": {},
+                                   "mean_abs_err": None, "latency_ms": None}
             metrics = worst_agreement(Path(dst), check, reference, labels, region_based, threads, backends)
             return quantized, {
-                "step": len(steps), "fp32_modules": list(modules), "n_fp32_nodes": len(excluded),
-                "symmetric_activations": bool(step_settings.get("symmetric_activations")),
-                "dice": metrics["dice"], "min_dice": metrics["min_dice"],
+                **step, "dice": metrics["dice"], "min_dice": metrics["min_dice"],
                 "min_dice_by_backend": metrics["min_dice_by_backend"], "mean_abs_err": metrics["mean_abs_err"],
                 "latency_ms": quick_latency_ms(make_runner({"backend": "onnxruntime", "path": dst}, threads),
                                                check[:1].shape)}
@@ -217,7 +228,7 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
             started = time.perf_counter()
             record, metrics = quantize_and_check(settings)
             steps.append(metrics)
-            if metrics["min_dice"] >= target or step == max_steps:
+            if step == max_steps or metrics["min_dice"] >= target:
                 break
             # rank the blocks on the runtime that disagrees most (one runtime per round keeps
             # the trials' cost that of a single-runtime loop)
@@ -268,33 +279,36 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
                 shutil.copyfile(symmetric, dst)
     # the file on disk is the kept step's (the last one, or the one before an asymmetric step that
     # did worse); its record names every node kept in fp32
-    passed = kept["min_dice"] >= target
+    passed = kept["min_dice"] >= target if checked else None
     # named where the entry asked for symmetric ones (the fallback, here or on the deciding fold)
     activations = ("asymmetric activations, " if not record["symmetric_activations"] and asked_symmetric
                    else "")
+    blocks = f"{activations}{len(modules)} block(s) in fp32"
+    if decided is not None:
+        on = f"as decided on fold {decided['fold']}"
+        verdict = (f"{blocks} {on}; not checked on this fold's calibration patches: validate gates it on the "
+                   "held-out ones (a search on each fold's own patches: accuracy_aware.per_fold: true)"
+                   if not checked else
+                   f"Dice {kept['min_dice']:.4f} {'>=' if passed else '<'} {target:g} with {blocks} {on}"
+                   + ("" if passed else " (a search on this fold's own patches: accuracy_aware.per_fold: true)"))
+    elif passed:
+        verdict = f"Dice {kept['min_dice']:.4f} >= {target:g} with {blocks}"
+    elif stalled:
+        verdict = f"stopped at Dice {kept['min_dice']:.4f} < {target:g} with {blocks}: {stalled}"
+    else:
+        verdict = (f"budget of {max_steps} step(s) spent at Dice {kept['min_dice']:.4f} < {target:g}"
+                   + (f" ({activations.rstrip(', ')})" if activations else ""))
     record["accuracy_aware"] = {
         "min_dice": target, "max_steps": max_steps, "exclude_per_step": per_step, "candidates": candidates,
         "min_gain": min_gain,
         "check_patches": int(len(check)), "ranking_patches": ranked_on,
-        "reference": "fp32 ONNX on the calibration patches",
+        "reference": "fp32 ONNX on the calibration patches" if checked else None,
         "backends": list(backends),
         "fp32_latency_ms": fp32_ms, "steps": steps, "passed": passed,
         "fp32_modules": list(modules), "asymmetric_fallback": fallback,
-        "kept_step": kept["step"],
-        "verdict": (f"Dice {kept['min_dice']:.4f} >= {target:g} with {activations}{len(modules)} block(s) "
-                    f"in fp32" if passed else
-                    f"stopped at Dice {kept['min_dice']:.4f} < {target:g} with {activations}{len(modules)} block(s) "
-                    f"in fp32: {stalled}" if stalled else
-                    f"budget of {max_steps} step(s) spent at Dice {kept['min_dice']:.4f} < {target:g}"
-                    + (f" ({activations.rstrip(', ')})" if activations else "")),
+        "kept_step": kept["step"], "verdict": verdict,
+        **({"decided_on_fold": str(decided["fold"])} if decided is not None else {}),
     }
-    if decided is not None:
-        fold = str(decided["fold"])
-        record["accuracy_aware"]["decided_on_fold"] = fold
-        record["accuracy_aware"]["verdict"] = (
-            f"Dice {kept['min_dice']:.4f} {'>=' if passed else '<'} {target:g} with {activations}"
-            f"{len(modules)} block(s) in fp32 as decided on fold {fold}"
-            + ("" if passed else " (a search on this fold's own patches: accuracy_aware.per_fold: true)"))
     if fallback and kept is not steps[-1]:
         record["accuracy_aware"]["verdict"] += (f"; asymmetric activations did worse (Dice "
                                                 f"{steps[-1]['min_dice']:.4f}), not kept")

@@ -436,7 +436,8 @@ def accuracy_aware_table(run: RunResults) -> Table | None:
                 continue
             rows.append([f.label, name, "fp32 reference", "–", "–", fmt(aa["fp32_latency_ms"], 3)])
             for step in aa["steps"]:
-                dice = ", ".join(f"{k} {fmt(v)}" for k, v in step["dice"].items())
+                dice = (", ".join(f"{k} {fmt(v)}" for k, v in step["dice"].items())
+                        or f"not checked here (as decided on fold {aa.get('decided_on_fold')}; validate gates it)")
                 label = f"step {step['step']}"
                 if step.get("symmetric_activations") is False and (aa.get("asymmetric_fallback")
                                                                    or aa.get("decided_on_fold")):
