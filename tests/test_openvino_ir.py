@@ -153,7 +153,7 @@ def test_accuracy_control_on_openvino_puts_layers_back_in_fp32(ir_files, exporte
                          {"method": "openvino_int8", "accuracy_control": {"runtime": "onnxruntime"}}, backends=BACKENDS)
 
 
-def test_accuracy_control_decided_on_another_fold_runs_no_search(exported, patch_sets, tmp_path):
+def test_accuracy_control_decided_on_another_fold_runs_no_search(exported, patch_sets, ir_files, tmp_path):
     """The compute nodes another fold's control left in fp32 join the ignored scope: NNCF quantizes
     once (no candidate evaluated), the IR keeps them in fp32, and the record says whose choice it was."""
     out, _, _ = exported
@@ -168,6 +168,14 @@ def test_accuracy_control_decided_on_another_fold_runs_no_search(exported, patch
     # nothing is left to decide on this fold: not checked here (validate gates the file)
     assert control["passed"] is None and control["min_dice"] is None and control["patches"] == 0, control
     assert "as decided on fold 0; not checked" in control["verdict"]
+    # the deciding fold's own record, on the same graph and patches: the same IR graph (its
+    # convolutions and the MVN it left on fp32 inputs), so one benchmark times both
+    searched_path, searched = ir_files["int8_ac"]
+    again = quantize_variant(out / "model.onnx", tmp_path / "again.xml", patch_sets[1], settings,
+                             backends=BACKENDS, decided={"fold": "0", "record": searched})["accuracy_control"]
+    assert graph_signature(tmp_path / "again.xml") == graph_signature(searched_path), (searched, again)
+    assert (again["fp32_nodes"], again["fp32_input_nodes"]) == (searched["accuracy_control"]["fp32_nodes"],
+                                                                searched["accuracy_control"]["fp32_input_nodes"])
     with pytest.raises(NNBridgeError, match=r"fold 1 quantize record names no nodes .* accuracy_control\.per_fold: true"):
         quantize_variant(out / "model.onnx", tmp_path / "e.xml", patch_sets[1], settings, backends=BACKENDS,
                          decided={"fold": "1", "record": {"accuracy_control": {}}})

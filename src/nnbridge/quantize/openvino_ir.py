@@ -148,23 +148,35 @@ def _onnx_node_of(op: Any, nodes: set[str]) -> str | None:
     return None
 
 
-def fp32_operations(model: Any, src: Path) -> tuple[list[str], list[str], list[str]]:
+def fp32_operations(model: Any, src: Path) -> tuple[list[str], list[str], list[str], list[str]]:
     """What of ``model`` (an INT8 OpenVINO model of ``src``) computes in fp32, by PyTorch module:
     (compute nodes whose weights or inputs are not quantized — what NNCF's accuracy control put
     back, or its ignored scope kept; other operations NNCF quantizes the inputs of, MVN, left
-    with fp32 inputs; the ONNX nodes of the first, as an ignored scope names them)."""
+    with fp32 inputs; the ONNX nodes of the first, as an ignored scope names them; the ONNX
+    nodes of the second, :func:`_input_ops_of` finds their operations again)."""
     graph = onnx.load(str(src), load_external_data=False).graph
     modules = {n.name: module_name(n.name, n.input[1] if len(n.input) > 1 else "") for n in graph.node}
-    compute, inputs, nodes = [], [], []
+    compute, inputs, nodes, input_nodes = [], [], [], []
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
         weighted = kind in WEIGHTED_OPS and not (_quantized_weights(op) and _quantized_input(op))
         if weighted or (kind in INPUT_QUANTIZED_OPS and not _quantized_input(op)):
             node = _onnx_node_of(op, set(modules))
             (compute if weighted else inputs).append(modules[node] if node else op.get_friendly_name())
-            if weighted and node:
-                nodes.append(node)
-    return list(dict.fromkeys(compute)), list(dict.fromkeys(inputs)), list(dict.fromkeys(nodes))
+            if node:
+                (nodes if weighted else input_nodes).append(node)
+    return tuple(list(dict.fromkeys(x)) for x in (compute, inputs, nodes, input_nodes))
+
+
+def _input_ops_of(model: Any, src: Path, nodes: list[str]) -> list[str]:
+    """The OpenVINO names of ``model``'s operations that NNCF quantizes the inputs of (MVN) and
+    that came from the ONNX ``nodes`` of ``src``: an ignored scope names them so (OpenVINO numbers
+    an MVN, ``MVN_<n>``, instead of naming it after its node)."""
+    if not nodes:
+        return []
+    known = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() in INPUT_QUANTIZED_OPS and _onnx_node_of(op, known) in nodes]
 
 
 def quantize_openvino_int8(src: Path, dst: Path, calibration: np.ndarray, *, preset: str = "performance",
@@ -179,15 +191,21 @@ def quantize_openvino_int8(src: Path, dst: Path, calibration: np.ndarray, *, pre
     types (``Concat``, ``MVN``, ``ConvolutionBackpropData``…); ``nodes_to_exclude`` are ONNX node
     names (each excludes the operations OpenVINO made of it); ``accuracy_control`` runs the
     candidates on OpenVINO (its ``runtime`` can only be ``openvino``); ``decided``: another
-    fold's accuracy control chose the compute nodes left in fp32 (:func:`.nncf_ptq.decided_nodes`)."""
+    fold's accuracy control chose the compute nodes left in fp32 (:func:`.nncf_ptq.decided_nodes`)
+    and the MVN left on fp32 inputs (``fp32_input_nodes``): both join the ignored scope, so the
+    fold's IR has that fold's graph (one benchmark for all of them)."""
     nncf = _import_nncf()
     ov = _import_openvino()
     src, dst = _ir_paths(src, dst, calibration)
     names, types = list(nodes_to_exclude or []), list(ignored_types or [])
+    model = read_onnx(src)
+    mvn: list[str] = []  # the MVN whose inputs the deciding fold's control left in fp32
     if decided is not None and accuracy_control:
         names += [n for n in decided_nodes(decided) if n not in names]
+        mvn = _input_ops_of(model, src, (decided["record"].get("accuracy_control") or {}).get("fp32_input_nodes", []))
     patches = calibration.astype(np.float32)
-    scope = (nncf.IgnoredScope(patterns=_onnx_patterns(src, names), types=types) if names or types else None)
+    scope = (nncf.IgnoredScope(names=mvn, patterns=_onnx_patterns(src, names), types=types)
+             if names or types or mvn else None)
     options, advanced = nncf_parameters(nncf, len(patches), preset=preset, subset_size=subset_size,
                                         fast_bias_correction=fast_bias_correction, model_type=model_type,
                                         ignored_scope=scope, overflow_fix=overflow_fix)
@@ -196,7 +214,6 @@ def quantize_openvino_int8(src: Path, dst: Path, calibration: np.ndarray, *, pre
                             "openvino only; remove runtime from this quantize entry")
     control = DiceControl(src, patches, accuracy_control, threads, runtimes=("openvino",)) if accuracy_control else None
     started = time.perf_counter()
-    model = read_onnx(src)
     quantized = run_nncf(nncf, src, model, nncf.Dataset(list(patches), lambda patch: patch[None]),
                          options, advanced, None if decided else control)
     save_ir(quantized, src, dst)
@@ -207,7 +224,8 @@ def quantize_openvino_int8(src: Path, dst: Path, calibration: np.ndarray, *, pre
               "overflow_fix": overflow_fix or "first_layer_only", "n_calibration_patches": len(patches),
               "converted_from": str(src), "seconds": round(time.perf_counter() - started, 3), **_file_record(dst)}
     if control is not None:
-        compute, inputs, nodes = fp32_operations(quantized, src)
+        compute, inputs, nodes, input_nodes = fp32_operations(quantized, src)
         record["accuracy_control"] = control.summary(dst, fp32=compute, fp32_inputs=inputs, fp32_nodes=nodes,
                                                      decided_on=decided and str(decided["fold"]))
+        record["accuracy_control"]["fp32_input_nodes"] = input_nodes
     return record
