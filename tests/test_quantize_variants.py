@@ -187,17 +187,22 @@ def test_accuracy_aware_fold_starts_where_the_reference_fold_ended(exported, pat
         quantize_variant(out / "model.onnx", tmp_path / "bad.onnx", calibration, settings, decided=decided)
 
 
-def test_static_variants_quantize_from_one_calibration(exported, patch_sets, tmp_path):
+def test_static_variants_quantize_from_one_calibration(exported, patch_sets, tmp_path, capsys):
     """The calibrate stage's ranges serve every static variant of the graph (other weight and
     activation settings, the accuracy-aware loop): each writes the file a calibration of its own
-    writes, without calibrating."""
+    writes, without calibrating. The calibration says where it is, one line per patch."""
     out, _, _ = exported
     _, calibration, _ = patch_sets
     ranges = tmp_path / "calibration" / "MinMax.json"
+    capsys.readouterr()
     done = calibrate_ranges(out / "model.onnx", calibration, ranges)
     assert ranges.is_file() and done["n_calibration_patches"] == len(calibration)
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("nnbridge: calibration:")]
+    assert progress == [f"nnbridge: calibration: patch {i}/{len(calibration)}" for i in range(1, len(calibration) + 1)]
     other = {"method": "static", "per_channel": False, "symmetric_activations": True}
     shared = quantize_variant(out / "model.onnx", tmp_path / "b.onnx", calibration, other, calibration_ranges=ranges)
+    # from the ranges: no patch is run again
+    assert "nnbridge: calibration:" not in capsys.readouterr().out
     alone = quantize_variant(out / "model.onnx", tmp_path / "c.onnx", calibration, other)
     assert shared["calibration"] == {"ranges": str(ranges)} and alone["calibration"] == {"ranges": None}
     assert shared["sha256"] == alone["sha256"]

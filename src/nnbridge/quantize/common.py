@@ -27,6 +27,8 @@ class PatchReader:
             return None
         item = {self.input_name: self.patches[self.index : self.index + 1]}
         self.index += 1
+        # ONNX Runtime asks for the patches only while it calibrates (~10 s each at 128³, 1 thread)
+        print(f"nnbridge: calibration: patch {self.index}/{len(self.patches)}", flush=True)
         return item
 
     def rewind(self) -> None:

@@ -434,7 +434,8 @@ def accuracy_aware_table(run: RunResults) -> Table | None:
             aa = q.accuracy_aware
             if not aa:
                 continue
-            rows.append([f.label, name, "fp32 reference", "–", "–", fmt(aa["fp32_latency_ms"], 3)])
+            if aa.get("fp32_latency_ms") is not None:  # not on a fold that applied another's decision unchecked
+                rows.append([f.label, name, "fp32 reference", "–", "–", fmt(aa["fp32_latency_ms"], 3)])
             for step in aa["steps"]:
                 dice = (", ".join(f"{k} {fmt(v)}" for k, v in step["dice"].items())
                         or f"not checked here (as decided on fold {aa.get('decided_on_fold')}; validate gates it)")

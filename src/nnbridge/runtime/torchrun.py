@@ -43,7 +43,13 @@ def torchscript_runner(path: Path, threads: int = 0) -> Callable[[np.ndarray], n
     return module_runner(torch.jit.load(str(path), map_location="cpu"), threads)
 
 
-def run_torch(network, patches: np.ndarray) -> np.ndarray:
-    """Logits of an eager PyTorch network for each patch."""
+def run_torch(network, patches: np.ndarray, progress: str | None = None) -> np.ndarray:
+    """Logits of an eager PyTorch network for each patch; with ``progress`` (a label) one line per
+    patch, ``nnbridge: <label>: patch i/n`` (a 128³ patch is ~7-14 s on the 2-core machines)."""
     run = module_runner(network)
-    return np.concatenate([run(patches[i : i + 1]) for i in range(len(patches))]).astype(np.float32)
+    out = []
+    for i in range(len(patches)):
+        if progress:
+            print(f"nnbridge: {progress}: patch {i + 1}/{len(patches)}", flush=True)
+        out.append(run(patches[i : i + 1]))
+    return np.concatenate(out).astype(np.float32)

@@ -36,7 +36,7 @@ def reference_logits(source: dict[str, Any], heldout_patches: np.ndarray, logits
     loaded = load_model(source)
     groups = [str(g) for g in groups] if groups is not None else [f"patch_{i}" for i in range(len(heldout_patches))]
     print(f"nnbridge: reference: torch eager on {len(heldout_patches)} held-out patches", flush=True)
-    logits = run_torch(loaded.network, heldout_patches)
+    logits = run_torch(loaded.network, heldout_patches, progress="reference")
     logits_path = Path(logits_path)
     logits_path.parent.mkdir(parents=True, exist_ok=True)
     np.save(logits_path, logits.astype(np.float32))
