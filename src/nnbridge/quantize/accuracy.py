@@ -209,7 +209,8 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
 
         def quantize_and_check(step_settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             """``dst`` quantized with ``step_settings`` and the blocks excluded so far, checked
-            against fp32: (quantize record, the step's record)."""
+            against fp32 unless this fold checks nothing (``checked``): (quantize record, the
+            step's record)."""
             quantized = _quantize_static(src, dst, calibration, step_settings, excluded, cache)
             step = {"step": len(steps), "fp32_modules": list(modules), "n_fp32_nodes": len(excluded),
                     "symmetric_activations": bool(step_settings.get("symmetric_activations"))}
