@@ -83,10 +83,9 @@ def convert_openvino_fp32(src: Path, dst: Path) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 3), **_file_record(dst)}
 
 
-def _onnx_patterns(src: Path, names: list[str]) -> list[str]:
+def _onnx_patterns(src: Path, nodes: set[str], names: list[str]) -> list[str]:
     """NNCF ignored-scope patterns matching the OpenVINO operations an ONNX node became (named after
-    it: ``<node>``, ``<node>/WithoutBiases``); a name that is no node of ``src`` is refused."""
-    nodes = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}
+    it: ``<node>``, ``<node>/WithoutBiases``); a name that is none of ``src``'s ``nodes`` is refused."""
     unknown = [n for n in names if n not in nodes]
     if unknown:
         raise NNBridgeError(f"nodes_to_exclude: {unknown[0]!r} is no node of {src}; use ONNX node names "
@@ -168,13 +167,12 @@ def fp32_operations(model: Any, src: Path) -> tuple[list[str], list[str], list[s
     return tuple(list(dict.fromkeys(x)) for x in (compute, inputs, nodes, input_nodes))
 
 
-def _input_ops_of(model: Any, src: Path, nodes: list[str]) -> list[str]:
+def _input_ops_of(model: Any, known: set[str], nodes: list[str]) -> list[str]:
     """The OpenVINO names of ``model``'s operations that NNCF quantizes the inputs of (MVN) and
-    that came from the ONNX ``nodes`` of ``src``: an ignored scope names them so (OpenVINO numbers
-    an MVN, ``MVN_<n>``, instead of naming it after its node)."""
+    that came from the ONNX ``nodes`` (of the graph whose node names are ``known``): an ignored
+    scope names them so (OpenVINO numbers an MVN, ``MVN_<n>``, instead of naming it after its node)."""
     if not nodes:
         return []
-    known = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}
     return [op.get_friendly_name() for op in model.get_ordered_ops()
             if op.get_type_name() in INPUT_QUANTIZED_OPS and _onnx_node_of(op, known) in nodes]
 
@@ -199,12 +197,13 @@ def quantize_openvino_int8(src: Path, dst: Path, calibration: np.ndarray, *, pre
     src, dst = _ir_paths(src, dst, calibration)
     names, types = list(nodes_to_exclude or []), list(ignored_types or [])
     model = read_onnx(src)
+    known = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}  # read once
     mvn: list[str] = []  # the MVN whose inputs the deciding fold's control left in fp32
     if decided is not None and accuracy_control:
         names += [n for n in decided_nodes(decided) if n not in names]
-        mvn = _input_ops_of(model, src, (decided["record"].get("accuracy_control") or {}).get("fp32_input_nodes", []))
+        mvn = _input_ops_of(model, known, (decided["record"].get("accuracy_control") or {}).get("fp32_input_nodes", []))
     patches = calibration.astype(np.float32)
-    scope = (nncf.IgnoredScope(names=mvn, patterns=_onnx_patterns(src, names), types=types)
+    scope = (nncf.IgnoredScope(names=mvn, patterns=_onnx_patterns(src, known, names), types=types)
              if names or types or mvn else None)
     options, advanced = nncf_parameters(nncf, len(patches), preset=preset, subset_size=subset_size,
                                         fast_bias_correction=fast_bias_correction, model_type=model_type,
