@@ -473,3 +473,42 @@ def test_report_keeps_skipped_bf16_apart_from_failures(tmp_path):
     assert f"fp32 graph, OpenVINO bf16 inference; not runnable here: {why}" in md
     summary = json.loads((out / "report/summary.json").read_text())
     assert summary["folds"][0]["case_parity"]["bf16"]["skipped"] == why
+
+
+class _Clock:
+    """A clock the runner advances: call i of ``run`` takes ``durations[i]`` seconds."""
+
+    def __init__(self, durations):
+        self.now, self.durations, self.calls = 0.0, list(durations), 0
+
+    def __call__(self):
+        return self.now
+
+    def run(self, x):
+        self.now += self.durations[min(self.calls, len(self.durations) - 1)]
+        self.calls += 1
+
+
+def test_timing_warms_up_once_at_seconds_per_run_and_gives_up_on_a_loser():
+    """A call of a tenth of the budget or more (a 128^3 patch) gets one untimed call, short ones
+    the warm-up asked for; a point with a time to beat stops after two runs slower than it, and
+    runs on when one of them beats it."""
+    from nnbridge.runtime.timing import StopRule, time_until_stable
+
+    rule = StopRule(max_repeats=20, min_repeats=5, budget_s=20.0, rel_ci=0.02)
+    x = np.zeros(1)
+    slow = _Clock([9.0, 5.0, 5.0, 5.1, 4.9, 5.0, 5.0, 5.0])  # 9 s cold, then ~5 s
+    times, why = time_until_stable(slow.run, x, 3, rule, clock=slow)
+    assert slow.calls == 1 + len(times) and times[0] == pytest.approx(5000.0)  # one warm-up call
+    assert len(times) >= 3 and ("budget" in why or "stable" in why)
+
+    fast = _Clock([0.01] * 50)
+    times, _ = time_until_stable(fast.run, x, 3, rule, clock=fast)
+    assert fast.calls == 3 + len(times)  # the three warm-up calls asked for
+
+    loser = _Clock([6.0, 6.0, 6.1, 6.0, 6.0])
+    times, why = time_until_stable(loser.run, x, 1, rule, give_up_ms=5000.0, clock=loser)
+    assert len(times) == 2 and "time to beat" in why
+    close = _Clock([6.0, 6.0, 4.9, 5.0, 5.0, 5.0, 5.0, 5.0])  # its second run beats 5.0 s
+    times, why = time_until_stable(close.run, x, 1, rule, give_up_ms=5000.0, clock=close)
+    assert len(times) > 2 and "time to beat" not in why

@@ -69,10 +69,11 @@ def _load_runner(spec: dict[str, Any], threads: int):
 
 
 def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: int,
-            repeats: int, seed: int = 0) -> dict[str, Any]:
+            repeats: int, seed: int = 0, give_up_ms: float | None = None) -> dict[str, Any]:
     """Time runs of the spec's backend in this process after ``warmup`` untimed ones: exactly
     ``repeats`` runs, or, when the spec carries a ``stop`` rule (:class:`StopRule` fields, with
-    ``repeats`` as its maximum), until the median is stable or the time budget is spent.
+    ``repeats`` as its maximum), until the median is stable, the time budget is spent or (with
+    ``give_up_ms``, a time to beat) two runs were slower than that.
     ``load_ms``: reading and compiling the artifact (the runtime's import excluded), what
     ``nnbridge predict`` pays per fold before its first window."""
     if spec["backend"] in RUNTIME_PACKAGES:
@@ -85,7 +86,7 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     if spec.get("stop") is not None:
         rule = StopRule(**{"max_repeats": repeats, **spec["stop"]})
-        arr, stopped = time_until_stable(run, x, warmup, rule)
+        arr, stopped = time_until_stable(run, x, warmup, rule, give_up_ms=give_up_ms)
     else:
         arr, stopped = time_runner(run, x, warmup, repeats), f"{repeats} runs (fixed)"
     profile = None
@@ -139,7 +140,9 @@ def benchmark_points_in_subprocess(points: list[dict[str, Any]], warmup: int, re
     """Several measurements (``{"spec", "shape", "threads"}`` each) one after another in ONE fresh
     interpreter: the settings search and the thread/batch sweep, whose points differ in session
     settings, threads or batch but not in what is loaded, and whose numbers are compared with each
-    other only. Each point still builds its own session (a runtime's thread pool belongs to its
+    other only. A point may carry ``give_up_ms`` (a time to beat) and ``race: true`` (the fastest
+    p50 of the earlier racing points is one): it stops after two runs slower than that
+    (:func:`nnbridge.runtime.timing.time_until_stable`). Each point still builds its own session (a runtime's thread pool belongs to its
     session; torch's thread count is set per point) and the interpreter's start and the runtime's
     import are paid once, not per point: on the 2-core machines that start is 1-3 s, more than a
     demo model's whole timing. Peak memory is not reported here (it would be the group's): the
@@ -202,12 +205,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
     if args.points:
+        best = None  # the fastest p50 so far of the points marked "race"
         for point in json.loads(args.points):
+            give_up = point.get("give_up_ms")
+            if point.get("race") and best is not None:
+                give_up = best if give_up is None else min(give_up, best)
             try:
                 result = measure(point["spec"], tuple(point["shape"]), int(point["threads"]), args.warmup,
-                                 args.repeats)
+                                 args.repeats, give_up_ms=give_up)
             except Exception as exc:  # noqa: BLE001 - one failing point is reported, the others still run
                 result = {"backend": point["spec"]["backend"], "error": f"{type(exc).__name__}: {exc}"}
+            if point.get("race") and "p50_ms" in result:
+                best = result["p50_ms"] if best is None else min(best, result["p50_ms"])
             print(json.dumps(result), flush=True)
         return
     if not (args.spec and args.shape):

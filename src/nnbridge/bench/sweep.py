@@ -15,7 +15,8 @@ def sweep(specs: dict[str, dict[str, Any]], names: list[str] | tuple[str, ...], 
     patches per run with ``threads`` threads; a spec's points in one process of their own
     (:func:`benchmark_points_in_subprocess`). ``measured``: p50s the caller already has of these
     specs at ``threads`` threads and batch 1 (the artifact's main timing), not timed again
-    (``p50_from`` says so): at a 128³ patch each point is ~20-40 s."""
+    (``p50_from`` says so), and the time each point has to beat: at a 128³ patch each point is
+    ~20-40 s, and one clearly slower stops after two runs (``stopped`` says so)."""
     out: dict[str, Any] = {"threads": list(range(1, threads + 1)), "batch": batch, "results": {}}
     for name in names:
         spec = specs.get(name)
@@ -28,12 +29,20 @@ def sweep(specs: dict[str, dict[str, Any]], names: list[str] | tuple[str, ...], 
             continue
         known = (measured or {}).get(name)
         counts = range(1, threads + (known is None))  # thread counts timed here
-        points = [{"spec": spec, "shape": list(shape), "threads": t} for t in counts]
+        # with the artifact's own timing known, a point stops after two runs slower than it
+        # (per patch): it cannot be the setting chosen (at a 128³ patch a point is 20-40 s)
+        beat = {} if known is None else {"give_up_ms": known}
+        points = [{"spec": spec, "shape": list(shape), "threads": t, **beat} for t in counts]
         if batch > 1:
-            points.append({"spec": spec, "shape": [batch, *shape[1:]], "threads": threads})
+            points.append({"spec": spec, "shape": [batch, *shape[1:]], "threads": threads,
+                           **({} if known is None else {"give_up_ms": known * batch})})
         timed = benchmark_points_in_subprocess(points, warmup, repeats)
         by_threads = {str(t): r.get("p50_ms") for t, r in zip(counts, timed)}
         row: dict[str, Any] = {"p50_ms_by_threads": by_threads}
+        gave_up = {("threads " + str(t) if i < len(counts) else f"batch {batch}"): r["stopped"]
+                   for i, (t, r) in enumerate(zip([*counts, threads], timed)) if "time to beat" in r.get("stopped", "")}
+        if gave_up:
+            row["stopped_early"] = gave_up
         if known is not None:
             by_threads[str(threads)] = known
             row["p50_from"] = {str(threads): "the artifact's timing at batch 1"}
@@ -65,18 +74,21 @@ def tune_onnxruntime(spec: dict[str, Any], shape: tuple[int, ...], threads: int,
     """Time each of :data:`ORT_CANDIDATES` (one session each, all in one process of their own);
     choose the fastest if it beats ORT's default by more than :data:`MIN_GAIN`. With a ``stop``
     rule in ``spec``, each candidate gets half its time budget and 3 runs at least: six
-    candidates at a 128³ patch (4-8 s per run) otherwise took ~3 min of an exclusive job."""
+    candidates at a 128³ patch (4-8 s per run) otherwise took ~3 min of an exclusive job. The
+    candidates race: one whose first two runs are both slower than the fastest p50 so far stops
+    there (it cannot be chosen; its ``stopped`` says so)."""
     stop = spec.get("stop")
     if stop is not None:
         stop = {**stop, "budget_s": float(stop.get("budget_s", StopRule.budget_s)) / 2,
                 "min_repeats": min(3, int(stop.get("min_repeats", StopRule.min_repeats)))}
     points = [{"spec": {**spec, "settings": settings, "profile": False, **({"stop": stop} if stop else {})},
-               "shape": list(shape), "threads": threads}
+               "shape": list(shape), "threads": threads, "race": True}
               for settings in ORT_CANDIDATES]
     tried = []
     for settings, r in zip(ORT_CANDIDATES, benchmark_points_in_subprocess(points, warmup, repeats)):
         tried.append({"settings": settings, "p50_ms": r.get("p50_ms"), **({"error": r["error"]} if "error" in r
-                                                                           else {})})
+                                                                           else {}),
+                      **({"stopped": r["stopped"]} if "time to beat" in r.get("stopped", "") else {})})
     default = tried[0]["p50_ms"]
     ok = [t for t in tried if t["p50_ms"] is not None]
     best = min(ok, key=lambda t: t["p50_ms"]) if ok else tried[0]

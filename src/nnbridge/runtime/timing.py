@@ -77,28 +77,37 @@ class StopRule:
 
 
 def time_until_stable(run: Callable[[np.ndarray], object], x: np.ndarray, warmup: int,
-                      rule: StopRule) -> tuple[np.ndarray, str]:
-    """Milliseconds per call of ``run(x)`` under ``rule`` after up to ``warmup`` untimed calls (the
-    warm-up also stops once it has used half the budget), and why timing stopped."""
-    started = time.perf_counter()
+                      rule: StopRule, give_up_ms: float | None = None,
+                      clock: Callable[[], float] = time.perf_counter) -> tuple[np.ndarray, str]:
+    """Milliseconds per call of ``run(x)`` under ``rule`` after up to ``warmup`` untimed calls, and
+    why timing stopped. The warm-up stops once it has used half the budget, and after its first
+    call when that call took a tenth of the budget: at seconds per call (a 128³ patch) one untimed
+    call pays the allocations, and the median absorbs a slower first timed one. ``give_up_ms``: a
+    time to beat (the best of a settings search so far, the timing a sweep point competes with):
+    after 2 timed runs slower than it the measurement stops, as it cannot be the one chosen."""
+    started = clock()
     for i in range(warmup):
+        t0 = clock()
         run(x)
-        if time.perf_counter() - started > rule.budget_s / 2:
+        now = clock()
+        if now - started > rule.budget_s / 2 or now - t0 >= rule.budget_s / 10:
             break
-    started = time.perf_counter()
+    started = clock()
     times: list[float] = []
     while True:
-        t0 = time.perf_counter()
+        t0 = clock()
         run(x)
-        times.append((time.perf_counter() - t0) * 1000.0)
+        times.append((clock() - t0) * 1000.0)
         n = len(times)
         if n >= rule.max_repeats:
             return np.array(times), f"{n} runs (the maximum)"
+        if give_up_ms is not None and n >= 2 and min(times) > give_up_ms:
+            return np.array(times), f"stopped after {n} runs: each slower than {give_up_ms:.1f} ms, the time to beat"
         if n >= rule.min_repeats:
             low, high = median_ci(times)
             if (high - low) / 2 <= rule.rel_ci * float(np.median(times)):
                 return np.array(times), f"stable after {n} runs (95 % CI of the median within ±{rule.rel_ci:.0%})"
-        if n >= 3 and time.perf_counter() - started >= rule.budget_s:
+        if n >= 3 and clock() - started >= rule.budget_s:
             return np.array(times), f"time budget of {rule.budget_s:g} s spent after {n} runs"
 
 
