@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from nnbridge.cli import main as cli_main
 from nnbridge.core.errors import NNBridgeError
 from nnbridge.core.metadata import read_metadata
-from nnbridge.export.common import check_spatial_shape
+from nnbridge.export.common import check_spatial_shape, gradient_shape
 from nnbridge.export.weights import unused_at_inference, verify_onnx_weights
 
 
@@ -23,6 +23,11 @@ def test_onnx_export_carries_checkpoint_weights(exported, loaded_fold):
     unused = record["weights"]["unused_at_inference"]
     assert unused and all(k.startswith("decoder.seg_layers.") for k in unused)
     assert record["weights"]["n_tensors"] == len(loaded_fold.weights) - len(unused)
+    # found by a backward pass at a small valid shape (at a 128^3 patch that pass was half of
+    # the export): the same parameters as at the patch
+    small = gradient_shape(loaded_fold)
+    assert np.prod(small) < np.prod(loaded_fold.input_shape), (small, loaded_fold.input_shape)
+    assert sorted(unused_at_inference(loaded_fold.network, loaded_fold.input_shape)) == sorted(unused)
     shapes = [tuple(c["shape"]) for c in record["shape_checks"]]
     assert len(set(shapes)) == 2  # two different input shapes through the dynamic axes
     assert all(c["max_abs_err"] < 1e-4 for c in record["shape_checks"])

@@ -16,8 +16,8 @@ import torch
 from ..core.runlog import sha256_file
 from ..models.loaded import LoadedFold
 from ..runtime.ort import onnx_session
-from .common import (INPUT_NAME, OUTPUT_NAME, check_spatial_shape, fold_metadata, raise_multiple,
-                     run_shape_checks, traced_size_bound)
+from .common import (INPUT_NAME, OUTPUT_NAME, check_spatial_shape, fold_metadata, gradient_shape,
+                     raise_multiple, run_shape_checks, traced_size_bound)
 from .weights import refuse_unproven, unused_at_inference, verify_onnx_weights
 
 
@@ -90,7 +90,10 @@ def export_onnx(fold: LoadedFold, out_path: Path, opset: int = 17, seed: int = 0
     out_path = Path(out_path)
     generator = torch.Generator().manual_seed(seed)
     dummy = torch.randn(fold.input_shape, generator=generator)
-    unused = unused_at_inference(fold.network, fold.input_shape, fold.weights_prefix)
+    try:  # at a small valid shape; a network that refuses it is asked at its patch
+        unused = unused_at_inference(fold.network, gradient_shape(fold), fold.weights_prefix)
+    except Exception:  # noqa: BLE001 - any failure of the small pass: the patch decides
+        unused = unused_at_inference(fold.network, fold.input_shape, fold.weights_prefix)
     reference = _Lazy(lambda: unfolded_graph(fold.network, dummy, opset))
 
     def export_proven(fold: LoadedFold) -> tuple[dict[str, Any], list[dict[str, Any]]]:
