@@ -11,7 +11,7 @@ import yaml
 
 from nnbridge.core.config import validate_config
 from nnbridge.core.errors import NNBridgeError
-from nnbridge.pipeline.plan import FoldKey, discover_models, fold_variants, variant_tolerance
+from nnbridge.pipeline.plan import FoldKey, discover_models, fold_artifacts, fold_variants, variant_tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -84,6 +84,27 @@ def test_discover_models_finds_folds(tmp_path):
 def test_discover_models_errors(entry, expected):
     with pytest.raises(NNBridgeError, match=expected):
         discover_models([entry])
+
+
+def test_other_folds_get_the_shipped_variants_unless_comparison_asks_all():
+    """A bundled model's reference fold gets every variant, its other folds the shipped ones
+    (bundle.variants; their runtimes as on the reference fold); comparison.folds: all, or a model
+    without a bundle, gives every fold every variant."""
+    config = validate_config(shipped_config(), SCHEMA)
+    assert config["comparison"]["folds"] == "reference"
+    key = FoldKey("D", "T__P__3d_fullres", "1")
+    everything = fold_variants("results", key, config)
+    only = fold_artifacts(config, bundled=True, reference=False)
+    assert set(only) == set(config["bundle"]["variants"]) == {"onnx_simplified", "int8_accurate", "bf16", "int8_ir"}
+    other = fold_variants("results", key, config, only=only)
+    assert set(other) == {"onnx_simplified", "int8_accurate", *(f"{n}@openvino" for n in only)}
+    assert all(other[k] == everything[k] for k in other)
+    assert fold_artifacts(config, bundled=True, reference=True) is None
+    assert fold_artifacts(config, bundled=False, reference=False) is None
+    config["comparison"]["folds"] = "all"
+    assert fold_artifacts(config, bundled=True, reference=False) is None
+    with pytest.raises(NNBridgeError, match=r"comparison\.folds"):
+        validate_config({**shipped_config(), "comparison": {"folds": "every"}}, SCHEMA)
 
 
 def test_fold_variants_follow_config():

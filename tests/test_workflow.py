@@ -57,22 +57,32 @@ def test_demo_model_is_trained_by_nnunet(workdir):
 
 
 def test_every_fold_has_all_artifacts_and_gates(workdir):
+    """Every variant on the reference fold; the other fold gets the shipped ones (bundle.variants,
+    comparison.folds: reference): no TorchScript export, no int8_static, no gate of the export
+    that simplify replaces."""
+    compared = ("export/model.ts", "quantize/int8_static.onnx", "quantize/int8_static.json")
     for fold in FOLDS:
         base = fold_dir(workdir, fold)
+        is_reference = fold == FOLDS[0]
+        quantized = QUANTIZED if is_reference else tuple(q for q in QUANTIZED if q != "int8_static")
         for artifact in ("export/model.onnx", "export/model.ts", "simplify/model.onnx",
                          *(f"quantize/{name}.onnx" for name in (*QUANTIZED, BF16)), f"quantize/{IR}.xml",
                          f"quantize/{IR}.bin"):
+            if not is_reference and artifact in compared:
+                assert not (base / artifact).exists(), artifact
+                continue
             assert (base / artifact).stat().st_size > 1000, artifact
         export = json.loads((base / "export/export.json").read_text())
         assert export["weights"]["ok"] and export["checkpoint_weights"]["ok"]
         parity = json.loads((base / "validate/parity.json").read_text())
         variants = parity["variants"]
-        onnx_variants = ("onnx_fp32", "onnx_simplified", *QUANTIZED)
-        assert set(variants) == {"torchscript", *onnx_variants, *(f"{n}@openvino" for n in (*onnx_variants, BF16, IR))}
-        for exact in ("torchscript", "onnx_fp32", "onnx_simplified", "onnx_fp32@openvino",
-                      "onnx_simplified@openvino"):
-            assert variants[exact]["passed"], (fold, exact, variants[exact])
-        for name in QUANTIZED:  # gated either way, with numbers
+        onnx_variants = ("onnx_fp32", "onnx_simplified", *QUANTIZED) if is_reference else ("onnx_simplified", *quantized)
+        assert set(variants) == {*(("torchscript",) if is_reference else ()), *onnx_variants,
+                                 *(f"{n}@openvino" for n in (*onnx_variants, BF16, IR))}
+        exact = ("torchscript", "onnx_fp32", "onnx_simplified", "onnx_fp32@openvino", "onnx_simplified@openvino")
+        for name in exact if is_reference else ("onnx_simplified", "onnx_simplified@openvino"):
+            assert variants[name]["passed"], (fold, name, variants[name])
+        for name in quantized:  # gated either way, with numbers
             assert "passed" in variants[name] and variants[name]["dice"], (fold, name)
             record = json.loads((base / f"quantize/{name}.json").read_text())
             assert record["coverage"]["n_int8_compute_nodes"] > 0, (fold, name)
@@ -282,10 +292,12 @@ def test_a_cpu_without_int8_dot_products_requantizes_only_what_it_decides(workdi
     if not int8_dot():  # a CPU without them already: forcing it changes nothing
         assert jobs == {}, jobs
         return
-    def expected(methods):
+    shipped = set(config["bundle"]["variants"])
+
+    def expected(methods):  # a model's first fold gets every entry; an nnU-Net model's others the shipped ones
         names = {n for n, q in config["quantize"].items() if q.get("method", "static") in methods}
-        return sum(len(m.get("folds", [0])) * len(names & set(m.get("quantize") or config["quantize"]))
-                   for m in config["models"])
+        return sum(len(own := names & set(m.get("quantize") or config["quantize"]))
+                   + (len(m.get("folds", [0])) - 1) * len(own & shipped) for m in config["models"])
 
     assert jobs.get("quantize") == expected(("static", "dynamic", "nncf")), jobs
     assert jobs.get("quantize_ir") == expected(("openvino_int8",)), jobs  # NNCF's overflow_fix, on OpenVINO
@@ -296,7 +308,8 @@ def test_a_cpu_without_int8_dot_products_requantizes_only_what_it_decides(workdi
 def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
     set_config(workdir, lambda c: c["quantize"]["int8_static"].update(per_channel=False))
     jobs = planned_jobs(run_snakemake(workdir, "-n"))
-    assert jobs.get("quantize") == 2 and jobs.get("benchmark_artifact") == 1, jobs  # timed once per model
+    # int8_static is not shipped: only the reference fold has it (comparison.folds: reference)
+    assert jobs.get("quantize") == 1 and jobs.get("benchmark_artifact") == 1, jobs  # timed once per model
     assert "calibrate" not in jobs, jobs  # the activation ranges do not depend on per_channel
     # no export, patches, reference logits or other artifact's timing; the bundle and the
     # whole-case parity read every fold's parity and benchmark verdicts
@@ -342,6 +355,22 @@ def test_code_edits_rerun_exactly_the_stages_that_import_them(workdir):
         graph.write_text(saved)
     assert {"quantize", "quantize_ir", "benchmark_artifact", "benchmark", "machine_peak", "realistic_benchmark"} <= jobs, jobs
     assert not jobs & {"export_onnx", "export_torchscript", "patches", "simplify", "reference", "demo_train"}, jobs
+    assert planned_jobs(run_snakemake(workdir, "-n")) == {}
+
+
+def test_comparison_on_every_fold_plans_the_compared_variants_there_too(workdir):
+    """comparison.folds: all gives the other fold the variants the bundle does not ship (its
+    TorchScript export, int8_static) and the validation that gates them; planned, not run (the
+    reference fold ran them). Nothing upstream of them runs again."""
+    config_file = workdir / "config" / "config.yaml"
+    saved = config_file.read_text()
+    try:
+        set_config(workdir, lambda c: c.update(comparison={"folds": "all"}))
+        jobs = planned_jobs(run_snakemake(workdir, "-n"))
+    finally:
+        config_file.write_text(saved)
+    assert jobs.get("export_torchscript") == 1 and jobs.get("quantize") == 1 and "validate" in jobs, jobs
+    assert not set(jobs) & {"export_onnx", "simplify", "calibrate", "reference", "patches"}, jobs
     assert planned_jobs(run_snakemake(workdir, "-n")) == {}
 
 

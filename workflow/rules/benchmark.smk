@@ -62,6 +62,7 @@ rule benchmark_artifact:
 rule benchmark:
     input:
         unpack(get_fold_inputs),
+        export=f"{FOLD_DIR}/export/model.onnx",
         variants=get_variant_files,
         artifacts=lambda wildcards: list(get_fold_artifacts(wildcards).values()),
         records=get_variant_records,

@@ -22,6 +22,7 @@ from nnbridge.pipeline.plan import (
     bundle_plan,
     check_config_names,
     plan_models,
+    fold_artifacts,
     fold_variants,
     record_of,
     postprocessing_sources,
@@ -207,10 +208,28 @@ def get_preprocessed_inputs(wildcards):
     }
 
 
+def artifacts_of(model, key):
+    """The artifacts fold ``key`` of ``model`` gets, None for all (pipeline.plan.fold_artifacts:
+    a bundled model's other folds get the shipped ones unless comparison.folds is all)."""
+    reference = sorted(model.fold_keys(), key=lambda k: fold_order(k.fold))[0]
+    return fold_artifacts(config, bundled(model), key == reference)
+
+
+def variants_of(model, key):
+    """Every variant of fold ``key`` of ``model`` (every runtime): name -> {kind, path, backend, record}."""
+    return fold_variants(RESULTS, key, config, model.quantize, artifacts_of(model, key))
+
+
+def gets(model, key, artifact):
+    """Whether fold ``key`` of ``model`` gets ``artifact`` (torchscript, a quantize entry)."""
+    only = artifacts_of(model, key)
+    return only is None or artifact in only
+
+
 def get_variants(wildcards):
     """Every deployable variant of a fold: name -> {kind, path}."""
     key = FoldKey(wildcards.dataset, wildcards.model, wildcards.fold)
-    return fold_variants(RESULTS, key, config, get_model(wildcards).quantize)
+    return variants_of(get_model(wildcards), key)
 
 
 def get_variant_files(wildcards):
@@ -278,8 +297,7 @@ def get_reference_source(wildcards):
 
 def get_artifact_variants(wildcards):
     """The reference fold's variants (every runtime) of one artifact; none for torch eager."""
-    key = reference_key(wildcards)
-    variants = fold_variants(RESULTS, key, config, get_model(wildcards).quantize)
+    variants = variants_of(get_model(wildcards), reference_key(wildcards))
     return {k: v for k, v in variants.items() if base_variant(k) == wildcards.artifact}
 
 
@@ -389,7 +407,7 @@ def get_bundle_folds(wildcards):
     model = get_model(wildcards)
     folds = {}
     for key in model.fold_keys():
-        paths = artifact_paths(fold_variants(RESULTS, key, config, model.quantize))
+        paths = artifact_paths(variants_of(model, key))
         folds[key.fold] = {
             "files": {name: paths[name] for name in BUNDLE_VARIANTS},
             "records": {name: record_of(paths[name]) for name in BUNDLE_VARIANTS},
@@ -472,12 +490,12 @@ def fold_stages(key, model):
     wc = {"dataset": key.dataset, "model": key.model, "fold": key.fold}
     base = key.dir(RESULTS)
     stages = [("export_onnx", f"{base}/export/export.json", {})]
-    if config["export"]["torchscript"]:
+    if config["export"]["torchscript"] and gets(model, key, "torchscript"):
         stages.append(("export_torchscript", f"{base}/export/torchscript.json", {}))
     stages += [("patches", f"{base}/patches/patches.json", {}),
                ("simplify", f"{base}/simplify/simplify.json", {})]
     stages += [("quantize", f"{base}/quantize/{q}.json", {"qvariant": q})
-               for q in config["quantize"] if model.quantize is None or q in model.quantize]
+               for q in config["quantize"] if (model.quantize is None or q in model.quantize) and gets(model, key, q)]
     stages += [("validate", f"{base}/validate/parity.json", {}),
                ("benchmark", f"{base}/benchmark/benchmark.json", {})]
     out = [{"stage": name if not extra else f"{name} {extra['qvariant']}", "record": record,
@@ -507,14 +525,14 @@ def get_report_entries():
                 "export": f"{base}/export/export.json",
                 "torchscript": (
                     f"{base}/export/torchscript.json"
-                    if config["export"]["torchscript"]
+                    if config["export"]["torchscript"] and gets(model, key, "torchscript")
                     else None
                 ),
                 "simplify": f"{base}/simplify/simplify.json",
                 "quantize": {
                     q: f"{base}/quantize/{q}.json"
                     for q in config["quantize"]
-                    if model.quantize is None or q in model.quantize
+                    if (model.quantize is None or q in model.quantize) and gets(model, key, q)
                 },
                 "parity": f"{base}/validate/parity.json",
                 "benchmark": f"{base}/benchmark/benchmark.json",

@@ -12,6 +12,7 @@ with logged(snakemake.log[0]):
         repeats=snakemake.params.repeats,
         stop=snakemake.params.stop,
         peak=PeakRecord.read(snakemake.input.peak).to_dict(),
+        export=snakemake.input.export,
     )
     BenchmarkRecord.of(record).write(snakemake.output.json)
     for key, where in record["timed_on"].items():

@@ -31,12 +31,16 @@ def _artifact_of(key: str) -> str:
 
 def benchmark_fold(source: dict[str, Any], variants: dict[str, dict[str, str]],
                    artifacts: dict[str, dict[str, Any]], *, threads: int, warmup: int, repeats: int,
-                   stop: dict[str, Any] | None = None, peak: dict[str, Any] | None = None) -> dict[str, Any]:
+                   stop: dict[str, Any] | None = None, peak: dict[str, Any] | None = None,
+                   export: str | None = None) -> dict[str, Any]:
     """Torch eager and every variant of a fold (``variants``: :func:`nnbridge.pipeline.plan.fold_variants`),
     from ``artifacts`` (artifact name → its :func:`nnbridge.bench.artifact.benchmark_artifact`
-    record) where this fold's graph is the measured one, else timed here."""
+    record) where this fold's graph is the measured one, else timed here. ``export``: the fold's
+    ONNX export, whose input shape and architecture are compared with the reference fold's
+    (default the ``onnx_fp32`` variant's file: a fold that is not the reference has no such variant
+    with ``comparison.folds: reference``)."""
     verify_variant_files(variants)  # each file is what its stage wrote (sha256 in its record)
-    fp32 = variants["onnx_fp32"]["path"]
+    fp32 = export or variants["onnx_fp32"]["path"]
     shape, _ = input_shape_of(fp32)
     architecture = graph_signature(fp32)
     same_arch = all(a.get("architecture") == architecture for a in artifacts.values())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -521,9 +521,11 @@ def openvino_only_variants(config: dict[str, Any]) -> list[str]:
 
 
 def fold_variants(results: str, key: FoldKey, config: dict[str, Any],
-                  quantize: tuple[str, ...] | None = None) -> dict[str, dict[str, str]]:
+                  quantize: tuple[str, ...] | None = None,
+                  only: Collection[str] | None = None) -> dict[str, dict[str, str]]:
     """Name → {kind, path, backend, record} of every (artifact, runtime) of a fold that is validated and
-    benchmarked (``quantize``: the model's own subset of the quantized variants, default all).
+    benchmarked (``quantize``: the model's own subset of the quantized variants, default all;
+    ``only``: the artifacts this fold gets, default all, see :func:`fold_artifacts`).
     An artifact's ``kind`` (``torchscript``, ``onnx``, ``ir``: an OpenVINO IR, ``path`` its
     ``.xml``) and file suffix come from its method (:func:`nnbridge.core.artifacts.method_kind`);
     it runs on every configured backend its kind runs on, under its own name on ONNX Runtime and
@@ -544,6 +546,8 @@ def fold_variants(results: str, key: FoldKey, config: dict[str, Any],
             kind = method_kind(method)
             artifacts[name] = ({"kind": kind, "path": artifact_path(f"{base}/quantize/{name}", kind)},
                                method_runtimes(method))
+    if only is not None:
+        artifacts = {name: value for name, value in artifacts.items() if name in only}
     variants: dict[str, dict[str, str]] = {}
     for backend in ("torchscript", *config.get("backends", ["onnxruntime"])):
         for name, (artifact, runtimes) in artifacts.items():
@@ -551,6 +555,17 @@ def fold_variants(results: str, key: FoldKey, config: dict[str, Any],
                 key_name = name if backend == "torchscript" else Variant(name, backend).key
                 variants[key_name] = {**artifact, "backend": backend, "record": record_of(artifact["path"])}
     return variants
+
+
+def fold_artifacts(config: dict[str, Any], bundled: bool, reference: bool) -> tuple[str, ...] | None:
+    """The artifacts a fold gets, None for all of them: a bundled model's folds other than its
+    reference fold get only the shipped ones (``bundle.variants``) unless ``comparison.folds`` is
+    ``all``. The others (TorchScript, quantize entries not shipped, the unsimplified export's
+    own gate) are there to be compared, which the report does on the reference fold; at a 128³
+    patch each costs minutes per fold (a TorchScript export ~1 min, each gate on each runtime)."""
+    if reference or not bundled or (config.get("comparison") or {}).get("folds", "reference") == "all":
+        return None
+    return tuple(config["bundle"]["variants"])
 
 
 def record_of(artifact: str) -> str:

@@ -611,9 +611,10 @@ def _load_text(record: RealisticRecord) -> str:
 def detail_sections(run: RunResults) -> list[Section]:
     """Every detail section, in order (those without data have ``table`` None and are left out)."""
     return [
-        Section("overview", "Overview", "Each variant across all folds: its parity gate, the worst per-class Dice "
-                "of its label maps against eager PyTorch, and its median batch-1 latency and speed-ups "
-                "(ratios measured in one run).", overview_table(run)),
+        Section("overview", "Overview", "Each variant across the folds it was built on: its parity gate, the worst "
+                "per-class Dice of its label maps against eager PyTorch, and its median batch-1 latency and speed-ups "
+                "(ratios measured in one run). A variant the bundle does not ship is built on a model's reference "
+                "fold only, unless the config's comparison.folds is all.", overview_table(run)),
         Section("speed-targets", "Speed targets", "Against torch eager with the same threads, batch 1, median over "
                 "folds: the fastest exact fp32 runtime (TorchScript, ONNX fp32 or simplified, on any runtime) should "
                 "be ≥ 2× faster, the fastest INT8 variant that passed its Dice gate ≥ 3×. Where a target is missed, "
