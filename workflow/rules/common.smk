@@ -211,8 +211,7 @@ def get_preprocessed_inputs(wildcards):
 def artifacts_of(model, key):
     """The artifacts fold ``key`` of ``model`` gets, None for all (pipeline.plan.fold_artifacts:
     a bundled model's other folds get the shipped ones unless comparison.folds is all)."""
-    reference = sorted(model.fold_keys(), key=lambda k: fold_order(k.fold))[0]
-    return fold_artifacts(config, bundled(model), key == reference)
+    return fold_artifacts(config, bundled(model), key == reference_fold(model))
 
 
 def variants_of(model, key):
@@ -237,9 +236,13 @@ def get_variant_files(wildcards):
     return files_of(v["path"] for v in get_variants(wildcards).values())
 
 
+def reference_fold(model):
+    """The fold a model's artifacts are timed on and its searches run on: its first."""
+    return sorted(model.fold_keys(), key=lambda k: fold_order(k.fold))[0]
+
+
 def reference_key(wildcards):
-    """The fold a model's artifacts are timed on: its first."""
-    return sorted(get_model(wildcards).fold_keys(), key=lambda k: fold_order(k.fold))[0]
+    return reference_fold(get_model(wildcards))
 
 
 SEARCH_PRIORITY = 2  # below the demo's trainings (demo.smk: 10, 5), above everything else

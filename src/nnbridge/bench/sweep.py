@@ -39,8 +39,8 @@ def sweep(specs: dict[str, dict[str, Any]], names: list[str] | tuple[str, ...], 
         timed = benchmark_points_in_subprocess(points, warmup, repeats)
         by_threads = {str(t): r.get("p50_ms") for t, r in zip(counts, timed)}
         row: dict[str, Any] = {"p50_ms_by_threads": by_threads}
-        gave_up = {("threads " + str(t) if i < len(counts) else f"batch {batch}"): r["stopped"]
-                   for i, (t, r) in enumerate(zip([*counts, threads], timed)) if "time to beat" in r.get("stopped", "")}
+        labels = [f"threads {t}" for t in counts] + ([f"batch {batch}"] if batch > 1 else [])
+        gave_up = {label: r["stopped"] for label, r in zip(labels, timed) if "time to beat" in r.get("stopped", "")}
         if gave_up:
             row["stopped_early"] = gave_up
         if known is not None:
