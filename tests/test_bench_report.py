@@ -512,3 +512,24 @@ def test_timing_warms_up_once_at_seconds_per_run_and_gives_up_on_a_loser():
     close = _Clock([6.0, 6.0, 4.9, 5.0, 5.0, 5.0, 5.0, 5.0])  # its second run beats 5.0 s
     times, why = time_until_stable(close.run, x, 1, rule, give_up_ms=5000.0, clock=close)
     assert len(times) > 2 and "time to beat" not in why
+
+
+def test_settings_search_skips_per_call_settings_once_a_run_is_long(exported, loaded_fold):
+    """At a run slower than the overhead limit (here 0 ms: any run), the candidates that change
+    only a per-call cost are not timed and say why; the others still race the default, which
+    stays first and timed, and the choice is one of the timed ones."""
+    from nnbridge.bench.sweep import OVERHEAD_ONLY, tune_onnxruntime
+
+    out, _, _ = exported
+    spec = {"backend": "onnxruntime", "path": str(out / "model.onnx"),
+            "stop": {"min_repeats": 3, "budget_s": 2, "rel_ci": 0.05}}
+    result = tune_onnxruntime(spec, tuple(loaded_fold.input_shape), 1, 1, 3, overhead_limit_ms=0.0)
+    by = {json.dumps(c["settings"], sort_keys=True): c for c in result["candidates"]}
+    assert [c["settings"] for c in result["candidates"]] == list(ORT_CANDIDATES)
+    for settings in OVERHEAD_ONLY:
+        c = by[json.dumps(settings, sort_keys=True)]
+        assert c["p50_ms"] is None and "per-call cost" in c["skipped"], c
+    timed = [c for c in result["candidates"] if c["settings"] not in OVERHEAD_ONLY]
+    assert timed[0]["settings"] == {} and len(timed) == len(ORT_CANDIDATES) - len(OVERHEAD_ONLY)
+    assert all(c["p50_ms"] > 0 and "skipped" not in c for c in timed), timed
+    assert result["chosen"] not in OVERHEAD_ONLY

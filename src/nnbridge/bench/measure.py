@@ -142,7 +142,8 @@ def benchmark_points_in_subprocess(points: list[dict[str, Any]], warmup: int, re
     settings, threads or batch but not in what is loaded, and whose numbers are compared with each
     other only. A point may carry ``give_up_ms`` (a time to beat) and ``race: true`` (the fastest
     p50 of the earlier racing points is one): it stops after two runs slower than that
-    (:func:`nnbridge.runtime.timing.time_until_stable`). Each point still builds its own session (a runtime's thread pool belongs to its
+    (:func:`nnbridge.runtime.timing.time_until_stable`); a racing point with
+    ``skip_when_slower_ms`` is not timed at all (``skipped``) once that fastest p50 exceeds it. Each point still builds its own session (a runtime's thread pool belongs to its
     session; torch's thread count is set per point) and the interpreter's start and the runtime's
     import are paid once, not per point: on the 2-core machines that start is 1-3 s, more than a
     demo model's whole timing. Peak memory is not reported here (it would be the group's): the
@@ -210,6 +211,12 @@ def main(argv: list[str] | None = None) -> None:
             give_up = point.get("give_up_ms")
             if point.get("race") and best is not None:
                 give_up = best if give_up is None else min(give_up, best)
+            limit = point.get("skip_when_slower_ms")
+            if point.get("race") and best is not None and limit is not None and best > limit:
+                print(json.dumps({"backend": point["spec"]["backend"], "skipped": (
+                    f"not timed: a run takes {best:.0f} ms, over {limit:g} ms, where what this setting "
+                    "changes (a per-call cost) is less than a candidate must gain")}), flush=True)
+                continue
             try:
                 result = measure(point["spec"], tuple(point["shape"]), int(point["threads"]), args.warmup,
                                  args.repeats, give_up_ms=give_up)

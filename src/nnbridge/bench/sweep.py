@@ -68,26 +68,42 @@ ORT_CANDIDATES: tuple[dict[str, Any], ...] = (
 
 MIN_GAIN = 0.03  # a candidate must beat the default p50 by this share, else noise decides
 
+# candidates that change a per-call cost only (spinning threads' wake-ups between operators, the
+# allocator, the output's copy: milliseconds per run), not how an operator computes: once a run
+# takes longer than OVERHEAD_LIMIT_MS, MIN_GAIN of it is more than they can save, and they are not
+# timed (at a real-size 128^3 patch, 3-4 s per run on 2 cores, they took ~40 s of the search, and
+# their "wins" were noise: AMD EPYC Zen 4, 2026-12-02)
+OVERHEAD_ONLY: tuple[dict[str, Any], ...] = (
+    {"allow_spinning": False},
+    {"mem_pattern": False, "cpu_arena": False},
+    {"io_binding": True},
+)
+OVERHEAD_LIMIT_MS = 1000.0
+
 
 def tune_onnxruntime(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: int,
-                     repeats: int) -> dict[str, Any]:
+                     repeats: int, overhead_limit_ms: float = OVERHEAD_LIMIT_MS) -> dict[str, Any]:
     """Time each of :data:`ORT_CANDIDATES` (one session each, all in one process of their own);
     choose the fastest if it beats ORT's default by more than :data:`MIN_GAIN`. With a ``stop``
     rule in ``spec``, each candidate gets half its time budget and 3 runs at least: six
     candidates at a 128³ patch (4-8 s per run) otherwise took ~3 min of an exclusive job. The
     candidates race: one whose first two runs are both slower than the fastest p50 so far stops
-    there (it cannot be chosen; its ``stopped`` says so)."""
+    there (it cannot be chosen; its ``stopped`` says so). The :data:`OVERHEAD_ONLY` candidates
+    are not timed once the fastest run so far is slower than ``overhead_limit_ms`` (their
+    ``skipped`` says why)."""
     stop = spec.get("stop")
     if stop is not None:
         stop = {**stop, "budget_s": float(stop.get("budget_s", StopRule.budget_s)) / 2,
                 "min_repeats": min(3, int(stop.get("min_repeats", StopRule.min_repeats)))}
     points = [{"spec": {**spec, "settings": settings, "profile": False, **({"stop": stop} if stop else {})},
-               "shape": list(shape), "threads": threads, "race": True}
+               "shape": list(shape), "threads": threads, "race": True,
+               **({"skip_when_slower_ms": overhead_limit_ms} if settings in OVERHEAD_ONLY else {})}
               for settings in ORT_CANDIDATES]
     tried = []
     for settings, r in zip(ORT_CANDIDATES, benchmark_points_in_subprocess(points, warmup, repeats)):
         tried.append({"settings": settings, "p50_ms": r.get("p50_ms"), **({"error": r["error"]} if "error" in r
                                                                            else {}),
+                      **({"skipped": r["skipped"]} if "skipped" in r else {}),
                       **({"stopped": r["stopped"]} if "time to beat" in r.get("stopped", "") else {})})
     default = tried[0]["p50_ms"]
     ok = [t for t in tried if t["p50_ms"] is not None]

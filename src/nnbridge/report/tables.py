@@ -556,7 +556,9 @@ def tuning_table(run: RunResults) -> Table | None:
     rows = []
     for f in run.folds:
         for v, t in (f.benchmark.tuning if f.benchmark else {}).items():
-            cands = "; ".join(f"{settings_text(c['settings'])}: {fmt(c['p50_ms'], 3)} ms" for c in t.candidates)
+            cands = "; ".join(f"{settings_text(c['settings'])}: "
+                              + ("not timed (a per-call setting, the runs are long)" if c.get("skipped")
+                                 else f"{fmt(c['p50_ms'], 3)} ms") for c in t.candidates)
             rows.append([f.label, v.key, cands, settings_text(t.chosen), fmt(t.gain_vs_default, 3)])
     if not rows:
         return None
