@@ -37,7 +37,7 @@ def _run_tool(tool: str, model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
 
 def simplify_onnx(src: Path, dst: Path, check_patches: np.ndarray, atol: float = 1e-4,
                   tools: tuple[str, ...] = TOOLS, src_record: Path | None = None,
-                  export_record: dict[str, Any] | None = None) -> dict[str, Any]:
+                  export_record: dict[str, Any] | None = None, threads: int = 0) -> dict[str, Any]:
     """Write a simplified ``src`` to ``dst`` if it reproduces ``src``'s logits within ``atol``
     and carries ``src``'s weight tensors (those the export's weight proof in ``export_record``
     — default: the record ``src_record`` — found the checkpoint in; without either, every float
@@ -47,6 +47,7 @@ def simplify_onnx(src: Path, dst: Path, check_patches: np.ndarray, atol: float =
     does not match); every attempt is recorded. With ``src_record`` (export.json), ``src`` is first
     checked against the sha256 it states. When none gives a matching graph, ``dst`` is a
     copy of ``src`` and the record says why, so later stages never run an unverified graph.
+    ``threads``: ONNX Runtime's threads for the check (0: its default, every core).
     """
     src, dst = Path(src), Path(dst)
     if src_record is not None:  # the export this stage simplifies is the one export.json states
@@ -56,7 +57,7 @@ def simplify_onnx(src: Path, dst: Path, check_patches: np.ndarray, atol: float =
     original = onnx.load(str(src))
     record: dict[str, Any] = {"source": str(src), "nodes_before": len(original.graph.node),
                               "attempts": [], "check_atol": atol}
-    reference = run_onnx(src, check_patches)
+    reference = run_onnx(src, check_patches, threads)
     proven = (export_record or {}).get("weights", {})
     weight_carriers = carriers(proven) if "tensors" in proven else None
     record["weights_checked"] = ("the initializers the export's weight proof found the checkpoint in"
@@ -78,7 +79,7 @@ def simplify_onnx(src: Path, dst: Path, check_patches: np.ndarray, atol: float =
             attempt["error"] = f"the simplified graph does not carry the export's weights ({proof['summary']})"
             continue
         onnx.save(simplified, str(dst))
-        max_abs = float(np.max(np.abs(reference.astype(np.float64) - run_onnx(dst, check_patches))))
+        max_abs = float(np.max(np.abs(reference.astype(np.float64) - run_onnx(dst, check_patches, threads))))
         attempt.update({"nodes_after": len(simplified.graph.node), "check_max_abs_err": max_abs})
         if max_abs <= atol:
             kept = True
