@@ -143,3 +143,28 @@ def test_accuracy_control_puts_operations_back_in_fp32_by_dice(exported, patch_s
     assert control["fp32_modules"]
     assert set(control["fp32_modules"]) <= set(record["coverage_openvino"]["float_compute_nodes"])
     assert control["passed"] == (control["min_dice"] >= 1.0) and "on openvino with" in control["verdict"]
+
+
+def test_dice_control_gives_each_patch_its_own_value(exported, patch_sets):
+    """The accuracy control's metric returns, beside the pooled worst-class Dice, each patch's
+    value alone: exactly what NNCF gets by calling it once per patch (it then skips that second
+    pass over every validation at a real-size patch)."""
+    import numpy as np
+    import openvino as ov
+
+    from nnbridge.quantize.nncf_ptq import DiceControl
+    from nnbridge.quantize.static import quantize_static_int8
+
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    int8 = out.parent / "control_int8.onnx"
+    quantize_static_int8(out / "model.onnx", int8, calibration, symmetric_activations=True)
+    control = DiceControl(out / "model.onnx", calibration, {"patches": 4}, threads=1, runtimes=("openvino",))
+    compiled = ov.Core().compile_model(str(int8), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    pooled, each = control.metric(compiled, [0, 1, 2, 3])
+    alone = [control.metric(compiled, [i]) for i in range(4)]
+    assert each == [value for value, _ in alone] and all(v == [value] for value, v in alone)
+    assert 0 < pooled <= 1 and min(each) <= 1
+    # the reference is the fp32 model (ONNX Runtime): OpenVINO's fp32 agrees on every patch
+    fp32 = ov.Core().compile_model(str(out / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert min(control.metric(fp32, [0, 1])[1]) >= 0.99
