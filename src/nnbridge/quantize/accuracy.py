@@ -18,8 +18,8 @@ import onnx
 from ..core.errors import NNBridgeError
 from ..core.metadata import output_labels, read_metadata
 from ..core.onnxgraph import COMPUTE_OPS, module_name
-from ..runtime import make_runner, run_variant
-from ..runtime.ort import onnx_session, run_onnx
+from ..runtime import make_runner, run_variant_timed
+from ..runtime.ort import onnx_session
 from ..runtime.timing import quick_latency_ms
 from ..validate.metrics import compare_logits
 from .common import ranking_patches
@@ -50,17 +50,18 @@ def layer_blocks(model: onnx.ModelProto) -> list[dict[str, Any]]:
 def worst_agreement(path: Path, check: np.ndarray, reference: np.ndarray, labels: dict[int, str],
                     region_based: bool, threads: int, backends: tuple[str, ...]) -> dict[str, Any]:
     """The label maps of ``path`` against ``reference`` on every backend; the worst backend's
-    metrics, with each backend's worst per-class Dice under ``min_dice_by_backend``."""
+    metrics, with each backend's worst per-class Dice under ``min_dice_by_backend`` and its
+    median milliseconds per patch under ``latency_ms_by_backend`` (None with one patch)."""
 
     worst: dict[str, Any] | None = None
-    by_backend = {}
+    by_backend, latency = {}, {}
     for backend in backends:
-        metrics = compare_logits(reference, run_variant("onnx", Path(path), check, threads, backend),
-                                 labels, region_based)
+        logits, latency[backend] = run_variant_timed("onnx", Path(path), check, threads, backend)
+        metrics = compare_logits(reference, logits, labels, region_based)
         by_backend[backend] = metrics["min_dice"]
         if worst is None or metrics["min_dice"] < worst["min_dice"]:
             worst = metrics
-    return {**worst, "min_dice_by_backend": by_backend}
+    return {**worst, "min_dice_by_backend": by_backend, "latency_ms_by_backend": latency}
 
 
 def _outputs_of(path: Path, names: list[str], x: np.ndarray, threads: int) -> dict[str, np.ndarray]:
@@ -199,8 +200,11 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
         fallback = bool(aa.get("asymmetric_fallback", True)) and bool(settings.get("symmetric_activations"))
     checked = decided is None or fallback  # a decided fold with nothing left to decide is not checked here
     if checked:
-        reference = run_onnx(Path(src), check, threads)
-        fp32_ms = quick_latency_ms(make_runner({"backend": "onnxruntime", "path": src}, threads), check[:1].shape)
+        # the latencies come from the check's own runs (at a 128³ patch a separate timing cost
+        # ~15 s per step on one thread); with one check patch from a quick timing
+        reference, fp32_ms = run_variant_timed("onnx", Path(src), check, threads, "onnxruntime")
+        if fp32_ms is None:
+            fp32_ms = quick_latency_ms(make_runner({"backend": "onnxruntime", "path": src}, threads), check[:1].shape)
     else:
         check, ranked_on, fp32_ms = check[:0], 0, None
     steps: list[dict[str, Any]] = []
@@ -221,8 +225,8 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
             return quantized, {
                 **step, "dice": metrics["dice"], "min_dice": metrics["min_dice"],
                 "min_dice_by_backend": metrics["min_dice_by_backend"], "mean_abs_err": metrics["mean_abs_err"],
-                "latency_ms": quick_latency_ms(make_runner({"backend": "onnxruntime", "path": dst}, threads),
-                                               check[:1].shape)}
+                "latency_ms": metrics["latency_ms_by_backend"].get("onnxruntime")
+                or quick_latency_ms(make_runner({"backend": "onnxruntime", "path": dst}, threads), check[:1].shape)}
 
         for step in range(max_steps + 1):
             print(f"nnbridge: accuracy-aware INT8: step {step}/{max_steps}, {len(modules)} block(s) in fp32", flush=True)

@@ -8,6 +8,7 @@ torch-free, and a benchmark child process carries only its own runtime.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,18 +71,37 @@ def make_runner(spec: dict[str, Any], threads: int = 0) -> Callable[[np.ndarray]
 
 def run_patches(run: Callable[[np.ndarray], np.ndarray], patches: np.ndarray) -> np.ndarray:
     """Logits of each patch, batch 1 at a time (as deployed)."""
-    outs = [run(patches[i : i + 1].astype(np.float32)) for i in range(len(patches))]
-    return np.concatenate(outs).astype(np.float32)
+    return run_patches_timed(run, patches)[0]
+
+
+def run_patches_timed(run: Callable[[np.ndarray], np.ndarray],
+                      patches: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """:func:`run_patches` and the median milliseconds per patch after the first (which pays the
+    allocations); None with fewer than 2 patches. A rough latency that costs nothing where the
+    patches run anyway (a quantization loop's checks), not a benchmark."""
+    outs, times = [], []
+    for i in range(len(patches)):
+        started = time.perf_counter()
+        outs.append(run(patches[i : i + 1].astype(np.float32)))
+        times.append((time.perf_counter() - started) * 1000.0)
+    latency = round(float(np.median(times[1:])), 3) if len(times) > 1 else None
+    return np.concatenate(outs).astype(np.float32), latency
 
 
 def run_variant(kind: str, path: Path, patches: np.ndarray, threads: int = 0,
                 backend: str = "onnxruntime") -> np.ndarray:
     """Logits of an artifact per patch (``kind``: ``onnx`` on ``backend``, ``ir`` on ``backend``
     ``openvino``, or ``torchscript`` whatever ``backend`` says)."""
+    return run_variant_timed(kind, path, patches, threads, backend)[0]
+
+
+def run_variant_timed(kind: str, path: Path, patches: np.ndarray, threads: int = 0,
+                      backend: str = "onnxruntime") -> tuple[np.ndarray, float | None]:
+    """:func:`run_variant` and the median milliseconds per patch (:func:`run_patches_timed`)."""
     if kind == "torchscript":
-        return run_patches(make_runner({"backend": "torchscript", "path": path}), patches)
+        return run_patches_timed(make_runner({"backend": "torchscript", "path": path}), patches)
     if kind not in KIND_RUNTIMES:
         raise ValueError(f"unknown artifact kind {kind!r}; use one of {tuple(KIND_RUNTIMES)}")
     if backend not in ONNX_BACKENDS:
         raise ValueError(f"unknown backend {backend!r} for {kind}; use one of {KIND_RUNTIMES[kind]}")
-    return run_patches(make_runner({"backend": backend, "path": path}, threads), patches)
+    return run_patches_timed(make_runner({"backend": backend, "path": path}, threads), patches)
