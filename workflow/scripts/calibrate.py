@@ -9,5 +9,6 @@ with logged(snakemake.log[0]):
         snakemake.output.ranges,
         calibrate_method=snakemake.wildcards.method,
         src_record=snakemake.input.record,
+        threads=snakemake.threads,
     )
     print(record)
