@@ -9,7 +9,7 @@ with logged(snakemake.log[0]):
         note(f"{snakemake.wildcards.dataset}/{snakemake.wildcards.model} fold {snakemake.wildcards.fold}: {fold.trainer_note}")
     print(fold.weight_check.summary())
     record = export_onnx(fold, snakemake.output.onnx, opset=snakemake.params.opset,
-                         fold_batchnorm=snakemake.params.fold_batchnorm)
+                         fold_batchnorm=snakemake.params.fold_batchnorm, threads=snakemake.threads)
     record["checkpoint_weights"] = fold.weight_check.to_dict()
     ExportRecord.of(record).write(snakemake.output.json)
     print(record["weights"]["summary"], record["shape_checks"])

@@ -82,10 +82,11 @@ class _Lazy:
 
 
 def export_onnx(fold: LoadedFold, out_path: Path, opset: int = 17, seed: int = 0,
-                fold_batchnorm: bool = False) -> dict[str, Any]:
+                fold_batchnorm: bool = False, threads: int = 0) -> dict[str, Any]:
     """Write ``out_path`` (ONNX fp32, dynamic batch and spatial axes, provenance metadata),
     proven to carry the checkpoint's weights; a graph whose trace baked in the spatial size is
-    exported again with a fixed spatial size (dynamic batch only), the reason recorded."""
+    exported again with a fixed spatial size (dynamic batch only), the reason recorded.
+    ``threads``: ONNX Runtime's threads for the output checks (0: its default, every core)."""
     check_spatial_shape(fold.patch_size, fold.stride_multiple)
     out_path = Path(out_path)
     generator = torch.Generator().manual_seed(seed)
@@ -102,7 +103,7 @@ def export_onnx(fold: LoadedFold, out_path: Path, opset: int = 17, seed: int = 0
         proof = verify_onnx_weights(model, fold.weights, unused, prefix=fold.weights_prefix,
                                     reference=reference, input_shape=fold.input_shape)
         refuse_unproven(proof, out_path)
-        session = onnx_session(out_path)
+        session = onnx_session(out_path, threads)
         return proof, run_shape_checks(fold, lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0],
                                     generator)
 
@@ -110,7 +111,7 @@ def export_onnx(fold: LoadedFold, out_path: Path, opset: int = 17, seed: int = 0
     spatial = dict(fold.spatial or {})
     bound = traced_size_bound(shape_checks) if "spatial" in fold.dynamic_axes else None
     if bound:
-        session = onnx_session(out_path)
+        session = onnx_session(out_path, threads)
         raised = raise_multiple(fold, lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0], generator)
         if raised is not None:
             spatial["raised"] = (f"spatial multiple raised from {list(fold.stride_multiple)} to {list(raised)}: "
