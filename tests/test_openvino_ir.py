@@ -316,3 +316,29 @@ def test_bundle_ships_both_files_and_predict_runs_the_ir(tiny_model, ir_bundle, 
     weights.write_bytes(b"\0" * 16)  # a copy of the quantize output (bundle files are never links)
     with pytest.raises(NNBridgeError, match=r"fold_0\.bin: sha256 differs from bundle\.json"):
         Bundle.load(root)
+
+
+def test_nncf_compiles_get_the_jobs_threads():
+    """NNCF compiles with OpenVINO's defaults (every core): inside ``openvino_threads`` a compile
+    without a thread count gets the job's, one that gives its own keeps it, both compile entry
+    points are covered, and outside the block OpenVINO's default is back."""
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from nnbridge.runtime.ov import openvino_threads
+
+    param = ops.parameter([1, 2, 8, 8, 8], np.float32)
+    model = ov.Model([ops.relu(param)], [param])
+
+    def threads(compiled):
+        return int(compiled.get_property("INFERENCE_NUM_THREADS"))
+
+    default = threads(ov.compile_model(model, "CPU"))
+    with openvino_threads(1):
+        assert threads(ov.compile_model(model, "CPU")) == 1
+        assert threads(ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})) == 1
+        assert threads(ov.Core().compile_model(model, "CPU", config={"INFERENCE_NUM_THREADS": 2})) == 2
+    assert threads(ov.compile_model(model, "CPU")) == default
+    with openvino_threads(0):  # no thread count asked: OpenVINO's own
+        assert threads(ov.Core().compile_model(model, "CPU")) == default

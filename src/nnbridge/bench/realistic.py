@@ -114,7 +114,8 @@ def make_ir_variants(src: Path, out_dir: Path, arch: dict[str, Any], patch_size:
         spatial = _smaller_shape(arch, patch_size, max_size)
         rng = np.random.default_rng(seed + 1)
         calibration = rng.standard_normal((n_patches, arch["input_channels"], *spatial)).astype(np.float32)
-        quantized = quantize_openvino_int8(src, out_dir / "model_int8.xml", calibration, preset="performance")
+        quantized = quantize_openvino_int8(src, out_dir / "model_int8.xml", calibration, preset="performance",
+                                           threads=0)  # a job of its own: every core
         quantized["calibration"] = {"n_patches": n_patches, "shape": [1, arch["input_channels"], *spatial],
                                     "data": "random normal", "note": INT8_NOTE}
         shape = (1, arch["input_channels"], *patch_size)

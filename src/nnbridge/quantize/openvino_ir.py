@@ -29,6 +29,7 @@ import onnx
 from ..core.errors import NNBridgeError
 from ..core.metadata import META_PREFIX, RT_SECTION, read_metadata
 from ..core.onnxgraph import module_name
+from ..runtime.ov import openvino_threads
 from .common import _file_record, _paths
 from .nncf_ptq import DiceControl, _import_nncf, decided_nodes, nncf_parameters, run_nncf
 
@@ -213,8 +214,9 @@ def quantize_openvino_int8(src: Path, dst: Path, calibration: np.ndarray, *, pre
                             "openvino only; remove runtime from this quantize entry")
     control = DiceControl(src, patches, accuracy_control, threads, runtimes=("openvino",)) if accuracy_control else None
     started = time.perf_counter()
-    quantized = run_nncf(nncf, src, model, nncf.Dataset(list(patches), lambda patch: patch[None]),
-                         options, advanced, None if decided else control)
+    with openvino_threads(threads):  # NNCF compiles its models on every core unless told
+        quantized = run_nncf(nncf, src, model, nncf.Dataset(list(patches), lambda patch: patch[None]),
+                             options, advanced, None if decided else control)
     save_ir(quantized, src, dst)
     record = {"method": "openvino_int8", "backend": "openvino", "precision": "int8", "runtime": "openvino",
               "nncf_version": nncf.__version__, "openvino_version": ov.__version__, "preset": preset,
