@@ -1,7 +1,7 @@
 # ONNX Runtime's calibration ranges of a fold's simplified graph, once per calibration method:
 # every static INT8 entry of the fold quantizes from them, and reruns after a quantization
-# setting change do not calibrate again. At a 128^3 patch this is the memory-hungry part
-# (ONNX Runtime runs a graph that outputs every activation); the quantize jobs then need little.
+# setting change do not calibrate again. At a 128^3 patch this is the memory-hungry part (a graph
+# that outputs every activation's range; MinMax runs it on OpenVINO); the quantize jobs need little.
 rule calibrate:
     input:
         onnx=rules.simplify.output.onnx,
@@ -22,9 +22,10 @@ rule calibrate:
     priority: search_priority
     threads: 1
     resources:
-        # from the graph's patch size once it exists (6 GB for the demo, ~13.5 GB at a 128^3 patch;
+        # from the graph's patch size once it exists (6 GB for the demo; at a 128^3 patch ~7.2 GB
+        # for MinMax ranges collected on OpenVINO, ~13.5 GB for ONNX Runtime's own calibration;
         # nnbridge.pipeline.plan.quantize_mem_mb)
-        mem_mb=lambda wildcards, input: quantize_mem_mb(input.onnx),
+        mem_mb=lambda wildcards, input: quantize_mem_mb(input.onnx, calibration=wildcards.method),
         runtime=60,
     conda:
         "../../envs/onnx.yaml"

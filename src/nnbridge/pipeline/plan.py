@@ -22,6 +22,7 @@ from ..core.plans import configuration_of, default_previous_stage_segs, previous
 from ..core.runlog import read_json
 from ..intake.images import ImageSet, list_image_cases
 from ..intake.modelzip import ModelZip, read_model_zip
+from ..runtime.ov import openvino_installed
 
 
 @dataclass(frozen=True)
@@ -736,20 +737,27 @@ def postprocessing_sources(model: ModelEntry) -> dict[str, Any]:
 
 #: memory of a calibrate or quantize job above a 2 GB base, per voxel of the patch, by what it
 #: does (measured at nnU-Net's default 3d_fullres plan, a 128^3 patch with 32->320 features, AMD
-#: Zen 4, 2026-12-02, with a 20 % margin): ONNX Runtime's static calibration (rule calibrate;
-#: NNCF's ONNX backend gathers its statistics the same way, not measured) runs a graph that keeps
-#: every activation of a patch alive, 11.5 GB peak; NNCF's OpenVINO backend (openvino_int8) 5.1 GB
-#: with accuracy control, 4.3 GB without. Every other job only runs the graph, patch by patch (the
-#: validate stage held 3.2 GB there): the minimum, which is also what the demo's models get.
+#: Zen 4, 2026-12-02/03, with a 20 % margin): the calibrate stage's MinMax ranges collected on
+#: OpenVINO (its way where OpenVINO is installed: :func:`nnbridge.quantize.static.calibrate_on_openvino`)
+#: 6.0 GB peak; ONNX Runtime's own static calibration (``calibrate_onnxruntime``: without
+#: OpenVINO, or for Entropy/Percentile; NNCF's ONNX backend gathers its statistics the same way,
+#: not measured) runs a graph that keeps every activation of a patch alive, 11.5 GB; NNCF's
+#: OpenVINO backend (openvino_int8) 5.1 GB with accuracy control, 4.3 GB without. Every other job
+#: only runs the graph, patch by patch (the validate stage held 3.2 GB there): the minimum, which
+#: is also what the demo's models get.
 QUANTIZE_MEM_BASE_MB, QUANTIZE_MEM_MIN_MB = 2000, 6000
-QUANTIZE_MEM_PER_VOXEL_MB = {"calibrate": 5.5e-3, "nncf": 5.5e-3, "openvino_int8": 2e-3}
+QUANTIZE_MEM_PER_VOXEL_MB = {"calibrate": 2.5e-3, "calibrate_onnxruntime": 5.5e-3, "nncf": 5.5e-3,
+                             "openvino_int8": 2e-3}
 
 
-def quantize_mem_mb(onnx_file: str | Path, method: str = "calibrate") -> int:
-    """The ``mem_mb`` a calibrate job (``method`` ``calibrate``) or a quantize job of ``method`` on
-    the graph ``onnx_file`` declares (Slurm's ``--mem``), from the patch size in its nnbridge
-    metadata (:data:`QUANTIZE_MEM_PER_VOXEL_MB`); the minimum when the file has none or the
-    method only runs the graph (static INT8 from the calibrate stage's ranges, bf16, ...)."""
+def quantize_mem_mb(onnx_file: str | Path, method: str = "calibrate", calibration: str = "MinMax") -> int:
+    """The ``mem_mb`` a calibrate job (``method`` ``calibrate``, of ``calibration``) or a quantize
+    job of ``method`` on the graph ``onnx_file`` declares (Slurm's ``--mem``), from the patch size
+    in its nnbridge metadata (:data:`QUANTIZE_MEM_PER_VOXEL_MB`); the minimum when the file has
+    none or the method only runs the graph (static INT8 from the calibrate stage's ranges, bf16,
+    ...). A calibration OpenVINO cannot collect here counts as ONNX Runtime's."""
+    if method == "calibrate" and (calibration != "MinMax" or not openvino_installed()):
+        method = "calibrate_onnxruntime"
     try:
         text = read_metadata(Path(onnx_file)).get("patch_size")
         patch = list(json.loads(text)) if text else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ import onnx
 
 from ..core.artifacts import verify_recorded
 from ..core.errors import NNBridgeError
-from ..runtime.ov import openvino_model
+from ..runtime.ov import openvino_installed, openvino_model
 from .common import PatchReader, _choice, _copy_metadata, _file_record, _paths
 
 
@@ -133,11 +132,6 @@ def quantize_static_int8(
         "seconds": round(time.perf_counter() - started, 3),
         **_file_record(dst),
     }
-
-
-def openvino_installed() -> bool:
-    """Whether OpenVINO can be imported here (an optional dependency: ``nnbridge[openvino]``)."""
-    return importlib.util.find_spec("openvino") is not None
 
 
 def _run_quantize_static(src: Path, dst: Path, reader: PatchReader, quant_format: str, per_channel: bool,
