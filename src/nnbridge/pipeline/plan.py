@@ -22,7 +22,7 @@ from ..core.plans import configuration_of, default_previous_stage_segs, previous
 from ..core.runlog import read_json
 from ..intake.images import ImageSet, list_image_cases
 from ..intake.modelzip import ModelZip, read_model_zip
-from ..runtime.ov import openvino_installed
+from ..quantize.static import calibrates_on_openvino
 
 
 @dataclass(frozen=True)
@@ -756,7 +756,7 @@ def quantize_mem_mb(onnx_file: str | Path, method: str = "calibrate", calibratio
     in its nnbridge metadata (:data:`QUANTIZE_MEM_PER_VOXEL_MB`); the minimum when the file has
     none or the method only runs the graph (static INT8 from the calibrate stage's ranges, bf16,
     ...). A calibration OpenVINO cannot collect here counts as ONNX Runtime's."""
-    if method == "calibrate" and (calibration != "MinMax" or not openvino_installed()):
+    if method == "calibrate" and not calibrates_on_openvino(calibration):
         method = "calibrate_onnxruntime"
     try:
         text = read_metadata(Path(onnx_file)).get("patch_size")

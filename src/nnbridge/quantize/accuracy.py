@@ -51,7 +51,7 @@ def worst_agreement(path: Path, check: np.ndarray, reference: np.ndarray, labels
                     region_based: bool, threads: int, backends: tuple[str, ...]) -> dict[str, Any]:
     """The label maps of ``path`` against ``reference`` on every backend; the worst backend's
     metrics, with each backend's worst per-class Dice under ``min_dice_by_backend`` and its
-    median milliseconds per patch under ``latency_ms_by_backend`` (None with one patch)."""
+    median milliseconds per patch under ``latency_ms_by_backend``."""
 
     worst: dict[str, Any] | None = None
     by_backend, latency = {}, {}
@@ -201,10 +201,8 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     checked = decided is None or fallback  # a decided fold with nothing left to decide is not checked here
     if checked:
         # the latencies come from the check's own runs (at a 128³ patch a separate timing cost
-        # ~15 s per step on one thread); with one check patch from a quick timing
+        # ~15 s per step on one thread)
         reference, fp32_ms = run_variant_timed("onnx", Path(src), check, threads, "onnxruntime")
-        if fp32_ms is None:
-            fp32_ms = quick_latency_ms(make_runner({"backend": "onnxruntime", "path": src}, threads), check[:1].shape)
     else:
         check, ranked_on, fp32_ms = check[:0], 0, None
     steps: list[dict[str, Any]] = []

@@ -180,9 +180,10 @@ class DiceControl:
         return self._reference
 
     def compare(self, path: Path, items: list[int]) -> dict[str, Any]:
+        return self._compare(self._run(path, items), items)
 
-        logits = run_variant(artifact_kind(path), path, self.check[items], self.threads, self.runtime)
-        return self._compare(logits, items)
+    def _run(self, path: Path, items: list[int]) -> np.ndarray:
+        return run_variant(artifact_kind(path), path, self.check[items], self.threads, self.runtime)
 
     def _compare(self, logits: np.ndarray, items: list[int]) -> dict[str, Any]:
         return compare_logits(self.reference[items], logits, self.labels, self.region_based)
@@ -205,7 +206,7 @@ class DiceControl:
             with tempfile.TemporaryDirectory(prefix="nnbridge-nncf-") as tmp:
                 path = Path(tmp) / "candidate.onnx"
                 onnx.save(model, str(path))
-                logits = run_variant(artifact_kind(path), path, self.check[items], self.threads, self.runtime)
+                logits = self._run(path, items)
         pooled = self._compare(logits, items)["min_dice"]
         if len(items) == 1:
             return pooled, [pooled]

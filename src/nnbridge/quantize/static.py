@@ -54,6 +54,12 @@ class _OpenVINOSession:
         return [np.array(results[port]) for port in self._ports]
 
 
+def calibrates_on_openvino(calibrate_method: str) -> bool:
+    """Whether a calibration of ``calibrate_method`` collects its ranges on OpenVINO here
+    (:func:`calibrate_on_openvino`: MinMax, with OpenVINO installed), else ONNX Runtime's own."""
+    return calibrate_method == "MinMax" and openvino_installed()
+
+
 def calibrate_on_openvino(src: Path, calibration: np.ndarray, cache: Path, threads: int = 0) -> None:
     """ONNX Runtime's MinMax calibration of ``src`` (the tensors its static quantizer calibrates,
     the graph its calibrator builds, its reduction of the patches' ranges), run by OpenVINO in
@@ -111,7 +117,7 @@ def quantize_static_int8(
     cached = calibration_cache is not None and Path(calibration_cache).is_file()
     calibrated_on = None if cached else "onnxruntime"
     with tempfile.TemporaryDirectory(prefix="nnbridge-ranges-") as tmp:
-        if not cached and calibrate_method == "MinMax" and openvino_installed():
+        if not cached and calibrates_on_openvino(calibrate_method):
             calibration_cache = Path(calibration_cache) if calibration_cache else Path(tmp) / "ranges.json"
             calibrate_on_openvino(src, calibration, calibration_cache, threads)
             calibrated_on = "openvino"
@@ -198,7 +204,7 @@ def calibrate_ranges(src: Path, calibration: np.ndarray, out: Path, *, calibrate
     with tempfile.TemporaryDirectory(prefix="nnbridge-calib-") as tmp:
         ranges = Path(tmp) / "ranges.json"
         collected_on = "onnxruntime"
-        if calibrate_method == "MinMax" and openvino_installed():
+        if calibrates_on_openvino(calibrate_method):
             calibrate_on_openvino(src, calibration, ranges, threads)
             collected_on = "openvino"
         else:  # ONNX Runtime writes the ranges as it quantizes; the quantized graph is not kept

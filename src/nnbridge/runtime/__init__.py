@@ -77,14 +77,14 @@ def run_patches(run: Callable[[np.ndarray], np.ndarray], patches: np.ndarray) ->
 def run_patches_timed(run: Callable[[np.ndarray], np.ndarray],
                       patches: np.ndarray) -> tuple[np.ndarray, float | None]:
     """:func:`run_patches` and the median milliseconds per patch after the first (which pays the
-    allocations); None with fewer than 2 patches. A rough latency that costs nothing where the
-    patches run anyway (a quantization loop's checks), not a benchmark."""
+    allocations; with one patch, its time; None with none). A rough latency that costs nothing
+    where the patches run anyway (a quantization loop's checks), not a benchmark."""
     outs, times = [], []
     for i in range(len(patches)):
         started = time.perf_counter()
         outs.append(run(patches[i : i + 1].astype(np.float32)))
         times.append((time.perf_counter() - started) * 1000.0)
-    latency = round(float(np.median(times[1:])), 3) if len(times) > 1 else None
+    latency = round(float(np.median(times[1:] or times)), 3) if times else None
     return np.concatenate(outs).astype(np.float32), latency
 
 
