@@ -23,7 +23,8 @@ rule calibrate:
     threads: 1
     resources:
         # from the graph's patch size once it exists (6 GB for the demo; at a 128^3 patch ~7.2 GB
-        # for MinMax ranges collected on OpenVINO, ~13.5 GB for ONNX Runtime's own calibration;
+        # for MinMax ranges collected on OpenVINO, ~13.5 GB for ONNX Runtime's own calibration, measured
+        # on the AMD EPYC Zen 4 of README "Measured", 2026-12-02/03;
         # nnbridge.pipeline.plan.quantize_mem_mb)
         mem_mb=lambda wildcards, input: quantize_mem_mb(input.onnx, calibration=wildcards.method),
         runtime=60,
