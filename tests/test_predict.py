@@ -213,6 +213,36 @@ def test_whole_cases_match_nnunet_predictor(tiny_model, bundle_dir, tmp_path):
     assert written == sorted(f"{c}.nii.gz" for c in cases)
 
 
+def test_whole_case_parity_skips_a_variant_refused_on_the_fold(tiny_model, exported, tmp_path):
+    """A variant that failed its patch gate on the fold on every runtime is not compared on whole
+    cases (predict refuses it): reported as skipped with the reason, and with nothing left to
+    compare nnU-Net's predictor does not run; compare_failed compares it anyway."""
+    from nnbridge.validate.caseparity import run_case_parity
+
+    out_dir, _, _ = exported
+    model = tiny_model.model_folder
+    root = tmp_path / "bundle"
+    write_bundle(root, plans_file=model / "plans.json", dataset_file=model / "dataset.json",
+                 info={"configuration": "3d_fullres", "mirror_axes": [0, 1, 2]},
+                 variants={"int8_static": {"files": {"0": out_dir / "model.onnx"},
+                                           "gates": {"0": {"onnxruntime": False, "openvino": False}}}},
+                 default_variant="int8_static")
+    cases = _write_cases(tiny_model, tmp_path / "in", n=1)
+
+    def parity(**kw):
+        return run_case_parity(model_folder=model, fold="0", checkpoint=tiny_model.checkpoint, bundle_dir=root,
+                               cases=cases, variants={"int8_static": {}}, out_dir=tmp_path / "out", step=0.5,
+                               mirroring=False, threads=2, cache_salt="code-1", **kw)
+
+    record = parity()
+    skipped = record["variants"]["int8_static"]
+    assert skipped["passed"] is False and skipped["backend"] == "onnxruntime"
+    assert skipped["skipped"].startswith("failed its patch gate on fold 0 on onnxruntime and openvino")
+    assert record["nnunet"] is None and not (tmp_path / "out" / "nnunet").exists()
+    compared = parity(compare_failed=True)["variants"]["int8_static"]
+    assert "skipped" not in compared and compared["cases"] and compared["min_voxel_agreement"] > 0.99
+
+
 def test_predict_cli_runs_without_torch(tiny_model, bundle_dir, tmp_path):
     """`nnbridge predict` with torch made unimportable writes nnU-Net's file layout, with the
     input's geometry, and the same labels as the library call."""

@@ -22,6 +22,7 @@ rule case_parity:
         step=lookup(dpath="case_parity/step", within=config),
         mirroring=lookup(dpath="case_parity/mirroring", within=config),
         max_cases=lookup(dpath="case_parity/max_cases", within=config),
+        compare_failed=lookup(dpath="case_parity/compare_failed", within=config),
         threads=lookup(dpath="case_parity/threads", within=config),
         code=code_version("case_parity"),
     log:

@@ -32,6 +32,7 @@ with logged(snakemake.log[0]):
         trusted=snakemake.params.trusted,
         previous_stage=snakemake.params.previous_stage,
         cache_salt=snakemake.params.code,  # unchanged variants reuse the earlier run's result
+        compare_failed=snakemake.params.compare_failed,
     )
     CaseParityRecord.of(record).write(snakemake.output.json)
     for name, result in record["variants"].items():

@@ -34,7 +34,7 @@ from ..models.nnunet import load_nnunet_fold, trainer_or_default
 from ..patches.sampling import fold_cases
 from ..predict.bundle import Bundle
 from ..predict.io import case_files, reader_writer
-from ..predict.predictor import Predictor
+from ..predict.predictor import Predictor, openvino_only
 from ..runtime.ov import precision_unavailable
 from .metrics import dice_per_class as dice
 
@@ -285,6 +285,17 @@ def _variant_key(reference_key: str, bundle: Bundle, name: str, fold: str, gate:
                     "plans": bundle.manifest.get("plans_sha256"), "dataset": bundle.manifest.get("dataset_json_sha256")})
 
 
+def refused_on_fold(entry: dict[str, Any], fold: str) -> str | None:
+    """Why a bundle variant is not compared on whole cases: it failed its patch gate on this fold on
+    every runtime it was validated on (``nnbridge predict`` refuses it; at a 128³ patch its
+    comparison would cost minutes to confirm a refusal). None when it passed on one."""
+    per = (entry.get("gates") or {}).get(str(fold)) or {}
+    if not per or any(per.values()):
+        return None
+    return (f"failed its patch gate on fold {fold} on {' and '.join(sorted(per))} (validate): nnbridge predict "
+            "refuses it, so it is not compared on whole cases (case_parity.compare_failed: true compares it)")
+
+
 def _nnunet_side(model_folder: Path, fold: str, checkpoint: str, bundle: Bundle, cases: dict[str, dict[str, Any]],
                  out_dir: Path, ref_dir: Path | None, *, need_arrays: bool, step: float, mirroring: bool,
                  threads: int, trusted: bool, previous_stage: dict[str, Any] | None,
@@ -349,6 +360,7 @@ def run_case_parity(
     trusted: bool = False,
     previous_stage: dict[str, Any] | None = None,
     cache_salt: str | None = None,
+    compare_failed: bool = False,
 ) -> dict[str, Any]:
     """Predict ``cases`` with nnU-Net and with each bundle variant (name → {"backend", "gate"});
     per-case agreement, stage timings, gates and the end-to-end speed ratio. A case without a
@@ -362,7 +374,11 @@ def run_case_parity(
     code) reuses that run's result (``from_cache``), and nnU-Net's predictor runs only when a
     variant needs it (its arrays are kept for the next run). At a 128³ patch nnU-Net's side is
     ~8 min per case on the 2-core machines: a quantization change of a variant that is not
-    bundled reran all of it before."""
+    bundled reran all of it before.
+
+    A variant that failed its patch gate on this fold on every runtime (:func:`refused_on_fold`) is
+    reported as skipped unless ``compare_failed``; nnU-Net's predictor runs only if a variant is
+    compared."""
 
     out_dir = Path(out_dir)
     bundle = Bundle.load(bundle_dir)
@@ -374,26 +390,42 @@ def run_case_parity(
     keys = {name: _variant_key(ref_key, bundle, name, fold, gates[name]) for name in variants}
     hits = {name: read_json(cache / f"{keys[name]}.json") for name in variants
             if cache and (cache / f"{keys[name]}.json").is_file()}
+    skipped = {}
+    for name in variants:
+        entry = bundle.variant(name)[1]
+        why = (precision_unavailable(entry.get("inference_precision"))  # predict would run it in fp32 here
+               or (None if compare_failed else refused_on_fold(entry, fold)))
+        if why:
+            skipped[name] = {"backend": entry.get("backend") or ("openvino" if openvino_only(entry) else "onnxruntime"),
+                             "gate": gates[name], "skipped": why, "passed": False}
+    compared = [name for name in variants if name not in skipped]
+    result: dict[str, Any] = {
+        "fold": fold, "step": step, "mirroring": mirroring, "threads": threads, "cpu_kind": cpu_kind(),
+        "cases": list(cases), "variants": {},
+    }
+    if not compared:  # nothing to compare: nnU-Net's predictor is not run either
+        print("nnbridge: case parity: no variant to compare on whole cases "
+              + "; ".join(f"{n}: {v['skipped']}" for n, v in skipped.items()), flush=True)
+        result.update(nnunet=None, variants=skipped, all_passed=None)
+        return result
     summary, ref_results, predicted = _nnunet_side(
-        model_folder, fold, checkpoint, bundle, cases, out_dir, ref_dir, need_arrays=len(hits) < len(variants),
+        model_folder, fold, checkpoint, bundle, cases, out_dir, ref_dir,
+        need_arrays=any(name not in hits for name in compared),
         step=step, mirroring=mirroring, threads=threads, trusted=trusted, previous_stage=previous_stage)
     classes = summary["classes"]
     rw = reader_writer(bundle.plans.get("image_reader_writer", "SimpleITKIO"))
     truths = {case: rw.read_seg(str(files["label"]))[0][0] if files.get("label") else None
               for case, files in cases.items()}
-    result: dict[str, Any] = {
-        "fold": fold, "step": step, "mirroring": mirroring, "threads": threads, "cpu_kind": cpu_kind(),
-        "cases": list(cases), "classes": classes, "reference_note": summary["reference_note"],
-        "previous_stage": summary["previous_stage"],
+    result.update({
+        "classes": classes, "reference_note": summary["reference_note"], "previous_stage": summary["previous_stage"],
         "nnunet": {"timings_s": summary["timings_s"], **({} if predicted else {"from_cache": True})},
-        "variants": {},
-    }
+    })
     result["nnunet"]["total_s"] = round(sum(result["nnunet"]["timings_s"].values()), 4)
     for name, spec in variants.items():
         gate = gates[name]
-        why = precision_unavailable(bundle.variant(name)[1].get("inference_precision"))
-        if why:  # nnbridge predict would run it in fp32 here: that is not the variant
-            result["variants"][name] = {"backend": "openvino", "gate": gate, "skipped": why, "passed": False}
+        if name in skipped:
+            print(f"nnbridge: case parity: {name}: skipped, {skipped[name]['skipped']}", flush=True)
+            result["variants"][name] = skipped[name]
             continue
         if name in hits:
             print(f"nnbridge: case parity: {name}: unchanged, result reused", flush=True)
