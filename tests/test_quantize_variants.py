@@ -84,8 +84,9 @@ def test_accuracy_aware_loop_keeps_blocks_in_fp32_until_the_target(exported, pat
     out, _, _ = exported
     _, calibration, _ = patch_sets
     # min_gain -1: no round stops for lack of gain (on these tiny patches a best trial can be a
-    # hair below its step), so the step budget decides
+    # hair below its step), nor for a target out of reach: the step budget decides
     settings = {"method": "static", "accuracy_aware": {"min_dice": 1.0, "max_steps": 2, "min_gain": -1.0,
+                                                        "stop_out_of_reach": False,
                                                         "exclude_per_step": 1, "patches": 4, "ranking_patches": 1}}
     record = quantize_variant(out / "model.onnx", tmp_path / "aa.onnx", calibration, settings)
     aa = record["accuracy_aware"]
@@ -115,6 +116,25 @@ def test_accuracy_aware_loop_stops_when_no_block_helps(exported, patch_sets, tmp
     assert len(aa["steps"]) == 1 and len(aa["steps"][0]["trials"]) == 2, aa["steps"]
     assert aa["fp32_modules"] == [] and not aa["passed"]
     assert "no block kept in fp32 raises the worst-class Dice on onnxruntime by >= 1" in aa["verdict"], aa["verdict"]
+
+
+def test_accuracy_aware_loop_stops_when_the_target_is_out_of_reach(exported, patch_sets, tmp_path):
+    """With one round left, the target is out of reach when the best block kept in fp32 does not
+    reach it (the round's trials ran on every check patch): the loop keeps nothing and checks no
+    further step. Otherwise it keeps that block and checks the next step, as before."""
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    settings = {"method": "static", "accuracy_aware": {"min_dice": 1.0, "max_steps": 1, "min_gain": -1.0,
+                                                        "patches": 4, "ranking_patches": 4, "candidates": 2}}
+    aa = quantize_variant(out / "model.onnx", tmp_path / "aa.onnx", calibration, settings)["accuracy_aware"]
+    first = aa["steps"][0]
+    assert aa["stop_out_of_reach"] is True and first["min_dice"] < 1.0 and len(first["trials"]) == 2
+    best = max(t["min_dice"] for t in first["trials"])
+    if best < 1.0:
+        assert len(aa["steps"]) == 1 and aa["fp32_modules"] == [] and not aa["passed"], aa["steps"]
+        assert "out of reach" in aa["verdict"] and f"reach at most {best:.4f} < 1" in aa["verdict"], aa["verdict"]
+    else:  # one block in fp32 was enough on these patches
+        assert len(aa["steps"]) == 2 and len(aa["fp32_modules"]) == 1, aa["steps"]
 
 
 def test_accuracy_aware_loop_tries_asymmetric_activations_last(exported, patch_sets, tmp_path):
