@@ -135,6 +135,8 @@ def test_accuracy_control_puts_operations_back_in_fp32_by_dice(exported, patch_s
     control = record["accuracy_control"]
     assert (control["runtime"], control["patches"], control["max_drop"]) == ("openvino", 2, 0.0)
     assert control["evaluations"] > 2 and set(control["dice"]) and 0 < control["min_dice"] <= 1
+    # NNCF's first model, the fp32 one, is the reference: not run
+    assert control["initial_model"].startswith("the fp32 model"), control
     # the operations were ranked on one patch: the evaluations on both patches are only NNCF's
     # checks (fp32 model, INT8 model, the one iteration's candidate), every ranking one took one
     assert control["ranking_patches"] == 1
@@ -162,9 +164,33 @@ def test_dice_control_gives_each_patch_its_own_value(exported, patch_sets):
     control = DiceControl(out / "model.onnx", calibration, {"patches": 4}, threads=1, runtimes=("openvino",))
     compiled = ov.Core().compile_model(str(int8), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     pooled, each = control.metric(compiled, [0, 1, 2, 3])
+    assert control.evaluations == 1 and control.initial.startswith("quantized")  # an INT8 model runs
     alone = [control.metric(compiled, [i]) for i in range(4)]
     assert each == [value for value, _ in alone] and all(v == [value] for value, v in alone)
     assert 0 < pooled <= 1 and min(each) <= 1
     # the reference is the fp32 model (ONNX Runtime): OpenVINO's fp32 agrees on every patch
     fp32 = ov.Core().compile_model(str(out / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     assert min(control.metric(fp32, [0, 1])[1]) >= 0.99
+
+
+def test_dice_control_does_not_run_the_fp32_model_nncf_starts_from(exported, patch_sets):
+    """NNCF validates the fp32 model first: it is the reference, so its metric is 1 without a run
+    (NNCF's drop is then 1 - Dice, the verdict's target); an INT8 candidate still runs."""
+    import openvino as ov
+
+    from nnbridge.quantize.nncf_ptq import DiceControl, unquantized
+    from nnbridge.quantize.static import quantize_static_int8
+
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    fp32 = ov.Core().compile_model(str(out / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    int8_file = out.parent / "initial_int8.onnx"
+    quantize_static_int8(out / "model.onnx", int8_file, calibration)
+    int8 = ov.Core().compile_model(str(int8_file), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert unquantized(fp32) and not unquantized(int8)
+    assert unquantized(onnx.load(str(out / "model.onnx"))) and not unquantized(onnx.load(str(int8_file)))
+    control = DiceControl(out / "model.onnx", calibration, {"patches": 2}, threads=1, runtimes=("openvino",))
+    assert control.metric(fp32, [0, 1]) == (1.0, [1.0, 1.0])
+    assert control.evaluations == 0 and control.initial.startswith("the fp32 model")
+    pooled, each = control.metric(int8, [0, 1])
+    assert control.evaluations == 1 and len(each) == 2 and 0 < pooled <= 1

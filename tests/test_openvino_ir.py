@@ -141,6 +141,8 @@ def test_accuracy_control_on_openvino_puts_layers_back_in_fp32(ir_files, exporte
     control = record["accuracy_control"]
     assert (control["runtime"], control["patches"], control["max_drop"]) == ("openvino", 2, 0.0)
     assert control["evaluations"] > 2 and 0 < control["min_dice"] <= 1
+    # NNCF's first model, the fp32 one, is the reference: not run
+    assert control["initial_model"].startswith("the fp32 model"), control
     # nothing INT8 is exact: the control put operations back in fp32, convolutions or MVN inputs
     assert control["fp32_modules"] or control["fp32_inputs"], control
     assert set(control["fp32_modules"]) <= set(record["coverage_openvino"]["float_compute_nodes"])
