@@ -187,6 +187,7 @@ class DiceControl:
         self.evaluations = 0
         self.evaluated_patches: dict[int, int] = {}  # patches per evaluation -> evaluations
         self.initial: str | None = None  # how the model NNCF started from was measured
+        self.quantized_seen = False  # until then an unquantized model is the one NNCF started from
 
     @property
     def reference(self) -> np.ndarray:
@@ -216,17 +217,20 @@ class DiceControl:
         validation (~40 s per fp32 validation on one thread, AMD EPYC Zen 4).
 
         NNCF first validates the model it was given (``quantize_with_accuracy_control`` in NNCF
-        3.4, both backends), the fp32 one: it is the reference, so its metric is 1 by definition
-        and it is not run (at a 128³ patch ~50 s of OpenVINO fp32 on one thread). NNCF's drop is
+        3.4, both backends: a one-patch probe of the metric's form, then every patch), the fp32
+        one: until a quantized model comes, an unquantized one is that model, the reference, so
+        its metric is 1 by definition and it is not run (at a 128³ patch ~50 s of OpenVINO fp32 on one thread). NNCF's drop is
         then ``1 - Dice`` of each candidate, the same target the verdict checks (``1 -
         max_drop``); measured, OpenVINO's fp32 against ONNX Runtime's would have moved it (0.998
         on the real-size random-weight model: NNCF would stop at Dice 0.993 where the verdict
         asks 0.995)."""
         items = list(items)
-        if self.initial is None and unquantized(model):
-            self.initial = "the fp32 model: the reference, metric 1 (not run)"
-            return 1.0, [1.0] * len(items)
-        self.initial = self.initial or "quantized (NNCF's first model was not the fp32 one)"
+        if not self.quantized_seen:
+            if unquantized(model):  # NNCF's mode probe (one patch), then its initial validation
+                self.initial = "the fp32 model: the reference, metric 1 (not run)"
+                return 1.0, [1.0] * len(items)
+            self.quantized_seen = True
+            self.initial = self.initial or "quantized (NNCF's first model was not the fp32 one)"
         self.evaluations += 1
         self.evaluated_patches[len(items)] = self.evaluated_patches.get(len(items), 0) + 1
         if not isinstance(model, onnx.ModelProto):
