@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from nnbridge.core.imports import ImportGraph, main as imports_main
 from nnbridge.pipeline.codehash import code_version, stage_files
@@ -102,3 +105,46 @@ def test_code_version_changes_with_a_deep_dependency_only(tmp_path):
     after = {s: code_version(SCRIPTS / f"{s}.py", src) for s in before}
     assert after["quantize"] != before["quantize"] and after["benchmark"] != before["benchmark"]
     assert after["export_onnx"] == before["export_onnx"]
+
+
+def test_named_params_record_each_setting_under_its_name(tmp_path):
+    """Snakemake records params by value and compares them as sets: three booleans, one flipped,
+    leave the set unchanged. by_name holds them with their names, so the flip shows."""
+    from types import SimpleNamespace
+
+    from nnbridge.pipeline.params import BY_NAME, named
+
+    def params(compare_failed):
+        return named(trusted=lambda wildcards: wildcards.model == "trusted", mirroring=True,
+                     compare_failed=compare_failed, folder=lambda wildcards: tmp_path / wildcards.model,
+                     bundle=lambda wildcards, input: input.bundle, code="abc")
+
+    wildcards = SimpleNamespace(model="m")
+    before, after = params(False), params(True)
+    values = lambda p: {repr(v(wildcards) if callable(v) else v) for k, v in p.items()
+                        if k not in (BY_NAME, "bundle")}
+    assert values(before) == values(after)  # what snakemake alone would compare: no change
+    recorded = before[BY_NAME](wildcards)
+    assert recorded == {"trusted": False, "mirroring": True, "compare_failed": False,
+                        "folder": str(tmp_path / "m"), "code": "abc"}  # no derived param; paths as text
+    assert repr(recorded) != repr(after[BY_NAME](wildcards))
+    assert before["mirroring"] is True and callable(before["bundle"])  # the params themselves as given
+    with pytest.raises(TypeError, match="param 'engine'"):  # a repr with an address: a rerun every time
+        named(engine=lambda wildcards: object())[BY_NAME](wildcards)
+    with pytest.raises(ValueError, match="by_name"):
+        named(by_name=1)
+
+
+def test_rules_with_several_settings_record_them_by_name():
+    """Every rule with two or more recorded settings (params not computed from its input or
+    output) gives them through named(): a change of any one reruns the rule."""
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        for block in re.findall(r"^rule (\w+):\n(.*?)(?=^(?:rule|use rule|checkpoint) |\Z)", smk.read_text(), re.M | re.S):
+            name, body = block
+            params = re.search(r"^    params:\n(.*?)(?=^    \w+:|\Z)", body, re.M | re.S)
+            if not params:
+                continue
+            entries = re.findall(r"^ {8,12}(\w+)=(.*)$", params.group(1), re.M)
+            recorded = [k for k, v in entries if k != "code" and not re.match(r"lambda wildcards, (input|output)", v)]
+            if len(recorded) >= 2:
+                assert params.group(1).lstrip().startswith("**named("), (smk.name, name, recorded)

@@ -331,6 +331,21 @@ def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
     assert planned_jobs(run_snakemake(workdir, "-n")) == {}
 
 
+def test_a_flipped_setting_reruns_its_rule_beside_params_of_the_same_values(workdir):
+    """case_parity's params hold True (mirroring) and False (trusted) besides compare_failed:
+    snakemake alone, comparing the set of values, saw no change when it flipped and kept the
+    old result (pipeline.params.named)."""
+    config_file = workdir / "config" / "config.yaml"
+    saved = config_file.read_text()
+    try:
+        set_config(workdir, lambda c: c["case_parity"].update(compare_failed=not c["case_parity"]["compare_failed"]))
+        jobs = planned_jobs(run_snakemake(workdir, "-n"))
+    finally:
+        config_file.write_text(saved)
+    assert set(jobs) == {"case_parity", "report", "all"}, jobs
+    assert planned_jobs(run_snakemake(workdir, "-n")) == {}
+
+
 def test_report_code_edit_reruns_only_report(workdir):
     # the report's code: its modules, and the templates it renders (not imported, but run)
     for edited in ("src/nnbridge/report/render.py", "src/nnbridge/report/templates/report.html.j2"):

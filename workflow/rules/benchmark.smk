@@ -32,16 +32,18 @@ rule benchmark_artifact:
     output:
         json=f"{MODEL_DIR}/benchmark/artifacts/{{artifact}}.json",
     params:
-        source=get_reference_source,
-        variants=get_artifact_variants,
-        threads=lookup(dpath="benchmark/threads", within=config),
-        warmup=lookup(dpath="benchmark/warmup", within=config),
-        repeats=lookup(dpath="benchmark/repeats", within=config),
-        stop=get_stop_rule,
-        tune=lambda wildcards: get_artifact_keys(wildcards, config["benchmark"]["tune"]),
-        sweep=lambda wildcards: get_artifact_keys(wildcards, config["benchmark"]["sweep"]),
-        sweep_batch=lookup(dpath="benchmark/sweep_batch", within=config),
-        code=code_version("benchmark_artifact"),
+        **named(
+            source=get_reference_source,
+            variants=get_artifact_variants,
+            threads=lookup(dpath="benchmark/threads", within=config),
+            warmup=lookup(dpath="benchmark/warmup", within=config),
+            repeats=lookup(dpath="benchmark/repeats", within=config),
+            stop=get_stop_rule,
+            tune=lambda wildcards: get_artifact_keys(wildcards, config["benchmark"]["tune"]),
+            sweep=lambda wildcards: get_artifact_keys(wildcards, config["benchmark"]["sweep"]),
+            sweep_batch=lookup(dpath="benchmark/sweep_batch", within=config),
+            code=code_version("benchmark_artifact"),
+        ),
     log:
         "logs/{dataset}/{model}/benchmark_{artifact}.log",
     benchmark:
@@ -74,14 +76,16 @@ rule benchmark:
             labels={"model": "{model}", "fold": "{fold}", "file": "benchmark"},
         ),
     params:
-        source=get_source,
-        variants=get_variants,
-        artifacts=get_fold_artifacts,
-        threads=lookup(dpath="benchmark/threads", within=config),
-        warmup=lookup(dpath="benchmark/warmup", within=config),
-        repeats=lookup(dpath="benchmark/repeats", within=config),
-        stop=get_stop_rule,
-        code=code_version("benchmark"),
+        **named(
+            source=get_source,
+            variants=get_variants,
+            artifacts=get_fold_artifacts,
+            threads=lookup(dpath="benchmark/threads", within=config),
+            warmup=lookup(dpath="benchmark/warmup", within=config),
+            repeats=lookup(dpath="benchmark/repeats", within=config),
+            stop=get_stop_rule,
+            code=code_version("benchmark"),
+        ),
     log:
         "logs/{dataset}/{model}/fold_{fold}/benchmark.log",
     benchmark:

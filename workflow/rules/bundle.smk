@@ -12,14 +12,16 @@ rule bundle:
             labels={"model": "{model}", "file": "bundle manifest"},
         ),
     params:
-        folds=get_bundle_folds,
-        plans=lambda wildcards: get_fold_inputs_of_model(wildcards)["plans"],
-        dataset_json=lambda wildcards: get_fold_inputs_of_model(wildcards)["dataset"],
-        variants=BUNDLE_VARIANTS,
-        default_variant=BUNDLE_DEFAULT,
-        previous_stage=lambda wildcards: {k: str(Path(v).parent) for k, v in get_previous_stage_bundle(wildcards).items()},
-        postprocessing=get_postprocessing,
-        code=code_version("bundle"),
+        **named(
+            folds=get_bundle_folds,
+            plans=lambda wildcards: get_fold_inputs_of_model(wildcards)["plans"],
+            dataset_json=lambda wildcards: get_fold_inputs_of_model(wildcards)["dataset"],
+            variants=BUNDLE_VARIANTS,
+            default_variant=BUNDLE_DEFAULT,
+            previous_stage=lambda wildcards: {k: str(Path(v).parent) for k, v in get_previous_stage_bundle(wildcards).items()},
+            postprocessing=get_postprocessing,
+            code=code_version("bundle"),
+        ),
     log:
         "logs/{dataset}/{model}/bundle.log",
     localrule: True

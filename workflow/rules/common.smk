@@ -13,6 +13,7 @@ from nnbridge.demo.nnunet import DEMO_PLANS, DEMO_TRAINER
 from nnbridge.demo.realsize import PLANS as REALSIZE_PLANS, REALSIZE_DATASET_NAME, TRAINER as REALSIZE_TRAINER
 from nnbridge.models import CHECKPOINT_NAMES
 from nnbridge.pipeline.codehash import code_version as stage_code_version
+from nnbridge.pipeline.params import named  # rules with several settings: params: **named(...)
 from nnbridge.core.keys import fold_order
 from nnbridge.quantize.cpudefaults import quantize_cpu_params
 from nnbridge.pipeline.plan import (

@@ -6,9 +6,11 @@ rule demo_dataset:
     output:
         dataset_json=f"{DEMO_RAW}/{DEMO_DATASET_NAME}/dataset.json",
     params:
-        n_cases=lookup(dpath="demo/n_cases", within=config),
-        seed=lookup(dpath="demo/seed", within=config),
-        code=code_version("demo_dataset"),
+        **named(
+            n_cases=lookup(dpath="demo/n_cases", within=config),
+            seed=lookup(dpath="demo/seed", within=config),
+            code=code_version("demo_dataset"),
+        ),
     log:
         "logs/demo/dataset.log",
     conda:
@@ -74,12 +76,14 @@ rule demo_train:
         checkpoint=f"{DEMO_ROOT}/train/fold_{{fold}}/{DEMO_DATASET_NAME}/{DEMO_TRAINER}__{DEMO_PLANS}__{DEMO_CONFIGURATION}/fold_{{fold}}/checkpoint_final.pth",
         summary=f"{DEMO_ROOT}/train/fold_{{fold}}/{DEMO_DATASET_NAME}/{DEMO_TRAINER}__{DEMO_PLANS}__{DEMO_CONFIGURATION}/fold_{{fold}}/validation/summary.json",
     params:
-        raw=DEMO_RAW,
-        preprocessed=lambda wildcards, input: Path(input.plans).parent.parent,
-        results=lambda wildcards, output: Path(output.checkpoint).parents[3],
-        epochs=lookup(dpath="demo/epochs", within=config),
-        iterations=lookup(dpath="demo/iterations", within=config),
-        code=code_version("demo_train"),
+        **named(
+            raw=DEMO_RAW,
+            preprocessed=lambda wildcards, input: Path(input.plans).parent.parent,
+            results=lambda wildcards, output: Path(output.checkpoint).parents[3],
+            epochs=lookup(dpath="demo/epochs", within=config),
+            iterations=lookup(dpath="demo/iterations", within=config),
+            code=code_version("demo_train"),
+        ),
     log:
         "logs/demo/train_fold_{fold}.log",
     benchmark:
@@ -142,11 +146,13 @@ rule demo_train_pytorch:
         checkpoint=f"{DEMO_ROOT}/pytorch/{{net}}.pth",
         json=f"{DEMO_ROOT}/pytorch/{{net}}.json",
     params:
-        preprocessed=lambda wildcards, input: Path(input.splits).parent,
-        entry=lambda wildcards: demo_plain_entry(wildcards.net),
-        steps=lookup(dpath="demo/pytorch_steps", within=config),
-        seed=lookup(dpath="demo/seed", within=config),
-        code=code_version("demo_train_pytorch"),
+        **named(
+            preprocessed=lambda wildcards, input: Path(input.splits).parent,
+            entry=lambda wildcards: demo_plain_entry(wildcards.net),
+            steps=lookup(dpath="demo/pytorch_steps", within=config),
+            seed=lookup(dpath="demo/seed", within=config),
+            code=code_version("demo_train_pytorch"),
+        ),
     log:
         "logs/demo/train_pytorch_{net}.log",
     benchmark:
@@ -179,10 +185,12 @@ rule realsize_model:
         splits=f"{REALSIZE_ROOT}/nnUNet_preprocessed/{REALSIZE_DATASET_NAME}/splits_final.json",
         raw_dataset_json=f"{REALSIZE_ROOT}/nnUNet_raw/{REALSIZE_DATASET_NAME}/dataset.json",
     params:
-        root=lambda wildcards, output: Path(output.json).parent,
-        n_cases=lookup(dpath="realsize/n_cases", within=config),
-        folds=lookup(dpath="realsize/folds", within=config),
-        code=code_version("realsize_model"),
+        **named(
+            root=lambda wildcards, output: Path(output.json).parent,
+            n_cases=lookup(dpath="realsize/n_cases", within=config),
+            folds=lookup(dpath="realsize/folds", within=config),
+            code=code_version("realsize_model"),
+        ),
     log:
         "logs/realsize/model.log",
     benchmark:

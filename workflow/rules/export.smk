@@ -5,10 +5,12 @@ rule export_onnx:
         onnx=f"{FOLD_DIR}/export/model.onnx",
         json=f"{FOLD_DIR}/export/export.json",
     params:
-        source=get_source,
-        opset=lookup(dpath="export/opset", within=config),
-        fold_batchnorm=lookup(dpath="export/fold_batchnorm", within=config),
-        code=code_version("export_onnx"),
+        **named(
+            source=get_source,
+            opset=lookup(dpath="export/opset", within=config),
+            fold_batchnorm=lookup(dpath="export/fold_batchnorm", within=config),
+            code=code_version("export_onnx"),
+        ),
     log:
         "logs/{dataset}/{model}/fold_{fold}/export_onnx.log",
     benchmark:

@@ -30,9 +30,11 @@ rule preprocess_images:
         # .snakemake_timestamp into a directory() output, which nnU-Net's dataset reader refuses
         cases=f"{MODEL_DIR}/preprocessed/cases.json",
     params:
-        model_folder=lambda wildcards: get_model(wildcards).folder,
-        cases=lambda wildcards: get_model(wildcards).images.cases,
-        code=code_version("preprocess_images"),
+        **named(
+            model_folder=lambda wildcards: get_model(wildcards).folder,
+            cases=lambda wildcards: get_model(wildcards).images.cases,
+            code=code_version("preprocess_images"),
+        ),
     log:
         "logs/{dataset}/{model}/preprocess_images.log",
     benchmark:

@@ -53,13 +53,15 @@ rule quantize:
     wildcard_constraints:
         qvariant=quantize_names("onnx"),
     params:
-        settings=lambda wildcards: config["quantize"][wildcards.qvariant],
-        backends=lookup(dpath="backends", within=config),
-        # the CPU features this entry's left-out settings are decided by ({} when it gives them
-        # all): a CPU of another kind in these reruns the variant, any other change does not
-        cpu=lambda wildcards: quantize_cpu_params(config["quantize"][wildcards.qvariant]),
-        decided_fold=lambda wildcards: reference_key(wildcards).fold,
-        code=code_version("quantize"),
+        **named(
+            settings=lambda wildcards: config["quantize"][wildcards.qvariant],
+            backends=lookup(dpath="backends", within=config),
+            # the CPU features this entry's left-out settings are decided by ({} when it gives them
+            # all): a CPU of another kind in these reruns the variant, any other change does not
+            cpu=lambda wildcards: quantize_cpu_params(config["quantize"][wildcards.qvariant]),
+            decided_fold=lambda wildcards: reference_key(wildcards).fold,
+            code=code_version("quantize"),
+        ),
     log:
         "logs/{dataset}/{model}/fold_{fold}/quantize_{qvariant}.log",
     benchmark:

@@ -11,15 +11,17 @@ rule realistic_benchmark:
             labels={"file": "realistic-size benchmark"},
         ),
     params:
-        patch_size=lookup(dpath="benchmark/realistic/patch_size", within=config),
-        features=lookup(dpath="benchmark/realistic/features", within=config),
-        warmup=lookup(dpath="benchmark/realistic/warmup", within=config),
-        repeats=lookup(dpath="benchmark/realistic/repeats", within=config),
-        int8=lookup(dpath="benchmark/realistic/int8", within=config),
-        ir=lookup(dpath="benchmark/realistic/ir", within=config),
-        configuration=lookup(dpath="benchmark/realistic/configuration", within=config),
-        threads=lookup(dpath="benchmark/threads", within=config),
-        code=code_version("realistic"),
+        **named(
+            patch_size=lookup(dpath="benchmark/realistic/patch_size", within=config),
+            features=lookup(dpath="benchmark/realistic/features", within=config),
+            warmup=lookup(dpath="benchmark/realistic/warmup", within=config),
+            repeats=lookup(dpath="benchmark/realistic/repeats", within=config),
+            int8=lookup(dpath="benchmark/realistic/int8", within=config),
+            ir=lookup(dpath="benchmark/realistic/ir", within=config),
+            configuration=lookup(dpath="benchmark/realistic/configuration", within=config),
+            threads=lookup(dpath="benchmark/threads", within=config),
+            code=code_version("realistic"),
+        ),
     log:
         "logs/realistic_benchmark.log",
     benchmark:

@@ -16,11 +16,13 @@ rule report:
         ),
         json=f"{RESULTS}/report/summary.json",
     params:
-        entries=get_report_entries(),
-        realistic=REALISTIC,
-        dag_failures=DAG_FAILURES,
-        run_stages=get_run_stages(),
-        code=code_version("report"),
+        **named(
+            entries=get_report_entries(),
+            realistic=REALISTIC,
+            dag_failures=DAG_FAILURES,
+            run_stages=get_run_stages(),
+            code=code_version("report"),
+        ),
     log:
         "logs/report.log",
     localrule: True

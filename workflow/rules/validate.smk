@@ -11,9 +11,11 @@ rule reference:
         # a few held-out patches with PyTorch's label maps: the bundle ships them for `nnbridge verify`
         selfcheck=f"{FOLD_DIR}/validate/selfcheck.npz",
     params:
-        source=get_source,
-        selfcheck=get_selfcheck_settings,
-        code=code_version("reference"),
+        **named(
+            source=get_source,
+            selfcheck=get_selfcheck_settings,
+            code=code_version("reference"),
+        ),
     log:
         "logs/{dataset}/{model}/fold_{fold}/reference.log",
     benchmark:
@@ -45,12 +47,14 @@ rule validate:
             labels={"model": "{model}", "fold": "{fold}", "file": "parity"},
         ),
     params:
-        variants=get_variants,
-        tolerances=lambda wildcards: {
-            name: variant_tolerance(name, config["validate"]) for name in get_variants(wildcards)
-        },
-        threads=lookup(dpath="validate/threads", within=config),
-        code=code_version("validate"),
+        **named(
+            variants=get_variants,
+            tolerances=lambda wildcards: {
+                name: variant_tolerance(name, config["validate"]) for name in get_variants(wildcards)
+            },
+            threads=lookup(dpath="validate/threads", within=config),
+            code=code_version("validate"),
+        ),
     log:
         "logs/{dataset}/{model}/fold_{fold}/validate.log",
     benchmark:
