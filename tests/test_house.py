@@ -129,6 +129,9 @@ def test_named_params_record_each_setting_under_its_name(tmp_path):
                         "folder": str(tmp_path / "m"), "code": "abc"}  # no derived param; paths as text
     assert repr(recorded) != repr(after[BY_NAME](wildcards))
     assert before["mirroring"] is True and callable(before["bundle"])  # the params themselves as given
+    import datetime
+
+    assert named(day=datetime.date(2026, 12, 3))[BY_NAME](wildcards) == {"day": "2026-12-03"}  # YAML's dates
     with pytest.raises(TypeError, match="param 'engine'"):  # a repr with an address: a rerun every time
         named(engine=lambda wildcards: object())[BY_NAME](wildcards)
     with pytest.raises(ValueError, match="by_name"):

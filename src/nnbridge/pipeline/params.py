@@ -13,6 +13,9 @@ Snakemake records with its keys, so a change of any one of them reruns the job.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import enum
 import inspect
 from pathlib import PurePath
 from typing import Any
@@ -37,7 +40,8 @@ def derived(value: Any) -> bool:
 
 
 def recordable(value: Any, name: str) -> Any:
-    """``value`` as plain data whose ``repr`` is the same in every run (paths as strings).
+    """``value`` as plain data whose ``repr`` is the same in every run (paths and dates as text,
+    dataclasses and enums by their fields and values).
 
     Anything else (an object whose repr holds its address) would rerun the job every time, so it
     is refused, naming the param."""
@@ -45,6 +49,12 @@ def recordable(value: Any, name: str) -> Any:
         return value
     if isinstance(value, PurePath):
         return str(value)
+    if isinstance(value, (datetime.date, datetime.time)):  # YAML reads an unquoted date as one
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return recordable(value.value, name)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return recordable({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, name)
     if isinstance(value, dict):
         return {str(key): recordable(item, f"{name}.{key}") for key, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset, range)):
