@@ -216,7 +216,7 @@ def test_whole_cases_match_nnunet_predictor(tiny_model, bundle_dir, tmp_path):
 def test_whole_case_parity_skips_a_variant_refused_on_the_fold(tiny_model, exported, tmp_path):
     """A variant that failed its patch gate on the fold on every runtime is not compared on whole
     cases (predict refuses it): reported as skipped with the reason, and with nothing left to
-    compare nnU-Net's predictor does not run; compare_failed compares it anyway."""
+    compare nnU-Net's predictor does not run; compare_failed compares it anyway, on its fastest runtime."""
     from nnbridge.validate.caseparity import run_case_parity
 
     out_dir, _, _ = exported
@@ -225,7 +225,8 @@ def test_whole_case_parity_skips_a_variant_refused_on_the_fold(tiny_model, expor
     write_bundle(root, plans_file=model / "plans.json", dataset_file=model / "dataset.json",
                  info={"configuration": "3d_fullres", "mirror_axes": [0, 1, 2]},
                  variants={"int8_static": {"files": {"0": out_dir / "model.onnx"},
-                                           "gates": {"0": {"onnxruntime": False, "openvino": False}}}},
+                                           "gates": {"0": {"onnxruntime": False, "openvino": False}},
+                                           "latency_ms": {"onnxruntime": 10.0, "openvino": 5.0}}},
                  default_variant="int8_static")
     cases = _write_cases(tiny_model, tmp_path / "in", n=1)
 
@@ -236,11 +237,14 @@ def test_whole_case_parity_skips_a_variant_refused_on_the_fold(tiny_model, expor
 
     record = parity()
     skipped = record["variants"]["int8_static"]
-    assert skipped["passed"] is False and skipped["backend"] == "onnxruntime"
+    # passed nowhere: named (and compared) on its fastest runtime, where it would be deployed had it
+    # passed, not on predict's default ONNX Runtime
+    assert skipped["passed"] is False and skipped["backend"] == "openvino"
     assert skipped["skipped"].startswith("failed its patch gate on fold 0 on onnxruntime and openvino")
     assert record["nnunet"] is None and not (tmp_path / "out" / "nnunet").exists()
     compared = parity(compare_failed=True)["variants"]["int8_static"]
     assert "skipped" not in compared and compared["cases"] and compared["min_voxel_agreement"] > 0.99
+    assert compared["backend"] == "openvino"
 
 
 def test_predict_cli_runs_without_torch(tiny_model, bundle_dir, tmp_path):

@@ -296,6 +296,19 @@ def refused_on_fold(entry: dict[str, Any], fold: str) -> str | None:
             "refuses it, so it is not compared on whole cases (case_parity.compare_failed: true compares it)")
 
 
+def comparison_backend(entry: dict[str, Any]) -> str:
+    """The runtime a bundle variant is compared on: the bundle's (the fastest that passed its gate
+    everywhere); for one that passed nowhere (compared with ``compare_failed``), the fastest it was
+    timed on — where it would be deployed had it passed, at a 128³ patch minutes faster than the
+    default runtime —; else nnbridge predict's default."""
+    if entry.get("backend"):
+        return entry["backend"]
+    if openvino_only(entry):
+        return "openvino"
+    latency = {b: ms for b, ms in (entry.get("latency_ms") or {}).items() if ms is not None}
+    return min(sorted(latency), key=latency.get) if latency else "onnxruntime"
+
+
 def _nnunet_side(model_folder: Path, fold: str, checkpoint: str, bundle: Bundle, cases: dict[str, dict[str, Any]],
                  out_dir: Path, ref_dir: Path | None, *, need_arrays: bool, step: float, mirroring: bool,
                  threads: int, trusted: bool, previous_stage: dict[str, Any] | None,
@@ -396,7 +409,7 @@ def run_case_parity(
         why = (precision_unavailable(entry.get("inference_precision"))  # predict would run it in fp32 here
                or (None if compare_failed else refused_on_fold(entry, fold)))
         if why:
-            skipped[name] = {"backend": entry.get("backend") or ("openvino" if openvino_only(entry) else "onnxruntime"),
+            skipped[name] = {"backend": comparison_backend(entry),
                              "gate": gates[name], "skipped": why, "passed": False}
     compared = [name for name in variants if name not in skipped]
     result: dict[str, Any] = {
@@ -431,7 +444,10 @@ def run_case_parity(
             print(f"nnbridge: case parity: {name}: unchanged, result reused", flush=True)
             result["variants"][name] = {**hits[name], "from_cache": True}
             continue
-        predictor = Predictor(bundle, variant=name, folds=[fold], backend=spec.get("backend"), threads=threads,
+        entry = bundle.variant(name)[1]
+        predictor = Predictor(bundle, variant=name, folds=[fold],
+                              backend=spec.get("backend") or (None if entry.get("backend") else comparison_backend(entry)),
+                              threads=threads,
                               step=step, mirroring=mirroring, allow_ungated=True,
                               selfcheck=False,  # measured here against nnU-Net itself
                               postprocessing=False)  # nnU-Net's predictor does not postprocess
