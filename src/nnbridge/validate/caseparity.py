@@ -305,7 +305,7 @@ def comparison_backend(entry: dict[str, Any]) -> str:
         return entry["backend"]
     if openvino_only(entry):
         return "openvino"
-    latency = {b: ms for b, ms in (entry.get("latency_ms") or {}).items() if ms is not None}
+    latency = entry.get("latency_ms") or {}
     return min(sorted(latency), key=latency.get) if latency else "onnxruntime"
 
 
@@ -444,11 +444,9 @@ def run_case_parity(
             print(f"nnbridge: case parity: {name}: unchanged, result reused", flush=True)
             result["variants"][name] = {**hits[name], "from_cache": True}
             continue
-        entry = bundle.variant(name)[1]
         predictor = Predictor(bundle, variant=name, folds=[fold],
-                              backend=spec.get("backend") or (None if entry.get("backend") else comparison_backend(entry)),
-                              threads=threads,
-                              step=step, mirroring=mirroring, allow_ungated=True,
+                              backend=spec.get("backend") or comparison_backend(bundle.variant(name)[1]),
+                              threads=threads, step=step, mirroring=mirroring, allow_ungated=True,
                               selfcheck=False,  # measured here against nnU-Net itself
                               postprocessing=False)  # nnU-Net's predictor does not postprocess
         predictor.load()
