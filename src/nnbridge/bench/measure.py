@@ -27,6 +27,7 @@ from ..runtime.ov import precision_unavailable
 from ..runtime.profile import op_profile
 from ..runtime.timing import StopRule, median_ci, peak_rss_mb, rss_mb, time_runner, time_until_stable
 from ..runtime.torchrun import module_runner, set_torch_threads
+from .kernels import time_peak_kernel
 from .networks import build_network
 
 
@@ -73,7 +74,10 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
     """Time runs of the spec's backend in this process after ``warmup`` untimed ones: exactly
     ``repeats`` runs, or, when the spec carries a ``stop`` rule (:class:`StopRule` fields, with
     ``repeats`` as its maximum), until the median is stable, the time budget is spent or (with
-    ``give_up_ms``, a time to beat) two runs were slower than that.
+    ``give_up_ms``, a time to beat) two runs were slower than that. A spec with ``adjacent_peak``
+    (``fp32``, ``int8`` or ``bf16``) also times that peak kernel here right after
+    (:func:`nnbridge.bench.kernels.time_peak_kernel`): its "% of peak" then compares two numbers of
+    the same minute.
     ``load_ms``: reading and compiling the artifact (the runtime's import excluded), what
     ``nnbridge predict`` pays per fold before its first window."""
     if spec["backend"] in RUNTIME_PACKAGES:
@@ -95,6 +99,9 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
         runs = 1 if float(np.median(arr)) > 1000 else 3
         profile = op_profile(spec["backend"], Path(spec["path"]), x, threads,
                              precision=spec.get("precision"), runs=runs)  # after the timing
+    peak_rss = peak_rss_mb()  # before a peak kernel below adds its own buffers
+    adjacent = ({"adjacent_peak": time_peak_kernel(spec["adjacent_peak"], threads)}
+                if spec.get("adjacent_peak") else {})
     low, high = median_ci(arr)
     return {
         "backend": spec["backend"],
@@ -112,9 +119,10 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
         "load_ms": round(load_ms, 1),
         "rss_after_imports_mb": round(rss_start, 1),
         "rss_after_load_mb": round(rss_loaded, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss, 1),
         **({"inference_precision": run.precision} if hasattr(run, "precision") else {}),
         **({"op_profile": profile} if profile is not None else {}),
+        **adjacent,
     }
 
 

@@ -7,61 +7,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 from ..core.cpu import cpu_identity, same_cpu
 from ..core.graphs import is_int8
 from ..runtime.ov import precision_unavailable
+from .kernels import PEAK_KERNELS, kernel_method, peak_conv_onnx
 from .measure import PEAK_N, benchmark_in_subprocess, spec_precision
 
 
-# the convolutions that measure OpenVINO's practical peak: 3x3x3, channels in = out, cube side
-PEAK_CONV_FP32 = (128, 32)  # 7.2 GFLOP
+def _peak_conv(threads: int, kind: str, repeats: int) -> dict[str, Any]:
+    """Throughput of the peak convolution of ``kind`` (``fp32``, ``int8``, ``bf16``:
+    :data:`nnbridge.bench.kernels.PEAK_KERNELS`) on OpenVINO, in a process of its own."""
 
-
-PEAK_CONV_INT8 = (256, 24)  # 49 GOP
-
-
-def peak_conv_onnx(path: Path, channels: int, side: int, *, int8: bool) -> int:
-    """Write a one-convolution ONNX model (3×3×3, ``channels`` in and out, ``side``³ input, padded;
-    as QDQ with INT8 weights and activations when ``int8``) and return its FLOPs per run."""
-
-    rng = np.random.default_rng(0)
-    shape = [1, channels, side, side, side]
-    if int8:
-        inits = [numpy_helper.from_array(rng.integers(-100, 100, (channels, channels, 3, 3, 3)).astype(np.int8), "wq"),
-                 numpy_helper.from_array(np.full(channels, 0.01, np.float32), "ws"),
-                 numpy_helper.from_array(np.zeros(channels, np.int8), "wz"),
-                 numpy_helper.from_array(np.array(0.05, np.float32), "xs"),
-                 numpy_helper.from_array(np.array(0, np.int8), "xz")]
-        nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
-                 helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
-                 helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
-                 helper.make_node("Conv", ["xd", "w"], ["y"], pads=[1] * 6)]
-    else:
-        inits = [numpy_helper.from_array((0.05 * rng.standard_normal((channels, channels, 3, 3, 3))).astype(np.float32), "w")]
-        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 6)]
-    graph = helper.make_graph(nodes, "peak", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return 2 * channels * channels * 27 * side**3
-
-
-def _peak_conv(threads: int, channels: int, side: int, repeats: int, *, int8: bool,
-               precision: str = "f32") -> dict[str, Any]:
-    """Throughput of one large convolution on OpenVINO (oneDNN's best kernels on this CPU), in
-    ``precision`` (``f32``, or ``bf16``) unless ``int8``."""
-
+    (channels, side), precision, int8 = PEAK_KERNELS[kind]
     with tempfile.TemporaryDirectory(prefix="nnbridge-peak-") as tmp:
         path = Path(tmp) / "conv.onnx"
         flops = peak_conv_onnx(path, channels, side, int8=int8)
         result = benchmark_in_subprocess({"backend": "openvino", "path": str(path), "profile": False,
                                           "precision": precision}, (1, channels, side, side, side), threads, 2,
                                          repeats)
-    kind = "INT8 (QDQ)" if int8 else {"f32": "fp32"}.get(precision, precision)
-    what = f"{kind} 3x3x3 convolution {channels}->{channels} channels at {side}^3 on OpenVINO, p50 of {repeats}"
+    what = kernel_method(kind, repeats)
     if "p50_ms" not in result:
         return {"method": what, "error": result.get("error", "failed")}
     return {"method": what, "gflops": round(flops / (result["p50_ms"] / 1000) / 1e9, 1)}
@@ -116,10 +80,10 @@ def measure_peak_gflops(threads: int, repeats: int = 5, n: int = PEAK_N) -> dict
         fp32["conv_openvino"] = {"method": "OpenVINO convolution", "error": "openvino is not installed"}
     else:
 
-        fp32["conv_openvino"] = _peak_conv(threads, *PEAK_CONV_FP32, repeats, int8=False)
-        int8 = _peak_conv(threads, *PEAK_CONV_INT8, repeats, int8=True)
+        fp32["conv_openvino"] = _peak_conv(threads, "fp32", repeats)
+        int8 = _peak_conv(threads, "int8", repeats)
         no_bf16 = precision_unavailable("bf16")
-        bf16 = (_peak_conv(threads, *PEAK_CONV_INT8, repeats, int8=False, precision="bf16") if no_bf16 is None
+        bf16 = (_peak_conv(threads, "bf16", repeats) if no_bf16 is None
                 else {"method": "bf16 convolution on OpenVINO", "error": no_bf16})
     done = {k: v for k, v in fp32.items() if "gflops" in v}
     if not done:
@@ -160,13 +124,18 @@ def add_throughput(record: dict[str, Any], flops: int, peak: dict[str, Any],
     """Per result: achieved GFLOP/s at the patch's FLOPs and the fraction of the peak that
     applies: ``kinds`` maps result names to ``int8`` or ``bf16`` (measured against
     ``peak["int8_gops"]`` / ``peak["bf16_gflops"]``), every other result against the fp32 peak;
-    ``peak_kind`` says which."""
+    ``peak_kind`` says which. A result that timed its own peak kernel right after its timing
+    (``adjacent_peak``, :func:`nnbridge.bench.kernels.time_peak_kernel`) is measured against
+    that one instead (``peak_source: adjacent``; else ``run``)."""
     record["flops_per_patch"] = int(flops)
     for name, result in record["results"].items():
         if "p50_ms" in result and flops:
             result["gflops_per_s"] = round(flops / (result["p50_ms"] / 1000) / 1e9, 2)
             kind = (kinds or {}).get(name, "fp32")
-            limit = peak.get(PEAK_KEYS[kind])
+            adjacent = result.get("adjacent_peak") or {}
+            own = adjacent.get("kind") == kind and adjacent.get("gflops")
+            limit = adjacent["gflops"] if own else peak.get(PEAK_KEYS[kind])
             if limit:
                 result["pct_of_peak"] = round(100 * result["gflops_per_s"] / limit, 1)
                 result["peak_kind"] = kind
+                result["peak_source"] = "adjacent" if own else "run"

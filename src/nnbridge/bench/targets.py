@@ -13,6 +13,11 @@ FP32_TARGET = 2.0  # speed-up over torch eager the best exact fp32 runtime shoul
 INT8_TARGET = 3.0  # ... and the best INT8 variant that passed its Dice gate
 
 
+# the share of this machine's measured peak the fastest exact fp32 runtime and the fastest INT8
+# variant should reach at a realistic size (128^3), where a network is large enough to use it
+PEAK_TARGETS = {"fp32": 90.0, "int8": 80.0}
+
+
 TOP_OPS = 5
 
 
@@ -22,7 +27,10 @@ def _fastest(candidates: dict[str, dict[str, Any]], names: Iterable[str]) -> dic
     if not done:
         return None
     name, best = max(done, key=lambda item: item[1]["speedup"])
-    return {"name": name, "speedup": round(float(best["speedup"]), 3), "p50_ms": best.get("p50_ms")}
+    out = {"name": name, "speedup": round(float(best["speedup"]), 3), "p50_ms": best.get("p50_ms")}
+    if best.get("pct_of_peak") is not None:
+        out["pct_of_peak"] = best["pct_of_peak"]
+    return out
 
 
 def speed_ceilings(eager_gflops: float | None, peak: dict[str, Any]) -> dict[str, float]:
@@ -40,12 +48,16 @@ def speed_ceilings(eager_gflops: float | None, peak: dict[str, Any]) -> dict[str
 
 def speed_targets(candidates: dict[str, dict[str, Any]], exact: Iterable[str], int8: Iterable[str], *,
                   ceilings: dict[str, float] | None = None, fp32_target: float = FP32_TARGET,
-                  int8_target: float = INT8_TARGET, top: int = TOP_OPS) -> dict[str, Any]:
+                  int8_target: float = INT8_TARGET, peak_targets: dict[str, float] | None = None,
+                  top: int = TOP_OPS) -> dict[str, Any]:
     """The speed targets on one set of results. ``candidates``: name → {speedup (vs torch eager),
-    p50_ms, op_profile (optional)}; ``exact``: the names that count as exact fp32 runtimes,
-    ``int8``: the INT8 ones (the caller passes only those that passed their Dice gate);
-    ``ceilings``: :func:`speed_ceilings`, recorded alongside. For each target missed, the top
-    operators of the best runtime's profile say where the time goes."""
+    p50_ms, pct_of_peak (optional), op_profile (optional)}; ``exact``: the names that count as
+    exact fp32 runtimes, ``int8``: the INT8 ones (the caller passes only those that passed their
+    Dice gate); ``ceilings``: :func:`speed_ceilings`, recorded alongside; ``peak_targets``
+    (``{"fp32": %, "int8": %}``, e.g. :data:`PEAK_TARGETS`): the share of the measured peak the
+    fastest of each should reach too (``fp32_peak_target_met``, ``int8_peak_target_met``; None
+    when its share is unknown: no peak measured). For each fastest runtime that misses a target, the top operators of
+    its profile say where the time goes."""
     fp32_best, int8_best = _fastest(candidates, exact), _fastest(candidates, int8)
     out: dict[str, Any] = {
         **(ceilings or {}),
@@ -53,9 +65,16 @@ def speed_targets(candidates: dict[str, dict[str, Any]], exact: Iterable[str], i
         "best_fp32_exact": fp32_best, "fp32_target_met": bool(fp32_best and fp32_best["speedup"] >= fp32_target),
         "best_int8": int8_best, "int8_target_met": bool(int8_best and int8_best["speedup"] >= int8_target),
     }
+    missed = {"fp32": not out["fp32_target_met"], "int8": not out["int8_target_met"]}
+    for kind, best in (("fp32", fp32_best), ("int8", int8_best)):
+        if peak_targets and kind in peak_targets:
+            share = (best or {}).get("pct_of_peak")
+            out[f"{kind}_peak_target"] = peak_targets[kind]
+            out[f"{kind}_peak_target_met"] = None if share is None else share >= peak_targets[kind]
+            missed[kind] = missed[kind] or out[f"{kind}_peak_target_met"] is False
     dominant = {}
-    for best, met in ((fp32_best, out["fp32_target_met"]), (int8_best, out["int8_target_met"])):
-        if best and not met and candidates[best["name"]].get("op_profile"):
+    for kind, best in (("fp32", fp32_best), ("int8", int8_best)):
+        if best and missed[kind] and candidates[best["name"]].get("op_profile"):
             dominant[best["name"]] = candidates[best["name"]]["op_profile"][:top]
     if dominant:
         out["dominant_ops"] = dominant

@@ -253,6 +253,10 @@ class BenchResult(Part):
     gflops_per_s: float | None = None
     pct_of_peak: float | None = None
     peak_kind: str | None = None
+    peak_source: str | None = None
+    """``adjacent``: against the peak kernel timed in the same process right after (``adjacent_peak``);
+    ``run``: against the run's ``machine_peak``."""
+    adjacent_peak: dict[str, Any] | None = None
     speedup_vs_torch_eager: float | None = None
     threads: int | None = None
     ort_settings: dict[str, Any] | None = None
