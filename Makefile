@@ -1,5 +1,5 @@
 # The two commands of the README. Each sets up .venv (idempotent) first.
-.PHONY: demo test venv bench bench-pipeline
+.PHONY: demo test venv emulator bench bench-pipeline
 
 venv:
 	./scripts/setup-venv.sh
@@ -7,9 +7,13 @@ venv:
 demo: venv
 	.venv/bin/snakemake --profile profiles/default
 
+# qemu-user for the tests on an emulated AVX2-only CPU (installed where apt-get runs as root)
+emulator:
+	./scripts/setup-emulator.sh
+
 # two pytest-xdist workers (measured on 2 cores: 11.5-13 min for 488 tests); tests/conftest.py
 # hands out a module at a time, longest first (AMD EPYC Zen 4, 2026-12-02)
-test: venv
+test: venv emulator
 	.venv/bin/python -m pytest -n 2 -ra
 
 # speed at a realistic nnU-Net size (128^3, random weights): not part of `make demo`
