@@ -255,3 +255,24 @@ def test_plans_file_errors_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(NNBridgeError, match=r"bad.json: cannot read the plans file"):
         realistic_benchmark(tmp_path / "out", plans=tmp_path / "bad.json")
+
+
+def test_a_slow_patch_times_its_peak_kernel_right_after_and_a_fast_one_does_not(tmp_path):
+    """Benchmarks of a model whose patch takes at least ``adjacent_min_ms`` (the real-size folds)
+    time the peak kernel of their kind in the same process; the demo's millisecond patches keep
+    the run-wide peak (a peak kernel would cost more than their timing)."""
+    from nnbridge.bench.kernels import peak_conv_onnx
+    from nnbridge.bench.measure import measure
+    from nnbridge.bench.peak import with_adjacent_peaks
+
+    peak_conv_onnx(tmp_path / "fp32.onnx", 8, 8, int8=False)
+    peak_conv_onnx(tmp_path / "int8.onnx", 8, 8, int8=True)
+    specs = {"a": {"backend": "onnxruntime", "path": str(tmp_path / "fp32.onnx"), "profile": False},
+             "b@openvino": {"backend": "openvino", "path": str(tmp_path / "int8.onnx"), "profile": False}}
+    slow = with_adjacent_peaks(specs, min_ms=0.0)
+    assert {k: s["adjacent_peak"] for k, s in slow.items()} == {"a": "fp32", "b@openvino": "int8"}
+    assert "adjacent_peak" not in specs["a"]  # the plain specs stay as they were (search, sweeps)
+    timed = measure(slow["b@openvino"], (1, 8, 8, 8, 8), 1, 0, 2)
+    assert timed["adjacent_peak"]["kind"] == "int8" and timed["adjacent_peak"]["gflops"] > 0
+    fast = measure(with_adjacent_peaks(specs, min_ms=1e9)["a"], (1, 8, 8, 8, 8), 1, 0, 2)
+    assert "p50_ms" in fast and "adjacent_peak" not in fast

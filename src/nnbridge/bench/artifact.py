@@ -24,7 +24,7 @@ from ..core.cpu import cpu_identity
 from ..core.graphs import graph_signature
 from ..core.metadata import read_metadata
 from .measure import benchmark_variants
-from .peak import peak_for_this_machine
+from .peak import peak_for_this_machine, with_adjacent_peaks
 from .sweep import sweep, tune_onnxruntime
 
 TORCH_EAGER = "torch_eager"
@@ -84,7 +84,7 @@ def benchmark_artifact(artifact: str, source: dict[str, Any], variants: dict[str
             tuning[key] = tune_onnxruntime(specs[key], shape, threads, min(warmup, 2), max(5, repeats // 2))
             specs[key]["settings"] = tuning[key]["chosen"]
     print(f"nnbridge: {artifact}: timing {', '.join(specs)} at {list(shape)}", flush=True)
-    record = benchmark_variants(specs, shape, threads, warmup, repeats, baseline=None)
+    record = benchmark_variants(with_adjacent_peaks(specs), shape, threads, warmup, repeats, baseline=None)
     for key, result in tuning.items():
         record["results"][key]["ort_settings"] = result["chosen"]
     signature = None

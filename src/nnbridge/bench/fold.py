@@ -20,7 +20,7 @@ from ..core.keys import Variant
 from .accelerators import accelerator_status
 from .artifact import TORCH_EAGER, artifact_specs, input_shape_of
 from .measure import benchmark_variants
-from .peak import add_throughput, peak_for_this_machine, peak_kinds
+from .peak import add_throughput, peak_for_this_machine, peak_kinds, with_adjacent_peaks
 
 BASELINE = TORCH_EAGER
 
@@ -71,7 +71,8 @@ def benchmark_fold(source: dict[str, Any], variants: dict[str, dict[str, str]],
                              "this fold (its architecture differs from the reference fold's)")
     if own:
         print(f"nnbridge: fold {source.get('fold')}: timing {', '.join(own)} (graphs of this fold)", flush=True)
-        measured = benchmark_variants(own, shape, threads, warmup, repeats, baseline=None)["results"]
+        measured = benchmark_variants(with_adjacent_peaks(own), shape, threads, warmup, repeats,
+                                      baseline=None)["results"]
         results.update(measured)
     base = (results.get(BASELINE) or {}).get("p50_ms")
     for result in results.values():

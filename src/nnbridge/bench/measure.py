@@ -76,8 +76,8 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
     ``repeats`` as its maximum), until the median is stable, the time budget is spent or (with
     ``give_up_ms``, a time to beat) two runs were slower than that. A spec with ``adjacent_peak``
     (``fp32``, ``int8`` or ``bf16``) also times that peak kernel here right after
-    (:func:`nnbridge.bench.kernels.time_peak_kernel`): its "% of peak" then compares two numbers of
-    the same minute.
+    (:func:`nnbridge.bench.kernels.time_peak_kernel`) when its median run took at least
+    ``adjacent_min_ms`` (default 0): its "% of peak" then compares two numbers of the same minute.
     ``load_ms``: reading and compiling the artifact (the runtime's import excluded), what
     ``nnbridge predict`` pays per fold before its first window."""
     if spec["backend"] in RUNTIME_PACKAGES:
@@ -101,7 +101,8 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
                              precision=spec.get("precision"), runs=runs)  # after the timing
     peak_rss = peak_rss_mb()  # before a peak kernel below adds its own buffers
     adjacent = ({"adjacent_peak": time_peak_kernel(spec["adjacent_peak"], threads)}
-                if spec.get("adjacent_peak") else {})
+                if spec.get("adjacent_peak") and float(np.median(arr)) >= float(spec.get("adjacent_min_ms", 0))
+                else {})
     low, high = median_ci(arr)
     return {
         "backend": spec["backend"],

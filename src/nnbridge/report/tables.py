@@ -4,6 +4,7 @@ HTML colours it without reading the text."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -368,7 +369,8 @@ def peak_note(run: RunResults) -> str:
         b = f.benchmark
         if b and b.peak and b.peak.gflops and b.flops_per_patch:
             return (f" A patch costs {b.flops_per_patch / 1e9:.2f} GFLOP (convolutions, multiply-add = 2). "
-                    + peak_text(b.peak))
+                    + peak_text(b.peak)
+                    + _adjacent_text(r for g in run.folds if g.benchmark for r in g.benchmark.results.values()))
     return ""
 
 
@@ -608,21 +610,27 @@ def realistic_text(record: RealisticRecord | None) -> str:
             f"bf16@openvino is the fp32 file run in bf16: their speed is real, their accuracy cannot be judged "
             f"with random weights (the demo's bf16 variant is gated). ONNX Runtime settings chosen by the search: "
             f"{settings_text(tuned) if tuned is not None else 'not searched'}. " + _load_text(record)
-            + peak_text(record.peak) + _adjacent_text(record))
+            + peak_text(record.peak) + _adjacent_text(record.results.values()))
 
 
-def _adjacent_text(record: RealisticRecord) -> str:
-    """The peaks each runtime timed in its own process right after its timing, by kind."""
+def _adjacent_text(results: Iterable[BenchResult]) -> str:
+    """How many results are measured against the peak kernel they timed in their own process
+    right after their timing, and those peaks by kind."""
     seen: dict[str, list[float]] = {}
-    for r in record.results.values():
+    timed = 0
+    for r in results:
+        timed += r.pct_of_peak is not None
         if r.peak_source == "adjacent" and r.adjacent_peak and r.peak_kind:
             seen.setdefault(r.peak_kind, []).append(float(r.adjacent_peak["gflops"]))
-    if not seen:
+    n = sum(len(v) for v in seen.values())
+    if not n:
         return ""
     spans = [f"{kind} {min(v):.0f}" + (f"–{max(v):.0f}" if max(v) > min(v) else "") for kind, v in seen.items()]
-    return (" Here each runtime's % of peak is against the peak kernel timed in its own process right after its "
-            f"timing, so that both numbers come from the same minute ({', '.join(spans)} GFLOP/s or GOP/s; "
-            "the run-wide peak above was measured earlier).")
+    others = ("" if n == timed else
+              "; the others, whose patch takes under 0.5 s, against the run-wide peak above")
+    return (f" {n} of {timed} results are measured against the peak kernel timed in their own process right after "
+            f"their timing, so that both numbers come from the same minute ({', '.join(spans)} GFLOP/s or GOP/s; "
+            f"the run-wide peak above was measured earlier){others}.")
 
 
 def _load_text(record: RealisticRecord) -> str:
