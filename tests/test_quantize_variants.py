@@ -103,6 +103,8 @@ def test_accuracy_aware_loop_keeps_blocks_in_fp32_until_the_target(exported, pat
     assert set(aa["fp32_modules"]) <= float_modules
     assert aa["passed"] == (steps[-1]["min_dice"] >= 1.0)
     assert ("budget of 2 step(s) spent" in aa["verdict"]) != aa["passed"]
+    # the CPU decides the weights' bits here (7 without VNNI): a miss with 7-bit ones says so
+    assert ("every weight had 7 bits" in aa["verdict"]) == (not aa["passed"] and record["reduce_range"])
 
 
 def test_accuracy_aware_loop_stops_when_no_block_helps(exported, patch_sets, tmp_path):
@@ -110,12 +112,14 @@ def test_accuracy_aware_loop_stops_when_no_block_helps(exported, patch_sets, tmp
     fp32 for nothing (here no block can gain a whole Dice point), and the verdict says why."""
     out, _, _ = exported
     _, calibration, _ = patch_sets
-    settings = {"method": "static", "accuracy_aware": {"min_dice": 1.0, "max_steps": 3, "min_gain": 1.0,
-                                                        "patches": 4, "candidates": 2}}
+    settings = {"method": "static", "reduce_range": True,
+                "accuracy_aware": {"min_dice": 1.0, "max_steps": 3, "min_gain": 1.0, "patches": 4, "candidates": 2}}
     aa = quantize_variant(out / "model.onnx", tmp_path / "aa.onnx", calibration, settings)["accuracy_aware"]
     assert len(aa["steps"]) == 1 and len(aa["steps"][0]["trials"]) == 2, aa["steps"]
     assert aa["fp32_modules"] == [] and not aa["passed"]
     assert "no block kept in fp32 raises the worst-class Dice on onnxruntime by >= 1" in aa["verdict"], aa["verdict"]
+    assert aa["verdict"].endswith("every weight had 7 bits (reduce_range, for CPUs without INT8 dot products): "
+                                  "their error is spread over every block"), aa["verdict"]
 
 
 def test_accuracy_aware_loop_stops_when_the_target_is_out_of_reach(exported, patch_sets, tmp_path):
