@@ -1,5 +1,6 @@
 # Speed at a realistic nnU-Net size (128^3 patch, 6 stages, 32->320 features, or the network of
-# a plans file; random weights: speed needs no training). ~6 min on 2 cores.
+# a plans file; random weights: speed needs no training). ~7 min on 2 cores (6 min 56 s on the AMD
+# Zen 4 of README Measured at a slow hour, 2026-12-04).
 rule realistic_benchmark:
     input:
         unpack(get_realistic_plans),
