@@ -133,3 +133,26 @@ def test_the_quantize_stage_default_without_vnni_gives_the_same_logits_on_avx2(e
     np.testing.assert_array_equal(auto_avx2, auto_here)
     if not features_of_this_cpu_saturate():  # on a VNNI CPU the 8-bit file's sums are exact here only
         assert float(np.abs(w8_avx2 - w8_here).max()) > 0
+
+
+def test_nnbridge_takes_the_emulated_cpu_for_what_cpuid_says(tmp_path):
+    """Under the emulator /proc/cpuinfo still lists the host's features; nnbridge goes by CPUID,
+    as the runtimes' kernels do: an AVX2-only kind without INT8 dot products (so its verify
+    results and gates are never taken for the host's kind), the hidden features named."""
+    from nnbridge.core.cpu import cpu_identity, cpu_kind_key, describe_cpu
+
+    script = tmp_path / "identity.py"
+    script.write_text("import json\nfrom nnbridge.core.cpu import cpu_identity, int8_dot\n"
+                      "print(json.dumps([cpu_identity(), int8_dot()]))\n")
+    proc = subprocess.run([QEMU, "-cpu", EMULATED_CPU, sys.executable, str(script)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    emulated, dot = json.loads(proc.stdout.strip().splitlines()[-1])
+    here = cpu_identity()
+    assert emulated["isa"] == ["avx2"] and dot == []
+    hidden = [f for f in here["isa"] if f != "avx2"]
+    assert sorted(emulated.get("masked", [])) == sorted(hidden)
+    assert "masked" not in here  # natively CPUID and /proc/cpuinfo agree
+    if hidden:  # a host with more than AVX2: another kind, named as such
+        assert cpu_kind_key(emulated) != cpu_kind_key(here)
+        assert f"without {', '.join(sorted(hidden))} by CPUID" in describe_cpu(emulated)

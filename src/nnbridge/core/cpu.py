@@ -32,6 +32,40 @@ INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 NO_VNNI_ENV = "NNBRIDGE_NO_VNNI"  # set to 1: treat this CPU as one without INT8 dot products
 
 
+# /proc/cpuinfo flag -> the name NumPy's own CPUID probe gives it: where this process's CPUID
+# lacks a flag the kernel lists (an emulator such as ``qemu-x86_64 -cpu Haswell``, a hypervisor
+# masking features), the runtimes' kernels go by CPUID, so nnbridge does too
+CPUID_NAMES = {"avx2": "AVX2", "avx512f": "AVX512F", "avx512_vnni": "AVX512VNNI", "avx512_bf16": "AVX512BF16",
+               "avx512_fp16": "AVX512FP16"}
+
+
+def _cpuid_features() -> dict[str, bool] | None:
+    """The CPU features NumPy's runtime dispatch found by CPUID in this process, or None."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__  # noqa: PLC0415 - NumPy >= 2
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__  # noqa: PLC0415 - NumPy 1.x
+        except ImportError:
+            return None
+    return dict(__cpu_features__)
+
+
+def _masked(flags: set[str]) -> set[str]:
+    """The :data:`ISA_FLAGS` in ``flags`` (from /proc/cpuinfo) this process's CPUID does not
+    have: those NumPy's probe finds missing; once any is, also those NumPy does not probe (AVX-VNNI,
+    AMX: unconfirmed where CPUID evidently differs) and, without AVX-512, every AVX-512 flag."""
+    seen = _cpuid_features()
+    if not seen:
+        return set()
+    masked = {f for f, name in CPUID_NAMES.items() if f in flags and name in seen and not seen[name]}
+    if masked:
+        masked |= {f for f in flags & set(ISA_FLAGS) if f not in CPUID_NAMES}
+    if "avx512f" in masked:
+        masked |= {f for f in flags & set(ISA_FLAGS) if f.startswith("avx512")}
+    return masked
+
+
 def _forced_off(env: str) -> bool:
     return os.environ.get(env, "") not in ("", "0")
 
@@ -40,7 +74,10 @@ def cpu_identity() -> dict[str, Any]:
     """What makes two machines' peaks comparable: the CPU model, the instruction-set features the
     runtimes' kernels depend on (:data:`ISA_FLAGS`), and the CPUs this process may use; plus the
     host name (identical nodes of a cluster share a peak, so it is not compared). With
-    ``NNBRIDGE_NO_VNNI=1`` the INT8 dot-product features are left out and ``forced`` says so."""
+    ``NNBRIDGE_NO_VNNI=1`` the INT8 dot-product features are left out and ``forced`` says so; the
+    features /proc/cpuinfo lists but this process's CPUID lacks (under an emulator) are left out
+    and ``masked`` names them, so that a gate or ``nnbridge verify`` run there is not taken for
+    one of the host's kind."""
     info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first CPU's lines
@@ -50,6 +87,8 @@ def cpu_identity() -> dict[str, Any]:
         pass
     model = info.get("model name") or platform.processor() or platform.machine()
     flags = set(info.get("flags", "").split())
+    masked = _masked(flags)
+    flags -= masked
     forced = []
     if _forced_off(NO_VNNI_ENV):
         flags -= set(INT8_DOT_FLAGS)
@@ -59,6 +98,8 @@ def cpu_identity() -> dict[str, Any]:
                                 "arch": platform.machine(), "host": platform.node()}
     if forced:
         identity["forced"] = forced
+    if masked:
+        identity["masked"] = sorted(masked)
     return identity
 
 
@@ -86,7 +127,8 @@ def describe_cpu(kind: dict[str, Any] | None) -> str:
         return "an unrecorded CPU"
     isa = ", ".join(kind.get("isa") or []) or "no AVX2"
     forced = f"; {', '.join(kind['forced'])}" if kind.get("forced") else ""
-    return f"{kind.get('cpu')} ({kind.get('cpus')} CPUs; {isa}{forced})"
+    masked = f"; without {', '.join(kind['masked'])} by CPUID (emulated?)" if kind.get("masked") else ""
+    return f"{kind.get('cpu')} ({kind.get('cpus')} CPUs; {isa}{forced}{masked})"
 
 
 def int8_dot(identity: dict[str, Any] | None = None) -> list[str]:
