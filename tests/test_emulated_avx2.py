@@ -26,7 +26,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from nnbridge.core.cpu import NO_VNNI_ENV
+from nnbridge.core.cpu import NO_VNNI_ENV, int8_dot
 from nnbridge.quantize import quantize_variant
 
 QEMU = shutil.which("qemu-x86_64")
@@ -103,15 +103,8 @@ def test_8_bit_weights_saturate_on_avx2_and_7_bit_ones_do_not(tmp_path):
     np.testing.assert_allclose(w7, 108.0, rtol=1e-5)  # 4 channels x 27 taps x 1.0 x 1.0
     assert float(w8.max()) < 0.6 * 108, w8  # each pair clipped to 32767 of 64770
     (native8,), _ = run_onnx([tmp_path / "w8.onnx"], x, tmp_path, emulated=False)
-    if not features_of_this_cpu_saturate():
+    if int8_dot():  # this CPU sums exactly itself
         np.testing.assert_allclose(native8, 108.0, rtol=1e-5)
-
-
-def features_of_this_cpu_saturate() -> bool:
-    """Whether the CPU running the suite has no INT8 dot products itself (an AVX2-only machine)."""
-    from nnbridge.core.cpu import int8_dot
-
-    return not int8_dot()
 
 
 def test_the_quantize_stage_default_without_vnni_gives_the_same_logits_on_avx2(exported, patch_sets, tmp_path,
@@ -121,6 +114,7 @@ def test_the_quantize_stage_default_without_vnni_gives_the_same_logits_on_avx2(e
     this one: a gate decided here holds there. The same file with 8-bit weights does not."""
     out, _, _ = exported
     calibration, held = patch_sets[1][:3], patch_sets[2][:2]
+    exact_here = bool(int8_dot())  # read before the override below hides this CPU's dot products
     settings = {"method": "static", "format": "QDQ", "per_channel": True, "calibrate_method": "MinMax",
                 "symmetric_activations": None, "reduce_range": None, "nodes_to_exclude": []}
     monkeypatch.setenv(NO_VNNI_ENV, "1")
@@ -131,7 +125,7 @@ def test_the_quantize_stage_default_without_vnni_gives_the_same_logits_on_avx2(e
     (auto_here, w8_here), _ = run_onnx(files, held, tmp_path, emulated=False)
     (auto_avx2, w8_avx2), _ = run_onnx(files, held, tmp_path, emulated=True)
     np.testing.assert_array_equal(auto_avx2, auto_here)
-    if not features_of_this_cpu_saturate():  # on a VNNI CPU the 8-bit file's sums are exact here only
+    if exact_here:  # on a VNNI CPU the 8-bit file's sums are exact here only
         assert float(np.abs(w8_avx2 - w8_here).max()) > 0
 
 

@@ -41,7 +41,7 @@ from ..quantize.static import quantize_static_int8
 from ..runtime.ort import onnx_session
 from .measure import benchmark_variants
 from .networks import analytic_flops, build_network, check_patch, plain_unet_arch, plans_arch, _smaller_shape, stride_multiple
-from .peak import add_throughput, peak_for_this_machine
+from .peak import add_throughput, peak_for_this_machine, peak_kinds, with_adjacent_peaks
 from .sweep import tune_onnxruntime
 from .targets import PEAK_TARGETS, speed_ceilings, speed_targets
 
@@ -50,14 +50,6 @@ FP32_RESULTS = ("onnx_fp32", "onnx_fp32@openvino", "fp32_ir@openvino")
 
 
 INT8_RESULTS = ("int8", "int8@openvino", "int8_ir@openvino")  # the QDQ file on each runtime; the INT8 IR
-
-
-BF16_RESULTS = ("bf16@openvino",)  # the fp32 file run by OpenVINO in bf16 (skipped without native bf16)
-
-
-def peak_kind(name: str) -> str:
-    """The peak a result's "% of peak" refers to: ``int8``, ``bf16`` or ``fp32``."""
-    return "int8" if name in INT8_RESULTS else "bf16" if name in BF16_RESULTS else "fp32"
 
 
 INT8_NOTE = ("INT8 is for speed only: the weights are random and the calibration patches random "
@@ -229,16 +221,15 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
     if "onnx_fp32" in specs:
         tuning = tune_onnxruntime(specs["onnx_fp32"], shape, threads, min(warmup, 2), max(3, repeats // 2))
         specs["onnx_fp32"]["settings"] = tuning["chosen"]
-    for name, spec in specs.items():  # after the search, whose points need no peak of their own
-        spec["adjacent_peak"] = peak_kind(name)
-    record = benchmark_variants(specs, shape, threads, warmup, repeats)
+    # every runtime times its peak kernel (the search above timed plain specs)
+    record = benchmark_variants(with_adjacent_peaks(specs, min_ms=0.0), shape, threads, warmup, repeats)
     if tuning is not None and "p50_ms" in record["results"]["onnx_fp32"]:
         record["results"]["onnx_fp32"]["ort_settings"] = tuning["chosen"]
     record["peak"] = peak_for_this_machine(peak, threads)
     record["machine"] = cpu_identity()
     graph = onnx.load(str(out_dir / "model.onnx"))
     flops = sum(node["flops"] for node in compute_node_flops(graph, shape).values())
-    add_throughput(record, flops, record["peak"], {name: peak_kind(name) for name in specs})
+    add_throughput(record, flops, record["peak"], peak_kinds(specs))
     if ir_variants:  # what OpenVINO pays to read and compile each kind of fp32 file
         record["load_ms"] = {k: record["results"][k].get("load_ms") for k in ("onnx_fp32@openvino", "fp32_ir@openvino")
                              if k in record["results"]}

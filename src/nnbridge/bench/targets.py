@@ -56,8 +56,8 @@ def speed_targets(candidates: dict[str, dict[str, Any]], exact: Iterable[str], i
     Dice gate); ``ceilings``: :func:`speed_ceilings`, recorded alongside; ``peak_targets``
     (``{"fp32": %, "int8": %}``, e.g. :data:`PEAK_TARGETS`): the share of the measured peak the
     fastest of each should reach too (``fp32_peak_target_met``, ``int8_peak_target_met``; None
-    when its share is unknown: no peak measured). For each fastest runtime that misses a target, the top operators of
-    its profile say where the time goes."""
+    when its share is unknown: no peak measured). For each fastest runtime that misses a target,
+    the top operators of its profile say where the time goes."""
     fp32_best, int8_best = _fastest(candidates, exact), _fastest(candidates, int8)
     out: dict[str, Any] = {
         **(ceilings or {}),

@@ -627,7 +627,7 @@ def _adjacent_text(results: Iterable[BenchResult]) -> str:
         return ""
     spans = [f"{kind} {min(v):.0f}" + (f"–{max(v):.0f}" if max(v) > min(v) else "") for kind, v in seen.items()]
     others = ("" if n == timed else
-              "; the others, whose patch takes under 0.5 s, against the run-wide peak above")
+              "; the others, whose patch is too short to need it, against the run-wide peak above")
     return (f" {n} of {timed} results are measured against the peak kernel timed in their own process right after "
             f"their timing, so that both numbers come from the same minute ({', '.join(spans)} GFLOP/s or GOP/s; "
             f"the run-wide peak above was measured earlier){others}.")
@@ -657,8 +657,8 @@ def detail_sections(run: RunResults) -> list[Section]:
                 "near the peak leaves no room for a 2× exact speed-up). The realistic-size row is the same check at "
                 "a typical 3d_fullres patch, where a network is large enough to use this CPU: there the fastest "
                 "exact fp32 runtime should also reach ≥ 90 % of the measured fp32 peak and the fastest INT8 ≥ 80 % "
-                "of the INT8 peak, each peak timed in the same process right after the runtime's own timing. bf16 counts for neither target (not exact, not INT8): its speed-up is "
-                "in the overview.", targets_table(run)),
+                "of the INT8 peak, each peak timed in the same process right after the runtime's own timing. bf16 "
+                "counts for neither target (not exact, not INT8): its speed-up is in the overview.", targets_table(run)),
         Section("model-quality", "Model quality (nnU-Net validation)",
                 "Dice of each fold on its own validation cases, as computed by nnU-Net after training.",
                 validation_table(run)),
