@@ -47,7 +47,7 @@ def test_defaults_follow_the_cpu_and_given_settings_win():
     got = _choices(choices)
     assert got["reduce_range"]["value"] is True and not got["reduce_range"]["given"]
     assert "saturating int16" in got["reduce_range"]["why"]
-    assert got["symmetric_activations"]["value"] is False and got["weight_type"]["value"] == "QInt8"
+    assert got["symmetric_activations"]["value"] is False and got["weight_type"]["value"] == "s8"
     assert _choices(resolve(static, X86_VNNI)[1])["reduce_range"]["value"] is False
     arm = _choices(resolve(static, ARM)[1])
     assert arm["reduce_range"]["value"] is False and arm["symmetric_activations"]["value"] is True

@@ -111,7 +111,9 @@ def test_the_quantize_stage_default_without_vnni_gives_the_same_logits_on_avx2(e
                                                                                monkeypatch):
     """The tiny nnU-Net quantized as the quantize stage does for a CPU without VNNI (7-bit
     weights, chosen by the CPU) computes bit for bit the same logits on the emulated AVX2 CPU as on
-    this one: a gate decided here holds there. The same file with 8-bit weights does not."""
+    this one: a gate decided here holds there. The same file with 8-bit s8 weights does not; with
+    8-bit u8 weights (accuracy-aware INT8's last fallback there: ONNX Runtime's U8U8 kernels sum
+    in int32) it does again."""
     out, _, _ = exported
     calibration, held = patch_sets[1][:3], patch_sets[2][:2]
     exact_here = bool(int8_dot())  # read before the override below hides this CPU's dot products
@@ -121,10 +123,14 @@ def test_the_quantize_stage_default_without_vnni_gives_the_same_logits_on_avx2(e
     record = quantize_variant(out / "model.onnx", tmp_path / "auto.onnx", calibration, settings)
     assert record["reduce_range"] is True
     quantize_variant(out / "model.onnx", tmp_path / "w8.onnx", calibration, {**settings, "reduce_range": False})
-    files = [tmp_path / "auto.onnx", tmp_path / "w8.onnx"]
-    (auto_here, w8_here), _ = run_onnx(files, held, tmp_path, emulated=False)
-    (auto_avx2, w8_avx2), _ = run_onnx(files, held, tmp_path, emulated=True)
+    u8 = quantize_variant(out / "model.onnx", tmp_path / "u8.onnx", calibration,
+                          {**settings, "reduce_range": False, "weight_type": "u8"})
+    assert u8["weight_type"] == "u8" and u8["symmetric_activations"] is False
+    files = [tmp_path / "auto.onnx", tmp_path / "w8.onnx", tmp_path / "u8.onnx"]
+    (auto_here, w8_here, u8_here), _ = run_onnx(files, held, tmp_path, emulated=False)
+    (auto_avx2, w8_avx2, u8_avx2), _ = run_onnx(files, held, tmp_path, emulated=True)
     np.testing.assert_array_equal(auto_avx2, auto_here)
+    np.testing.assert_array_equal(u8_avx2, u8_here)
     if exact_here:  # on a VNNI CPU the 8-bit file's sums are exact here only
         assert float(np.abs(w8_avx2 - w8_here).max()) > 0
 

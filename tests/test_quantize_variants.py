@@ -174,6 +174,78 @@ def test_accuracy_aware_loop_tries_asymmetric_activations_last(exported, patch_s
     assert activation_zero_point_types(tmp_path / "off.onnx") == {onnx.TensorProto.INT8}
 
 
+def _weight_types(path) -> set[int]:
+    """The integer types of the convolution weights a QDQ file dequantizes."""
+    graph = onnx.load(str(path)).graph
+    inits = {init.name: init for init in graph.initializer}
+    return {inits[n.input[0]].data_type for n in graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) == 5}
+
+
+def _weight_range(path) -> int:
+    """The largest |integer weight - zero point| of the file's convolution weights."""
+    graph = onnx.load(str(path)).graph
+    inits = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
+    spread = 0
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 5:
+            q = inits[n.input[0]].astype(np.int32)
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)  # ConvTranspose: per channel on axis 1
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            zero = inits[n.input[2]].astype(np.int32).reshape(shape) if len(n.input) > 2 else 0
+            spread = max(spread, int(np.abs(q - zero).max()))
+    return spread
+
+
+NO_DOT = {"arch": "x86", "avx2": True, "int8_dot": False}  # an AVX2 CPU without VNNI, as the pipeline passes it
+
+
+def test_accuracy_aware_ends_with_u8_weights_where_the_cpu_chose_7_bit(exported, patch_sets, tmp_path):
+    """For a CPU without INT8 dot products the CPU defaults give 7-bit weights; a file still short of
+    the target (an unreachable Dice here) tries full 8-bit u8 weights with asymmetric activations
+    once (ONNX Runtime's U8U8 kernels do not saturate) and keeps the best of the steps. Which agrees
+    best depends on this CPU's kernels: the choice is checked for consistency with the recorded
+    Dice and the file on disk, not expected. A reduce_range the entry gives, or a CPU with VNNI,
+    gets no such step."""
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    aa_settings = {"min_dice": 1.0, "max_steps": 0, "patches": 4}
+    settings = {"method": "static", "symmetric_activations": True, "accuracy_aware": aa_settings}
+    record = quantize_variant(out / "model.onnx", tmp_path / "aa.onnx", calibration, settings, cpu=NO_DOT)
+    aa = record["accuracy_aware"]
+    assert [(s["symmetric_activations"], s["weight_type"], s["reduce_range"]) for s in aa["steps"]] == [
+        (True, "s8", True), (False, "s8", True), (False, "u8", False)], aa["steps"]
+    best = max(aa["steps"], key=lambda s: s["min_dice"])  # the first of equals: a fallback must do better
+    assert aa["kept_step"] == best["step"] and aa["passed"] is False
+    assert record["weight_type"] == best["weight_type"] and record["reduce_range"] == best["reduce_range"]
+    on_disk = _weight_types(tmp_path / "aa.onnx")
+    assert on_disk == {onnx.TensorProto.UINT8 if best["weight_type"] == "u8" else onnx.TensorProto.INT8}
+    # 7-bit weights span at most 64 steps from their zero point, 8-bit ones up to 127-128
+    assert (_weight_range(tmp_path / "aa.onnx") <= 64) == best["reduce_range"]
+    for what, step in (("asymmetric activations", aa["steps"][1]), ("8-bit u8 weights", aa["steps"][2])):
+        assert (f"{what} did worse" in aa["verdict"]) == (step is not best and step["step"] != aa["kept_step"])
+    assert aa["u8_weights_fallback"] is True
+    # the user's 7-bit weights are kept; with VNNI the CPU chooses 8-bit s8 ones: no u8 step either way
+    given = quantize_variant(out / "model.onnx", tmp_path / "given.onnx", calibration,
+                             {**settings, "reduce_range": True}, cpu=NO_DOT)
+    assert [s["weight_type"] for s in given["accuracy_aware"]["steps"]] == ["s8", "s8"]
+    vnni = quantize_variant(out / "model.onnx", tmp_path / "vnni.onnx", calibration, settings,
+                            cpu={**NO_DOT, "int8_dot": True})
+    assert [(s["weight_type"], s["reduce_range"]) for s in vnni["accuracy_aware"]["steps"]] == [("s8", False)] * 2
+    assert _weight_range(tmp_path / "vnni.onnx") > 64
+
+
+def test_u8_weights_are_refused_where_they_cannot_run(exported, patch_sets, tmp_path):
+    out, _, _ = exported
+    _, calibration, _ = patch_sets
+    with pytest.raises(NNBridgeError, match="weight_type u8 needs asymmetric"):
+        quantize_variant(out / "model.onnx", tmp_path / "a.onnx", calibration,
+                         {"method": "static", "symmetric_activations": True, "weight_type": "u8"})
+    with pytest.raises(NNBridgeError, match="weight_type works with method 'static' only"):
+        quantize_variant(out / "model.onnx", tmp_path / "b.onnx", calibration, {"method": "dynamic", "weight_type": "u8"})
+
+
 def test_accuracy_aware_fold_starts_where_the_reference_fold_ended(exported, patch_sets, tmp_path):
     """Another fold's decision (its blocks in fp32, its activations) is applied without a search:
     one quantization, checked on the calibration patches only where something is left to decide
@@ -207,6 +279,14 @@ def test_accuracy_aware_fold_starts_where_the_reference_fold_ended(exported, pat
     assert checked["check_patches"] == 2 and checked["passed"] is True, checked  # min_dice 0: passes
     assert checked["steps"][0]["symmetric_activations"] and 0 <= checked["steps"][0]["min_dice"] <= 1
     assert checked["verdict"].startswith("Dice ") and "1 block(s) in fp32 as decided on fold 0" in checked["verdict"]
+
+    # u8 weights kept there (7-bit ones fell short on a CPU without VNNI): applied, nothing left to check
+    decided["record"]["accuracy_aware"]["kept_step"] = 1
+    decided["record"]["accuracy_aware"]["steps"][1].update(weight_type="u8", reduce_range=False)
+    u8 = quantize_variant(out / "model.onnx", tmp_path / "u8.onnx", calibration, settings, decided=decided, cpu=NO_DOT)
+    assert u8["weight_type"] == "u8" and not u8["reduce_range"] and u8["accuracy_aware"]["passed"] is None
+    assert _weight_types(tmp_path / "u8.onnx") == {onnx.TensorProto.UINT8}
+    assert u8["accuracy_aware"]["verdict"].startswith("asymmetric activations, 8-bit u8 weights, 1 block(s)")
 
     decided["record"]["nodes_to_exclude"] = ["/no/such/Conv"]
     with pytest.raises(NNBridgeError, match=r"fold 0 kept node '/no/such/Conv' in fp32, which .*model\.onnx "

@@ -108,6 +108,9 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
     else:
         misplaced = [key for key in NNCF_KEYS if key in settings]
         where, hint = "with methods 'nncf' and 'openvino_int8' only", ""
+        if method != "static" and settings.get("weight_type") is not None:
+            raise NNBridgeError(f"weight_type works with method 'static' only, not {method!r}; remove it from "
+                                "this quantize entry")
     if misplaced:
         raise NNBridgeError(f"{', '.join(misplaced)} work(s) {where}, not {method!r}; remove them "
                             f"from this quantize entry{hint}")
@@ -141,7 +144,8 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
         with calibration_file(calibration_ranges) as (cache, reuse):
             if settings.get("accuracy_aware"):
                 record = accuracy_aware_int8(src, dst, calibration, settings, threads=threads,
-                                             backends=tuple(backends), decided=decided, calibration_cache=cache)
+                                             backends=tuple(backends), decided=decided, calibration_cache=cache,
+                                             u8_weights_fallback=_u8_fallback(settings, choices))
             else:
                 record = _quantize_static(src, dst, calibration, settings, list(excluded), cache)
         record["calibration"] = reuse
@@ -153,3 +157,13 @@ def quantize_variant(src: Path, dst: Path, calibration: np.ndarray, settings: di
         if "openvino" in backends:
             record["coverage_openvino"] = openvino_int8_coverage(Path(dst), Path(src), shape)
     return record
+
+
+def _u8_fallback(settings: dict[str, Any], choices: list[dict[str, Any]]) -> bool:
+    """Whether accuracy-aware INT8 may end with 8-bit u8 weights: the CPU chose 7-bit weights (no INT8
+    dot products), the entry gives neither ``reduce_range`` nor ``weight_type``, and its
+    ``accuracy_aware.u8_weights_fallback`` is not false."""
+    chosen = {c["setting"]: c for c in choices}
+    cpu_chose_7_bit = bool(settings.get("reduce_range")) and not chosen.get("reduce_range", {}).get("given", True)
+    return (cpu_chose_7_bit and not chosen.get("weight_type", {}).get("given", True)
+            and bool(settings["accuracy_aware"].get("u8_weights_fallback", True)))

@@ -143,7 +143,8 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
                         *, threads: int = 1,
                         backends: tuple[str, ...] | list[str] = ("onnxruntime",),
                         decided: dict[str, Any] | None = None,
-                        calibration_cache: Path | None = None) -> dict[str, Any]:
+                        calibration_cache: Path | None = None,
+                        u8_weights_fallback: bool = False) -> dict[str, Any]:
     """Static INT8, then keep the costliest blocks in fp32 until the label maps match fp32's.
 
     ``settings["accuracy_aware"]``: ``min_dice`` (per class, INT8 vs the fp32 ONNX model on the
@@ -170,6 +171,16 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     Symmetric activations are faster on OpenVINO, but on some CPUs' INT8 kernels they cost the
     label maps more than any single block does (AMD Zen 4: the demo's nnU-Net fold 0 stalled at
     Dice 0.986 on OpenVINO where asymmetric static INT8 reaches 0.992).
+
+    ``u8_weights_fallback`` (the caller's: 7-bit weights were chosen for a CPU without INT8 dot
+    products, neither ``reduce_range`` nor ``weight_type`` given, and ``accuracy_aware.u8_weights_fallback``
+    not false): when the file still ends short of the target with 7-bit s8 weights, one more step
+    quantizes with full 8-bit u8 weights and asymmetric activations (the same ranges and blocks in
+    fp32) and the better file stays. ONNX Runtime's U8U8 kernels sum in int32, so 8-bit weights do
+    not saturate on CPUs without VNNI; OpenVINO runs those convolutions in fp32 (its benchmark and
+    coverage show it). 7-bit weights' error is spread over every block, where no single block kept
+    in fp32 returns it (demo nnU-Net fold 0 on an emulated AVX2-only CPU: held-out worst-class Dice
+    0.9885 with 7-bit s8 weights, 0.9909 with 8-bit u8 ones, 0.9607 with 8-bit s8 ones).
 
     ``decided``: what another fold of the same network decided (``{"fold": ..., "record": its
     quantize record}``): this fold starts where that loop ended (its blocks in fp32, its
@@ -210,6 +221,7 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     else:
         check, ranked_on, fp32_ms = check[:0], 0, None
     steps: list[dict[str, Any]] = []
+    tries: list[tuple[str, dict[str, Any]]] = []  # the fallback steps, by what they changed
     with tempfile.TemporaryDirectory(prefix="nnbridge-calib-") as tmp:
         cache = Path(calibration_cache) if calibration_cache else Path(tmp) / "calibration.json"
 
@@ -219,7 +231,9 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
             step's record)."""
             quantized = _quantize_static(src, dst, calibration, step_settings, excluded, cache)
             step = {"step": len(steps), "fp32_modules": list(modules), "n_fp32_nodes": len(excluded),
-                    "symmetric_activations": bool(step_settings.get("symmetric_activations"))}
+                    "symmetric_activations": bool(step_settings.get("symmetric_activations")),
+                    "weight_type": step_settings.get("weight_type") or "s8",
+                    "reduce_range": bool(step_settings.get("reduce_range"))}
             if not checked:
                 return quantized, {**step, "dice": {}, "min_dice": None, "min_dice_by_backend": {},
                                    "mean_abs_err": None, "latency_ms": None}
@@ -277,24 +291,37 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
                                    for t in ranking]
             steps[-1]["seconds"] = round(time.perf_counter() - started, 2)
         kept = steps[-1]
-        if fallback and kept["min_dice"] < target:  # last try: asymmetric activations, the better file stays
-            print("nnbridge: accuracy-aware INT8: asymmetric activations "
-                  f"(symmetric ones stopped at Dice {kept['min_dice']:.4f})", flush=True)
+
+        def try_instead(what: str, step_settings: dict[str, Any]) -> None:
+            """One more step with ``step_settings`` (same ranges, same blocks in fp32): its file and
+            record stay if it agrees better, else the kept step's file is put back."""
+            nonlocal record, kept
+            print(f"nnbridge: accuracy-aware INT8: {what} (the kept step stopped at Dice {kept['min_dice']:.4f})",
+                  flush=True)
             started = time.perf_counter()
-            symmetric = Path(tmp) / "symmetric.onnx"
-            shutil.copyfile(dst, symmetric)
-            asym_record, asym = quantize_and_check({**settings, "symmetric_activations": False})
-            steps.append({**asym, "seconds": round(time.perf_counter() - started, 2)})
-            if asym["min_dice"] > kept["min_dice"]:
-                record, kept = asym_record, steps[-1]
+            previous = Path(tmp) / "kept.onnx"
+            shutil.copyfile(dst, previous)
+            tried_record, tried = quantize_and_check(step_settings)
+            steps.append({**tried, "seconds": round(time.perf_counter() - started, 2)})
+            tries.append((what, steps[-1]))
+            if tried["min_dice"] > kept["min_dice"]:
+                record, kept = tried_record, steps[-1]
             else:
-                shutil.copyfile(symmetric, dst)
-    # the file on disk is the kept step's (the last one, or the one before an asymmetric step that
-    # did worse); its record names every node kept in fp32
+                shutil.copyfile(previous, dst)
+
+        if fallback and kept["min_dice"] < target:  # asymmetric activations
+            try_instead("asymmetric activations", {**settings, "symmetric_activations": False})
+        seven_bit = bool(settings.get("reduce_range")) and (settings.get("weight_type") or "s8") == "s8"
+        u8_tried = u8_weights_fallback and seven_bit and checked and kept["min_dice"] < target
+        if u8_tried:  # full 8-bit u8 weights, which ONNX Runtime's kernels do not saturate
+            try_instead("8-bit u8 weights", {**settings, "symmetric_activations": False, "reduce_range": False,
+                                             "weight_type": "u8"})
+    # the file on disk is the kept step's (the last one, or the best before fallback steps that did
+    # worse); its record names every node kept in fp32
     passed = kept["min_dice"] >= target if checked else None
     # named where the entry asked for symmetric ones (the fallback, here or on the deciding fold)
     activations = ("asymmetric activations, " if not record["symmetric_activations"] and asked_symmetric
-                   else "")
+                   else "") + ("8-bit u8 weights, " if record.get("weight_type") == "u8" else "")
     blocks = f"{activations}{len(modules)} block(s) in fp32"
     if decided is not None:
         on = f"as decided on fold {decided['fold']}"
@@ -318,12 +345,13 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
         "backends": list(backends),
         "fp32_latency_ms": fp32_ms, "steps": steps, "passed": passed,
         "fp32_modules": list(modules), "asymmetric_fallback": fallback,
+        "u8_weights_fallback": bool(u8_weights_fallback),
         "kept_step": kept["step"], "verdict": verdict,
         **({"decided_on_fold": str(decided["fold"])} if decided is not None else {}),
     }
-    if fallback and kept is not steps[-1]:
-        record["accuracy_aware"]["verdict"] += (f"; asymmetric activations did worse (Dice "
-                                                f"{steps[-1]['min_dice']:.4f}), not kept")
+    for what, step in tries:  # the fallbacks that did worse
+        if step is not kept:
+            record["accuracy_aware"]["verdict"] += f"; {what} did worse (Dice {step['min_dice']:.4f}), not kept"
     if passed is False and record.get("reduce_range"):
         # on the demo nnU-Net's fold 0, 7-bit weights cost the Dice no single block returned (0.9878
         # on the calibration check; 0.9917 held out with 8 bits), AMD EPYC Zen 4, 2026-12-04
@@ -350,6 +378,7 @@ def _start_from(decided: dict[str, Any], excluded: list[str], settings: dict[str
         raise NNBridgeError(f"fold {fold} kept node {missing[0]!r} in fp32, which {src} does not have "
                             "(the folds' graphs differ); set accuracy_aware.per_fold: true for this model")
     kept = next(s for s in steps if s["step"] == loop["kept_step"])
+    weights = {k: kept[k] for k in ("weight_type", "reduce_range") if k in kept}  # records before u8 weights: none
     return ([*excluded, *chosen], list(loop.get("fp32_modules") or []),
-            {**settings, "symmetric_activations": bool(kept["symmetric_activations"])}, 0)
+            {**settings, "symmetric_activations": bool(kept["symmetric_activations"]), **weights}, 0)
 

@@ -12,7 +12,11 @@ sum u8×s8 products without saturation (VNNI, AMX-INT8; :data:`nnbridge.core.cpu
   against PyTorch 0.9605 with 8-bit weights, 0.9888 with 7-bit ones. Elsewhere full 8 bits.
 * activation type (static: ``symmetric_activations``): u8 with a zero point on x86 (its INT8
   kernels take u8 activations; ONNX Runtime shifts s8 ones to u8 there), s8 symmetric on ARM.
-* weight type: s8 on every CPU (ONNX Runtime's advice with either activation type); recorded.
+* weight type (static: ``weight_type``): s8 on every CPU (ONNX Runtime's advice with either
+  activation type, and what OpenVINO runs in INT8); recorded. u8 weights (ONNX Runtime's U8U8
+  kernels sum in int32: no saturation, full 8 bits, on any x86) are accuracy-aware INT8's last
+  fallback where 7-bit weights were chosen for a CPU without INT8 dot products
+  (:func:`.accuracy.accuracy_aware_int8`), or given.
 * ``overflow_fix`` (nncf, openvino_int8): NNCF's counterpart of ``reduce_range`` for OpenVINO: ``disable`` with
   INT8 dot products, else ``first_layer_only`` (NNCF's advice for AVX2/AVX-512 without VNNI).
 * whether an ONNX Runtime INT8 variant is worth building: not on x86 without AVX2 (only SSE4.1
@@ -109,8 +113,13 @@ def resolve(settings: dict[str, Any], features: dict[str, Any]) -> tuple[dict[st
             else:
                 choose("symmetric_activations", True, f"{features.get('arch')}: ONNX Runtime's ARM kernels take "
                        "s8 activations, so symmetric s8 ones")
-        choices.append({"setting": "weight_type", "value": "QInt8", "given": False,
-                        "why": "s8 weights: ONNX Runtime's advice on every CPU, with u8 or s8 activations"})
+        if method == "static":
+            choose("weight_type", "s8", "s8 weights: ONNX Runtime's advice on every CPU (and the INT8 convolutions "
+                   "OpenVINO runs); without INT8 dot products accuracy-aware INT8 may fall back to u8 weights, "
+                   "whose kernels do not saturate")
+        else:
+            choices.append({"setting": "weight_type", "value": "s8", "given": False,
+                            "why": "s8 weights: ONNX Runtime's advice on every CPU"})
         worth = not x86 or features.get("avx2", False)
         choices.append({"setting": "onnxruntime_int8", "value": "worth building" if worth else "not worth building",
                         "given": False,

@@ -30,7 +30,13 @@ CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
 # the static quantizer's settings at their defaults (None: not given, the CPU decides): other
 # values mean nothing to NNCF
 STATIC_DEFAULTS = {"format": "QDQ", "per_channel": True, "calibrate_method": "MinMax",
-                   "symmetric_activations": False, "reduce_range": False}
+                   "symmetric_activations": False, "reduce_range": False, "weight_type": "s8"}
+
+# the weights' integer type: s8 (ONNX Runtime's advice, and what OpenVINO runs in INT8) or u8
+# with a zero point per channel (ONNX Runtime's U8U8 kernels, which sum in int32 without the int16
+# saturation of its u8×s8 ones on x86 without VNNI; OpenVINO runs such convolutions in fp32 on
+# dequantized weights). u8 weights need u8 (asymmetric) activations: ONNX Runtime has no s8×u8.
+WEIGHT_TYPES = ("s8", "u8")
 
 
 class _OpenVINOSession:
@@ -95,6 +101,7 @@ def quantize_static_int8(
     calibrate_method: str = "MinMax",
     symmetric_activations: bool = False,
     reduce_range: bool = False,
+    weight_type: str = "s8",
     nodes_to_exclude: list[str] | None = None,
     calibration_cache: Path | None = None,
     threads: int = 0,
@@ -102,6 +109,7 @@ def quantize_static_int8(
     """Static INT8 quantization of ``src`` into ``dst``; returns what was done.
 
     ``reduce_range``: 7-bit weights (for x86 CPUs without VNNI, see :mod:`.cpudefaults`).
+    ``weight_type``: ``s8`` or ``u8`` (:data:`WEIGHT_TYPES`; u8 needs asymmetric activations).
 
     ``calibration_cache``: a JSON file of tensor ranges; when it exists calibration is skipped
     (the accuracy-aware loop calibrates once and only rewrites the graph afterwards). Otherwise
@@ -111,6 +119,10 @@ def quantize_static_int8(
     """
     _choice("quantize format", quant_format, FORMATS)
     _choice("calibrate_method", calibrate_method, CALIBRATION_METHODS)
+    _choice("weight_type", weight_type, WEIGHT_TYPES)
+    if weight_type == "u8" and symmetric_activations:
+        raise NNBridgeError("weight_type u8 needs asymmetric (u8) activations: ONNX Runtime has no s8 activation "
+                            "x u8 weight kernels; set symmetric_activations: false or weight_type: s8")
     src, dst = _paths(src, dst, calibration)
     input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
     started = time.perf_counter()
@@ -123,7 +135,7 @@ def quantize_static_int8(
             calibrated_on = "openvino"
         _run_quantize_static(src, dst, PatchReader(input_name, calibration), quant_format, per_channel,
                              reduce_range, symmetric_activations, calibrate_method, nodes_to_exclude,
-                             calibration_cache)
+                             calibration_cache, weight_type)
     _copy_metadata(src, dst)
     return {
         "method": "static",
@@ -133,6 +145,7 @@ def quantize_static_int8(
         "calibrated_on": calibrated_on,
         "symmetric_activations": symmetric_activations,
         "reduce_range": reduce_range,
+        "weight_type": weight_type,
         "nodes_to_exclude": list(nodes_to_exclude or []),
         "n_calibration_patches": int(len(calibration)),
         "seconds": round(time.perf_counter() - started, 3),
@@ -142,7 +155,8 @@ def quantize_static_int8(
 
 def _run_quantize_static(src: Path, dst: Path, reader: PatchReader, quant_format: str, per_channel: bool,
                          reduce_range: bool, symmetric_activations: bool, calibrate_method: str,
-                         nodes_to_exclude: list[str] | None, calibration_cache: Path | None) -> None:
+                         nodes_to_exclude: list[str] | None, calibration_cache: Path | None,
+                         weight_type: str = "s8") -> None:
     """ONNX Runtime's ``quantize_static`` with nnbridge's settings (calibrating unless
     ``calibration_cache`` exists, into it when given)."""
     from onnxruntime.quantization import (  # noqa: PLC0415
@@ -160,7 +174,7 @@ def _run_quantize_static(src: Path, dst: Path, reader: PatchReader, quant_format
         per_channel=per_channel,
         reduce_range=reduce_range,
         activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
+        weight_type=QuantType.QUInt8 if weight_type == "u8" else QuantType.QInt8,
         calibrate_method=getattr(CalibrationMethod, calibrate_method),
         nodes_to_exclude=list(nodes_to_exclude or []),
         extra_options={"ActivationSymmetric": symmetric_activations},
@@ -175,7 +189,7 @@ def _quantize_static(src: Path, dst: Path, calibration: np.ndarray, settings: di
         per_channel=settings.get("per_channel", True),
         calibrate_method=settings.get("calibrate_method", "MinMax"),
         symmetric_activations=bool(settings.get("symmetric_activations")),
-        reduce_range=bool(settings.get("reduce_range")),
+        reduce_range=bool(settings.get("reduce_range")), weight_type=settings.get("weight_type") or "s8",
         nodes_to_exclude=excluded, calibration_cache=cache)
 
 

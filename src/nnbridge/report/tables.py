@@ -455,6 +455,10 @@ def accuracy_aware_table(run: RunResults) -> Table | None:
                 if step.get("symmetric_activations") is False and (aa.get("asymmetric_fallback")
                                                                    or aa.get("decided_on_fold")):
                     label += " (asymmetric activations)"
+                if step.get("weight_type") == "u8":
+                    label += " (8-bit u8 weights)"
+                elif step.get("reduce_range") and aa.get("u8_weights_fallback"):
+                    label += " (7-bit weights)"
                 if len(aa["steps"]) > 1 and step["step"] == aa.get("kept_step"):
                     label += ", kept"
                 rows.append([f.label, name, label, ", ".join(step["fp32_modules"]) or "none (all INT8)",
