@@ -262,6 +262,29 @@ def test_gates_name_their_cpu_kind_and_the_bundle_ships_a_small_selfcheck(gated_
     assert recheck["at_gate"]["min_dice"] == 1.0  # the fp32 file it was gated as
 
 
+def test_verify_passes_the_label_maps_it_was_gated_on_whatever_the_stored_rounding():
+    """The Dice where gated is stored rounded to 6 decimals; the same label maps checked again
+    against it pass even when it was rounded up (seen on the demo: 0.95862068 against 0.958621 failed
+    `nnbridge verify` on the machine that gated it), and one voxel less still fails."""
+    from nnbridge.core.dice import case_dice, dice_of
+    from nnbridge.predict.verify import recheck_thresholds
+
+    counts = np.array([[[1450, 1450, 1390]]])  # one patch, one class: |A|, |B|, |A∩B|: Dice 0.958620690
+    where_gated = case_dice(counts, ["c1"], ["box"], threshold=0.98)
+    assert where_gated["min_case_dice"] == 0.958621 > 2 * 1390 / 2900  # stored rounded up
+    bounds = recheck_thresholds({"tolerance": {"min_dice": 0.99, "min_case_dice": 0.98}, "at_gate": {
+        "min_dice": round(float(dice_of(counts.sum(axis=0))[0]), 6), "min_case_dice": where_gated["min_case_dice"]}})
+    assert bounds["min_dice"] < 0.99 and bounds["min_case_dice"] < 0.98
+
+    def below(c):
+        return case_dice(c, ["c1"], ["box"], threshold=bounds["min_case_dice"], min_voxels=bounds["min_case_voxels"])["below"]
+
+    assert below(counts) == []
+    fewer = counts.copy()
+    fewer[0, 0, 2] -= 1  # one voxel of the overlap lost here
+    assert below(fewer) and float(dice_of(fewer.sum(axis=0))[0]) < bounds["min_dice"]
+
+
 def test_verify_catches_the_planted_variant_on_this_cpu(gated_bundle, capsys):
     from nnbridge.cli import main
 
