@@ -540,3 +540,24 @@ def test_settings_search_skips_per_call_settings_once_a_run_is_long(exported, lo
     assert timed[0]["settings"] == {} and len(timed) == len(ORT_CANDIDATES) - len(OVERHEAD_ONLY)
     assert all(c["p50_ms"] > 0 and "skipped" not in c for c in timed), timed
     assert result["chosen"] not in OVERHEAD_ONLY
+
+
+def test_a_gate_missed_with_7_bit_weights_the_cpu_chose_names_the_remedy():
+    """A failed INT8 gate whose weights have 7 bits because the CPU (no VNNI) chose them says so in
+    the report, with the setting that keeps 8 bits; not when the entry gave reduce_range, nor for
+    a variant that passed."""
+    from nnbridge.report.collect import FoldResults, RunResults
+    from nnbridge.report.tables import parity_table
+
+    def quantize(given: bool) -> QuantizeRecord:
+        return QuantizeRecord.of({"method": "static", "reduce_range": True, "weight_type": "s8", "cpu": {
+            "choices": [{"setting": "reduce_range", "value": True, "given": given, "why": "w"}]}})
+
+    failed = {"passed": False, "failures": ["Dice of box 0.9885 < 0.99"]}
+    fold = FoldResults("D", "M", "0", parity=ParityRecord.of({"variants": {
+        "by_cpu": failed, "by_cpu@openvino": failed, "given": failed, "passed": {"passed": True}}}),
+        quantize={"by_cpu": quantize(False), "given": quantize(True), "passed": quantize(False)})
+    gates = {row[1]: str(row[-1]) for row in parity_table(RunResults([fold])).rows}
+    assert "7-bit weights, chosen for a CPU without INT8 dot products (weight_type: u8" in gates["by_cpu"]
+    assert "7-bit weights" in gates["by_cpu@openvino"]
+    assert gates["given"] == "FAIL: Dice of box 0.9885 < 0.99" and gates["passed"] == "PASS"

@@ -405,6 +405,19 @@ class QuantizeRecord(Record):
     calibration cache, by ``key``) or calibrated by this job."""
     native_bf16_here: bool | None = None
     bf16_unavailable: str | None = None
+    reduce_range: bool | None = None
+    """Static and dynamic INT8: 7-bit weights."""
+    weight_type: str | None = None
+    """Static INT8: ``s8`` or ``u8`` weights."""
+    cpu: dict[str, Any] | None = None
+    """INT8 methods: the CPU the defaults were decided for and each choice with its reason
+    (:func:`nnbridge.quantize.cpudefaults.cpu_record`)."""
+
+    @property
+    def seven_bit_by_cpu(self) -> bool:
+        """Whether its weights have 7 bits because the CPU (no INT8 dot products) chose it, not the entry."""
+        chosen = {c.get("setting"): c for c in (self.cpu or {}).get("choices", [])}
+        return bool(self.reduce_range) and chosen.get("reduce_range", {}).get("given") is False
 
     @property
     def precision(self) -> str:

@@ -221,7 +221,7 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     else:
         check, ranked_on, fp32_ms = check[:0], 0, None
     steps: list[dict[str, Any]] = []
-    tries: list[tuple[str, dict[str, Any]]] = []  # the fallback steps, by what they changed
+    worse: list[tuple[str, dict[str, Any]]] = []  # the fallback steps that did not agree better, by what they changed
     with tempfile.TemporaryDirectory(prefix="nnbridge-calib-") as tmp:
         cache = Path(calibration_cache) if calibration_cache else Path(tmp) / "calibration.json"
 
@@ -303,11 +303,11 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
             shutil.copyfile(dst, previous)
             tried_record, tried = quantize_and_check(step_settings)
             steps.append({**tried, "seconds": round(time.perf_counter() - started, 2)})
-            tries.append((what, steps[-1]))
             if tried["min_dice"] > kept["min_dice"]:
                 record, kept = tried_record, steps[-1]
             else:
                 shutil.copyfile(previous, dst)
+                worse.append((what, steps[-1]))
 
         if fallback and kept["min_dice"] < target:  # asymmetric activations
             try_instead("asymmetric activations", {**settings, "symmetric_activations": False})
@@ -349,9 +349,8 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
         "kept_step": kept["step"], "verdict": verdict,
         **({"decided_on_fold": str(decided["fold"])} if decided is not None else {}),
     }
-    for what, step in tries:  # the fallbacks that did worse
-        if step is not kept:
-            record["accuracy_aware"]["verdict"] += f"; {what} did worse (Dice {step['min_dice']:.4f}), not kept"
+    for what, step in worse:
+        record["accuracy_aware"]["verdict"] += f"; {what} did worse (Dice {step['min_dice']:.4f}), not kept"
     if passed is False and record.get("reduce_range"):
         # on the demo nnU-Net's fold 0, 7-bit weights cost the Dice no single block returned (0.9878
         # on the calibration check; 0.9917 held out with 8 bits), AMD EPYC Zen 4, 2026-12-04
