@@ -8,6 +8,9 @@ everywhere; where the CPU really lacks them, the same assertions hold without th
 
 from __future__ import annotations
 
+import platform
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -350,3 +353,35 @@ def test_predict_rechecks_on_an_unseen_cpu_kind_and_refuses_what_fails_here(gate
     fallback = cache_paths(bundle, kind)[1]
     assert fallback.is_file() and str(fallback).startswith(str(tmp_path / "user-cache" / "verify"))
     assert not list(root.glob(".verify-*"))  # nothing half-written left beside the bundle
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None or platform.machine() != "x86_64",
+                    reason="qemu-user is not installed (apt-get install qemu-user; make test installs it as root)")
+def test_the_bundle_is_verified_on_an_emulated_deployment_cpu(gated_bundle):
+    """The verify_emulated stage: `nnbridge verify` under QEMU's Haswell (AVX2, no VNNI) on the
+    bundle, not cached in it (the bundle stays as the pipeline wrote it); the planted variant is
+    caught there too and the report lists it; a CPU model QEMU does not know is refused in one line."""
+    from nnbridge.core.errors import NNBridgeError
+    from nnbridge.core.records import EmulatedVerifyRecord
+    from nnbridge.predict.emulated import verify_emulated
+    from nnbridge.report.collect import FoldResults, RunResults
+    from nnbridge.report.render import verdict
+    from nnbridge.report.tables import emulated_table
+
+    bundle = gated_bundle["bundle"]
+    before = sorted(p.name for p in bundle.iterdir())
+    record = EmulatedVerifyRecord.of(verify_emulated(bundle, "Haswell", threads=2))
+    assert sorted(p.name for p in bundle.iterdir()) == before  # nothing cached in the bundle
+    assert record.cpu["isa"] == ["avx2"] and record.cpu_model == "Haswell" and record.threads == 2
+    assert record.passed is False and len(record.failed) == 1, record.failed
+    assert record.failed[0].startswith("int8 on onnxruntime fold 0: Dice of sphere")
+    checked = record.records[""]["variants"]
+    assert all(r["passed"] for per in checked["onnx_fp32"].values() for r in per.values())
+    fold = FoldResults("d", "m", "0", emulated={"Haswell": record})
+    rows = emulated_table(RunResults([fold])).rows
+    marks = {(row[2], row[3]): str(row[-1]) for row in rows}
+    assert marks[("int8", "onnxruntime")].startswith("FAIL: Dice of sphere")
+    assert marks[("onnx_fp32", "onnxruntime")] == marks[("onnx_fp32", "openvino")] == "PASS"
+    assert [line for line in verdict(RunResults([fold])).failed if "on emulated Haswell: int8 on onnxruntime" in line]
+    with pytest.raises(NNBridgeError, match=r"verify\.emulated_cpus: 'NoSuchCPU' is not a CPU model of qemu-x86_64"):
+        verify_emulated(bundle, "NoSuchCPU", threads=2)

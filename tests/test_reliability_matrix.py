@@ -48,7 +48,7 @@ def files_under(folder: Path) -> list[str]:
 CONFIG_FORM = [
     ("unknown top-level key (modles:)", lambda c: c.update(modles=[]),
      r"^config: invalid value at \(top level\): Additional properties are not allowed \('modles' was unexpected\) "
-     r"\(allowed keys: backends, benchmark, .*models, .*validate\)" + SEE),
+     r"\(allowed keys: backends, benchmark, .*models, .*validate, verify\)" + SEE),
     ("typo in a model entry's key (fodler:)", lambda c: c["models"][0].update(fodler="x"),
      r"^config: invalid value at models\[0\]: .*\('fodler' was unexpected\) \(allowed keys: checkpoint, .*folder, "),
     ("typo in a quantize entry's key (per_chanel:)", lambda c: c["quantize"]["int8_accurate"].update(per_chanel=True),

@@ -305,6 +305,16 @@ def test_a_cpu_without_int8_dot_products_requantizes_only_what_it_decides(workdi
                          "case_parity", "report", "all"}, jobs
 
 
+def test_emulated_deployment_cpus_add_one_verify_job_per_bundle_and_cpu(workdir):
+    """verify.emulated_cpus plans `nnbridge verify` under QEMU once per bundled model and CPU model,
+    after its bundle, and the report after it; nothing else reruns. A name that is no CPU model
+    pattern is refused by the config check in one line."""
+    jobs = planned_jobs(run_snakemake(workdir, "-n", "--config", 'verify={"emulated_cpus": ["Haswell", "Broadwell"]}'))
+    assert jobs == {"verify_emulated": 2, "report": 1, "all": 1}, jobs  # one bundled model (the nnU-Net demo)
+    bad = run_snakemake(workdir, "-n", "--config", 'verify={"emulated_cpus": ["Has well"]}', check=False)
+    assert bad.returncode != 0 and "emulated_cpus" in bad.stdout + bad.stderr
+
+
 def test_quantize_setting_reruns_only_quantize_and_dependents(workdir):
     set_config(workdir, lambda c: c["quantize"]["int8_static"].update(per_channel=False))
     jobs = planned_jobs(run_snakemake(workdir, "-n"))

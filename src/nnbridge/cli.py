@@ -133,7 +133,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     records, failed = [], []
     for bundle in stages:
         record = verify_bundle(bundle, args.variant, backends=args.backend, threads=args.threads)
-        record["cached_in"] = str(save(bundle, record))
+        record["cached_in"] = None if args.no_cache else str(save(bundle, record))
         records.append(record)
         failed += [(n, b, f) for n, per in record["variants"].items() for b, folds in per.items()
                    for f, r in folds.items() if not r.get("passed", True)]
@@ -145,7 +145,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if len(stages) > 1:
                 print(f"{bundle.configuration} stage ({bundle.root}):")
             print("\n".join(summary_lines(record)))
-            print(f"nnbridge verify: result cached in {record['cached_in']} (nnbridge predict reads it)")
+            if record["cached_in"]:
+                print(f"nnbridge verify: result cached in {record['cached_in']} (nnbridge predict reads it)")
     return 1 if failed else 0
 
 
@@ -161,6 +162,8 @@ def add_verify_parser(sub) -> None:
                    help="runtimes to check (default each one that passed the variant's gate)")
     p.add_argument("--threads", type=int, default=0, help="runtime threads (default: the runtime's choice)")
     p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not cache the result (beside the bundle or in the user cache directory)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle files")
     p.set_defaults(func=cmd_verify)
 

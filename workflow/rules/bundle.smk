@@ -29,3 +29,30 @@ rule bundle:
         "../../envs/onnx.yaml"
     script:
         "../scripts/bundle.py"
+
+
+# The bundle's `nnbridge verify` on a deployment CPU emulated by QEMU (config verify.emulated_cpus,
+# e.g. Haswell: AVX2 without VNNI), with the threads its gates ran with: INT8 results depend on
+# the CPU that runs them, and this checks the target's own kernels before shipping.
+rule verify_emulated:
+    input:
+        manifest=f"{MODEL_DIR}/bundle/bundle.json",
+    output:
+        json=f"{MODEL_DIR}/verify_emulated/{{cpu}}.json",
+    params:
+        **named(
+            bundle=lambda wildcards, input: str(Path(input.manifest).parent),
+            code=code_version("verify_emulated"),
+        ),
+    log:
+        "logs/{dataset}/{model}/verify_emulated_{cpu}.log",
+    benchmark:
+        "benchmarks/{dataset}/{model}/verify_emulated_{cpu}.tsv"
+    threads: lookup(dpath="validate/threads", within=config)
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../../envs/onnx.yaml"
+    script:
+        "../scripts/verify_emulated.py"

@@ -92,6 +92,7 @@ wildcard_constraints:
     qvariant="|".join(config["quantize"]) or "__none__",
     artifact="|".join(re.escape(a) for a in ARTIFACTS),
     sha="|".join(ZIPS) or "__none__",
+    cpu="|".join(re.escape(c) for c in config["verify"]["emulated_cpus"]) or "__none__",
 
 
 def quantize_names(kind):
@@ -510,7 +511,19 @@ def fold_stages(key, model):
     if key in case_parity_keys():
         out.append({"stage": "case_parity", "record": f"{base}/case_parity/case_parity.json",
                     "log": stage_log("case_parity", **wc), "optional": True})
+    for cpu, record in emulated_verify_records(key, model).items():
+        out.append({"stage": f"verify_emulated {cpu}", "record": record,
+                    "log": stage_log("verify_emulated", **wc, cpu=cpu), "per_model": True, "optional": True})
     return out
+
+
+def emulated_verify_records(key, model):
+    """CPU model → the record of the bundle's verify on it (config verify.emulated_cpus), for a
+    bundled model's folds; {} otherwise."""
+    if not bundled(model):
+        return {}
+    return {cpu: f"{RESULTS}/{key.dataset}/{key.model}/verify_emulated/{cpu}.json"
+            for cpu in config["verify"]["emulated_cpus"]}
 
 
 def get_report_entries():
@@ -549,6 +562,7 @@ def get_report_entries():
                     if bundled(model)
                     else None
                 ),
+                "emulated": emulated_verify_records(key, model),
                 "kind": model.kind,
                 "patches": f"{base}/patches/patches.json",
                 "intake": intake_of(model),
@@ -600,6 +614,7 @@ def get_report_inputs(wildcards):
             files.append(entry["case_parity"])
         if entry["bundle"]:
             files.append(entry["bundle"])
+        files += list(entry["emulated"].values())
     return files
 
 

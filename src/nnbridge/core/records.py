@@ -584,6 +584,27 @@ class BundleManifest(Record):
 
 
 @dataclass
+class EmulatedVerifyRecord(Record):
+    """A bundle's ``nnbridge verify`` on a CPU emulated by QEMU (:mod:`nnbridge.predict.emulated`)."""
+
+    KIND: ClassVar[str] = "verify_emulated"
+    RULE: ClassVar[str] = "verify_emulated"
+
+    cpu_model: str
+    threads: int = 0
+    skipped: str | None = None
+    """Why it did not run here (QEMU not installed, not an x86 machine)."""
+    emulator: str | None = None
+    cpu: dict[str, Any] | None = None
+    cpu_text: str | None = None
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per stage (``""`` for a single-stage bundle): ``nnbridge verify``'s record."""
+    passed: bool | None = None
+    failed: list[str] = field(default_factory=list)
+    seconds: float | None = None
+
+
+@dataclass
 class DemoNetRecord(Record):
     KIND: ClassVar[str] = "demo_net"
     RULE: ClassVar[str] = "demo_train_pytorch"

@@ -13,6 +13,7 @@ from ..core.records import (
     BenchmarkRecord,
     BundleManifest,
     CaseParityRecord,
+    EmulatedVerifyRecord,
     ExportRecord,
     NnunetValidation,
     ParityRecord,
@@ -57,6 +58,8 @@ class FoldResults:
     """The patches stage's record as read (how the calibration and held-out cases were split)."""
     intake: dict[str, Any] = field(default_factory=dict)
     """Where the model came from when not a trained model folder with nnU-Net's data (zip, images)."""
+    emulated: dict[str, EmulatedVerifyRecord] = field(default_factory=dict)
+    """The model's bundle verified on emulated CPUs, by CPU model (the same on each of its folds)."""
     label: str = ""
 
     @property
@@ -111,6 +114,8 @@ def collect(entries: list[dict[str, Any]], realistic_path: str | Path | None = N
             patches=PatchesRecord.read_optional(entry.get("patches")).to_dict() if entry.get("patches")
             and Path(entry["patches"]).is_file() else None,
             intake=entry.get("intake") or {},
+            emulated={cpu: record for cpu, path in (entry.get("emulated") or {}).items()
+                      if (record := EmulatedVerifyRecord.read_optional(path)) is not None},
             label=(f"fold {entry['fold']}" if single else
                    f"{entry['dataset']} / {entry['model']} / fold {entry['fold']}"),
         ))

@@ -576,6 +576,49 @@ def bundle_table(run: RunResults) -> Table | None:
                   "ONNX Runtime settings", "threads / batch (from the sweep)"], rows)
 
 
+def emulated_table(run: RunResults) -> Table | None:
+    """Per model and emulated CPU: each variant's re-check of its gate there (``nnbridge verify``
+    under QEMU), per runtime and fold."""
+    rows = []
+    for model, folds in run.models().items():
+        for cpu, e in next((f.emulated for f in folds if f.emulated), {}).items():
+            if e.skipped:
+                rows.append([model, cpu, "–", "–", "–", "–", Mark(f"SKIPPED: {e.skipped}", "skip")])
+                continue
+            for stage, record in e.records.items():
+                for name, per in record.get("variants", {}).items():
+                    for backend, results in per.items():
+                        for fold, r in results.items():
+                            label = f"{stage} stage: {name}" if stage else name
+                            if r.get("not_rechecked"):
+                                rows.append([model, cpu, label, backend, fold, "–",
+                                             Mark(f"not re-checked: {r['not_rechecked']}", "skip")])
+                                continue
+                            bound = r.get("bounds", {}).get("min_dice")
+                            dice = f"{fmt(r.get('min_dice'))} (bound {fmt(bound)})"
+                            if r.get("bounds", {}).get("min_case_dice") is not None:
+                                dice += (f"; worst case {fmt(r.get('min_case_dice'))} "
+                                         f"(bound {fmt(r['bounds']['min_case_dice'])})")
+                            rows.append([model, f"{cpu}: {e.cpu_text or '–'}", label, backend, fold, dice,
+                                         _gate_mark(bool(r.get("passed")), None, r.get("failures") or [])])
+    if not rows:
+        return None
+    return Table(["model", "emulated CPU (as nnbridge read it)", "variant", "runtime", "fold",
+                  "worst-class Dice on the self-check set", "re-check"], rows)
+
+
+def emulated_text(run: RunResults) -> str:
+    done = [(cpu, e) for folds in run.models().values()
+            for cpu, e in next((f.emulated for f in folds if f.emulated), {}).items() if not e.skipped]
+    took = ", ".join(f"{cpu} {e.seconds:.0f} s" for cpu, e in done if e.seconds is not None)
+    return ("`nnbridge verify` of each bundle on the CPUs listed in `verify.emulated_cpus`, emulated by QEMU's "
+            "user mode: the real ONNX Runtime and OpenVINO take the emulated CPU's code paths (an AVX2 CPU "
+            "without VNNI: the INT8 kernels that saturate), with the threads the gates ran with. A variant "
+            "that fails there would be refused by `nnbridge predict` on such a CPU; for CPUs without VNNI, build "
+            "with the no-VNNI defaults (config/README.md, \"Building on one kind of CPU for another\")."
+            + (f" Took {took} under emulation." if took else ""))
+
+
 def tuning_table(run: RunResults) -> Table | None:
     """The ONNX Runtime session search of each tuned variant: p50 per candidate, the choice."""
     rows = []
@@ -704,6 +747,7 @@ def detail_sections(run: RunResults) -> list[Section]:
                 "thread count for both predictors.", case_stage_table(run)),
         Section("bundle", "Deployable bundle", "`nnbridge predict -m results/<dataset>/<model>/bundle` runs each "
                 "variant on the fastest runtime that passed its parity gate on every fold.", bundle_table(run)),
+        Section("emulated", "The bundle on emulated deployment CPUs", emulated_text(run), emulated_table(run)),
         Section("cascades-postprocessing", "Cascades and postprocessing in the bundle", "A cascade stage's bundle "
                 "holds its previous stage and `nnbridge predict` runs both; the postprocessing "
                 "`nnUNetv2_find_best_configuration` chose (for the model, and for ensembles `nnbridge predict -m A B`) "

@@ -1,0 +1,91 @@
+"""A bundle's ``nnbridge verify`` on an emulated CPU: the deployment CPU's INT8 kernels, checked
+where the bundle is built.
+
+An INT8 file's label maps depend on the CPU that runs it (x86 CPUs without VNNI saturate the
+u8×s8 sums VNNI ones do not; OpenVINO's kernels halve weights there), and ``nnbridge verify``
+re-checks each variant on the machine it runs on. QEMU's user mode (``qemu-x86_64 -cpu
+<model>``) runs this interpreter and the real ONNX Runtime and OpenVINO wheels, whose kernels take
+their code path from the emulated CPUID, so the check of an older deployment CPU (``Haswell``:
+AVX2, no AVX-512, no VNNI) runs on the build machine, before shipping: the pipeline's
+``verify_emulated`` stage, one job per bundle and listed CPU model (config ``verify.emulated_cpus``).
+Emulation is slow (tens of times), but the self-check set is small: about a minute for the demo's
+bundle on 2 threads.
+
+Runs with the thread count the bundle was gated with: OpenVINO's fp32 kernels sum in another
+order with another count (measured on the demo: one self-check case moved by 0.003 at 1 thread).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..core.cpu import NO_VNNI_ENV, describe_cpu
+from ..core.errors import NNBridgeError
+from ..runtime.ov import NO_BF16_ENV
+
+X86 = ("x86_64", "amd64")
+QEMU = "qemu-x86_64"
+INSTALL = "Debian/Ubuntu: apt-get install qemu-user"
+# runs nnbridge's CLI in the emulated interpreter (the package has no __main__)
+CLI = "import sys\nfrom nnbridge.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def qemu_cpu_models(qemu: str) -> list[str]:
+    """The CPU models ``qemu -cpu help`` lists (``Haswell``, ``Skylake-Client-v2``, ...)."""
+    proc = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True, timeout=60)
+    return [m.group(1) for m in re.finditer(r"^\s*x86\s+(\S+)", proc.stdout, re.M)]
+
+
+def _failed_lines(record: dict[str, Any], stage: str | None) -> list[str]:
+    where = f"{stage} stage: " if stage else ""
+    return [f"{where}{name} on {backend} fold {fold}: " + "; ".join(r.get("failures") or ["failed"])
+            for name, per in record.get("variants", {}).items() for backend, folds in per.items()
+            for fold, r in folds.items() if not r.get("passed", True)]
+
+
+def verify_emulated(bundle: str | Path, cpu_model: str, *, threads: int, timeout: float = 3600) -> dict[str, Any]:
+    """``nnbridge verify`` of ``bundle`` on QEMU's ``cpu_model`` with ``threads`` threads, not cached
+    anywhere (the bundle stays as the pipeline wrote it): ``{cpu_model, emulator, cpu (the
+    emulated kind, as nnbridge read it from CPUID), records (per stage: verify's record), passed,
+    failed (one line each), seconds}``; ``{cpu_model, skipped}`` where QEMU cannot run here (not an
+    x86 machine, QEMU not installed). A CPU model QEMU does not know is refused in one line."""
+    base: dict[str, Any] = {"cpu_model": cpu_model, "threads": int(threads), "bundle": str(bundle)}
+    if platform.machine().lower() not in X86:
+        return {**base, "skipped": f"emulating an x86 CPU needs an x86 machine (this one: {platform.machine()})"}
+    qemu = shutil.which(QEMU)
+    if qemu is None:
+        return {**base, "skipped": f"{QEMU} is not installed ({INSTALL}; make test installs it as root)"}
+    models = qemu_cpu_models(qemu)
+    if models and cpu_model not in models:
+        examples = ", ".join(m for m in ("Haswell", "Broadwell", "Skylake-Client", "Cascadelake-Server") if m in models)
+        raise NNBridgeError(f"verify.emulated_cpus: {cpu_model!r} is not a CPU model of {QEMU} (e.g. {examples}; "
+                            f"`{QEMU} -cpu help` lists them)")
+    version = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=60).stdout.splitlines()
+    # the emulated CPU decides: the switches that make nnbridge treat this CPU as a lesser one do not apply
+    env = {k: v for k, v in os.environ.items() if k not in (NO_VNNI_ENV, NO_BF16_ENV)}
+    cmd = [qemu, "-cpu", cpu_model, sys.executable, "-c", CLI, "verify", "-m", str(bundle),
+           "--threads", str(int(threads)), "--json", "--no-cache"]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    seconds = round(time.perf_counter() - started, 1)
+    try:
+        data = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise NNBridgeError(f"nnbridge verify on emulated {cpu_model} failed (exit {proc.returncode}): {tail}") from None
+    records = {None: data} if "format" in data else dict(data)  # a cascade: one record per stage
+    failed = [line for stage, record in records.items() for line in _failed_lines(record, stage)]
+    first = next(iter(records.values()))
+    return {**base, "emulator": version[0] if version else QEMU, "cpu": first.get("cpu"),
+            "cpu_text": describe_cpu(first["cpu"]) if first.get("cpu") else None,
+            "records": {stage or "": record for stage, record in records.items()},
+            "passed": not failed, "failed": failed, "seconds": seconds}
