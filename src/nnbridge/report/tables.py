@@ -599,24 +599,25 @@ def emulated_table(run: RunResults) -> Table | None:
                             if r.get("bounds", {}).get("min_case_dice") is not None:
                                 dice += (f"; worst case {fmt(r.get('min_case_dice'))} "
                                          f"(bound {fmt(r['bounds']['min_case_dice'])})")
-                            rows.append([model, f"{cpu}: {e.cpu_text or '–'}", label, backend, fold, dice,
+                            rows.append([model, cpu, label, backend, fold, dice,
                                          _gate_mark(bool(r.get("passed")), None, r.get("failures") or [])])
     if not rows:
         return None
-    return Table(["model", "emulated CPU (as nnbridge read it)", "variant", "runtime", "fold",
+    return Table(["model", "emulated CPU", "variant", "runtime", "fold",
                   "worst-class Dice on the self-check set", "re-check"], rows)
 
 
 def emulated_text(run: RunResults) -> str:
     done = [(cpu, e) for folds in run.models().values()
             for cpu, e in next((f.emulated for f in folds if f.emulated), {}).items() if not e.skipped]
-    took = ", ".join(f"{cpu} {e.seconds:.0f} s" for cpu, e in done if e.seconds is not None)
+    took = "; ".join(f"{cpu} ({e.cpu_text or 'not read'}): {e.seconds:.0f} s" for cpu, e in done
+                     if e.seconds is not None)
     return ("`nnbridge verify` of each bundle on the CPUs listed in `verify.emulated_cpus`, emulated by QEMU's "
             "user mode: the real ONNX Runtime and OpenVINO take the emulated CPU's code paths (an AVX2 CPU "
             "without VNNI: the INT8 kernels that saturate), with the threads the gates ran with. A variant "
             "that fails there would be refused by `nnbridge predict` on such a CPU; for CPUs without VNNI, build "
             "with the no-VNNI defaults (config/README.md, \"Building on one kind of CPU for another\")."
-            + (f" Took {took} under emulation." if took else ""))
+            + (f" The emulated CPUs as nnbridge read them, and the time each check took: {took}." if took else ""))
 
 
 def tuning_table(run: RunResults) -> Table | None:
