@@ -385,3 +385,25 @@ def test_the_bundle_is_verified_on_an_emulated_deployment_cpu(gated_bundle):
     assert [line for line in verdict(RunResults([fold])).failed if "on emulated Haswell: int8 on onnxruntime" in line]
     with pytest.raises(NNBridgeError, match=r"verify\.emulated_cpus: 'NoSuchCPU' is not a CPU model of qemu-x86_64"):
         verify_emulated(bundle, "NoSuchCPU", threads=2)
+
+
+def test_without_qemu_the_emulated_check_is_skipped_with_the_install_line(tmp_path, monkeypatch):
+    """Where qemu-x86_64 is not installed the stage records SKIPPED with the command that installs
+    it (the run goes on), and the report says so instead of a verdict."""
+    from nnbridge.core.records import EmulatedVerifyRecord
+    from nnbridge.predict import emulated
+    from nnbridge.report.collect import FoldResults, RunResults
+    from nnbridge.report.render import verdict
+    from nnbridge.report.tables import emulated_table
+
+    monkeypatch.setattr(emulated.shutil, "which", lambda name: None)
+    monkeypatch.setattr(emulated.platform, "machine", lambda: "x86_64")
+    record = EmulatedVerifyRecord.of(emulated.verify_emulated(tmp_path, "Haswell", threads=2))
+    assert record.skipped == "qemu-x86_64 is not installed (Debian/Ubuntu: apt-get install qemu-user; make test installs it as root)"
+    assert record.passed is None and not record.failed
+    fold = FoldResults("d", "m", "0", emulated={"Haswell": record})
+    (row,) = emulated_table(RunResults([fold])).rows
+    assert row[1] == "Haswell" and str(row[-1]).startswith("SKIPPED: qemu-x86_64 is not installed")
+    assert not verdict(RunResults([fold])).failed
+    monkeypatch.setattr(emulated.platform, "machine", lambda: "aarch64")
+    assert "needs an x86 machine (this one: aarch64)" in emulated.verify_emulated(tmp_path, "Haswell", threads=2)["skipped"]
