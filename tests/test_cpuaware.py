@@ -67,6 +67,28 @@ def test_defaults_follow_the_cpu_and_given_settings_win():
     assert _choices(resolve({"method": "nncf", "overflow_fix": "enable"}, X86_VNNI)[1])["overflow_fix"]["given"]
 
 
+def test_defaults_for_deployment_cpus_go_by_what_all_of_them_have():
+    """With emulated deployment CPUs (verify.emulated_cpus) the defaults are decided for the
+    features the build machine and every one of them have; the rule params name the CPUs where
+    they changed a decision, and the record's reasons say so."""
+    from nnbridge.core.cpu import least_capable
+
+    host = {"cpu": "Xeon", "isa": ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"], "arch": "x86_64"}
+    haswell = {"cpu": "Xeon", "isa": ["avx2"], "arch": "x86_64"}
+    icelake = {"cpu": "Xeon", "isa": ["avx2", "avx512f", "avx512_vnni"], "arch": "x86_64"}
+    both = least_capable(host, {"Haswell": haswell, "Icelake-Server": icelake})
+    assert both["isa"] == ["avx2"] and both["targets"] == ["Haswell", "Icelake-Server"]
+    static = {"method": "static", "reduce_range": None}
+    assert quantize_cpu_params(static, both) == {"arch": "x86", "avx2": True, "int8_dot": False,
+                                                 "for": ["Haswell", "Icelake-Server"]}
+    # a target that only lacks bf16 changes no INT8 decision: the params stay those of the host
+    assert quantize_cpu_params(static, least_capable(host, {"Icelake-Server": icelake})) == {
+        "arch": "x86", "avx2": True, "int8_dot": True}
+    settings, choices = resolve(static, {**decision_features(both), "for": ["Haswell"]})
+    assert settings["reduce_range"] is True
+    assert "the deployment CPU(s) Haswell of verify.emulated_cpus" in _choices(choices)["reduce_range"]["why"]
+
+
 def test_the_rule_params_hold_the_features_only_when_a_default_depends_on_them(monkeypatch):
     """The quantize rule's ``cpu`` param: the decision features when the entry leaves a CPU-decided
     setting out (so Snakemake reruns it on a CPU that differs in them), else {} (reused anywhere)."""
@@ -368,6 +390,9 @@ def test_the_bundle_is_verified_on_an_emulated_deployment_cpu(gated_bundle):
     from nnbridge.report.render import verdict
     from nnbridge.report.tables import emulated_table
 
+    from nnbridge.predict.emulated import emulated_identity
+
+    assert emulated_identity("Haswell")["isa"] == ["avx2"] and emulated_identity("NoSuchCPU") is None
     bundle = gated_bundle["bundle"]
     before = sorted(p.name for p in bundle.iterdir())
     record = EmulatedVerifyRecord.of(verify_emulated(bundle, "Haswell", threads=2))

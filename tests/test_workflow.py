@@ -307,10 +307,18 @@ def test_a_cpu_without_int8_dot_products_requantizes_only_what_it_decides(workdi
 
 def test_emulated_deployment_cpus_add_one_verify_job_per_bundle_and_cpu(workdir):
     """verify.emulated_cpus plans `nnbridge verify` under QEMU once per bundled model and CPU model,
-    after its bundle, and the report after it; nothing else reruns. A name that is no CPU model
-    pattern is refused by the config check in one line."""
+    after its bundle, and the report after it. The quantize defaults are decided for those CPUs
+    too: on a host with VNNI, listing CPUs without it requantizes exactly what NNBRIDGE_NO_VNNI
+    does; elsewhere (or without QEMU to read them) nothing else reruns. A name that is no CPU
+    model pattern is refused by the config check in one line."""
+    from nnbridge.core.cpu import int8_dot
+
     jobs = planned_jobs(run_snakemake(workdir, "-n", "--config", 'verify={"emulated_cpus": ["Haswell", "Broadwell"]}'))
-    assert jobs == {"verify_emulated": 2, "report": 1, "all": 1}, jobs  # one bundled model (the nnU-Net demo)
+    expected = {"verify_emulated": 2, "report": 1, "all": 1}  # one bundled model (the nnU-Net demo)
+    if shutil.which("qemu-x86_64") and int8_dot():  # Haswell and Broadwell have no VNNI
+        expected = {**planned_jobs(run_snakemake(workdir, "-n", env={"NNBRIDGE_NO_VNNI": "1"})), **expected}
+        assert expected.get("quantize"), expected
+    assert jobs == expected, jobs
     bad = run_snakemake(workdir, "-n", "--config", 'verify={"emulated_cpus": ["Has well"]}', check=False)
     assert bad.returncode != 0 and "emulated_cpus" in bad.stdout + bad.stderr
 

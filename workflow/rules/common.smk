@@ -16,6 +16,8 @@ from nnbridge.pipeline.codehash import code_version as stage_code_version
 from nnbridge.pipeline.params import named  # rules with several settings: params: **named(...)
 from nnbridge.core.keys import fold_order
 from nnbridge.quantize.cpudefaults import quantize_cpu_params
+from nnbridge.core.cpu import cpu_identity, least_capable
+from nnbridge.predict.emulated import emulated_identity
 from nnbridge.pipeline.plan import (
     FoldKey,
     artifact_paths,
@@ -515,6 +517,23 @@ def fold_stages(key, model):
         out.append({"stage": f"verify_emulated {cpu}", "record": record,
                     "log": stage_log("verify_emulated", **wc, cpu=cpu), "per_model": True, "optional": True})
     return out
+
+
+def quantize_identity():
+    """The CPU the quantize defaults are decided for: this machine, narrowed to the features every
+    deployment CPU of verify.emulated_cpus also has (read under QEMU, ~1 s each); None without them."""
+    targets = {}
+    for cpu in config["verify"]["emulated_cpus"]:
+        identity = emulated_identity(cpu)
+        if identity is None:
+            print(f"nnbridge note: verify.emulated_cpus: {cpu} could not be read under QEMU (not installed, or "
+                  "not a CPU model it knows): the quantize defaults are this machine's", file=sys.stderr)
+        else:
+            targets[cpu] = identity
+    return least_capable(cpu_identity(), targets) if targets else None
+
+
+QUANTIZE_FOR = quantize_identity()
 
 
 def emulated_verify_records(key, model):

@@ -58,7 +58,7 @@ rule quantize:
             backends=lookup(dpath="backends", within=config),
             # the CPU features this entry's left-out settings are decided by ({} when it gives them
             # all): a CPU of another kind in these reruns the variant, any other change does not
-            cpu=lambda wildcards: quantize_cpu_params(config["quantize"][wildcards.qvariant]),
+            cpu=lambda wildcards: quantize_cpu_params(config["quantize"][wildcards.qvariant], QUANTIZE_FOR),
             decided_fold=lambda wildcards: reference_key(wildcards).fold,
             code=code_version("quantize"),
         ),

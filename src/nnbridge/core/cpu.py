@@ -131,6 +131,15 @@ def describe_cpu(kind: dict[str, Any] | None) -> str:
     return f"{kind.get('cpu')} ({kind.get('cpus')} CPUs; {isa}{forced}{masked})"
 
 
+def least_capable(host: dict[str, Any], targets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``host``'s identity with only the features every one of ``targets`` (name → identity, e.g.
+    emulated deployment CPUs) also has: what defaults decided for all of them go by; ``host_isa``
+    keeps the host's own, ``targets`` names the targets that took features away."""
+    isa = [f for f in host.get("isa") or [] if all(f in (t.get("isa") or []) for t in targets.values())]
+    narrowed = [name for name, t in targets.items() if set(host.get("isa") or []) - set(t.get("isa") or [])]
+    return {**host, "isa": isa, "host_isa": list(host.get("isa") or []), **({"targets": narrowed} if narrowed else {})}
+
+
 def int8_dot(identity: dict[str, Any] | None = None) -> list[str]:
     """The INT8 dot-product features (:data:`INT8_DOT_FLAGS`) of a CPU (this one by default)."""
     identity = identity if identity is not None else cpu_identity()

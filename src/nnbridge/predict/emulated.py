@@ -45,6 +45,26 @@ def qemu_cpu_models(qemu: str) -> list[str]:
     return [m.group(1) for m in re.finditer(r"^\s*x86\s+(\S+)", proc.stdout, re.M)]
 
 
+# prints the identity nnbridge reads in the emulated interpreter (from CPUID: the emulated CPU's)
+IDENTITY = "import json\nfrom nnbridge.core.cpu import cpu_identity\nprint(json.dumps(cpu_identity()))\n"
+
+
+def emulated_identity(cpu_model: str, timeout: float = 300) -> dict[str, Any] | None:
+    """:func:`nnbridge.core.cpu.cpu_identity` as read on QEMU's ``cpu_model`` (about a second:
+    an interpreter and NumPy under emulation), or None where QEMU cannot run here or does not know
+    the model (the verify_emulated job then says why)."""
+    qemu = shutil.which(QEMU)
+    if platform.machine().lower() not in X86 or qemu is None:
+        return None
+    env = {k: v for k, v in os.environ.items() if k not in (NO_VNNI_ENV, NO_BF16_ENV)}
+    proc = subprocess.run([qemu, "-cpu", cpu_model, sys.executable, "-c", IDENTITY], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+    except (IndexError, json.JSONDecodeError):
+        return None
+
+
 def _failed_lines(record: dict[str, Any], stage: str | None) -> list[str]:
     where = f"{stage} stage: " if stage else ""
     return [f"{where}{name} on {backend} fold {fold}: " + "; ".join(r.get("failures") or ["failed"])

@@ -64,15 +64,24 @@ def quantize_cpu_params(settings: dict[str, Any], identity: dict[str, Any] | Non
     """The CPU features a quantize entry's defaults depend on when it leaves any CPU-decided
     setting out: ``arch``, ``avx2`` and ``int8_dot`` (whether it has any; which one does not
     change a choice), else ``{}`` (nothing about the CPU matters, and a job on another CPU kind
-    reuses the file). The quantize rule's ``cpu`` param."""
+    reuses the file); ``for``: the deployment CPUs (config ``verify.emulated_cpus``) that changed
+    them, when ``identity`` is :func:`nnbridge.core.cpu.least_capable` of this machine and those.
+    The quantize rule's ``cpu`` param."""
     if not _undecided(settings):
         return {}
     features = decision_features(identity)
-    return {"arch": features["arch"], "avx2": features["avx2"], "int8_dot": bool(features["int8_dot"])}
+    out = {"arch": features["arch"], "avx2": features["avx2"], "int8_dot": bool(features["int8_dot"])}
+    if identity and identity.get("targets"):  # deployment CPUs took features away: named where they decide
+        host = decision_features({**identity, "isa": identity.get("host_isa") or []})
+        if (host["avx2"], bool(host["int8_dot"])) != (out["avx2"], out["int8_dot"]):
+            out["for"] = sorted(identity["targets"])
+    return out
 
 
 def _dot_text(features: dict[str, Any]) -> str:
     forced = f" ({', '.join(features['forced'])})" if features.get("forced") else ""
+    if features.get("for"):
+        forced += f" (the deployment CPU(s) {', '.join(features['for'])} of verify.emulated_cpus)"
     dot = features.get("int8_dot")
     if not dot:
         return f"no INT8 dot products (VNNI, AMX-INT8){forced}"
