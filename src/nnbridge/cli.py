@@ -12,7 +12,7 @@ from .predict.bundle import Bundle
 from .predict.components import read_steps
 from .predict.ensemble import EnsemblePredictor
 from .predict.predictor import Predictor
-from .predict.verify import save, summary_lines, verify_bundle
+from .predict.verify import failed_checks, save, summary_lines, verify_bundle
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -135,8 +135,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         record = verify_bundle(bundle, args.variant, backends=args.backend, threads=args.threads)
         record["cached_in"] = None if args.no_cache else str(save(bundle, record))
         records.append(record)
-        failed += [(n, b, f) for n, per in record["variants"].items() for b, folds in per.items()
-                   for f, r in folds.items() if not r.get("passed", True)]
+        failed += failed_checks(record)
     if args.json:
         print(json.dumps(records[0] if len(records) == 1 else
                          {b.configuration: r for b, r in zip(stages, records)}, indent=2))

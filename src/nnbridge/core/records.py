@@ -596,7 +596,7 @@ class EmulatedVerifyRecord(Record):
     """Why it did not run here (QEMU not installed, not an x86 machine)."""
     emulator: str | None = None
     cpu: dict[str, Any] | None = None
-    cpu_text: str | None = None
+    """The emulated CPU's kind as nnbridge read it there (from CPUID)."""
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per stage (``""`` for a single-stage bundle): ``nnbridge verify``'s record."""
     passed: bool | None = None

@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.cpu import NO_VNNI_ENV, describe_cpu
+from ..core.cpu import NO_VNNI_ENV
 from ..core.errors import NNBridgeError
 from ..runtime.ov import NO_BF16_ENV
+from .verify import failed_checks
 
 X86 = ("x86_64", "amd64")
 QEMU = "qemu-x86_64"
@@ -49,27 +50,34 @@ def qemu_cpu_models(qemu: str) -> list[str]:
 IDENTITY = "import json\nfrom nnbridge.core.cpu import cpu_identity\nprint(json.dumps(cpu_identity()))\n"
 
 
+def _qemu_here() -> tuple[str | None, str | None]:
+    """(QEMU's path, None), or (None, why it cannot emulate an x86 CPU here)."""
+    if platform.machine().lower() not in X86:
+        return None, f"emulating an x86 CPU needs an x86 machine (this one: {platform.machine()})"
+    qemu = shutil.which(QEMU)
+    return (qemu, None) if qemu else (None, f"{QEMU} is not installed ({INSTALL}; make test installs it as root)")
+
+
+def _emulated(qemu: str, cpu_model: str, code: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """This interpreter running ``code`` on QEMU's ``cpu_model``. The emulated CPU decides: the
+    switches that make nnbridge treat this CPU as a lesser one are not passed on."""
+    env = {k: v for k, v in os.environ.items() if k not in (NO_VNNI_ENV, NO_BF16_ENV)}
+    return subprocess.run([qemu, "-cpu", cpu_model, sys.executable, "-c", code, *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
 def emulated_identity(cpu_model: str, timeout: float = 300) -> dict[str, Any] | None:
     """:func:`nnbridge.core.cpu.cpu_identity` as read on QEMU's ``cpu_model`` (about a second:
     an interpreter and NumPy under emulation), or None where QEMU cannot run here or does not know
     the model (the verify_emulated job then says why)."""
-    qemu = shutil.which(QEMU)
-    if platform.machine().lower() not in X86 or qemu is None:
+    qemu, _ = _qemu_here()
+    if qemu is None:
         return None
-    env = {k: v for k, v in os.environ.items() if k not in (NO_VNNI_ENV, NO_BF16_ENV)}
-    proc = subprocess.run([qemu, "-cpu", cpu_model, sys.executable, "-c", IDENTITY], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    proc = _emulated(qemu, cpu_model, IDENTITY, [], timeout)
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
     except (IndexError, json.JSONDecodeError):
         return None
-
-
-def _failed_lines(record: dict[str, Any], stage: str | None) -> list[str]:
-    where = f"{stage} stage: " if stage else ""
-    return [f"{where}{name} on {backend} fold {fold}: " + "; ".join(r.get("failures") or ["failed"])
-            for name, per in record.get("variants", {}).items() for backend, folds in per.items()
-            for fold, r in folds.items() if not r.get("passed", True)]
 
 
 def verify_emulated(bundle: str | Path, cpu_model: str, *, threads: int, timeout: float = 3600) -> dict[str, Any]:
@@ -79,23 +87,18 @@ def verify_emulated(bundle: str | Path, cpu_model: str, *, threads: int, timeout
     failed (one line each), seconds}``; ``{cpu_model, skipped}`` where QEMU cannot run here (not an
     x86 machine, QEMU not installed). A CPU model QEMU does not know is refused in one line."""
     base: dict[str, Any] = {"cpu_model": cpu_model, "threads": int(threads), "bundle": str(bundle)}
-    if platform.machine().lower() not in X86:
-        return {**base, "skipped": f"emulating an x86 CPU needs an x86 machine (this one: {platform.machine()})"}
-    qemu = shutil.which(QEMU)
+    qemu, why = _qemu_here()
     if qemu is None:
-        return {**base, "skipped": f"{QEMU} is not installed ({INSTALL}; make test installs it as root)"}
+        return {**base, "skipped": why}
     models = qemu_cpu_models(qemu)
     if models and cpu_model not in models:
         examples = ", ".join(m for m in ("Haswell", "Broadwell", "Skylake-Client", "Cascadelake-Server") if m in models)
         raise NNBridgeError(f"verify.emulated_cpus: {cpu_model!r} is not a CPU model of {QEMU} (e.g. {examples}; "
                             f"`{QEMU} -cpu help` lists them)")
     version = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=60).stdout.splitlines()
-    # the emulated CPU decides: the switches that make nnbridge treat this CPU as a lesser one do not apply
-    env = {k: v for k, v in os.environ.items() if k not in (NO_VNNI_ENV, NO_BF16_ENV)}
-    cmd = [qemu, "-cpu", cpu_model, sys.executable, "-c", CLI, "verify", "-m", str(bundle),
-           "--threads", str(int(threads)), "--json", "--no-cache"]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = _emulated(qemu, cpu_model, CLI, ["verify", "-m", str(bundle), "--threads", str(int(threads)), "--json",
+                                            "--no-cache"], timeout)
     seconds = round(time.perf_counter() - started, 1)
     try:
         data = json.loads(proc.stdout)
@@ -103,9 +106,8 @@ def verify_emulated(bundle: str | Path, cpu_model: str, *, threads: int, timeout
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise NNBridgeError(f"nnbridge verify on emulated {cpu_model} failed (exit {proc.returncode}): {tail}") from None
     records = {None: data} if "format" in data else dict(data)  # a cascade: one record per stage
-    failed = [line for stage, record in records.items() for line in _failed_lines(record, stage)]
-    first = next(iter(records.values()))
-    return {**base, "emulator": version[0] if version else QEMU, "cpu": first.get("cpu"),
-            "cpu_text": describe_cpu(first["cpu"]) if first.get("cpu") else None,
+    failed = [f"{f'{stage} stage: ' if stage else ''}{name} on {backend} fold {fold}: {'; '.join(failures)}"
+              for stage, record in records.items() for name, backend, fold, failures in failed_checks(record)]
+    return {**base, "emulator": version[0] if version else QEMU, "cpu": next(iter(records.values())).get("cpu"),
             "records": {stage or "": record for stage, record in records.items()},
             "passed": not failed, "failed": failed, "seconds": seconds}

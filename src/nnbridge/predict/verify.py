@@ -269,6 +269,13 @@ def refusal(bundle: Bundle, record: dict[str, Any], path: Path | None, variant: 
             "--variant/--backend, or pass --allow-ungated to use it anyway")
 
 
+def failed_checks(record: dict[str, Any]) -> list[tuple[str, str, str, list[str]]]:
+    """(variant, runtime, fold, failures) of each re-check in ``record`` that failed here."""
+    return [(name, backend, fold, result.get("failures") or ["failed"])
+            for name, per_backend in record["variants"].items() for backend, per_fold in per_backend.items()
+            for fold, result in sorted(per_fold.items()) if not result.get("passed", True)]
+
+
 def summary_lines(record: dict[str, Any]) -> list[str]:
     """One line per variant, runtime and fold: the Dice here, the bounds and the verdict."""
     lines = [f"nnbridge verify: {record['bundle']} on {describe_cpu(record['cpu'])} "

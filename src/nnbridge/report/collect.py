@@ -78,6 +78,14 @@ class RunResults:
     stage_times: dict[str, Any] = field(default_factory=dict)
     """The pipeline's own cost: :func:`nnbridge.pipeline.runtimes.stage_times` of the run's folder."""
 
+    def emulated(self) -> dict[str, dict[str, EmulatedVerifyRecord]]:
+        """Per model (``dataset / model``) with any: its bundle's checks on emulated CPUs, by CPU model."""
+        out = {}
+        for model, folds in self.models().items():
+            if records := next((f.emulated for f in folds if f.emulated), None):
+                out[model] = records
+        return out
+
     def models(self) -> dict[str, list[FoldResults]]:
         """Folds grouped by model (``dataset / model``), in the order the workflow lists them."""
         grouped: dict[str, list[FoldResults]] = {}

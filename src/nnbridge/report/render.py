@@ -119,9 +119,8 @@ def verdict(run: RunResults) -> Verdict:
                 n_skipped += 1
             elif not passed:
                 failed.append(f"{f.label}: {name}" + (f" — {cause}" if cause else ""))
-    for model, folds in run.models().items():  # the bundle re-checked on emulated deployment CPUs
-        for cpu, e in next((f.emulated for f in folds if f.emulated), {}).items():
-            failed += [f"{model}: on emulated {cpu}: {line}" for line in e.failed]
+    for model, checks in run.emulated().items():  # the bundle re-checked on emulated deployment CPUs
+        failed += [f"{model}: on emulated {cpu}: {line}" for cpu, e in checks.items() for line in e.failed]
     headline = (f"{len(failed)} variant(s) FAILED their gate:" if failed else
                 "All variants that ran passed their gates." if run.failures else "All variants passed their gates.")
     return Verdict(headline, failed, list(skipped.items()), n_skipped, list(run.failures))

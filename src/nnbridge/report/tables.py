@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.cpu import describe_cpu
 from ..core.keys import Variant
 from ..core.records import BenchResult, Coverage, Peak, RealisticRecord
 from ..core.stats import median
@@ -580,8 +581,8 @@ def emulated_table(run: RunResults) -> Table | None:
     """Per model and emulated CPU: each variant's re-check of its gate there (``nnbridge verify``
     under QEMU), per runtime and fold."""
     rows = []
-    for model, folds in run.models().items():
-        for cpu, e in next((f.emulated for f in folds if f.emulated), {}).items():
+    for model, checks in run.emulated().items():
+        for cpu, e in checks.items():
             if e.skipped:
                 rows.append([model, cpu, "–", "–", "–", "–", Mark(f"SKIPPED: {e.skipped}", "skip")])
                 continue
@@ -608,9 +609,8 @@ def emulated_table(run: RunResults) -> Table | None:
 
 
 def emulated_text(run: RunResults) -> str:
-    done = [(cpu, e) for folds in run.models().values()
-            for cpu, e in next((f.emulated for f in folds if f.emulated), {}).items() if not e.skipped]
-    took = "; ".join(f"{cpu} ({e.cpu_text or 'not read'}): {e.seconds:.0f} s" for cpu, e in done
+    done = [(cpu, e) for checks in run.emulated().values() for cpu, e in checks.items() if not e.skipped]
+    took = "; ".join(f"{cpu} ({describe_cpu(e.cpu)}): {e.seconds:.0f} s" for cpu, e in done
                      if e.seconds is not None)
     return ("`nnbridge verify` of each bundle on the CPUs listed in `verify.emulated_cpus`, emulated by QEMU's "
             "user mode: the real ONNX Runtime and OpenVINO take the emulated CPU's code paths (an AVX2 CPU "
