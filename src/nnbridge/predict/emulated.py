@@ -9,10 +9,11 @@ their code path from the emulated CPUID, so the check of an older deployment CPU
 AVX2, no AVX-512, no VNNI) runs on the build machine, before shipping: the pipeline's
 ``verify_emulated`` stage, one job per bundle and listed CPU model (config ``verify.emulated_cpus``).
 Emulation is slow (tens of times), but the self-check set is small: about a minute for the demo's
-bundle on 2 threads.
+bundle on 2 threads (AMD EPYC Zen 4 host, 2026-12-04).
 
 Runs with the thread count the bundle was gated with: OpenVINO's fp32 kernels sum in another
-order with another count (measured on the demo: one self-check case moved by 0.003 at 1 thread).
+order with another count (the demo on emulated Haswell, AMD EPYC Zen 4 host: one self-check case
+moved by 0.003 at 1 thread).
 """
 
 from __future__ import annotations

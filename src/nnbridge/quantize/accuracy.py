@@ -179,7 +179,7 @@ def accuracy_aware_int8(src: Path, dst: Path, calibration: np.ndarray, settings:
     fp32) and the better file stays. ONNX Runtime's U8U8 kernels sum in int32, so 8-bit weights do
     not saturate on CPUs without VNNI; OpenVINO runs those convolutions in fp32 (its benchmark and
     coverage show it). 7-bit weights' error is spread over every block, where no single block kept
-    in fp32 returns it (demo nnU-Net fold 0 on an emulated AVX2-only CPU: held-out worst-class Dice
+    in fp32 returns it (demo nnU-Net fold 0 on QEMU's AVX2-only Haswell, AMD EPYC Zen 4 host: held-out worst-class Dice
     0.9885 with 7-bit s8 weights, 0.9909 with 8-bit u8 ones, 0.9607 with 8-bit s8 ones).
 
     ``decided``: what another fold of the same network decided (``{"fold": ..., "record": its
