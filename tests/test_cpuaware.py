@@ -62,7 +62,7 @@ def test_defaults_follow_the_cpu_and_given_settings_win():
     assert _choices(resolve({"method": "dynamic"}, X86_NO_DOT)[1])["reduce_range"]["value"] is True
     no_avx2 = _choices(resolve(static, {**X86_NO_DOT, "avx2": False})[1])
     assert no_avx2["onnxruntime_int8"]["value"] == "not worth building"
-    assert _choices(resolve({"method": "nncf"}, X86_NO_DOT)[1])["overflow_fix"]["value"] == "first_layer_only"
+    assert _choices(resolve({"method": "nncf"}, X86_NO_DOT)[1])["overflow_fix"]["value"] == "enable"
     assert _choices(resolve({"method": "nncf"}, X86_VNNI)[1])["overflow_fix"]["value"] == "disable"
     assert _choices(resolve({"method": "nncf", "overflow_fix": "enable"}, X86_VNNI)[1])["overflow_fix"]["given"]
 

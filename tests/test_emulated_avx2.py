@@ -1,4 +1,4 @@
-"""ONNX Runtime's INT8 kernels on an AVX2-only CPU, whatever CPU runs the suite (issue 19).
+"""ONNX Runtime's and OpenVINO's INT8 kernels on an AVX2-only CPU, whatever CPU runs the suite (issue 19).
 
 QEMU's user mode (``qemu-x86_64 -cpu Haswell``: AVX2, no AVX-512, no VNNI) runs this venv's own
 interpreter and onnxruntime wheel, whose kernels choose their code path from the emulated CPUID:
@@ -133,6 +133,49 @@ def test_the_quantize_stage_default_without_vnni_gives_the_same_logits_on_avx2(e
     np.testing.assert_array_equal(u8_avx2, u8_here)
     if exact_here:  # on a VNNI CPU the 8-bit file's sums are exact here only
         assert float(np.abs(w8_avx2 - w8_here).max()) > 0
+
+
+OV_RUNNER = """
+import sys
+import numpy as np
+import openvino as ov
+x = np.load(sys.argv[1])
+core = ov.Core()
+for i, path in enumerate(sys.argv[3:]):
+    model = core.compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "1"})
+    np.save(f"{sys.argv[2]}_{i}.npy", np.concatenate([model(x[j : j + 1])[0] for j in range(len(x))]))
+"""
+
+
+def test_the_openvino_int8_default_without_vnni_gives_the_same_logits_on_avx2(exported, patch_sets, tmp_path,
+                                                                              monkeypatch):
+    """NNCF's OpenVINO INT8 as the quantize stage builds it for a CPU without VNNI (overflow fix
+    on every layer: 7-bit weights, chosen by the CPU) computes bit for bit the same logits on the
+    emulated AVX2 CPU as on this one. NNCF's own default (first layer only) does not where this
+    CPU has VNNI: OpenVINO halves the other layers' 8-bit weights on AVX2 when they run."""
+    out, _, _ = exported
+    calibration, held = patch_sets[1][:3], patch_sets[2][:2]
+    exact_here = bool(int8_dot())
+    monkeypatch.setenv(NO_VNNI_ENV, "1")
+    settings = {"method": "openvino_int8"}
+    record = quantize_variant(out / "model.onnx", tmp_path / "auto.xml", calibration, settings,
+                              backends=("openvino",))
+    assert record["overflow_fix"] == "enable", record["cpu"]
+    quantize_variant(out / "model.onnx", tmp_path / "first.xml", calibration,
+                     {**settings, "overflow_fix": "first_layer_only"}, backends=("openvino",))
+    script, inputs = tmp_path / "run_ov.py", tmp_path / "x.npy"
+    script.write_text(OV_RUNNER)
+    np.save(inputs, held)
+    files = [str(tmp_path / "auto.xml"), str(tmp_path / "first.xml")]
+    for tag, prefix in (("native", []), ("emulated", [QEMU, "-cpu", EMULATED_CPU])):
+        proc = subprocess.run([*prefix, sys.executable, str(script), str(inputs), str(tmp_path / tag), *files],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    auto_here, first_here = (np.load(tmp_path / f"native_{i}.npy") for i in range(2))
+    auto_avx2, first_avx2 = (np.load(tmp_path / f"emulated_{i}.npy") for i in range(2))
+    np.testing.assert_array_equal(auto_avx2, auto_here)
+    if exact_here:  # 8-bit weights run as they are here only
+        assert float(np.abs(first_avx2 - first_here).max()) > 0
 
 
 def test_nnbridge_takes_the_emulated_cpu_for_what_cpuid_says(tmp_path):
