@@ -236,10 +236,14 @@ def gated_bundle(tiny_model, exported, patch_sets, tmp_path_factory):
                                     "onnx_fp32@openvino": {"backend": "openvino", "p50_ms": 20.0},
                                     "int8": {"backend": "onnxruntime", "p50_ms": 5.0}}}).write(root / "benchmark.json")
     bundle = root / "bundle"
+    # the quantize record of a file quantized for a CPU with INT8 dot products (8-bit weights)
+    (root / "int8.json").write_text(json.dumps({"path": model, "sha256": sha256_file(out / "model.onnx"), "cpu": {
+        "decided_for": {"arch": "x86", "avx2": True, "int8_dot": True}}}))
     build_from_pipeline(bundle, plans_file=tiny_model.model_folder / "plans.json",
                         dataset_file=tiny_model.model_folder / "dataset.json",
                         folds={"0": {"files": {"onnx_fp32": model, "int8": model}, "parity": root / "parity.json",
-                                     "benchmark": root / "benchmark.json", "selfcheck": root / "selfcheck.npz"}},
+                                     "benchmark": root / "benchmark.json", "selfcheck": root / "selfcheck.npz",
+                                     "records": {"int8": root / "int8.json"}}},
                         variant_names=["onnx_fp32", "int8"], default_variant="int8", model="m", dataset="d")
     quantize_static_int8(out / "model.onnx", root / "bad.onnx", calibration[:2] * 0.05, per_channel=False)
     planted = bundle / "int8" / "fold_0.onnx"
@@ -322,6 +326,8 @@ def test_verify_catches_the_planted_variant_on_this_cpu(gated_bundle, capsys):
     assert len(fp32) == 2 and all(line.endswith("PASS") for line in fp32)  # both runtimes passed where gated
     assert len(bad) == 1 and "onnxruntime" in bad[0] and "FAIL: Dice of sphere" in bad[0]
     assert "1.0000 where gated" in bad[0]
+    # the remedy, where this CPU lacks the INT8 dot products the file was quantized for
+    assert ("int8 was quantized for CPUs with INT8 dot products" in out) == (not int8_dot()), out
     assert "result cached in" in out and list(gated_bundle["bundle"].glob("verified-*.json"))
 
 
@@ -355,6 +361,10 @@ def test_predict_rechecks_on_an_unseen_cpu_kind_and_refuses_what_fails_here(gate
     message = str(refused.value)
     assert f"variant 'int8' on onnxruntime fails its gate on this CPU, {describe_cpu(kind)}" in message
     assert "NNBRIDGE_NO_VNNI=1" in message and "fold 0: Dice of sphere 0." in message
+    assert "int8 was quantized for CPUs with INT8 dot products (VNNI, AMX-INT8), which this one lacks; " \
+           "rebuild the bundle for it" in message and "verify.emulated_cpus" in message
+    assert bundle.manifest["variants"]["int8"]["built_for"]["int8_dot"]
+    assert "built_for" not in bundle.manifest["variants"]["onnx_fp32"]
     cache = cache_paths(bundle, kind)[0]
     assert cache.parent == root and f"cached in {cache}" in message
     stamp = cache.stat().st_mtime_ns

@@ -12,7 +12,7 @@ from .predict.bundle import Bundle
 from .predict.components import read_steps
 from .predict.ensemble import EnsemblePredictor
 from .predict.predictor import Predictor
-from .predict.verify import failed_checks, save, summary_lines, verify_bundle
+from .predict.verify import failed_checks, rebuild_hint, save, summary_lines, verify_bundle
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -144,6 +144,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if len(stages) > 1:
                 print(f"{bundle.configuration} stage ({bundle.root}):")
             print("\n".join(summary_lines(record)))
+            for hint in sorted({rebuild_hint(bundle, name, record["cpu"]) for name, *_ in failed_checks(record)}
+                               - {None}):
+                print(f"nnbridge verify: {hint}")
             if record["cached_in"]:
                 print(f"nnbridge verify: result cached in {record['cached_in']} (nnbridge predict reads it)")
     return 1 if failed else 0

@@ -96,7 +96,8 @@ def write_bundle(
     stage record stating its sha256, checked before and after copying (optional)}, "gates": {fold: {backend:
     passed}}, "latency_ms": {backend: p50}, "ort_settings": tuned ONNX Runtime settings,
     "run_settings": {backend: threads and batch size, see :func:`run_settings`}, "recheck":
-    {fold: {backend: {"tolerance", "at_gate"}}} for ``nnbridge verify``}. ``info``:
+    {fold: {backend: {"tolerance", "at_gate"}}} for ``nnbridge verify``, "built_for": the CPU
+    features its CPU-decided quantization settings were chosen for (optional)}. ``info``:
     configuration, patch size, mirror axes… ``selfcheck``: fold → the validate stage's
     self-check set (shipped as ``selfcheck/fold_<k>.npz``); ``gated_on``: fold → the CPU kind
     its gates were measured on. An OpenVINO IR is shipped as ``<variant>/fold_<k>.xml`` with its
@@ -146,6 +147,7 @@ def write_bundle(
             "ort_settings": variant.get("ort_settings", {}),
             "run_settings": variant.get("run_settings", {}),
             "recheck": variant.get("recheck", {}),
+            **({"built_for": variant["built_for"]} if variant.get("built_for") else {}),
         }
     if default_variant not in entries:
         raise NNBridgeError(f"bundle default variant {default_variant!r} is not among {sorted(entries)}")
@@ -245,6 +247,14 @@ def run_settings(sweeps: list[Sweep], name: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _built_for(record_path: str | Path) -> dict[str, Any] | None:
+    """The CPU features a quantize record's CPU-decided settings were chosen for
+    (:mod:`nnbridge.quantize.cpudefaults`; ``decided_for``), None for other records."""
+    record = json.loads(Path(record_path).read_text())
+    decided = (record.get("cpu") or {}).get("decided_for") if isinstance(record, dict) else None
+    return dict(decided) if isinstance(decided, dict) and "int8_dot" in decided else None
+
+
 def build_from_pipeline(
     out_dir: Path,
     *,
@@ -267,7 +277,9 @@ def build_from_pipeline(
     parity record names (``gated_on``); its Dice bounds and its Dice on the self-check set go
     into ``recheck`` for ``nnbridge verify``; its latency is the median over folds of the
     benchmark's p50; its threads and batch size per runtime come from the benchmark's sweeps
-    (:func:`run_settings`). A cascade stage needs ``previous_stage`` (the bundle of its previous
+    (:func:`run_settings`); an INT8 variant's ``built_for``, the CPU features its quantize record's
+    settings were decided for (``nnbridge verify`` names the remedy when this CPU lacks one of
+    them). A cascade stage needs ``previous_stage`` (the bundle of its previous
     stage's model); ``postprocessing`` and ``ensembles`` as :func:`write_bundle` takes them."""
     first = next(iter(folds.values()))["files"][variant_names[0]]
     meta = read_metadata(Path(first))
@@ -306,8 +318,11 @@ def build_from_pipeline(
                 if v.name == name and result.timed:
                     latencies.setdefault(v.backend, []).append(float(result.p50_ms))
         variants[name] = {
+            "built_for": next((d for d in (_built_for(spec["records"][name]) for spec in folds.values()
+                                           if (spec.get("records") or {}).get(name)) if d), None),
             "files": {fold: spec["files"][name] for fold, spec in folds.items()},
-            "records": {fold: spec["records"][name] for fold, spec in folds.items() if spec.get("records")},
+            "records": {fold: spec["records"][name] for fold, spec in folds.items()
+                        if (spec.get("records") or {}).get(name)},
             "gates": gates,
             "latency_ms": {b: round(median(v), 3) for b, v in latencies.items()},
             "ort_settings": next((t for t in tuned if t is not None), {}),

@@ -565,6 +565,9 @@ class BundleVariant(Part):
     weights: dict[str, str] = field(default_factory=dict)
     """Fold → an IR's weights file (``<variant>/fold_<k>.bin``, beside its ``.xml``); none for ONNX."""
     weights_sha256: dict[str, str] = field(default_factory=dict)
+    built_for: dict[str, Any] | None = None
+    """An INT8 variant's: the CPU features (``arch``, ``avx2``, ``int8_dot``) its CPU-decided
+    quantization settings were chosen for (:mod:`nnbridge.quantize.cpudefaults`)."""
 
 
 @dataclass

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.cpu import cpu_kind, cpu_kind_key, describe_cpu, same_cpu
+from ..core.cpu import cpu_kind, cpu_kind_key, describe_cpu, int8_dot, same_cpu
 from ..core.dice import case_dice, dice_of, label_classes, min_voxels_for, overlap_counts, to_labels
 from ..core.errors import NNBridgeError
 from ..core.metadata import is_region_based, label_names
@@ -260,13 +260,32 @@ def failures_here(record: dict[str, Any] | None, variant: str, backend: str,
             if (folds is None or fold in folds) and not result.get("passed", True)]
 
 
+REBUILD_FOR_NO_DOT = (
+    "rebuild the bundle for it: the pipeline with verify.emulated_cpus listing a QEMU model of this CPU "
+    "(e.g. [Haswell] for AVX2 without VNNI) or NNBRIDGE_NO_VNNI=1 builds 7-bit INT8 weights, which compute the "
+    "same outputs on CPUs with and without VNNI (config/README.md, 'Building on one kind of CPU for another')")
+
+
+def rebuild_hint(bundle: Bundle, variant: str, cpu: dict[str, Any] | None) -> str | None:
+    """Why a variant may fail on ``cpu`` and what helps, when its INT8 settings were chosen for a
+    CPU with INT8 dot products (VNNI, AMX-INT8: 8-bit weights) and ``cpu`` has none (its kernels
+    saturate or halve such weights); None otherwise."""
+    built = (bundle.manifest["variants"].get(variant) or {}).get("built_for") or {}
+    if not built.get("int8_dot") or cpu is None or int8_dot(cpu):
+        return None
+    return (f"{variant} was quantized for CPUs with INT8 dot products (VNNI, AMX-INT8), which this one lacks; "
+            + REBUILD_FOR_NO_DOT)
+
+
 def refusal(bundle: Bundle, record: dict[str, Any], path: Path | None, variant: str, backend: str,
             failures: list[str]) -> str:
     """The one line ``nnbridge predict`` refuses a variant that fails on this CPU with."""
     where = f"checked by nnbridge verify, cached in {path}" if path else "checked by nnbridge verify"
+    hint = rebuild_hint(bundle, variant, record.get("cpu"))
     return (f"{bundle.root}: variant {variant!r} on {backend} fails its gate on this CPU, "
-            f"{describe_cpu(record['cpu'])}: {' | '.join(failures)} ({where}); choose another "
-            "--variant/--backend, or pass --allow-ungated to use it anyway")
+            f"{describe_cpu(record['cpu'])}: {' | '.join(failures)} ({where}); "
+            + (f"{hint}; or " if hint else "") + "choose another --variant/--backend, or pass --allow-ungated "
+            "to use it anyway")
 
 
 def failed_checks(record: dict[str, Any]) -> list[tuple[str, str, str, list[str]]]:
