@@ -332,10 +332,12 @@ def test_verify_catches_the_planted_variant_on_this_cpu(gated_bundle, capsys):
 
 
 def test_predict_rechecks_on_an_unseen_cpu_kind_and_refuses_what_fails_here(gated_bundle, monkeypatch, tmp_path):
-    """On the CPU kind the bundle was gated on nothing is re-checked; on another (forced here by
-    NNBRIDGE_NO_VNNI) the variant is checked once, cached beside the bundle, and refused with
-    the CPU and the Dice; --allow-ungated still runs it; an unwritable place falls back to the
-    user cache directory."""
+    """On the CPU kind the bundle was gated on nothing is re-checked; on another (the manifest's
+    gated_on renamed: any CPU, an AVX2-only one too, becomes one the bundle has not seen) the
+    variant is checked once, cached beside the bundle, and refused with the CPU, the Dice and,
+    where this CPU lacks the INT8 dot products the file was quantized for (forced here by
+    NNBRIDGE_NO_VNNI), the rebuild that helps; --allow-ungated still runs it; an unwritable place
+    falls back to the user cache directory."""
     import json
     import shutil
 
@@ -354,6 +356,10 @@ def test_predict_rechecks_on_an_unseen_cpu_kind_and_refuses_what_fails_here(gate
     here = Predictor(bundle, variant="int8")  # gated on this CPU kind: trusted as gated
     assert here.verification is None and not list(root.glob("verified-*.json"))
 
+    manifest = json.loads((root / "bundle.json").read_text())
+    manifest["gated_on"] = {fold: {**gated, "cpu": "another CPU"} for fold, gated in manifest["gated_on"].items()}
+    (root / "bundle.json").write_text(json.dumps(manifest, indent=2))
+    bundle = Bundle.load(root)
     monkeypatch.setenv(NO_VNNI_ENV, "1")
     kind = cpu_kind()
     with pytest.raises(NNBridgeError) as refused:
