@@ -178,12 +178,13 @@ def test_the_openvino_int8_default_without_vnni_gives_the_same_logits_on_avx2(ex
         assert float(np.abs(first_avx2 - first_here).max()) > 0
 
 
-def test_nnbridge_takes_the_emulated_cpu_for_what_cpuid_says(tmp_path):
+def test_nnbridge_takes_the_emulated_cpu_for_what_cpuid_says(tmp_path, monkeypatch):
     """Under the emulator /proc/cpuinfo still lists the host's features; nnbridge goes by CPUID,
     as the runtimes' kernels do: an AVX2-only kind without INT8 dot products (so its verify
     results and gates are never taken for the host's kind), the hidden features named."""
     from nnbridge.core.cpu import cpu_identity, cpu_kind_key, describe_cpu
 
+    monkeypatch.delenv(NO_VNNI_ENV, raising=False)  # this CPU's and the emulated one's own features
     script = tmp_path / "identity.py"
     script.write_text("import json\nfrom nnbridge.core.cpu import cpu_identity, int8_dot\n"
                       "print(json.dumps([cpu_identity(), int8_dot()]))\n")

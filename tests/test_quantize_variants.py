@@ -214,7 +214,7 @@ def test_accuracy_aware_ends_with_u8_weights_where_the_cpu_chose_7_bit(exported,
     gets no such step."""
     out, _, _ = exported
     _, calibration, _ = patch_sets
-    aa_settings = {"min_dice": 1.0, "max_steps": 0, "patches": 4, "u8_weights_fallback": False}  # as above
+    aa_settings = {"min_dice": 1.0, "max_steps": 0, "patches": 4}
     settings = {"method": "static", "symmetric_activations": True, "accuracy_aware": aa_settings}
     record = quantize_variant(out / "model.onnx", tmp_path / "aa.onnx", calibration, settings, cpu=NO_DOT)
     aa = record["accuracy_aware"]
