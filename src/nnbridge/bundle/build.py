@@ -17,7 +17,7 @@ from ..core.errors import NNBridgeError
 from ..core.keys import Variant, fold_order
 from ..core.metadata import inference_precision, read_metadata
 from ..core.records import BenchmarkRecord, BundleManifest, ParityRecord, Sweep
-from ..core.runlog import sha256_file
+from ..core.runlog import read_json, sha256_file
 from ..core.stats import median
 from ..predict.bundle import FORMAT, MANIFEST, Bundle, require_previous_stage
 from ..predict.components import read_postprocessing_pkl
@@ -250,7 +250,7 @@ def run_settings(sweeps: list[Sweep], name: str) -> dict[str, dict[str, Any]]:
 def _built_for(record_path: str | Path) -> dict[str, Any] | None:
     """The CPU features a quantize record's CPU-decided settings were chosen for
     (:mod:`nnbridge.quantize.cpudefaults`; ``decided_for``), None for other records."""
-    record = json.loads(Path(record_path).read_text())
+    record = read_json(record_path, fix="rerun the stage that writes it")
     decided = (record.get("cpu") or {}).get("decided_for") if isinstance(record, dict) else None
     return dict(decided) if isinstance(decided, dict) and "int8_dot" in decided else None
 

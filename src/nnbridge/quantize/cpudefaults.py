@@ -22,8 +22,9 @@ sum u8×s8 products without saturation (VNNI, AMX-INT8; :data:`nnbridge.core.cpu
   ``first_layer_only``: without VNNI OpenVINO's kernels (oneDNN) halve the weights of the layers
   left at 8 bits when they run, so such a file computes other outputs there than on the machine
   that may have gated it; with every layer at 7 bits the outputs are the same bit for bit on CPUs
-  with and without VNNI (measured under QEMU's emulated Haswell, the test suite's 2-epoch demo nnU-Net, 2 folds, at the
-  same worst-class Dice: 0.9957 / 0.9905 vs 0.9927 / 0.9905 natively with ``first_layer_only``),
+  with and without VNNI (measured under QEMU's emulated Haswell on an AMD EPYC Zen 4 host, the
+  test suite's 2-epoch demo nnU-Net, 2 folds, at the same worst-class Dice: 0.9957 / 0.9905 vs
+  0.9927 / 0.9905 natively with ``first_layer_only``),
   and ONNX Runtime runs an ``nncf`` file's 7-bit weights without saturation, as with
   ``reduce_range``.
 * whether an ONNX Runtime INT8 variant is worth building: not on x86 without AVX2 (only SSE4.1
