@@ -39,6 +39,52 @@ def test_a_planted_cycle_is_found(tmp_path):
     assert [m for m, _, _ in graph.unexplained_function_imports()] == ["nnbridge.a.y"]
 
 
+
+def test_imports_in_nested_blocks_are_edges_and_only_functions_count_as_inside(tmp_path):
+    """The graph reads statements only (not expressions): imports under try/except, if/else,
+    with, match and class bodies at module level are plain edges; under a function, however
+    deep, they are imports inside a function."""
+    pkg = tmp_path / "nnbridge"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for leaf in ("a", "b", "c", "d", "e", "f", "g"):
+        (pkg / f"{leaf}.py").write_text("")
+    (pkg / "top.py").write_text(textwrap.dedent("""
+        try:
+            from . import a
+        except ImportError:
+            from . import b
+        class K:
+            if True:
+                from . import c
+    """))
+    (pkg / "deep.py").write_text(textwrap.dedent("""
+        def f(x):
+            with open(x) as h:
+                match x:
+                    case 1:
+                        try:
+                            pass
+                        finally:
+                            from . import d  # noqa: PLC0415 lazy
+        class K:
+            def m(self):
+                for _ in ():
+                    pass
+                else:
+                    from . import e
+        async def g():
+            while True:
+                from nnbridge import f
+        x = [i for i in ()]  # expressions hold no imports
+    """))
+    graph = ImportGraph.read(pkg)
+    assert graph.edges["nnbridge.top"] == {"nnbridge", "nnbridge.a", "nnbridge.b", "nnbridge.c"}
+    assert graph.edges["nnbridge.deep"] == {"nnbridge", "nnbridge.d", "nnbridge.e", "nnbridge.f"}
+    assert [(m, line) for m, line, _ in graph.in_functions] == [("nnbridge.deep", 9), ("nnbridge.deep", 15),
+                                                                ("nnbridge.deep", 18)]
+    assert [line for _, line, _ in graph.unexplained_function_imports()] == [15, 18]
+
 def test_predict_depends_only_on_core_and_runtime():
     graph = ImportGraph.read(ROOT / "src" / "nnbridge")
     predict = [m for m in graph.files if m.startswith("nnbridge.predict")]
