@@ -43,6 +43,13 @@ def workdir(demo_workdir: Path) -> Path:
     return demo_workdir
 
 
+@pytest.fixture(scope="module")
+def no_vnni_plan(workdir: Path) -> dict[str, int]:
+    """The jobs a dry run plans when this CPU is taken for one without INT8 dot products
+    (NNBRIDGE_NO_VNNI), on the finished run: one dry run for the tests that compare with it."""
+    return planned_jobs(run_snakemake(workdir, "-n", env={"NNBRIDGE_NO_VNNI": "1"}))
+
+
 def fold_dir(workdir: Path, fold: str) -> Path:
     return workdir / "results" / MODEL / f"fold_{fold}"
 
@@ -204,6 +211,8 @@ def test_report_covers_both_folds(workdir):
     assert "| realistic nnU-Net, random weights (INT8: speed only, no gate) | 32x32x32 |" in md
     realistic = json.loads((workdir / "results/realistic/realistic.json").read_text())
     assert realistic["results"]["int8@openvino"]["peak_kind"] == "int8" and realistic["peak"]["int8_gops"] > 0
+    # its millisecond patches are measured against the run's peaks (no peak kernel timed after them)
+    assert {r.get("peak_source") for r in realistic["results"].values() if "pct_of_peak" in r} == {"run"}
     # one peak measurement per run: every benchmark's "% of peak" refers to the same numbers
     peak = json.loads((workdir / "results/machine/peak.json").read_text())
     assert peak["gflops"] > 0 and peak["machine"]["cpus"] >= 1
@@ -281,14 +290,14 @@ def test_the_reference_folds_way_to_its_searches_is_scheduled_first(workdir):
     assert {v for k, v in priorities.items() if k[1] == "1"} == {0}, priorities
 
 
-def test_a_cpu_without_int8_dot_products_requantizes_only_what_it_decides(workdir):
+def test_a_cpu_without_int8_dot_products_requantizes_only_what_it_decides(workdir, no_vnni_plan):
     """The quantize jobs' params hold the CPU features their left-out settings depend on: on a
     CPU that differs in them (NNBRIDGE_NO_VNNI where this one has VNNI/AMX-INT8) exactly the INT8
     entries that leave such a setting out are planned again, fp16 and bf16 are not."""
     from nnbridge.core.cpu import int8_dot
 
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
-    jobs = planned_jobs(run_snakemake(workdir, "-n", env={"NNBRIDGE_NO_VNNI": "1"}))
+    jobs = no_vnni_plan
     if not int8_dot():  # a CPU without them already: forcing it changes nothing
         assert jobs == {}, jobs
         return
@@ -305,7 +314,7 @@ def test_a_cpu_without_int8_dot_products_requantizes_only_what_it_decides(workdi
                          "case_parity", "report", "all"}, jobs
 
 
-def test_emulated_deployment_cpus_add_one_verify_job_per_bundle_and_cpu(workdir):
+def test_emulated_deployment_cpus_add_one_verify_job_per_bundle_and_cpu(workdir, no_vnni_plan):
     """verify.emulated_cpus plans `nnbridge verify` under QEMU once per bundled model and CPU model,
     after its bundle, and the report after it. The quantize defaults are decided for those CPUs
     too: on a host with VNNI, listing CPUs without it requantizes exactly what NNBRIDGE_NO_VNNI
@@ -316,7 +325,7 @@ def test_emulated_deployment_cpus_add_one_verify_job_per_bundle_and_cpu(workdir)
     jobs = planned_jobs(run_snakemake(workdir, "-n", "--config", 'verify={"emulated_cpus": ["Haswell", "Broadwell"]}'))
     expected = {"verify_emulated": 2, "report": 1, "all": 1}  # one bundled model (the nnU-Net demo)
     if shutil.which("qemu-x86_64") and int8_dot():  # Haswell and Broadwell have no VNNI
-        expected = {**planned_jobs(run_snakemake(workdir, "-n", env={"NNBRIDGE_NO_VNNI": "1"})), **expected}
+        expected = {**no_vnni_plan, **expected}
         assert expected.get("quantize"), expected
     assert jobs == expected, jobs
     bad = run_snakemake(workdir, "-n", "--config", 'verify={"emulated_cpus": ["Has well"]}', check=False)

@@ -41,7 +41,7 @@ from ..quantize.static import quantize_static_int8
 from ..runtime.ort import onnx_session
 from .measure import benchmark_variants
 from .networks import analytic_flops, build_network, check_patch, plain_unet_arch, plans_arch, _smaller_shape, stride_multiple
-from .peak import add_throughput, peak_for_this_machine, peak_kinds, with_adjacent_peaks
+from .peak import ADJACENT_MIN_MS, add_throughput, peak_for_this_machine, peak_kinds, with_adjacent_peaks
 from .sweep import tune_onnxruntime
 from .targets import PEAK_TARGETS, speed_ceilings, speed_targets
 
@@ -176,12 +176,16 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
                         warmup: int = 1, repeats: int = 3, int8: bool = True,
                         backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino"),
                         seed: int = 0, plans: Path | None = None, configuration: str = "3d_fullres",
-                        peak: dict[str, Any] | None = None, ir: bool = True) -> dict[str, Any]:
+                        peak: dict[str, Any] | None = None, ir: bool = True,
+                        adjacent_min_ms: float = ADJACENT_MIN_MS) -> dict[str, Any]:
     """Build, export, quantize and time a random-weight nnU-Net ``PlainConvUNet`` at ``patch_size``
     — or, with ``plans``, the network of that plans file's ``configuration`` at its own patch size
     (``patch_size`` and ``features`` then do not apply). ``peak``: the machine's measured peaks
     (:func:`nnbridge.bench.measure_peak_gflops`), used when measured on this kind of CPU, else
-    measured here (:func:`nnbridge.bench.peak_for_this_machine`).
+    measured here (:func:`nnbridge.bench.peak_for_this_machine`). Each runtime times its peak
+    kernel of its kind right after its own timing when a patch takes at least ``adjacent_min_ms``
+    (as the fold benchmarks do: at 128^3 every runtime; a patch of a few milliseconds is measured
+    against ``peak``, and a second of kernel timing per runtime would be most of its run).
 
     Writes ``out_dir/model.onnx`` (and ``out_dir/model_int8.onnx`` when ``int8``; with ``ir`` and
     openvino among the ``backends`` the IRs ``model_fp32.xml``, ``model_int8.xml``). Returns a
@@ -221,8 +225,8 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
     if "onnx_fp32" in specs:
         tuning = tune_onnxruntime(specs["onnx_fp32"], shape, threads, min(warmup, 2), max(3, repeats // 2))
         specs["onnx_fp32"]["settings"] = tuning["chosen"]
-    # every runtime times its peak kernel (the search above timed plain specs)
-    record = benchmark_variants(with_adjacent_peaks(specs, min_ms=0.0), shape, threads, warmup, repeats)
+    # each runtime times its peak kernel where a patch is slow enough (the search above timed plain specs)
+    record = benchmark_variants(with_adjacent_peaks(specs, min_ms=adjacent_min_ms), shape, threads, warmup, repeats)
     if tuning is not None and "p50_ms" in record["results"]["onnx_fp32"]:
         record["results"]["onnx_fp32"]["ort_settings"] = tuning["chosen"]
     record["peak"] = peak_for_this_machine(peak, threads)
