@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -151,6 +152,47 @@ def test_code_version_changes_with_a_deep_dependency_only(tmp_path):
     after = {s: code_version(SCRIPTS / f"{s}.py", src) for s in before}
     assert after["quantize"] != before["quantize"] and after["benchmark"] != before["benchmark"]
     assert after["export_onnx"] == before["export_onnx"]
+
+
+def test_the_import_scan_cache_never_serves_a_changed_module(tmp_path, monkeypatch):
+    """The workflow keeps each module's scanned imports between snakemake calls, by the sha256 of
+    its path and text: an unchanged package is read without parsing a file, an edited module is
+    parsed again (and only it), a new file a CODE_FILES pattern matches is found, and a corrupt
+    cache file is ignored and rewritten."""
+    import ast
+    import shutil
+
+    from nnbridge.core import imports
+
+    src = tmp_path / "nnbridge"
+    shutil.copytree(ROOT / "src" / "nnbridge", src, ignore=shutil.ignore_patterns("__pycache__"))
+    cache = tmp_path / "cache" / "import_scans.json"
+    plain = ImportGraph.read(src)
+    first = ImportGraph.read(src, cache=cache)
+    assert cache.is_file() and (first.edges, first.in_functions) == (plain.edges, plain.in_functions)
+
+    parsed = []
+    real_parse = ast.parse
+    monkeypatch.setattr(imports.ast, "parse", lambda text, *a, **k: parsed.append(text) or real_parse(text, *a, **k))
+    again = ImportGraph.read(src, cache=cache)
+    assert parsed == [] and (again.edges, again.code_files) == (first.edges, first.code_files)
+
+    edited = src / "core" / "keys.py"
+    assert "nnbridge.bench" not in first.edges["nnbridge.core.keys"]
+    edited.write_text(edited.read_text() + "\n\ndef late():\n    from ..bench import peak  # noqa: PLC0415 test\n")
+    (src / "models" / "nnunet_trainers" / "AnotherTrainer.py").write_text("X = 1\n")
+    changed = ImportGraph.read(src, cache=cache)
+    assert sorted(parsed) == sorted([edited.read_text(), "X = 1\n"])  # the edited module and the new one
+    assert "nnbridge.bench.peak" in changed.edges["nnbridge.core.keys"]
+    line = edited.read_text().splitlines().index("    from ..bench import peak  # noqa: PLC0415 test") + 1
+    assert ("nnbridge.core.keys", line, "from ..bench import peak  # noqa: PLC0415 test") in changed.in_functions
+    assert any(f.name == "AnotherTrainer.py" for files in changed.code_files.values() for f in files)
+
+    cache.write_text("{not json")
+    parsed.clear()
+    rebuilt = ImportGraph.read(src, cache=cache)
+    assert len(parsed) == len(rebuilt.files) and rebuilt.edges == changed.edges
+    assert json.loads(cache.read_text())["format"] == imports.CACHE_FORMAT
 
 
 def test_named_params_record_each_setting_under_its_name(tmp_path):

@@ -117,10 +117,15 @@ def files_of(paths):
     return sorted({str(f) for path in paths for f in artifact_files(path)})
 
 
+# each module's imports, scanned once and kept by the sha256 of its text (a changed module is
+# scanned again): the import graph is read whenever the workflow is parsed
+IMPORT_SCANS = Path(".snakemake") / "nnbridge" / "import_scans.json"
+
+
 def code_version(script):
     """Hash of workflow/scripts/<script>.py and every nnbridge module it imports (transitively):
     an edit of code a stage runs reruns that stage, and only that stage."""
-    return stage_code_version(Path(workflow.basedir) / "workflow" / "scripts" / f"{script}.py")
+    return stage_code_version(Path(workflow.basedir) / "workflow" / "scripts" / f"{script}.py", cache=IMPORT_SCANS)
 
 
 def get_model(wildcards):

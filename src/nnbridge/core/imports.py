@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
+import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,15 +42,25 @@ class ImportGraph:
     code_files: dict[str, list[Path]] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, root: Path | None = None) -> ImportGraph:
+    def read(cls, root: Path | None = None, cache: Path | None = None) -> ImportGraph:
+        """The graph of the package at ``root``. ``cache``: a JSON file of each module's imports
+        keyed by the sha256 of its path and text (read when present, rewritten when a module
+        changed): an unchanged module is not parsed again, a changed one always is."""
         root = Path(root or package_root())
         graph = cls(root)
         for path in sorted(root.rglob("*.py")):
             parts = (PACKAGE, *path.relative_to(root).with_suffix("").parts)
             name = ".".join(parts).removesuffix(".__init__")
             graph.files[name] = path
+        stored = _load_scans(cache) if cache else {}
+        used: dict[str, dict] = {}
         for name, path in graph.files.items():
-            graph._read_module(name, path)
+            text = path.read_text()
+            key = hashlib.sha256(f"{path.relative_to(root).as_posix()}\0{text}".encode()).hexdigest()
+            used[key] = stored.get(key) or _scan(name, path, text)
+            graph._apply(name, path, used[key])
+        if cache and used.keys() != stored.keys():
+            _store_scans(cache, used)
         return graph
 
     def _known(self, dotted: str) -> str | None:
@@ -56,39 +69,23 @@ class ImportGraph:
             dotted = dotted.rpartition(".")[0]
         return dotted or None
 
-    def _targets(self, name: str, path: Path, node: ast.AST) -> list[str]:
-        if isinstance(node, ast.Import):
-            return [alias.name for alias in node.names]
-        assert isinstance(node, ast.ImportFrom)
-        base = node.module or ""
-        if node.level:
-            here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-            here = here[: len(here) - node.level + 1]
-            base = ".".join(here + ([base] if base else []))
-        return [base] + [f"{base}.{alias.name}" for alias in node.names]
-
-    def _read_module(self, name: str, path: Path) -> None:
-        text = path.read_text()
-        tree = ast.parse(text)
-        lines = text.splitlines()
+    def _apply(self, name: str, path: Path, scan: dict) -> None:
+        """Add a module's imports (:func:`_scan`) that name nnbridge modules of this graph."""
         edges = self.edges.setdefault(name, set())
         parent = name.rpartition(".")[0]
         if parent:  # importing a module runs its package's __init__ first
             edges.add(parent)
-        for node, inside in _import_statements(tree.body):
+        for targets, inside, line, source in scan["imports"]:
             hit = False
-            for target in self._targets(name, path, node):
+            for target in targets:
                 known = self._known(target)
                 if known and known != name:
                     edges.add(known)
                     hit = True
             if hit and inside:
-                self.in_functions.append((name, node.lineno, lines[node.lineno - 1].strip()))
-        for node in tree.body:  # CODE_FILES = ("pattern", ...)
-            if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "CODE_FILES"
-                                                     for t in node.targets)):
-                patterns = ast.literal_eval(node.value)
-                self.code_files[name] = sorted(f for p in patterns for f in path.parent.glob(p))
+                self.in_functions.append((name, line, source))
+        if scan["code_files"] is not None:
+            self.code_files[name] = sorted(f for p in scan["code_files"] for f in path.parent.glob(p))
 
     def closure(self, modules: list[str] | set[str]) -> set[str]:
         """Every nnbridge module that importing ``modules`` runs (parents included)."""
@@ -147,6 +144,59 @@ class ImportGraph:
         """nnbridge imports inside functions whose line gives no reason after ``noqa: PLC0415``."""
         return [(m, line, text) for m, line, text in self.in_functions
                 if "PLC0415" not in text or not text.split("PLC0415", 1)[1].strip(" -:")]
+
+
+def _targets(name: str, path: Path, node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The dotted names an import statement may refer to (``from a import b``: ``a`` and ``a.b``)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    base = node.module or ""
+    if node.level:
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        here = here[: len(here) - node.level + 1]
+        base = ".".join(here + ([base] if base else []))
+    return [base] + [f"{base}.{alias.name}" for alias in node.names]
+
+
+def _scan(name: str, path: Path, text: str) -> dict:
+    """What the graph needs of one module, from its text alone (JSON-serializable, cacheable):
+    ``imports``: [targets, inside a function, line, source line] per import statement;
+    ``code_files``: its ``CODE_FILES`` patterns, or None."""
+    tree = ast.parse(text)
+    lines = text.splitlines()
+    imports = [[_targets(name, path, node), inside, node.lineno, lines[node.lineno - 1].strip()]
+               for node, inside in _import_statements(tree.body)]
+    code_files = None
+    for node in tree.body:  # CODE_FILES = ("pattern", ...)
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "CODE_FILES"
+                                                 for t in node.targets)):
+            code_files = list(ast.literal_eval(node.value))
+    return {"imports": imports, "code_files": code_files}
+
+
+CACHE_FORMAT = "nnbridge import scans 1"
+
+
+def _load_scans(cache: Path) -> dict[str, dict]:
+    """The cached scans, or none when the file is missing, unreadable or of another format."""
+    try:
+        data = json.loads(Path(cache).read_text())
+        return data["scans"] if data.get("format") == CACHE_FORMAT and isinstance(data["scans"], dict) else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _store_scans(cache: Path, scans: dict[str, dict]) -> None:
+    """Write the scans of this read (atomically: jobs that parse the workflow at once may race);
+    a cache that cannot be written is left alone."""
+    cache = Path(cache)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"format": CACHE_FORMAT, "scans": scans}))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
 
 
 # statements that hold other statements (the bodies of if/for/while/with/try/match and of
