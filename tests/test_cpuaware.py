@@ -406,7 +406,7 @@ def test_the_bundle_is_verified_on_an_emulated_deployment_cpu(gated_bundle):
     from nnbridge.report.render import verdict
     from nnbridge.report.tables import emulated_table
 
-    from nnbridge.predict.emulated import emulated_identity
+    from nnbridge.core.emulation import emulated_identity
 
     assert emulated_identity("Haswell")["isa"] == ["avx2"] and emulated_identity("NoSuchCPU") is None
     bundle = gated_bundle["bundle"]
@@ -432,13 +432,14 @@ def test_without_qemu_the_emulated_check_is_skipped_with_the_install_line(tmp_pa
     """Where qemu-x86_64 is not installed the stage records SKIPPED with the command that installs
     it (the run goes on), and the report says so instead of a verdict."""
     from nnbridge.core.records import EmulatedVerifyRecord
+    from nnbridge.core import emulation
     from nnbridge.predict import emulated
     from nnbridge.report.collect import FoldResults, RunResults
     from nnbridge.report.render import verdict
     from nnbridge.report.tables import emulated_table
 
-    monkeypatch.setattr(emulated.shutil, "which", lambda name: None)
-    monkeypatch.setattr(emulated.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(emulation.shutil, "which", lambda name: None)
+    monkeypatch.setattr(emulation.platform, "machine", lambda: "x86_64")
     record = EmulatedVerifyRecord.of(emulated.verify_emulated(tmp_path, "Haswell", threads=2))
     assert record.skipped == "qemu-x86_64 is not installed (Debian/Ubuntu: apt-get install qemu-user; make test installs it as root)"
     assert record.passed is None and not record.failed
@@ -446,5 +447,5 @@ def test_without_qemu_the_emulated_check_is_skipped_with_the_install_line(tmp_pa
     (row,) = emulated_table(RunResults([fold])).rows
     assert row[1] == "Haswell" and str(row[-1]).startswith("SKIPPED: qemu-x86_64 is not installed")
     assert not verdict(RunResults([fold])).failed
-    monkeypatch.setattr(emulated.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(emulation.platform, "machine", lambda: "aarch64")
     assert "needs an x86 machine (this one: aarch64)" in emulated.verify_emulated(tmp_path, "Haswell", threads=2)["skipped"]

@@ -17,7 +17,7 @@ from nnbridge.pipeline.params import named  # rules with several settings: param
 from nnbridge.core.keys import fold_order
 from nnbridge.quantize.cpudefaults import quantize_cpu_params
 from nnbridge.core.cpu import cpu_identity, least_capable
-from nnbridge.predict.emulated import emulated_identity
+from nnbridge.core.emulation import emulated_identity
 from nnbridge.pipeline.plan import (
     FoldKey,
     artifact_paths,

@@ -30,6 +30,7 @@ INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 NO_VNNI_ENV = "NNBRIDGE_NO_VNNI"  # set to 1: treat this CPU as one without INT8 dot products
+NO_BF16_ENV = "NNBRIDGE_NO_BF16"  # set to 1: treat this CPU as one without native bf16 (OpenVINO)
 
 
 # /proc/cpuinfo flag -> the name NumPy's own CPUID probe gives it: where this process's CPUID

@@ -19,66 +19,17 @@ moved by 0.003 at 1 thread).
 from __future__ import annotations
 
 import json
-import os
-import platform
-import re
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..core.cpu import NO_VNNI_ENV
+from ..core.emulation import QEMU, qemu_cpu_models, qemu_here, run_emulated
 from ..core.errors import NNBridgeError
-from ..runtime.ov import NO_BF16_ENV
 from .verify import failed_checks
 
-X86 = ("x86_64", "amd64")
-QEMU = "qemu-x86_64"
-INSTALL = "Debian/Ubuntu: apt-get install qemu-user"
 # runs nnbridge's CLI in the emulated interpreter (the package has no __main__)
 CLI = "import sys\nfrom nnbridge.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-
-
-def qemu_cpu_models(qemu: str) -> list[str]:
-    """The CPU models ``qemu -cpu help`` lists (``Haswell``, ``Skylake-Client-v2``, ...)."""
-    proc = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True, timeout=60)
-    return [m.group(1) for m in re.finditer(r"^\s*x86\s+(\S+)", proc.stdout, re.M)]
-
-
-# prints the identity nnbridge reads in the emulated interpreter (from CPUID: the emulated CPU's)
-IDENTITY = "import json\nfrom nnbridge.core.cpu import cpu_identity\nprint(json.dumps(cpu_identity()))\n"
-
-
-def _qemu_here() -> tuple[str | None, str | None]:
-    """(QEMU's path, None), or (None, why it cannot emulate an x86 CPU here)."""
-    if platform.machine().lower() not in X86:
-        return None, f"emulating an x86 CPU needs an x86 machine (this one: {platform.machine()})"
-    qemu = shutil.which(QEMU)
-    return (qemu, None) if qemu else (None, f"{QEMU} is not installed ({INSTALL}; make test installs it as root)")
-
-
-def _emulated(qemu: str, cpu_model: str, code: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """This interpreter running ``code`` on QEMU's ``cpu_model``. The emulated CPU decides: the
-    switches that make nnbridge treat this CPU as a lesser one are not passed on."""
-    env = {k: v for k, v in os.environ.items() if k not in (NO_VNNI_ENV, NO_BF16_ENV)}
-    return subprocess.run([qemu, "-cpu", cpu_model, sys.executable, "-c", code, *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-def emulated_identity(cpu_model: str, timeout: float = 300) -> dict[str, Any] | None:
-    """:func:`nnbridge.core.cpu.cpu_identity` as read on QEMU's ``cpu_model`` (about a second:
-    an interpreter and NumPy under emulation), or None where QEMU cannot run here or does not know
-    the model (the verify_emulated job then says why)."""
-    qemu, _ = _qemu_here()
-    if qemu is None:
-        return None
-    proc = _emulated(qemu, cpu_model, IDENTITY, [], timeout)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
-    except (IndexError, json.JSONDecodeError):
-        return None
 
 
 def verify_emulated(bundle: str | Path, cpu_model: str, *, threads: int, timeout: float = 3600) -> dict[str, Any]:
@@ -88,7 +39,7 @@ def verify_emulated(bundle: str | Path, cpu_model: str, *, threads: int, timeout
     failed (one line each), seconds}``; ``{cpu_model, skipped}`` where QEMU cannot run here (not an
     x86 machine, QEMU not installed). A CPU model QEMU does not know is refused in one line."""
     base: dict[str, Any] = {"cpu_model": cpu_model, "threads": int(threads), "bundle": str(bundle)}
-    qemu, why = _qemu_here()
+    qemu, why = qemu_here()
     if qemu is None:
         return {**base, "skipped": why}
     models = qemu_cpu_models(qemu)
@@ -98,7 +49,7 @@ def verify_emulated(bundle: str | Path, cpu_model: str, *, threads: int, timeout
                             f"`{QEMU} -cpu help` lists them)")
     version = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=60).stdout.splitlines()
     started = time.perf_counter()
-    proc = _emulated(qemu, cpu_model, CLI, ["verify", "-m", str(bundle), "--threads", str(int(threads)), "--json",
+    proc = run_emulated(qemu, cpu_model, CLI, ["verify", "-m", str(bundle), "--threads", str(int(threads)), "--json",
                                             "--no-cache"], timeout)
     seconds = round(time.perf_counter() - started, 1)
     try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.cpu import NO_BF16_ENV  # set to 1: treat this CPU as one without native bf16
 from ..core.errors import NNBridgeError
 from ..core.metadata import META_PREFIX, PRECISION_KEY
 
@@ -23,7 +24,6 @@ from ..core.metadata import META_PREFIX, PRECISION_KEY
 PRECISIONS = ("f32", "bf16")
 
 
-NO_BF16_ENV = "NNBRIDGE_NO_BF16"  # set to 1: treat this CPU as one without native bf16
 
 
 def openvino_installed() -> bool:
