@@ -428,6 +428,45 @@ def test_the_bundle_is_verified_on_an_emulated_deployment_cpu(gated_bundle):
         verify_emulated(bundle, "NoSuchCPU", threads=2)
 
 
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None or platform.machine() != "x86_64",
+                    reason="qemu-user is not installed (apt-get install qemu-user; make test installs it as root)")
+def test_deployment_cpu_identities_are_read_once_and_serve_a_node_without_qemu(tmp_path, monkeypatch):
+    """The workflow reads verify.emulated_cpus' identities under QEMU when it is parsed, on the
+    planning machine and again in each Slurm job: kept in a file, the reading is the planning
+    machine's everywhere (a node without QEMU decides the quantize defaults as planned, and no
+    job runs QEMU); an entry of another QEMU version is read again, one of another CPUID reader
+    is never used, a corrupt file is read again."""
+    import json
+
+    from nnbridge.core import emulation
+
+    cache = tmp_path / "emulated_cpus.json"
+    first = emulation.emulated_identities(["Haswell", "NoSuchCPU"], cache=cache)
+    assert first["Haswell"]["isa"] == ["avx2"] and first["NoSuchCPU"] is None
+    stored = json.loads(cache.read_text())["cpus"]
+    assert set(stored) == {"Haswell"} and stored["Haswell"]["qemu"].startswith("qemu-x86_64 version")
+
+    def plant(qemu_line, isa):
+        data = json.loads(cache.read_text())
+        data["cpus"]["Haswell"].update(qemu=qemu_line)
+        data["cpus"]["Haswell"]["identity"]["isa"] = isa
+        cache.write_text(json.dumps(data))
+
+    plant(stored["Haswell"]["qemu"], ["kept"])  # same QEMU: the kept reading is used, QEMU not run
+    assert emulation.emulated_identities(["Haswell"], cache=cache)["Haswell"]["isa"] == ["kept"]
+    with monkeypatch.context() as m:  # a Slurm node without QEMU
+        m.setattr(emulation.shutil, "which", lambda name: None)
+        assert emulation.emulated_identities(["Haswell"], cache=cache)["Haswell"]["isa"] == ["kept"]
+        assert emulation.emulated_identities(["Haswell"]) == {"Haswell": None}  # nothing kept, nothing known
+        m.setattr(emulation, "_identity_code", lambda: "another reader")
+        assert emulation.emulated_identities(["Haswell"], cache=cache) == {"Haswell": None}
+    plant("qemu-x86_64 version 0.1", ["older qemu"])  # another QEMU: read again, and kept
+    assert emulation.emulated_identities(["Haswell"], cache=cache)["Haswell"]["isa"] == ["avx2"]
+    assert json.loads(cache.read_text())["cpus"]["Haswell"] == stored["Haswell"]
+    cache.write_text("{")
+    assert emulation.emulated_identities(["Haswell"], cache=cache)["Haswell"]["isa"] == ["avx2"]
+
+
 def test_without_qemu_the_emulated_check_is_skipped_with_the_install_line(tmp_path, monkeypatch):
     """Where qemu-x86_64 is not installed the stage records SKIPPED with the command that installs
     it (the run goes on), and the report says so instead of a verdict."""

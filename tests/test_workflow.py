@@ -328,6 +328,9 @@ def test_emulated_deployment_cpus_add_one_verify_job_per_bundle_and_cpu(workdir,
         expected = {**no_vnni_plan, **expected}
         assert expected.get("quantize"), expected
     assert jobs == expected, jobs
+    if shutil.which("qemu-x86_64"):  # read once, kept for the next parse (and each Slurm job's)
+        kept = json.loads((workdir / ".snakemake/nnbridge/emulated_cpus.json").read_text())["cpus"]
+        assert set(kept) == {"Haswell", "Broadwell"} and kept["Haswell"]["identity"]["isa"] == ["avx2"], kept
     bad = run_snakemake(workdir, "-n", "--config", 'verify={"emulated_cpus": ["Has well"]}', check=False)
     assert bad.returncode != 0 and "emulated_cpus" in bad.stdout + bad.stderr
 

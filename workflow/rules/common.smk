@@ -17,7 +17,7 @@ from nnbridge.pipeline.params import named  # rules with several settings: param
 from nnbridge.core.keys import fold_order
 from nnbridge.quantize.cpudefaults import quantize_cpu_params
 from nnbridge.core.cpu import cpu_identity, least_capable
-from nnbridge.core.emulation import emulated_identity
+from nnbridge.core.emulation import emulated_identities
 from nnbridge.pipeline.plan import (
     FoldKey,
     artifact_paths,
@@ -526,10 +526,12 @@ def fold_stages(key, model):
 
 def quantize_identity():
     """The CPU the quantize defaults are decided for: this machine, narrowed to the features every
-    deployment CPU of verify.emulated_cpus also has (read under QEMU, ~1 s each); None without them."""
+    deployment CPU of verify.emulated_cpus also has (read under QEMU, ~1 s each, and kept in
+    .snakemake/nnbridge: a Slurm job's parse, on a node perhaps without QEMU, decides as the
+    planning machine did); None without them."""
     targets = {}
-    for cpu in config["verify"]["emulated_cpus"]:
-        identity = emulated_identity(cpu)
+    read = emulated_identities(config["verify"]["emulated_cpus"], cache=Path(".snakemake") / "nnbridge" / "emulated_cpus.json")
+    for cpu, identity in read.items():
         if identity is None:
             print(f"nnbridge note: verify.emulated_cpus: {cpu} could not be read under QEMU (not installed, or "
                   "not a CPU model it knows): the quantize defaults are this machine's", file=sys.stderr)

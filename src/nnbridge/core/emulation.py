@@ -2,7 +2,7 @@
 the real ONNX Runtime, OpenVINO and NumPy wheels take their code paths from the emulated CPUID.
 
 Here: finding QEMU, running code under it, and reading the CPU identity nnbridge sees there
-(:func:`emulated_identity`: the workflow decides the quantize defaults for the deployment CPUs
+(:func:`emulated_identities`: the workflow decides the quantize defaults for the deployment CPUs
 of ``verify.emulated_cpus`` when it is parsed). The bundle's check on an emulated CPU is
 :mod:`nnbridge.predict.emulated`. Kept apart from it so that parsing the workflow does not load
 the predictor (SciPy and the bundle code: ~0.4 s of every parse, twice per job on Slurm).
@@ -10,6 +10,7 @@ the predictor (SciPy and the bundle code: ~0.4 s of every parse, twice per job o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -17,9 +18,12 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+from . import cpu as cpu_module
 from .cpu import NO_BF16_ENV, NO_VNNI_ENV
+from .runlog import store_cache
 
 X86 = ("x86_64", "amd64")
 QEMU = "qemu-x86_64"
@@ -64,3 +68,54 @@ def emulated_identity(cpu_model: str, timeout: float = 300) -> dict[str, Any] | 
         return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
     except (IndexError, json.JSONDecodeError):
         return None
+
+
+IDENTITY_CACHE_FORMAT = "nnbridge emulated CPU identities 1"
+
+
+def qemu_version(qemu: str) -> str:
+    """The first line of ``qemu --version`` (its CPU models' CPUID may change with it)."""
+    out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=60).stdout
+    return (out.strip().splitlines() or ["unknown"])[0]
+
+
+def _identity_code() -> str:
+    """What an identity read under QEMU depends on besides QEMU: nnbridge's CPUID reader."""
+    return hashlib.sha256(Path(cpu_module.__file__).read_bytes()).hexdigest()[:16]
+
+
+def emulated_identities(cpu_models: list[str], cache: Path | None = None) -> dict[str, dict[str, Any] | None]:
+    """:func:`emulated_identity` of each CPU model (None where it cannot be read), kept in
+    ``cache`` (a JSON file) with the QEMU version and the CPUID reader's code it was read with.
+
+    The workflow decides the quantize defaults for these CPUs whenever it is parsed: on the
+    machine that plans the run, and again in every Slurm job, whose node may have no QEMU. A
+    cached identity is used there as read on the planning machine, so a job quantizes with the
+    settings the run planned (not with its node's own defaults) and no job runs QEMU; where QEMU
+    is installed, an entry read with another QEMU version is read again. An entry of other
+    CPUID-reader code is never used."""
+    stored: dict[str, Any] = {}
+    if cache is not None:
+        try:
+            data = json.loads(Path(cache).read_text())
+            if data.get("format") == IDENTITY_CACHE_FORMAT and isinstance(data.get("cpus"), dict):
+                stored = data["cpus"]
+        except (OSError, ValueError, AttributeError):
+            stored = {}
+    qemu, _ = qemu_here()
+    version = qemu_version(qemu) if qemu else None
+    code = _identity_code()
+    out: dict[str, dict[str, Any] | None] = {}
+    updated = dict(stored)
+    for model in cpu_models:
+        entry = stored.get(model)
+        if (isinstance(entry, dict) and entry.get("code") == code and isinstance(entry.get("identity"), dict)
+                and (version is None or entry.get("qemu") == version)):
+            out[model] = entry["identity"]
+            continue
+        out[model] = emulated_identity(model) if qemu else None
+        if out[model] is not None:
+            updated[model] = {"identity": out[model], "qemu": version, "code": code}
+    if cache is not None and updated != stored:
+        store_cache(cache, {"format": IDENTITY_CACHE_FORMAT, "cpus": updated})
+    return out

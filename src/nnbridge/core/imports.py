@@ -17,10 +17,11 @@ import argparse
 import ast
 import hashlib
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .runlog import store_cache
 
 PACKAGE = "nnbridge"
 
@@ -60,7 +61,7 @@ class ImportGraph:
             used[key] = stored.get(key) or _scan(name, path, text)
             graph._apply(name, path, used[key])
         if cache and used.keys() != stored.keys():
-            _store_scans(cache, used)
+            store_cache(cache, {"format": CACHE_FORMAT, "scans": used})
         return graph
 
     def _known(self, dotted: str) -> str | None:
@@ -184,19 +185,6 @@ def _load_scans(cache: Path) -> dict[str, dict]:
         return data["scans"] if data.get("format") == CACHE_FORMAT and isinstance(data["scans"], dict) else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
-
-
-def _store_scans(cache: Path, scans: dict[str, dict]) -> None:
-    """Write the scans of this read (atomically: jobs that parse the workflow at once may race);
-    a cache that cannot be written is left alone."""
-    cache = Path(cache)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"format": CACHE_FORMAT, "scans": scans}))
-        os.replace(tmp, cache)
-    except OSError:
-        pass
 
 
 # statements that hold other statements (the bodies of if/for/while/with/try/match and of

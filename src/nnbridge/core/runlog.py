@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -71,6 +72,20 @@ def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, creating the folder."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def store_cache(path: str | Path, data: Any) -> None:
+    """Write a cache file (JSON) atomically: processes that parse the workflow at once (Slurm
+    jobs) may race, and a reader sees the old file or the new one. One that cannot be written
+    is left alone: a cache only saves work."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
