@@ -76,7 +76,7 @@ IDENTITY_CACHE_FORMAT = "nnbridge emulated CPU identities 1"
 def qemu_version(qemu: str) -> str:
     """The first line of ``qemu --version`` (its CPU models' CPUID may change with it)."""
     out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=60).stdout
-    return (out.strip().splitlines() or ["unknown"])[0]
+    return (out.strip().splitlines() or [QEMU])[0]
 
 
 def _identity_code() -> str:

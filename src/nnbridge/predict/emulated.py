@@ -19,12 +19,11 @@ moved by 0.003 at 1 thread).
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from ..core.emulation import QEMU, qemu_cpu_models, qemu_here, run_emulated
+from ..core.emulation import QEMU, qemu_cpu_models, qemu_here, qemu_version, run_emulated
 from ..core.errors import NNBridgeError
 from .verify import failed_checks
 
@@ -47,7 +46,7 @@ def verify_emulated(bundle: str | Path, cpu_model: str, *, threads: int, timeout
         examples = ", ".join(m for m in ("Haswell", "Broadwell", "Skylake-Client", "Cascadelake-Server") if m in models)
         raise NNBridgeError(f"verify.emulated_cpus: {cpu_model!r} is not a CPU model of {QEMU} (e.g. {examples}; "
                             f"`{QEMU} -cpu help` lists them)")
-    version = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=60).stdout.splitlines()
+    version = qemu_version(qemu)
     started = time.perf_counter()
     proc = run_emulated(qemu, cpu_model, CLI, ["verify", "-m", str(bundle), "--threads", str(int(threads)), "--json",
                                             "--no-cache"], timeout)
@@ -60,6 +59,6 @@ def verify_emulated(bundle: str | Path, cpu_model: str, *, threads: int, timeout
     records = {None: data} if "format" in data else dict(data)  # a cascade: one record per stage
     failed = [f"{f'{stage} stage: ' if stage else ''}{name} on {backend} fold {fold}: {'; '.join(failures)}"
               for stage, record in records.items() for name, backend, fold, failures in failed_checks(record)]
-    return {**base, "emulator": version[0] if version else QEMU, "cpu": next(iter(records.values())).get("cpu"),
+    return {**base, "emulator": version, "cpu": next(iter(records.values())).get("cpu"),
             "records": {stage or "": record for stage, record in records.items()},
             "passed": not failed, "failed": failed, "seconds": seconds}
