@@ -120,6 +120,8 @@ def files_of(paths):
 # each module's imports, scanned once and kept by the sha256 of its text (a changed module is
 # scanned again): the import graph is read whenever the workflow is parsed
 IMPORT_SCANS = Path(".snakemake") / "nnbridge" / "import_scans.json"
+# verify.emulated_cpus as read under QEMU, for every later parse (quantize_identity)
+EMULATED_CPUS = Path(".snakemake") / "nnbridge" / "emulated_cpus.json"
 
 
 def code_version(script):
@@ -530,7 +532,7 @@ def quantize_identity():
     .snakemake/nnbridge: a Slurm job's parse, on a node perhaps without QEMU, decides as the
     planning machine did); None without them."""
     targets = {}
-    read = emulated_identities(config["verify"]["emulated_cpus"], cache=Path(".snakemake") / "nnbridge" / "emulated_cpus.json")
+    read = emulated_identities(config["verify"]["emulated_cpus"], cache=EMULATED_CPUS)
     for cpu, identity in read.items():
         if identity is None:
             print(f"nnbridge note: verify.emulated_cpus: {cpu} could not be read under QEMU (not installed, or "

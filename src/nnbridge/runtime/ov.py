@@ -24,8 +24,6 @@ from ..core.metadata import META_PREFIX, PRECISION_KEY
 PRECISIONS = ("f32", "bf16")
 
 
-
-
 def openvino_installed() -> bool:
     """Whether OpenVINO can be imported here (an optional dependency: ``nnbridge[openvino]``)."""
     return importlib.util.find_spec("openvino") is not None
