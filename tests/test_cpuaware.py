@@ -8,7 +8,6 @@ everywhere; where the CPU really lacks them, the same assertions hold without th
 
 from __future__ import annotations
 
-import platform
 import shutil
 
 import numpy as np
@@ -17,10 +16,13 @@ import pytest
 from onnx import numpy_helper
 
 from nnbridge.core.cpu import INT8_DOT_FLAGS, NO_VNNI_ENV, cpu_identity, cpu_kind, int8_dot
+from nnbridge.core.emulation import qemu_here
 from nnbridge.core.records import BenchmarkRecord, ParityRecord
 from nnbridge.quantize import quantize_variant
 from nnbridge.quantize.cpudefaults import decision_features, quantize_cpu_params, resolve
 from nnbridge.validate.selfcheck import fit_budget
+
+NO_QEMU = qemu_here()[1]  # why QEMU cannot emulate an x86 CPU here, or None
 
 X86_NO_DOT = {"arch": "x86", "avx2": True, "int8_dot": []}
 X86_VNNI = {"arch": "x86", "avx2": True, "int8_dot": True}  # as the pipeline passes it
@@ -393,8 +395,7 @@ def test_predict_rechecks_on_an_unseen_cpu_kind_and_refuses_what_fails_here(gate
     assert not list(root.glob(".verify-*"))  # nothing half-written left beside the bundle
 
 
-@pytest.mark.skipif(shutil.which("qemu-x86_64") is None or platform.machine() != "x86_64",
-                    reason="qemu-user is not installed (apt-get install qemu-user; make test installs it as root)")
+@pytest.mark.skipif(NO_QEMU is not None, reason=str(NO_QEMU))
 def test_the_bundle_is_verified_on_an_emulated_deployment_cpu(gated_bundle):
     """The verify_emulated stage: `nnbridge verify` under QEMU's Haswell (AVX2, no VNNI) on the
     bundle, not cached in it (the bundle stays as the pipeline wrote it); the planted variant is
@@ -428,8 +429,7 @@ def test_the_bundle_is_verified_on_an_emulated_deployment_cpu(gated_bundle):
         verify_emulated(bundle, "NoSuchCPU", threads=2)
 
 
-@pytest.mark.skipif(shutil.which("qemu-x86_64") is None or platform.machine() != "x86_64",
-                    reason="qemu-user is not installed (apt-get install qemu-user; make test installs it as root)")
+@pytest.mark.skipif(NO_QEMU is not None, reason=str(NO_QEMU))
 def test_deployment_cpu_identities_are_read_once_and_serve_a_node_without_qemu(tmp_path, monkeypatch):
     """The workflow reads verify.emulated_cpus' identities under QEMU when it is parsed, on the
     planning machine and again in each Slurm job: kept in a file, the reading is the planning

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import cpu as cpu_module
 from .cpu import NO_BF16_ENV, NO_VNNI_ENV
-from .runlog import store_cache
+from .runlog import load_cache, store_cache
 
 X86 = ("x86_64", "amd64")
 QEMU = "qemu-x86_64"
@@ -94,14 +94,7 @@ def emulated_identities(cpu_models: list[str], cache: Path | None = None) -> dic
     settings the run planned (not with its node's own defaults) and no job runs QEMU; where QEMU
     is installed, an entry read with another QEMU version is read again. An entry of other
     CPUID-reader code is never used."""
-    stored: dict[str, Any] = {}
-    if cache is not None:
-        try:
-            data = json.loads(Path(cache).read_text())
-            if data.get("format") == IDENTITY_CACHE_FORMAT and isinstance(data.get("cpus"), dict):
-                stored = data["cpus"]
-        except (OSError, ValueError, AttributeError):
-            stored = {}
+    stored = load_cache(cache, IDENTITY_CACHE_FORMAT, "cpus") if cache is not None else {}
     qemu, _ = qemu_here()
     version = qemu_version(qemu) if qemu else None
     code = _identity_code()

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runlog import store_cache
+from .runlog import load_cache, store_cache
 
 PACKAGE = "nnbridge"
 
@@ -53,7 +52,7 @@ class ImportGraph:
             parts = (PACKAGE, *path.relative_to(root).with_suffix("").parts)
             name = ".".join(parts).removesuffix(".__init__")
             graph.files[name] = path
-        stored = _load_scans(cache) if cache else {}
+        stored = load_cache(cache, CACHE_FORMAT, "scans") if cache else {}
         used: dict[str, dict] = {}
         for name, path in graph.files.items():
             text = path.read_text()
@@ -176,15 +175,6 @@ def _scan(name: str, path: Path, text: str) -> dict:
 
 
 CACHE_FORMAT = "nnbridge import scans 1"
-
-
-def _load_scans(cache: Path) -> dict[str, dict]:
-    """The cached scans, or none when the file is missing, unreadable or of another format."""
-    try:
-        data = json.loads(Path(cache).read_text())
-        return data["scans"] if data.get("format") == CACHE_FORMAT and isinstance(data["scans"], dict) else {}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
 
 
 # statements that hold other statements (the bodies of if/for/while/with/try/match and of

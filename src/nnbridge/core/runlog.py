@@ -74,6 +74,17 @@ def write_json(path: str | Path, data: Any) -> None:
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def load_cache(path: str | Path, fmt: str, field: str) -> dict[str, Any]:
+    """The ``field`` mapping of a cache file :func:`store_cache` wrote with ``{"format": fmt}``;
+    empty when the file is missing, unreadable, not JSON or of another format."""
+    try:
+        data = json.loads(Path(path).read_text())
+        entries = data[field] if isinstance(data, dict) and data.get("format") == fmt else {}
+    except (OSError, ValueError, KeyError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
 def store_cache(path: str | Path, data: Any) -> None:
     """Write a cache file (JSON) atomically: processes that parse the workflow at once (Slurm
     jobs) may race, and a reader sees the old file or the new one. One that cannot be written

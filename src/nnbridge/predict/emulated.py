@@ -49,7 +49,7 @@ def verify_emulated(bundle: str | Path, cpu_model: str, *, threads: int, timeout
     version = qemu_version(qemu)
     started = time.perf_counter()
     proc = run_emulated(qemu, cpu_model, CLI, ["verify", "-m", str(bundle), "--threads", str(int(threads)), "--json",
-                                            "--no-cache"], timeout)
+                                                "--no-cache"], timeout)
     seconds = round(time.perf_counter() - started, 1)
     try:
         data = json.loads(proc.stdout)
