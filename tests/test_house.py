@@ -119,6 +119,39 @@ def test_predict_imports_and_runs_without_torch_nnunet_or_snakemake(tmp_path):
     assert "no_bundle: not an nnbridge bundle" in proc.stderr and "Traceback" not in proc.stderr
 
 
+# stages whose work is torch's (exporting, running or training the PyTorch model)
+TORCH_STAGES = {"case_parity", "demo_train_pytorch", "export_onnx", "export_torchscript", "realistic", "reference"}
+
+
+def test_stages_without_pytorch_work_start_without_importing_torch():
+    """Every other stage's script imports its modules with torch made unimportable (importing
+    torch costs each such job ~1.5-2 s; simplify and patches paid it through package imports)."""
+    scripts = sorted(p for p in SCRIPTS.glob("*.py") if p.stem not in TORCH_STAGES)
+    assert {"simplify", "patches", "quantize", "calibrate", "validate", "bundle", "report"} <= {p.stem for p in scripts}
+    script = textwrap.dedent("""
+        import ast, sys
+        from pathlib import Path
+
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "nnunetv2"):
+                    raise ImportError(f"blocked: {name}")
+
+        sys.meta_path.insert(0, Blocker())
+        for path in sys.argv[1:]:
+            tree = ast.parse(Path(path).read_text())
+            top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+            try:
+                exec(compile(ast.Module(body=top, type_ignores=[]), path, "exec"), {})
+            except ImportError as exc:
+                print(f"{Path(path).name}: {exc}")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, scripts)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
+
+
 def _rel(files: list[Path]) -> set[str]:
     base = ROOT / "src" / "nnbridge"
     return {f.relative_to(base).as_posix() for f in files[1:]}

@@ -27,7 +27,8 @@ from nnbridge.core.errors import NNBridgeError
 from nnbridge.demo.zoo import STAGES, ZOO, prepare, run_entry
 from nnbridge.export.onnx_export import export_onnx
 from nnbridge.export.simplify import simplify_onnx
-from nnbridge.export.weights import carriers, verify_derived_graph, verify_onnx_weights
+from nnbridge.export.graph_proof import carriers, verify_derived_graph
+from nnbridge.export.weights import verify_onnx_weights
 from nnbridge.models.loader import load_model
 from nnbridge.pipeline.plan import discover_models
 

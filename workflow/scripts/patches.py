@@ -1,4 +1,3 @@
-from nnbridge.patches.images import write_image_patch_sets
 from nnbridge.patches.sampling import copy_patch_sets, write_patch_sets
 from nnbridge.core.records import PatchesRecord
 from nnbridge.core.runlog import logged
@@ -9,6 +8,9 @@ with logged(snakemake.log[0]):
     sampling = dict(seed=snakemake.params.seed, foreground_fraction=snakemake.params.foreground_fraction)
     images = snakemake.params.images
     if images:  # the model's own preprocessing of an image folder
+        # imported here: it runs the model (torch, nnU-Net's predictor), the other sources do not
+        from nnbridge.patches.images import write_image_patch_sets
+
         summary = write_image_patch_sets(
             source,
             snakemake.params.preprocessed,

@@ -1,11 +1,7 @@
-"""Export a loaded fold to ONNX and TorchScript, each proven to carry the checkpoint's weights, and
-simplify the ONNX graph (kept only when its outputs match)."""
+"""Export a loaded fold to ONNX (:mod:`.onnx_export`) and TorchScript (:mod:`.torchscript_export`),
+each proven to carry the checkpoint's weights (:mod:`.weights`, :mod:`.graph_proof`), and simplify
+the ONNX graph, kept only when its outputs match (:mod:`.simplify`).
 
-from .common import INPUT_NAME, OUTPUT_NAME, check_spatial_shape, fold_metadata, probe_shapes
-from .onnx_export import export_onnx, write_onnx
-from .torchscript_export import export_torchscript
-from .weights import unused_at_inference, verify_onnx_weights, verify_torchscript_weights
-
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "check_spatial_shape", "export_onnx", "export_torchscript",
-           "fold_metadata", "probe_shapes", "unused_at_inference", "verify_onnx_weights",
-           "verify_torchscript_weights", "write_onnx"]
+This file imports nothing: the simplify stage imports no torch (its graph proof needs none), the
+export stages do.
+"""

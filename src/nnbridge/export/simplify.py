@@ -14,7 +14,7 @@ import onnx
 from ..core.artifacts import verify_recorded
 from ..core.runlog import read_json, sha256_file
 from ..runtime.ort import run_onnx
-from .weights import carriers, verify_derived_graph
+from .graph_proof import carriers, verify_derived_graph
 
 TOOLS = ("onnxsim", "onnxslim")
 
@@ -41,7 +41,7 @@ def simplify_onnx(src: Path, dst: Path, check_patches: np.ndarray, atol: float =
     """Write a simplified ``src`` to ``dst`` if it reproduces ``src``'s logits within ``atol``
     and carries ``src``'s weight tensors (those the export's weight proof in ``export_record``
     — default: the record ``src_record`` — found the checkpoint in; without either, every float
-    initializer), proven like the export (:func:`nnbridge.export.weights.verify_derived_graph`).
+    initializer), proven like the export (:func:`nnbridge.export.graph_proof.verify_derived_graph`).
 
     The ``tools`` are tried in order (onnxsim, then onnxslim when onnxsim fails or its graph
     does not match); every attempt is recorded. With ``src_record`` (export.json), ``src`` is first
