@@ -90,3 +90,124 @@ def test_missing_fold_names_the_file(tiny_model):
 
 def test_total_stride():
     assert total_stride([[1, 1, 1], [2, 2, 2], [1, 2, 2]]) == (2, 4, 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# the network of a trainer whose source proves it uses nnU-Net's default builder is built without
+# importing the trainer (nnbridge.models.trainer_source); any other trainer's class is imported
+
+PLANTED = {
+    "mixins.py": "class Quiet:\n    verbose = False\n",
+    "nnUNetTrainerPlainX.py": (
+        "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n"
+        "from mixins import Quiet\n\n\n"
+        "class nnUNetTrainerPlainX(Quiet, nnUNetTrainer):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "        self.num_epochs = 3\n\n\n"
+        "class nnUNetTrainerPlainXChild(nnUNetTrainerPlainX):\n"
+        "    pass\n"),
+    # the same weights, another network: LeakyReLU -> ReLU (a strict load cannot tell)
+    "nnUNetTrainerReLU.py": (
+        "import torch\n"
+        "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n"
+        "from nnunetv2.utilities.get_network_from_plans import get_network_from_plans\n\n\n"
+        "class nnUNetTrainerReLU(nnUNetTrainer):\n"
+        "    @staticmethod\n"
+        "    def build_network_architecture(plans_manager, configuration_manager, num_input_channels,\n"
+        "                                   num_output_channels, enable_deep_supervision=True):\n"
+        "        kwargs = dict(configuration_manager.network_arch_init_kwargs)\n"
+        "        kwargs['nonlin'] = 'torch.nn.ReLU'\n"
+        "        return get_network_from_plans(configuration_manager.network_arch_class_name, kwargs,\n"
+        "                                      configuration_manager.network_arch_init_kwargs_req_import,\n"
+        "                                      num_input_channels, num_output_channels, allow_init=True,\n"
+        "                                      deep_supervision=enable_deep_supervision)\n\n\n"
+        "class nnUNetTrainerReLUChild(nnUNetTrainerReLU):\n"
+        "    pass\n\n\n"
+        "def _decorate(cls):\n"
+        "    return cls\n\n\n"
+        "@_decorate\n"
+        "class nnUNetTrainerDecorated(nnUNetTrainer):\n"
+        "    pass\n\n\n"
+        "nnUNetTrainerMade = type('nnUNetTrainerMade', (nnUNetTrainer,), {})\n\n\n"
+        "class nnUNetTrainerTwice(nnUNetTrainer):\n"
+        "    pass\n\n\n"
+        "class nnUNetTrainerAssigned(nnUNetTrainer):\n"
+        "    build_network_architecture = nnUNetTrainerReLU.build_network_architecture\n"),
+    "twice.py": "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n\n\n"
+                "class nnUNetTrainerTwice(nnUNetTrainer):\n    pass\n",
+}
+
+
+@pytest.fixture
+def planted_trainers(tmp_path, monkeypatch):
+    folder = tmp_path / "trainers"
+    folder.mkdir()
+    for name, text in PLANTED.items():
+        (folder / name).write_text(text)
+    monkeypatch.setenv("nnUNet_extTrainer", str(folder))
+    return folder
+
+
+def test_the_source_proves_only_trainers_that_keep_the_default_builder(planted_trainers, tmp_path):
+    from nnbridge.models.trainer_source import builds_default_network, trainer_folders
+
+    folders = trainer_folders()
+    assert planted_trainers in folders and folders[0].parts[-3:] == ("nnunetv2", "training", "nnUNetTrainer")
+    proven = {name for name in ("nnUNetTrainer", "nnUNetTrainer_5epochs", "nnBridgeDemoTrainer",
+                                "nnUNetTrainerPlainX", "nnUNetTrainerPlainXChild")
+              if builds_default_network(name)}
+    assert proven == {"nnUNetTrainer", "nnUNetTrainer_5epochs", "nnBridgeDemoTrainer",
+                      "nnUNetTrainerPlainX", "nnUNetTrainerPlainXChild"}
+    # nnU-Net's own BatchNorm variant, a custom builder (also inherited or assigned), a decorated
+    # class, a class made by a call, a name defined twice, an unknown name: import the class
+    for name in ("nnUNetTrainerBN", "nnUNetTrainerReLU", "nnUNetTrainerReLUChild", "nnUNetTrainerAssigned",
+                 "nnUNetTrainerDecorated", "nnUNetTrainerMade", "nnUNetTrainerTwice", "nnUNetTrainerNowhere"):
+        assert not builds_default_network(name), name
+    # a file that does not parse: nnU-Net's import of it would fail; nothing is proven
+    (planted_trainers / "broken.py").write_text("class Broken(:\n")
+    assert not builds_default_network("nnUNetTrainerPlainX")
+
+
+def _copy_with_trainer(tiny_model, folder, trainer):
+    shutil.copytree(tiny_model.model_folder, folder)
+    path = folder / "fold_0" / tiny_model.checkpoint
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint["trainer_name"] = trainer
+    torch.save(checkpoint, path)
+
+
+def test_a_proven_trainer_gets_the_network_its_class_builds(tiny_model, loaded_fold, planted_trainers, tmp_path):
+    """Built without the trainer class, the demo trainer's network is the one its class's
+    build_network_architecture returns: same modules, and the same logits with the fold's weights."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnbridge.models.nnunet import _trainer_network, find_trainer_class
+    from nnbridge.models.trainer_source import builds_default_network
+
+    assert builds_default_network(loaded_fold.trainer_name)
+    manager = PlansManager(loaded_fold.plans)
+    cm = manager.get_configuration(loaded_fold.configuration)
+    by_class = _trainer_network(find_trainer_class(loaded_fold.trainer_name), manager, cm,
+                                loaded_fold.num_input_channels, loaded_fold.num_outputs)
+    assert repr(by_class) == repr(loaded_fold.network)
+    by_class.load_state_dict(loaded_fold.network.state_dict())
+    by_class.eval()
+    x = torch.randn(1, loaded_fold.num_input_channels, *loaded_fold.patch_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(by_class(x), loaded_fold.network(x))
+    # a planted trainer that only changes training settings loads the same way
+    _copy_with_trainer(tiny_model, tmp_path / "plain", "nnUNetTrainerPlainX")
+    plain = load_nnunet_fold(tmp_path / "plain", "0", tiny_model.checkpoint)
+    assert plain.trainer_note is None and repr(plain.network) == repr(loaded_fold.network)
+
+
+def test_a_trainer_with_its_own_builder_gets_its_network(tiny_model, loaded_fold, planted_trainers, tmp_path):
+    """Same weights, ReLU instead of LeakyReLU: the strict load and the weight proof pass either
+    way, so only building through the trainer's own class gives its network."""
+    _copy_with_trainer(tiny_model, tmp_path / "relu", "nnUNetTrainerReLUChild")
+    fold = load_nnunet_fold(tmp_path / "relu", "0", tiny_model.checkpoint)
+    kinds = {type(m).__name__ for m in fold.network.modules()}
+    assert fold.trainer_note is None and fold.weight_check.ok
+    assert "ReLU" in kinds and "LeakyReLU" not in kinds
+    assert "LeakyReLU" in {type(m).__name__ for m in loaded_fold.network.modules()}

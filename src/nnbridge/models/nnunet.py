@@ -1,14 +1,15 @@
 """Loading trained nnU-Net v2 folds with provably correct weights.
 
 A fold is loaded the way nnU-Net's own predictor builds its network (trainer class,
-``build_network_architecture`` with deep supervision off), but the checkpoint is read with
-``torch.load(weights_only=True)`` and an explicit allow-list, the state dict is loaded
-strictly, and every parameter and buffer is compared with the checkpoint afterwards."""
+``build_network_architecture`` with deep supervision off; a trainer whose source proves that it
+keeps nnU-Net's default builder is not imported, :mod:`nnbridge.models.trainer_source`), but the
+checkpoint is read with ``torch.load(weights_only=True)`` and an explicit allow-list, the state
+dict is loaded strictly, and every parameter and buffer is compared with the checkpoint
+afterwards."""
 
 from __future__ import annotations
 
 import inspect
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ import numpy as np
 
 from ..core.errors import NNBridgeError
 from ..core.runlog import read_json, sha256_file
-from . import TRAINER_DIR
 from .checkpoint import load_strictly, read_torch_file, strip_prefixes, verified
 from .loaded import LoadedFold
+from .trainer_source import builds_default_network, ext_trainer_paths
 
 
 
@@ -38,10 +39,7 @@ def load_checkpoint(path: Path, *, trusted: bool = False) -> dict[str, Any]:
 def find_trainer_class(trainer_name: str) -> type:
     """Locate a trainer class the way nnU-Net does, with nnbridge's own trainers appended."""
 
-    ext = os.environ.get("nnUNet_extTrainer", "")
-    paths = [p for p in ext.split(os.pathsep) if p]
-    if str(TRAINER_DIR) not in paths:
-        os.environ["nnUNet_extTrainer"] = os.pathsep.join([*paths, str(TRAINER_DIR)])
+    ext_trainer_paths()
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name  # noqa: PLC0415
 
     try:
@@ -71,6 +69,24 @@ def trainer_or_default(trainer_name: str) -> tuple[type, str | None]:
             f"trainer class {trainer_name!r} is not installed: network built from plans.json's architecture as "
             f"nnU-Net's default trainer ({DEFAULT_TRAINER}) builds it; the strict load and weight proof check it"
         )
+
+
+def _trainer_network(trainer_class: type, plans_manager: Any, cm: Any, num_input_channels: int,
+                     num_outputs: int) -> Any:
+    """The network ``trainer_class.build_network_architecture`` builds (deep supervision off), in
+    either of its signatures (nnunetv2 >= 2.5: plans and configuration managers)."""
+    if "plans_manager" in inspect.signature(trainer_class.build_network_architecture).parameters:
+        return trainer_class.build_network_architecture(
+            plans_manager, cm, num_input_channels, num_outputs, enable_deep_supervision=False
+        )
+    return trainer_class.build_network_architecture(
+        cm.network_arch_class_name,
+        cm.network_arch_init_kwargs,
+        cm.network_arch_init_kwargs_req_import,
+        num_input_channels,
+        num_outputs,
+        enable_deep_supervision=False,
+    )
 
 
 def fold_dirname(fold: str | int) -> str:
@@ -110,20 +126,17 @@ def load_nnunet_fold(
     num_input_channels = determine_num_input_channels(plans_manager, cm, dataset_json)
     label_manager = plans_manager.get_label_manager(dataset_json)
     num_outputs = label_manager.num_segmentation_heads
-    trainer_class, trainer_note = trainer_or_default(trainer_name)
-    if "plans_manager" in inspect.signature(trainer_class.build_network_architecture).parameters:
-        network = trainer_class.build_network_architecture(
-            plans_manager, cm, num_input_channels, num_outputs, enable_deep_supervision=False
+    if builds_default_network(trainer_name):  # proven from the source: no trainer import (~4 s)
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: PLC0415
+
+        trainer_note = None
+        network = get_network_from_plans(
+            cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
+            num_input_channels, num_outputs, allow_init=True, deep_supervision=False,
         )
     else:
-        network = trainer_class.build_network_architecture(
-            cm.network_arch_class_name,
-            cm.network_arch_init_kwargs,
-            cm.network_arch_init_kwargs_req_import,
-            num_input_channels,
-            num_outputs,
-            enable_deep_supervision=False,
-        )
+        trainer_class, trainer_note = trainer_or_default(trainer_name)
+        network = _trainer_network(trainer_class, plans_manager, cm, num_input_channels, num_outputs)
     weights = strip_prefixes(checkpoint["network_weights"])
     if trainer_note is None:
         load_strictly(network, weights, checkpoint_path, "the network built from plans.json",
