@@ -164,6 +164,12 @@ def test_the_source_proves_only_trainers_that_keep_the_default_builder(planted_t
     for name in ("nnUNetTrainerBN", "nnUNetTrainerReLU", "nnUNetTrainerReLUChild", "nnUNetTrainerAssigned",
                  "nnUNetTrainerDecorated", "nnUNetTrainerMade", "nnUNetTrainerTwice", "nnUNetTrainerNowhere"):
         assert not builds_default_network(name), name
+    # a name no source file mentions cannot be installed there; one only mentioned might be
+    from nnbridge.models.trainer_source import not_installed
+
+    (planted_trainers / "notes.py").write_text("# nnUNetTrainerMentioned: see the wiki\n")
+    assert not_installed("nnUNetTrainerNowhere")
+    assert not any(not_installed(n) for n in ("nnUNetTrainerMentioned", "nnUNetTrainerReLU", "nnUNetTrainer_5epochs"))
     # a file that does not parse: nnU-Net's import of it would fail; nothing is proven
     (planted_trainers / "broken.py").write_text("class Broken(:\n")
     assert not builds_default_network("nnUNetTrainerPlainX")
@@ -211,3 +217,32 @@ def test_a_trainer_with_its_own_builder_gets_its_network(tiny_model, loaded_fold
     assert fold.trainer_note is None and fold.weight_check.ok
     assert "ReLU" in kinds and "LeakyReLU" not in kinds
     assert "LeakyReLU" in {type(m).__name__ for m in loaded_fold.network.modules()}
+
+
+def test_proven_and_absent_trainers_load_without_importing_a_trainer(tiny_model, tmp_path):
+    """In a fresh process: the demo trainer's fold, and a copy whose trainer no source mentions
+    (default network, with the note), load without nnU-Net's trainer module (torch._dynamo,
+    seaborn, every trainer variant)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _copy_with_trainer(tiny_model, tmp_path / "absent", "nnUNetTrainerNowhereToBeFound")
+    script = (
+        "import json, sys\n"
+        "from nnbridge.models.nnunet import load_nnunet_fold\n"
+        "out = []\n"
+        "for folder in sys.argv[2:]:\n"
+        "    fold = load_nnunet_fold(folder, '0', sys.argv[1])\n"
+        "    out.append([fold.weight_check.ok, fold.trainer_note,\n"
+        "                'nnunetv2.training.nnUNetTrainer.nnUNetTrainer' in sys.modules])\n"
+        "print(json.dumps(out))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-c", script, tiny_model.checkpoint, str(tiny_model.model_folder),
+                           str(tmp_path / "absent")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (ok, note, imported), (ok_absent, note_absent, imported_after) = json.loads(proc.stdout.splitlines()[-1])
+    assert ok and note is None and not imported
+    assert ok_absent and "not installed" in note_absent and not imported_after

@@ -19,7 +19,7 @@ from ..core.errors import NNBridgeError
 from ..core.runlog import read_json, sha256_file
 from .checkpoint import load_strictly, read_torch_file, strip_prefixes, verified
 from .loaded import LoadedFold
-from .trainer_source import builds_default_network, ext_trainer_paths
+from .trainer_source import builds_default_network, ext_trainer_paths, not_installed
 
 
 
@@ -65,10 +65,22 @@ def trainer_or_default(trainer_name: str) -> tuple[type, str | None]:
     except NNBridgeError:
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: PLC0415
 
-        return nnUNetTrainer, (
-            f"trainer class {trainer_name!r} is not installed: network built from plans.json's architecture as "
-            f"nnU-Net's default trainer ({DEFAULT_TRAINER}) builds it; the strict load and weight proof check it"
-        )
+        return nnUNetTrainer, _not_installed_note(trainer_name)
+
+
+def _not_installed_note(trainer_name: str) -> str:
+    return (f"trainer class {trainer_name!r} is not installed: network built from plans.json's architecture as "
+            f"nnU-Net's default trainer ({DEFAULT_TRAINER}) builds it; the strict load and weight proof check it")
+
+
+def _default_network(cm: Any, num_input_channels: int, num_outputs: int) -> Any:
+    """What ``nnUNetTrainer.build_network_architecture`` builds (deep supervision off), where
+    :func:`nnbridge.models.trainer_source.builds_default_network` proved it is that call."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: PLC0415
+
+    return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                  cm.network_arch_init_kwargs_req_import, num_input_channels, num_outputs,
+                                  allow_init=True, deep_supervision=False)
 
 
 def _trainer_network(trainer_class: type, plans_manager: Any, cm: Any, num_input_channels: int,
@@ -126,14 +138,13 @@ def load_nnunet_fold(
     num_input_channels = determine_num_input_channels(plans_manager, cm, dataset_json)
     label_manager = plans_manager.get_label_manager(dataset_json)
     num_outputs = label_manager.num_segmentation_heads
-    if builds_default_network(trainer_name):  # proven from the source: no trainer import (~4 s)
-        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: PLC0415
-
+    # proven from the trainers' source: the default network, without importing a trainer (~4 s)
+    if builds_default_network(trainer_name):
         trainer_note = None
-        network = get_network_from_plans(
-            cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
-            num_input_channels, num_outputs, allow_init=True, deep_supervision=False,
-        )
+        network = _default_network(cm, num_input_channels, num_outputs)
+    elif not_installed(trainer_name) and builds_default_network(DEFAULT_TRAINER):
+        trainer_note = _not_installed_note(trainer_name)
+        network = _default_network(cm, num_input_channels, num_outputs)
     else:
         trainer_class, trainer_note = trainer_or_default(trainer_name)
         network = _trainer_network(trainer_class, plans_manager, cm, num_input_channels, num_outputs)

@@ -137,3 +137,16 @@ def builds_default_network(trainer_name: str, folders: list[Path] | None = None)
             return False
         todo.extend(b for b in cls.bases if b != "object")
     return BASE_TRAINER in seen
+
+
+def not_installed(trainer_name: str, folders: list[Path] | None = None) -> bool:
+    """True when no source file in the folders nnU-Net searches mentions ``trainer_name`` at all:
+    then no import of them can give nnU-Net that class (False does not mean it is installed)."""
+    for folder in trainer_folders() if folders is None else folders:
+        for path in sorted(folder.rglob("*.py")) if folder.is_dir() else ():
+            try:
+                if trainer_name in path.read_text(encoding="utf-8", errors="replace"):
+                    return False
+            except OSError:
+                return False
+    return True
