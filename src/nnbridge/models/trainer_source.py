@@ -14,7 +14,10 @@ statement) in the folders nnU-Net searches, so is every class it derives from up
 decorator or metaclass, and the installed ``nnUNetTrainer.build_network_architecture`` is one of
 the forms nnbridge knows (a call of ``get_network_from_plans`` with ``allow_init=True``). Anything
 else (a custom builder, a class made by a function, a name defined twice, a file that does not
-parse) is left to importing the class as nnU-Net does.
+parse) is left to importing the class as nnU-Net does. A trainer that no file there mentions at
+all (:func:`not_installed`) cannot be found by any import either: nnbridge then builds the
+default network with its "not installed" note without importing, as it does when nnU-Net's search
+fails.
 """
 
 from __future__ import annotations
