@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+
 HOW = ("name", "content", "reshaped", "transposed", "split", "folded")
 FLOAT_KINDS = "f"
 # operators whose output depends on their input's shape only, not its values

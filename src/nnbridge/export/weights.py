@@ -35,6 +35,7 @@ def unused_at_inference(network: torch.nn.Module, input_shape: tuple[int, ...], 
     network.zero_grad(set_to_none=True)
     return unused
 
+
 def checkpoint_arrays(weights: dict[str, torch.Tensor], unused: list[str] | tuple[str, ...] = ()
                       ) -> dict[str, np.ndarray]:
     """The checkpoint's floating-point tensors an export must carry (counters such as
@@ -48,14 +49,16 @@ def verify_onnx_weights(model: onnx.ModelProto, weights: dict[str, torch.Tensor]
                         reference: onnx.ModelProto | Callable[[], onnx.ModelProto] | None = None,
                         input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Every checkpoint tensor the network uses (``unused`` ones, see
-    :func:`unused_at_inference`, are listed) must be in the graph in one of the forms of the
-    module doc; the record says per tensor how. ``prefix``: the names' prefix in the graph (a
-    wrapping module's); ``reference``: the graph without folding (see :func:`prove_tensors`);
-    ``input_shape``: the input it is evaluated at (shape-dependent constants)."""
+    :func:`unused_at_inference`, are listed) must be in the graph in one of the forms of
+    :mod:`nnbridge.export.graph_proof`; the record says per tensor how. ``prefix``: the names'
+    prefix in the graph (a wrapping module's); ``reference``: the graph without folding (see
+    :func:`nnbridge.export.graph_proof.prove_tensors`); ``input_shape``: the input it is
+    evaluated at (shape-dependent constants)."""
     truth = checkpoint_arrays(weights, unused)
     result = prove_tensors(model, truth, graph_names={k: prefix + k for k in truth},
                            reference=reference, reference_what="unfolded export", input_shape=input_shape)
     return proof_record(len(truth), result, unused)
+
 
 def verify_torchscript_weights(module: torch.jit.ScriptModule, weights: dict[str, torch.Tensor],
                                prefix: str = "") -> dict[str, Any]:
