@@ -19,7 +19,7 @@ from ..core.errors import NNBridgeError
 from ..core.runlog import read_json, sha256_file
 from .checkpoint import load_strictly, read_torch_file, strip_prefixes, verified
 from .loaded import LoadedFold
-from .trainer_source import builds_default_network, ext_trainer_paths, not_installed
+from .trainer_source import BASE_TRAINER, default_network_proof, ext_trainer_paths
 
 
 
@@ -51,7 +51,7 @@ def find_trainer_class(trainer_name: str) -> type:
         ) from exc
 
 
-DEFAULT_TRAINER = "nnUNetTrainer"
+DEFAULT_TRAINER = BASE_TRAINER
 
 
 def trainer_or_default(trainer_name: str) -> tuple[type, str | None]:
@@ -75,7 +75,7 @@ def _not_installed_note(trainer_name: str) -> str:
 
 def _default_network(cm: Any, num_input_channels: int, num_outputs: int) -> Any:
     """What ``nnUNetTrainer.build_network_architecture`` builds (deep supervision off), where
-    :func:`nnbridge.models.trainer_source.builds_default_network` proved it is that call."""
+    :func:`nnbridge.models.trainer_source.default_network_proof` proved it is that call."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: PLC0415
 
     return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
@@ -139,11 +139,9 @@ def load_nnunet_fold(
     label_manager = plans_manager.get_label_manager(dataset_json)
     num_outputs = label_manager.num_segmentation_heads
     # proven from the trainers' source: the default network, without importing a trainer (~4 s)
-    if builds_default_network(trainer_name):
-        trainer_note = None
-        network = _default_network(cm, num_input_channels, num_outputs)
-    elif not_installed(trainer_name) and builds_default_network(DEFAULT_TRAINER):
-        trainer_note = _not_installed_note(trainer_name)
+    proof = default_network_proof(trainer_name)
+    if proof is not None:
+        trainer_note = None if proof == "proven" else _not_installed_note(trainer_name)
         network = _default_network(cm, num_input_channels, num_outputs)
     else:
         trainer_class, trainer_note = trainer_or_default(trainer_name)

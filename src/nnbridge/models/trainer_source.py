@@ -25,7 +25,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import TRAINER_DIR
@@ -70,26 +70,46 @@ class _Class:
     plain: bool  # no decorator, metaclass or other class keyword
 
 
-def _scan(folders: list[Path]) -> tuple[dict[str, list[_Class]], set[str]] | None:
-    """Top-level classes by name, and the names bound at module level otherwise (assignments,
-    imports, functions); None when a file does not parse."""
-    classes: dict[str, list[_Class]] = {}
-    other: set[str] = set()
-    for folder in folders:
+@dataclass
+class _Sources:
+    """The trainer folders' files as read once: their texts, their top-level classes by name, the
+    names bound at module level otherwise (assignments, functions), the files that import
+    ``get_network_from_plans`` as nnU-Net's trainer does, and whether every file was read and
+    parsed."""
+
+    texts: dict[Path, str] = field(default_factory=dict)
+    classes: dict[str, list[_Class]] = field(default_factory=dict)
+    other: set[str] = field(default_factory=set)
+    import_builder: set[Path] = field(default_factory=set)
+    read: bool = True  # every file read
+    parsed: bool = True  # every file read and parsed
+
+
+def _read(folders: list[Path] | None) -> _Sources:
+    sources = _Sources()
+    for folder in trainer_folders() if folders is None else folders:
         for path in sorted(folder.rglob("*.py")) if folder.is_dir() else ():
             try:
-                tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-            except (SyntaxError, UnicodeDecodeError, OSError):
-                return None
+                text = sources.texts[path] = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                sources.read = sources.parsed = False
+                continue
+            try:
+                tree = ast.parse(text, str(path))
+            except (SyntaxError, ValueError):
+                sources.parsed = False
+                continue
             for node in tree.body:
                 if isinstance(node, ast.ClassDef):
-                    classes.setdefault(node.name, []).append(_describe(node, path))
+                    sources.classes.setdefault(node.name, []).append(_describe(node, path))
                 elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
                     targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                    other |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+                    sources.other |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
                 elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    other.add(node.name)
-    return classes, other
+                    sources.other.add(node.name)
+                elif isinstance(node, ast.ImportFrom) and ast.unparse(node) == BUILDER_IMPORT:
+                    sources.import_builder.add(path)
+    return sources
 
 
 def _describe(node: ast.ClassDef, path: Path) -> _Class:
@@ -108,19 +128,9 @@ def _describe(node: ast.ClassDef, path: Path) -> _Class:
     return _Class(path, bases, builder, defines, plain=not node.decorator_list and not node.keywords)
 
 
-def _imports_builder(path: Path) -> bool:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    return any(isinstance(n, ast.ImportFrom) and ast.unparse(n) == BUILDER_IMPORT for n in tree.body)
-
-
-def builds_default_network(trainer_name: str, folders: list[Path] | None = None) -> bool:
-    """True when the source proves that ``trainer_name`` builds its network with nnU-Net's default
-    builder (``get_network_from_plans(..., allow_init=True)`` on the plans' architecture); False
-    when it cannot (the class must then be imported)."""
-    scanned = _scan(trainer_folders() if folders is None else folders)
-    if scanned is None:
+def _proves_default(trainer_name: str, sources: _Sources) -> bool:
+    if not sources.parsed:
         return False
-    classes, other = scanned
     seen: set[str] = set()
     todo = [trainer_name]
     while todo:
@@ -128,12 +138,12 @@ def builds_default_network(trainer_name: str, folders: list[Path] | None = None)
         if name in seen:
             continue
         seen.add(name)
-        found = classes.get(name, [])
-        if len(found) != 1 or name in other or not found[0].plain:
+        found = sources.classes.get(name, [])
+        if len(found) != 1 or name in sources.other or not found[0].plain:
             return False
         cls = found[0]
         if name == BASE_TRAINER:
-            if cls.builder not in KNOWN_DEFAULT_BUILDERS or not _imports_builder(cls.path):
+            if cls.builder not in KNOWN_DEFAULT_BUILDERS or cls.path not in sources.import_builder:
                 return False
             continue
         if cls.defines_builder or None in cls.bases:
@@ -142,14 +152,31 @@ def builds_default_network(trainer_name: str, folders: list[Path] | None = None)
     return BASE_TRAINER in seen
 
 
+def _absent(trainer_name: str, sources: _Sources) -> bool:
+    return sources.read and not any(trainer_name in text for text in sources.texts.values())
+
+
+def builds_default_network(trainer_name: str, folders: list[Path] | None = None) -> bool:
+    """True when the source proves that ``trainer_name`` builds its network with nnU-Net's default
+    builder (``get_network_from_plans(..., allow_init=True)`` on the plans' architecture); False
+    when it cannot (the class must then be imported)."""
+    return _proves_default(trainer_name, _read(folders))
+
+
 def not_installed(trainer_name: str, folders: list[Path] | None = None) -> bool:
     """True when no source file in the folders nnU-Net searches mentions ``trainer_name`` at all:
     then no import of them can give nnU-Net that class (False does not mean it is installed)."""
-    for folder in trainer_folders() if folders is None else folders:
-        for path in sorted(folder.rglob("*.py")) if folder.is_dir() else ():
-            try:
-                if trainer_name in path.read_text(encoding="utf-8", errors="replace"):
-                    return False
-            except OSError:
-                return False
-    return True
+    return _absent(trainer_name, _read(folders))
+
+
+def default_network_proof(trainer_name: str, folders: list[Path] | None = None) -> str | None:
+    """From one reading of the trainer folders: ``"proven"`` when ``trainer_name`` builds nnU-Net's
+    default network (:func:`builds_default_network`), ``"not installed"`` when no file mentions it
+    (:func:`not_installed`) and nnU-Net's default trainer's builder is proven, else None (import
+    the class)."""
+    sources = _read(folders)
+    if _proves_default(trainer_name, sources):
+        return "proven"
+    if _absent(trainer_name, sources) and _proves_default(BASE_TRAINER, sources):
+        return "not installed"
+    return None
