@@ -94,27 +94,36 @@ def test_predict_depends_only_on_core_and_runtime():
     assert outside == set()
 
 
-def test_predict_imports_and_runs_without_torch_nnunet_or_snakemake(tmp_path):
-    """The deployed path with torch, nnunetv2 and snakemake made unimportable: the CLI and every
-    predict module import, and `nnbridge predict` gets as far as reading the bundle."""
-    script = textwrap.dedent("""
-        import importlib, pkgutil, sys
+def _run_blocked(blocked: tuple[str, ...], code: str, *args: str, cwd: Path | None = None
+                 ) -> subprocess.CompletedProcess:
+    """``code`` (indented like a test's text) in a fresh interpreter on this checkout's package,
+    the top-level packages ``blocked`` made unimportable."""
+    script = textwrap.dedent(f"""
+        import sys
 
         class Blocker:
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "nnunetv2", "snakemake"):
-                    raise ImportError(f"blocked: {name}")
+                if name.split(".")[0] in {blocked!r}:
+                    raise ImportError(f"blocked: {{name}}")
 
         sys.meta_path.insert(0, Blocker())
+    """) + textwrap.dedent(code)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=120)
+
+
+def test_predict_imports_and_runs_without_torch_nnunet_or_snakemake(tmp_path):
+    """The deployed path with torch, nnunetv2 and snakemake made unimportable: the CLI and every
+    predict module import, and `nnbridge predict` gets as far as reading the bundle."""
+    proc = _run_blocked(("torch", "nnunetv2", "snakemake"), """
+        import importlib, pkgutil
         import nnbridge.predict
         for info in pkgutil.iter_modules(nnbridge.predict.__path__):
             importlib.import_module(f"nnbridge.predict.{info.name}")
         from nnbridge.cli import main
         sys.exit(main(["predict", "-i", "in", "-o", "out", "-m", "no_bundle"]))
-    """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                          env=env, timeout=120)
+    """, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr  # a one-line refusal, not an import error
     assert "no_bundle: not an nnbridge bundle" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -129,16 +138,9 @@ def test_stages_without_pytorch_work_start_without_importing_torch():
     runs may still import it: onnxsim 0.8 does, in the simplify job)."""
     scripts = sorted(p for p in SCRIPTS.glob("*.py") if p.stem not in TORCH_STAGES)
     assert {"simplify", "patches", "quantize", "calibrate", "validate", "bundle", "report"} <= {p.stem for p in scripts}
-    script = textwrap.dedent("""
-        import ast, sys
+    proc = _run_blocked(("torch", "nnunetv2"), """
+        import ast
         from pathlib import Path
-
-        class Blocker:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "nnunetv2"):
-                    raise ImportError(f"blocked: {name}")
-
-        sys.meta_path.insert(0, Blocker())
         for path in sys.argv[1:]:
             tree = ast.parse(Path(path).read_text())
             top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
@@ -146,10 +148,7 @@ def test_stages_without_pytorch_work_start_without_importing_torch():
                 exec(compile(ast.Module(body=top, type_ignores=[]), path, "exec"), {})
             except ImportError as exc:
                 print(f"{Path(path).name}: {exc}")
-    """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, "-c", script, *map(str, scripts)], capture_output=True, text=True,
-                          env=env, timeout=120)
+    """, *map(str, scripts))
     assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
 
 
