@@ -52,6 +52,7 @@ import numpy as np
 import pytest
 
 from nnbridge.core.errors import NNBridgeError
+from nnbridge.demo.workers import nnunet_workers_forked
 from nnbridge.predict.bundle import Bundle
 from conftest import predict_without
 
@@ -128,8 +129,9 @@ def _determine_postprocessing(raw: Path, cases: list[str], plans: dict, dataset_
         image = sitk.GetImageFromArray(predicted)
         image.CopyInformation(reference)
         sitk.WriteImage(image, str(out / f"{case}.nii.gz"))
-    determine_postprocessing(str(out), str(raw / "labelsTr"), plans, dataset_json, num_processes=1,
-                             keep_postprocessed_files=False)
+    with nnunet_workers_forked():
+        determine_postprocessing(str(out), str(raw / "labelsTr"), plans, dataset_json, num_processes=1,
+                                 keep_postprocessed_files=False)
     return out / "postprocessing.pkl"
 
 
@@ -153,7 +155,8 @@ def _nnunet_command(entry, *argv: str) -> None:
     saved = sys.argv
     sys.argv = [entry.__name__, *argv]
     try:
-        entry()
+        with nnunet_workers_forked():  # as nnbridge starts nnU-Net's commands (its workers' imports once)
+            entry()
     finally:
         sys.argv = saved
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -179,6 +180,63 @@ def test_fingerprint_intensity_samples_follow_the_setting(tiny_model, monkeypatc
     assert samples() == 1234
     monkeypatch.delenv(demo.INTENSITY_SAMPLES_ENV)
     assert samples() == 1e8
+
+
+PROBE = """
+import multiprocessing, os, sys
+
+
+def state(_):
+    # in the worker, before anything of its task is imported: is torch already there?
+    return os.getppid(), "torch" in sys.modules
+
+
+def main():
+    # as nnU-Net asks for its pools
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        parent, torch_loaded = pool.map(state, [0])[0]
+    print(os.getpid(), parent, torch_loaded, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("setting", ["default", "0"])
+def test_nnunet_workers_fork_from_a_server_with_torch_imported(tmp_path: Path, monkeypatch, setting) -> None:
+    """An nnU-Net command nnbridge starts (``_nnunet_command``, a probe entry point in its place)
+    gets its spawn pools' workers forked from the fork server, which imported torch before the
+    worker's task arrived (the command itself never imported it); ``NNBRIDGE_NNUNET_FORKSERVER=0``
+    keeps nnU-Net's spawned workers, children of the command that start without torch."""
+    import subprocess
+
+    from nnbridge.demo import workers
+
+    (tmp_path / "nnbridge_probe.py").write_text(PROBE)
+    monkeypatch.setitem(demo._ENTRY_POINTS, "probe", ("nnbridge_probe", "main"))
+    if setting == "0":
+        monkeypatch.setenv(workers.ENABLE_ENV, "0")
+    else:
+        monkeypatch.delenv(workers.ENABLE_ENV, raising=False)
+    src = str(Path(demo.__file__).resolve().parents[2])
+    proc = subprocess.run(demo._nnunet_command("probe"), cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}:{src}"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    command, parent, torch_in_worker, torch_in_command = proc.stdout.split()
+    assert torch_in_command == "False"
+    if setting == "0":
+        assert parent == command and torch_in_worker == "False"
+    else:
+        assert parent != command and torch_in_worker == "True"
+
+
+def test_forked_workers_are_undone_after_the_block() -> None:
+    import multiprocessing
+
+    from nnbridge.demo.workers import nnunet_workers_forked
+
+    assert multiprocessing.get_context("spawn").get_start_method() == "spawn"
+    with nnunet_workers_forked():
+        assert multiprocessing.get_context("spawn").get_start_method() == "forkserver"
+        assert multiprocessing.get_context("fork").get_start_method() == "fork"
+    assert multiprocessing.get_context("spawn").get_start_method() == "spawn"
 
 
 def test_planning_failure_names_the_log(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..models import TRAINER_DIR
 from .dataset import DEMO_DATASET_ID
+from . import workers
 
 
 DEMO_TRAINER = "nnBridgeDemoTrainer"
@@ -115,9 +116,13 @@ def _nnunet_command(name: str, setup: str = "") -> list[str]:
     It does what the installed console script does (import the entry point, call it), as
     ``python -c``: nnU-Net's worker pools use the ``spawn`` start method, and a spawned worker
     first re-imports a script ``__main__`` (for ``nnUNetv2_train`` the whole training stack,
-    ~6 s per worker on two cores) but not a ``-c`` one.
+    ~6 s per worker on two cores) but not a ``-c`` one. Its pools' workers are forked from a
+    server that imported torch once (:mod:`nnbridge.demo.workers`) unless
+    ``NNBRIDGE_NNUNET_FORKSERVER=0``.
     """
     module, func = _ENTRY_POINTS[name]
+    if os.environ.get(workers.ENABLE_ENV, "1") != "0":
+        setup = f"from nnbridge.demo.workers import spawn_from_forkserver; spawn_from_forkserver(); {setup}"
     code = f"import sys; {setup}from {module} import {func} as entry; sys.argv[0] = {name!r}; sys.exit(entry())"
     return [sys.executable, "-c", code]
 
