@@ -121,9 +121,7 @@ def _nnunet_command(name: str, setup: str = "") -> list[str]:
     ``NNBRIDGE_NNUNET_FORKSERVER=0``.
     """
     module, func = _ENTRY_POINTS[name]
-    if os.environ.get(workers.ENABLE_ENV, "1") != "0":
-        setup = f"from nnbridge.demo.workers import spawn_from_forkserver; spawn_from_forkserver(); {setup}"
-    code = f"import sys; {setup}from {module} import {func} as entry; sys.argv[0] = {name!r}; sys.exit(entry())"
+    code = f"import sys; {workers.command_setup()}{setup}from {module} import {func} as entry; sys.argv[0] = {name!r}; sys.exit(entry())"
     return [sys.executable, "-c", code]
 
 

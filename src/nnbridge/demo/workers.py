@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 
 PRELOAD = ("torch",)
@@ -51,6 +52,14 @@ def spawn_from_forkserver() -> Callable[[], None]:
         multiprocessing.get_context = original
 
     return restore
+
+
+def command_setup() -> str:
+    """Python run first in an nnU-Net command nnbridge starts: :func:`spawn_from_forkserver`,
+    unless :data:`ENABLE_ENV` is ``0`` (then nothing)."""
+    if os.environ.get(ENABLE_ENV, "1") == "0":
+        return ""
+    return "from nnbridge.demo.workers import spawn_from_forkserver; spawn_from_forkserver(); "
 
 
 @contextlib.contextmanager
