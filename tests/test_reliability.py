@@ -452,6 +452,44 @@ def test_outputs_are_atomic_and_continue_counts_complete_cases_only(nifti_bundle
     assert not list(tmp_path.glob("x*"))
 
 
+def test_parts_split_the_cases_like_nnunet_and_leave_the_other_parts_files_alone(nifti_bundle, tmp_path):
+    """-num_parts/-part_id as nnUNetv2_predict: part k predicts cases k, k+n, … of the sorted list,
+    into the one output folder the other parts write to at the same time: a part removes only its
+    own cases' leftovers of a killed run, never a file another part is writing."""
+    import SimpleITK as sitk
+
+    from nnbridge.predict.predictor import PARTIAL
+
+    bundle, source = nifti_bundle
+    for i, case in enumerate(("c", "a", "d", "b")):  # sorted: a b c d -> part 0: a c, part 1: b d
+        _case(source, tmp_path / "in", lambda x, i=i: x.__setitem__(slice(None), np.roll(x, 5 * i, axis=2)),
+              name=f"{case}_0000.nii.gz")
+    rc, err = predict(bundle, tmp_path / "in", tmp_path / "all")
+    assert rc == 0, err
+    out = tmp_path / "parts"
+    out.mkdir()
+    (out / f"a{PARTIAL}.nii.gz").write_bytes(b"part 0 writing a")
+    (out / f"b{PARTIAL}.nii.gz").write_bytes(b"left by a killed part 1")
+    rc, err = predict(bundle, tmp_path / "in", out, "-num_parts", "2", "-part_id", "1")
+    assert rc == 0, err
+    assert "part 1 of 0 … 1: 2 of the 4 case(s)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.nnbridge-partial.nii.gz", "b.nii.gz", "d.nii.gz"]
+    rc, err = predict(bundle, tmp_path / "in", out, "--num-parts", "2", "--part-id", "0")
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "c.nii.gz", "d.nii.gz"]
+    segs = {case: [sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{case}.nii.gz"))) for folder in (out, tmp_path / "all")]
+            for case in "abcd"}
+    assert all(np.array_equal(*pair) for pair in segs.values())  # as one call over every case gave them
+    assert not np.array_equal(segs["a"][0], segs["b"][0])  # (the cases differ: a mix-up would show)
+    for args, message in ((("-num_parts", "2", "-part_id", "2"), "-part_id 2 with -num_parts 2: part ids count "
+                           "from 0, so give each of the 2 call(s) one of 0 … 1"),
+                          (("-num_parts", "0"), "-num_parts 0: give the number of calls the cases are split "
+                           "over (1 or more)")):
+        rc, err = predict(bundle, tmp_path / "in", tmp_path / "bad", *args)
+        assert rc == 2 and one_line(err.strip()) == f"nnbridge: error: {message}"
+        assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
 def test_predict_refuses_unusable_output_folders_before_the_first_case(nifti_bundle, tmp_path):
     bundle, source = nifti_bundle
     _case(source, tmp_path / "in")

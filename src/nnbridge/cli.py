@@ -11,7 +11,7 @@ from .core.metadata import read_metadata
 from .predict.bundle import Bundle
 from .predict.components import read_steps
 from .predict.ensemble import EnsemblePredictor
-from .predict.predictor import Predictor
+from .predict.predictor import Predictor, check_part
 from .predict.verify import failed_checks, rebuild_hint, save, summary_lines, verify_bundle
 
 
@@ -38,6 +38,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not 0 < args.step_size <= 1:  # checked before anything is read or written
         raise NNBridgeError(f"--step-size {args.step_size}: the sliding window's step must be in (0, 1] (a fraction "
                             "of the patch size; nnU-Net's default 0.5)")
+    check_part(args.part_id, args.num_parts)
     steps = read_steps(args.postprocessing) if args.postprocessing else None
     members = [
         Predictor(
@@ -62,7 +63,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predictor = EnsemblePredictor(members, postprocessing=not args.no_postprocessing,
                                       postprocessing_steps=None if args.no_postprocessing else steps)
     records = predictor.predict_folder(args.input, args.output, save_probabilities=args.save_probabilities,
-                                       overwrite=not args.continue_prediction, verbose=not args.quiet)
+                                       overwrite=not args.continue_prediction, verbose=not args.quiet,
+                                       part=(args.part_id, args.num_parts))
     if not args.quiet:
         used = "; ".join(f"{m.bundle.model or m.bundle.root}: variant {m.variant}, {m.backend}, folds "
                          f"{', '.join(map(str, m.files))}" for m in members)
@@ -102,6 +104,12 @@ def add_predict_parser(sub) -> None:
                    "average) and <case>.pkl")
     p.add_argument("--continue_prediction", "--continue-prediction", dest="continue_prediction",
                    action="store_true", help="skip cases whose output exists")
+    p.add_argument("-num_parts", "--num-parts", dest="num_parts", type=int, default=1,
+                   help="number of separate calls the cases are split over (nnUNetv2_predict's -num_parts; "
+                   "e.g. a Slurm array), all writing into OUTPUT; default 1: this call predicts every case")
+    p.add_argument("-part_id", "--part-id", dest="part_id", type=int, default=0,
+                   help="which of those calls this is, from 0 to num_parts - 1: it predicts every num_parts-th "
+                   "case of the sorted case list from this one on (as nnUNetv2_predict splits them)")
     p.add_argument("--no-postprocessing", action="store_true",
                    help="write the segmentation without nnU-Net's postprocessing (the raw prediction, as "
                    "nnUNetv2_predict/nnUNetv2_ensemble write it)")

@@ -353,26 +353,45 @@ class Predictor:
         return [*lines, self.describe_postprocessing()]
 
     def predict_folder(self, input_dir: Path, output_dir: Path, *, save_probabilities: bool = False,
-                       overwrite: bool = True, verbose: bool = True) -> list[dict[str, Any]]:
-        """Predict every case of ``input_dir`` into ``output_dir``; per-case timings."""
+                       overwrite: bool = True, verbose: bool = True, part: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
+        """Predict every case of ``input_dir`` (or one ``part``) into ``output_dir``; per-case timings."""
         return predict_folder(self, input_dir, output_dir, save_probabilities=save_probabilities,
-                              overwrite=overwrite, verbose=verbose)
+                              overwrite=overwrite, verbose=verbose, part=part)
+
+
+def check_part(part_id: int, num_parts: int) -> None:
+    """``-part_id``/``-num_parts`` as nnUNetv2_predict takes them, or a one-line refusal."""
+    if num_parts < 1:
+        raise NNBridgeError(f"-num_parts {num_parts}: give the number of calls the cases are split over (1 or more)")
+    if not 0 <= part_id < num_parts:
+        raise NNBridgeError(f"-part_id {part_id} with -num_parts {num_parts}: part ids count from 0, so give each "
+                            f"of the {num_parts} call(s) one of 0 … {num_parts - 1}")
 
 
 def predict_folder(predictor: Any, input_dir: Path, output_dir: Path, *, save_probabilities: bool = False,
-                   overwrite: bool = True, verbose: bool = True) -> list[dict[str, Any]]:
+                   overwrite: bool = True, verbose: bool = True, part: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
     """Every case of ``input_dir`` through ``predictor`` (a :class:`Predictor` or an ensemble:
-    ``cases``, ``announce``, ``predict_case``, ``write_case``, ``case_done``, ``file_ending``) into
+    ``cases``, ``announce``, ``predict_case``, ``write_case``, ``case_done``, ``output_files``) into
     ``output_dir``. The output folder is checked to be writable before the first case; without
-    ``overwrite`` a case whose files are all complete (``case_done``) is skipped."""
-    cases = predictor.cases(input_dir)
+    ``overwrite`` a case whose files are all complete (``case_done``) is skipped. ``part``
+    (``part_id``, ``num_parts``): only every ``num_parts``-th case of the sorted case list from
+    ``part_id`` on, as nnUNetv2_predict's ``-part_id``/``-num_parts`` split one folder over several
+    calls (processes, nodes, Slurm array tasks) writing into the same output folder."""
+    part_id, num_parts = part
+    check_part(part_id, num_parts)
+    found = predictor.cases(input_dir)
+    cases = {case: found[case] for case in list(found)[part_id::num_parts]}
     output_dir = Path(output_dir)
     writable_folder(output_dir)
-    for leftover in output_dir.glob(f"*{PARTIAL}*"):  # what a killed run was writing
-        leftover.unlink()
+    for case in cases:  # what a killed run was writing: of this call's cases only (other parts write beside)
+        for path in predictor.output_files(case, output_dir, True):
+            partial_path(path).unlink(missing_ok=True)
     if verbose:
         for line in predictor.announce():
             print(f"nnbridge: {line}", file=sys.stderr)
+        if num_parts > 1:
+            print(f"nnbridge: part {part_id} of 0 … {num_parts - 1}: {len(cases)} of the {len(found)} case(s)",
+                  file=sys.stderr)
     records = []
     for i, (case, files) in enumerate(cases.items(), 1):
         if not overwrite and predictor.case_done(case, output_dir, save_probabilities):
@@ -398,13 +417,19 @@ def _progress_printer(case: str, index: int, total: int) -> Callable[[int, int],
 PARTIAL = ".nnbridge-partial"
 
 
+def partial_path(path: Path) -> Path:
+    """The name ``path`` is written under until complete: beside it, with the same file ending (so
+    writers pick the same format), e.g. ``case.nnbridge-partial.nii.gz``."""
+    path = Path(path)
+    stem, dot, rest = path.name.partition(".")
+    return path.with_name(f"{stem}{PARTIAL}.{rest}" if dot else f"{path.name}{PARTIAL}")
+
+
 @contextlib.contextmanager
 def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path`` (same file ending, so writers pick the same format) that
-    becomes ``path`` only when the block finishes; removed on failure."""
-    name = path.name
-    stem, dot, _ = name.partition(".")
-    tmp = path.with_name(f"{stem}{PARTIAL}.{name[len(stem) + 1:]}" if dot else f"{name}{PARTIAL}")
+    """A temporary name beside ``path`` (:func:`partial_path`) that becomes ``path`` only when the
+    block finishes; removed on failure."""
+    tmp = partial_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
