@@ -158,6 +158,27 @@ def test_real_planning_then_small_plans(tiny_model, tmp_path: Path) -> None:
     assert tuple(out.shape) == (1, 3, *dataset.DEFAULT_SHAPE)
 
 
+def test_demo_training_runs_channels_last_and_writes_contiguous_checkpoints(tiny_model, tmp_path: Path) -> None:
+    """The demo's trainings run their 3D networks channels-last (oneDNN's faster NDHWC kernels);
+    the checkpoints they write hold the usual contiguous weights all the same."""
+    import torch
+
+    from nnbridge.demo.nets import train_demo_net
+
+    fold = tiny_model.model_folder / "fold_0"
+    assert "memory layout channels-last" in next(fold.glob("training_log_*.txt")).read_text()
+    nnunet = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    plain = tmp_path / "unet.pth"
+    cases = sorted(p.name[:-4] for p in (tiny_model.preprocessed / "nnUNetPlans_3d_fullres").glob("*.pkl"))
+    train_demo_net("unet", tiny_model.preprocessed / "nnUNetPlans_3d_fullres", cases[:2], plain, num_classes=3,
+                   features=[4, 8], steps=2, threads=1)
+    for weights in (nnunet, torch.load(plain, map_location="cpu")["model_state_dict"]):
+        # (with one input channel, or 1x1x1 kernels, both layouts are the same strides)
+        convs = [v for v in weights.values() if v.dim() == 5 and v.shape[1] > 1 and min(v.shape[2:]) > 1]
+        assert convs and all(v.is_contiguous() for v in convs)
+        assert not any(v.is_contiguous(memory_format=torch.channels_last_3d) for v in convs)
+
+
 def test_fingerprint_intensity_samples_follow_the_setting(tiny_model, monkeypatch) -> None:
     """The suite's smaller intensity sample (tests/conftest.py) reaches nnU-Net's own fingerprint
     extractor, which has no option for it; unset, nnU-Net keeps its 10^8."""

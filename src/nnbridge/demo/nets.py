@@ -144,6 +144,8 @@ def train_demo_net(net: str, data_folder: Path, cases: list[str], out_path: Path
     for case in cases:
         data, seg, _prev, _props = dataset.load_case(case)
         loaded.append((np.asarray(data[:], dtype=np.float32), np.maximum(np.asarray(seg[:]), 0)))
+    if len(patch_size) == 3:  # oneDNN's NDHWC convolutions: 17-32 % faster steps (nnBridgeDemoTrainer)
+        model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     weight = torch.ones(num_classes)
     losses = []
@@ -159,7 +161,7 @@ def train_demo_net(net: str, data_folder: Path, cases: list[str], out_path: Path
         optimizer.step()
         losses.append(float(loss.detach()))
     model.eval()
-    state = model.state_dict()
+    state = model.to(memory_format=torch.contiguous_format).state_dict()  # the layout checkpoints have
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if DEMO_NETS[net]["save"] == "wrapped":  # as a DataParallel training script saves it

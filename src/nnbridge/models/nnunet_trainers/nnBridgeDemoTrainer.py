@@ -13,7 +13,11 @@ only changes:
   0) plus the fold, so that (with ``nnUNet_n_proc_DA=0``, augmentation in the main process) a
   retraining gives the same model up to floating-point summation order;
 - optional ``NNBRIDGE_DEMO_THREADS``: torch threads (``nnUNetv2_train -device cpu`` uses one per
-  core; set 1 when several trainings share the cores, or they slow each other down badly).
+  core; set 1 when several trainings share the cores, or they slow each other down badly);
+- a 3D network trains in channels-last memory layout (oneDNN's NDHWC convolutions): a training
+  step of the demo network took 0.24 s instead of 0.31-0.36 s on one thread of the AMD Zen 4 of
+  README "Measured", 0.24-0.26 s instead of 0.31-0.39 s with oneDNN and ATen held to AVX2
+  (2026-12-04); checkpoints are written in the usual contiguous layout all the same.
 """
 
 import os
@@ -69,12 +73,29 @@ class nnBridgeDemoTrainer(nnUNetTrainer):
         if os.environ.get("NNBRIDGE_DEMO_THREADS", "").strip():
             torch.set_num_threads(_env_int("NNBRIDGE_DEMO_THREADS", 1))
 
+    def initialize(self):
+        super().initialize()
+        self.channels_last = any(p.dim() == 5 for p in self.network.parameters())  # 3D convolutions
+        if self.channels_last:
+            self.network.to(memory_format=torch.channels_last_3d)
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, its weights in the contiguous layout any training writes."""
+        if not getattr(self, "channels_last", False):
+            return super().save_checkpoint(filename)
+        self.network.to(memory_format=torch.contiguous_format)
+        try:
+            super().save_checkpoint(filename)
+        finally:
+            self.network.to(memory_format=torch.channels_last_3d)
+
     def on_train_start(self):
         super().on_train_start()
         self.print_to_log_file(
             f"{self.__class__.__name__}: {self.num_epochs} epochs x {self.num_iterations_per_epoch} "
             f"iterations, batch size {self.batch_size}, patch {list(self.configuration_manager.patch_size)}, "
-            f"initial lr {self.initial_lr}, torch threads {torch.get_num_threads()}"
+            f"initial lr {self.initial_lr}, torch threads {torch.get_num_threads()}, memory layout "
+            f"{'channels-last' if getattr(self, 'channels_last', False) else 'contiguous'}"
         )
 
     def on_epoch_end(self):
