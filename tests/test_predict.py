@@ -369,11 +369,19 @@ def test_predictor_uses_the_recorded_threads_and_batch_unless_told(swept_bundle_
     assert explicit.run_choice["why"] == {"threads": "--threads", "batch_size": "--batch-size"}
     with pytest.raises(NNBridgeError, match="the batch size >= 1"):
         Predictor(bundle, batch_size=0)
-    # a bundle written on a machine with more cores: capped at this machine's CPU count
-    cpus = os.cpu_count() or 1
+    # a bundle written on a machine with more cores: capped at the CPUs this process may use
+    cpus = len(os.sched_getaffinity(0))
     entry["run_settings"]["onnxruntime"]["threads"] = cpus + 6
     capped = Predictor(bundle)
-    assert capped.threads == cpus and f"{cpus + 6} capped at this machine's {cpus} CPUs" in capped.describe_run()
+    assert capped.threads == cpus and f"{cpus + 6} capped at the {cpus} CPU(s) this process may use" in capped.describe_run()
+    # ... which a Slurm job's -c, taskset or a container's cpuset make fewer than the machine has
+    everything = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(everything)})
+    try:
+        one = Predictor(bundle)
+    finally:
+        os.sched_setaffinity(0, everything)
+    assert one.threads == 1 and f"{cpus + 6} capped at the 1 CPU(s) this process may use" in one.describe_run()
 
 
 def test_predict_cli_explicit_threads_win_and_old_bundles_still_predict(tiny_model, swept_bundle_dir, tmp_path,

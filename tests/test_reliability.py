@@ -472,7 +472,7 @@ def test_parts_split_the_cases_like_nnunet_and_leave_the_other_parts_files_alone
     (out / f"b{PARTIAL}.nii.gz").write_bytes(b"left by a killed part 1")
     rc, err = predict(bundle, tmp_path / "in", out, "-num_parts", "2", "-part_id", "1")
     assert rc == 0, err
-    assert "part 1 of 0 … 1: 2 of the 4 case(s)" in err
+    assert "part 1 of 2 (ids 0 … 1): 2 of the 4 case(s)" in err
     assert sorted(p.name for p in out.iterdir()) == ["a.nnbridge-partial.nii.gz", "b.nii.gz", "d.nii.gz"]
     rc, err = predict(bundle, tmp_path / "in", out, "--num-parts", "2", "--part-id", "0")
     assert rc == 0, err

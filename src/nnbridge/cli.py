@@ -118,7 +118,8 @@ def add_predict_parser(sub) -> None:
                    "steps JSON instead of the one recorded in the bundle")
     p.add_argument("--threads", type=int, default=None,
                    help="runtime threads (default: the fastest count in the pipeline's benchmark sweep, "
-                   "recorded in the bundle, at most this machine's CPUs; 0 = the runtime's choice)")
+                   "recorded in the bundle, at most the CPUs this process may use (a Slurm job's -c, "
+                   "taskset); 0 = the runtime's choice)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="windows per network call (default: the bundle's choice from the benchmark sweep, else 1)")
     p.add_argument("--fp32-accumulate", action="store_true",

@@ -71,6 +71,12 @@ def _forced_off(env: str) -> bool:
     return os.environ.get(env, "") not in ("", "0")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a Slurm job's ``-c``, ``taskset``, a
+    container's cpuset), not the machine's count: threads beyond it only take turns."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_identity() -> dict[str, Any]:
     """What makes two machines' peaks comparable: the CPU model, the instruction-set features the
     runtimes' kernels depend on (:data:`ISA_FLAGS`), and the CPUs this process may use; plus the
@@ -94,7 +100,7 @@ def cpu_identity() -> dict[str, Any]:
     if _forced_off(NO_VNNI_ENV):
         flags -= set(INT8_DOT_FLAGS)
         forced.append(f"{NO_VNNI_ENV}={os.environ[NO_VNNI_ENV]}")
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = usable_cpus()
     identity: dict[str, Any] = {"cpu": model, "isa": [f for f in ISA_FLAGS if f in flags], "cpus": cpus,
                                 "arch": platform.machine(), "host": platform.node()}
     if forced:

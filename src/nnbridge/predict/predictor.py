@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.cpu import usable_cpus
 from ..core.errors import NNBridgeError
 from ..core.runlog import one_line_cause
 from ..runtime import ONNX_BACKENDS, make_runner
@@ -60,8 +61,9 @@ def onnx_network(path: Path, backend: str, threads: int = 0, settings: dict | No
 def choose_run_settings(entry: dict[str, Any], backend: str, threads: int | None,
                         batch_size: int | None) -> dict[str, Any]:
     """Threads and batch size for a bundle variant on ``backend``: the explicit values if given,
-    else the bundle's record (:func:`.bundle.run_settings`; threads capped at this machine's CPU
-    count), else the runtime's default threads (0) and batch 1; ``why`` says which for each."""
+    else the bundle's record (:func:`.bundle.run_settings`; threads capped at the CPUs this process
+    may use, :func:`nnbridge.core.cpu.usable_cpus`), else the runtime's default threads (0) and
+    batch 1; ``why`` says which for each."""
     recorded = (entry.get("run_settings") or {}).get(backend) or {}
     reasons = recorded.get("from") or {}
     no_record = "no choice recorded in the bundle"
@@ -69,9 +71,9 @@ def choose_run_settings(entry: dict[str, Any], backend: str, threads: int | None
         threads_why = "--threads"
     elif recorded.get("threads"):
         threads, threads_why = int(recorded["threads"]), reasons.get("threads", "the bundle")
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()
         if threads > cpus:
-            threads, threads_why = cpus, f"{threads_why}; {threads} capped at this machine's {cpus} CPUs"
+            threads, threads_why = cpus, f"{threads_why}; {threads} capped at the {cpus} CPU(s) this process may use"
     else:
         threads, threads_why = 0, reasons.get("threads", f"default: {no_record}")
     if batch_size is not None:
@@ -390,8 +392,8 @@ def predict_folder(predictor: Any, input_dir: Path, output_dir: Path, *, save_pr
         for line in predictor.announce():
             print(f"nnbridge: {line}", file=sys.stderr)
         if num_parts > 1:
-            print(f"nnbridge: part {part_id} of 0 … {num_parts - 1}: {len(cases)} of the {len(found)} case(s)",
-                  file=sys.stderr)
+            print(f"nnbridge: part {part_id} of {num_parts} (ids 0 … {num_parts - 1}): {len(cases)} of the "
+                  f"{len(found)} case(s)", file=sys.stderr)
     records = []
     for i, (case, files) in enumerate(cases.items(), 1):
         if not overwrite and predictor.case_done(case, output_dir, save_probabilities):
