@@ -139,6 +139,7 @@ class EnsemblePredictor:
         return self.members[0].output_files(case, output_dir, save_probabilities)
 
     def predict_folder(self, input_dir: Path, output_dir: Path, *, save_probabilities: bool = False,
-                       overwrite: bool = True, verbose: bool = True, part: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
+                       overwrite: bool = True, verbose: bool = True,
+                       part: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
         return predict_folder(self, input_dir, output_dir, save_probabilities=save_probabilities,
                               overwrite=overwrite, verbose=verbose, part=part)

@@ -355,7 +355,8 @@ class Predictor:
         return [*lines, self.describe_postprocessing()]
 
     def predict_folder(self, input_dir: Path, output_dir: Path, *, save_probabilities: bool = False,
-                       overwrite: bool = True, verbose: bool = True, part: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
+                       overwrite: bool = True, verbose: bool = True,
+                       part: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
         """Predict every case of ``input_dir`` (or one ``part``) into ``output_dir``; per-case timings."""
         return predict_folder(self, input_dir, output_dir, save_probabilities=save_probabilities,
                               overwrite=overwrite, verbose=verbose, part=part)
@@ -371,7 +372,8 @@ def check_part(part_id: int, num_parts: int) -> None:
 
 
 def predict_folder(predictor: Any, input_dir: Path, output_dir: Path, *, save_probabilities: bool = False,
-                   overwrite: bool = True, verbose: bool = True, part: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
+                   overwrite: bool = True, verbose: bool = True,
+                   part: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
     """Every case of ``input_dir`` through ``predictor`` (a :class:`Predictor` or an ensemble:
     ``cases``, ``announce``, ``predict_case``, ``write_case``, ``case_done``, ``output_files``) into
     ``output_dir``. The output folder is checked to be writable before the first case; without
