@@ -144,7 +144,8 @@ def train_demo_net(net: str, data_folder: Path, cases: list[str], out_path: Path
     for case in cases:
         data, seg, _prev, _props = dataset.load_case(case)
         loaded.append((np.asarray(data[:], dtype=np.float32), np.maximum(np.asarray(seg[:]), 0)))
-    if len(patch_size) == 3:  # oneDNN's NDHWC convolutions: 17-32 % faster steps (nnBridgeDemoTrainer)
+    # oneDNN's NDHWC convolutions: steps 17-32 % faster (AMD Zen 4, 2026-12-04; nnBridgeDemoTrainer)
+    if len(patch_size) == 3:
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     weight = torch.ones(num_classes)

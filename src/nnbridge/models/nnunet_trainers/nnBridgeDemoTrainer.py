@@ -70,6 +70,7 @@ class nnBridgeDemoTrainer(nnUNetTrainer):
         self.num_val_iterations_per_epoch = DEFAULT_VAL_ITERATIONS
         self.initial_lr = DEFAULT_INITIAL_LR
         self.save_every = self.num_epochs + 1  # no checkpoint_latest.pth along the way
+        self.channels_last = False  # set by initialize() for a 3D network
         if os.environ.get("NNBRIDGE_DEMO_THREADS", "").strip():
             torch.set_num_threads(_env_int("NNBRIDGE_DEMO_THREADS", 1))
 
@@ -81,7 +82,7 @@ class nnBridgeDemoTrainer(nnUNetTrainer):
 
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint, its weights in the contiguous layout any training writes."""
-        if not getattr(self, "channels_last", False):
+        if not self.channels_last:
             return super().save_checkpoint(filename)
         self.network.to(memory_format=torch.contiguous_format)
         try:
@@ -95,7 +96,7 @@ class nnBridgeDemoTrainer(nnUNetTrainer):
             f"{self.__class__.__name__}: {self.num_epochs} epochs x {self.num_iterations_per_epoch} "
             f"iterations, batch size {self.batch_size}, patch {list(self.configuration_manager.patch_size)}, "
             f"initial lr {self.initial_lr}, torch threads {torch.get_num_threads()}, memory layout "
-            f"{'channels-last' if getattr(self, 'channels_last', False) else 'contiguous'}"
+            f"{'channels-last' if self.channels_last else 'contiguous'}"
         )
 
     def on_epoch_end(self):
