@@ -316,6 +316,10 @@ def shorten(config) -> None:
     # whole cases: the first 2 of fold 0's 4 validation cases (each runs nnU-Net's predictor and
     # every bundled variant with mirroring)
     config["case_parity"]["max_cases"] = 2
+    # the deployable graph's two-pass InstanceNormalization (the shipped demo's 40^3 patch is under
+    # the real-size threshold) on the demo nnU-Net, so that the pipeline gates, benchmarks, bundles
+    # and predicts with it while the quantizers take the fused graph
+    config["simplify"]["two_pass_norm_voxels"] = 8000
     for name in ("int8_dynamic", "fp16", "int8_nncf"):
         config["quantize"].pop(name, None)
         config["validate"]["tolerances"].pop(name, None)

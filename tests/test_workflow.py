@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import yaml
@@ -81,6 +82,13 @@ def test_every_fold_has_all_artifacts_and_gates(workdir):
             assert (base / artifact).stat().st_size > 1000, artifact
         export = json.loads((base / "export/export.json").read_text())
         assert export["weights"]["ok"] and export["checkpoint_weights"]["ok"]
+        # the deployable graph computes every InstanceNormalization in two passes (conftest.shorten
+        # lowers the threshold to the demo's patch); the quantizers took the fused graph
+        norms = json.loads((base / "simplify/simplify.json").read_text())["norms"]
+        fused = [n.op_type for n in onnx.load(str(base / "simplify/quantizable.onnx")).graph.node]
+        assert norms["rewritten"] == fused.count("InstanceNormalization") > 0 and norms["weights"]["ok"], norms
+        assert "InstanceNormalization" not in {n.op_type for n in onnx.load(str(base / "simplify/model.onnx")).graph.node}
+        assert json.loads((base / f"quantize/{IR}.json").read_text())["converted_from"].endswith("simplify/quantizable.onnx")
         parity = json.loads((base / "validate/parity.json").read_text())
         variants = parity["variants"]
         onnx_variants = ("onnx_fp32", "onnx_simplified", *QUANTIZED) if is_reference else ("onnx_simplified", *quantized)
@@ -389,8 +397,9 @@ def test_report_code_edit_reruns_only_report(workdir):
 
 def test_code_edits_rerun_exactly_the_stages_that_import_them(workdir):
     """A stage's cache key is its script's import closure: an edit deep in core (ONNX graph facts:
-    FLOPs, module names, signatures) reruns quantize, the benchmarks and the peak (and what reads
-    them), never export or patches."""
+    FLOPs, tensor shapes, module names, signatures) reruns simplify (its normalization rewrite
+    reads the shapes), quantize, the benchmarks and the peak (and what reads them), never export,
+    patches or the PyTorch reference."""
     graph = workdir / "src/nnbridge/core/onnxgraph.py"
     saved = graph.read_text()
     graph.write_text(saved + "\n# edited\n")
@@ -398,8 +407,9 @@ def test_code_edits_rerun_exactly_the_stages_that_import_them(workdir):
         jobs = set(planned_jobs(run_snakemake(workdir, "-n")))
     finally:
         graph.write_text(saved)
-    assert {"quantize", "quantize_ir", "benchmark_artifact", "benchmark", "machine_peak", "realistic_benchmark"} <= jobs, jobs
-    assert not jobs & {"export_onnx", "export_torchscript", "patches", "simplify", "reference", "demo_train"}, jobs
+    assert {"simplify", "quantize", "quantize_ir", "benchmark_artifact", "benchmark", "machine_peak",
+            "realistic_benchmark"} <= jobs, jobs
+    assert not jobs & {"export_onnx", "export_torchscript", "patches", "reference", "demo_train"}, jobs
     assert planned_jobs(run_snakemake(workdir, "-n")) == {}
 
 
@@ -417,6 +427,25 @@ def test_comparison_on_every_fold_plans_the_compared_variants_there_too(workdir)
     assert jobs.get("export_torchscript") == 1 and jobs.get("quantize") == 1 and "validate" in jobs, jobs
     assert not set(jobs) & {"export_onnx", "simplify", "calibrate", "reference", "patches"}, jobs
     assert planned_jobs(run_snakemake(workdir, "-n")) == {}
+
+
+def test_quantizers_take_the_fused_graph_and_an_exact_ir_the_deployable_one(workdir):
+    """The two-pass normalization (nnbridge.export.norms) is for the exact variants: an
+    openvino_fp32 entry (the fp32 graph as IR) is converted from simplify's deployable graph, the
+    INT8 entries and the calibration from its fused one. Planned, not run."""
+    config_file = workdir / "config" / "config.yaml"
+    saved = config_file.read_text()
+    try:
+        set_config(workdir, lambda c: c["quantize"].update(ir32={"method": "openvino_fp32"}))
+        proc = run_snakemake(workdir, "-n", "--forcerun", "quantize_ir", "calibrate")
+    finally:
+        config_file.write_text(saved)
+    sources = {}
+    for block in re.findall(r"^rule (quantize_ir|calibrate):\n(.*?)(?:\n\n|\Z)", proc.stdout + proc.stderr, re.M | re.S):
+        variant = re.search(r"(?:qvariant|method)=(\w+)", block[1]).group(1)
+        onnx_inputs = [p for p in re.search(r"input: (.*)", block[1]).group(1).split(", ") if p.endswith(".onnx")]
+        sources.setdefault(variant, set()).update(Path(p).name for p in onnx_inputs)
+    assert sources == {"ir32": {"model.onnx"}, IR: {"quantizable.onnx"}, "MinMax": {"quantizable.onnx"}}, sources
 
 
 def test_keep_going_finishes_the_other_models(workdir):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from nnbridge.core.artifacts import ARTIFACT_SUFFIXES, artifact_files, method_kind
+from nnbridge.core.artifacts import ARTIFACT_SUFFIXES, EXACT_METHODS, artifact_files, method_kind
 from nnbridge.core.config import validate_config
 from nnbridge.core.errors import NNBridgeError
 from nnbridge.demo.dataset import DEMO_DATASET_NAME
@@ -297,6 +297,16 @@ def get_calibration_ranges(wildcards):
     method = (config["quantize"][wildcards.qvariant] or {}).get("calibrate_method", "MinMax")
     folder = FoldKey(wildcards.dataset, wildcards.model, wildcards.fold).dir(RESULTS)
     return {"ranges": f"{folder}/quantize/calibration/{method}.json"}
+
+
+def get_quantize_source(wildcards):
+    """The graph a quantize entry starts from (one of simplify's outputs): the deployable one for a
+    method whose variant is that fp32 graph (EXACT_METHODS: its normalizations two-pass at real
+    patch sizes), the fused one for the quantizers (OpenVINO folds it into MVN, whose inputs NNCF
+    quantizes)."""
+    folder = FoldKey(wildcards.dataset, wildcards.model, wildcards.fold).dir(RESULTS)
+    name = "model" if quantize_method(wildcards) in EXACT_METHODS else "quantizable"
+    return {"onnx": f"{folder}/simplify/{name}.onnx"}
 
 
 def quantize_method(wildcards):

@@ -4,7 +4,7 @@
 # that outputs every activation's range; MinMax runs it on OpenVINO); the quantize jobs need little.
 rule calibrate:
     input:
-        onnx=rules.simplify.output.onnx,
+        onnx=rules.simplify.output.quantizable,
         record=rules.simplify.output.json,
         calibration=rules.patches.output.calibration,
         patches_record=rules.patches.output.json,
@@ -44,7 +44,8 @@ rule quantize:
         unpack(get_quantize_decision),
         # a static entry's calibration ranges (rule calibrate)
         unpack(get_calibration_ranges),
-        onnx=rules.simplify.output.onnx,
+        # the fused graph, or for an exact method the deployable one (common.smk)
+        unpack(get_quantize_source),
         record=rules.simplify.output.json,
         calibration=rules.patches.output.calibration,
         patches_record=rules.patches.output.json,

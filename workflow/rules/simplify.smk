@@ -6,10 +6,16 @@ rule simplify:
         patches_record=rules.patches.output.json,
     output:
         onnx=f"{FOLD_DIR}/simplify/model.onnx",
+        # the graph the quantizers take: model.onnx before its InstanceNormalizations were
+        # written as two-pass reductions (nnbridge.export.norms), or the same file
+        quantizable=f"{FOLD_DIR}/simplify/quantizable.onnx",
         json=f"{FOLD_DIR}/simplify/simplify.json",
     params:
-        atol=lookup(dpath="simplify/atol", within=config),
-        code=code_version("simplify"),
+        **named(
+            atol=lookup(dpath="simplify/atol", within=config),
+            two_pass_norm_voxels=lookup(dpath="simplify/two_pass_norm_voxels", within=config),
+            code=code_version("simplify"),
+        ),
     log:
         "logs/{dataset}/{model}/fold_{fold}/simplify.log",
     # the reference fold's way to the accuracy searches first (common.smk)

@@ -11,6 +11,7 @@ with logged(snakemake.log[0]):
     record = simplify_onnx(
         snakemake.input.onnx, snakemake.output.onnx, check, atol=snakemake.params.atol,
         src_record=snakemake.input.record, threads=snakemake.threads,
+        quantizable=snakemake.output.quantizable, two_pass_norm_voxels=snakemake.params.two_pass_norm_voxels,
     )
     SimplifyRecord.of(record).write(snakemake.output.json)
     print(record)

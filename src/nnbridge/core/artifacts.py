@@ -26,6 +26,11 @@ KIND_RUNTIMES = {"onnx": ("onnxruntime", "openvino"), "ir": ("openvino",), "torc
 
 # the quantize methods whose artifact is not an ONNX file (every other one writes ONNX)
 METHOD_KINDS = {"openvino_int8": "ir", "openvino_fp32": "ir"}
+# quantize methods whose variant is the fp32 graph itself, an exact variant (``openvino_fp32``: the
+# graph as IR): built from the deployable graph (``simplify/model.onnx``, its InstanceNormalizations
+# two-pass at real patch sizes: nnbridge.export.norms), where the others start from the fused graph
+# the quantizers fold into their own (``simplify/quantizable.onnx``)
+EXACT_METHODS = frozenset({"openvino_fp32"})
 
 
 def method_kind(method: str | None) -> str:
@@ -80,11 +85,15 @@ def verify_variant_files(variants: dict[str, dict[str, Any]]) -> None:
 def verify_recorded(path: str | Path, record_path: str | Path) -> str:
     """Check ``path`` against the sha256 the stage record ``record_path`` states for it (the
     record's ``path`` and ``sha256``; an IR's: of its ``.xml`` and ``.bin``, :func:`artifact_sha256`);
-    its sha256, or a one-line :class:`NNBridgeError` naming both files. A later stage calls this
-    before it uses an upstream artifact, so a file changed after its stage wrote it (edited,
-    truncated, swapped) is never used as if it were that stage's output."""
+    its sha256, or a one-line :class:`NNBridgeError` naming both files. A second file of the
+    stage is found in the record's entries of that form (simplify's ``quantizable``). A later
+    stage calls this before it uses an upstream artifact, so a file changed after its stage wrote
+    it (edited, truncated, swapped) is never used as if it were that stage's output."""
     path, record_path = Path(path), Path(record_path)
     record = read_json(record_path, fix="rerun the stage that writes it")
+    if isinstance(record, dict) and Path(str(record.get("path", ""))).name != path.name:
+        record = next((v for v in record.values() if isinstance(v, dict) and "sha256" in v
+                       and Path(str(v.get("path", ""))).name == path.name), record)
     expected = record.get("sha256") if isinstance(record, dict) else None
     named = Path(str(record.get("path", ""))).name if isinstance(record, dict) else ""
     if not expected or named != path.name:

@@ -30,6 +30,17 @@ def _static_shapes(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> onnx
     return onnx.shape_inference.infer_shapes(model)
 
 
+def tensor_shapes(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str, list[int]]:
+    """Tensor name → its shape when the first input is ``input_shape`` (ONNX shape inference;
+    -1 where it cannot tell)."""
+    inferred = _static_shapes(model, input_shape)
+    shapes: dict[str, list[int]] = {}
+    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    return shapes
+
+
 def _shape_of(shapes: dict[str, list[int]], name: str) -> list[int] | None:
     shape = shapes.get(name)
     return shape if shape and all(d > 0 for d in shape) else None
@@ -41,11 +52,7 @@ def compute_node_flops(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> 
     FLOPs count a multiply-add as 2 at ``input_shape`` (bias and activation ignored):
     Conv ``2·N·C_out·∏out·(C_in/g)·∏k``, ConvTranspose ``2·N·C_in·∏in·(C_out/g)·∏k``.
     """
-    inferred = _static_shapes(model, input_shape)
-    shapes: dict[str, list[int]] = {}
-    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        dims = info.type.tensor_type.shape.dim
-        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    shapes = tensor_shapes(model, input_shape)
     inits = {init.name: list(init.dims) for init in model.graph.initializer}
     out: dict[str, dict[str, Any]] = {}
     for index, node in enumerate(model.graph.node):

@@ -343,6 +343,10 @@ class SimplifyRecord(Record):
     check_max_abs_err: float | None = None
     path: str | None = None
     size_bytes: int | None = None
+    # the InstanceNormalization rewrite of the deployable graph (nnbridge.export.norms), and the
+    # graph the quantizers take ({"path", "sha256"}: the same file when nothing was rewritten)
+    norms: dict[str, Any] | None = None
+    quantizable: dict[str, Any] | None = None
 
 
 @dataclass

@@ -1,9 +1,13 @@
 """Simplify an exported ONNX graph (onnxsim, onnxslim as fallback); keep it only if its outputs
 match and it still carries the export's weights (in whatever form the simplifier left them:
-reshaped, transposed, BatchNorm folded into convolutions, ...)."""
+reshaped, transposed, BatchNorm folded into convolutions, ...). At patches where the runtimes'
+fused InstanceNormalization loses precision, the deployable graph then gets the two-pass form
+(:mod:`.norms`); the quantizers keep the fused one."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,9 +16,11 @@ import numpy as np
 import onnx
 
 from ..core.artifacts import verify_recorded
+from ..core.metadata import read_metadata
 from ..core.runlog import read_json, sha256_file
 from ..runtime.ort import run_onnx
 from .graph_proof import carriers, verify_derived_graph
+from .norms import MIN_VOXELS, two_pass_instance_norms
 
 TOOLS = ("onnxsim", "onnxslim")
 
@@ -37,7 +43,8 @@ def _run_tool(tool: str, model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
 
 def simplify_onnx(src: Path, dst: Path, check_patches: np.ndarray, atol: float = 1e-4,
                   tools: tuple[str, ...] = TOOLS, src_record: Path | None = None,
-                  export_record: dict[str, Any] | None = None, threads: int = 0) -> dict[str, Any]:
+                  export_record: dict[str, Any] | None = None, threads: int = 0,
+                  quantizable: Path | None = None, two_pass_norm_voxels: int = MIN_VOXELS) -> dict[str, Any]:
     """Write a simplified ``src`` to ``dst`` if it reproduces ``src``'s logits within ``atol``
     and carries ``src``'s weight tensors (those the export's weight proof in ``export_record``
     — default: the record ``src_record`` — found the checkpoint in; without either, every float
@@ -48,6 +55,15 @@ def simplify_onnx(src: Path, dst: Path, check_patches: np.ndarray, atol: float =
     checked against the sha256 it states. When none gives a matching graph, ``dst`` is a
     copy of ``src`` and the record says why, so later stages never run an unverified graph.
     ``threads``: ONNX Runtime's threads for the check (0: its default, every core).
+
+    With ``quantizable`` (where the quantizers' graph goes), a graph whose largest
+    InstanceNormalization has ``two_pass_norm_voxels`` voxels per channel or more at the patch
+    size is then written to ``dst`` in the two-pass form (:func:`.norms.two_pass_instance_norms`;
+    0: never), proven like the simplification (the weights, and the logits of both forms on a
+    small Gaussian patch, where the fused kernels are exact to ~1e-6); ``quantizable`` gets the
+    graph before it (the quantizers fold the fused normalization into their own: OpenVINO's MVN
+    for NNCF), or the same file when nothing was rewritten. The record's ``norms`` says which and
+    why, its ``quantizable`` the file and its sha256.
     """
     src, dst = Path(src), Path(dst)
     if src_record is not None:  # the export this stage simplifies is the one export.json states
@@ -92,6 +108,57 @@ def simplify_onnx(src: Path, dst: Path, check_patches: np.ndarray, atol: float =
         record.update({"tool": None, "nodes_after": record["nodes_before"],
                        "error": "; ".join(f"{a['tool']}: {a['error']}" for a in record["attempts"])
                        or "no simplifier configured"})
+    if quantizable is not None:
+        record["norms"] = _two_pass_norms(dst, Path(quantizable), original, weight_carriers, check_patches,
+                                          atol, threads, two_pass_norm_voxels)
+        record["quantizable"] = {"path": str(quantizable), "sha256": sha256_file(quantizable)}
     record.update({"kept_simplified": kept, "path": str(dst), "sha256": sha256_file(dst),
                    "size_bytes": dst.stat().st_size})
     return record
+
+
+def _check_shape(dst: Path, check_patches: np.ndarray) -> tuple[int, ...]:
+    """A small patch the network takes (twice its stride multiple per axis, at most the patch,
+    as the export's own check), where the fused normalization sums few enough terms to be exact."""
+    stride = json.loads(read_metadata(dst).get("stride_multiple", "null") or "null")
+    patch = list(check_patches.shape[2:])
+    spatial = [min(p, 2 * int(m)) for p, m in zip(patch, stride)] if stride and len(stride) == len(patch) else patch
+    return (1, check_patches.shape[1], *spatial)
+
+
+def _two_pass_norms(dst: Path, quantizable: Path, original: onnx.ModelProto, weight_carriers: list[str] | None,
+                    check_patches: np.ndarray, atol: float, threads: int, min_voxels: int) -> dict[str, Any]:
+    """Write ``dst``'s graph to ``quantizable`` and, where :func:`.norms.two_pass_instance_norms`
+    rewrites it, the two-pass form to ``dst``; what was done, as the record's ``norms``."""
+    plain = onnx.load(str(dst))
+    rewritten, norms = two_pass_instance_norms(plain, (1, *check_patches.shape[1:]), min_voxels)
+    quantizable.parent.mkdir(parents=True, exist_ok=True)
+    quantizable.unlink(missing_ok=True)
+    if not norms["rewritten"]:
+        try:
+            os.link(dst, quantizable)  # the same graph: one file on disk
+        except OSError:
+            shutil.copyfile(dst, quantizable)
+        return norms
+    shape = _check_shape(dst, check_patches)
+    proof = verify_derived_graph(rewritten, original, weight_carriers, shape)
+    probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    partial = dst.with_name(f".{dst.name}.two_pass")
+    onnx.save(rewritten, str(partial))
+    try:
+        err = float(np.max(np.abs(run_onnx(dst, probe, threads).astype(np.float64) - run_onnx(partial, probe, threads))))
+    except Exception:
+        partial.unlink(missing_ok=True)
+        raise
+    norms.update({"check_shape": list(shape), "check_max_abs_err": err,
+                  "weights": {k: proof[k] for k in ("ok", "summary")}})
+    if not proof["ok"] or not err <= atol:
+        partial.unlink(missing_ok=True)
+        shutil.copyfile(dst, quantizable)
+        norms["error"] = (f"the two-pass graph does not carry the export's weights ({proof['summary']})"
+                          if not proof["ok"] else f"two-pass outputs differ by {err:.3g} > {atol:g} on a Gaussian patch")
+        norms["rewritten"] = 0
+        return norms
+    os.replace(dst, quantizable)
+    os.replace(partial, dst)
+    return norms

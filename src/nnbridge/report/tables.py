@@ -200,6 +200,15 @@ def weights_table(run: RunResults) -> Table | None:
                      else f"not simplified ({simp.error or 'unknown'}); exact copy kept")
             rows.append([f.label, "ONNX simplified", f"{state}; nodes {simp.nodes_before} → {simp.nodes_after}",
                          "", fmt(simp.check_max_abs_err)])
+            norms = simp.norms or {}
+            if norms.get("rewritten") or norms.get("error"):
+                state = (f"{norms['rewritten']} of {norms['instance_norms']} InstanceNormalization as two-pass "
+                         f"reductions ({norms['largest_voxels']} voxels per channel ≥ {norms['min_voxels']}); "
+                         f"{(norms.get('weights') or {}).get('summary', '')}" if norms.get("rewritten")
+                         else f"InstanceNormalization left fused: {norms['error']}")
+                shape = "x".join(str(s) for s in norms.get("check_shape", [])[2:])
+                rows.append([f.label, "ONNX simplified: normalization", state, shape and f"{shape} (Gaussian)",
+                             fmt(norms.get("check_max_abs_err"))])
     if not rows:
         return None
     return Table(["fold", "artifact", "weights / check", "eager-vs-export shapes", "max abs err"], rows)
