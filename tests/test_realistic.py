@@ -26,8 +26,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, machine_peak) -> tuple[Pa
     out = tmp_path_factory.mktemp("realistic")
     # adjacent_min_ms 0: every runtime times its peak kernel after its timing, as at 128^3 (at this
     # size a patch takes milliseconds: the default measures it against the run's peak)
+    # two_pass_norm_voxels under the 32^3 patch: the exact fp32 graph (a raw export: its norms' bias
+    # can be an Identity of an equal tensor) is timed as simplify deploys
+    # it at real sizes (two-pass normalization), INT8 and bf16 from the fused one
     record = realistic_benchmark(out, patch_size=PATCH, features=FEATURES, threads=2, warmup=0, repeats=1,
-                                 peak=machine_peak, adjacent_min_ms=0.0)
+                                 peak=machine_peak, adjacent_min_ms=0.0, two_pass_norm_voxels=4096)
     return out, record
 
 
@@ -60,6 +63,13 @@ def test_every_result_is_timed_and_consistent(tiny_run):
     assert ir["int8"]["method"] == "openvino_int8" and ir["int8"]["coverage_openvino"]["n_int8_compute_nodes"] > 0
     assert ir["fp32"]["method"] == "openvino_fp32"
     assert set(record["load_ms"]) == {"onnx_fp32@openvino", "fp32_ir@openvino"} and all(record["load_ms"].values())
+    # the exact fp32 results ran the two-pass graph, the others the fused one
+    assert record["norms"]["rewritten"] == record["norms"]["instance_norms"] > 0, record["norms"]
+    fp32_ops = {n.op_type for n in onnx.load(str(out / "model_two_pass.onnx")).graph.node}
+    assert "InstanceNormalization" not in fp32_ops and "ReduceMean" in fp32_ops
+    files = record["files"]
+    assert files["onnx_fp32"] == files["onnx_fp32@openvino"] == str(out / "model_two_pass.onnx"), files
+    assert files["bf16@openvino"] == str(out / "model.onnx") and files["int8"] == str(out / "model_int8.onnx")
 
 
 def test_flops_match_an_independent_count(tiny_run):

@@ -20,6 +20,8 @@ rule realistic_benchmark:
             int8=lookup(dpath="benchmark/realistic/int8", within=config),
             ir=lookup(dpath="benchmark/realistic/ir", within=config),
             configuration=lookup(dpath="benchmark/realistic/configuration", within=config),
+            # the exact fp32 graph timed as simplify deploys it at that patch size
+            two_pass_norm_voxels=lookup(dpath="simplify/two_pass_norm_voxels", within=config),
             threads=lookup(dpath="benchmark/threads", within=config),
             code=code_version("realistic"),
         ),

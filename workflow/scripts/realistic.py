@@ -17,6 +17,7 @@ with logged(snakemake.log[0]):
         plans=snakemake.input.get("plans"),
         configuration=snakemake.params.configuration,
         peak=PeakRecord.read(snakemake.input.peak).to_dict(),
+        two_pass_norm_voxels=snakemake.params.two_pass_norm_voxels,
     )
     RealisticRecord.of(record).write(snakemake.output.json)
     print(record["targets"])

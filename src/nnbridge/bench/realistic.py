@@ -8,7 +8,10 @@ axes), makes a static INT8 QDQ variant (calibrated on random normal patches: INT
 speed only, its accuracy cannot be judged with random weights) and, with ``ir``, the OpenVINO IR
 variants (INT8 by NNCF's OpenVINO backend on the same patches, and the fp32 graph as IR, whose load
 time the records hold beside the ONNX file's), and times torch eager, ONNX Runtime and OpenVINO,
-each in its own process (:mod:`nnbridge.bench.measure`). Each process then times the peak
+each in its own process (:mod:`nnbridge.bench.measure`). The exact fp32 variants are timed as the
+pipeline deploys them at that size (InstanceNormalization in two passes where
+:mod:`nnbridge.export.norms` rewrites it, ``model_two_pass.onnx``); INT8 and bf16 start from the
+fused graph, as the quantizers do. Each process then times the peak
 kernel of its kind (:mod:`nnbridge.bench.kernels`): "% of peak" and the peak-share targets
 (:data:`nnbridge.bench.targets.PEAK_TARGETS`) compare numbers of the same minute, not with a peak
 measured minutes earlier on a VM whose speed moves.
@@ -34,6 +37,7 @@ from ..core.errors import NNBridgeError
 from ..core.metadata import META_PREFIX
 from ..core.onnxgraph import compute_node_flops
 from ..export.common import INPUT_NAME
+from ..export.norms import MIN_VOXELS, two_pass_instance_norms
 from ..export.onnx_export import write_onnx
 from ..quantize.coverage import int8_coverage, openvino_int8_coverage
 from ..quantize.openvino_ir import convert_openvino_fp32, quantize_openvino_int8
@@ -104,12 +108,13 @@ def make_int8(src: Path, dst: Path, arch: dict[str, Any], patch_size: tuple[int,
 
 
 def make_ir_variants(src: Path, out_dir: Path, arch: dict[str, Any], patch_size: tuple[int, ...], *,
-                     int8: bool, n_patches: int = 4, max_size: int = 64, seed: int = 0) -> dict[str, Any]:
-    """The OpenVINO IR variants of ``src``: ``model_fp32.xml`` (the fp32 graph) and, with ``int8``,
-    ``model_int8.xml``: INT8 by NNCF's OpenVINO backend (performance preset: symmetric
-    activations, like the QDQ variant's), calibrated on the QDQ variant's random normal patches
-    (same seed, cut to ``max_size`` per axis)."""
-    record: dict[str, Any] = {"fp32": convert_openvino_fp32(src, out_dir / "model_fp32.xml")}
+                     int8: bool, n_patches: int = 4, max_size: int = 64, seed: int = 0,
+                     fp32_src: Path | None = None) -> dict[str, Any]:
+    """The OpenVINO IR variants of ``src``: ``model_fp32.xml`` (the fp32 graph: ``fp32_src``'s when
+    given, the deployable one) and, with ``int8``, ``model_int8.xml``: INT8 by NNCF's OpenVINO
+    backend (performance preset: symmetric activations, like the QDQ variant's), calibrated on the
+    QDQ variant's random normal patches (same seed, cut to ``max_size`` per axis)."""
+    record: dict[str, Any] = {"fp32": convert_openvino_fp32(fp32_src or src, out_dir / "model_fp32.xml")}
     if int8:
         spatial = _smaller_shape(arch, patch_size, max_size)
         rng = np.random.default_rng(seed + 1)
@@ -138,9 +143,11 @@ def compute_targets(results: dict[str, Any], peak: dict[str, Any] | None = None)
 
 
 def _specs(out_dir: Path, arch: dict[str, Any], seed: int, backends: tuple[str, ...],
-           int8: bool, ir: bool = False) -> dict[str, dict[str, Any]]:
-    """The benchmark specs by result name, torch eager (the baseline) first."""
-    fp32, quant = str(out_dir / "model.onnx"), str(out_dir / "model_int8.onnx")
+           int8: bool, ir: bool = False, fp32_file: str = "model.onnx") -> dict[str, dict[str, Any]]:
+    """The benchmark specs by result name, torch eager (the baseline) first. ``fp32_file``: the
+    exact fp32 graph (the two-pass one where the normalizations were rewritten); bf16 runs the
+    fused graph, as the pipeline's bf16 variant does."""
+    fp32, fused, quant = str(out_dir / fp32_file), str(out_dir / "model.onnx"), str(out_dir / "model_int8.onnx")
     specs: dict[str, dict[str, Any]] = {}
     if "torch" in backends:
         specs["torch_eager"] = {"backend": "torch_arch", "arch": arch, "seed": seed}
@@ -148,7 +155,7 @@ def _specs(out_dir: Path, arch: dict[str, Any], seed: int, backends: tuple[str, 
         specs["onnx_fp32"] = {"backend": "onnxruntime", "path": fp32}
     if "openvino" in backends:
         specs["onnx_fp32@openvino"] = {"backend": "openvino", "path": fp32}
-        specs["bf16@openvino"] = {"backend": "openvino", "path": fp32, "precision": "bf16"}
+        specs["bf16@openvino"] = {"backend": "openvino", "path": fused, "precision": "bf16"}
     if int8 and "onnxruntime" in backends:
         specs["int8"] = {"backend": "onnxruntime", "path": quant}
     if int8 and "openvino" in backends:
@@ -177,7 +184,8 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
                         backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino"),
                         seed: int = 0, plans: Path | None = None, configuration: str = "3d_fullres",
                         peak: dict[str, Any] | None = None, ir: bool = True,
-                        adjacent_min_ms: float = ADJACENT_MIN_MS) -> dict[str, Any]:
+                        adjacent_min_ms: float = ADJACENT_MIN_MS,
+                        two_pass_norm_voxels: int = MIN_VOXELS) -> dict[str, Any]:
     """Build, export, quantize and time a random-weight nnU-Net ``PlainConvUNet`` at ``patch_size``
     — or, with ``plans``, the network of that plans file's ``configuration`` at its own patch size
     (``patch_size`` and ``features`` then do not apply). ``peak``: the machine's measured peaks
@@ -188,7 +196,9 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
     against ``peak``, and a second of kernel timing per runtime would be most of its run).
 
     Writes ``out_dir/model.onnx`` (and ``out_dir/model_int8.onnx`` when ``int8``; with ``ir`` and
-    openvino among the ``backends`` the IRs ``model_fp32.xml``, ``model_int8.xml``). Returns a
+    openvino among the ``backends`` the IRs ``model_fp32.xml``, ``model_int8.xml``), and
+    ``model_two_pass.onnx``, the exact graph timed, where its largest InstanceNormalization has
+    ``two_pass_norm_voxels`` per channel or more (the record's ``norms``). Returns a
     JSON-serializable record: the architecture, input shape, FLOPs per patch (from the graph, and
     counted from the description as a check), the machine's measured fp32 peak, per result
     (``torch_eager``, ``onnx_fp32`` with tuned ONNX Runtime settings, ``onnx_fp32@openvino``,
@@ -214,13 +224,18 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
     export_shape = (1, arch["input_channels"], *_smaller_shape(arch, tuple(patch_size), 64))
     network = build_network(arch, seed)
     export = export_network(network, arch, out_dir / "model.onnx", export_shape, seed=seed)
+    two_pass, norms = two_pass_instance_norms(onnx.load(str(out_dir / "model.onnx")), shape, two_pass_norm_voxels)
+    fp32_file = "model.onnx"
+    if norms["rewritten"]:  # the exact graph as simplify deploys it at this size
+        fp32_file = "model_two_pass.onnx"
+        onnx.save(two_pass, str(out_dir / fp32_file))
     quantized = (make_int8(out_dir / "model.onnx", out_dir / "model_int8.onnx", arch, tuple(patch_size),
                            seed=seed, openvino="openvino" in backends) if int8 else None)
     ir = ir and "openvino" in backends
-    ir_variants = (make_ir_variants(out_dir / "model.onnx", out_dir, arch, tuple(patch_size), int8=int8, seed=seed)
-                   if ir else None)
+    ir_variants = (make_ir_variants(out_dir / "model.onnx", out_dir, arch, tuple(patch_size), int8=int8, seed=seed,
+                                    fp32_src=out_dir / fp32_file) if ir else None)
 
-    specs = _specs(out_dir, arch, seed, tuple(backends), int8, ir)
+    specs = _specs(out_dir, arch, seed, tuple(backends), int8, ir, fp32_file)
     tuning = None
     if "onnx_fp32" in specs:
         tuning = tune_onnxruntime(specs["onnx_fp32"], shape, threads, min(warmup, 2), max(3, repeats // 2))
@@ -242,7 +257,8 @@ def realistic_benchmark(out_dir: Path, *, patch_size: tuple[int, ...] = (128, 12
         "architecture": arch, "seed": seed, "patch_size": list(patch_size),
         "stride_multiple": list(stride_multiple(arch)),
         "flops_analytic": analytic_flops(arch, tuple(patch_size)),
-        "export": export, "int8_variant": quantized, "ir_variants": ir_variants,
+        "export": export, "norms": norms, "int8_variant": quantized, "ir_variants": ir_variants,
+        "files": {name: spec["path"] for name, spec in specs.items() if "path" in spec},
         "int8_note": INT8_NOTE if int8 else None,
         "tuning": tuning, "targets": compute_targets(record["results"], record["peak"]), "versions": _versions(),
         "seconds": round(time.perf_counter() - started, 1),

@@ -512,6 +512,10 @@ class RealisticRecord(Record):
     tuning: Tuning | None = None
     load_ms: dict[Variant, float | None] | None = None
     """OpenVINO's read + compile time of the fp32 graph from the ONNX file and from its IR (with ``ir``)."""
+    norms: dict[str, Any] | None = None
+    """The exact graph's InstanceNormalization rewrite (nnbridge.export.norms) at this patch size."""
+    files: dict[Variant, str] | None = None
+    """The file each result ran."""
 
 
 @dataclass

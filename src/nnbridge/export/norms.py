@@ -43,11 +43,28 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Tensor name → value of every initializer, Constant node output and Identity of one (a raw
+    torch export can give InstanceNormalization its bias as an Identity of another equal tensor;
+    onnxsim folds both into initializers)."""
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                values[node.output[0]] = numpy_helper.to_array(value)
+        elif node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+    return values
+
+
 def _eligible(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> tuple[dict[int, int], dict[str, str]]:
     """Index of each InstanceNormalization node this module rewrites → its voxels per channel at
     the patch size; and the others → why not (a 1-D one, e.g. what GroupNorm exports as: no axes to
     split its sum over; scale or bias not constant)."""
-    inits = {i.name for i in model.graph.initializer}
+    inits = set(_constants(model))
     rewritable: dict[int, int] = {}
     left: dict[str, str] = {}
     for index, node in enumerate(model.graph.node):
@@ -58,7 +75,7 @@ def _eligible(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> tuple[dic
         if not shape or len(shape) not in (4, 5) or any(d <= 0 for d in shape[2:]):
             left[name] = f"input shape {shape} at the patch size: not 2 or 3 known spatial axes"
         elif len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
-            left[name] = "scale or bias not an initializer"
+            left[name] = "scale or bias not a constant"
         else:
             rewritable[index] = int(np.prod(shape[2:]))
     return rewritable, left
@@ -70,15 +87,15 @@ def _reduction_steps(rank: int) -> list[tuple[int, int]]:
     return [(axis, (i % 2)) for i, axis in enumerate(range(rank - 1, 1, -1))]
 
 
-def _rewrite_node(node: onnx.NodeProto, rank: int, opset: int, inits: dict[str, onnx.TensorProto],
+def _rewrite_node(node: onnx.NodeProto, rank: int, opset: int, constants: dict[str, np.ndarray],
                   prefix: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
     x, scale, bias = node.input[:3]
-    channels = numpy_helper.to_array(inits[scale]).size
+    channels = constants[scale].size
     broadcast = [channels] + [1] * (rank - 2)
     new_inits = [
-        numpy_helper.from_array(numpy_helper.to_array(inits[scale]).astype(np.float32).reshape(broadcast), f"{prefix}/scale"),
-        numpy_helper.from_array(numpy_helper.to_array(inits[bias]).astype(np.float32).reshape(broadcast), f"{prefix}/bias"),
+        numpy_helper.from_array(constants[scale].astype(np.float32).reshape(broadcast), f"{prefix}/scale"),
+        numpy_helper.from_array(constants[bias].astype(np.float32).reshape(broadcast), f"{prefix}/bias"),
         numpy_helper.from_array(np.array(eps, dtype=np.float32), f"{prefix}/epsilon"),
     ]
     nodes: list[onnx.NodeProto] = []
@@ -140,7 +157,7 @@ def two_pass_instance_norms(model: onnx.ModelProto, input_shape: tuple[int, ...]
                          "are accurate at this size")
         return model, record
     out = onnx.ModelProto.FromString(model.SerializeToString())
-    inits = {i.name: i for i in out.graph.initializer}
+    constants = _constants(out)
     opset = _opset(out)
     nodes: list[onnx.NodeProto] = []
     added: list[onnx.TensorProto] = []
@@ -150,15 +167,17 @@ def two_pass_instance_norms(model: onnx.ModelProto, input_shape: tuple[int, ...]
             nodes.append(node)
             continue
         replaced_params.update(node.input[1:3])
-        replaced, tensors = _rewrite_node(node, len(shapes[node.input[0]]), opset, inits,
+        replaced, tensors = _rewrite_node(node, len(shapes[node.input[0]]), opset, constants,
                                           f"{node.name or node.output[0]}/two_pass")
         nodes += replaced
         added += tensors
+    used = {name for node in nodes for name in node.input} | {o.name for o in out.graph.output}
+    # the 1-D scale/bias the rewrite replaced by their (C, 1, ...) forms, where nothing else reads them
+    nodes = [n for n in nodes
+             if n.op_type not in ("Constant", "Identity") or n.output[0] not in replaced_params or n.output[0] in used]
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     out.graph.initializer.extend(added)
-    used = {name for node in out.graph.node for name in node.input} | {o.name for o in out.graph.output}
-    # the 1-D scale/bias the rewrite replaced by their (C, 1, ...) forms, where nothing else reads them
     kept = [i for i in out.graph.initializer if i.name not in replaced_params or i.name in used]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
