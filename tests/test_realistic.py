@@ -27,8 +27,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, machine_peak) -> tuple[Pa
     # adjacent_min_ms 0: every runtime times its peak kernel after its timing, as at 128^3 (at this
     # size a patch takes milliseconds: the default measures it against the run's peak)
     # two_pass_norm_voxels under the 32^3 patch: the exact fp32 graph (a raw export: its norms' bias
-    # can be an Identity of an equal tensor) is timed as simplify deploys
-    # it at real sizes (two-pass normalization), INT8 and bf16 from the fused one
+    # can be an Identity of an equal tensor) is timed as simplify deploys it at real sizes
+    # (two-pass normalization), INT8 and bf16 from the fused one
     record = realistic_benchmark(out, patch_size=PATCH, features=FEATURES, threads=2, warmup=0, repeats=1,
                                  peak=machine_peak, adjacent_min_ms=0.0, two_pass_norm_voxels=4096)
     return out, record

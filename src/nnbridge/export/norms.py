@@ -43,28 +43,29 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Tensor name → value of every initializer, Constant node output and Identity of one (a raw
-    torch export can give InstanceNormalization its bias as an Identity of another equal tensor;
-    onnxsim folds both into initializers)."""
-    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Tensor name → the TensorProto holding its value, for every initializer, Constant node output
+    and Identity of one (a raw torch export can give InstanceNormalization its bias as an Identity
+    of another equal tensor; onnxsim folds both into initializers). Nothing is converted: only the
+    rewritten nodes' scale and bias are read."""
+    values = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
             continue
         if node.op_type == "Constant":
             value = next((a.t for a in node.attribute if a.name == "value"), None)
             if value is not None:
-                values[node.output[0]] = numpy_helper.to_array(value)
+                values[node.output[0]] = value
         elif node.op_type == "Identity" and node.input[0] in values:
             values[node.output[0]] = values[node.input[0]]
     return values
 
 
-def _eligible(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> tuple[dict[int, int], dict[str, str]]:
+def _eligible(model: onnx.ModelProto, shapes: dict[str, list[int]],
+              constants: dict[str, onnx.TensorProto]) -> tuple[dict[int, int], dict[str, str]]:
     """Index of each InstanceNormalization node this module rewrites → its voxels per channel at
     the patch size; and the others → why not (a 1-D one, e.g. what GroupNorm exports as: no axes to
     split its sum over; scale or bias not constant)."""
-    inits = set(_constants(model))
     rewritable: dict[int, int] = {}
     left: dict[str, str] = {}
     for index, node in enumerate(model.graph.node):
@@ -74,7 +75,7 @@ def _eligible(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> tuple[dic
         shape = shapes.get(node.input[0])
         if not shape or len(shape) not in (4, 5) or any(d <= 0 for d in shape[2:]):
             left[name] = f"input shape {shape} at the patch size: not 2 or 3 known spatial axes"
-        elif len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
+        elif len(node.input) < 3 or node.input[1] not in constants or node.input[2] not in constants:
             left[name] = "scale or bias not a constant"
         else:
             rewritable[index] = int(np.prod(shape[2:]))
@@ -87,15 +88,15 @@ def _reduction_steps(rank: int) -> list[tuple[int, int]]:
     return [(axis, (i % 2)) for i, axis in enumerate(range(rank - 1, 1, -1))]
 
 
-def _rewrite_node(node: onnx.NodeProto, rank: int, opset: int, constants: dict[str, np.ndarray],
+def _rewrite_node(node: onnx.NodeProto, rank: int, opset: int, constants: dict[str, onnx.TensorProto],
                   prefix: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
     x, scale, bias = node.input[:3]
-    channels = constants[scale].size
-    broadcast = [channels] + [1] * (rank - 2)
+    scale_value, bias_value = numpy_helper.to_array(constants[scale]), numpy_helper.to_array(constants[bias])
+    broadcast = [scale_value.size] + [1] * (rank - 2)
     new_inits = [
-        numpy_helper.from_array(constants[scale].astype(np.float32).reshape(broadcast), f"{prefix}/scale"),
-        numpy_helper.from_array(constants[bias].astype(np.float32).reshape(broadcast), f"{prefix}/bias"),
+        numpy_helper.from_array(scale_value.astype(np.float32).reshape(broadcast), f"{prefix}/scale"),
+        numpy_helper.from_array(bias_value.astype(np.float32).reshape(broadcast), f"{prefix}/bias"),
         numpy_helper.from_array(np.array(eps, dtype=np.float32), f"{prefix}/epsilon"),
     ]
     nodes: list[onnx.NodeProto] = []
@@ -146,7 +147,7 @@ def two_pass_instance_norms(model: onnx.ModelProto, input_shape: tuple[int, ...]
     it and a record: how many were rewritten of how many, the largest one's voxels, the threshold,
     and the nodes left as they were, with why."""
     shapes = tensor_shapes(model, tuple(input_shape))
-    rewritable, left = _eligible(model, shapes)
+    rewritable, left = _eligible(model, shapes, _constants(model))
     largest = max(rewritable.values(), default=0)
     record: dict[str, Any] = {"instance_norms": len(rewritable) + len(left), "rewritten": 0,
                               "largest_voxels": largest, "min_voxels": int(min_voxels), "left": left}
