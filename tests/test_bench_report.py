@@ -575,3 +575,34 @@ def test_a_gate_missed_with_7_bit_weights_the_cpu_chose_names_the_remedy():
     assert "7-bit weights, chosen for a CPU without INT8 dot products (weight_type: u8" in gates["by_cpu"]
     assert "7-bit weights" in gates["by_cpu@openvino"]
     assert gates["given"] == "FAIL: Dice of box 0.9885 < 0.99" and gates["passed"] == "PASS"
+
+
+def test_flops_count_every_convolution_behind_the_shapes_a_graph_computes(tmp_path):
+    """MONAI's SegResNet reshapes each GroupNorm's result to Shape(x) (computed in the graph): the
+    FLOPs behind the first one were uncounted (1.8 of 290.6 GFLOP at 128^3) until shape inference
+    propagated computed shapes. Expected: what the convolutions PyTorch ran did, counted from their
+    output shapes by forward hooks."""
+    import torch
+    from monai.networks.nets import SegResNet
+
+    from nnbridge.core.onnxgraph import compute_node_flops
+    from nnbridge.export.onnx_export import write_onnx
+
+    torch.manual_seed(0)
+    net = SegResNet(spatial_dims=3, init_filters=4, in_channels=1, out_channels=2, blocks_down=[1, 1, 1],
+                    blocks_up=[1, 1], norm=["GROUP", {"num_groups": 2}]).eval()
+    ran: list[int] = []
+
+    def count(module, _inputs, output):
+        ran.append(2 * output.numel() * (module.in_channels // module.groups) * int(np.prod(module.kernel_size)))
+
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.register_forward_hook(count)
+    model = write_onnx(net, torch.zeros(1, 1, 16, 16, 16), tmp_path / "segresnet.onnx", 17, {})
+    ran.clear()  # the export's trace ran them once
+    with torch.no_grad():
+        net(torch.zeros(1, 1, 32, 24, 16))
+    flops = compute_node_flops(model, (1, 1, 32, 24, 16))
+    assert len(flops) == len(ran) and all(v["flops"] for v in flops.values()), flops
+    assert sum(v["flops"] for v in flops.values()) == sum(ran)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
 
 from nnbridge.core.artifacts import verify_recorded
 from nnbridge.core.errors import NNBridgeError
 from nnbridge.core.records import SimplifyRecord
 from nnbridge.export.norms import MIN_VOXELS, two_pass_instance_norms
+from nnbridge.export.onnx_export import write_onnx
 from nnbridge.export.simplify import simplify_onnx
 from nnbridge.runtime.ort import run_onnx
 
@@ -24,23 +26,20 @@ EPS = 1e-5
 def _norm_model(channels: int, spatial: int, opset: int, scale: np.ndarray, bias: np.ndarray,
                 extra_flat: bool = False) -> onnx.ModelProto:
     """One InstanceNormalization over a (1, C, spatial...) input with dynamic spatial axes (as an
-    nnbridge export has them); with ``extra_flat``, a second one behind a reshape to (1, C, -1),
-    as GroupNorm exports (one axis: nothing to split its sum over)."""
+    nnbridge export has them); with ``extra_flat``, a second one over a (1, C, L) sequence input
+    (1-D, and no reshape of spatial axes before it: nothing to split its sum over)."""
     dims = [1, channels, *(f"s{i}" for i in range(spatial))]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)]
     nodes = [helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["y"], epsilon=EPS, name="norm")]
     inits = [helper.make_tensor("scale", TensorProto.FLOAT, [channels], scale),
              helper.make_tensor("bias", TensorProto.FLOAT, [channels], bias)]
-    out, out_dims = "y", dims
     if extra_flat:
-        inits += [helper.make_tensor("flat", TensorProto.INT64, [3], [1, channels, -1]),
-                  helper.make_tensor("scale2", TensorProto.FLOAT, [channels], scale),
-                  helper.make_tensor("bias2", TensorProto.FLOAT, [channels], bias)]
-        nodes += [helper.make_node("Reshape", ["y", "flat"], ["y_flat"], name="to_groups"),
-                  helper.make_node("InstanceNormalization", ["y_flat", "scale2", "bias2"], ["z"], epsilon=EPS,
-                                   name="group_norm")]
-        out, out_dims = "z", [1, channels, "flat"]
-    graph = helper.make_graph(nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_dims)], inits)
+        nodes.append(helper.make_node("InstanceNormalization", ["seq", "scale", "bias"], ["z"], epsilon=EPS,
+                                      name="sequence_norm"))
+        inputs.append(helper.make_tensor_value_info("seq", TensorProto.FLOAT, [1, channels, "length"]))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, channels, "length"]))
+    graph = helper.make_graph(nodes, "norm", inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -61,7 +60,7 @@ def _background_case(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return x
 
 
-def _run_both(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
+def _run_both(model: onnx.ModelProto, x: np.ndarray, **extra: np.ndarray) -> dict[str, np.ndarray]:
     import onnxruntime as ort
     import openvino as ov
 
@@ -70,7 +69,8 @@ def _run_both(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
     # exact: fp32 precision hint (OpenVINO would run bf16 by itself on an AMX CPU)
     compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32"})
-    return {"onnxruntime": session.run(None, {"x": x})[0], "openvino": np.asarray(compiled({0: x})[0])}
+    feeds = {session.get_inputs()[0].name: x, **extra}
+    return {"onnxruntime": session.run(None, feeds)[0], "openvino": np.asarray(compiled(list(feeds.values()))[0])}
 
 
 def _ops(model: onnx.ModelProto) -> set[str]:
@@ -110,13 +110,85 @@ def test_small_patches_keep_the_fused_kernels_and_other_norms_are_left_with_a_re
                              "accurate at this size")
     assert two_pass_instance_norms(model, small, min_voxels=0)[1]["why"] == "turned off (min_voxels 0)"
     rewritten, record = two_pass_instance_norms(model, small, min_voxels=64000)
-    assert (record["instance_norms"], record["rewritten"]) == (2, 1)
-    assert list(record["left"]) == ["group_norm"] and "not 2 or 3 known spatial axes" in record["left"]["group_norm"]
+    assert (record["instance_norms"], record["rewritten"], record["group_norms"]) == (2, 1, 0)
+    assert list(record["left"]) == ["sequence_norm"]
+    assert "not 2 or 3 known spatial axes" in record["left"]["sequence_norm"]
     assert [n.op_type for n in rewritten.graph.node].count("InstanceNormalization") == 1
     x = np.random.default_rng(1).standard_normal(small).astype(np.float32)
-    for runtime, y in _run_both(rewritten, x).items():  # the same function: the fused op's own result
-        expected = _run_both(model, x)[runtime]
+    seq = np.random.default_rng(2).standard_normal((1, channels, 50)).astype(np.float32)
+    for runtime, y in _run_both(rewritten, x, seq=seq).items():  # the same function: the fused op's own result
+        expected = _run_both(model, x, seq=seq)[runtime]
         assert np.abs(y - expected).max() < 1e-5, runtime
+
+
+class _GroupNormNet(torch.nn.Module):
+    """torch.nn.GroupNorm as MONAI's SegResNet uses it (affine, 2 channels per group), which the
+    exporter writes as Reshape to (N, G, -1), a 1-D InstanceNormalization (scale 1, bias 0),
+    Reshape back to Shape(x), Mul, Add."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm = torch.nn.GroupNorm(groups, channels)
+        with torch.no_grad():
+            self.norm.weight.copy_(torch.linspace(0.5, 2.0, channels))
+            self.norm.bias.copy_(torch.linspace(-1.0, 1.0, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+@pytest.mark.parametrize("opset,shape,groups", [(17, (1, 16, 96, 96, 96), 8), (18, (1, 8, 768, 768), 4)],
+                         ids=["3d-opset17", "2d-opset18"])
+def test_group_norm_exports_get_the_two_pass_form_too(tmp_path, opset, shape, groups):
+    net = _GroupNormNet(shape[1], groups).eval()
+    model = write_onnx(net, torch.zeros(1, shape[1], *([8] * (len(shape) - 2))), tmp_path / "gn.onnx", opset, {})
+    flat = next(n.output[0] for n in model.graph.node if n.op_type == "Reshape")  # to (N, G, -1)
+    rewritten, record = two_pass_instance_norms(model, shape)
+    per_group = shape[1] // groups * int(np.prod(shape[2:]))
+    assert (record["rewritten"], record["group_norms"], record["largest_voxels"]) == (1, 1, per_group), record
+    assert record["why"].startswith(f"largest normalization {per_group} values per group >= ")
+    assert "InstanceNormalization" not in _ops(rewritten)
+    # GroupNorm's own reshape to (N, G, -1) is no longer read: gone, not left to run
+    assert all(flat not in n.output for n in rewritten.graph.node)
+    onnx.checker.check_model(rewritten, full_check=True)
+    x = _background_case(shape)
+    with torch.no_grad():
+        exact = net.double()(torch.from_numpy(x).double()).numpy()
+    fused = {k: float(np.abs(v - exact).max()) for k, v in _run_both(model, x).items()}
+    for runtime, y in _run_both(rewritten, x).items():
+        # 2e-7 to 6e-7 on both runtimes; the fused kernels 1.2e-4 to 2.4e-3 on such inputs (AMD Zen 4,
+        # 2026-12-05; in the message), and a MONAI SegResNet's logits 6e-4 / 4e-4 of their range at 128^3
+        assert np.abs(y - exact).max() < 2e-5, (runtime, float(np.abs(y - exact).max()), fused)
+    # dynamic axes kept: another batch and patch size give torch's result
+    other = np.random.default_rng(3).standard_normal((2, shape[1], *([24] * (len(shape) - 2)))).astype(np.float32)
+    with torch.no_grad():
+        expected = net.float()(torch.from_numpy(other)).numpy()
+    onnx.save(rewritten, str(tmp_path / "two_pass.onnx"))
+    assert np.abs(run_onnx(tmp_path / "two_pass.onnx", other) - expected).max() < 1e-5
+
+
+def test_simplify_rewrites_a_monai_segresnet_s_group_norms_behind_its_computed_reshapes(tmp_path):
+    # SegResNet reshapes every GroupNorm's result back to Shape(x): the shapes after the first
+    # one are known only when shape inference propagates computed shapes (core.onnxgraph)
+    from monai.networks.nets import SegResNet
+
+    torch.manual_seed(0)
+    net = SegResNet(spatial_dims=3, init_filters=4, in_channels=1, out_channels=2, blocks_down=[1, 1, 1],
+                    blocks_up=[1, 1], norm=["GROUP", {"num_groups": 2}]).eval()
+    raw = tmp_path / "raw.onnx"
+    model = write_onnx(net, torch.zeros(1, 1, 16, 16, 16), raw, 17, {"nnbridge.stride_multiple": "[4, 4, 4]"})
+    n_norms = [n.op_type for n in model.graph.node].count("InstanceNormalization")
+    patches = _background_case((2, 1, 32, 32, 32))
+    record = simplify_onnx(raw, tmp_path / "model.onnx", patches, quantizable=tmp_path / "quantizable.onnx",
+                           two_pass_norm_voxels=1000)
+    norms = record["norms"]
+    assert n_norms >= 5 and (norms["rewritten"], norms["group_norms"]) == (n_norms, n_norms), norms
+    assert norms["weights"]["ok"] and norms["check_shape"] == [1, 1, 8, 8, 8], norms
+    deployed = onnx.load(str(tmp_path / "model.onnx"))
+    assert "InstanceNormalization" not in _ops(deployed)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(patches)).numpy()
+    assert np.abs(run_onnx(tmp_path / "model.onnx", patches) - expected).max() < 1e-4
 
 
 def test_simplify_deploys_the_two_pass_graph_and_keeps_the_fused_one_for_the_quantizers(exported, patch_sets,

@@ -213,6 +213,8 @@ def test_report_covers_both_folds(workdir):
         assert "variant(s) SKIPPED, not runnable on this machine" in md
     assert "## Whole-case parity against nnU-Net's predictor" in md and "## Deployable bundle" in md
     assert "Model quality (nnU-Net validation)" in md and "weights verified" in md
+    # the deployable graph's normalizations (conftest.shorten lowers the threshold to the demo's patch)
+    assert re.search(r"\| ONNX simplified: normalization \| \d+ of \d+ InstanceNormalization as two-pass reductions", md)
     assert "data:image/png;base64," in html
     # the speed targets per model and at the realistic size (tiny here), with the measured peaks
     assert "## Speed targets" in md and "## Realistic-size benchmark" in md

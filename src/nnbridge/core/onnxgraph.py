@@ -27,7 +27,8 @@ def _static_shapes(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> onnx
         dim.ClearField("dim_param")
         dim.dim_value = int(size)
     del model.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(model)
+    # data_prop: shapes computed in the graph (Reshape to Shape(x), as GroupNorm exports) propagate
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
 
 
 def tensor_shapes(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str, list[int]]:

@@ -57,7 +57,7 @@ def simplify_onnx(src: Path, dst: Path, check_patches: np.ndarray, atol: float =
     ``threads``: ONNX Runtime's threads for the check (0: its default, every core).
 
     With ``quantizable`` (where the quantizers' graph goes), a graph whose largest
-    InstanceNormalization has ``two_pass_norm_voxels`` voxels per channel or more at the patch
+    InstanceNormalization has ``two_pass_norm_voxels`` voxels per channel (or group) or more at the patch
     size is then written to ``dst`` in the two-pass form (:func:`.norms.two_pass_instance_norms`;
     0: never), proven like the simplification (the weights, and the logits of both forms on a
     small Gaussian patch, where the fused kernels are exact to ~1e-6); ``quantizable`` gets the

@@ -202,8 +202,10 @@ def weights_table(run: RunResults) -> Table | None:
                          "", fmt(simp.check_max_abs_err)])
             norms = simp.norms or {}
             if norms.get("rewritten") or norms.get("error"):
-                state = (f"{norms['rewritten']} of {norms['instance_norms']} InstanceNormalization as two-pass "
-                         f"reductions ({norms['largest_voxels']} voxels per channel ≥ {norms['min_voxels']}); "
+                groups = f", {norms['group_norms']} of them GroupNorm's" if norms.get("group_norms") else ""
+                state = (f"{norms['rewritten']} of {norms['instance_norms']} InstanceNormalization{groups} as "
+                         f"two-pass reductions ({norms['largest_voxels']} values per channel or group ≥ "
+                         f"{norms['min_voxels']}); "
                          f"{(norms.get('weights') or {}).get('summary', '')}" if norms.get("rewritten")
                          else f"InstanceNormalization left fused: {norms['error']}")
                 shape = "x".join(str(s) for s in norms.get("check_shape", [])[2:])
