@@ -15,7 +15,8 @@ from onnx import TensorProto, helper
 from nnbridge.core.artifacts import verify_recorded
 from nnbridge.core.errors import NNBridgeError
 from nnbridge.core.records import SimplifyRecord
-from nnbridge.export.norms import MIN_VOXELS, two_pass_instance_norms
+from nnbridge.export import norms as norms_module
+from nnbridge.export.norms import MIN_VOXELS, prove_each, two_pass_instance_norms
 from nnbridge.export.onnx_export import write_onnx
 from nnbridge.export.simplify import simplify_onnx
 from nnbridge.runtime.ort import run_onnx
@@ -218,10 +219,51 @@ def test_simplify_deploys_the_two_pass_graph_and_keeps_the_fused_one_for_the_qua
     # a rewrite that does not reproduce the fused graph is not deployed (an impossible tolerance)
     refused = simplify_onnx(out / "model.onnx", tmp_path / "r.onnx", heldout[:2], atol=-1.0,
                             quantizable=tmp_path / "rq.onnx", two_pass_norm_voxels=1000)
-    assert refused["norms"]["rewritten"] == 0 and refused["norms"]["error"].startswith("two-pass outputs differ by")
+    assert refused["norms"]["rewritten"] == 0 and refused["norms"]["error"].startswith("two-pass ")
+    assert " differ " in refused["norms"]["error"] and "> -1" in refused["norms"]["error"]
     assert "InstanceNormalization" in _ops(onnx.load(str(tmp_path / "r.onnx")))
     assert refused["sha256"] == refused["quantizable"]["sha256"] and not list(tmp_path.glob(".*two_pass"))
     # at the default threshold the tiny patches keep the fused graph: one file, two names
     kept = simplify_onnx(out / "model.onnx", tmp_path / "kept.onnx", heldout[:2], quantizable=tmp_path / "q2.onnx")
     assert kept["norms"]["rewritten"] == 0 and kept["sha256"] == kept["quantizable"]["sha256"]
     assert (tmp_path / "kept.onnx").read_bytes() == (tmp_path / "plain.onnx").read_bytes()
+
+
+class _FixedSizeNet(torch.nn.Module):
+    """A convolution, InstanceNorm3d and GroupNorm, exported at a fixed spatial size (as a
+    network whose trace holds its patch, e.g. MONAI's UNETR, is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 4, 3, padding=1)
+        self.instance = torch.nn.InstanceNorm3d(4, affine=True)
+        self.group = torch.nn.GroupNorm(2, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.group(self.instance(self.conv(x)))
+
+
+def test_each_normalization_is_proven_on_its_own_where_the_graph_takes_only_its_patch(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    net = _FixedSizeNet().eval()
+    patch = (1, 1, 24, 24, 24)
+    raw = tmp_path / "raw.onnx"
+    model = write_onnx(net, torch.zeros(patch), raw, 17, {"nnbridge.stride_multiple": "[24, 24, 24]"},
+                       dynamic_axes=("batch",))
+    patches = _background_case((2, 1, 24, 24, 24))
+    record = simplify_onnx(raw, tmp_path / "model.onnx", patches, quantizable=tmp_path / "q.onnx",
+                           two_pass_norm_voxels=1000)
+    norms = record["norms"]
+    # the only size it takes is the patch: its normalizations count as inexact there (the
+    # threshold), so each is proven alone and the whole graph within a share of its logits
+    assert (norms["rewritten"], norms["group_norms"], norms["check_shape"]) == (2, 1, list(patch)), norms
+    assert norms["each"]["normalizations"] == 2 and norms["each"]["max_abs_err"] < 1e-5, norms
+    assert "the fused kernels are inexact at the only size it takes" in norms["check_note"]
+    assert norms["check_tolerance"] > 1e-4 >= norms["check_max_abs_err"], norms
+    with torch.no_grad():
+        expected = net(torch.from_numpy(patches)).numpy()
+    assert np.abs(run_onnx(tmp_path / "model.onnx", patches) - expected).max() < 1e-4
+    assert prove_each(model, patch)["max_abs_err"] < 1e-5
+    # a rewrite that normalizes over the wrong axes (here: the last two only) is caught alone
+    monkeypatch.setattr(norms_module, "_reduction_steps", lambda rank: [(rank - 1, 0), (rank - 2, 1)])
+    assert prove_each(model, patch)["max_abs_err"] > 0.1

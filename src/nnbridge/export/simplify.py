@@ -20,9 +20,15 @@ from ..core.metadata import read_metadata
 from ..core.runlog import read_json, sha256_file
 from ..runtime.ort import run_onnx
 from .graph_proof import carriers, verify_derived_graph
-from .norms import MIN_VOXELS, two_pass_instance_norms
+from .norms import MIN_VOXELS, largest_normalization, prove_each, two_pass_instance_norms
 
 TOOLS = ("onnxsim", "onnxslim")
+
+# where a graph takes only sizes at which the fused normalizations are inexact (its trace fixed
+# the patch), the two-pass graph's logits are checked within this share of their range (the fused
+# kernels' drift there: ~2e-5 for a MONAI UNETR at 96^3; a wrong rewrite is off by a whole
+# normalization's scale), each normalization on its own within atol (norms.prove_each)
+INEXACT_CHECK_RTOL = 1e-3
 
 
 def _run_tool(tool: str, model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -142,21 +148,36 @@ def _two_pass_norms(dst: Path, quantizable: Path, original: onnx.ModelProto, wei
         return norms
     shape = _check_shape(dst, check_patches)
     proof = verify_derived_graph(rewritten, original, weight_carriers, shape)
+    each = prove_each(plain, (1, *check_patches.shape[1:]), threads)
     probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     partial = dst.with_name(f".{dst.name}.two_pass")
     onnx.save(rewritten, str(partial))
     try:
-        err = float(np.max(np.abs(run_onnx(dst, probe, threads).astype(np.float64) - run_onnx(partial, probe, threads))))
+        fused = run_onnx(dst, probe, threads).astype(np.float64)
+        err = float(np.max(np.abs(fused - run_onnx(partial, probe, threads))))
     except Exception:
         partial.unlink(missing_ok=True)
         raise
-    norms.update({"check_shape": list(shape), "check_max_abs_err": err,
+    tolerance = atol
+    norms.update({"check_shape": list(shape), "check_max_abs_err": err, "each": each,
                   "weights": {k: proof[k] for k in ("ok", "summary")}})
-    if not proof["ok"] or not err <= atol:
+    if largest_normalization(plain, shape) >= min_voxels:
+        # the graph runs only at sizes where the fused kernels are the inaccurate side (its trace
+        # fixed the patch): each normalization's own proof decides; the whole graph is checked for
+        # what a rewrite could break beyond them, within a share of its logits' range
+        tolerance = max(atol, INEXACT_CHECK_RTOL * float(np.max(np.abs(fused))))
+        norms["check_tolerance"] = tolerance
+        norms["check_note"] = (f"whole graph at {'x'.join(map(str, shape[2:]))} within {INEXACT_CHECK_RTOL:g} of its "
+                               "logits' range: the fused kernels are inexact at the only size it takes")
+    if not proof["ok"] or not err <= tolerance or not each["max_abs_err"] <= atol:
         partial.unlink(missing_ok=True)
         shutil.copyfile(dst, quantizable)
         norms["error"] = (f"the two-pass graph does not carry the export's weights ({proof['summary']})"
-                          if not proof["ok"] else f"two-pass outputs differ by {err:.3g} > {atol:g} on a Gaussian patch")
+                          if not proof["ok"] else
+                          f"two-pass outputs differ by {err:.3g} > {tolerance:g} on a Gaussian patch"
+                          if not err <= tolerance else
+                          f"two-pass normalizations differ from the fused ones by {each['max_abs_err']:.3g} > "
+                          f"{atol:g} on their own")
         norms["rewritten"] = 0
         return norms
     os.replace(dst, quantizable)

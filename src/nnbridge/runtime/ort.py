@@ -22,7 +22,7 @@ ORT_SETTINGS = ("optimization", "allow_spinning", "mem_pattern", "cpu_arena", "e
 SPINNING_ENV = "NNBRIDGE_ORT_SPINNING"
 
 
-def onnx_session(path: Path, threads: int = 0, *, optimization: str | None = None,
+def onnx_session(path: Path | bytes, threads: int = 0, *, optimization: str | None = None,
                  optimized_model_path: Path | None = None, profile_prefix: Path | None = None,
                  settings: dict | None = None):
     """A CPU ONNX Runtime session; ``threads=0`` lets ORT choose.
@@ -67,7 +67,9 @@ def onnx_session(path: Path, threads: int = 0, *, optimization: str | None = Non
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # a path, or a serialized model (bytes)
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def _ort_enum(enum: Any, name: str, key: str) -> Any:
