@@ -125,9 +125,14 @@ def simplify_onnx(src: Path, dst: Path, check_patches: np.ndarray, atol: float =
 
 def _check_shape(dst: Path, check_patches: np.ndarray) -> tuple[int, ...]:
     """A small patch the network takes (twice its stride multiple per axis, at most the patch,
-    as the export's own check), where the fused normalization sums few enough terms to be exact."""
-    stride = json.loads(read_metadata(dst).get("stride_multiple", "null") or "null")
+    as the export's own check), where the fused normalization sums few enough terms to be exact;
+    the patch itself when the export fixed the spatial size (its ``dynamic_axes`` metadata)."""
+    meta = read_metadata(dst)
+    stride = json.loads(meta.get("stride_multiple", "null") or "null")
+    dynamic = json.loads(meta.get("dynamic_axes", "null") or "null")
     patch = list(check_patches.shape[2:])
+    if dynamic is not None and "spatial" not in dynamic:
+        stride = None
     spatial = [min(p, 2 * int(m)) for p, m in zip(patch, stride)] if stride and len(stride) == len(patch) else patch
     return (1, check_patches.shape[1], *spatial)
 
