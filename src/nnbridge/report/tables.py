@@ -206,7 +206,10 @@ def weights_table(run: RunResults) -> Table | None:
                 state = (f"{norms['rewritten']} of {norms['instance_norms']} InstanceNormalization{groups} as "
                          f"two-pass reductions ({norms['largest_voxels']} values per channel or group ≥ "
                          f"{norms['min_voxels']}); "
-                         f"{(norms.get('weights') or {}).get('summary', '')}" if norms.get("rewritten")
+                         f"{(norms.get('weights') or {}).get('summary', '')}"
+                         + (f"; each alone within {norms['each']['max_abs_err']:.2g}" if norms.get("each") else "")
+                         + (f"; {norms['check_note']}" if norms.get("check_note") else "")
+                         if norms.get("rewritten")
                          else f"InstanceNormalization left fused: {norms['error']}")
                 shape = "x".join(str(s) for s in norms.get("check_shape", [])[2:])
                 rows.append([f.label, "ONNX simplified: normalization", state, shape and f"{shape} (Gaussian)",
