@@ -27,22 +27,16 @@ from nnbridge.export.onnx_export import export_onnx
 from nnbridge.export.simplify import simplify_onnx
 from nnbridge.models.loader import load_model
 from nnbridge.pipeline.plan import discover_models
+from nnbridge.runtime.ort import run_onnx
+from nnbridge.runtime.ov import openvino_model
 
 SIZES = {2: (512, 512), 3: (96, 96, 96)}
 
 
 def _runtimes(path: Path, x: np.ndarray, threads: int) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-    import openvino as ov
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
-    return {"onnxruntime": session.run(None, {session.get_inputs()[0].name: x})[0],
-            "openvino": np.asarray(compiled({0: x})[0])}
+    """Logits of ``path`` on ONNX Runtime and on OpenVINO (compiled exact: fp32 precision)."""
+    return {"onnxruntime": run_onnx(path, x, threads),
+            "openvino": np.asarray(openvino_model(path, threads, precision="f32")({0: x})[0])}
 
 
 def screen(net, size: tuple[int, ...], threads: int) -> str:

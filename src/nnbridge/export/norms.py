@@ -280,6 +280,12 @@ def _local_models(model: onnx.ModelProto, node: onnx.NodeProto, site: _Site, ops
     """One normalization alone, as two graphs of the tensor it reads: the fused node (GroupNorm's
     with its reshape to (N, G, -1)) and its two-pass form; and the input shape to prove them at
     (:data:`LOCAL_SPATIAL` voxels per axis)."""
+    params = []
+    for name in node.input[1:3]:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(constants[name])
+        tensor.name = name
+        params.append(tensor)
     if site.grouped is not None:
         source, source_rank, groups, per_group = site.grouped
         channels = groups * per_group
@@ -287,15 +293,9 @@ def _local_models(model: onnx.ModelProto, node: onnx.NodeProto, site: _Site, ops
         fused_nodes = [helper.make_node("Reshape", [source, flat.name], [node.input[0]]), node]
         fused_inits = [flat]
     else:
-        source, source_rank, channels = node.input[0], site.rank, 0
+        source, source_rank = node.input[0], site.rank
+        channels = int(numpy_helper.to_array(params[0]).size)  # the scale's: one per channel
         fused_nodes, fused_inits = [node], []
-    params = []
-    for name in node.input[1:3]:
-        tensor = onnx.TensorProto()
-        tensor.CopyFrom(constants[name])
-        tensor.name = name
-        params.append(tensor)
-    channels = channels or int(numpy_helper.to_array(params[0]).size)
     shape = [1, channels] + [LOCAL_SPATIAL] * (source_rank - 2)
     rewritten_nodes, rewritten_inits = _rewrite_node(node, site, opset, constants, f"{node.name or node.output[0]}/two_pass")
 
@@ -305,12 +305,6 @@ def _local_models(model: onnx.ModelProto, node: onnx.NodeProto, site: _Site, ops
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=model.ir_version)
 
     return graph(fused_nodes, fused_inits + params), graph(rewritten_nodes, rewritten_inits), shape
-
-
-def largest_normalization(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> int:
-    """The values per sum of ``model``'s largest rewritable normalization at ``input_shape``."""
-    rewritable, _ = _eligible(model, tensor_shapes(model, tuple(input_shape)), _constants(model))
-    return max((site.terms for site in rewritable.values()), default=0)
 
 
 def prove_each(model: onnx.ModelProto, input_shape: tuple[int, ...], threads: int = 1) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from ..core.metadata import read_metadata
 from ..core.runlog import read_json, sha256_file
 from ..runtime.ort import run_onnx
 from .graph_proof import carriers, verify_derived_graph
-from .norms import MIN_VOXELS, largest_normalization, prove_each, two_pass_instance_norms
+from .norms import MIN_VOXELS, prove_each, two_pass_instance_norms
 
 TOOLS = ("onnxsim", "onnxslim")
 
@@ -166,7 +166,8 @@ def _two_pass_norms(dst: Path, quantizable: Path, original: onnx.ModelProto, wei
     tolerance = atol
     norms.update({"check_shape": list(shape), "check_max_abs_err": err, "each": each,
                   "weights": {k: proof[k] for k in ("ok", "summary")}})
-    if largest_normalization(plain, shape) >= min_voxels:
+    # the largest normalization at the check shape: every level scales with the patch's voxels
+    if norms["largest_voxels"] * np.prod(shape[2:]) // np.prod(check_patches.shape[2:]) >= min_voxels:
         # the graph runs only at sizes where the fused kernels are the inaccurate side (its trace
         # fixed the patch): each normalization's own proof decides; the whole graph is checked for
         # what a rewrite could break beyond them, within a share of its logits' range
