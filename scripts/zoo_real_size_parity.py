@@ -34,9 +34,10 @@ SIZES = {2: (512, 512), 3: (96, 96, 96)}
 
 
 def _runtimes(path: Path, x: np.ndarray, threads: int) -> dict[str, np.ndarray]:
-    """Logits of ``path`` on ONNX Runtime and on OpenVINO (compiled exact: fp32 precision)."""
+    """Logits of ``path`` on ONNX Runtime and on OpenVINO (compiled exact, fp32, for ``x``'s shape,
+    as the pipeline compiles it)."""
     return {"onnxruntime": run_onnx(path, x, threads),
-            "openvino": np.asarray(openvino_model(path, threads, precision="f32")({0: x})[0])}
+            "openvino": np.asarray(openvino_model(path, threads, precision="f32", shape=x.shape)({0: x})[0])}
 
 
 def screen(net, size: tuple[int, ...], threads: int) -> str:

@@ -315,7 +315,7 @@ def test_io_binding_gives_the_numbers_of_plain_runs(exported, loaded_fold):
     for batch in (x, x[:1], np.flip(x[1:], axis=2), x):
         np.testing.assert_array_equal(bound(batch), plain(np.ascontiguousarray(batch)))
     spec = {"backend": "onnxruntime", "path": str(out / "model.onnx"), "settings": {"io_binding": True}}
-    assert _load_runner(spec, 1).__name__ == "run_bound"  # the benchmark times the bound run
+    assert _load_runner(spec, 1, x.shape).__name__ == "run_bound"  # the benchmark times the bound run
 
 
 def test_report_shows_case_parity_bundle_tuning_and_realistic(tmp_path):

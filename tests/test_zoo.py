@@ -270,6 +270,49 @@ def test_fixed_size_networks_are_exported_with_a_fixed_spatial_size(zoo):
     assert records["export_onnx"]["dynamic_axes"] == ["batch"]
 
 
+def test_swinunetr_exported_dynamic_runs_on_openvino_fixed_to_its_shape(tmp_path):
+    """A MONAI SwinUNETR exported at 128² has dynamic spatial axes (at multiples of 64), and
+    OpenVINO's CPU plugin cannot run that graph compiled dynamically at any size (its
+    shifted-window mask's Add fails OpenVINO's shape inference; found at 512² and 96³): every
+    OpenVINO run of the pipeline — the runners of validate, benchmark and predict, NNCF's IR
+    quantization, the calibration on OpenVINO — compiles for the shape it runs, and the IR it
+    writes keeps the file's dynamic input."""
+    import dataclasses
+
+    import openvino as ov
+
+    from nnbridge.demo.zoo import build, model_entry, save_checkpoint
+    from nnbridge.quantize.openvino_ir import quantize_openvino_int8
+    from nnbridge.quantize.static import calibrate_on_openvino
+    from nnbridge.runtime import make_runner
+    from nnbridge.runtime.ort import run_onnx
+
+    net = dataclasses.replace(BY_NAME["monai_swinunetr"], example_size=(128, 128))
+    patches = np.random.default_rng(0).standard_normal((2, 1, 128, 128)).astype(np.float32)
+    np.save(tmp_path / "patches.npy", patches)
+    checkpoint = save_checkpoint(net, build(net).eval(), tmp_path / "model.pth")
+    fold = load_model(_source(model_entry(net, checkpoint, tmp_path / "patches.npy", tmp_path / "patches.npy")))
+    record = export_onnx(fold, tmp_path / "model.onnx", threads=2)
+    assert record["dynamic_axes"] == ["batch", "spatial"] and record["spatial"]["spatial_multiple"] == [64, 64]
+    core = ov.Core()  # what OpenVINO does with the dynamic graph as exported
+    dynamic = core.compile_model(core.read_model(str(tmp_path / "model.onnx")), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    with pytest.raises(RuntimeError, match="shape infer"):
+        dynamic({0: patches[:1]})
+
+    reference = run_onnx(tmp_path / "model.onnx", patches, 2)
+    run = make_runner({"backend": "openvino", "path": str(tmp_path / "model.onnx")}, 2)
+    for batch in (patches, patches[:1], patches):  # a smaller last batch, then the first shape again
+        logits = run(batch)
+        assert np.abs(logits - reference[: len(batch)]).max() <= 1e-4 * np.abs(reference).max()
+
+    calibrate_on_openvino(tmp_path / "model.onnx", patches, tmp_path / "ranges.json", threads=2)
+    assert json.loads((tmp_path / "ranges.json").read_text())
+    quantize_openvino_int8(tmp_path / "model.onnx", tmp_path / "int8.xml", patches, threads=2)
+    assert not core.read_model(str(tmp_path / "int8.xml")).input(0).get_partial_shape().is_static
+    int8 = make_runner({"backend": "openvino", "path": str(tmp_path / "int8.xml")}, 2)
+    assert int8(patches).shape == reference.shape and int8(patches[:1]).shape == reference[:1].shape
+
+
 def test_outputs_as_libraries_return_them(zoo, tmp_path):
     entry, records, _ = zoo("monai_basicunetpp_ds")
     output = records["load"]["output"]

@@ -77,8 +77,9 @@ def time_peak_kernel(kind: str, threads: int, warmup: int = 2, repeats: int = 5)
         with tempfile.TemporaryDirectory(prefix="nnbridge-peak-") as tmp:
             path = Path(tmp) / "conv.onnx"
             flops = peak_conv_onnx(path, channels, side, int8=int8)
-            run = make_runner({"backend": "openvino", "path": str(path), "precision": precision}, threads)
             x = np.random.default_rng(0).standard_normal((1, channels, side, side, side)).astype(np.float32)
+            run = make_runner({"backend": "openvino", "path": str(path), "precision": precision, "shape": x.shape},
+                              threads)
             times = time_runner(run, x, warmup, repeats)
     except (ImportError, RuntimeError, NNBridgeError) as exc:  # the timing it accompanies stands without it
         return {"kind": kind, "method": method, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}

@@ -40,13 +40,13 @@ RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch
                     "torch_arch": "torch", "sgemm": "torch"}
 
 
-def _load_runner(spec: dict[str, Any], threads: int):
-    """A callable running one batch on the spec's backend: the runtimes' own factory
-    (:func:`nnbridge.runtime.make_runner`) for artifacts; eager torch for a checkpoint
+def _load_runner(spec: dict[str, Any], threads: int, shape: tuple[int, ...]):
+    """A callable running one batch of ``shape`` on the spec's backend: the runtimes' own factory
+    (:func:`nnbridge.runtime.make_runner`, OpenVINO compiled for ``shape``) for artifacts; eager torch for a checkpoint
     (``torch``) or a network description (``torch_arch``); ``sgemm`` for the fp32 peak."""
     backend = spec["backend"]
     if backend in RUNNER_BACKENDS:
-        return make_runner(spec, threads)
+        return make_runner({**spec, "shape": shape}, threads)
     if backend == "torch":
         from ..models.loader import load_model  # noqa: PLC0415 - only a torch child may carry torch in its memory
 
@@ -84,7 +84,7 @@ def measure(spec: dict[str, Any], shape: tuple[int, ...], threads: int, warmup: 
         importlib.import_module(RUNTIME_PACKAGES[spec["backend"]])
     rss_start = rss_mb()
     started = time.perf_counter()
-    run = _load_runner(spec, threads)  # read and compile (an ONNX import, an IR read, a checkpoint load)
+    run = _load_runner(spec, threads, shape)  # read and compile (an ONNX import, an IR read, a checkpoint load)
     load_ms = 1000 * (time.perf_counter() - started)
     rss_loaded = rss_mb()
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

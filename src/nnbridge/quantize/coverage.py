@@ -130,7 +130,7 @@ def openvino_coverage(model_path: Path, float_model: Path, input_shape: tuple[in
     CPU plugin runs in ``low`` precision (``int8`` for a quantized file, ``bf16`` for a bf16
     variant), compiled as :func:`nnbridge.runtime.ov.openvino_model` compiles it
     (:func:`compiled_coverage`)."""
-    return compiled_coverage(openvino_model(Path(model_path), 1), float_model, input_shape, low=low)
+    return compiled_coverage(openvino_model(Path(model_path), 1, shape=input_shape), float_model, input_shape, low=low)
 
 
 def compiled_coverage(compiled: Any, float_model: Path, input_shape: tuple[int, ...], *,

@@ -29,7 +29,7 @@ import onnx
 from ..core.errors import NNBridgeError
 from ..core.metadata import META_PREFIX, RT_SECTION, read_metadata
 from ..core.onnxgraph import module_name
-from ..runtime.ov import openvino_threads
+from ..runtime.ov import fix_input_shape, openvino_threads
 from .common import _file_record, _paths
 from .nncf_ptq import DiceControl, _import_nncf, decided_nodes, nncf_parameters, run_nncf
 
@@ -198,6 +198,10 @@ def quantize_openvino_int8(src: Path, dst: Path, calibration: np.ndarray, *, pre
     src, dst = _ir_paths(src, dst, calibration)
     names, types = list(nodes_to_exclude or []), list(ignored_types or [])
     model = read_onnx(src)
+    declared = model.input(0).get_partial_shape()
+    # NNCF compiles the model as given: fixed to one patch, as the pipeline's other runs are
+    # (fix_input_shape: some graphs run on OpenVINO only so), and given back its own input after
+    fix_input_shape(model, (1, *calibration.shape[1:]), src)
     known = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}  # read once
     mvn: list[str] = []  # the MVN whose inputs the deciding fold's control left in fp32
     if decided is not None and accuracy_control:
@@ -217,6 +221,7 @@ def quantize_openvino_int8(src: Path, dst: Path, calibration: np.ndarray, *, pre
     with openvino_threads(threads):  # NNCF compiles its models on every core unless told
         quantized = run_nncf(nncf, src, model, nncf.Dataset(list(patches), lambda patch: patch[None]),
                              options, advanced, None if decided else control)
+    quantized.reshape({quantized.input(0): declared})
     save_ir(quantized, src, dst)
     record = {"method": "openvino_int8", "backend": "openvino", "precision": "int8", "runtime": "openvino",
               "nncf_version": nncf.__version__, "openvino_version": ov.__version__, "preset": preset,

@@ -44,19 +44,28 @@ class _OpenVINOSession:
     by OpenVINO compiled in fp32 (:func:`nnbridge.runtime.ov.openvino_model`): the calibrator's
     graph (every calibrated tensor's ReduceMin and ReduceMax made outputs) runs ~4x faster there
     at the same threads than on the session ONNX Runtime builds for it, which turns every graph
-    optimization off (and takes every core)."""
+    optimization off (and takes every core). Compiled for the patches' shape when the first one
+    comes (:func:`nnbridge.runtime.ov.fix_input_shape`)."""
 
     def __init__(self, augmented: Path, threads: int) -> None:
+        self._augmented, self._threads = augmented, threads
         self._names = [o.name for o in onnx.load(str(augmented), load_external_data=False).graph.output]
-        self._compiled = openvino_model(augmented, threads, precision="f32")
-        self._request = self._compiled.create_infer_request()
-        self._ports = [self._compiled.output(name) for name in self._names]
+        self._shape: tuple[int, ...] | None = None
+
+    def _compile(self, shape: tuple[int, ...]) -> None:
+        compiled = openvino_model(self._augmented, self._threads, precision="f32", shape=shape)
+        self._request = compiled.create_infer_request()
+        self._ports = [compiled.output(name) for name in self._names]
+        self._shape = shape
 
     def get_outputs(self) -> list[Any]:
         return [SimpleNamespace(name=name) for name in self._names]
 
     def run(self, _names: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        results = self._request.infer({0: next(iter(inputs.values()))})
+        batch = next(iter(inputs.values()))
+        if batch.shape != self._shape:
+            self._compile(tuple(batch.shape))
+        results = self._request.infer({0: batch})
         return [np.array(results[port]) for port in self._ports]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..core.artifacts import KIND_RUNTIMES, artifact_kind
 from ..core.errors import NNBridgeError
 from .ort import onnx_session, ort_runner
-from .ov import compiled_precision, openvino_model
+from .ov import OpenVINORunner, compiled_precision
 from .torchrun import torchscript_runner
 
 ONNX_BACKENDS = ("onnxruntime", "openvino")
@@ -54,7 +54,9 @@ def make_runner(spec: dict[str, Any], threads: int = 0) -> Callable[[np.ndarray]
     """A batch → logits callable for ``spec`` (``backend``: ``onnxruntime``, ``openvino`` or
     ``torchscript``; ``path``: an ONNX file, an OpenVINO IR's ``.xml`` (OpenVINO only) or a
     TorchScript archive; ONNX Runtime ``settings``; OpenVINO ``precision``, default the file's
-    own). An OpenVINO runner's ``precision`` attribute says what it computes in."""
+    own; ``shape``, the batch's shape when known, compiled at once: OpenVINO compiles a model for
+    each input shape it runs, :class:`nnbridge.runtime.ov.OpenVINORunner`). An OpenVINO runner's
+    ``precision`` attribute says what it computes in."""
     backend, path = spec["backend"], Path(spec["path"])
     if backend in ONNX_BACKENDS:
         refuse_backend(path, backend)
@@ -62,8 +64,9 @@ def make_runner(spec: dict[str, Any], threads: int = 0) -> Callable[[np.ndarray]
         settings = spec.get("settings")
         return ort_runner(onnx_session(path, threads, settings=settings), settings)
     if backend == "openvino":
-        return compiled_runner(openvino_model(path, threads, precision=spec.get("precision"),
-                                              fallback=bool(spec.get("fallback", False))))
+        shape = spec.get("shape")
+        return OpenVINORunner(path, threads, precision=spec.get("precision"), fallback=bool(spec.get("fallback", False)),
+                              shape=tuple(shape) if shape is not None else None)
     if backend == "torchscript":
         return torchscript_runner(path, threads)
     raise ValueError(f"unknown backend {backend!r}; use one of {RUNNER_BACKENDS}")

@@ -65,16 +65,15 @@ def file_precision(model: Any) -> str:
     return precision
 
 
-def openvino_model(path: Path, threads: int = 0, *, perf_count: bool = False, precision: str | None = None,
-                   fallback: bool = False):
-    """An OpenVINO CPU model compiled from the ONNX file or IR ``.xml`` (its weights in the ``.bin``
-    beside it), in latency mode with ``threads``. Kept
-    exact — fp32 inference precision, which OpenVINO would otherwise lower to bf16 on CPUs that
-    have it — unless ``precision`` (default: the file's own, :func:`file_precision`) asks for
-    bf16. bf16 on a CPU without native bf16 raises :class:`PrecisionUnavailable`, or with
-    ``fallback`` runs in fp32 (exact, so at least as accurate) and says so on stderr.
-    ``perf_count`` turns on its per-layer performance counters; :func:`compiled_precision` says
-    what the compiled model runs in."""
+def read_openvino(path: Path, *, precision: str | None = None,
+                  fallback: bool = False) -> tuple[Any, Any, dict[str, object]]:
+    """The OpenVINO core, the model read from the ONNX file or IR ``.xml`` (its weights in the
+    ``.bin`` beside it) and the CPU configuration :func:`openvino_model` compiles it with:
+    latency mode, kept exact — fp32 inference precision, which OpenVINO would otherwise lower to
+    bf16 on CPUs that have it — unless ``precision`` (default: the file's own,
+    :func:`file_precision`) asks for bf16. bf16 on a CPU without native bf16 raises
+    :class:`PrecisionUnavailable`, or with ``fallback`` runs in fp32 (exact, so at least as
+    accurate) and says so on stderr."""
     import openvino as ov  # noqa: PLC0415
 
     core = ov.Core()
@@ -91,12 +90,79 @@ def openvino_model(path: Path, threads: int = 0, *, perf_count: bool = False, pr
         print(f"nnbridge: {Path(path).name} is a bf16 variant, but {why}; running it in fp32 (exact)",
               file=sys.stderr)
         precision = "f32"
-    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    return core, model, {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+
+
+def fix_input_shape(model: Any, shape: tuple[int, ...], path: Path) -> None:
+    """Give ``model``'s input the static ``shape`` (batch included) before it is compiled.
+
+    OpenVINO's CPU plugin then folds the graph's shape computations into constants instead of
+    inferring every layer's shape at each request: measured, a MONAI SwinUNETR exported at 512²
+    with dynamic spatial axes could not run at any size compiled dynamically (its shifted-window
+    attention mask's Add failed OpenVINO's shape inference, ``Eltwise shape infer input shapes dim
+    index: 3 mismatch``, OpenVINO 2025/26 CPU plugin), while the same file fixed to its size ran
+    and matched ONNX Runtime. A graph that cannot take ``shape`` is refused naming it."""
+    current = model.input(0).get_partial_shape()
+    if current.is_static and tuple(current.to_shape()) == tuple(shape):
+        return
+    try:
+        model.reshape({model.input(0): list(int(n) for n in shape)})
+    except RuntimeError as exc:
+        raise NNBridgeError(f"{path}: OpenVINO cannot give its input {current} the shape {list(shape)} "
+                            f"({str(exc).strip().splitlines()[-1][:200]}); run it at the shape it was exported "
+                            "for") from exc
+
+
+def openvino_model(path: Path, threads: int = 0, *, perf_count: bool = False, precision: str | None = None,
+                   fallback: bool = False, shape: tuple[int, ...] | None = None):
+    """An OpenVINO CPU model compiled from the ONNX file or IR ``.xml`` as :func:`read_openvino`
+    reads and configures it, with ``threads``; with ``shape``, for that input shape only
+    (:func:`fix_input_shape`: what every caller that knows its shape asks for). ``perf_count``
+    turns on its per-layer performance counters; :func:`compiled_precision` says what the
+    compiled model runs in."""
+    core, model, config = read_openvino(path, precision=precision, fallback=fallback)
+    if shape is not None:
+        fix_input_shape(model, shape, Path(path))
     if perf_count:
         config["PERF_COUNT"] = True
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return core.compile_model(model, "CPU", config)
+
+
+class OpenVINORunner:
+    """A batch → logits callable over an OpenVINO model read once and compiled for each input
+    shape it meets (:func:`fix_input_shape`; a sliding window meets one, and a smaller last
+    batch): ``shape``, when given, is compiled at once, so that loading pays the compilation.
+    ``precision`` says what the compiled model computes in (``bf16`` or ``f32``)."""
+
+    def __init__(self, path: Path, threads: int = 0, *, precision: str | None = None, fallback: bool = False,
+                 shape: tuple[int, ...] | None = None) -> None:
+        self.path = Path(path)
+        self._core, self._model, self._config = read_openvino(self.path, precision=precision, fallback=fallback)
+        if threads:
+            self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._requests: dict[tuple[int, ...], Any] = {}
+        self._precision: str | None = None
+        if shape is not None:
+            self._request(tuple(shape))
+
+    def _request(self, shape: tuple[int, ...]) -> Any:
+        if shape not in self._requests:
+            fix_input_shape(self._model, shape, self.path)
+            compiled = self._core.compile_model(self._model, "CPU", dict(self._config))
+            self._precision = compiled_precision(compiled)
+            self._requests[shape] = compiled.create_infer_request()
+        return self._requests[shape]
+
+    @property
+    def precision(self) -> str:
+        if self._precision is None:  # nothing compiled yet: OpenVINO's answer for the file's own shape
+            self._precision = compiled_precision(self._core.compile_model(self._model, "CPU", dict(self._config)))
+        return self._precision
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.array(self._request(tuple(batch.shape)).infer({0: batch})[0])
 
 
 def compiled_precision(compiled: Any) -> str:
@@ -108,8 +174,8 @@ def compiled_precision(compiled: Any) -> str:
 
 def run_openvino(path: Path, patches: np.ndarray, threads: int = 0) -> np.ndarray:
     """Logits of an ONNX model or IR run by OpenVINO for each patch (batch 1 at a time)."""
-    request = openvino_model(path, threads).create_infer_request()
-    outs = [np.array(request.infer({0: patches[i : i + 1].astype(np.float32)})[0]) for i in range(len(patches))]
+    run = OpenVINORunner(path, threads, shape=(1, *patches.shape[1:]))
+    outs = [run(patches[i : i + 1].astype(np.float32)) for i in range(len(patches))]
     return np.concatenate(outs).astype(np.float32)
 
 

@@ -52,7 +52,8 @@ def openvino_op_profile(path: Path, x: np.ndarray, threads: int = 0, runs: int =
     OpenVINO CPU model compiled like :func:`nnbridge.onnxrun.openvino_model` (``precision``:
     the file's own unless given), with performance counters on."""
 
-    request = openvino_model(Path(path), threads, perf_count=True, precision=precision).create_infer_request()
+    request = openvino_model(Path(path), threads, perf_count=True, precision=precision,
+                             shape=x.shape).create_infer_request()
     request.infer({0: x})
     totals: Counter[str] = Counter()
     for _ in range(runs):
