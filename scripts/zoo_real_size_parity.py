@@ -8,7 +8,7 @@ the runtimes' one-sum normalization kernels drift most). Prints one line per net
 normalizations rewritten, and the max error of each graph as a fraction of the logits' range
 (the exact gate is 1e-4). Minutes on 2 cores; not part of the test suite.
 
-    PYTHONPATH=src .venv/bin/python scripts/zoo_real_size_parity.py [name ...]
+    PYTHONPATH=src .venv/bin/python scripts/zoo_real_size_parity.py [name ...] [--spatial-dims 3]
 """
 
 from __future__ import annotations
@@ -76,11 +76,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="zoo networks (default: all)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--spatial-dims", type=int, choices=(2, 3),
+                        help="build the networks that take MONAI's spatial_dims in this many dimensions "
+                             "(e.g. 3: SwinUNETR at 96³, its usual size); the others as the zoo has them")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for net in ZOO:
         if args.names and net.name not in args.names:
             continue
+        if args.spatial_dims and net.init_kwargs.get("spatial_dims") not in (None, args.spatial_dims):
+            net = dataclasses.replace(net, init_kwargs={**net.init_kwargs, "spatial_dims": args.spatial_dims},
+                                      example_size=SIZES[args.spatial_dims])
         try:
             print(screen(net, SIZES[len(net.example_size)], args.threads), flush=True)
         except Exception as exc:  # noqa: BLE001 - one network's failure is its line; the others go on
