@@ -24,10 +24,11 @@ from .norms import MIN_VOXELS, prove_each, two_pass_instance_norms
 
 TOOLS = ("onnxsim", "onnxslim")
 
-# where a graph takes only sizes at which the fused normalizations are inexact (its trace fixed
-# the patch), the two-pass graph's logits are checked within this share of their range (the fused
-# kernels' drift there: ~2e-5 for a MONAI UNETR at 96^3; a wrong rewrite is off by a whole
-# normalization's scale), each normalization on its own within atol (norms.prove_each)
+# where the check's size is one at which the fused normalizations are inexact (the trace fixed
+# the patch, or twice the stride multiple is that large), the two-pass graph's logits are checked
+# within this share of their range (the fused kernels' drift there: ~2e-5 for a MONAI UNETR at
+# 96^3; a wrong rewrite is off by a whole normalization's scale), each normalization on its own
+# within atol (norms.prove_each)
 INEXACT_CHECK_RTOL = 1e-3
 
 
@@ -123,18 +124,23 @@ def simplify_onnx(src: Path, dst: Path, check_patches: np.ndarray, atol: float =
     return record
 
 
-def _check_shape(dst: Path, check_patches: np.ndarray) -> tuple[int, ...]:
+def _check_shape(dst: Path, check_patches: np.ndarray) -> tuple[tuple[int, ...], str]:
     """A small patch the network takes (twice its stride multiple per axis, at most the patch,
     as the export's own check), where the fused normalization sums few enough terms to be exact;
-    the patch itself when the export fixed the spatial size (its ``dynamic_axes`` metadata)."""
+    the patch itself when the export fixed the spatial size (its ``dynamic_axes`` metadata). With
+    it, what that size is, in words for the record."""
     meta = read_metadata(dst)
     stride = json.loads(meta.get("stride_multiple", "null") or "null")
     dynamic = json.loads(meta.get("dynamic_axes", "null") or "null")
     patch = list(check_patches.shape[2:])
     if dynamic is not None and "spatial" not in dynamic:
-        stride = None
-    spatial = [min(p, 2 * int(m)) for p, m in zip(patch, stride)] if stride and len(stride) == len(patch) else patch
-    return (1, check_patches.shape[1], *spatial)
+        return (1, check_patches.shape[1], *patch), "the only size it takes"
+    if not stride or len(stride) != len(patch):
+        return (1, check_patches.shape[1], *patch), "its patch"
+    spatial = [min(p, 2 * int(m)) for p, m in zip(patch, stride)]
+    return (1, check_patches.shape[1], *spatial), ("its patch" if spatial == patch else
+                                                   "twice its stride multiple (smaller sizes leave its deepest "
+                                                   "normalizations one voxel)")
 
 
 def _two_pass_norms(dst: Path, quantizable: Path, original: onnx.ModelProto, weight_carriers: list[str] | None,
@@ -151,7 +157,7 @@ def _two_pass_norms(dst: Path, quantizable: Path, original: onnx.ModelProto, wei
         except OSError:
             shutil.copyfile(dst, quantizable)
         return norms
-    shape = _check_shape(dst, check_patches)
+    shape, size_is = _check_shape(dst, check_patches)
     proof = verify_derived_graph(rewritten, original, weight_carriers, shape)
     each = prove_each(plain, (1, *check_patches.shape[1:]), threads)
     probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -168,13 +174,14 @@ def _two_pass_norms(dst: Path, quantizable: Path, original: onnx.ModelProto, wei
                   "weights": {k: proof[k] for k in ("ok", "summary")}})
     # the largest normalization at the check shape: every level scales with the patch's voxels
     if norms["largest_voxels"] * np.prod(shape[2:]) // np.prod(check_patches.shape[2:]) >= min_voxels:
-        # the graph runs only at sizes where the fused kernels are the inaccurate side (its trace
-        # fixed the patch): each normalization's own proof decides; the whole graph is checked for
-        # what a rewrite could break beyond them, within a share of its logits' range
+        # even the check's size is one where the fused kernels are the inaccurate side (the trace
+        # fixed the patch, or twice the stride multiple is that large: a 128^3 nnU-Net's 64^3):
+        # each normalization's own proof decides; the whole graph is checked for what a rewrite
+        # could break beyond them, within a share of its logits' range
         tolerance = max(atol, INEXACT_CHECK_RTOL * float(np.max(np.abs(fused))))
         norms["check_tolerance"] = tolerance
         norms["check_note"] = (f"whole graph at {'x'.join(map(str, shape[2:]))} within {INEXACT_CHECK_RTOL:g} of its "
-                               "logits' range: the fused kernels are inexact at the only size it takes")
+                               f"logits' range: the fused kernels are inexact at this size, {size_is}")
     if not proof["ok"] or not err <= tolerance or not each["max_abs_err"] <= atol:
         partial.unlink(missing_ok=True)
         shutil.copyfile(dst, quantizable)
