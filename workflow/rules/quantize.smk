@@ -22,10 +22,11 @@ rule calibrate:
     priority: search_priority
     threads: 1
     resources:
-        # from the graph's patch size once it exists (6 GB for the demo; at a 128^3 patch ~7.2 GB
-        # for MinMax ranges collected on OpenVINO, ~13.5 GB for ONNX Runtime's own calibration, measured
-        # on the AMD EPYC Zen 4 of README "Measured", 2026-12-02/03;
-        # nnbridge.pipeline.plan.quantize_mem_mb)
+        # from the graph's activations and weights at its patch once it exists (6 GB for the demo;
+        # nnU-Net's default 3d_fullres at a 128^3 patch ~8.4 GB for MinMax ranges collected on
+        # OpenVINO, ~13.8 GB for ONNX Runtime's own calibration; its ResEnc-M preset ~11.3 GB on
+        # OpenVINO: sized from peaks measured on the AMD EPYC Zen 4 of README "Measured",
+        # 2026-12-02/03/05; nnbridge.pipeline.plan.quantize_mem_mb)
         mem_mb=lambda wildcards, input: quantize_mem_mb(input.onnx, calibration=wildcards.method),
         runtime=60,
     conda:
@@ -73,9 +74,10 @@ rule quantize:
     # by side; a profile raises it where cores outnumber parallel jobs (set-threads: quantize=4)
     threads: 1
     resources:
-        # from the graph's patch size once it exists, by method: NNCF's statistics (openvino_int8
-        # ~6.2 GB at a 128^3 patch), else what running the graph needs (a static entry gets its
-        # ranges from rule calibrate; 6 GB); nnbridge.pipeline.plan.quantize_mem_mb
+        # from the graph's activations and weights at its patch once it exists, by method: NNCF's
+        # statistics (openvino_int8 ~6.4 GB for nnU-Net's default 3d_fullres at a 128^3 patch),
+        # else what running the graph needs (a static entry gets its ranges from rule calibrate;
+        # 6 GB); nnbridge.pipeline.plan.quantize_mem_mb
         mem_mb=lambda wildcards, input: quantize_mem_mb(input.onnx, quantize_method(wildcards)),
         runtime=60,
     conda:

@@ -74,6 +74,34 @@ def compute_node_flops(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> 
     return out
 
 
+def activation_footprint(path: str | Path, spatial: list[int] | tuple[int, ...]) -> dict[str, int]:
+    """What a batch-1 forward of the ONNX file at spatial size ``spatial`` computes: ``activations``,
+    the elements of every tensor its nodes produce (rank 3 and up, shapes by ONNX inference), and
+    ``parameters``, the elements of its float initializers. Read without the weights' data: large
+    float initializers become inputs of their shape, so a 400 MB graph is shaped in ~1 s."""
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    parameters, kept, typed = 0, [], []
+    for init in graph.initializer:
+        size = int(np.prod(init.dims)) if init.dims else 1
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                              onnx.TensorProto.DOUBLE):
+            parameters += size
+            if size > 1024:  # shape inference needs its dims only
+                typed.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+                continue
+        kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    graph.input.extend(typed)
+    channels = graph.input[0].type.tensor_type.shape.dim[1]
+    shapes = tensor_shapes(model, (1, channels.dim_value if channels.HasField("dim_value") else 1, *spatial))
+    produced = {out for node in graph.node for out in node.output}
+    activations = sum(int(np.prod(shape)) for name, shape in shapes.items()
+                      if name in produced and len(shape) >= 3 and min(shape) > 0)
+    return {"activations": activations, "parameters": parameters}
+
+
 def module_name(node_name: str, weight: str = "") -> str:
     """PyTorch module behind an exported node: from its weight (``a.b.conv.weight`` → ``a.b.conv``),
     else from the exporter's scope path (``/a/b/conv/Conv`` → ``a/b/conv``)."""

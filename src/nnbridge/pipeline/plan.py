@@ -6,6 +6,7 @@ Pure functions over the validated config (no snakemake import), used by the work
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -14,10 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from ..core.artifacts import KIND_RUNTIMES, artifact_path, method_kind, method_runtimes
 from ..core.errors import NNBridgeError
 from ..core.keys import Variant, fold_order
 from ..core.metadata import read_metadata
+from ..core.onnxgraph import activation_footprint
 from ..core.plans import configuration_of, default_previous_stage_segs, previous_stage
 from ..core.runlog import read_json
 from ..intake.images import ImageSet, list_image_cases
@@ -735,36 +739,62 @@ def postprocessing_sources(model: ModelEntry) -> dict[str, Any]:
     return {"own": own, "ensembles": ensembles}
 
 
-#: memory of a calibrate or quantize job above a 2 GB base, per voxel of the patch, by what it
-#: does (measured at nnU-Net's default 3d_fullres plan, a 128^3 patch with 32->320 features, AMD
-#: Zen 4, 2026-12-02/03, with a 20 % margin): the calibrate stage's MinMax ranges collected on
-#: OpenVINO (its way where OpenVINO is installed: :func:`nnbridge.quantize.static.calibrate_on_openvino`)
-#: 6.0 GB peak; ONNX Runtime's own static calibration (``calibrate_onnxruntime``: without
-#: OpenVINO, or for Entropy/Percentile; NNCF's ONNX backend gathers its statistics the same way,
-#: not measured) runs a graph that keeps every activation of a patch alive, 11.5 GB; NNCF's
-#: OpenVINO backend (openvino_int8) 5.1 GB with accuracy control, 4.3 GB without. Every other job
-#: only runs the graph, patch by patch (the validate stage held 3.2 GB there): the minimum, which
-#: is also what the demo's models get.
+#: memory of a calibrate or quantize job above a 2 GB base, in bytes per element of the graph's
+#: activations at its patch (every tensor a batch-1 forward produces: :func:`activation_footprint`)
+#: by what the job does, plus :data:`QUANTIZE_MEM_PER_PARAMETER` bytes per weight (three fp32
+#: copies: the ONNX model read, the runtime's, the calibration graph's). Measured peaks (AMD Zen 4,
+#: 128^3 patch): nnU-Net's default 3d_fullres PlainConvUNet (31.2 M parameters, 1.35 G activation
+#: elements) 6.0 GB with the calibrate stage's MinMax ranges collected on OpenVINO (its way where
+#: OpenVINO is installed: :func:`nnbridge.quantize.static.calibrate_on_openvino`; 2026-12-02/03),
+#: its ResEnc-M preset (102.3 M, 1.79 G) 9.0 GB (2026-12-05) — declared 8.4 and 11.3 GB; ONNX
+#: Runtime's own static calibration (``calibrate_onnxruntime``: without OpenVINO, or for
+#: Entropy/Percentile; NNCF's ONNX backend gathers its statistics the same way, not measured)
+#: keeps every activation of a patch alive, 11.5 GB on the PlainConvUNet; NNCF's OpenVINO backend
+#: (openvino_int8) 5.1 GB with accuracy control, 4.3 GB without. Sizing by the patch's voxels
+#: alone had declared 7.2 GB for the ResEnc-M's 9.0 (Slurm's --mem would have killed it). Every
+#: other job only runs the graph, patch by patch (the validate stage held 3.2 GB on the
+#: PlainConvUNet): the minimum, which is also what the demo's models get.
 QUANTIZE_MEM_BASE_MB, QUANTIZE_MEM_MIN_MB = 2000, 6000
+QUANTIZE_MEM_PER_ACTIVATION = {"calibrate": 4.5, "calibrate_onnxruntime": 8.5, "nncf": 8.5, "openvino_int8": 3.0}
+QUANTIZE_MEM_PER_PARAMETER = 12
+#: the floor, MB per voxel of the patch (the earlier sizing, from the same PlainConvUNet peaks):
+#: what a graph gets whose tensors shape inference cannot size (a partial count would be too low)
 QUANTIZE_MEM_PER_VOXEL_MB = {"calibrate": 2.5e-3, "calibrate_onnxruntime": 5.5e-3, "nncf": 5.5e-3,
                              "openvino_int8": 2e-3}
 
 
 def quantize_mem_mb(onnx_file: str | Path, method: str = "calibrate", calibration: str = "MinMax") -> int:
     """The ``mem_mb`` a calibrate job (``method`` ``calibrate``, of ``calibration``) or a quantize
-    job of ``method`` on the graph ``onnx_file`` declares (Slurm's ``--mem``), from the patch size
-    in its nnbridge metadata (:data:`QUANTIZE_MEM_PER_VOXEL_MB`); the minimum when the file has
-    none or the method only runs the graph (static INT8 from the calibrate stage's ranges, bf16,
-    ...). A calibration OpenVINO cannot collect here counts as ONNX Runtime's."""
+    job of ``method`` on the graph ``onnx_file`` declares (Slurm's ``--mem``), from the graph's
+    activations and weights at the patch size in its nnbridge metadata
+    (:data:`QUANTIZE_MEM_PER_ACTIVATION`); the minimum when the file has none or the method only
+    runs the graph (static INT8 from the calibrate stage's ranges, bf16, ...). A calibration
+    OpenVINO cannot collect here counts as ONNX Runtime's."""
     if method == "calibrate" and not calibrates_on_openvino(calibration):
         method = "calibrate_onnxruntime"
+    per_activation = QUANTIZE_MEM_PER_ACTIVATION.get(method, 0.0)
+    if not per_activation:
+        return QUANTIZE_MEM_MIN_MB
     try:
         text = read_metadata(Path(onnx_file)).get("patch_size")
         patch = list(json.loads(text)) if text else None
-    except (OSError, ValueError, NNBridgeError):  # unreadable: the job itself says why
-        patch = None
-    per_voxel = QUANTIZE_MEM_PER_VOXEL_MB.get(method, 0.0)
-    if not patch or not per_voxel:
+        footprint = _footprint(str(onnx_file), tuple(int(size) for size in patch)) if patch else None
+    except (OSError, ValueError, NNBridgeError, onnx.shape_inference.InferenceError):
+        footprint = None  # unreadable or unshapeable: the job itself says why
+    if not footprint:
         return QUANTIZE_MEM_MIN_MB
-    voxels = math.prod(int(size) for size in patch)
-    return max(QUANTIZE_MEM_MIN_MB, int(QUANTIZE_MEM_BASE_MB + per_voxel * voxels))
+    need = (per_activation * footprint["activations"] + QUANTIZE_MEM_PER_PARAMETER * footprint["parameters"]) / 1e6
+    floor = QUANTIZE_MEM_PER_VOXEL_MB[method] * math.prod(patch)
+    return max(QUANTIZE_MEM_MIN_MB, int(QUANTIZE_MEM_BASE_MB + max(need, floor)))
+
+
+@functools.lru_cache(maxsize=64)
+def _footprint_of(path: str, patch: tuple[int, ...], _stamp: tuple[int, int]) -> dict[str, int]:
+    return activation_footprint(path, patch)
+
+
+def _footprint(path: str, patch: tuple[int, ...]) -> dict[str, int]:
+    """:func:`activation_footprint`, once per file version in a snakemake process (its calibrate
+    and quantize jobs ask for the same graph)."""
+    stat = os.stat(path)
+    return _footprint_of(path, patch, (stat.st_mtime_ns, stat.st_size))
