@@ -75,7 +75,7 @@ rule quantize:
     threads: 1
     resources:
         # from the graph's activations and weights at its patch once it exists, by method: NNCF's
-        # statistics (openvino_int8 ~6.4 GB for nnU-Net's default 3d_fullres at a 128^3 patch),
+        # statistics (openvino_int8 ~7.1 GB for nnU-Net's default 3d_fullres at a 128^3 patch),
         # else what running the graph needs (a static entry gets its ranges from rule calibrate;
         # 6 GB); nnbridge.pipeline.plan.quantize_mem_mb
         mem_mb=lambda wildcards, input: quantize_mem_mb(input.onnx, quantize_method(wildcards)),
