@@ -751,10 +751,10 @@ def postprocessing_sources(model: ModelEntry) -> dict[str, Any]:
 #: Entropy/Percentile; NNCF's ONNX backend gathers its statistics the same way, not measured)
 #: keeps every activation of a patch alive, 11.5 GB on the PlainConvUNet; NNCF's OpenVINO backend
 #: (openvino_int8) 5.1 GB with accuracy control, 4.3 GB without (the ResEnc-M 7.2 GB without;
-#: declared 7.1 and 9.5 GB). Sizing by the patch's voxels
-#: alone had declared 7.2 GB for the ResEnc-M's 9.0 (Slurm's --mem would have killed it). Every
-#: other job only runs the graph, patch by patch (the validate stage held 3.2 GB on the
-#: PlainConvUNet): the minimum, which is also what the demo's models get.
+#: declared 7.1 and 9.5 GB). Sizing by the patch's voxels alone had declared 7.2 GB for the
+#: ResEnc-M's 9.0 (Slurm's --mem would have killed it). Every other job only runs the graph, patch
+#: by patch (the validate stage held 3.2 GB on the PlainConvUNet): the minimum, which is also what
+#: the demo's models get.
 QUANTIZE_MEM_BASE_MB, QUANTIZE_MEM_MIN_MB = 2000, 6000
 QUANTIZE_MEM_PER_ACTIVATION = {"calibrate": 4.5, "calibrate_onnxruntime": 8.5, "nncf": 8.5, "openvino_int8": 3.5}
 QUANTIZE_MEM_PER_PARAMETER = 12
@@ -778,12 +778,15 @@ def quantize_mem_mb(onnx_file: str | Path, method: str = "calibrate", calibratio
         return QUANTIZE_MEM_MIN_MB
     try:
         text = read_metadata(Path(onnx_file)).get("patch_size")
-        patch = list(json.loads(text)) if text else None
-        footprint = _footprint(str(onnx_file), tuple(int(size) for size in patch)) if patch else None
-    except (OSError, ValueError, NNBridgeError, onnx.shape_inference.InferenceError):
-        footprint = None  # unreadable or unshapeable: the job itself says why
-    if not footprint:
+        patch = tuple(int(size) for size in json.loads(text)) if text else None
+    except (OSError, ValueError, NNBridgeError):  # unreadable: the job itself says why
+        patch = None
+    if not patch:
         return QUANTIZE_MEM_MIN_MB
+    try:
+        footprint = _footprint(str(onnx_file), patch)
+    except (OSError, ValueError, onnx.shape_inference.InferenceError):  # unshapeable: the floor below
+        footprint = {"activations": 0, "parameters": 0}
     need = (per_activation * footprint["activations"] + QUANTIZE_MEM_PER_PARAMETER * footprint["parameters"]) / 1e6
     floor = QUANTIZE_MEM_PER_VOXEL_MB[method] * math.prod(patch)
     return max(QUANTIZE_MEM_MIN_MB, int(QUANTIZE_MEM_BASE_MB + max(need, floor)))
